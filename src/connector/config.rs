@@ -1,0 +1,117 @@
+//! The connector file format, as serde types. The doc comments here are the
+//! reference for connector authors (README "Connector files" mirrors them).
+
+use crate::duration::HumanDuration;
+use crate::ingress::signature::SignatureConfig;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// `connectors/NAME.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorFile {
+    /// Must equal the file name without extension.
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Where actions are sent. Overridden by `SWITCHBOARD_BASE_URL_<NAME>` or
+    /// `base_urls.<name>` in the secrets file, to point at a sandbox or mock.
+    pub base_url: String,
+    /// Names of the secrets this connector needs. Each must be set, or the
+    /// hub refuses to start: `SWITCHBOARD_SECRET_<CONNECTOR>_<SECRET>` or the
+    /// secrets file. Templates read them as `{{ secrets.NAME }}`.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default)]
+    pub auth: Option<AuthFile>,
+    /// Default timeout of every action (default 30s).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub actions: BTreeMap<String, ActionFile>,
+    #[serde(default)]
+    pub webhook: Option<WebhookFile>,
+}
+
+/// How requests authenticate. Values are templates over `secrets`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthFile {
+    /// `Authorization: Bearer <token>`.
+    Bearer { token: String },
+    /// HTTP basic auth.
+    Basic { username: String, password: String },
+    /// Any header, e.g. `Authorization: DeepL-Auth-Key <key>` or `X-Api-Key`.
+    Header { name: String, value: String },
+    /// A query parameter, e.g. `?api_key=...`.
+    Query { name: String, value: String },
+}
+
+/// One declarative HTTP call.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionFile {
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The inputs a recipe step passes in `with:`; templates read them as `{{ input.NAME }}`.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, InputFile>,
+    pub method: String,
+    /// Path appended to the base URL (template).
+    pub path: String,
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// JSON body; every string in it is a template.
+    #[serde(default)]
+    pub body: Option<Value>,
+    /// Form-encoded body (`application/x-www-form-urlencoded`); values are templates.
+    #[serde(default)]
+    pub form: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// Output fields: name → JSONPath into the JSON response. Without it the
+    /// step's output is the whole response body.
+    #[serde(default)]
+    pub output: BTreeMap<String, String>,
+}
+
+/// An action input: `{ required: false, description: ... }`; required by default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputFile {
+    #[serde(default)]
+    pub required: Option<bool>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+impl InputFile {
+    pub fn required(&self) -> bool {
+        self.required.unwrap_or(true)
+    }
+}
+
+/// Inbound webhooks: `POST /hooks/<connector>`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFile {
+    pub signature: SignatureConfig,
+    /// Where the event type is: `{ path: "$.type" }`, `{ header: X-GitHub-Event }` or `{ value: form.submitted }`.
+    #[serde(default)]
+    pub event_type: Option<FieldSource>,
+    /// Where the sender's delivery id is, when the signature scheme has no
+    /// delivery-id header: `{ path: "$.id" }` or `{ header: X-Request-Id }`.
+    #[serde(default)]
+    pub event_id: Option<FieldSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum FieldSource {
+    Path(String),
+    Header(String),
+    Value(String),
+}

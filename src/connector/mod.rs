@@ -1,0 +1,486 @@
+//! Connectors: one SaaS app each, described in `connectors/NAME.yaml`.
+//!
+//! A connector file declares how to reach the app (base URL, auth, secrets),
+//! its *actions* (declarative HTTP calls with templated path, query, headers
+//! and body, and output fields picked by JSONPath) and, optionally, how its
+//! inbound webhooks are verified and read. Files are compiled here, once, into
+//! [`Connector`]s; [`http`] runs actions. This module knows nothing about
+//! recipes, runs or the store.
+
+pub mod config;
+pub mod http;
+pub mod secrets;
+
+use crate::jsonpath::JsonPath;
+use crate::secret::Secret;
+use crate::template::{Template, Templates, ValueTemplate};
+use crate::yaml::{LoadError, SourceMap};
+use config::{ActionFile, AuthFile, ConnectorFile, FieldSource};
+use reqwest::Method;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+pub use secrets::SecretSource;
+
+/// Default time an action may take before it fails as timed out.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A compiled connector.
+#[derive(Debug)]
+pub struct Connector {
+    pub name: String,
+    pub base_url: String,
+    pub auth: Auth,
+    pub actions: BTreeMap<String, Action>,
+    pub webhook: Option<Webhook>,
+    /// Values of the secrets this connector declared, for templates and redaction.
+    pub secrets: BTreeMap<String, Secret>,
+    /// May this connector call loopback / private / link-local addresses?
+    pub allow_internal: bool,
+}
+
+#[derive(Debug)]
+pub enum Auth {
+    None,
+    Bearer(Template),
+    Basic {
+        username: Template,
+        password: Template,
+    },
+    Header {
+        name: String,
+        value: Template,
+    },
+    Query {
+        name: String,
+        value: Template,
+    },
+}
+
+#[derive(Debug)]
+pub struct Action {
+    pub name: String,
+    pub method: Method,
+    pub path: Template,
+    pub query: Vec<(String, Template)>,
+    pub headers: Vec<(String, Template)>,
+    pub body: Body,
+    pub timeout: Duration,
+    /// Declared inputs: name → required?
+    pub inputs: BTreeMap<String, bool>,
+    /// Output fields: name → JSONPath into the response body. Empty: the whole body.
+    pub output: Vec<(String, JsonPath)>,
+}
+
+#[derive(Debug)]
+pub enum Body {
+    None,
+    Json(ValueTemplate),
+    Form(Vec<(String, Template)>),
+}
+
+/// How inbound webhooks for this connector are verified and read.
+#[derive(Debug)]
+pub struct Webhook {
+    pub verifier: crate::ingress::signature::Verifier,
+    pub event_type: Option<Field>,
+    pub event_id: Option<Field>,
+}
+
+/// Where a value of an inbound request is read from.
+#[derive(Debug)]
+pub enum Field {
+    Path(JsonPath),
+    Header(String),
+    Value(String),
+}
+
+/// All loaded connectors, by name.
+#[derive(Debug, Default)]
+pub struct Connectors {
+    pub by_name: HashMap<String, Connector>,
+}
+
+impl Connectors {
+    pub fn get(&self, name: &str) -> Option<&Connector> {
+        self.by_name.get(name)
+    }
+}
+
+/// What the loader needs besides the files.
+pub struct LoadOptions<'a> {
+    pub secrets: &'a SecretSource,
+    /// Connector names allowed to call internal addresses (`*` = all).
+    pub allow_internal: &'a [String],
+}
+
+/// Load every `*.yaml` / `*.yml` file in `dir`. Errors are collected, not stopped at.
+pub fn load_dir(
+    dir: &Path,
+    templates: &mut Templates,
+    opts: &LoadOptions<'_>,
+    errors: &mut Vec<LoadError>,
+) -> Connectors {
+    let mut out = Connectors::default();
+    for (path, text) in crate::yaml::read_dir(dir, errors) {
+        match crate::yaml::load::<ConnectorFile>(&path, &text) {
+            Err(e) => errors.push(e),
+            Ok((file, map)) => {
+                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+                if file.name != stem {
+                    errors.push(map.error(
+                        "/name",
+                        format!(
+                            "connector name `{}` must match its file name `{stem}`",
+                            file.name
+                        ),
+                    ));
+                    continue;
+                }
+                if out.by_name.contains_key(&file.name) {
+                    errors.push(map.error("/name", format!("duplicate connector `{}`", file.name)));
+                    continue;
+                }
+                if let Some(c) = compile(file, &map, templates, opts, errors) {
+                    out.by_name.insert(c.name.clone(), c);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn compile(
+    file: ConnectorFile,
+    map: &SourceMap,
+    templates: &mut Templates,
+    opts: &LoadOptions<'_>,
+    errors: &mut Vec<LoadError>,
+) -> Option<Connector> {
+    let before = errors.len();
+    let name = file.name.clone();
+
+    // Secrets: every declared one must be set.
+    let mut secrets = BTreeMap::new();
+    for (i, s) in file.secrets.iter().enumerate() {
+        match opts.secrets.get(&name, s) {
+            Some(v) => {
+                secrets.insert(s.clone(), v);
+            }
+            None => errors.push(map.error(
+                &format!("/secrets/{i}"),
+                format!(
+                    "connector `{name}`: secret `{s}` is not set (set {} or add `{name}: {{ {s}: ... }}` to the secrets file)",
+                    SecretSource::env_name(&name, s)
+                ),
+            )),
+        }
+    }
+    let cx = TplCx {
+        map,
+        secrets: &file.secrets,
+    };
+    let base_url = opts
+        .secrets
+        .base_url(&name)
+        .unwrap_or_else(|| file.base_url.clone());
+    if reqwest::Url::parse(&base_url).is_err() {
+        errors.push(map.error(
+            "/base_url",
+            format!("invalid base URL `{base_url}`, expected e.g. https://api.example.com"),
+        ));
+    }
+
+    let auth = match &file.auth {
+        None => Auth::None,
+        Some(AuthFile::Bearer { token }) => {
+            match cx.compile(templates, token, "/auth/token", None, errors) {
+                Some(t) => Auth::Bearer(t),
+                None => Auth::None,
+            }
+        }
+        Some(AuthFile::Basic { username, password }) => {
+            let u = cx.compile(templates, username, "/auth/username", None, errors);
+            let p = cx.compile(templates, password, "/auth/password", None, errors);
+            match (u, p) {
+                (Some(username), Some(password)) => Auth::Basic { username, password },
+                _ => Auth::None,
+            }
+        }
+        Some(AuthFile::Header { name: h, value }) => {
+            match cx.compile(templates, value, "/auth/value", None, errors) {
+                Some(value) => Auth::Header {
+                    name: h.clone(),
+                    value,
+                },
+                None => Auth::None,
+            }
+        }
+        Some(AuthFile::Query { name: q, value }) => {
+            match cx.compile(templates, value, "/auth/value", None, errors) {
+                Some(value) => Auth::Query {
+                    name: q.clone(),
+                    value,
+                },
+                None => Auth::None,
+            }
+        }
+    };
+
+    let mut actions = BTreeMap::new();
+    for (aname, a) in &file.actions {
+        let p = format!("/actions/{}", crate::template::escape(aname));
+        if let Some(action) = compile_action(
+            aname,
+            a,
+            &p,
+            &cx,
+            templates,
+            file.timeout.map(|t| t.0),
+            errors,
+        ) {
+            actions.insert(aname.clone(), action);
+        }
+    }
+
+    let webhook = file.webhook.as_ref().and_then(|w| {
+        let secret_values: Vec<Secret> = match &w.signature.secret {
+            None => Vec::new(),
+            Some(s) if !file.secrets.contains(s) => {
+                errors.push(map.error(
+                    "/webhook/signature/secret",
+                    format!("signing secret `{s}` is not declared in `secrets:`"),
+                ));
+                return None;
+            }
+            // A secret may hold several values separated by whitespace:
+            // every one is accepted (rotation).
+            Some(s) => secrets
+                .get(s)
+                .map(|v| v.expose().split_whitespace().map(Secret::new).collect())
+                .unwrap_or_default(),
+        };
+        let verifier = if secrets_missing(&file, w, &secrets) {
+            None // already reported as a missing secret
+        } else {
+            match crate::ingress::signature::Verifier::new(&w.signature, secret_values) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    errors.push(map.error("/webhook/signature", e.to_string()));
+                    None
+                }
+            }
+        };
+        let field =
+            |f: &Option<FieldSource>, ptr: &str, errors: &mut Vec<LoadError>| -> Option<Field> {
+                match f {
+                    None => None,
+                    Some(FieldSource::Path(p)) => match JsonPath::compile(p) {
+                        Ok(jp) => Some(Field::Path(jp)),
+                        Err(e) => {
+                            errors.push(map.error(&format!("{ptr}/path"), e));
+                            None
+                        }
+                    },
+                    Some(FieldSource::Header(h)) => Some(Field::Header(h.clone())),
+                    Some(FieldSource::Value(v)) => Some(Field::Value(v.clone())),
+                }
+            };
+        let event_type = field(&w.event_type, "/webhook/event_type", errors);
+        let event_id = field(&w.event_id, "/webhook/event_id", errors);
+        Some(Webhook {
+            verifier: verifier?,
+            event_type,
+            event_id,
+        })
+    });
+
+    if errors.len() > before {
+        return None;
+    }
+    let allow_internal = opts.allow_internal.iter().any(|a| a == "*" || *a == name);
+    Some(Connector {
+        name,
+        base_url: base_url.trim_end_matches('/').to_string(),
+        auth,
+        actions,
+        webhook,
+        secrets,
+        allow_internal,
+    })
+}
+
+fn secrets_missing(
+    file: &ConnectorFile,
+    w: &config::WebhookFile,
+    have: &BTreeMap<String, Secret>,
+) -> bool {
+    match &w.signature.secret {
+        Some(s) => file.secrets.contains(s) && !have.contains_key(s),
+        None => false,
+    }
+}
+
+fn compile_action(
+    name: &str,
+    a: &ActionFile,
+    p: &str,
+    cx: &TplCx<'_>,
+    templates: &mut Templates,
+    default_timeout: Option<Duration>,
+    errors: &mut Vec<LoadError>,
+) -> Option<Action> {
+    let map = cx.map;
+    let before = errors.len();
+    let method = match Method::from_bytes(a.method.to_ascii_uppercase().as_bytes()) {
+        Ok(m) => m,
+        Err(_) => {
+            errors.push(map.error(
+                &format!("{p}/method"),
+                format!("invalid HTTP method `{}`", a.method),
+            ));
+            Method::GET
+        }
+    };
+    let inputs: BTreeMap<String, bool> = a
+        .inputs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.required()))
+        .collect();
+    let path = cx.compile(
+        templates,
+        &a.path,
+        &format!("{p}/path"),
+        Some(&inputs),
+        errors,
+    );
+    let pairs = |m: &BTreeMap<String, String>,
+                 field: &str,
+                 templates: &mut Templates,
+                 errors: &mut Vec<LoadError>| {
+        m.iter()
+            .filter_map(|(k, v)| {
+                let ptr = format!("{p}/{field}/{}", crate::template::escape(k));
+                cx.compile(templates, v, &ptr, Some(&inputs), errors)
+                    .map(|t| (k.clone(), t))
+            })
+            .collect::<Vec<_>>()
+    };
+    let query = pairs(&a.query, "query", templates, errors);
+    let headers = pairs(&a.headers, "headers", templates, errors);
+    let body = match (&a.body, &a.form) {
+        (None, None) => Body::None,
+        (Some(_), Some(_)) => {
+            errors.push(map.error(
+                &format!("{p}/form"),
+                "an action has either `body:` (JSON) or `form:`, not both",
+            ));
+            Body::None
+        }
+        (None, Some(fields)) => Body::Form(pairs(fields, "form", templates, errors)),
+        (Some(v), None) => match templates.compile_value(v) {
+            Ok(vt) => {
+                let mut leaves = Vec::new();
+                templates.leaves(&vt, format!("{p}/body"), &mut leaves);
+                for (ptr, t) in leaves {
+                    cx.check(templates, t, &ptr, Some(&inputs), errors);
+                }
+                Body::Json(vt)
+            }
+            Err((ptr, e)) => {
+                errors.push(map.error(&format!("{p}/body{ptr}"), format!("template error: {e}")));
+                Body::None
+            }
+        },
+    };
+    let mut output = Vec::new();
+    for (k, v) in &a.output {
+        match JsonPath::compile(v) {
+            Ok(jp) => output.push((k.clone(), jp)),
+            Err(e) => {
+                errors.push(map.error(&format!("{p}/output/{}", crate::template::escape(k)), e))
+            }
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(Action {
+        name: name.to_string(),
+        method,
+        path: path?,
+        query,
+        headers,
+        body,
+        timeout: a
+            .timeout
+            .map(|t| t.0)
+            .or(default_timeout)
+            .unwrap_or(DEFAULT_TIMEOUT),
+        inputs,
+        output,
+    })
+}
+
+/// What connector templates may read: `input.NAME` (declared inputs, in
+/// actions only) and `secrets.NAME` (declared secrets).
+struct TplCx<'a> {
+    map: &'a SourceMap,
+    secrets: &'a [String],
+}
+
+impl TplCx<'_> {
+    fn compile(
+        &self,
+        templates: &mut Templates,
+        src: &str,
+        ptr: &str,
+        inputs: Option<&BTreeMap<String, bool>>,
+        errors: &mut Vec<LoadError>,
+    ) -> Option<Template> {
+        match templates.compile(src) {
+            Err(e) => {
+                errors.push(self.map.error(ptr, format!("template error: {e}")));
+                None
+            }
+            Ok(t) => {
+                self.check(templates, &t, ptr, inputs, errors);
+                Some(t)
+            }
+        }
+    }
+
+    fn check(
+        &self,
+        templates: &Templates,
+        t: &Template,
+        ptr: &str,
+        inputs: Option<&BTreeMap<String, bool>>,
+        errors: &mut Vec<LoadError>,
+    ) {
+        for var in templates.variables(t) {
+            if let Err(msg) = self.check_var(&var, inputs) {
+                errors.push(self.map.error(ptr, msg));
+            }
+        }
+    }
+
+    fn check_var(&self, var: &str, inputs: Option<&BTreeMap<String, bool>>) -> Result<(), String> {
+        let mut parts = var.split('.');
+        match (parts.next().unwrap_or(""), parts.next(), inputs) {
+            ("secrets", Some(s), _) if self.secrets.iter().any(|d| d == s) => Ok(()),
+            ("secrets", Some(s), _) => Err(format!(
+                "template reads secret `{s}`, which is not declared in `secrets:`"
+            )),
+            ("input", _, None) => Err("connector-level templates cannot read `input`".into()),
+            ("input", Some(i), Some(inputs)) if !inputs.contains_key(i) => Err(format!(
+                "template reads `input.{i}`, which is not declared in this action's `inputs:`"
+            )),
+            ("input", _, Some(_)) => Ok(()),
+            (other, _, _) => Err(format!(
+                "unknown template variable `{other}`, expected `input.NAME` or `secrets.NAME`"
+            )),
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Where connector secrets and base URLs come from: the environment first,
+//! then `secrets.yaml` in the data dir. Values are [`Secret`]s from the moment
+//! they are read.
+
+use crate::secret::Secret;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A snapshot of the environment and the secrets file.
+#[derive(Debug, Default, Clone)]
+pub struct SecretSource {
+    env: HashMap<String, Secret>,
+    file: HashMap<String, HashMap<String, Secret>>,
+    base_urls: HashMap<String, String>,
+}
+
+/// `secrets.yaml`: `{ <connector>: { <secret>: value }, base_urls: { <connector>: url } }`.
+#[derive(Deserialize)]
+struct SecretsFile {
+    #[serde(default)]
+    base_urls: HashMap<String, String>,
+    #[serde(flatten)]
+    connectors: HashMap<String, HashMap<String, SecretValue>>,
+}
+
+/// A secret may be a list in the file (several active signing secrets).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretValue {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl SecretSource {
+    /// Read the process environment and, if it exists, `file`.
+    pub fn load(file: &Path) -> Result<Self, crate::yaml::LoadError> {
+        let mut s = SecretSource::from_env(std::env::vars());
+        if let Ok(text) = std::fs::read_to_string(file) {
+            let (f, _) = crate::yaml::load::<SecretsFile>(file, &text)?;
+            s.base_urls.extend(f.base_urls);
+            for (c, vals) in f.connectors {
+                let m = vals
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            SecretValue::One(s) => s,
+                            SecretValue::Many(l) => l.join(" "),
+                        };
+                        (k, Secret::new(v))
+                    })
+                    .collect();
+                s.file.insert(c, m);
+            }
+        }
+        Ok(s)
+    }
+
+    /// Only the `SWITCHBOARD_SECRET_*` and `SWITCHBOARD_BASE_URL_*` variables are kept.
+    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut s = SecretSource::default();
+        for (k, v) in vars {
+            if k.starts_with("SWITCHBOARD_SECRET_") {
+                s.env.insert(k, Secret::new(v));
+            } else if let Some(c) = k.strip_prefix("SWITCHBOARD_BASE_URL_") {
+                s.base_urls.insert(c.to_ascii_lowercase(), v);
+            }
+        }
+        s
+    }
+
+    /// `SWITCHBOARD_SECRET_<CONNECTOR>_<SECRET>`, upper case, other characters as `_`.
+    pub fn env_name(connector: &str, secret: &str) -> String {
+        format!(
+            "SWITCHBOARD_SECRET_{}_{}",
+            env_part(connector),
+            env_part(secret)
+        )
+    }
+
+    pub fn get(&self, connector: &str, secret: &str) -> Option<Secret> {
+        self.env
+            .get(&Self::env_name(connector, secret))
+            .or_else(|| self.file.get(connector).and_then(|m| m.get(secret)))
+            .cloned()
+    }
+
+    pub fn base_url(&self, connector: &str) -> Option<String> {
+        self.base_urls
+            .get(connector)
+            .or_else(|| {
+                self.base_urls
+                    .get(&env_part(connector).to_ascii_lowercase())
+            })
+            .cloned()
+    }
+}
+
+fn env_part(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_wins_over_file_and_names_are_normalised() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secrets.yaml");
+        std::fs::write(
+            &f,
+            "hubspot: { token: from-file, other: x }\nzendesk: { webhook_secret: [new, old] }\nbase_urls: { hubspot: http://127.0.0.1:1 }\n",
+        )
+        .unwrap();
+        let mut s = SecretSource::load(&f).unwrap();
+        s.env.insert(
+            "SWITCHBOARD_SECRET_HUBSPOT_TOKEN".into(),
+            Secret::new("from-env"),
+        );
+        assert_eq!(s.get("hubspot", "token").unwrap().expose(), "from-env");
+        assert_eq!(s.get("hubspot", "other").unwrap().expose(), "x");
+        assert_eq!(
+            s.get("zendesk", "webhook_secret").unwrap().expose(),
+            "new old"
+        );
+        assert!(s.get("hubspot", "missing").is_none());
+        assert_eq!(s.base_url("hubspot").unwrap(), "http://127.0.0.1:1");
+        assert_eq!(
+            SecretSource::env_name("my-crm", "api.key"),
+            "SWITCHBOARD_SECRET_MY_CRM_API_KEY"
+        );
+    }
+}

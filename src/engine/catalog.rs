@@ -1,0 +1,110 @@
+//! The loaded set of connectors and recipes, checked as a whole, with the
+//! recipe index on (connector, event type).
+
+use crate::connector::{self, Connectors, SecretSource};
+use crate::ingress::signature::Scheme;
+use crate::recipe::{self, Recipe};
+use crate::template::Templates;
+use crate::yaml::LoadError;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Where to load from.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub connectors_dir: PathBuf,
+    pub recipes_dir: PathBuf,
+    pub secrets: SecretSource,
+    /// Connectors allowed to call internal addresses (`*` = all).
+    pub allow_internal: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    pub templates: Templates,
+    pub connectors: Connectors,
+    pub recipes: Vec<Recipe>,
+    /// Recipe positions by (connector, event type): matching never scans every recipe.
+    index: HashMap<(String, String), Vec<usize>>,
+    /// Things that work but deserve a look (`signature: none`).
+    pub warnings: Vec<LoadError>,
+}
+
+impl Catalog {
+    /// Load and check everything; all errors are returned, not only the first.
+    pub fn load(opts: &LoadOptions) -> Result<Catalog, Vec<LoadError>> {
+        let mut errors = Vec::new();
+        let mut templates = Templates::new();
+        let copts = connector::LoadOptions {
+            secrets: &opts.secrets,
+            allow_internal: &opts.allow_internal,
+        };
+        let connectors =
+            connector::load_dir(&opts.connectors_dir, &mut templates, &copts, &mut errors);
+        let recipes = recipe::load_dir(&opts.recipes_dir, &connectors, &mut templates, &mut errors);
+        if !errors.is_empty() {
+            errors.sort_by(|a, b| {
+                (&a.file, a.pos.line, a.pos.column).cmp(&(&b.file, b.pos.line, b.pos.column))
+            });
+            return Err(errors);
+        }
+        let mut warnings = Vec::new();
+        for c in connectors.by_name.values() {
+            if let Some(w) = &c.webhook {
+                if w.verifier.scheme() == Scheme::None {
+                    let file = opts.connectors_dir.join(format!("{}.yaml", c.name));
+                    warnings.push(LoadError {
+                        file,
+                        pos: crate::yaml::Pos { line: 1, column: 1 },
+                        message: format!(
+                            "warning: connector `{}` accepts unsigned webhooks (`scheme: none`): anyone who can reach the hub can trigger its recipes",
+                            c.name
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(Catalog::new(templates, connectors, recipes, warnings))
+    }
+
+    pub fn new(
+        templates: Templates,
+        connectors: Connectors,
+        recipes: Vec<Recipe>,
+        warnings: Vec<LoadError>,
+    ) -> Catalog {
+        let mut index: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (i, r) in recipes.iter().enumerate() {
+            index
+                .entry((r.connector.clone(), r.event.clone()))
+                .or_default()
+                .push(i);
+        }
+        Catalog {
+            templates,
+            connectors,
+            recipes,
+            index,
+            warnings,
+        }
+    }
+
+    /// Recipes triggered by this connector's event type.
+    pub fn matching<'a>(
+        &'a self,
+        connector: &str,
+        event_type: &str,
+    ) -> impl Iterator<Item = &'a Recipe> + 'a {
+        // Borrowed lookup without allocating a key tuple would need a custom
+        // Borrow impl; two short Strings per event are cheap next to JSON parsing.
+        self.index
+            .get(&(connector.to_string(), event_type.to_string()))
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.recipes[i])
+    }
+
+    pub fn recipe(&self, name: &str) -> Option<&Recipe> {
+        self.recipes.iter().find(|r| r.name == name)
+    }
+}

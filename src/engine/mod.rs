@@ -1,0 +1,163 @@
+//! The engine: turns accepted events into runs and runs them.
+//!
+//! [`Catalog`] is the loaded, checked set of connectors and recipes with the
+//! matching index on (connector, event type). [`Engine::accept`] matches an
+//! incoming event, stores it with its runs in one atomic write and waits for
+//! the write to be durable; workers ([`worker`]) lease runs from the store's
+//! queue and execute their steps, checkpointing each step before the next.
+//! This module knows nothing about axum or HTTP servers.
+
+mod catalog;
+pub mod worker;
+
+pub use catalog::{Catalog, LoadOptions};
+
+use crate::connector::http::Client;
+use crate::store::{self, Event, GroupCommit, Inserted, Run, RunStatus, Store, StoreError};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Concurrent run executors.
+    pub workers: usize,
+    /// How long a leased run is reserved for its worker before it comes due again.
+    pub lease: std::time::Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: 8,
+            lease: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+/// An inbound event, verified and parsed by the ingress.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub connector: String,
+    pub event_type: Option<String>,
+    pub delivery_id: Option<String>,
+    pub body: Value,
+}
+
+/// What [`Engine::accept`] did.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Accepted {
+    pub event_id: String,
+    pub runs: Vec<String>,
+    /// True when this delivery id was accepted before; nothing new was stored or started.
+    pub duplicate: bool,
+}
+
+pub struct Engine {
+    catalog: Arc<Catalog>,
+    store: Arc<dyn Store>,
+    commit: GroupCommit,
+    client: Client,
+    /// Wakes idle workers when new runs are queued.
+    wake: Notify,
+    config: EngineConfig,
+}
+
+impl Engine {
+    pub fn new(
+        catalog: Catalog,
+        store: Arc<dyn Store>,
+        config: EngineConfig,
+    ) -> Result<Arc<Engine>, String> {
+        let client = Client::new(&catalog.connectors)?;
+        let commit = GroupCommit::start(store.clone());
+        Ok(Arc::new(Engine {
+            catalog: Arc::new(catalog),
+            store,
+            commit,
+            client,
+            wake: Notify::new(),
+            config,
+        }))
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Store the event with a run per matching recipe; returns once it is durable.
+    pub async fn accept(&self, incoming: Incoming) -> Result<Accepted, StoreError> {
+        let now = store::now_ms();
+        let event_id = store::new_id(now);
+        let mut event = Event {
+            id: event_id.clone(),
+            connector: incoming.connector,
+            event_type: incoming.event_type,
+            delivery_id: incoming.delivery_id,
+            received_at: now,
+            body: incoming.body,
+            runs: Vec::new(),
+        };
+        let runs: Vec<Run> = match &event.event_type {
+            None => Vec::new(),
+            Some(t) => self
+                .catalog
+                .matching(&event.connector, t)
+                .filter(|r| {
+                    let ctx = json!({ "event": &event.body, "vars": &r.vars, "steps": {} });
+                    r.condition.eval(&ctx)
+                })
+                .map(|r| Run {
+                    id: store::new_id(now),
+                    event_id: event_id.clone(),
+                    recipe: r.name.clone(),
+                    status: RunStatus::Queued,
+                    created_at: now,
+                    updated_at: now,
+                    finished_at: None,
+                    steps: Vec::new(),
+                    error: None,
+                    due_at: now,
+                })
+                .collect(),
+        };
+        event.runs = runs.iter().map(|r| r.id.clone()).collect();
+        let inserted = self.store.insert_event(&event, &runs)?;
+        self.commit.sync().await?;
+        match inserted {
+            Inserted::New => {
+                if !runs.is_empty() {
+                    self.wake.notify_waiters();
+                }
+                Ok(Accepted {
+                    event_id,
+                    runs: event.runs,
+                    duplicate: false,
+                })
+            }
+            Inserted::Duplicate { event_id } => {
+                let runs = self
+                    .store
+                    .event(&event_id)?
+                    .map(|e| e.runs)
+                    .unwrap_or_default();
+                Ok(Accepted {
+                    event_id,
+                    runs,
+                    duplicate: true,
+                })
+            }
+        }
+    }
+
+    /// Runs waiting or in flight.
+    pub fn queue_depth(&self) -> Result<usize, StoreError> {
+        self.store.queue_depth()
+    }
+}

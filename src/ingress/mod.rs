@@ -1,0 +1,216 @@
+//! Ingress: `POST /hooks/{connector}`.
+//!
+//! Reads the body within the size limit, verifies the signature the
+//! connector's `webhook:` section declares ([`signature`]), parses JSON or
+//! form bodies, reads the event type and delivery id, and hands the event to
+//! the engine, answering only once it is stored durably. Knows HTTP and
+//! signatures, nothing about recipes. Bad input is answered with a JSON error
+//! and changes nothing.
+
+pub mod signature;
+
+use crate::connector::Field;
+use crate::engine::{Engine, Incoming};
+use crate::error::ApiError;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// What the webhook routes need.
+#[derive(Clone)]
+pub struct IngressState {
+    pub engine: Arc<Engine>,
+    /// Largest accepted body, in bytes.
+    pub body_limit: usize,
+    /// The URL senders use to reach the hub (for schemes that sign the URL), e.g. `https://hooks.example.com`.
+    pub public_url: Option<String>,
+}
+
+pub fn router(state: IngressState) -> Router {
+    Router::new()
+        .route("/hooks/{connector}", post(receive))
+        .with_state(state)
+}
+
+async fn receive(
+    State(st): State<IngressState>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let catalog = st.engine.catalog();
+    let Some((connector, webhook)) = catalog
+        .connectors
+        .get(&name)
+        .and_then(|c| c.webhook.as_ref().map(|w| (c, w)))
+    else {
+        return Err(ApiError::NotFound(format!(
+            "no webhook connector named `{name}`"
+        )));
+    };
+
+    let too_large = || ApiError::TooLarge(st.body_limit);
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > st.body_limit {
+            return Err(too_large());
+        }
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, st.body_limit)
+        .await
+        .map_err(|_| too_large())?;
+
+    let url = match &st.public_url {
+        Some(base) => format!(
+            "{}{}",
+            base.trim_end_matches('/'),
+            uri.path_and_query().map(|p| p.as_str()).unwrap_or("")
+        ),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            format!(
+                "http://{host}{}",
+                uri.path_and_query().map(|p| p.as_str()).unwrap_or("")
+            )
+        }
+    };
+    let request = signature::Request {
+        method: method.as_str(),
+        url: &url,
+        headers: &headers,
+        body: &bytes,
+    };
+    let verified = webhook
+        .verifier
+        .verify(&request, crate::store::now_ms() / 1000)
+        .map_err(|e| {
+            tracing::warn!(connector = %name, check = e.check(), "webhook refused");
+            ApiError::Unauthorized {
+                check: e.check(),
+                message: e.to_string(),
+            }
+        })?;
+
+    let body = parse_body(&headers, &bytes)?;
+    let event_type = webhook
+        .event_type
+        .as_ref()
+        .and_then(|f| read_field(f, &headers, &body));
+    let delivery_id = verified.delivery_id.or_else(|| {
+        webhook
+            .event_id
+            .as_ref()
+            .and_then(|f| read_field(f, &headers, &body))
+    });
+
+    let accepted = st
+        .engine
+        .accept(Incoming {
+            connector: connector.name.clone(),
+            event_type: event_type.clone(),
+            delivery_id,
+            body,
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "storing an event failed");
+            ApiError::Unavailable("the event could not be stored; retry later".into())
+        })?;
+    tracing::info!(connector = %name, event = %accepted.event_id, event_type = ?event_type, runs = accepted.runs.len(), duplicate = accepted.duplicate, "webhook accepted");
+    let status = if accepted.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(accepted)).into_response())
+}
+
+/// JSON, or form fields as a JSON object (a repeated field becomes a list).
+fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if ctype.starts_with("application/x-www-form-urlencoded") {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(bytes)
+            .map_err(|e| ApiError::BadRequest(format!("malformed form body: {e}")))?;
+        let mut obj = Map::new();
+        for (k, v) in pairs {
+            match obj.get_mut(&k) {
+                None => {
+                    obj.insert(k, Value::String(v));
+                }
+                Some(Value::Array(list)) => list.push(Value::String(v)),
+                Some(prev) => {
+                    let first = prev.take();
+                    *prev = Value::Array(vec![first, Value::String(v)]);
+                }
+            }
+        }
+        return Ok(Value::Object(obj));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest(
+            "empty body, expected a JSON document".into(),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "malformed JSON at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+fn read_field(field: &Field, headers: &HeaderMap, body: &Value) -> Option<String> {
+    match field {
+        Field::Value(v) => Some(v.clone()),
+        Field::Header(h) => headers
+            .get(h.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        Field::Path(p) => match p.first(body)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_bodies_become_objects() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        let v = parse_body(&h, b"a=1&b=x+y&a=2").unwrap();
+        assert_eq!(v, serde_json::json!({"a": ["1", "2"], "b": "x y"}));
+    }
+
+    #[test]
+    fn malformed_json_names_the_position() {
+        let h = HeaderMap::new();
+        let e = parse_body(&h, b"{\n \"a\": }").unwrap_err();
+        assert!(e.to_string().contains("line 2 column"), "{e}");
+    }
+}

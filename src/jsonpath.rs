@@ -1,0 +1,118 @@
+//! A JSONPath (RFC 9535, via jsonpath-rust) parsed once at load time and
+//! evaluated many times. Pure: no I/O.
+
+use jsonpath_rust::parser::model::JpQuery;
+use serde_json::Value;
+
+#[derive(Debug, Clone)]
+pub struct JsonPath {
+    source: String,
+    query: JpQuery,
+}
+
+impl JsonPath {
+    /// Parse `source`; the error says what is wrong in words a recipe author reads.
+    pub fn compile(source: &str) -> Result<JsonPath, String> {
+        if !source.starts_with('$') {
+            return Err(format!(
+                "invalid JSONPath `{source}`: expected it to start with `$`"
+            ));
+        }
+        jsonpath_rust::parser::parse_json_path(source)
+            .map(|query| JsonPath {
+                source: source.to_string(),
+                query,
+            })
+            .map_err(|e| format!("invalid JSONPath `{source}`: {e}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Every node the path selects.
+    pub fn select<'a>(&self, value: &'a Value) -> Vec<&'a Value> {
+        jsonpath_rust::query::js_path_process(&self.query, value)
+            .map(|refs| refs.into_iter().map(|r| r.val()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Can this path select more than one node? (wildcards, descendants,
+    /// filters, slices, unions) A singular path yields a value, a plural one a list.
+    pub fn is_plural(&self) -> bool {
+        let mut depth = 0usize;
+        let mut quote: Option<char> = None;
+        let mut prev = ' ';
+        for c in self.source.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q && prev != '\\' => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '[') => depth += 1,
+                (None, ']') => depth = depth.saturating_sub(1),
+                (None, '*') => return true,
+                (None, '.') if prev == '.' => return true,
+                (None, '?' | ':' | ',') if depth > 0 => return true,
+                _ => {}
+            }
+            prev = c;
+        }
+        false
+    }
+
+    /// What an output field holds: the node (or null) for a singular path,
+    /// the list of nodes for a plural one.
+    pub fn pick(&self, value: &Value) -> Value {
+        let nodes = self.select(value);
+        if self.is_plural() {
+            Value::Array(nodes.into_iter().cloned().collect())
+        } else {
+            nodes.into_iter().next().cloned().unwrap_or(Value::Null)
+        }
+    }
+
+    /// The first selected node, if any.
+    pub fn first<'a>(&self, value: &'a Value) -> Option<&'a Value> {
+        self.select(value).into_iter().next()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn selects_and_reports_errors() {
+        let v = json!({"results": [{"id": "1"}, {"id": "2"}]});
+        let p = JsonPath::compile("$.results[0].id").unwrap();
+        assert_eq!(p.first(&v), Some(&json!("1")));
+        let all = JsonPath::compile("$.results[*].id").unwrap();
+        assert_eq!(all.select(&v).len(), 2);
+        assert!(JsonPath::compile("$.results[").is_err());
+        assert!(JsonPath::compile("results")
+            .unwrap_err()
+            .contains("start with `$`"));
+        assert_eq!(JsonPath::compile("$.nope").unwrap().first(&v), None);
+        assert_eq!(all.pick(&v), json!(["1", "2"]));
+        assert_eq!(p.pick(&v), json!("1"));
+        assert_eq!(JsonPath::compile("$.nope").unwrap().pick(&v), Value::Null);
+    }
+
+    #[test]
+    fn plural_paths() {
+        for p in [
+            "$.a[*]",
+            "$..id",
+            "$.a[?@.x > 1]",
+            "$.a[0:2]",
+            "$.a[0,1]",
+            "$.*",
+        ] {
+            assert!(JsonPath::compile(p).unwrap().is_plural(), "{p}");
+        }
+        for p in ["$.a[0].b", "$['a.b']['c']", "$.a[-1]", "$['x,y']"] {
+            assert!(!JsonPath::compile(p).unwrap().is_plural(), "{p}");
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! Switchboard: a self-hosted integration hub for support operations.
+//!
+//! SaaS tools send signed webhooks; the hub stores each event durably, matches
+//! it against YAML recipes and runs their steps through declarative
+//! connectors.
+//!
+//! # Layout
+//! - [`ingress`]: `POST /hooks/{connector}`, body limits, signature schemes.
+//! - [`admin`]: admin JSON API, `/healthz`, `/readyz`.
+//! - [`engine`]: the loaded catalog and its matching index, accepting events, workers.
+//! - [`recipe`]: recipe files compiled and checked; conditions (pure).
+//! - [`connector`]: connector files compiled; the outbound HTTP runtime; secrets.
+//! - [`store`]: the `Store` trait, the sled backend, group commit.
+//! - [`template`], [`jsonpath`], [`yaml`], [`secret`], [`duration`]: shared, pure building blocks.
+//! - [`error`]: the one place errors become HTTP answers.
+//!
+//! # Invariants
+//! - Dependencies point one way: `ingress`/`admin` → `engine` → `recipe`,
+//!   `connector`, `store`; `recipe` → `connector` (to check references).
+//! - Only `ingress`, `admin` and `error` use axum; only `connector` (and the
+//!   CLI's admin client) use reqwest; only `store` uses sled.
+//! - Conditions and templates do no I/O.
+//! - An event is durable in the store before its webhook is answered 2xx.
+//! - A step's record is durable before the next step starts.
+//! - Secrets are [`secret::Secret`]s; records and logs only ever hold redacted text.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod connector;
+pub mod duration;
+pub mod engine;
+pub mod error;
+pub mod ingress;
+pub mod jsonpath;
+pub mod recipe;
+pub mod secret;
+pub mod server;
+pub mod store;
+pub mod template;
+pub mod yaml;

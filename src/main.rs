@@ -1,0 +1,527 @@
+//! The `switchboard` command: parse arguments, set up logging, call the library.
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use switchboard::engine::Catalog;
+use switchboard::server::{self, ServeConfig, ServeError};
+use switchboard::store::{sled::SledStore, Page, RunFilter, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Self-hosted integration hub for support operations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Dirs {
+    /// Data directory: the embedded store, the admin token, `secrets.yaml`.
+    #[arg(long, env = "SWITCHBOARD_DATA", default_value = "data")]
+    data: PathBuf,
+    /// Connector files.
+    #[arg(long, env = "SWITCHBOARD_CONNECTORS", default_value = "connectors")]
+    connectors: PathBuf,
+    /// Recipe files.
+    #[arg(long, env = "SWITCHBOARD_RECIPES", default_value = "recipes")]
+    recipes: PathBuf,
+    /// Secrets file (default: <data>/secrets.yaml). Environment variables
+    /// SWITCHBOARD_SECRET_<CONNECTOR>_<NAME> take precedence.
+    #[arg(long, env = "SWITCHBOARD_SECRETS")]
+    secrets: Option<PathBuf>,
+    /// Connectors allowed to call loopback/private addresses (`*` for all), e.g. for local mocks.
+    #[arg(
+        long = "allow-internal",
+        env = "SWITCHBOARD_ALLOW_INTERNAL",
+        value_delimiter = ','
+    )]
+    allow_internal: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve {
+        #[command(flatten)]
+        dirs: Dirs,
+        #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Largest webhook body in bytes.
+        #[arg(long, env = "SWITCHBOARD_BODY_LIMIT", default_value_t = 1024 * 1024)]
+        body_limit: usize,
+        /// Concurrent run executors.
+        #[arg(long, env = "SWITCHBOARD_WORKERS", default_value_t = 8)]
+        workers: usize,
+        /// Public base URL senders use (for schemes that sign the URL, e.g. HubSpot v3).
+        #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// Seconds in-flight steps may take to finish after SIGTERM/SIGINT.
+        #[arg(long, default_value_t = 10)]
+        shutdown_grace: u64,
+    },
+    /// Validate every connector and recipe; exit status 1 on any error.
+    Check {
+        #[command(flatten)]
+        dirs: Dirs,
+    },
+    /// Inspect runs.
+    Runs {
+        #[command(subcommand)]
+        cmd: ListShow,
+    },
+    /// Inspect events.
+    Events {
+        #[command(subcommand)]
+        cmd: ListShow,
+    },
+}
+
+#[derive(Subcommand)]
+enum ListShow {
+    /// Newest first.
+    List {
+        #[command(flatten)]
+        src: Source,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only older than this id (the `next` cursor of a previous page).
+        #[arg(long)]
+        before: Option<String>,
+        /// Runs only: queued, running, succeeded, failed.
+        #[arg(long)]
+        status: Option<String>,
+        /// Runs only: recipe name.
+        #[arg(long)]
+        recipe: Option<String>,
+    },
+    Show {
+        id: String,
+        #[command(flatten)]
+        src: Source,
+    },
+}
+
+#[derive(Args)]
+struct Source {
+    #[arg(long, env = "SWITCHBOARD_DATA", default_value = "data")]
+    data: PathBuf,
+    /// Admin API of a running hub; used when the store is held by it.
+    #[arg(long, env = "SWITCHBOARD_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        match cli.command {
+            Command::Serve {
+                dirs,
+                listen,
+                body_limit,
+                workers,
+                public_url,
+                shutdown_grace,
+            } => {
+                serve(
+                    dirs,
+                    listen,
+                    body_limit,
+                    workers,
+                    public_url,
+                    shutdown_grace,
+                )
+                .await
+            }
+            Command::Check { dirs } => check(dirs),
+            Command::Runs { cmd } => inspect("runs", cmd).await,
+            Command::Events { cmd } => inspect("events", cmd).await,
+        }
+    })
+}
+
+fn serve_config(dirs: Dirs) -> ServeConfig {
+    ServeConfig {
+        data_dir: dirs.data,
+        connectors_dir: dirs.connectors,
+        recipes_dir: dirs.recipes,
+        secrets_file: dirs.secrets,
+        body_limit: 1024 * 1024,
+        workers: 8,
+        admin_token: std::env::var("SWITCHBOARD_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+        allow_internal: dirs.allow_internal,
+        public_url: None,
+        shutdown_grace: Duration::from_secs(10),
+    }
+}
+
+async fn serve(
+    dirs: Dirs,
+    listen: String,
+    body_limit: usize,
+    workers: usize,
+    public_url: Option<String>,
+    grace: u64,
+) -> ExitCode {
+    let config = ServeConfig {
+        body_limit,
+        workers,
+        public_url,
+        shutdown_grace: Duration::from_secs(grace),
+        ..serve_config(dirs)
+    };
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server::run(config, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ServeError::Load(errors)) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "error: {} problem(s) in connectors/recipes; not starting",
+                errors.len()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+fn check(dirs: Dirs) -> ExitCode {
+    let config = serve_config(dirs);
+    let opts = match config.load_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match Catalog::load(&opts) {
+        Ok(catalog) => {
+            for w in &catalog.warnings {
+                eprintln!("{w}");
+            }
+            println!(
+                "ok: {} connector(s), {} recipe(s)",
+                catalog.connectors.by_name.len(),
+                catalog.recipes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("error: {} problem(s) found", errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Read from the store directly when no hub holds it; otherwise through the admin API.
+async fn inspect(kind: &str, cmd: ListShow) -> ExitCode {
+    let (src, path, query) = match &cmd {
+        ListShow::List {
+            src,
+            limit,
+            before,
+            status,
+            recipe,
+        } => {
+            let mut q = vec![("limit", limit.to_string())];
+            q.extend(before.clone().map(|b| ("before", b)));
+            q.extend(status.clone().map(|s| ("status", s)));
+            q.extend(recipe.clone().map(|r| ("recipe", r)));
+            (src, format!("/api/{kind}"), q)
+        }
+        ListShow::Show { id, src } => (src, format!("/api/{kind}/{id}"), vec![]),
+    };
+    let result = match open_store(&src.data) {
+        Some(store) => from_store(&*store, kind, &cmd),
+        None => from_api(src, &path, &query).await,
+    };
+    match result {
+        Ok(v) => {
+            if src.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", render(kind, &v, matches!(cmd, ListShow::List { .. })));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_store(data: &Path) -> Option<Box<dyn Store>> {
+    let dir = data.join("store");
+    if !dir.exists() {
+        return None;
+    }
+    SledStore::open(&dir)
+        .ok()
+        .map(|s| Box::new(s) as Box<dyn Store>)
+}
+
+fn from_store(store: &dyn Store, kind: &str, cmd: &ListShow) -> Result<Value, String> {
+    let e = |e: switchboard::store::StoreError| e.to_string();
+    match (kind, cmd) {
+        (
+            "runs",
+            ListShow::List {
+                limit,
+                before,
+                status,
+                recipe,
+                ..
+            },
+        ) => {
+            let filter = RunFilter {
+                status: status
+                    .as_deref()
+                    .map(switchboard::admin::parse_status)
+                    .transpose()
+                    .map_err(|e| e.to_string())?,
+                recipe: recipe.clone(),
+            };
+            let page = Page {
+                limit: *limit,
+                before: before.clone(),
+            };
+            Ok(serde_json::json!({"items": store.runs(&page, &filter).map_err(e)?}))
+        }
+        ("events", ListShow::List { limit, before, .. }) => {
+            let page = Page {
+                limit: *limit,
+                before: before.clone(),
+            };
+            Ok(serde_json::json!({"items": store.events(&page).map_err(e)?}))
+        }
+        ("runs", ListShow::Show { id, .. }) => store
+            .run(id)
+            .map_err(e)?
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .ok_or_else(|| format!("no run {id}")),
+        (_, ListShow::Show { id, .. }) => {
+            let ev = store
+                .event(id)
+                .map_err(e)?
+                .ok_or_else(|| format!("no event {id}"))?;
+            let runs: Vec<Value> = ev
+                .runs
+                .iter()
+                .filter_map(|r| store.run(r).ok().flatten())
+                .map(|r| serde_json::json!({"id": r.id, "recipe": r.recipe, "status": r.status, "error": r.error}))
+                .collect();
+            let mut v = serde_json::to_value(&ev).unwrap_or_default();
+            v["runs"] = Value::Array(runs);
+            Ok(v)
+        }
+        _ => Err("unknown listing".into()),
+    }
+}
+
+async fn from_api(src: &Source, path: &str, query: &[(&str, String)]) -> Result<Value, String> {
+    let token = match &src.token {
+        Some(t) => t.clone(),
+        None => std::fs::read_to_string(server::token_path(&src.data))
+            .map(|t| t.trim().to_string())
+            .map_err(|_| {
+                format!(
+                    "the store in {} is in use and no admin token was given (--token or SWITCHBOARD_ADMIN_TOKEN)",
+                    src.data.display()
+                )
+            })?,
+    };
+    let resp = reqwest::Client::new()
+        .get(format!("{}{path}", src.url.trim_end_matches('/')))
+        .query(query)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the hub at {}: {e}", src.url))?;
+    let status = resp.status();
+    let body: Value = resp.json().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(body["message"]
+            .as_str()
+            .unwrap_or("request failed")
+            .to_string());
+    }
+    Ok(body)
+}
+
+fn time(ms: &Value) -> String {
+    ms.as_i64()
+        .and_then(|ms| std::time::UNIX_EPOCH.checked_add(Duration::from_millis(ms as u64)))
+        .map(|t| humantime::format_rfc3339_millis(t).to_string())
+        .unwrap_or_default()
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Text for people; `--json` gives the full records.
+fn render(kind: &str, v: &Value, list: bool) -> String {
+    let mut out = String::new();
+    if list {
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        for i in &items {
+            if kind == "runs" {
+                out += &format!(
+                    "{}  {:<10} {:<28} {}  steps:{}  {}\n",
+                    s(&i["id"]),
+                    s(&i["status"]),
+                    s(&i["recipe"]),
+                    time(&i["created_at"]),
+                    i["steps"].as_array().map_or(0, Vec::len),
+                    i["error"].as_str().unwrap_or("")
+                );
+            } else {
+                out += &format!(
+                    "{}  {:<10} {:<24} {}  runs:{}\n",
+                    s(&i["id"]),
+                    s(&i["connector"]),
+                    s(&i["event_type"]),
+                    time(&i["received_at"]),
+                    i["runs"].as_array().map_or(0, Vec::len)
+                );
+            }
+        }
+        if items.is_empty() {
+            out += &format!("no {kind}\n");
+        }
+        return out;
+    }
+    let pretty = |v: &Value| {
+        serde_json::to_string_pretty(v)
+            .unwrap_or_default()
+            .replace('\n', "\n      ")
+    };
+    if kind == "runs" {
+        out += &format!(
+            "run     {}\nrecipe  {}\nevent   {}\nstatus  {}\ncreated {}\n",
+            s(&v["id"]),
+            s(&v["recipe"]),
+            s(&v["event_id"]),
+            s(&v["status"]),
+            time(&v["created_at"])
+        );
+        if let Some(e) = v["error"].as_str() {
+            out += &format!("error   {e}\n");
+        }
+        for (n, st) in v["steps"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            out += &format!(
+                "\n{}. {} ({})  {}  HTTP {}  {} ms  attempts {}\n",
+                n + 1,
+                s(&st["id"]),
+                s(&st["call"]),
+                s(&st["status"]),
+                s(&st["http_status"]),
+                s(&st["duration_ms"]),
+                s(&st["attempts"])
+            );
+            out += &format!("   input:  {}\n", pretty(&st["input"]));
+            if let Some(r) = st.get("request") {
+                out += &format!("   request: {} {}\n", s(&r["method"]), s(&r["url"]));
+            }
+            out += &format!("   output: {}\n", pretty(&st["output"]));
+            if let Some(e) = st["error"].as_str() {
+                out += &format!("   error:  {e}\n");
+            }
+        }
+    } else {
+        out += &format!(
+            "event     {}\nconnector {}\ntype      {}\ndelivery  {}\nreceived  {}\n",
+            s(&v["id"]),
+            s(&v["connector"]),
+            s(&v["event_type"]),
+            s(&v["delivery_id"]),
+            time(&v["received_at"])
+        );
+        for r in v["runs"].as_array().cloned().unwrap_or_default() {
+            out += &format!(
+                "run       {}  {}  {}\n",
+                s(&r["id"]),
+                s(&r["recipe"]),
+                s(&r["status"])
+            );
+        }
+        out += &format!("body      {}\n", pretty(&v["body"]));
+    }
+    out
+}

@@ -1,0 +1,428 @@
+//! Recipes: what to do when an event arrives, written by support ops in
+//! `recipes/NAME.yaml`.
+//!
+//! A recipe file is compiled here, once, against the loaded connectors: its
+//! trigger, conditions ([`condition`]), and steps with their templated inputs.
+//! Every reference is checked at load time (connector, action, inputs, step
+//! ids, template variables) so a typo fails `switchboard check` with its
+//! location, never the first webhook. Pure: no I/O besides reading the files.
+
+pub mod condition;
+pub mod config;
+
+use crate::connector::Connectors;
+use crate::template::{escape, Template, Templates, ValueTemplate};
+use crate::yaml::{LoadError, SourceMap};
+use condition::Condition;
+use config::{RecipeFile, StepFile};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// A compiled recipe.
+#[derive(Debug)]
+pub struct Recipe {
+    pub name: String,
+    pub file: PathBuf,
+    pub connector: String,
+    pub event: String,
+    pub condition: Condition,
+    pub vars: Value,
+    pub steps: Vec<Step>,
+}
+
+/// One compiled step.
+#[derive(Debug)]
+pub struct Step {
+    /// Unique in the recipe; later steps read `steps.<id>`. Defaults to `step<N>` (1-based).
+    pub id: String,
+    pub connector: String,
+    pub action: String,
+    /// The `with:` inputs, in file order.
+    pub with: Vec<(String, ValueTemplate)>,
+    pub condition: Option<Condition>,
+}
+
+/// Load every recipe in `dir`, checking it against `connectors`.
+pub fn load_dir(
+    dir: &Path,
+    connectors: &Connectors,
+    templates: &mut Templates,
+    errors: &mut Vec<LoadError>,
+) -> Vec<Recipe> {
+    let mut out: Vec<Recipe> = Vec::new();
+    for (path, text) in crate::yaml::read_dir(dir, errors) {
+        match crate::yaml::load::<RecipeFile>(&path, &text) {
+            Err(e) => errors.push(e),
+            Ok((file, map)) => {
+                if out.iter().any(|r| r.name == file.name) {
+                    errors
+                        .push(map.error("/name", format!("duplicate recipe name `{}`", file.name)));
+                    continue;
+                }
+                if let Some(r) = compile(file, &path, &map, connectors, templates, errors) {
+                    out.push(r);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn valid_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// What templates and conditions of one place in a recipe may read.
+struct Scope<'a> {
+    steps: &'a [String],
+    vars: &'a BTreeSet<String>,
+}
+
+impl Scope<'_> {
+    /// Check one dotted variable (`steps.contact.id`) a template reads.
+    fn check_var(&self, var: &str) -> Result<(), String> {
+        let mut parts = var.split('.');
+        let root = parts.next().unwrap_or("");
+        let second = parts.next();
+        match (root, second) {
+            ("event", _) | ("run", _) => Ok(()),
+            ("steps", Some(id)) => self.check_step(id),
+            ("steps", None) => Ok(()),
+            ("vars", Some(v)) if self.vars.contains(v) => Ok(()),
+            ("vars", Some(v)) => Err(format!(
+                "unknown variable `vars.{v}`, expected one of the recipe's `vars:` ({})",
+                list(self.vars.iter())
+            )),
+            ("vars", None) => Ok(()),
+            (other, _) => Err(format!(
+                "unknown template variable `{other}`, expected `event`, `steps`, `vars` or `run`"
+            )),
+        }
+    }
+
+    fn check_step(&self, id: &str) -> Result<(), String> {
+        if self.steps.iter().any(|s| s == id) {
+            Ok(())
+        } else {
+            Err(format!(
+                "unknown step id `{id}`, expected an earlier step: {}",
+                list(self.steps.iter())
+            ))
+        }
+    }
+
+    /// Check a JSONPath of a condition: `$.steps.<id>` / `$.vars.<name>` must exist.
+    fn check_path(&self, path: &str) -> Result<(), String> {
+        let rest = path.strip_prefix('$').unwrap_or(path);
+        let segs = leading_names(rest);
+        match segs.as_slice() {
+            [] => Ok(()),
+            [root, rest @ ..] => {
+                let var = std::iter::once(root.as_str())
+                    .chain(rest.iter().map(String::as_str).take(1))
+                    .collect::<Vec<_>>()
+                    .join(".");
+                self.check_var(&var)
+            }
+        }
+    }
+}
+
+/// The leading plain member names of a JSONPath after `$` (`.a.b` / `['a']['b']`).
+fn leading_names(mut rest: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    while out.len() < 2 {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+                .unwrap_or(r.len());
+            if end == 0 {
+                break;
+            }
+            out.push(r[..end].to_string());
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix("['").or_else(|| rest.strip_prefix("[\"")) {
+            let Some(end) = r.find(['\'', '"']) else {
+                break;
+            };
+            out.push(r[..end].to_string());
+            rest = r[end + 1..].strip_prefix(']').unwrap_or("");
+        } else {
+            break;
+        }
+    }
+    out
+}
+
+fn list<'a>(items: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<String> = items.map(|s| format!("`{s}`")).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn compile_condition(
+    value: &Value,
+    ptr: &str,
+    scope: &Scope<'_>,
+    map: &SourceMap,
+    errors: &mut Vec<LoadError>,
+) -> Option<Condition> {
+    match Condition::compile(value) {
+        Err(e) => {
+            errors.push(map.error(&format!("{ptr}{}", e.pointer), e.message));
+            None
+        }
+        Ok(c) => {
+            for (p, path) in c.paths() {
+                if let Err(msg) = scope.check_path(&path) {
+                    errors.push(map.error(&format!("{ptr}{p}"), msg));
+                }
+            }
+            Some(c)
+        }
+    }
+}
+
+fn check_templates(
+    t: &ValueTemplate,
+    ptr: &str,
+    scope: &Scope<'_>,
+    templates: &Templates,
+    map: &SourceMap,
+    errors: &mut Vec<LoadError>,
+) {
+    let mut leaves: Vec<(String, &Template)> = Vec::new();
+    templates.leaves(t, ptr.to_string(), &mut leaves);
+    for (p, leaf) in leaves {
+        for var in templates.variables(leaf) {
+            if let Err(msg) = scope.check_var(&var) {
+                errors.push(map.error(&p, msg));
+            }
+        }
+    }
+}
+
+fn compile(
+    file: RecipeFile,
+    path: &Path,
+    map: &SourceMap,
+    connectors: &Connectors,
+    templates: &mut Templates,
+    errors: &mut Vec<LoadError>,
+) -> Option<Recipe> {
+    let before = errors.len();
+    match connectors.get(&file.on.connector) {
+        None => errors.push(map.error(
+            "/on/connector",
+            format!(
+                "unknown connector `{}`, expected one of {}",
+                file.on.connector,
+                list(sorted(connectors.by_name.keys()).iter())
+            ),
+        )),
+        Some(c) if c.webhook.is_none() => errors.push(map.error(
+            "/on/connector",
+            format!(
+                "connector `{}` has no `webhook:` section, so it sends no events",
+                c.name
+            ),
+        )),
+        Some(_) => {}
+    }
+    let vars: BTreeSet<String> = file
+        .vars
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    if !file.vars.is_null() && !file.vars.is_object() {
+        errors.push(map.error("/vars", "`vars:` must be a mapping of names to values"));
+    }
+
+    let mut seen: Vec<String> = Vec::new();
+    let condition = match &file.condition {
+        None => Condition::always(),
+        Some(v) => {
+            let scope = Scope {
+                steps: &[],
+                vars: &vars,
+            };
+            compile_condition(v, "/if", &scope, map, errors).unwrap_or_else(Condition::always)
+        }
+    };
+
+    let mut steps = Vec::new();
+    for (i, s) in file.steps.iter().enumerate() {
+        let ptr = format!("/steps/{i}");
+        if let Some(step) =
+            compile_step(s, i, &ptr, &seen, &vars, map, connectors, templates, errors)
+        {
+            seen.push(step.id.clone());
+            steps.push(step);
+        } else if let Some(id) = &s.id {
+            seen.push(id.clone()); // keep checking later steps against it
+        }
+    }
+    if file.steps.is_empty() {
+        errors.push(map.error("/steps", "a recipe needs at least one step"));
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(Recipe {
+        name: file.name,
+        file: path.to_path_buf(),
+        connector: file.on.connector,
+        event: file.on.event,
+        condition,
+        vars: file.vars,
+        steps,
+    })
+}
+
+fn sorted<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut v: Vec<String> = keys.cloned().collect();
+    v.sort();
+    v
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compile_step(
+    s: &StepFile,
+    i: usize,
+    ptr: &str,
+    earlier: &[String],
+    vars: &BTreeSet<String>,
+    map: &SourceMap,
+    connectors: &Connectors,
+    templates: &mut Templates,
+    errors: &mut Vec<LoadError>,
+) -> Option<Step> {
+    let before = errors.len();
+    let id = s.id.clone().unwrap_or_else(|| format!("step{}", i + 1));
+    if !valid_id(&id) {
+        errors.push(map.error(
+            &format!("{ptr}/id"),
+            format!("invalid step id `{id}`, expected letters, digits and `_`, not starting with a digit"),
+        ));
+    } else if earlier.contains(&id) {
+        errors.push(map.error(&format!("{ptr}/id"), format!("duplicate step id `{id}`")));
+    }
+    let scope = Scope {
+        steps: earlier,
+        vars,
+    };
+
+    let call_ptr = format!("{ptr}/call");
+    let (cname, aname) = match s.call.split_once('.') {
+        Some((c, a)) => (c.to_string(), a.to_string()),
+        None => {
+            errors.push(map.error(
+                &call_ptr,
+                format!("invalid call `{}`, expected `connector.action`", s.call),
+            ));
+            return None;
+        }
+    };
+    let action = match connectors.get(&cname) {
+        None => {
+            errors.push(map.error(
+                &call_ptr,
+                format!(
+                    "unknown connector `{cname}`, expected one of {}",
+                    list(sorted(connectors.by_name.keys()).iter())
+                ),
+            ));
+            None
+        }
+        Some(c) => match c.actions.get(&aname) {
+            None => {
+                errors.push(map.error(
+                    &call_ptr,
+                    format!(
+                        "unknown action `{aname}` of connector `{cname}`, expected one of {}",
+                        list(c.actions.keys())
+                    ),
+                ));
+                None
+            }
+            a => a,
+        },
+    };
+
+    let mut with = Vec::new();
+    for (k, v) in &s.with {
+        let p = format!("{ptr}/with/{}", escape(k));
+        if let Some(a) = action {
+            if !a.inputs.contains_key(k) {
+                errors.push(map.error(
+                    &p,
+                    format!(
+                        "action `{}` has no input `{k}`, expected one of {}",
+                        s.call,
+                        list(a.inputs.keys())
+                    ),
+                ));
+            }
+        }
+        match templates.compile_value(v) {
+            Ok(t) => {
+                check_templates(&t, &p, &scope, templates, map, errors);
+                with.push((k.clone(), t));
+            }
+            Err((sub, e)) => {
+                errors.push(map.error(&format!("{p}{sub}"), format!("template error: {e}")))
+            }
+        }
+    }
+    if let Some(a) = action {
+        for (input, required) in &a.inputs {
+            if *required && !s.with.contains_key(input) {
+                errors.push(map.error(
+                    &format!("{ptr}/with"),
+                    format!("missing input `{input}` required by `{}`", s.call),
+                ));
+            }
+        }
+    }
+    let condition = s
+        .condition
+        .as_ref()
+        .and_then(|v| compile_condition(v, &format!("{ptr}/if"), &scope, map, errors));
+    if errors.len() > before {
+        return None;
+    }
+    Some(Step {
+        id,
+        connector: cname,
+        action: aname,
+        with,
+        condition,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leading_names_of_paths() {
+        assert_eq!(leading_names(".steps.contact.id"), vec!["steps", "contact"]);
+        assert_eq!(leading_names("['steps']['a b']"), vec!["steps", "a b"]);
+        assert_eq!(leading_names(".event"), vec!["event"]);
+        assert!(leading_names("[0]").is_empty());
+    }
+
+    #[test]
+    fn step_ids() {
+        assert!(valid_id("contact_1"));
+        assert!(!valid_id("1x"));
+        assert!(!valid_id("a-b"));
+        assert!(!valid_id(""));
+    }
+}

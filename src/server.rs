@@ -1,0 +1,174 @@
+//! Wiring for `switchboard serve`: load the catalog, open the store, start
+//! the workers and the HTTP server, and stop them in order.
+
+use crate::admin::{self, AdminState};
+use crate::connector::SecretSource;
+use crate::engine::{worker, Catalog, Engine, EngineConfig, LoadOptions};
+use crate::ingress::{self, IngressState};
+use crate::secret::Secret;
+use crate::store::{sled::SledStore, Store};
+use crate::yaml::LoadError;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything `serve` needs; built by the CLI from flags and environment.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub connectors_dir: PathBuf,
+    pub recipes_dir: PathBuf,
+    /// Secrets file; default `<data_dir>/secrets.yaml`.
+    pub secrets_file: Option<PathBuf>,
+    pub body_limit: usize,
+    pub workers: usize,
+    /// Admin API token; when unset, one is generated and kept in `<data_dir>/admin-token`.
+    pub admin_token: Option<String>,
+    pub allow_internal: Vec<String>,
+    pub public_url: Option<String>,
+    /// How long in-flight steps may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Load(Vec<LoadError>),
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl ServeConfig {
+    pub fn load_options(&self) -> Result<LoadOptions, ServeError> {
+        let secrets_file = self
+            .secrets_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secrets.yaml"));
+        let secrets = SecretSource::load(&secrets_file).map_err(|e| ServeError::Load(vec![e]))?;
+        Ok(LoadOptions {
+            connectors_dir: self.connectors_dir.clone(),
+            recipes_dir: self.recipes_dir.clone(),
+            secrets,
+            allow_internal: self.allow_internal.clone(),
+        })
+    }
+}
+
+/// Run the hub on `listener` until `shutdown` completes.
+pub async fn run(
+    config: ServeConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let catalog = Catalog::load(&config.load_options()?).map_err(ServeError::Load)?;
+    for w in &catalog.warnings {
+        tracing::warn!("{w}");
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ServeError::Setup(format!("cannot create {}: {e}", config.data_dir.display()))
+    })?;
+    let store = SledStore::open(&config.data_dir.join("store")).map_err(|e| {
+        ServeError::Setup(format!(
+            "cannot open the store in {}: {e} (is another switchboard running on it?)",
+            config.data_dir.display()
+        ))
+    })?;
+    // One node owns a sled store, so every lease found at start-up is stale.
+    let released = store
+        .release_leases(crate::store::now_ms())
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    if released > 0 {
+        tracing::info!(
+            runs = released,
+            "resuming runs interrupted by the last stop"
+        );
+    }
+    let store: Arc<dyn Store> = Arc::new(store);
+    let token = admin_token(&config)?;
+    tracing::info!(
+        connectors = catalog.connectors.by_name.len(),
+        recipes = catalog.recipes.len(),
+        "catalog loaded"
+    );
+    let engine = Engine::new(
+        catalog,
+        store,
+        EngineConfig {
+            workers: config.workers,
+            ..EngineConfig::default()
+        },
+    )
+    .map_err(ServeError::Setup)?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let workers = worker::spawn(&engine, stop_rx);
+    let app = ingress::router(IngressState {
+        engine: engine.clone(),
+        body_limit: config.body_limit,
+        public_url: config.public_url.clone(),
+    })
+    .merge(admin::router(AdminState {
+        engine: engine.clone(),
+        token,
+    }));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "listening");
+    }
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+
+    // Stop taking runs; let the ones in flight finish their step, up to the grace period.
+    let _ = stop_tx.send(true);
+    let all = futures_util::future::join_all(workers);
+    if tokio::time::timeout(config.shutdown_grace, all)
+        .await
+        .is_err()
+    {
+        tracing::warn!("workers still busy at the end of the grace period; their runs resume at the next start");
+    }
+    engine
+        .store()
+        .flush()
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    Ok(())
+}
+
+/// The admin token: from config, else from `<data>/admin-token`, else a new random one written there.
+fn admin_token(config: &ServeConfig) -> Result<Secret, ServeError> {
+    if let Some(t) = &config.admin_token {
+        return Ok(Secret::new(t.clone()));
+    }
+    let path = token_path(&config.data_dir);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            tracing::info!(path = %path.display(), "admin token read from file");
+            return Ok(Secret::new(t.trim().to_string()));
+        }
+    }
+    let token: String = hex::encode(rand::random::<[u8; 32]>());
+    write_private(&path, &token)
+        .map_err(|e| ServeError::Setup(format!("cannot write {}: {e}", path.display())))?;
+    tracing::info!(path = %path.display(), "generated an admin token; the admin API needs `Authorization: Bearer <token in that file>`");
+    Ok(Secret::new(token))
+}
+
+pub fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin-token")
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}

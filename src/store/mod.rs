@@ -1,0 +1,239 @@
+//! Durable state: events, runs with their step records, and the run queue.
+//!
+//! [`Store`] is a trait so a PostgreSQL backend can follow the embedded
+//! [`sled`](self::sled) one. Backends write; [`GroupCommit`] makes writes
+//! durable, sharing one flush among every request waiting at the same time.
+//! This module knows nothing about HTTP, recipes or connectors: records are
+//! plain serde types.
+//!
+//! The queue is designed for leases: leasing a run moves its queue entry to
+//! the lease's expiry time, so a run whose worker died comes due again by
+//! itself.
+
+pub mod sled;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O error: {0}")]
+    Io(String),
+    #[error("corrupt record {key}: {detail}")]
+    Corrupt { key: String, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// One accepted inbound delivery.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub id: String,
+    pub connector: String,
+    /// The event type read by the connector's `webhook.event_type`; none if it could not be read.
+    pub event_type: Option<String>,
+    /// The sender's delivery id, used to refuse a second delivery of the same event.
+    pub delivery_id: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub received_at: i64,
+    /// The body as JSON (form fields become an object).
+    pub body: Value,
+    /// Runs started for this event.
+    pub runs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn is_final(self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed)
+    }
+}
+
+/// One recipe executing for one event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Run {
+    pub id: String,
+    pub event_id: String,
+    pub recipe: String,
+    pub status: RunStatus,
+    pub created_at: i64,
+    pub updated_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    /// Step records, in order; a run resumes at `steps.len()`.
+    pub steps: Vec<StepRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the queue entry of this run is due (ms). While leased: the lease's expiry.
+    pub due_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepRecord {
+    pub id: String,
+    /// `connector.action`.
+    pub call: String,
+    pub status: StepStatus,
+    /// Rendered `with:` inputs, secrets redacted.
+    pub input: Value,
+    /// The request sent and the answer's status, redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(default)]
+    pub output: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub started_at: i64,
+    pub duration_ms: u64,
+    pub attempts: u32,
+}
+
+/// A page request: newest first, items strictly older than `before`.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub limit: usize,
+    pub before: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub status: Option<RunStatus>,
+    pub recipe: Option<String>,
+}
+
+impl RunFilter {
+    pub fn matches(&self, run: &Run) -> bool {
+        self.status.is_none_or(|s| s == run.status)
+            && self.recipe.as_deref().is_none_or(|r| r == run.recipe)
+    }
+}
+
+/// Result of storing an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    /// The same (connector, delivery id) was stored before, as this event.
+    Duplicate {
+        event_id: String,
+    },
+}
+
+/// The durable state. Writes are not durable until [`Store::flush`] returns.
+pub trait Store: Send + Sync + 'static {
+    /// Store an event and its new runs (queued, due now) atomically, unless
+    /// an event with the same (connector, delivery id) exists.
+    fn insert_event(&self, event: &Event, runs: &[Run]) -> Result<Inserted>;
+    /// Make every write so far durable.
+    fn flush(&self) -> Result<()>;
+    fn event(&self, id: &str) -> Result<Option<Event>>;
+    fn events(&self, page: &Page) -> Result<Vec<Event>>;
+    fn run(&self, id: &str) -> Result<Option<Run>>;
+    fn runs(&self, page: &Page, filter: &RunFilter) -> Result<Vec<Run>>;
+    /// Lease up to `max` runs due at `now`: each becomes `Running`, due again at `now + lease_ms`.
+    fn lease(&self, now: i64, lease_ms: i64, max: usize) -> Result<Vec<Run>>;
+    /// Checkpoint a leased run (its steps so far); its queue entry is unchanged.
+    fn save_run(&self, run: &Run) -> Result<()>;
+    /// Write a finished run and remove it from the queue.
+    fn finish_run(&self, run: &Run) -> Result<()>;
+    /// Make every leased run due now (at start-up of a single node, every lease is stale).
+    fn release_leases(&self, now: i64) -> Result<usize>;
+    /// Number of runs waiting or leased.
+    fn queue_depth(&self) -> Result<usize>;
+    /// When the earliest queue entry is due, if any.
+    fn next_due(&self) -> Result<Option<i64>>;
+}
+
+/// Group commit: callers that wrote something wait for one shared flush.
+///
+/// A dedicated thread takes every waiter queued so far, flushes once and
+/// answers them all, so N concurrent webhooks cost one fsync, not N.
+#[derive(Clone)]
+pub struct GroupCommit {
+    tx: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<std::result::Result<(), String>>>,
+}
+
+impl GroupCommit {
+    pub fn start(store: Arc<dyn Store>) -> GroupCommit {
+        let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<_>>();
+        std::thread::Builder::new()
+            .name("group-commit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut waiters = vec![first];
+                    waiters.extend(rx.try_iter());
+                    let r = store.flush().map_err(|e| e.to_string());
+                    for w in waiters {
+                        let _ = w.send(r.clone());
+                    }
+                }
+            })
+            .expect("spawning the group-commit thread");
+        GroupCommit { tx }
+    }
+
+    /// Wait until every write made before this call is durable.
+    pub async fn sync(&self) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(tx)
+            .map_err(|_| StoreError::Io("group commit stopped".into()))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Io(e)),
+            Err(_) => Err(StoreError::Io("group commit stopped".into())),
+        }
+    }
+}
+
+/// Time-ordered unique ids (ULID layout: 48-bit ms time + 80 random bits,
+/// Crockford base32), so keys sort by creation time.
+pub fn new_id(now_ms: i64) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let rand: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
+    let v: u128 = ((now_ms.max(0) as u128) << 80) | rand;
+    (0..26)
+        .map(|i| ALPHABET[((v >> (125 - i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time_and_are_unique() {
+        let a = new_id(1_700_000_000_000);
+        let b = new_id(1_700_000_000_001);
+        assert_eq!(a.len(), 26);
+        assert!(a < b);
+        assert_ne!(new_id(5), new_id(5));
+    }
+}

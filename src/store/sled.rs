@@ -1,0 +1,379 @@
+//! The embedded store: one sled tree, records as JSON under prefixed keys.
+//!
+//! Key layout (also in ARCHITECTURE.md):
+//! - `e/<event id>` → [`Event`]
+//! - `d/<connector>\0<delivery id>` → event id (refuses a second delivery)
+//! - `r/<run id>` → [`Run`]
+//! - `q/<due ms, 8 bytes big-endian><run id>` → empty: the run queue, in due order
+//!
+//! Ids are time-ordered, so `e/` and `r/` scan newest-first in reverse.
+//! Multi-key writes go through one `Batch`, which sled applies atomically.
+
+use super::{Event, Inserted, Page, Result, Run, RunFilter, RunStatus, Store, StoreError};
+use std::path::Path;
+use std::sync::Mutex;
+
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// Serialises read-check-write sequences (dedupe, lease, finish). A std
+    /// Mutex: nothing async happens while it is held.
+    lock: Mutex<()>,
+}
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn queue_key(due: i64, run_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + 8 + run_id.len());
+    k.extend_from_slice(b"q/");
+    k.extend_from_slice(&(due.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(run_id.as_bytes());
+    k
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Io(e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: e.to_string(),
+    })
+}
+
+impl SledStore {
+    /// Open (or create) the store in `dir`. Fails if another process has it open.
+    pub fn open(dir: &Path) -> Result<SledStore> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            // Durability comes from explicit flushes (group commit), not a timer.
+            .flush_every_ms(None)
+            .open()
+            .map_err(io)?;
+        let tree = db.open_tree("switchboard").map_err(io)?;
+        Ok(SledStore {
+            db,
+            tree,
+            lock: Mutex::new(()),
+        })
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while holding the lock leaves no half-written state (batches
+        // are atomic), so a poisoned lock is safe to take.
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
+        match self.tree.get(key).map_err(io)? {
+            None => Ok(None),
+            Some(v) => decode(key, &v).map(Some),
+        }
+    }
+
+    fn page<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+        page: &Page,
+        keep: impl Fn(&T) -> bool,
+    ) -> Result<Vec<T>> {
+        let start = prefix.as_bytes().to_vec();
+        let end = match &page.before {
+            Some(b) => format!("{prefix}{b}").into_bytes(),
+            None => {
+                let mut e = start.clone();
+                if let Some(last) = e.last_mut() {
+                    *last += 1;
+                }
+                e
+            }
+        };
+        let mut out = Vec::new();
+        for item in self.tree.range(start..end).rev() {
+            let (k, v) = item.map_err(io)?;
+            let t: T = decode(&k, &v)?;
+            if keep(&t) {
+                out.push(t);
+                if out.len() >= page.limit.max(1) {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Store for SledStore {
+    fn insert_event(&self, event: &Event, runs: &[Run]) -> Result<Inserted> {
+        let _g = self.guard();
+        let dedupe_key = event
+            .delivery_id
+            .as_ref()
+            .map(|d| format!("d/{}\0{d}", event.connector).into_bytes());
+        if let Some(k) = &dedupe_key {
+            if let Some(existing) = self.tree.get(k).map_err(io)? {
+                return Ok(Inserted::Duplicate {
+                    event_id: String::from_utf8_lossy(&existing).into_owned(),
+                });
+            }
+        }
+        let mut batch = sled::Batch::default();
+        if let Some(k) = dedupe_key {
+            batch.insert(k, event.id.as_bytes());
+        }
+        batch.insert(format!("e/{}", event.id).into_bytes(), encode(event)?);
+        for run in runs {
+            batch.insert(format!("r/{}", run.id).into_bytes(), encode(run)?);
+            batch.insert(queue_key(run.due_at, &run.id), &[][..]);
+        }
+        self.tree.apply_batch(batch).map_err(io)?;
+        Ok(Inserted::New)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().map(|_| ()).map_err(io)
+    }
+
+    fn event(&self, id: &str) -> Result<Option<Event>> {
+        self.get(format!("e/{id}").as_bytes())
+    }
+
+    fn events(&self, page: &Page) -> Result<Vec<Event>> {
+        self.page("e/", page, |_| true)
+    }
+
+    fn run(&self, id: &str) -> Result<Option<Run>> {
+        self.get(format!("r/{id}").as_bytes())
+    }
+
+    fn runs(&self, page: &Page, filter: &RunFilter) -> Result<Vec<Run>> {
+        self.page("r/", page, |r| filter.matches(r))
+    }
+
+    fn lease(&self, now: i64, lease_ms: i64, max: usize) -> Result<Vec<Run>> {
+        let _g = self.guard();
+        let mut due = Vec::new();
+        for item in self.tree.range(queue_key(0, "")..queue_key(now + 1, "")) {
+            let (k, _) = item.map_err(io)?;
+            due.push(k);
+            if due.len() >= max {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        let mut batch = sled::Batch::default();
+        for k in due {
+            let id = String::from_utf8_lossy(&k[10..]).into_owned();
+            batch.remove(k);
+            let Some(mut run) = self.get::<Run>(format!("r/{id}").as_bytes())? else {
+                continue; // a queue entry without a run: drop it
+            };
+            run.status = RunStatus::Running;
+            run.due_at = now + lease_ms;
+            run.updated_at = now;
+            batch.insert(queue_key(run.due_at, &run.id), &[][..]);
+            batch.insert(format!("r/{}", run.id).into_bytes(), encode(&run)?);
+            out.push(run);
+        }
+        self.tree.apply_batch(batch).map_err(io)?;
+        Ok(out)
+    }
+
+    fn save_run(&self, run: &Run) -> Result<()> {
+        self.tree
+            .insert(format!("r/{}", run.id).into_bytes(), encode(run)?)
+            .map(|_| ())
+            .map_err(io)
+    }
+
+    fn finish_run(&self, run: &Run) -> Result<()> {
+        let _g = self.guard();
+        let mut batch = sled::Batch::default();
+        batch.remove(queue_key(run.due_at, &run.id));
+        batch.insert(format!("r/{}", run.id).into_bytes(), encode(run)?);
+        self.tree.apply_batch(batch).map_err(io)
+    }
+
+    fn release_leases(&self, now: i64) -> Result<usize> {
+        let _g = self.guard();
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.tree.range(queue_key(now + 1, "")..b"q0".to_vec()) {
+            let (k, _) = item.map_err(io)?;
+            let id = String::from_utf8_lossy(&k[10..]).into_owned();
+            let Some(mut run) = self.get::<Run>(format!("r/{id}").as_bytes())? else {
+                batch.remove(k);
+                continue;
+            };
+            // Only leases: a run waiting for a later time keeps its time.
+            if run.status == RunStatus::Running {
+                batch.remove(k);
+                run.due_at = now;
+                batch.insert(queue_key(now, &id), &[][..]);
+                batch.insert(format!("r/{id}").into_bytes(), encode(&run)?);
+                n += 1;
+            }
+        }
+        self.tree.apply_batch(batch).map_err(io)?;
+        Ok(n)
+    }
+
+    fn queue_depth(&self) -> Result<usize> {
+        Ok(self.tree.scan_prefix(b"q/").count())
+    }
+
+    fn next_due(&self) -> Result<Option<i64>> {
+        match self.tree.scan_prefix(b"q/").next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, _) = item.map_err(io)?;
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&k[2..10]);
+                Ok(Some(u64::from_be_bytes(b) as i64))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{new_id, StepRecord};
+    use serde_json::json;
+
+    fn event(delivery: Option<&str>) -> Event {
+        Event {
+            id: new_id(1000),
+            connector: "zendesk".into(),
+            event_type: Some("ticket.created".into()),
+            delivery_id: delivery.map(str::to_string),
+            received_at: 1000,
+            body: json!({"a": 1}),
+            runs: vec![],
+        }
+    }
+
+    fn run(event: &Event, due: i64) -> Run {
+        Run {
+            id: new_id(1000),
+            event_id: event.id.clone(),
+            recipe: "r".into(),
+            status: RunStatus::Queued,
+            created_at: 1000,
+            updated_at: 1000,
+            finished_at: None,
+            steps: vec![],
+            error: None,
+            due_at: due,
+        }
+    }
+
+    #[test]
+    fn dedupes_by_delivery_id_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = event(Some("d1"));
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            assert_eq!(s.insert_event(&e, &[]).unwrap(), Inserted::New);
+            let again = event(Some("d1"));
+            assert_eq!(
+                s.insert_event(&again, &[]).unwrap(),
+                Inserted::Duplicate {
+                    event_id: e.id.clone()
+                }
+            );
+            assert!(
+                s.event(&again.id).unwrap().is_none(),
+                "duplicate must not be stored"
+            );
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.event(&e.id).unwrap().unwrap(), e);
+    }
+
+    #[test]
+    fn queue_leases_expire_and_finish_dequeues() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let e = event(None);
+        let r = run(&e, 1000);
+        s.insert_event(&e, std::slice::from_ref(&r)).unwrap();
+        assert_eq!(s.queue_depth().unwrap(), 1);
+        assert!(s.lease(999, 100, 10).unwrap().is_empty(), "not due yet");
+        let leased = s.lease(1000, 100, 10).unwrap();
+        assert_eq!(leased.len(), 1);
+        assert_eq!(leased[0].status, RunStatus::Running);
+        assert!(s.lease(1050, 100, 10).unwrap().is_empty(), "leased");
+        // The lease expires: the run is due again.
+        let again = s.lease(1100, 100, 10).unwrap();
+        assert_eq!(again.len(), 1);
+        let mut done = again[0].clone();
+        done.status = RunStatus::Succeeded;
+        done.steps.push(StepRecord {
+            id: "a".into(),
+            call: "c.a".into(),
+            status: crate::store::StepStatus::Succeeded,
+            input: json!({}),
+            request: None,
+            http_status: Some(200),
+            output: json!({}),
+            error: None,
+            started_at: 0,
+            duration_ms: 1,
+            attempts: 1,
+        });
+        s.finish_run(&done).unwrap();
+        assert_eq!(s.queue_depth().unwrap(), 0);
+        assert_eq!(s.run(&done.id).unwrap().unwrap(), done);
+    }
+
+    #[test]
+    fn release_leases_makes_leased_runs_due_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let e = event(None);
+        s.insert_event(&e, &[run(&e, 10)]).unwrap();
+        assert_eq!(s.lease(10, 60_000, 10).unwrap().len(), 1);
+        assert_eq!(s.release_leases(20).unwrap(), 1);
+        assert_eq!(s.next_due().unwrap(), Some(20));
+        assert_eq!(s.lease(20, 60_000, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn pages_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let mut ids = vec![];
+        for i in 0..5 {
+            let mut e = event(None);
+            e.id = new_id(1000 + i);
+            s.insert_event(&e, &[]).unwrap();
+            ids.push(e.id);
+        }
+        let p1 = s
+            .events(&Page {
+                limit: 2,
+                before: None,
+            })
+            .unwrap();
+        assert_eq!(
+            p1.iter().map(|e| &e.id).collect::<Vec<_>>(),
+            vec![&ids[4], &ids[3]]
+        );
+        let p2 = s
+            .events(&Page {
+                limit: 2,
+                before: Some(ids[3].clone()),
+            })
+            .unwrap();
+        assert_eq!(
+            p2.iter().map(|e| &e.id).collect::<Vec<_>>(),
+            vec![&ids[2], &ids[1]]
+        );
+    }
+}

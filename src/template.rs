@@ -1,0 +1,313 @@
+//! Templated values in recipes and connectors (minijinja).
+//!
+//! Every string in a `with:`, `path:`, `query:`, `headers:` or `body:` may hold
+//! `{{ ... }}`. Templates are compiled once, when the file loads, into one
+//! [`Templates`] registry; rendering never parses. A string that is exactly one
+//! `{{ expression }}` keeps the expression's JSON type (a number stays a number,
+//! a list a list), so `ticket_id: "{{ event.ticket.id }}"` passes the id as the
+//! sender sent it. Any other string renders to a string.
+//!
+//! This module does no I/O and knows nothing about recipes or HTTP.
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+/// Why a template failed to compile or render.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct TemplateError(pub String);
+
+impl From<minijinja::Error> for TemplateError {
+    fn from(e: minijinja::Error) -> Self {
+        // minijinja's Display of a render error names the template (our internal
+        // id), which means nothing to a recipe author: keep kind + detail only.
+        let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+        TemplateError(format!("{}{detail}", e.kind()))
+    }
+}
+
+/// Owns every compiled template of a loaded set of connectors and recipes.
+pub struct Templates {
+    env: Environment<'static>,
+    next: usize,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Templates({})", self.next)
+    }
+}
+
+/// One compiled string template.
+#[derive(Debug, Clone)]
+pub enum Template {
+    /// No template syntax: the text as is.
+    Literal(String),
+    /// A string with template syntax; renders to a string.
+    Text { name: String, source: String },
+    /// Exactly `{{ expr }}`: renders to the expression's JSON value.
+    Typed { name: String, source: String },
+}
+
+/// A JSON value whose string leaves are templates (`with:` inputs, JSON bodies).
+#[derive(Debug, Clone)]
+pub enum ValueTemplate {
+    Literal(Value),
+    String(Template),
+    Array(Vec<ValueTemplate>),
+    Object(Vec<(String, ValueTemplate)>),
+}
+
+impl Templates {
+    pub fn new() -> Self {
+        let mut env = Environment::new();
+        // Printing an undefined value is an error (a typo must not become an
+        // empty string sent to a CRM); `| default(...)` and `if x` still work.
+        env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+        env.set_keep_trailing_newline(true);
+        // Bound the work one template can do: recipe files are trusted, but a
+        // runaway loop must not stall a worker.
+        env.set_fuel(Some(200_000));
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        Templates { env, next: 0 }
+    }
+
+    /// Compile one string.
+    pub fn compile(&mut self, source: &str) -> Result<Template, TemplateError> {
+        if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
+            return Ok(Template::Literal(source.to_string()));
+        }
+        let name = format!("t{}", self.next);
+        self.next += 1;
+        if let Some(expr) = single_expression(source) {
+            // Typed: render through `tojson` and parse back; a string result
+            // stays a string.
+            let wrapped = format!("{{{{ ({expr}) | tojson }}}}");
+            if self.env.add_template_owned(name.clone(), wrapped).is_ok() {
+                return Ok(Template::Typed {
+                    name,
+                    source: source.to_string(),
+                });
+            }
+        }
+        self.env
+            .add_template_owned(name.clone(), source.to_string())
+            .map_err(TemplateError::from)?;
+        Ok(Template::Text {
+            name,
+            source: source.to_string(),
+        })
+    }
+
+    /// Compile every string leaf of a JSON value.
+    pub fn compile_value(
+        &mut self,
+        value: &Value,
+    ) -> Result<ValueTemplate, (String, TemplateError)> {
+        Ok(match value {
+            Value::String(s) => {
+                ValueTemplate::String(self.compile(s).map_err(|e| (String::new(), e))?)
+            }
+            Value::Array(items) => ValueTemplate::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        self.compile_value(v)
+                            .map_err(|(p, e)| (format!("/{i}{p}"), e))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Object(map) => ValueTemplate::Object(
+                map.iter()
+                    .map(|(k, v)| {
+                        let t = self
+                            .compile_value(v)
+                            .map_err(|(p, e)| (format!("/{}{p}", escape(k)), e))?;
+                        Ok((k.clone(), t))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            other => ValueTemplate::Literal(other.clone()),
+        })
+    }
+
+    /// Render a template to a JSON value.
+    pub fn render(&self, t: &Template, ctx: &Value) -> Result<Value, TemplateError> {
+        match t {
+            Template::Literal(s) => Ok(Value::String(s.clone())),
+            Template::Text { name, .. } => Ok(Value::String(self.render_named(name, ctx)?)),
+            Template::Typed { name, .. } => {
+                let json = self.render_named(name, ctx)?;
+                serde_json::from_str(&json)
+                    .map_err(|e| TemplateError(format!("expression did not render to JSON: {e}")))
+            }
+        }
+    }
+
+    /// Render a template to text (JSON values other than strings are written as JSON).
+    pub fn render_string(&self, t: &Template, ctx: &Value) -> Result<String, TemplateError> {
+        match t {
+            Template::Literal(s) => Ok(s.clone()),
+            Template::Text { name, .. } => self.render_named(name, ctx),
+            Template::Typed { .. } => Ok(match self.render(t, ctx)? {
+                Value::String(s) => s,
+                Value::Null => String::new(),
+                other => other.to_string(),
+            }),
+        }
+    }
+
+    pub fn render_value(&self, t: &ValueTemplate, ctx: &Value) -> Result<Value, TemplateError> {
+        Ok(match t {
+            ValueTemplate::Literal(v) => v.clone(),
+            ValueTemplate::String(s) => self.render(s, ctx)?,
+            ValueTemplate::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|i| self.render_value(i, ctx))
+                    .collect::<Result<_, _>>()?,
+            ),
+            ValueTemplate::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), self.render_value(v, ctx)?)))
+                    .collect::<Result<_, TemplateError>>()?,
+            ),
+        })
+    }
+
+    fn render_named(&self, name: &str, ctx: &Value) -> Result<String, TemplateError> {
+        let t = self.env.get_template(name)?;
+        Ok(t.render(ctx)?)
+    }
+
+    /// The variables a template reads from its context, dotted
+    /// (`event.ticket.id`, `steps.contact.id`), for load-time reference checks.
+    pub fn variables(&self, t: &Template) -> BTreeSet<String> {
+        match t {
+            Template::Literal(_) => BTreeSet::new(),
+            Template::Text { name, .. } | Template::Typed { name, .. } => self
+                .env
+                .get_template(name)
+                .map(|t| t.undeclared_variables(true).into_iter().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Every template in a value with its pointer relative to the value.
+    pub fn leaves<'a>(
+        &self,
+        t: &'a ValueTemplate,
+        prefix: String,
+        out: &mut Vec<(String, &'a Template)>,
+    ) {
+        match t {
+            ValueTemplate::Literal(_) => {}
+            ValueTemplate::String(s) => out.push((prefix, s)),
+            ValueTemplate::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    self.leaves(v, format!("{prefix}/{i}"), out);
+                }
+            }
+            ValueTemplate::Object(fields) => {
+                for (k, v) in fields {
+                    self.leaves(v, format!("{prefix}/{}", escape(k)), out);
+                }
+            }
+        }
+    }
+}
+
+/// If `source` is exactly `{{ expr }}` (surrounding whitespace allowed), the expression.
+fn single_expression(source: &str) -> Option<&str> {
+    let inner = source.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    let inner = inner.trim_start_matches('-').trim_end_matches('-');
+    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") {
+        return None;
+    }
+    Some(inner.trim())
+}
+
+/// RFC 6901 escaping of one pointer segment.
+pub fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(src: &str, ctx: Value) -> Result<Value, TemplateError> {
+        let mut t = Templates::new();
+        let c = t.compile(src)?;
+        t.render(&c, &ctx)
+    }
+
+    #[test]
+    fn single_expressions_keep_their_type() {
+        let ctx = json!({"event": {"id": 42, "tags": ["a", "b"], "name": "Ann"}});
+        assert_eq!(render("{{ event.id }}", ctx.clone()).unwrap(), json!(42));
+        assert_eq!(
+            render(" {{ event.tags }} ", ctx.clone()).unwrap(),
+            json!(["a", "b"])
+        );
+        assert_eq!(
+            render("{{ event.name }}", ctx.clone()).unwrap(),
+            json!("Ann")
+        );
+        assert_eq!(
+            render("id {{ event.id }}", ctx.clone()).unwrap(),
+            json!("id 42")
+        );
+        assert_eq!(render("plain", ctx).unwrap(), json!("plain"));
+    }
+
+    #[test]
+    fn undefined_values_are_errors_but_default_works() {
+        let ctx = json!({"event": {}});
+        let e = render("hi {{ event.missing }}", ctx.clone()).unwrap_err();
+        assert!(e.0.contains("undefined"), "{e}");
+        assert_eq!(
+            render("{{ event.missing | default('x') }}", ctx).unwrap(),
+            json!("x")
+        );
+    }
+
+    #[test]
+    fn syntax_errors_fail_at_compile_time() {
+        let mut t = Templates::new();
+        assert!(t.compile("{{ event.id ").is_err());
+        assert!(t.compile("{% if %}").is_err());
+    }
+
+    #[test]
+    fn reports_variables_for_reference_checks() {
+        let mut t = Templates::new();
+        let c = t
+            .compile("{{ steps.contact.id }} {% for x in event.tags %}{{ x }}{% endfor %}")
+            .unwrap();
+        let vars = t.variables(&c);
+        assert!(vars.contains("steps.contact.id"), "{vars:?}");
+        assert!(vars.contains("event.tags"), "{vars:?}");
+        assert!(!vars.iter().any(|v| v == "x"), "{vars:?}");
+    }
+
+    #[test]
+    fn renders_nested_values() {
+        let mut t = Templates::new();
+        let v = t
+            .compile_value(&json!({"a": ["{{ n }}", 1, true], "b": {"c": "n={{ n }}"}}))
+            .unwrap();
+        let out = t.render_value(&v, &json!({"n": 5})).unwrap();
+        assert_eq!(out, json!({"a": [5, 1, true], "b": {"c": "n=5"}}));
+    }
+}
