@@ -206,6 +206,10 @@ async fn serve(
             return ExitCode::FAILURE;
         }
     };
+    if let Ok(addr) = listener.local_addr() {
+        // A stable line for scripts and tests that start the hub on port 0.
+        println!("switchboard listening on http://{addr}");
+    }
     match server::run(config, listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(ServeError::Load(errors)) => {

@@ -160,7 +160,7 @@ fn leading_names(mut rest: &str) -> Vec<String> {
 fn list<'a>(items: impl Iterator<Item = &'a String>) -> String {
     let v: Vec<String> = items.map(|s| format!("`{s}`")).collect();
     if v.is_empty() {
-        "none".into()
+        "(none are defined)".into()
     } else {
         v.join(", ")
     }

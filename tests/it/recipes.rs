@@ -1,0 +1,162 @@
+//! The shipped recipes, end to end: signed webhook in, calls at the mocks,
+//! step records in the admin API.
+
+use crate::utils::*;
+use axum::http::Method;
+use serde_json::{json, Value};
+
+fn contact(lifecycle: &str, plan: &str) -> Value {
+    json!({"total": 1, "results": [{"id": "42", "properties": {
+        "email": "bob@example.com", "lifecyclestage": lifecycle, "plan": plan,
+        "hubspot_owner_id": "77", "firstname": "Bob"}}]})
+}
+
+async fn mocks(lifecycle: &str, plan: &str) -> (MockApi, MockApi) {
+    let hubspot = MockApi::start(vec![
+        route(
+            Method::POST,
+            "/crm/v3/objects/contacts/search",
+            200,
+            contact(lifecycle, plan),
+        ),
+        route(Method::POST, "/automation/v2/workflows/", 204, Value::Null),
+    ])
+    .await;
+    let zendesk = MockApi::start(vec![route(
+        Method::PUT,
+        "/api/v2/tickets/",
+        200,
+        json!({"ticket": {"id": 7, "status": "open", "priority": "high"}, "tags": ["x"]}),
+    )])
+    .await;
+    (hubspot, zendesk)
+}
+
+fn run_of<'a>(runs: &'a [Value], recipe: &str) -> &'a Value {
+    runs.iter()
+        .find(|r| r["recipe"] == recipe)
+        .unwrap_or_else(|| panic!("no {recipe} run in {runs:?}"))
+}
+
+#[tokio::test]
+async fn resend_confirmation_enrolls_pending_contact_and_notes_ticket() {
+    let (hubspot, zendesk) = mocks("subscriber", "starter").await;
+    let hub = Hub::start(
+        HubOptions::default()
+            .base_url("hubspot", &hubspot.url)
+            .base_url("zendesk", &zendesk.url),
+    )
+    .await;
+
+    let (status, accepted) = hub
+        .post_zendesk(&ticket_event(7, "Setup mail never came", "bob@example.com"))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let (_, event) = hub
+        .api(&format!(
+            "/api/events/{}",
+            accepted["event_id"].as_str().unwrap()
+        ))
+        .await;
+    let runs = event["runs"].as_array().unwrap().clone();
+    // resend-confirmation and crm-enrichment match; the English ticket is not translated.
+    assert_eq!(runs.len(), 2, "{event}");
+    let run = hub
+        .wait_run(run_of(&runs, "resend-confirmation")["id"].as_str().unwrap())
+        .await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let steps = run["steps"].as_array().unwrap();
+    let ids: Vec<_> = steps
+        .iter()
+        .map(|s| (s["id"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            ("contact", "succeeded"),
+            ("resend", "succeeded"),
+            ("note", "succeeded")
+        ]
+    );
+    assert_eq!(steps[0]["input"], json!({"email": "bob@example.com"}));
+    assert_eq!(steps[0]["output"]["lifecycle"], "subscriber");
+    assert_eq!(steps[0]["http_status"], 200);
+    assert_eq!(steps[1]["http_status"], 204);
+
+    // The search carried the bearer token and the e-mail filter.
+    let search = &hubspot.calls("/crm/v3/objects/contacts/search")[0];
+    assert_eq!(
+        search.header("authorization"),
+        Some("Bearer pat-na1-00000000-0000-0000-0000-000000000000")
+    );
+    assert_eq!(
+        search.json()["filterGroups"][0]["filters"][0]["value"],
+        "bob@example.com"
+    );
+    // Enrollment by e-mail in the configured workflow.
+    let enroll = hubspot.calls("/automation/v2/workflows/");
+    assert_eq!(enroll.len(), 1);
+    assert_eq!(
+        enroll[0].path,
+        "/automation/v2/workflows/1234567/enrollments/contacts/bob%40example.com"
+    );
+    // The internal note on ticket 7, private, with basic auth.
+    let notes: Vec<_> = zendesk
+        .calls("/api/v2/tickets/7")
+        .into_iter()
+        .filter(|r| {
+            r.json()["ticket"]["comment"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("sent again"))
+        })
+        .collect();
+    assert_eq!(notes.len(), 1, "{:?}", zendesk.received());
+    assert_eq!(notes[0].json()["ticket"]["comment"]["public"], false);
+    assert!(notes[0]
+        .header("authorization")
+        .unwrap()
+        .starts_with("Basic "));
+    // Secrets never reach the records.
+    let text = run.to_string();
+    assert!(!text.contains("pat-na1-00000000"), "{text}");
+}
+
+#[tokio::test]
+async fn resend_confirmation_skips_confirmed_contacts() {
+    let (hubspot, zendesk) = mocks("customer", "starter").await;
+    let hub = Hub::start(
+        HubOptions::default()
+            .base_url("hubspot", &hubspot.url)
+            .base_url("zendesk", &zendesk.url),
+    )
+    .await;
+    let (_, accepted) = hub
+        .post_zendesk(&ticket_event(
+            8,
+            "Please confirm my account",
+            "bob@example.com",
+        ))
+        .await;
+    let (_, event) = hub
+        .api(&format!(
+            "/api/events/{}",
+            accepted["event_id"].as_str().unwrap()
+        ))
+        .await;
+    let run = hub
+        .wait_run(
+            run_of(event["runs"].as_array().unwrap(), "resend-confirmation")["id"]
+                .as_str()
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(run["status"], "succeeded");
+    let statuses: Vec<_> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, vec!["succeeded", "skipped", "skipped"]);
+    assert!(hubspot.calls("/automation/").is_empty());
+}

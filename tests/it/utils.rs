@@ -1,0 +1,417 @@
+//! Test helpers: start the real `switchboard` binary on a free port with its
+//! own data dir, fake far-end APIs (an axum server that records every request
+//! and answers from a script), and sign webhooks like the senders do.
+
+#![allow(dead_code)]
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The repository root (where connectors/ and recipes/ are).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Secrets for every shipped connector.
+pub const ZENDESK_WEBHOOK_SECRET: &str = "zendesk-signing-secret";
+
+pub fn test_secrets() -> Vec<(String, String)> {
+    [
+        ("ZENDESK_EMAIL", "agent@example.com"),
+        ("ZENDESK_API_TOKEN", "zd-api-token-123"),
+        ("ZENDESK_WEBHOOK_SECRET", ZENDESK_WEBHOOK_SECRET),
+        (
+            "HUBSPOT_TOKEN",
+            "pat-na1-00000000-0000-0000-0000-000000000000",
+        ),
+        ("DEEPL_AUTH_KEY", "00000000-0000-0000-0000-000000000000:fx"),
+        ("SLACK_BOT_TOKEN", "xoxb-0000-0000-test"),
+    ]
+    .iter()
+    .map(|(k, v)| (format!("SWITCHBOARD_SECRET_{k}"), v.to_string()))
+    .collect()
+}
+
+/// How to start a hub.
+#[derive(Clone)]
+pub struct HubOptions {
+    pub connectors: PathBuf,
+    pub recipes: PathBuf,
+    /// Extra environment (base URLs, secrets); `test_secrets()` are always set
+    /// unless overridden here.
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+    pub data: Option<PathBuf>,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        HubOptions {
+            connectors: repo().join("connectors"),
+            recipes: repo().join("recipes"),
+            env: Vec::new(),
+            args: Vec::new(),
+            data: None,
+        }
+    }
+}
+
+impl HubOptions {
+    /// Point a connector at a mock.
+    pub fn base_url(mut self, connector: &str, url: &str) -> Self {
+        self.env.push((
+            format!("SWITCHBOARD_BASE_URL_{}", connector.to_uppercase()),
+            url.to_string(),
+        ));
+        self
+    }
+}
+
+/// A running hub process; killed on drop.
+pub struct Hub {
+    pub child: Child,
+    pub url: String,
+    pub data: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_switchboard")
+}
+
+impl Hub {
+    pub async fn start(opts: HubOptions) -> Hub {
+        let (tmp, data) = match &opts.data {
+            Some(d) => (None, d.clone()),
+            None => {
+                let t = tempfile::tempdir().unwrap();
+                let d = t.path().join("data");
+                (Some(t), d)
+            }
+        };
+        let token = "test-admin-token".to_string();
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(&data)
+            .arg("--connectors")
+            .arg(&opts.connectors)
+            .arg("--recipes")
+            .arg(&opts.recipes)
+            .arg("--allow-internal")
+            .arg("*")
+            .args(&opts.args)
+            .env_remove("SWITCHBOARD_ADMIN_TOKEN")
+            .env("SWITCHBOARD_ADMIN_TOKEN", &token)
+            .env(
+                "SWITCHBOARD_LOG",
+                std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in test_secrets().into_iter().chain(opts.env.clone()) {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start switchboard");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(u) = line.strip_prefix("switchboard listening on ") {
+                    let _ = tx.send(u.to_string());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("hub printed its address");
+        let hub = Hub {
+            child,
+            url,
+            data,
+            _tmp: tmp,
+            token,
+            http: reqwest::Client::new(),
+        };
+        hub.wait_healthy().await;
+        hub
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "hub did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// POST a webhook; returns status and JSON body (Null if not JSON).
+    pub async fn post(
+        &self,
+        connector: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/hooks/{connector}", self.url))
+            .body(body.to_vec());
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req.send().await.expect("post webhook");
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// POST a Zendesk-signed JSON webhook.
+    pub async fn post_zendesk(&self, body: &Value) -> (u16, Value) {
+        let raw = serde_json::to_vec(body).unwrap();
+        self.post(
+            "zendesk",
+            &zendesk_headers(&raw, ZENDESK_WEBHOOK_SECRET),
+            &raw,
+        )
+        .await
+    }
+
+    /// GET an admin API path with the token.
+    pub async fn api(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("admin api");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Poll a run until it is finished (succeeded / failed).
+    pub async fn wait_run(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, run) = self.api(&format!("/api/runs/{id}")).await;
+            if matches!(run["status"].as_str(), Some("succeeded" | "failed")) {
+                return run;
+            }
+            assert!(Instant::now() < deadline, "run {id} did not finish: {run}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Run the CLI against this hub's data dir (through its admin API).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin())
+            .args(args)
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--url")
+            .arg(&self.url)
+            .env("SWITCHBOARD_ADMIN_TOKEN", &self.token)
+            .output()
+            .unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn hmac_b64(secret: &str, parts: &[&[u8]]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    for p in parts {
+        mac.update(p);
+    }
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Headers Zendesk sends: base64 HMAC-SHA256 of timestamp + body.
+pub fn zendesk_headers(body: &[u8], secret: &str) -> Vec<(String, String)> {
+    let ts = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    zendesk_headers_at(body, secret, &ts)
+}
+
+pub fn zendesk_headers_at(body: &[u8], secret: &str, ts: &str) -> Vec<(String, String)> {
+    vec![
+        ("Content-Type".into(), "application/json".into()),
+        (
+            "X-Zendesk-Webhook-Signature".into(),
+            hmac_b64(secret, &[ts.as_bytes(), body]),
+        ),
+        ("X-Zendesk-Webhook-Signature-Timestamp".into(), ts.into()),
+        (
+            "X-Zendesk-Webhook-Invocation-Id".into(),
+            format!("inv-{}", rand::random::<u64>()),
+        ),
+    ]
+}
+
+/// A new-ticket event as the documented Zendesk trigger payload sends it.
+pub fn ticket_event(id: u64, subject: &str, email: &str) -> Value {
+    json!({
+        "type": "ticket.created",
+        "ticket": {
+            "id": id,
+            "subject": subject,
+            "description": "Hi, I never got the e-mail.",
+            "requester": {"email": email, "name": "Bob Smith"},
+            "priority": "normal",
+            "locale": "en-US"
+        }
+    })
+}
+
+/// One request a mock received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A scripted answer: the first route whose method and path prefix match answers.
+#[derive(Clone)]
+pub struct Route {
+    pub method: Method,
+    pub path_prefix: String,
+    pub status: u16,
+    pub body: Value,
+    /// Wait this long before answering (for timeouts).
+    pub delay: Duration,
+}
+
+pub fn route(method: Method, path_prefix: &str, status: u16, body: Value) -> Route {
+    Route {
+        method,
+        path_prefix: path_prefix.to_string(),
+        status,
+        body,
+        delay: Duration::ZERO,
+    }
+}
+
+#[derive(Default)]
+struct MockInner {
+    routes: Vec<Route>,
+    received: Vec<Received>,
+}
+
+/// An in-process fake of a far-end API on 127.0.0.1.
+#[derive(Clone)]
+pub struct MockApi {
+    inner: Arc<Mutex<MockInner>>,
+    pub url: String,
+}
+
+impl MockApi {
+    pub async fn start(routes: Vec<Route>) -> MockApi {
+        let inner = Arc::new(Mutex::new(MockInner {
+            routes,
+            received: Vec::new(),
+        }));
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        MockApi { inner, url }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.lock().unwrap().received.clone()
+    }
+
+    /// Requests whose path starts with `prefix`.
+    pub fn calls(&self, prefix: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .collect()
+    }
+}
+
+async fn handle(
+    State(inner): State<Arc<Mutex<MockInner>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let route = {
+        let mut g = inner.lock().unwrap();
+        g.received.push(Received {
+            method: method.to_string(),
+            path: uri.path().to_string(),
+            query: uri.query().map(str::to_string),
+            headers,
+            body,
+        });
+        g.routes
+            .iter()
+            .find(|r| r.method == method && uri.path().starts_with(&r.path_prefix))
+            .cloned()
+    };
+    match route {
+        Some(r) => {
+            if !r.delay.is_zero() {
+                tokio::time::sleep(r.delay).await;
+            }
+            (StatusCode::from_u16(r.status).unwrap(), axum::Json(r.body)).into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": "no route"})),
+        )
+            .into_response(),
+    }
+}
+
+/// Write a file, creating its directory.
+pub fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
