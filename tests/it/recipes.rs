@@ -160,3 +160,190 @@ async fn resend_confirmation_skips_confirmed_contacts() {
     assert_eq!(statuses, vec!["succeeded", "skipped", "skipped"]);
     assert!(hubspot.calls("/automation/").is_empty());
 }
+
+#[tokio::test]
+async fn translate_foreign_tickets_adds_translation_note_and_language_tag() {
+    let deepl = MockApi::start(vec![route(
+        Method::POST,
+        "/v2/translate",
+        200,
+        json!({"translations": [
+            {"detected_source_language": "DE", "text": "My login is broken"},
+            {"detected_source_language": "DE", "text": "I cannot log in since yesterday."}
+        ]}),
+    )])
+    .await;
+    let (hubspot, zendesk) = mocks("customer", "starter").await;
+    let hub = Hub::start(
+        HubOptions::default()
+            .base_url("deepl", &deepl.url)
+            .base_url("hubspot", &hubspot.url)
+            .base_url("zendesk", &zendesk.url),
+    )
+    .await;
+    let mut event = ticket_event(9, "Mein Login ist kaputt", "anna@example.de");
+    event["ticket"]["locale"] = json!("de");
+    event["ticket"]["description"] = json!("Ich kann mich seit gestern nicht anmelden.");
+    let (status, accepted) = hub.post_zendesk(&event).await;
+    assert_eq!(status, 202);
+    let (_, ev) = hub
+        .api(&format!(
+            "/api/events/{}",
+            accepted["event_id"].as_str().unwrap()
+        ))
+        .await;
+    let run = hub
+        .wait_run(
+            run_of(ev["runs"].as_array().unwrap(), "translate-foreign-tickets")["id"]
+                .as_str()
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["steps"][0]["output"]["detected_source_language"], "DE");
+
+    let calls = deepl.calls("/v2/translate");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0].json(),
+        json!({"text": ["Mein Login ist kaputt", "Ich kann mich seit gestern nicht anmelden."], "target_lang": "EN-US"})
+    );
+    assert_eq!(
+        calls[0].header("authorization"),
+        Some("DeepL-Auth-Key 00000000-0000-0000-0000-000000000000:fx")
+    );
+    let note = zendesk
+        .calls("/api/v2/tickets/9")
+        .into_iter()
+        .find(|r| {
+            r.path == "/api/v2/tickets/9"
+                && r.json()["ticket"]["comment"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("DeepL"))
+        })
+        .expect("translation note");
+    let body = note.json()["ticket"]["comment"]["body"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(body.contains("Translated from DE"), "{body}");
+    assert!(body.contains("Subject: My login is broken"), "{body}");
+    assert!(body.contains("I cannot log in since yesterday."), "{body}");
+    let tags = zendesk.calls("/api/v2/tickets/9/tags");
+    assert_eq!(tags.len(), 1);
+    assert_eq!(tags[0].json(), json!({"tags": ["lang_de", "translated"]}));
+}
+
+#[tokio::test]
+async fn english_tickets_are_not_translated() {
+    let (hubspot, zendesk) = mocks("customer", "starter").await;
+    let hub = Hub::start(
+        HubOptions::default()
+            .base_url("hubspot", &hubspot.url)
+            .base_url("zendesk", &zendesk.url),
+    )
+    .await;
+    let (_, accepted) = hub
+        .post_zendesk(&ticket_event(10, "Question about invoices", "a@b.c"))
+        .await;
+    let (_, ev) = hub
+        .api(&format!(
+            "/api/events/{}",
+            accepted["event_id"].as_str().unwrap()
+        ))
+        .await;
+    let recipes: Vec<_> = ev["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["recipe"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(recipes, vec!["crm-enrichment"]);
+}
+
+#[tokio::test]
+async fn crm_enrichment_notes_plan_and_raises_priority_for_high_value_plans() {
+    let (hubspot, zendesk) = mocks("customer", "enterprise").await;
+    let hub = Hub::start(
+        HubOptions::default()
+            .base_url("hubspot", &hubspot.url)
+            .base_url("zendesk", &zendesk.url),
+    )
+    .await;
+    let (_, accepted) = hub
+        .post_zendesk(&ticket_event(11, "Invoice question", "bob@example.com"))
+        .await;
+    let (_, ev) = hub
+        .api(&format!(
+            "/api/events/{}",
+            accepted["event_id"].as_str().unwrap()
+        ))
+        .await;
+    let run = hub
+        .wait_run(
+            run_of(ev["runs"].as_array().unwrap(), "crm-enrichment")["id"]
+                .as_str()
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let statuses: Vec<_> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, vec!["succeeded", "succeeded", "succeeded"]);
+    let puts = zendesk.calls("/api/v2/tickets/11");
+    let note = puts
+        .iter()
+        .find_map(|r| {
+            r.json()["ticket"]["comment"]["body"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .expect("note");
+    assert!(note.contains("plan: enterprise"), "{note}");
+    assert!(note.contains("lifecycle stage: customer"), "{note}");
+    assert!(note.contains("owner: 77"), "{note}");
+    let update = puts
+        .iter()
+        .find(|r| r.json()["ticket"]["priority"].is_string())
+        .expect("priority update");
+    assert_eq!(
+        update.json(),
+        json!({"ticket": {"priority": "high", "tags": ["enterprise_customer"]}})
+    );
+}
+
+#[tokio::test]
+async fn crm_enrichment_leaves_priority_of_other_plans() {
+    let (hubspot, zendesk) = mocks("customer", "starter").await;
+    let hub = Hub::start(
+        HubOptions::default()
+            .base_url("hubspot", &hubspot.url)
+            .base_url("zendesk", &zendesk.url),
+    )
+    .await;
+    let (_, accepted) = hub
+        .post_zendesk(&ticket_event(12, "Invoice question", "bob@example.com"))
+        .await;
+    let (_, ev) = hub
+        .api(&format!(
+            "/api/events/{}",
+            accepted["event_id"].as_str().unwrap()
+        ))
+        .await;
+    let run = hub
+        .wait_run(
+            run_of(ev["runs"].as_array().unwrap(), "crm-enrichment")["id"]
+                .as_str()
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(run["steps"][2]["status"], "skipped", "{run}");
+    assert!(zendesk
+        .calls("/api/v2/tickets/12")
+        .iter()
+        .all(|r| r.json()["ticket"]["priority"].is_null()));
+}
