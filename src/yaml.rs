@@ -620,9 +620,7 @@ fn number(text: &str) -> Option<Result<Number, String>> {
         }
         None => digits(mantissa, 10),
     };
-    let exponent_ok = exponent.map_or(true, |e| {
-        digits(e.strip_prefix(['-', '+']).unwrap_or(e), 10)
-    });
+    let exponent_ok = exponent.is_none_or(|e| digits(e.strip_prefix(['-', '+']).unwrap_or(e), 10));
     if !(mantissa_ok && exponent_ok) {
         return None;
     }
@@ -878,6 +876,42 @@ fn find_unexpected(map: &SourceMap, value: &Value, at: &str, message: &str) -> O
 
 fn unescape(segment: &str) -> String {
     segment.replace("~1", "/").replace("~0", "~")
+}
+
+/// Every `*.yaml` / `*.yml` file in `dir` with its text, sorted by name. A
+/// directory or file that cannot be read is reported in `errors`.
+pub fn read_dir(dir: &Path, errors: &mut Vec<LoadError>) -> Vec<(PathBuf, String)> {
+    let here = |message: String| LoadError {
+        file: dir.to_path_buf(),
+        pos: Pos { line: 1, column: 1 },
+        message,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(here(format!("cannot read directory: {e}")));
+            return Vec::new();
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .filter_map(|p| match std::fs::read_to_string(&p) {
+            Ok(text) => Some((p, text)),
+            Err(e) => {
+                errors.push(LoadError {
+                    file: p.clone(),
+                    pos: Pos { line: 1, column: 1 },
+                    message: format!("cannot read file: {e}"),
+                });
+                None
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -1405,40 +1439,4 @@ list:
             never_panics(&text);
         }
     }
-}
-
-/// Every `*.yaml` / `*.yml` file in `dir` with its text, sorted by name. A
-/// directory or file that cannot be read is reported in `errors`.
-pub fn read_dir(dir: &Path, errors: &mut Vec<LoadError>) -> Vec<(PathBuf, String)> {
-    let here = |message: String| LoadError {
-        file: dir.to_path_buf(),
-        pos: Pos { line: 1, column: 1 },
-        message,
-    };
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            errors.push(here(format!("cannot read directory: {e}")));
-            return Vec::new();
-        }
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
-    paths.sort();
-    paths
-        .into_iter()
-        .filter_map(|p| match std::fs::read_to_string(&p) {
-            Ok(text) => Some((p, text)),
-            Err(e) => {
-                errors.push(LoadError {
-                    file: p.clone(),
-                    pos: Pos { line: 1, column: 1 },
-                    message: format!("cannot read file: {e}"),
-                });
-                None
-            }
-        })
-        .collect()
 }
