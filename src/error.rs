@@ -14,6 +14,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("body larger than {0} bytes")]
     TooLarge(usize),
     #[error("{message}")]
@@ -40,6 +42,10 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => (
                 StatusCode::BAD_REQUEST,
                 json!({"error": "bad_request", "message": message}),
+            ),
+            ApiError::Conflict(_) => (
+                StatusCode::CONFLICT,
+                json!({"error": "conflict", "message": message}),
             ),
             ApiError::TooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use switchboard::engine::Catalog;
 use switchboard::server::{self, ServeConfig, ServeError};
-use switchboard::store::{sled::SledStore, Page, RunFilter, Store};
+use switchboard::store::{sled::SledStore, Page, Retried, RunFilter, Store};
 
 #[derive(Parser)]
 #[command(
@@ -44,27 +44,33 @@ struct Dirs {
     allow_internal: Vec<String>,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    dirs: Dirs,
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Largest webhook body in bytes.
+    #[arg(long, env = "SWITCHBOARD_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    body_limit: usize,
+    /// Concurrent run executors.
+    #[arg(long, env = "SWITCHBOARD_WORKERS", default_value_t = 8)]
+    workers: usize,
+    /// Public base URL senders use (for schemes that sign the URL, e.g. HubSpot v3).
+    #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Seconds in-flight steps may take to finish after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace: u64,
+    /// Run-queue depth above which /readyz answers 503 (webhooks are still accepted).
+    #[arg(long, env = "SWITCHBOARD_MAX_QUEUE", default_value_t = 10_000)]
+    max_queue: usize,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the hub.
-    Serve {
-        #[command(flatten)]
-        dirs: Dirs,
-        #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
-        listen: String,
-        /// Largest webhook body in bytes.
-        #[arg(long, env = "SWITCHBOARD_BODY_LIMIT", default_value_t = 1024 * 1024)]
-        body_limit: usize,
-        /// Concurrent run executors.
-        #[arg(long, env = "SWITCHBOARD_WORKERS", default_value_t = 8)]
-        workers: usize,
-        /// Public base URL senders use (for schemes that sign the URL, e.g. HubSpot v3).
-        #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
-        public_url: Option<String>,
-        /// Seconds in-flight steps may take to finish after SIGTERM/SIGINT.
-        #[arg(long, default_value_t = 10)]
-        shutdown_grace: u64,
-    },
+    Serve(ServeArgs),
     /// Validate every connector and recipe; exit status 1 on any error.
     Check {
         #[command(flatten)]
@@ -105,6 +111,19 @@ enum ListShow {
         #[command(flatten)]
         src: Source,
     },
+    /// Runs only: put a failed or dead run back in the queue (`retry ID`), or
+    /// every failed one of a recipe (`retry --recipe NAME --failed`). It
+    /// resumes at the failed step; completed steps are not repeated.
+    Retry {
+        id: Option<String>,
+        #[arg(long, requires = "failed", conflicts_with = "id")]
+        recipe: Option<String>,
+        /// With --recipe: all failed and dead runs of it.
+        #[arg(long, requires = "recipe")]
+        failed: bool,
+        #[command(flatten)]
+        src: Source,
+    },
 }
 
 #[derive(Args)]
@@ -142,24 +161,7 @@ fn main() -> ExitCode {
     };
     rt.block_on(async {
         match cli.command {
-            Command::Serve {
-                dirs,
-                listen,
-                body_limit,
-                workers,
-                public_url,
-                shutdown_grace,
-            } => {
-                serve(
-                    dirs,
-                    listen,
-                    body_limit,
-                    workers,
-                    public_url,
-                    shutdown_grace,
-                )
-                .await
-            }
+            Command::Serve(args) => serve(args).await,
             Command::Check { dirs } => check(dirs),
             Command::Runs { cmd } => inspect("runs", cmd).await,
             Command::Events { cmd } => inspect("events", cmd).await,
@@ -181,23 +183,19 @@ fn serve_config(dirs: Dirs) -> ServeConfig {
         allow_internal: dirs.allow_internal,
         public_url: None,
         shutdown_grace: Duration::from_secs(10),
+        max_queue: 10_000,
     }
 }
 
-async fn serve(
-    dirs: Dirs,
-    listen: String,
-    body_limit: usize,
-    workers: usize,
-    public_url: Option<String>,
-    grace: u64,
-) -> ExitCode {
+async fn serve(args: ServeArgs) -> ExitCode {
+    let listen = args.listen.clone();
     let config = ServeConfig {
-        body_limit,
-        workers,
-        public_url,
-        shutdown_grace: Duration::from_secs(grace),
-        ..serve_config(dirs)
+        body_limit: args.body_limit,
+        workers: args.workers,
+        public_url: args.public_url,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        max_queue: args.max_queue,
+        ..serve_config(args.dirs)
     };
     let listener = match tokio::net::TcpListener::bind(&listen).await {
         Ok(l) => l,
@@ -299,17 +297,40 @@ async fn inspect(kind: &str, cmd: ListShow) -> ExitCode {
             (src, format!("/api/{kind}"), q)
         }
         ListShow::Show { id, src } => (src, format!("/api/{kind}/{id}"), vec![]),
+        ListShow::Retry { id, recipe, src, .. } => {
+            if kind != "runs" {
+                eprintln!("error: only runs can be retried");
+                return ExitCode::FAILURE;
+            }
+            match (id, recipe) {
+                (Some(id), _) => (src, format!("/api/runs/{id}/retry"), vec![]),
+                (None, Some(r)) => (src, "/api/runs/retry".to_string(), vec![("recipe", r.clone())]),
+                (None, None) => {
+                    eprintln!("error: give a run id, or --recipe NAME --failed");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
     };
     let result = match open_store(&src.data) {
         Some(store) => from_store(&*store, kind, &cmd),
-        None => from_api(src, &path, &query).await,
+        None => from_api(src, &path, &query, matches!(cmd, ListShow::Retry { .. })).await,
     };
     match result {
         Ok(v) => {
             if src.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                print!("{}", render(kind, &v, matches!(cmd, ListShow::List { .. })));
+                match cmd {
+                    ListShow::Retry { .. } => {
+                        let ids = v["retried"].as_array().cloned().unwrap_or_default();
+                        println!("{} run(s) queued again", ids.len());
+                        for id in ids {
+                            println!("{}", s(&id));
+                        }
+                    }
+                    _ => print!("{}", render(kind, &v, matches!(cmd, ListShow::List { .. }))),
+                }
             }
             ExitCode::SUCCESS
         }
@@ -332,7 +353,20 @@ fn open_store(data: &Path) -> Option<Box<dyn Store>> {
 
 fn from_store(store: &dyn Store, kind: &str, cmd: &ListShow) -> Result<Value, String> {
     let e = |e: switchboard::store::StoreError| e.to_string();
+    let now = switchboard::store::now_ms();
     match (kind, cmd) {
+        (_, ListShow::Retry { id: Some(id), .. }) => match store.retry_run(id, now).map_err(e)? {
+            Retried::Queued(run) => Ok(serde_json::json!({"retried": [run.id]})),
+            Retried::NotFound => Err(format!("no run {id}")),
+            Retried::NotFailed(st) => Err(format!(
+                "run {id} is {}; only failed or dead runs can be retried",
+                serde_json::to_value(st).unwrap_or_default()
+            )),
+        },
+        (_, ListShow::Retry { recipe: Some(r), .. }) => {
+            let ids = switchboard::store::retry_failed(store, r, now).map_err(e)?;
+            Ok(serde_json::json!({"retried": ids}))
+        }
         (
             "runs",
             ListShow::List {
@@ -350,6 +384,7 @@ fn from_store(store: &dyn Store, kind: &str, cmd: &ListShow) -> Result<Value, St
                     .transpose()
                     .map_err(|e| e.to_string())?,
                 recipe: recipe.clone(),
+                failures: false,
             };
             let page = Page {
                 limit: *limit,
@@ -388,7 +423,7 @@ fn from_store(store: &dyn Store, kind: &str, cmd: &ListShow) -> Result<Value, St
     }
 }
 
-async fn from_api(src: &Source, path: &str, query: &[(&str, String)]) -> Result<Value, String> {
+async fn from_api(src: &Source, path: &str, query: &[(&str, String)], post: bool) -> Result<Value, String> {
     let token = match &src.token {
         Some(t) => t.clone(),
         None => std::fs::read_to_string(server::token_path(&src.data))
@@ -400,8 +435,9 @@ async fn from_api(src: &Source, path: &str, query: &[(&str, String)]) -> Result<
                 )
             })?,
     };
-    let resp = reqwest::Client::new()
-        .get(format!("{}{path}", src.url.trim_end_matches('/')))
+    let url = format!("{}{path}", src.url.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    let resp = if post { client.post(url) } else { client.get(url) }
         .query(query)
         .bearer_auth(token)
         .send()

@@ -29,6 +29,8 @@ pub struct ServeConfig {
     pub public_url: Option<String>,
     /// How long in-flight steps may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Run-queue depth above which `/readyz` reports overloaded.
+    pub max_queue: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +113,7 @@ pub async fn run(
     .merge(admin::router(AdminState {
         engine: engine.clone(),
         token,
+        max_queue: config.max_queue,
     }));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");

@@ -6,12 +6,13 @@
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::secret::Secret;
-use crate::store::{Page, RunFilter, RunStatus};
+use crate::store::{Page, Retried, RunFilter, RunStatus};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::header;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -25,6 +26,8 @@ pub const MAX_PAGE: usize = 500;
 pub struct AdminState {
     pub engine: Arc<Engine>,
     pub token: Secret,
+    /// Queue depth above which `/readyz` answers 503 (events are still accepted).
+    pub max_queue: usize,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -33,6 +36,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/events/{id}", get(show_event))
         .route("/api/runs", get(list_runs))
         .route("/api/runs/{id}", get(show_run))
+        .route("/api/runs/{id}/retry", post(retry_run))
+        .route("/api/runs/retry", post(retry_runs))
+        .route("/api/queue", get(queue))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -59,12 +65,30 @@ async fn require_token(
     }
 }
 
-async fn ready(State(st): State<AdminState>) -> Result<Json<Value>, ApiError> {
+/// Ready unless the run queue is deeper than `max_queue` (then 503, so a
+/// load balancer can steer new work elsewhere; webhooks are still accepted).
+async fn ready(State(st): State<AdminState>) -> Result<Response, ApiError> {
     let depth = st
         .engine
         .queue_depth()
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(Json(json!({"status": "ready", "queue_depth": depth})))
+    let (code, status) = if depth > st.max_queue {
+        (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    let body = json!({"status": status, "queue_depth": depth, "max_queue": st.max_queue});
+    Ok((code, Json(body)).into_response())
+}
+
+/// `GET /api/queue`: how many runs wait or are in flight.
+async fn queue(State(st): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    let depth = st.engine.queue_depth().map_err(internal)?;
+    Ok(Json(json!({
+        "queue_depth": depth,
+        "max_queue": st.max_queue,
+        "overloaded": depth > st.max_queue
+    })))
 }
 
 #[derive(Deserialize)]
@@ -128,7 +152,7 @@ async fn show_event(
 pub fn parse_status(s: &str) -> Result<RunStatus, ApiError> {
     serde_json::from_value(Value::String(s.to_string())).map_err(|_| {
         ApiError::BadRequest(format!(
-            "unknown status `{s}`, expected queued, running, succeeded or failed"
+            "unknown status `{s}`, expected queued, running, retrying, succeeded, failed or dead"
         ))
     })
 }
@@ -141,6 +165,7 @@ async fn list_runs(
     let filter = RunFilter {
         status: q.status.as_deref().map(parse_status).transpose()?,
         recipe: q.recipe.clone(),
+        failures: false,
     };
     let runs = st.engine.store().runs(&page, &filter).map_err(internal)?;
     Ok(paged(runs, page.limit, |r| &r.id))
@@ -157,4 +182,27 @@ async fn show_run(
         .map_err(internal)?
         .ok_or_else(|| ApiError::NotFound(format!("no run {id}")))?;
     Ok(Json(serde_json::to_value(run).map_err(internal)?))
+}
+
+/// `POST /api/runs/{id}/retry`: a failed or dead run resumes at its failed step.
+async fn retry_run(State(st): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    match st.engine.retry(&id).map_err(internal)? {
+        Retried::Queued(run) => Ok(Json(json!({"retried": [run.id]}))),
+        Retried::NotFound => Err(ApiError::NotFound(format!("no run {id}"))),
+        Retried::NotFailed(s) => Err(ApiError::Conflict(format!(
+            "run {id} is {}; only failed or dead runs can be retried",
+            serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+struct RetryQuery {
+    recipe: String,
+}
+
+/// `POST /api/runs/retry?recipe=NAME`: every failed or dead run of a recipe.
+async fn retry_runs(State(st): State<AdminState>, Query(q): Query<RetryQuery>) -> Result<Json<Value>, ApiError> {
+    let ids = st.engine.retry_recipe(&q.recipe).map_err(internal)?;
+    Ok(Json(json!({"retried": ids})))
 }

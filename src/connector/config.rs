@@ -28,10 +28,71 @@ pub struct ConnectorFile {
     /// Default timeout of every action (default 30s).
     #[serde(default)]
     pub timeout: Option<HumanDuration>,
+    /// Retries of failed calls (connect errors, timeouts, 429, 5xx); actions may override.
+    #[serde(default)]
+    pub retry: Option<RetryFile>,
+    /// Limits shared by every run calling this connector.
+    #[serde(default)]
+    pub limits: Option<LimitsFile>,
+    /// Stop calling a failing API for a while instead of hammering it.
+    #[serde(default)]
+    pub circuit_breaker: Option<BreakerFile>,
+    /// Header carrying the idempotency key (`<run id>:<step id>`); `false` to send none.
+    #[serde(default)]
+    pub idempotency_header: Option<IdempotencyHeader>,
     #[serde(default)]
     pub actions: BTreeMap<String, ActionFile>,
     #[serde(default)]
     pub webhook: Option<WebhookFile>,
+}
+
+/// `retry: { attempts: 5, backoff: 1s, max_backoff: 5m, max_retry_after: 1h }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    /// Attempts in all, the first included (default 5; 1 = no retries).
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// First backoff; doubles each attempt, with full jitter (default 1s).
+    #[serde(default)]
+    pub backoff: Option<HumanDuration>,
+    /// Cap of one backoff (default 5m).
+    #[serde(default)]
+    pub max_backoff: Option<HumanDuration>,
+    /// Longest `Retry-After` honoured; longer ones are cut to this (default 1h).
+    #[serde(default)]
+    pub max_retry_after: Option<HumanDuration>,
+}
+
+/// `limits: { rate: 100/10s, concurrency: 8 }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// At most N calls in any window of the given length: `100/10s`, `5/1s`.
+    #[serde(default)]
+    pub rate: Option<String>,
+    /// At most N calls in flight at once.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+}
+
+/// `circuit_breaker: { failures: 5, cooldown: 30s }`; `circuit_breaker: { failures: 0 }` turns it off.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerFile {
+    /// Consecutive retryable failures that open the breaker (default 5).
+    #[serde(default)]
+    pub failures: Option<u32>,
+    /// How long it stays open (default 30s).
+    #[serde(default)]
+    pub cooldown: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum IdempotencyHeader {
+    Enabled(bool),
+    Name(String),
 }
 
 /// How requests authenticate. Values are templates over `secrets`.
@@ -72,6 +133,9 @@ pub struct ActionFile {
     pub form: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub timeout: Option<HumanDuration>,
+    /// Overrides the connector's `retry:` fields given here.
+    #[serde(default)]
+    pub retry: Option<RetryFile>,
     /// Output fields: name → JSONPath into the JSON response. Without it the
     /// step's output is the whole response body.
     #[serde(default)]

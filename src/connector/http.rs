@@ -66,6 +66,9 @@ pub enum CallError {
     Redirect { status: u16 },
     #[error("bad response: {0}")]
     Response(String),
+    /// Not sent: the connector's circuit breaker is open for this long.
+    #[error("not called: circuit breaker open after repeated failures")]
+    CircuitOpen(std::time::Duration),
 }
 
 impl CallError {
@@ -209,7 +212,9 @@ impl Client {
                 .map_err(|e| CallError::Render(format!("header `{k}`: {e}")))?;
             req = req.header(name, value);
         }
-        req = req.header("Idempotency-Key", idempotency_key);
+        if let Some(h) = &connector.idempotency_header {
+            req = req.header(h.as_str(), idempotency_key);
+        }
         match &action.body {
             Body::None => {}
             Body::Json(t) => {

@@ -9,13 +9,14 @@
 
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod secrets;
 
 use crate::jsonpath::JsonPath;
 use crate::secret::Secret;
 use crate::template::{Template, Templates, ValueTemplate};
 use crate::yaml::{LoadError, SourceMap};
-use config::{ActionFile, AuthFile, ConnectorFile, FieldSource};
+use config::{ActionFile, AuthFile, ConnectorFile, FieldSource, IdempotencyHeader};
 use reqwest::Method;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -38,6 +39,10 @@ pub struct Connector {
     pub secrets: BTreeMap<String, Secret>,
     /// May this connector call loopback / private / link-local addresses?
     pub allow_internal: bool,
+    /// Rate / concurrency limits and the circuit breaker, shared by all runs.
+    pub limits: limits::Limits,
+    /// Header carrying `<run id>:<step id>`; none when disabled.
+    pub idempotency_header: Option<String>,
 }
 
 #[derive(Debug)]
@@ -67,6 +72,7 @@ pub struct Action {
     pub headers: Vec<(String, Template)>,
     pub body: Body,
     pub timeout: Duration,
+    pub retry: limits::RetryPolicy,
     /// Declared inputs: name → required?
     pub inputs: BTreeMap<String, bool>,
     /// Output fields: name → JSONPath into the response body. Empty: the whole body.
@@ -230,18 +236,29 @@ fn compile(
         }
     };
 
+    let retry = limits::RetryPolicy::default().with(file.retry.as_ref());
+    let limits = limits::Limits::new(file.limits.as_ref(), file.circuit_breaker.as_ref())
+        .map_err(|e| errors.push(map.error("/limits", e)))
+        .ok();
+    let idempotency_header = match &file.idempotency_header {
+        None | Some(IdempotencyHeader::Enabled(true)) => Some("Idempotency-Key".to_string()),
+        Some(IdempotencyHeader::Enabled(false)) => None,
+        Some(IdempotencyHeader::Name(n)) => {
+            if reqwest::header::HeaderName::from_bytes(n.as_bytes()).is_err() {
+                errors.push(map.error("/idempotency_header", format!("invalid header name `{n}`")));
+            }
+            Some(n.clone())
+        }
+    };
+
     let mut actions = BTreeMap::new();
+    let defaults = ActionDefaults {
+        timeout: file.timeout.map(|t| t.0),
+        retry,
+    };
     for (aname, a) in &file.actions {
         let p = format!("/actions/{}", crate::template::escape(aname));
-        if let Some(action) = compile_action(
-            aname,
-            a,
-            &p,
-            &cx,
-            templates,
-            file.timeout.map(|t| t.0),
-            errors,
-        ) {
+        if let Some(action) = compile_action(aname, a, &p, &cx, templates, &defaults, errors) {
             actions.insert(aname.clone(), action);
         }
     }
@@ -301,6 +318,7 @@ fn compile(
         })
     });
 
+    let limits = limits?;
     if errors.len() > before {
         return None;
     }
@@ -313,7 +331,15 @@ fn compile(
         webhook,
         secrets,
         allow_internal,
+        limits,
+        idempotency_header,
     })
+}
+
+/// What actions inherit from their connector.
+struct ActionDefaults {
+    timeout: Option<Duration>,
+    retry: limits::RetryPolicy,
 }
 
 fn secrets_missing(
@@ -333,7 +359,7 @@ fn compile_action(
     p: &str,
     cx: &TplCx<'_>,
     templates: &mut Templates,
-    default_timeout: Option<Duration>,
+    defaults: &ActionDefaults,
     errors: &mut Vec<LoadError>,
 ) -> Option<Action> {
     let map = cx.map;
@@ -421,8 +447,9 @@ fn compile_action(
         timeout: a
             .timeout
             .map(|t| t.0)
-            .or(default_timeout)
+            .or(defaults.timeout)
             .unwrap_or(DEFAULT_TIMEOUT),
+        retry: defaults.retry.with(a.retry.as_ref()),
         inputs,
         output,
     })

@@ -95,25 +95,28 @@ impl Engine {
     pub async fn accept(&self, incoming: Incoming) -> Result<Accepted, StoreError> {
         let now = store::now_ms();
         let event_id = store::new_id(now);
-        let mut event = Event {
-            id: event_id.clone(),
-            connector: incoming.connector,
-            event_type: incoming.event_type,
-            delivery_id: incoming.delivery_id,
-            received_at: now,
-            body: incoming.body,
-            runs: Vec::new(),
-        };
-        let runs: Vec<Run> = match &event.event_type {
-            None => Vec::new(),
-            Some(t) => self
-                .catalog
-                .matching(&event.connector, t)
-                .filter(|r| {
-                    let ctx = json!({ "event": &event.body, "vars": &r.vars, "steps": {} });
-                    r.condition.eval(&ctx)
-                })
-                .map(|r| Run {
+        // One context for every recipe's conditions and keys: the body is
+        // moved in and back out, never copied.
+        let mut ctx = json!({ "event": incoming.body, "vars": null, "steps": {} });
+        let mut runs = Vec::new();
+        if let Some(t) = &incoming.event_type {
+            for r in self.catalog.matching(&incoming.connector, t) {
+                ctx["vars"] = r.vars.clone();
+                if !r.condition.eval(&ctx) {
+                    continue;
+                }
+                let concurrency = r.concurrency.as_ref().map(|(t, limit)| {
+                    let key = self.catalog.templates.render_string(t, &ctx).unwrap_or_else(|e| {
+                        tracing::warn!(recipe = %r.name, error = %e, "concurrency key did not render; using the empty key");
+                        String::new()
+                    });
+                    store::ConcurrencySlot {
+                        key: format!("{}\0{key}", r.name),
+                        limit: *limit,
+                        seq: 0,
+                    }
+                });
+                runs.push(Run {
                     id: store::new_id(now),
                     event_id: event_id.clone(),
                     recipe: r.name.clone(),
@@ -124,8 +127,20 @@ impl Engine {
                     steps: Vec::new(),
                     error: None,
                     due_at: now,
-                })
-                .collect(),
+                    pending: None,
+                    round: 0,
+                    concurrency,
+                });
+            }
+        }
+        let mut event = Event {
+            id: event_id.clone(),
+            connector: incoming.connector,
+            event_type: incoming.event_type,
+            delivery_id: incoming.delivery_id,
+            received_at: now,
+            body: ctx["event"].take(),
+            runs: Vec::new(),
         };
         event.runs = runs.iter().map(|r| r.id.clone()).collect();
         let inserted = self.store.insert_event(&event, &runs)?;
@@ -154,6 +169,24 @@ impl Engine {
                 })
             }
         }
+    }
+
+    /// Put a failed or dead run back in the queue; it resumes at its failed step.
+    pub fn retry(&self, run_id: &str) -> Result<store::Retried, StoreError> {
+        let r = self.store.retry_run(run_id, store::now_ms())?;
+        if matches!(r, store::Retried::Queued(_)) {
+            self.wake.notify_waiters();
+        }
+        Ok(r)
+    }
+
+    /// Retry every failed or dead run of a recipe.
+    pub fn retry_recipe(&self, recipe: &str) -> Result<Vec<String>, StoreError> {
+        let ids = store::retry_failed(&*self.store, recipe, store::now_ms())?;
+        if !ids.is_empty() {
+            self.wake.notify_waiters();
+        }
+        Ok(ids)
     }
 
     /// Runs waiting or in flight.

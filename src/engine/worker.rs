@@ -7,10 +7,11 @@
 use super::Engine;
 use crate::connector::http::{redact_value, CallError};
 use crate::recipe::{Recipe, Step};
-use crate::store::{self, Run, RunStatus, StepRecord, StepStatus};
+use crate::connector::limits::parse_retry_after;
+use crate::store::{self, Attempt, Run, RunStatus, StepRecord, StepStatus};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 /// Longest a worker sleeps before looking at the queue again.
@@ -60,7 +61,7 @@ impl Engine {
             }
             for run in leased {
                 let id = run.id.clone();
-                if let Err(e) = self.execute(run).await {
+                if let Err(e) = self.execute(run, &shutdown).await {
                     // The run stays leased; it comes due again when the lease expires.
                     tracing::error!(run = %id, error = %e, "could not record run progress");
                 }
@@ -69,7 +70,7 @@ impl Engine {
     }
 
     /// Execute a leased run from its first unfinished step.
-    pub(crate) async fn execute(&self, mut run: Run) -> Result<(), store::StoreError> {
+    pub(crate) async fn execute(&self, mut run: Run, shutdown: &watch::Receiver<bool>) -> Result<(), store::StoreError> {
         let Some(recipe) = self.catalog.recipe(&run.recipe) else {
             let msg = format!("recipe `{}` is not loaded", run.recipe);
             return self.finish(&mut run, RunStatus::Failed, Some(msg)).await;
@@ -81,37 +82,50 @@ impl Engine {
         let mut ctx = context(recipe, &run, event.body);
         let start = run.steps.len();
         for step in recipe.steps.iter().skip(start) {
-            let record = self.run_step(recipe, step, &run, &ctx).await;
-            tracing::info!(run = %run.id, recipe = %recipe.name, step = %step.id, status = ?record.status, http_status = ?record.http_status, "step finished");
+            if *shutdown.borrow() {
+                // Leave the run leased: the next start resumes it at this step.
+                return Ok(());
+            }
+            let prior = run.pending.take();
+            let (record, next) = self.run_step(recipe, step, &run, &ctx, prior).await;
+            tracing::info!(run = %run.id, recipe = %recipe.name, step = %step.id, status = ?record.status, http_status = ?record.http_status, attempts = record.attempts, "step finished");
+            match next {
+                Next::Continue => {}
+                Next::RetryIn(delay) => {
+                    let previous_due = run.due_at;
+                    let now = store::now_ms();
+                    run.pending = Some(record);
+                    run.status = RunStatus::Retrying;
+                    run.updated_at = now;
+                    run.due_at = now + delay.as_millis() as i64;
+                    self.store.reschedule(&run, previous_due)?;
+                    return self.commit.sync().await;
+                }
+                Next::Stop(status) => {
+                    let msg = format!(
+                        "step `{}` ({}.{}) failed{}: {}",
+                        step.id,
+                        step.connector,
+                        step.action,
+                        if status == RunStatus::Dead { format!(" after {} attempts", record.attempts) } else { String::new() },
+                        record.error.clone().unwrap_or_default()
+                    );
+                    run.steps.push(record);
+                    return self.finish(&mut run, status, Some(msg)).await;
+                }
+            }
             if let Some(steps) = ctx.get_mut("steps").and_then(Value::as_object_mut) {
                 steps.insert(step.id.clone(), record.output.clone());
             }
-            let failed = record.status == StepStatus::Failed;
-            let error = record.error.clone();
             run.steps.push(record);
             run.updated_at = store::now_ms();
-            if failed {
-                let msg = format!(
-                    "step `{}` ({}.{}) failed: {}",
-                    step.id,
-                    step.connector,
-                    step.action,
-                    error.unwrap_or_default()
-                );
-                return self.finish(&mut run, RunStatus::Failed, Some(msg)).await;
-            }
             self.store.save_run(&run)?;
             self.commit.sync().await?;
         }
         self.finish(&mut run, RunStatus::Succeeded, None).await
     }
 
-    async fn finish(
-        &self,
-        run: &mut Run,
-        status: RunStatus,
-        error: Option<String>,
-    ) -> Result<(), store::StoreError> {
+    async fn finish(&self, run: &mut Run, status: RunStatus, error: Option<String>) -> Result<(), store::StoreError> {
         let now = store::now_ms();
         run.status = status;
         run.error = error;
@@ -121,10 +135,12 @@ impl Engine {
         self.commit.sync().await
     }
 
-    async fn run_step(&self, recipe: &Recipe, step: &Step, run: &Run, ctx: &Value) -> StepRecord {
+    /// Run one step (one attempt of it). `prior` is the record of earlier
+    /// attempts when the step is being retried.
+    async fn run_step(&self, recipe: &Recipe, step: &Step, run: &Run, ctx: &Value, prior: Option<StepRecord>) -> (StepRecord, Next) {
         let started_at = store::now_ms();
         let clock = Instant::now();
-        let mut record = StepRecord {
+        let mut record = prior.unwrap_or_else(|| StepRecord {
             id: step.id.clone(),
             call: format!("{}.{}", step.connector, step.action),
             status: StepStatus::Succeeded,
@@ -136,24 +152,28 @@ impl Engine {
             started_at,
             duration_ms: 0,
             attempts: 0,
+            history: Vec::new(),
+        });
+        let fail = |mut record: StepRecord, error: String| {
+            record.status = StepStatus::Failed;
+            record.error = Some(error);
+            (record, Next::Stop(RunStatus::Failed))
         };
         if let Some(cond) = &step.condition {
             if !cond.eval(ctx) {
                 record.status = StepStatus::Skipped;
-                return record;
+                return (record, Next::Continue);
             }
         }
         let templates = &self.catalog.templates;
-        let (Some(connector), Some(action)) = (
-            self.catalog.connectors.get(&step.connector),
-            self.catalog
-                .connectors
-                .get(&step.connector)
-                .and_then(|c| c.actions.get(&step.action)),
-        ) else {
-            record.status = StepStatus::Failed;
-            record.error = Some(format!("{} is not loaded", record.call));
-            return record;
+        let Some((connector, action)) = self
+            .catalog
+            .connectors
+            .get(&step.connector)
+            .and_then(|c| c.actions.get(&step.action).map(|a| (c, a)))
+        else {
+            let msg = format!("{} is not loaded", record.call);
+            return fail(record, msg);
         };
         let mut input = Map::new();
         for (k, t) in &step.with {
@@ -162,33 +182,71 @@ impl Engine {
                     input.insert(k.clone(), v);
                 }
                 Err(e) => {
-                    record.status = StepStatus::Failed;
-                    record.error = Some(format!("input `{k}` of recipe `{}`: {e}", recipe.name));
                     record.input = redact_value(connector, Value::Object(input));
-                    return record;
+                    return fail(record, format!("input `{k}` of recipe `{}`: {e}", recipe.name));
                 }
             }
         }
         let input = Value::Object(input);
         record.input = redact_value(connector, input.clone());
         let key = format!("{}:{}", run.id, step.id);
-        record.attempts = 1;
-        let outcome = self
-            .client
-            .call(templates, connector, action, &input, &key)
-            .await;
-        record.duration_ms = clock.elapsed().as_millis() as u64;
+        let outcome = self.client.call(templates, connector, action, &input, &key).await;
+        let elapsed = clock.elapsed().as_millis() as u64;
+        let error = match &outcome.result {
+            // Not sent: wait for the breaker without spending an attempt.
+            Err(CallError::CircuitOpen(wait)) => {
+                record.error = Some(CallError::CircuitOpen(*wait).to_string());
+                return (record, Next::RetryIn(*wait));
+            }
+            Err(e) => Some(describe(e, &outcome.record)),
+            Ok(_) => None,
+        };
+        record.history.push(Attempt {
+            at: started_at,
+            duration_ms: elapsed,
+            http_status: outcome.record.status,
+            error: error.clone(),
+            round: run.round,
+        });
+        record.attempts = record.history.len() as u32;
+        record.started_at = started_at;
+        record.duration_ms = elapsed;
         record.http_status = outcome.record.status;
         record.request = serde_json::to_value(&outcome.record).ok();
         match outcome.result {
-            Ok(out) => record.output = out,
+            Ok(out) => {
+                record.status = StepStatus::Succeeded;
+                record.output = out;
+                record.error = None;
+                (record, Next::Continue)
+            }
             Err(e) => {
+                let policy = action.retry;
+                let this_round = record.history.iter().filter(|a| a.round == run.round).count() as u32;
                 record.status = StepStatus::Failed;
-                record.error = Some(describe(&e, &outcome.record));
+                record.error = error;
+                if !e.retryable() {
+                    (record, Next::Stop(RunStatus::Failed))
+                } else if this_round >= policy.attempts {
+                    (record, Next::Stop(RunStatus::Dead))
+                } else {
+                    let retry_after = outcome
+                        .record
+                        .retry_after
+                        .as_deref()
+                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                    (record, Next::RetryIn(policy.delay(this_round, retry_after)))
+                }
             }
         }
-        record
     }
+}
+
+/// What a step's outcome means for its run.
+enum Next {
+    Continue,
+    RetryIn(Duration),
+    Stop(RunStatus),
 }
 
 /// The error line of a failed call, with the answer's excerpt where there is one.

@@ -347,7 +347,10 @@ fn compile_op(name: &str, operand: &Value, pointer: &str) -> Result<Op, Conditio
                     .size_limit(REGEX_SIZE_LIMIT)
                     .build()
                     .map_err(|e| {
-                        ConditionError::new(pointer, format!("invalid regex `{pattern}`: {e}"))
+                        ConditionError::new(
+                            pointer,
+                            format!("invalid regex `{pattern}`: {}", regex_error(&e)),
+                        )
                     })?,
             ),
             _ => return Err(expects("a regex string")),
@@ -390,6 +393,28 @@ fn compile_op(name: &str, operand: &Value, pointer: &str) -> Result<Op, Conditio
             return Err(ConditionError::new(pointer, message));
         }
     })
+}
+
+/// A one-line description of a regex error. The regex crate's message is a
+/// multi-line picture; keep its last line and the column the caret marks.
+fn regex_error(e: &regex::Error) -> String {
+    let full = e.to_string();
+    let lines: Vec<&str> = full.lines().collect();
+    let Some(what) = lines.iter().rev().find_map(|l| l.strip_prefix("error: ")) else {
+        return lines.join(" ");
+    };
+    // The picture is the pattern indented by 4, then a caret line (when the
+    // pattern is one line; longer ones are numbered).
+    let column = match lines.as_slice() {
+        [_, _, caret, ..] if caret.trim_start().starts_with('^') => {
+            caret.find('^').map(|i| i.saturating_sub(4) + 1)
+        }
+        _ => None,
+    };
+    match column {
+        Some(c) => format!("{what} at column {c}"),
+        None => what.to_string(),
+    }
 }
 
 /// A one-line description of a JSONPath parse error. pest's own message is a

@@ -21,9 +21,23 @@ pub struct RecipeFile {
     /// Conditions over `{event, vars}`; the recipe runs only when they hold.
     #[serde(default, rename = "if")]
     pub condition: Option<Value>,
+    /// Runs with the same rendered key run one after another (or `limit` at
+    /// a time), in arrival order: `{ key: "{{ event.ticket.id }}", limit: 1 }`.
+    #[serde(default)]
+    pub concurrency: Option<ConcurrencyFile>,
     /// Ordered steps.
     #[serde(default)]
     pub steps: Vec<StepFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyFile {
+    /// Template over `{event, vars}`.
+    pub key: String,
+    /// Runs of one key at a time (default 1).
+    #[serde(default)]
+    pub limit: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

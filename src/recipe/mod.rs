@@ -28,6 +28,8 @@ pub struct Recipe {
     pub event: String,
     pub condition: Condition,
     pub vars: Value,
+    /// Concurrency key template and limit.
+    pub concurrency: Option<(Template, u32)>,
     pub steps: Vec<Step>,
 }
 
@@ -256,6 +258,23 @@ fn compile(
         }
     };
 
+    let concurrency = file.concurrency.as_ref().and_then(|c| {
+        let scope = Scope { steps: &[], vars: &vars };
+        if c.limit == Some(0) {
+            errors.push(map.error("/concurrency/limit", "`limit` must be at least 1"));
+        }
+        match templates.compile(&c.key) {
+            Ok(t) => {
+                check_templates(&ValueTemplate::String(t.clone()), "/concurrency/key", &scope, templates, map, errors);
+                Some((t, c.limit.unwrap_or(1)))
+            }
+            Err(e) => {
+                errors.push(map.error("/concurrency/key", format!("template error: {e}")));
+                None
+            }
+        }
+    });
+
     let mut steps = Vec::new();
     for (i, s) in file.steps.iter().enumerate() {
         let ptr = format!("/steps/{i}");
@@ -281,6 +300,7 @@ fn compile(
         event: file.on.event,
         condition,
         vars: file.vars,
+        concurrency,
         steps,
     })
 }

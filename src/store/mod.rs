@@ -46,15 +46,27 @@ pub struct Event {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Waiting for a worker.
     Queued,
+    /// Leased by a worker.
     Running,
+    /// A step failed and waits for its next attempt (`due_at`).
+    Retrying,
     Succeeded,
+    /// A step failed in a way retrying cannot fix (a 4xx, a template error).
     Failed,
+    /// Dead letter: a step failed on every attempt. `runs retry` resumes it.
+    Dead,
 }
 
 impl RunStatus {
     pub fn is_final(self) -> bool {
-        matches!(self, RunStatus::Succeeded | RunStatus::Failed)
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Dead)
+    }
+
+    /// Failed or dead: a person may retry it.
+    pub fn is_failure(self) -> bool {
+        matches!(self, RunStatus::Failed | RunStatus::Dead)
     }
 }
 
@@ -75,6 +87,26 @@ pub struct Run {
     pub error: Option<String>,
     /// When the queue entry of this run is due (ms). While leased: the lease's expiry.
     pub due_at: i64,
+    /// The step being retried, with its attempts so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<StepRecord>,
+    /// Incremented by each manual retry; attempts are counted per round.
+    #[serde(default)]
+    pub round: u32,
+    /// The recipe's concurrency key, if it has one: runs of one key run in
+    /// arrival order, at most `limit` at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencySlot>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConcurrencySlot {
+    /// `<recipe>\0<rendered key>`.
+    pub key: String,
+    pub limit: u32,
+    /// Arrival order within the key, assigned by the store.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -106,6 +138,23 @@ pub struct StepRecord {
     pub started_at: i64,
     pub duration_ms: u64,
     pub attempts: u32,
+    /// Every attempt of this step, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Attempt>,
+}
+
+/// One call of a step's action.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attempt {
+    pub at: i64,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The manual-retry round it belongs to.
+    #[serde(default)]
+    pub round: u32,
 }
 
 /// A page request: newest first, items strictly older than `before`.
@@ -119,13 +168,25 @@ pub struct Page {
 pub struct RunFilter {
     pub status: Option<RunStatus>,
     pub recipe: Option<String>,
+    /// Only failed or dead runs.
+    pub failures: bool,
 }
 
 impl RunFilter {
     pub fn matches(&self, run: &Run) -> bool {
         self.status.is_none_or(|s| s == run.status)
+            && (!self.failures || run.status.is_failure())
             && self.recipe.as_deref().is_none_or(|r| r == run.recipe)
     }
+}
+
+/// Result of [`Store::retry_run`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Retried {
+    Queued(Box<Run>),
+    NotFound,
+    /// Only failed or dead runs can be retried.
+    NotFailed(RunStatus),
 }
 
 /// Result of storing an event.
@@ -155,12 +216,46 @@ pub trait Store: Send + Sync + 'static {
     fn save_run(&self, run: &Run) -> Result<()>;
     /// Write a finished run and remove it from the queue.
     fn finish_run(&self, run: &Run) -> Result<()>;
+    /// Write a leased run and move its queue entry from `previous_due` to `run.due_at`.
+    fn reschedule(&self, run: &Run, previous_due: i64) -> Result<()>;
+    /// Put a failed or dead run back in the queue, due at `now`: its failed
+    /// step becomes `pending` (keeping its attempt history) and runs again;
+    /// completed steps are kept and never repeated.
+    fn retry_run(&self, id: &str, now: i64) -> Result<Retried>;
     /// Make every leased run due now (at start-up of a single node, every lease is stale).
     fn release_leases(&self, now: i64) -> Result<usize>;
     /// Number of runs waiting or leased.
     fn queue_depth(&self) -> Result<usize>;
     /// When the earliest queue entry is due, if any.
     fn next_due(&self) -> Result<Option<i64>>;
+}
+
+/// Retry every failed or dead run of `recipe`; returns the ids queued again.
+pub fn retry_failed(store: &dyn Store, recipe: &str, now: i64) -> Result<Vec<String>> {
+    let filter = RunFilter {
+        status: None,
+        recipe: Some(recipe.to_string()),
+        failures: true,
+    };
+    // Collect first: retried runs stop matching the filter while we page.
+    let mut found = Vec::new();
+    let mut page = Page {
+        limit: 500,
+        before: None,
+    };
+    loop {
+        let runs = store.runs(&page, &filter)?;
+        let Some(last) = runs.last() else { break };
+        page.before = Some(last.id.clone());
+        found.extend(runs.into_iter().map(|r| r.id));
+    }
+    let mut ids = Vec::new();
+    for id in found {
+        if let Retried::Queued(run) = store.retry_run(&id, now)? {
+            ids.push(run.id);
+        }
+    }
+    Ok(ids)
 }
 
 /// Group commit: callers that wrote something wait for one shared flush.
@@ -206,11 +301,23 @@ impl GroupCommit {
 }
 
 /// Time-ordered unique ids (ULID layout: 48-bit ms time + 80 random bits,
-/// Crockford base32), so keys sort by creation time.
+/// Crockford base32), so keys sort by creation time. Monotonic within the
+/// process: an id made in the same millisecond as the previous one (or with a
+/// clock that stepped back) is the previous one plus one, so "newest first"
+/// holds for events received in the same millisecond too.
 pub fn new_id(now_ms: i64) -> String {
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    // A std Mutex: nothing async happens while it is held.
+    static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
     let rand: u128 = rand::random::<u128>() & ((1u128 << 80) - 1);
-    let v: u128 = ((now_ms.max(0) as u128) << 80) | rand;
+    let mut v: u128 = ((now_ms.max(0) as u128) << 80) | rand;
+    {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        if (v >> 80) <= (*last >> 80) {
+            v = *last + 1;
+        }
+        *last = v;
+    }
     (0..26)
         .map(|i| ALPHABET[((v >> (125 - i * 5)) & 31) as usize] as char)
         .collect()
@@ -235,5 +342,12 @@ mod tests {
         assert_eq!(a.len(), 26);
         assert!(a < b);
         assert_ne!(new_id(5), new_id(5));
+    }
+
+    #[test]
+    fn ids_of_the_same_millisecond_keep_their_order() {
+        let now = now_ms();
+        let ids: Vec<String> = (0..1000).map(|_| new_id(now)).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 }

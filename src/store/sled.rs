@@ -5,11 +5,15 @@
 //! - `d/<connector>\0<delivery id>` → event id (refuses a second delivery)
 //! - `r/<run id>` → [`Run`]
 //! - `q/<due ms, 8 bytes big-endian><run id>` → empty: the run queue, in due order
+//! - `k/<recipe>\0<key>\0<seq, 8 bytes big-endian>` → run id: unfinished runs of a
+//!   concurrency key, in arrival order
 //!
 //! Ids are time-ordered, so `e/` and `r/` scan newest-first in reverse.
 //! Multi-key writes go through one `Batch`, which sled applies atomically.
 
-use super::{Event, Inserted, Page, Result, Run, RunFilter, RunStatus, Store, StoreError};
+use super::{
+    ConcurrencySlot, Event, Inserted, Page, Result, Retried, Run, RunFilter, RunStatus, StepStatus, Store, StoreError,
+};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -44,7 +48,32 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T>
     })
 }
 
+fn slot_prefix(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + key.len());
+    k.extend_from_slice(b"k/");
+    k.extend_from_slice(key.as_bytes());
+    k.push(0);
+    k
+}
+
+fn slot_key(key: &str, seq: u64) -> Vec<u8> {
+    let mut k = slot_prefix(key);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 impl SledStore {
+    /// Is this run among the first `limit` unfinished runs of its key?
+    fn has_turn(&self, slot: &ConcurrencySlot) -> Result<bool> {
+        for item in self.tree.scan_prefix(slot_prefix(&slot.key)).take(slot.limit.max(1) as usize) {
+            let (k, _) = item.map_err(io)?;
+            if k.as_ref() == slot_key(&slot.key, slot.seq).as_slice() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Open (or create) the store in `dir`. Fails if another process has it open.
     pub fn open(dir: &Path) -> Result<SledStore> {
         let db = sled::Config::new()
@@ -127,7 +156,13 @@ impl Store for SledStore {
         }
         batch.insert(format!("e/{}", event.id).into_bytes(), encode(event)?);
         for run in runs {
-            batch.insert(format!("r/{}", run.id).into_bytes(), encode(run)?);
+            let mut run = run.clone();
+            if let Some(slot) = &mut run.concurrency {
+                // Arrival order within the key: a sequence from the store.
+                slot.seq = self.db.generate_id().map_err(io)?;
+                batch.insert(slot_key(&slot.key, slot.seq), run.id.as_bytes());
+            }
+            batch.insert(format!("r/{}", run.id).into_bytes(), encode(&run)?);
             batch.insert(queue_key(run.due_at, &run.id), &[][..]);
         }
         self.tree.apply_batch(batch).map_err(io)?;
@@ -156,28 +191,34 @@ impl Store for SledStore {
 
     fn lease(&self, now: i64, lease_ms: i64, max: usize) -> Result<Vec<Run>> {
         let _g = self.guard();
-        let mut due = Vec::new();
-        for item in self.tree.range(queue_key(0, "")..queue_key(now + 1, "")) {
-            let (k, _) = item.map_err(io)?;
-            due.push(k);
-            if due.len() >= max {
-                break;
-            }
-        }
         let mut out = Vec::new();
         let mut batch = sled::Batch::default();
-        for k in due {
+        for item in self.tree.range(queue_key(0, "")..queue_key(now + 1, "")) {
+            if out.len() >= max {
+                break;
+            }
+            let (k, _) = item.map_err(io)?;
             let id = String::from_utf8_lossy(&k[10..]).into_owned();
             batch.remove(k);
             let Some(mut run) = self.get::<Run>(format!("r/{id}").as_bytes())? else {
                 continue; // a queue entry without a run: drop it
             };
-            run.status = RunStatus::Running;
+            let turn = match &run.concurrency {
+                Some(slot) => self.has_turn(slot)?,
+                None => true,
+            };
+            if turn {
+                run.status = RunStatus::Running;
+            }
+            // Not its turn: park it until a run ahead of it finishes (which
+            // makes it due again); the lease time is the safety net.
             run.due_at = now + lease_ms;
             run.updated_at = now;
             batch.insert(queue_key(run.due_at, &run.id), &[][..]);
             batch.insert(format!("r/{}", run.id).into_bytes(), encode(&run)?);
-            out.push(run);
+            if turn {
+                out.push(run);
+            }
         }
         self.tree.apply_batch(batch).map_err(io)?;
         Ok(out)
@@ -194,8 +235,62 @@ impl Store for SledStore {
         let _g = self.guard();
         let mut batch = sled::Batch::default();
         batch.remove(queue_key(run.due_at, &run.id));
+        let mut finished = run.clone();
+        if let Some(slot) = finished.concurrency.take() {
+            // Free the slot and wake the runs now at the front of the key.
+            batch.remove(slot_key(&slot.key, slot.seq));
+            let now = run.updated_at;
+            for item in self.tree.scan_prefix(slot_prefix(&slot.key)).take(slot.limit as usize + 1) {
+                let (_, v) = item.map_err(io)?;
+                let id = String::from_utf8_lossy(&v).into_owned();
+                if id == run.id {
+                    continue;
+                }
+                if let Some(mut next) = self.get::<Run>(format!("r/{id}").as_bytes())? {
+                    if next.status == RunStatus::Queued && next.due_at > now {
+                        batch.remove(queue_key(next.due_at, &id));
+                        next.due_at = now;
+                        batch.insert(queue_key(now, &id), &[][..]);
+                        batch.insert(format!("r/{id}").into_bytes(), encode(&next)?);
+                    }
+                }
+            }
+        }
+        batch.insert(format!("r/{}", run.id).into_bytes(), encode(&finished)?);
+        self.tree.apply_batch(batch).map_err(io)
+    }
+
+    fn reschedule(&self, run: &Run, previous_due: i64) -> Result<()> {
+        let _g = self.guard();
+        let mut batch = sled::Batch::default();
+        batch.remove(queue_key(previous_due, &run.id));
+        batch.insert(queue_key(run.due_at, &run.id), &[][..]);
         batch.insert(format!("r/{}", run.id).into_bytes(), encode(run)?);
         self.tree.apply_batch(batch).map_err(io)
+    }
+
+    fn retry_run(&self, id: &str, now: i64) -> Result<Retried> {
+        let _g = self.guard();
+        let Some(mut run) = self.get::<Run>(format!("r/{id}").as_bytes())? else {
+            return Ok(Retried::NotFound);
+        };
+        if !run.status.is_failure() {
+            return Ok(Retried::NotFailed(run.status));
+        }
+        if run.steps.last().is_some_and(|s| s.status == StepStatus::Failed) {
+            run.pending = run.steps.pop();
+        }
+        run.round += 1;
+        run.status = RunStatus::Queued;
+        run.error = None;
+        run.finished_at = None;
+        run.updated_at = now;
+        run.due_at = now;
+        let mut batch = sled::Batch::default();
+        batch.insert(queue_key(now, &run.id), &[][..]);
+        batch.insert(format!("r/{}", run.id).into_bytes(), encode(&run)?);
+        self.tree.apply_batch(batch).map_err(io)?;
+        Ok(Retried::Queued(Box::new(run)))
     }
 
     fn release_leases(&self, now: i64) -> Result<usize> {
@@ -269,6 +364,8 @@ mod tests {
             steps: vec![],
             error: None,
             due_at: due,
+            pending: None,
+            round: 0,
         }
     }
 
@@ -326,10 +423,46 @@ mod tests {
             started_at: 0,
             duration_ms: 1,
             attempts: 1,
+            history: vec![],
         });
         s.finish_run(&done).unwrap();
         assert_eq!(s.queue_depth().unwrap(), 0);
         assert_eq!(s.run(&done.id).unwrap().unwrap(), done);
+    }
+
+    #[test]
+    fn retry_run_requeues_only_failures_and_resumes_at_the_failed_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let e = event(None);
+        let r = run(&e, 10);
+        s.insert_event(&e, std::slice::from_ref(&r)).unwrap();
+        assert_eq!(s.retry_run(&r.id, 20).unwrap(), Retried::NotFailed(RunStatus::Queued));
+        assert_eq!(s.retry_run("nope", 20).unwrap(), Retried::NotFound);
+        let mut leased = s.lease(10, 1000, 1).unwrap().remove(0);
+        let step = |status| crate::store::StepRecord {
+            id: "s".into(),
+            call: "c.a".into(),
+            status,
+            input: json!({}),
+            request: None,
+            http_status: None,
+            output: json!(null),
+            error: None,
+            started_at: 0,
+            duration_ms: 0,
+            attempts: 3,
+            history: vec![],
+        };
+        leased.steps = vec![step(crate::store::StepStatus::Succeeded), step(crate::store::StepStatus::Failed)];
+        leased.status = RunStatus::Dead;
+        s.finish_run(&leased).unwrap();
+        assert_eq!(s.queue_depth().unwrap(), 0);
+        let Retried::Queued(again) = s.retry_run(&r.id, 30).unwrap() else { panic!() };
+        assert_eq!(again.steps.len(), 1, "the completed step is kept");
+        assert_eq!(again.pending.as_ref().unwrap().attempts, 3, "history kept");
+        assert_eq!((again.status, again.round, again.due_at), (RunStatus::Queued, 1, 30));
+        assert_eq!(s.lease(30, 1000, 5).unwrap().len(), 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - `prism`: shipped connector actions validated by Prism serving the vendors' real specs.
 
 mod cli;
+mod faults;
 mod ingress;
 mod prism;
 mod recipes;
