@@ -518,13 +518,12 @@ fn render(kind: &str, v: &Value, list: bool) -> String {
         if let Some(e) = v["error"].as_str() {
             out += &format!("error   {e}\n");
         }
-        for (n, st) in v["steps"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
+        if v["status"] == "retrying" {
+            out += &format!("next    {}\n", time(&v["due_at"]));
+        }
+        let mut steps = v["steps"].as_array().cloned().unwrap_or_default();
+        steps.extend(v.get("pending").cloned());
+        for (n, st) in steps.iter().enumerate() {
             out += &format!(
                 "\n{}. {} ({})  {}  HTTP {}  {} ms  attempts {}\n",
                 n + 1,
@@ -542,6 +541,19 @@ fn render(kind: &str, v: &Value, list: bool) -> String {
             out += &format!("   output: {}\n", pretty(&st["output"]));
             if let Some(e) = st["error"].as_str() {
                 out += &format!("   error:  {e}\n");
+            }
+            let history = st["history"].as_array().cloned().unwrap_or_default();
+            if history.len() > 1 {
+                for (i, a) in history.iter().enumerate() {
+                    out += &format!(
+                        "   attempt {}: {}  HTTP {}  {} ms  {}\n",
+                        i + 1,
+                        time(&a["at"]),
+                        s(&a["http_status"]),
+                        s(&a["duration_ms"]),
+                        a["error"].as_str().unwrap_or("ok")
+                    );
+                }
             }
         }
     } else {
