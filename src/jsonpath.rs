@@ -60,14 +60,14 @@ impl JsonPath {
         false
     }
 
-    /// What an output field holds: the node (or null) for a singular path,
-    /// the list of nodes for a plural one.
-    pub fn pick(&self, value: &Value) -> Value {
+    /// What an output field holds: the node for a singular path (none when
+    /// it selects nothing), the list of nodes for a plural one.
+    pub fn pick(&self, value: &Value) -> Option<Value> {
         let nodes = self.select(value);
         if self.is_plural() {
-            Value::Array(nodes.into_iter().cloned().collect())
+            Some(Value::Array(nodes.into_iter().cloned().collect()))
         } else {
-            nodes.into_iter().next().cloned().unwrap_or(Value::Null)
+            nodes.into_iter().next().cloned()
         }
     }
 
@@ -94,9 +94,9 @@ mod tests {
             .unwrap_err()
             .contains("start with `$`"));
         assert_eq!(JsonPath::compile("$.nope").unwrap().first(&v), None);
-        assert_eq!(all.pick(&v), json!(["1", "2"]));
-        assert_eq!(p.pick(&v), json!("1"));
-        assert_eq!(JsonPath::compile("$.nope").unwrap().pick(&v), Value::Null);
+        assert_eq!(all.pick(&v), Some(json!(["1", "2"])));
+        assert_eq!(p.pick(&v), Some(json!("1")));
+        assert_eq!(JsonPath::compile("$.nope").unwrap().pick(&v), None);
     }
 
     #[test]

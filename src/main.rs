@@ -197,18 +197,19 @@ async fn serve(args: ServeArgs) -> ExitCode {
         max_queue: args.max_queue,
         ..serve_config(args.dirs)
     };
-    let listener = match tokio::net::TcpListener::bind(&listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {listen}: {e}");
-            return ExitCode::FAILURE;
+    let started = async {
+        // Check everything before taking the port.
+        let prepared = server::prepare(config)?;
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|e| ServeError::Setup(format!("cannot listen on {listen}: {e}")))?;
+        if let Ok(addr) = listener.local_addr() {
+            // A stable line for scripts and tests that start the hub on port 0.
+            println!("switchboard listening on http://{addr}");
         }
+        prepared.serve(listener, shutdown_signal()).await
     };
-    if let Ok(addr) = listener.local_addr() {
-        // A stable line for scripts and tests that start the hub on port 0.
-        println!("switchboard listening on http://{addr}");
-    }
-    match server::run(config, listener, shutdown_signal()).await {
+    match started.await {
         Ok(()) => ExitCode::SUCCESS,
         Err(ServeError::Load(errors)) => {
             for e in &errors {
@@ -297,14 +298,20 @@ async fn inspect(kind: &str, cmd: ListShow) -> ExitCode {
             (src, format!("/api/{kind}"), q)
         }
         ListShow::Show { id, src } => (src, format!("/api/{kind}/{id}"), vec![]),
-        ListShow::Retry { id, recipe, src, .. } => {
+        ListShow::Retry {
+            id, recipe, src, ..
+        } => {
             if kind != "runs" {
                 eprintln!("error: only runs can be retried");
                 return ExitCode::FAILURE;
             }
             match (id, recipe) {
                 (Some(id), _) => (src, format!("/api/runs/{id}/retry"), vec![]),
-                (None, Some(r)) => (src, "/api/runs/retry".to_string(), vec![("recipe", r.clone())]),
+                (None, Some(r)) => (
+                    src,
+                    "/api/runs/retry".to_string(),
+                    vec![("recipe", r.clone())],
+                ),
                 (None, None) => {
                     eprintln!("error: give a run id, or --recipe NAME --failed");
                     return ExitCode::FAILURE;
@@ -363,7 +370,12 @@ fn from_store(store: &dyn Store, kind: &str, cmd: &ListShow) -> Result<Value, St
                 serde_json::to_value(st).unwrap_or_default()
             )),
         },
-        (_, ListShow::Retry { recipe: Some(r), .. }) => {
+        (
+            _,
+            ListShow::Retry {
+                recipe: Some(r), ..
+            },
+        ) => {
             let ids = switchboard::store::retry_failed(store, r, now).map_err(e)?;
             Ok(serde_json::json!({"retried": ids}))
         }
@@ -423,7 +435,12 @@ fn from_store(store: &dyn Store, kind: &str, cmd: &ListShow) -> Result<Value, St
     }
 }
 
-async fn from_api(src: &Source, path: &str, query: &[(&str, String)], post: bool) -> Result<Value, String> {
+async fn from_api(
+    src: &Source,
+    path: &str,
+    query: &[(&str, String)],
+    post: bool,
+) -> Result<Value, String> {
     let token = match &src.token {
         Some(t) => t.clone(),
         None => std::fs::read_to_string(server::token_path(&src.data))
@@ -437,12 +454,16 @@ async fn from_api(src: &Source, path: &str, query: &[(&str, String)], post: bool
     };
     let url = format!("{}{path}", src.url.trim_end_matches('/'));
     let client = reqwest::Client::new();
-    let resp = if post { client.post(url) } else { client.get(url) }
-        .query(query)
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach the hub at {}: {e}", src.url))?;
+    let resp = if post {
+        client.post(url)
+    } else {
+        client.get(url)
+    }
+    .query(query)
+    .bearer_auth(token)
+    .send()
+    .await
+    .map_err(|e| format!("cannot reach the hub at {}: {e}", src.url))?;
     let status = resp.status();
     let body: Value = resp.json().await.map_err(|e| e.to_string())?;
     if !status.is_success() {

@@ -57,12 +57,15 @@ impl ServeConfig {
     }
 }
 
-/// Run the hub on `listener` until `shutdown` completes.
-pub async fn run(
+/// A hub ready to serve: catalog loaded and checked, store open, token set.
+pub struct Prepared {
     config: ServeConfig,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
+    engine: Arc<Engine>,
+    token: Secret,
+}
+
+/// Load and check everything `serve` needs, before any port is bound.
+pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
     let catalog = Catalog::load(&config.load_options()?).map_err(ServeError::Load)?;
     for w in &catalog.warnings {
         tracing::warn!("{w}");
@@ -102,41 +105,69 @@ pub async fn run(
         },
     )
     .map_err(ServeError::Setup)?;
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let workers = worker::spawn(&engine, stop_rx);
-    let app = ingress::router(IngressState {
-        engine: engine.clone(),
-        body_limit: config.body_limit,
-        public_url: config.public_url.clone(),
-    })
-    .merge(admin::router(AdminState {
-        engine: engine.clone(),
+    Ok(Prepared {
+        config,
+        engine,
         token,
-        max_queue: config.max_queue,
-    }));
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "listening");
-    }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    })
+}
 
-    // Stop taking runs; let the ones in flight finish their step, up to the grace period.
-    let _ = stop_tx.send(true);
-    let all = futures_util::future::join_all(workers);
-    if tokio::time::timeout(config.shutdown_grace, all)
-        .await
-        .is_err()
-    {
-        tracing::warn!("workers still busy at the end of the grace period; their runs resume at the next start");
+/// Load, then run the hub on `listener` until `shutdown` completes.
+pub async fn run(
+    config: ServeConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    prepare(config)?.serve(listener, shutdown).await
+}
+
+impl Prepared {
+    /// Serve on `listener` until `shutdown` completes, then stop in order.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Prepared {
+            config,
+            engine,
+            token,
+        } = self;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let workers = worker::spawn(&engine, stop_rx);
+        let app = ingress::router(IngressState {
+            engine: engine.clone(),
+            body_limit: config.body_limit,
+            public_url: config.public_url.clone(),
+        })
+        .merge(admin::router(AdminState {
+            engine: engine.clone(),
+            token,
+            max_queue: config.max_queue,
+        }));
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "listening");
+        }
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| ServeError::Setup(e.to_string()))?;
+
+        // Stop taking runs; let the ones in flight finish their step, up to the grace period.
+        let _ = stop_tx.send(true);
+        let all = futures_util::future::join_all(workers);
+        if tokio::time::timeout(config.shutdown_grace, all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("workers still busy at the end of the grace period; their runs resume at the next start");
+        }
+        engine
+            .store()
+            .flush()
+            .map_err(|e| ServeError::Setup(e.to_string()))?;
+        Ok(())
     }
-    engine
-        .store()
-        .flush()
-        .map_err(|e| ServeError::Setup(e.to_string()))?;
-    Ok(())
 }
 
 /// The admin token: from config, else from `<data>/admin-token`, else a new random one written there.

@@ -283,6 +283,15 @@ mod tests {
     }
 
     #[test]
+    fn missing_fields_can_fall_back_with_or() {
+        let ctx = json!({"steps": {"contact": {}}});
+        assert_eq!(
+            render("plan: {{ steps.contact.plan or 'unknown' }}", ctx).unwrap(),
+            json!("plan: unknown")
+        );
+    }
+
+    #[test]
     fn syntax_errors_fail_at_compile_time() {
         let mut t = Templates::new();
         assert!(t.compile("{{ event.id ").is_err());

@@ -97,6 +97,11 @@ impl SourceMap {
         self.error_at(self.locate(pointer), message)
     }
 
+    /// A located error at the *key* of the entry at `pointer` (e.g. a JSONPath used as a key).
+    pub fn error_at_key(&self, pointer: &str, message: impl Into<String>) -> LoadError {
+        self.error_at(self.locate_key(pointer), message)
+    }
+
     fn error_at(&self, pos: Pos, message: impl Into<String>) -> LoadError {
         LoadError {
             file: self.file.clone(),

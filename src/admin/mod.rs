@@ -9,8 +9,8 @@ use crate::secret::Secret;
 use crate::store::{Page, Retried, RunFilter, RunStatus};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
 use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -185,13 +185,19 @@ async fn show_run(
 }
 
 /// `POST /api/runs/{id}/retry`: a failed or dead run resumes at its failed step.
-async fn retry_run(State(st): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn retry_run(
+    State(st): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     match st.engine.retry(&id).map_err(internal)? {
         Retried::Queued(run) => Ok(Json(json!({"retried": [run.id]}))),
         Retried::NotFound => Err(ApiError::NotFound(format!("no run {id}"))),
         Retried::NotFailed(s) => Err(ApiError::Conflict(format!(
             "run {id} is {}; only failed or dead runs can be retried",
-            serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+            serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
         ))),
     }
 }
@@ -202,7 +208,10 @@ struct RetryQuery {
 }
 
 /// `POST /api/runs/retry?recipe=NAME`: every failed or dead run of a recipe.
-async fn retry_runs(State(st): State<AdminState>, Query(q): Query<RetryQuery>) -> Result<Json<Value>, ApiError> {
+async fn retry_runs(
+    State(st): State<AdminState>,
+    Query(q): Query<RetryQuery>,
+) -> Result<Json<Value>, ApiError> {
     let ids = st.engine.retry_recipe(&q.recipe).map_err(internal)?;
     Ok(Json(json!({"retried": ids})))
 }

@@ -305,7 +305,7 @@ impl Client {
         let out: Map<String, Value> = action
             .output
             .iter()
-            .map(|(k, p)| (k.clone(), p.pick(&json)))
+            .filter_map(|(k, p)| Some((k.clone(), p.pick(&json)?)))
             .collect();
         Ok(redact_value(connector, Value::Object(out)))
     }

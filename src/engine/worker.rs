@@ -6,8 +6,8 @@
 
 use super::Engine;
 use crate::connector::http::{redact_value, CallError};
-use crate::recipe::{Recipe, Step};
 use crate::connector::limits::parse_retry_after;
+use crate::recipe::{Recipe, Step};
 use crate::store::{self, Attempt, Run, RunStatus, StepRecord, StepStatus};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -70,7 +70,11 @@ impl Engine {
     }
 
     /// Execute a leased run from its first unfinished step.
-    pub(crate) async fn execute(&self, mut run: Run, shutdown: &watch::Receiver<bool>) -> Result<(), store::StoreError> {
+    pub(crate) async fn execute(
+        &self,
+        mut run: Run,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), store::StoreError> {
         let Some(recipe) = self.catalog.recipe(&run.recipe) else {
             let msg = format!("recipe `{}` is not loaded", run.recipe);
             return self.finish(&mut run, RunStatus::Failed, Some(msg)).await;
@@ -107,7 +111,11 @@ impl Engine {
                         step.id,
                         step.connector,
                         step.action,
-                        if status == RunStatus::Dead { format!(" after {} attempts", record.attempts) } else { String::new() },
+                        if status == RunStatus::Dead {
+                            format!(" after {} attempts", record.attempts)
+                        } else {
+                            String::new()
+                        },
                         record.error.clone().unwrap_or_default()
                     );
                     run.steps.push(record);
@@ -125,7 +133,12 @@ impl Engine {
         self.finish(&mut run, RunStatus::Succeeded, None).await
     }
 
-    async fn finish(&self, run: &mut Run, status: RunStatus, error: Option<String>) -> Result<(), store::StoreError> {
+    async fn finish(
+        &self,
+        run: &mut Run,
+        status: RunStatus,
+        error: Option<String>,
+    ) -> Result<(), store::StoreError> {
         let now = store::now_ms();
         run.status = status;
         run.error = error;
@@ -137,7 +150,14 @@ impl Engine {
 
     /// Run one step (one attempt of it). `prior` is the record of earlier
     /// attempts when the step is being retried.
-    async fn run_step(&self, recipe: &Recipe, step: &Step, run: &Run, ctx: &Value, prior: Option<StepRecord>) -> (StepRecord, Next) {
+    async fn run_step(
+        &self,
+        recipe: &Recipe,
+        step: &Step,
+        run: &Run,
+        ctx: &Value,
+        prior: Option<StepRecord>,
+    ) -> (StepRecord, Next) {
         let started_at = store::now_ms();
         let clock = Instant::now();
         let mut record = prior.unwrap_or_else(|| StepRecord {
@@ -183,14 +203,20 @@ impl Engine {
                 }
                 Err(e) => {
                     record.input = redact_value(connector, Value::Object(input));
-                    return fail(record, format!("input `{k}` of recipe `{}`: {e}", recipe.name));
+                    return fail(
+                        record,
+                        format!("input `{k}` of recipe `{}`: {e}", recipe.name),
+                    );
                 }
             }
         }
         let input = Value::Object(input);
         record.input = redact_value(connector, input.clone());
         let key = format!("{}:{}", run.id, step.id);
-        let outcome = self.client.call(templates, connector, action, &input, &key).await;
+        let outcome = self
+            .client
+            .call(templates, connector, action, &input, &key)
+            .await;
         let elapsed = clock.elapsed().as_millis() as u64;
         let error = match &outcome.result {
             // Not sent: wait for the breaker without spending an attempt.
@@ -222,7 +248,11 @@ impl Engine {
             }
             Err(e) => {
                 let policy = action.retry;
-                let this_round = record.history.iter().filter(|a| a.round == run.round).count() as u32;
+                let this_round = record
+                    .history
+                    .iter()
+                    .filter(|a| a.round == run.round)
+                    .count() as u32;
                 record.status = StepStatus::Failed;
                 record.error = error;
                 if !e.retryable() {

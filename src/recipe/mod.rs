@@ -175,15 +175,26 @@ fn compile_condition(
     map: &SourceMap,
     errors: &mut Vec<LoadError>,
 ) -> Option<Condition> {
+    // A JSONPath is a mapping key: point at it, not at its operators.
+    let at = |p: &str, msg: String| {
+        if p.rsplit('/')
+            .next()
+            .is_some_and(|last| last.starts_with('$'))
+        {
+            map.error_at_key(p, msg)
+        } else {
+            map.error(p, msg)
+        }
+    };
     match Condition::compile(value) {
         Err(e) => {
-            errors.push(map.error(&format!("{ptr}{}", e.pointer), e.message));
+            errors.push(at(&format!("{ptr}{}", e.pointer), e.message));
             None
         }
         Ok(c) => {
             for (p, path) in c.paths() {
                 if let Err(msg) = scope.check_path(&path) {
-                    errors.push(map.error(&format!("{ptr}{p}"), msg));
+                    errors.push(at(&format!("{ptr}{p}"), msg));
                 }
             }
             Some(c)
@@ -259,13 +270,23 @@ fn compile(
     };
 
     let concurrency = file.concurrency.as_ref().and_then(|c| {
-        let scope = Scope { steps: &[], vars: &vars };
+        let scope = Scope {
+            steps: &[],
+            vars: &vars,
+        };
         if c.limit == Some(0) {
             errors.push(map.error("/concurrency/limit", "`limit` must be at least 1"));
         }
         match templates.compile(&c.key) {
             Ok(t) => {
-                check_templates(&ValueTemplate::String(t.clone()), "/concurrency/key", &scope, templates, map, errors);
+                check_templates(
+                    &ValueTemplate::String(t.clone()),
+                    "/concurrency/key",
+                    &scope,
+                    templates,
+                    map,
+                    errors,
+                );
                 Some((t, c.limit.unwrap_or(1)))
             }
             Err(e) => {

@@ -61,7 +61,10 @@ pub enum RunStatus {
 
 impl RunStatus {
     pub fn is_final(self) -> bool {
-        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Dead)
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Dead
+        )
     }
 
     /// Failed or dead: a person may retry it.

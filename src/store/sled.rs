@@ -12,7 +12,8 @@
 //! Multi-key writes go through one `Batch`, which sled applies atomically.
 
 use super::{
-    ConcurrencySlot, Event, Inserted, Page, Result, Retried, Run, RunFilter, RunStatus, StepStatus, Store, StoreError,
+    ConcurrencySlot, Event, Inserted, Page, Result, Retried, Run, RunFilter, RunStatus, StepStatus,
+    Store, StoreError,
 };
 use std::path::Path;
 use std::sync::Mutex;
@@ -65,7 +66,11 @@ fn slot_key(key: &str, seq: u64) -> Vec<u8> {
 impl SledStore {
     /// Is this run among the first `limit` unfinished runs of its key?
     fn has_turn(&self, slot: &ConcurrencySlot) -> Result<bool> {
-        for item in self.tree.scan_prefix(slot_prefix(&slot.key)).take(slot.limit.max(1) as usize) {
+        for item in self
+            .tree
+            .scan_prefix(slot_prefix(&slot.key))
+            .take(slot.limit.max(1) as usize)
+        {
             let (k, _) = item.map_err(io)?;
             if k.as_ref() == slot_key(&slot.key, slot.seq).as_slice() {
                 return Ok(true);
@@ -240,7 +245,11 @@ impl Store for SledStore {
             // Free the slot and wake the runs now at the front of the key.
             batch.remove(slot_key(&slot.key, slot.seq));
             let now = run.updated_at;
-            for item in self.tree.scan_prefix(slot_prefix(&slot.key)).take(slot.limit as usize + 1) {
+            for item in self
+                .tree
+                .scan_prefix(slot_prefix(&slot.key))
+                .take(slot.limit as usize + 1)
+            {
                 let (_, v) = item.map_err(io)?;
                 let id = String::from_utf8_lossy(&v).into_owned();
                 if id == run.id {
@@ -277,7 +286,11 @@ impl Store for SledStore {
         if !run.status.is_failure() {
             return Ok(Retried::NotFailed(run.status));
         }
-        if run.steps.last().is_some_and(|s| s.status == StepStatus::Failed) {
+        if run
+            .steps
+            .last()
+            .is_some_and(|s| s.status == StepStatus::Failed)
+        {
             run.pending = run.steps.pop();
         }
         run.round += 1;
@@ -366,6 +379,7 @@ mod tests {
             due_at: due,
             pending: None,
             round: 0,
+            concurrency: None,
         }
     }
 
@@ -437,7 +451,10 @@ mod tests {
         let e = event(None);
         let r = run(&e, 10);
         s.insert_event(&e, std::slice::from_ref(&r)).unwrap();
-        assert_eq!(s.retry_run(&r.id, 20).unwrap(), Retried::NotFailed(RunStatus::Queued));
+        assert_eq!(
+            s.retry_run(&r.id, 20).unwrap(),
+            Retried::NotFailed(RunStatus::Queued)
+        );
         assert_eq!(s.retry_run("nope", 20).unwrap(), Retried::NotFound);
         let mut leased = s.lease(10, 1000, 1).unwrap().remove(0);
         let step = |status| crate::store::StepRecord {
@@ -454,14 +471,22 @@ mod tests {
             attempts: 3,
             history: vec![],
         };
-        leased.steps = vec![step(crate::store::StepStatus::Succeeded), step(crate::store::StepStatus::Failed)];
+        leased.steps = vec![
+            step(crate::store::StepStatus::Succeeded),
+            step(crate::store::StepStatus::Failed),
+        ];
         leased.status = RunStatus::Dead;
         s.finish_run(&leased).unwrap();
         assert_eq!(s.queue_depth().unwrap(), 0);
-        let Retried::Queued(again) = s.retry_run(&r.id, 30).unwrap() else { panic!() };
+        let Retried::Queued(again) = s.retry_run(&r.id, 30).unwrap() else {
+            panic!()
+        };
         assert_eq!(again.steps.len(), 1, "the completed step is kept");
         assert_eq!(again.pending.as_ref().unwrap().attempts, 3, "history kept");
-        assert_eq!((again.status, again.round, again.due_at), (RunStatus::Queued, 1, 30));
+        assert_eq!(
+            (again.status, again.round, again.due_at),
+            (RunStatus::Queued, 1, 30)
+        );
         assert_eq!(s.lease(30, 1000, 5).unwrap().len(), 1);
     }
 

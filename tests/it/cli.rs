@@ -1,1 +1,456 @@
-//! (to be written)
+//! The `switchboard` command line: `check` reporting broken files as
+//! `file:line:column: message`, `serve` refusing them, and the `runs`/`events`
+//! commands against a running hub and against a stopped hub's store.
+
+use crate::utils::*;
+use axum::http::Method;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+fn yaml_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            let p = e.as_ref().unwrap().path();
+            matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .count()
+}
+
+#[test]
+fn check_passes_on_the_shipped_files() {
+    let data = tempfile::tempdir().unwrap();
+    let connectors = repo().join("connectors");
+    let recipes = repo().join("recipes");
+    let out = command(&["check"])
+        .arg("--data")
+        .arg(data.path())
+        .arg("--connectors")
+        .arg(&connectors)
+        .arg("--recipes")
+        .arg(&recipes)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "ok: {} connector(s), {} recipe(s)\n",
+            yaml_files(&connectors),
+            yaml_files(&recipes)
+        )
+    );
+    assert_eq!(stderr(&out), "");
+}
+
+/// `check` on the shipped files plus `recipes/bad.yaml` holding `yaml` fails
+/// with exactly these messages, each prefixed with `bad.yaml:line:column: `.
+#[track_caller]
+fn check_fails(yaml: &str, expected: &[(usize, usize, &str)]) -> Config {
+    let cfg = Config::shipped();
+    let file = cfg.recipe("bad", yaml);
+    let out = cfg.check();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    let mut want: String = expected
+        .iter()
+        .map(|(line, col, msg)| format!("{}:{line}:{col}: {msg}\n", file.display()))
+        .collect();
+    want.push_str(&format!("error: {} problem(s) found\n", expected.len()));
+    assert_eq!(stderr(&out), want);
+    cfg
+}
+
+const HEAD: &str = "name: bad\non:\n  connector: zendesk\n  event: ticket.created\n";
+
+/// A recipe of `HEAD` and `steps` (its `steps:` list starts on line 6).
+fn recipe(steps: &str) -> String {
+    format!("{HEAD}steps:\n{steps}")
+}
+
+#[test]
+fn check_reports_yaml_syntax_errors() {
+    check_fails(
+        &recipe(
+            "  - id: first\n    call: zendesk.show_ticket\n    with:\n      ticket_id: \"{{ event.ticket.id }}\"\n     note: x\n",
+        ),
+        &[(
+            10,
+            10,
+            "invalid YAML: while parsing a block mapping, did not find expected key \
+             (check the indentation of this line against the lines above)",
+        )],
+    );
+}
+
+#[test]
+fn check_suggests_the_field_meant() {
+    check_fails(
+        &recipe("  - id: first\n    cal: zendesk.show_ticket\n"),
+        &[(
+            7,
+            5,
+            "unknown field `cal`, expected one of `id`, `call`, `with`, `if`; did you mean `call`?",
+        )],
+    );
+}
+
+#[test]
+fn check_reports_unknown_connectors_and_actions() {
+    check_fails(
+        &recipe("  - id: first\n    call: jira.create_issue\n  - id: second\n    call: zendesk.close_ticket\n"),
+        &[
+            (
+                7,
+                11,
+                "unknown connector `jira`, expected one of `deepl`, `hubspot`, `slack`, `zendesk`",
+            ),
+            (
+                9,
+                11,
+                "unknown action `close_ticket` of connector `zendesk`, expected one of \
+                 `add_internal_note`, `add_tags`, `show_ticket`, `update_ticket`",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn check_reports_unknown_step_ids_in_templates() {
+    check_fails(
+        &recipe(
+            "  - id: first\n    call: zendesk.show_ticket\n    with:\n      ticket_id: \"{{ event.ticket.id }}\"\n  - id: second\n    call: zendesk.show_ticket\n    with:\n      ticket_id: \"{{ steps.nope.id }}\"\n",
+        ),
+        &[(
+            13,
+            18,
+            "unknown step id `nope`, expected an earlier step: `first`",
+        )],
+    );
+}
+
+#[test]
+fn check_reports_a_step_used_in_a_condition_before_it_is_defined() {
+    check_fails(
+        &recipe(
+            "  - id: first\n    if:\n      - \"$.steps.second.id\": { exists: true }\n    call: zendesk.show_ticket\n    with:\n      ticket_id: \"1\"\n  - id: second\n    call: zendesk.show_ticket\n    with:\n      ticket_id: \"2\"\n",
+        ),
+        &[(
+            8,
+            9,
+            "unknown step id `second`, expected an earlier step: (none are defined)",
+        )],
+    );
+}
+
+#[test]
+fn check_reports_unknown_template_roots() {
+    check_fails(
+        &recipe(
+            "  - id: first\n    call: zendesk.show_ticket\n    with:\n      ticket_id: \"{{ evnt.x }}\"\n",
+        ),
+        &[(
+            9,
+            18,
+            "unknown template variable `evnt`, expected `event`, `steps`, `vars` or `run`",
+        )],
+    );
+}
+
+#[test]
+fn check_reports_unknown_and_missing_inputs() {
+    check_fails(
+        &recipe(
+            "  - id: first\n    call: zendesk.add_tags\n    with:\n      ticket_id: \"{{ event.ticket.id }}\"\n      tag: vip\n",
+        ),
+        &[
+            (9, 7, "missing input `tags` required by `zendesk.add_tags`"),
+            (
+                10,
+                12,
+                "action `zendesk.add_tags` has no input `tag`, expected one of `tags`, `ticket_id`",
+            ),
+        ],
+    );
+}
+
+const ONE_STEP: &str =
+    "steps:\n  - id: first\n    call: zendesk.show_ticket\n    with:\n      ticket_id: \"1\"\n";
+
+#[test]
+fn check_reports_invalid_regexes_on_one_line() {
+    check_fails(
+        &format!("{HEAD}if:\n  - \"$.event.ticket.subject\": {{ matches: \"(?i)confirm(\" }}\n{ONE_STEP}"),
+        &[(
+            6,
+            42,
+            "invalid regex `(?i)confirm(`: unclosed group at column 12",
+        )],
+    );
+}
+
+#[test]
+fn check_reports_invalid_jsonpaths() {
+    check_fails(
+        &format!("{HEAD}if:\n  - \"$.event.ticket[?(\": {{ exists: true }}\n{ONE_STEP}"),
+        &[(
+            6,
+            5,
+            "invalid JSONPath `$.event.ticket[?(`: expected atom_expr at column 18",
+        )],
+    );
+}
+
+#[test]
+fn check_names_a_missing_secret_and_its_variable() {
+    let cfg = Config::shipped();
+    let out = cfg
+        .command("check")
+        .env_remove("SWITCHBOARD_SECRET_SLACK_BOT_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "{}:7:11: connector `slack`: secret `bot_token` is not set (set \
+             SWITCHBOARD_SECRET_SLACK_BOT_TOKEN or add `slack: {{ bot_token: ... }}` to the \
+             secrets file)\nerror: 1 problem(s) found\n",
+            cfg.connectors.join("slack.yaml").display()
+        )
+    );
+}
+
+#[test]
+fn serve_refuses_broken_files_with_the_check_message() {
+    let cfg = check_fails(
+        &recipe("  - id: first\n    call: jira.create_issue\n"),
+        &[(
+            7,
+            11,
+            "unknown connector `jira`, expected one of `deepl`, `hubspot`, `slack`, `zendesk`",
+        )],
+    );
+    let line = format!(
+        "{}:7:11: unknown connector `jira`, expected one of `deepl`, `hubspot`, `slack`, `zendesk`",
+        cfg.recipes.join("bad.yaml").display()
+    );
+    let mut serve = cfg.command("serve");
+    serve.args(["--listen", "127.0.0.1:0"]);
+    let out = output_within(serve, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.lines().any(|l| l == line), "{err}");
+    assert!(
+        err.contains("error: 1 problem(s) in connectors/recipes; not starting"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unsigned_webhooks_are_allowed_with_a_warning() {
+    let cfg = Config::shipped();
+    let file = cfg.connector(
+        "open",
+        "name: open\nbase_url: https://open.example.com\nwebhook:\n  signature: { scheme: none }\n  event_type: { path: \"$.type\" }\n",
+    );
+    let out = cfg.check();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "ok: {} connector(s), {} recipe(s)\n",
+            yaml_files(&cfg.connectors),
+            yaml_files(&cfg.recipes)
+        )
+    );
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "{}:1:1: warning: connector `open` accepts unsigned webhooks (`scheme: none`): \
+             anyone who can reach the hub can trigger its recipes\n",
+            file.display()
+        )
+    );
+}
+
+/// Run the CLI on a stopped hub's data dir; `--url` leads nowhere, so only
+/// the store can answer.
+fn offline(data: &Path, args: &[&str]) -> std::process::Output {
+    command(args)
+        .arg("--data")
+        .arg(data)
+        .arg("--url")
+        .arg("http://127.0.0.1:1")
+        .output()
+        .unwrap()
+}
+
+#[track_caller]
+fn ok(out: std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    stdout(&out)
+}
+
+#[track_caller]
+fn json_of(out: std::process::Output) -> Value {
+    serde_json::from_str(&ok(out)).expect("--json prints JSON")
+}
+
+#[tokio::test]
+async fn runs_and_events_commands_online_and_offline() {
+    let hubspot = MockApi::start(vec![
+        route(
+            Method::POST,
+            "/crm/v3/objects/contacts/search",
+            200,
+            json!({"total": 1, "results": [{"id": "42", "properties": {
+                "email": "bob@example.com", "lifecyclestage": "subscriber", "plan": "starter"}}]}),
+        ),
+        route(Method::POST, "/automation/v2/workflows/", 204, Value::Null),
+    ])
+    .await;
+    let zendesk = MockApi::start(vec![route(
+        Method::PUT,
+        "/api/v2/tickets/",
+        200,
+        json!({"ticket": {"id": 7}}),
+    )])
+    .await;
+    let mut hub = Hub::start(
+        HubOptions::default()
+            .base_url("hubspot", &hubspot.url)
+            .base_url("zendesk", &zendesk.url),
+    )
+    .await;
+    let (status, accepted) = hub
+        .post_zendesk(&ticket_event(7, "Setup mail never came", "bob@example.com"))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let event_id = accepted["event_id"].as_str().unwrap().to_string();
+    let runs = hub.finished_runs(&event_id).await;
+    let run = runs
+        .iter()
+        .find(|r| r["recipe"] == "resend-confirmation")
+        .unwrap()
+        .clone();
+    let run_id = run["id"].as_str().unwrap().to_string();
+    let (_, api_event) = hub.api(&format!("/api/events/{event_id}")).await;
+
+    // Through the admin API of the running hub.
+    let show = ok(hub.cli(&["runs", "show", &run_id]));
+    assert!(
+        show.starts_with(&format!(
+            "run     {run_id}\nrecipe  resend-confirmation\nevent   {event_id}\nstatus  succeeded\n"
+        )),
+        "{show}"
+    );
+    for step in [
+        "1. contact (hubspot.search_contact_by_email)  succeeded  HTTP 200",
+        "2. resend (hubspot.enroll_in_workflow)  succeeded  HTTP 204",
+        "3. note (zendesk.add_internal_note)  succeeded  HTTP 200",
+    ] {
+        assert!(show.contains(step), "{step} in\n{show}");
+    }
+    assert!(
+        show.contains("   input:  {\n        \"email\": \"bob@example.com\"\n      }\n"),
+        "{show}"
+    );
+    assert!(
+        show.contains("   input:  {\n        \"email\": \"bob@example.com\",\n        \"workflow_id\": \"1234567\"\n      }\n"),
+        "{show}"
+    );
+    assert_eq!(json_of(hub.cli(&["runs", "show", &run_id, "--json"])), run);
+
+    let list = ok(hub.cli(&["runs", "list"]));
+    assert_eq!(list.lines().count(), 2, "{list}");
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(&run_id))
+        .unwrap_or_else(|| panic!("{run_id} in\n{list}"));
+    assert!(
+        line.starts_with(&format!(
+            "{run_id}  succeeded  resend-confirmation          "
+        )),
+        "{line}"
+    );
+    assert!(line.ends_with("  steps:3  "), "{line:?}");
+    let listed = json_of(hub.cli(&["runs", "list", "--json"]));
+    let mut ids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut want: Vec<&str> = runs.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    want.sort();
+    assert_eq!(ids, want);
+
+    let events = ok(hub.cli(&["events", "list"]));
+    assert_eq!(events.lines().count(), 1, "{events}");
+    assert!(
+        events.starts_with(&format!("{event_id}  zendesk    ticket.created           ")),
+        "{events}"
+    );
+    assert!(events.ends_with("  runs:2\n"), "{events}");
+    let shown = ok(hub.cli(&["events", "show", &event_id]));
+    assert!(
+        shown.starts_with(&format!(
+            "event     {event_id}\nconnector zendesk\ntype      ticket.created\ndelivery  inv-"
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "run       {run_id}  resend-confirmation  succeeded\n"
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("\"subject\": \"Setup mail never came\""),
+        "{shown}"
+    );
+    assert_eq!(
+        json_of(hub.cli(&["events", "show", &event_id, "--json"])),
+        api_event
+    );
+
+    for (args, msg) in [
+        (["runs", "show", "NOPE"], "error: no run NOPE\n"),
+        (["events", "show", "NOPE"], "error: no event NOPE\n"),
+    ] {
+        let out = hub.cli(&args);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(stderr(&out), msg);
+    }
+
+    // The hub is gone: the same answers straight from its store.
+    hub.kill();
+    let data = hub.data.clone();
+    assert_eq!(ok(offline(&data, &["runs", "show", &run_id])), show);
+    assert_eq!(
+        json_of(offline(&data, &["runs", "show", &run_id, "--json"])),
+        run
+    );
+    assert_eq!(ok(offline(&data, &["runs", "list"])), list);
+    assert_eq!(
+        json_of(offline(&data, &["runs", "list", "--json"]))["items"],
+        listed["items"]
+    );
+    assert_eq!(ok(offline(&data, &["events", "list"])), events);
+    assert_eq!(ok(offline(&data, &["events", "show", &event_id])), shown);
+    assert_eq!(
+        json_of(offline(&data, &["events", "show", &event_id, "--json"])),
+        api_event
+    );
+    for (args, msg) in [
+        (["runs", "show", "NOPE"], "error: no run NOPE\n"),
+        (["events", "show", "NOPE"], "error: no event NOPE\n"),
+    ] {
+        let out = offline(&data, &args);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(stderr(&out), msg);
+    }
+}

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use switchboard::connector::SecretSource;
 use switchboard::engine::{Catalog, Engine, EngineConfig, LoadOptions};
 use switchboard::ingress::{self, IngressState};
-use switchboard::store::{self, sled::SledStore, Event, Inserted, Page, Run, RunFilter, Store, StoreError};
+use switchboard::store::{
+    self, sled::SledStore, Event, Inserted, Page, Run, RunFilter, Store, StoreError,
+};
 use tower::ServiceExt;
 
 /// A sled store whose writes or flushes fail while a switch is on.
@@ -111,11 +113,19 @@ async fn a_store_that_cannot_write_gets_503_and_keeps_nothing() {
     let resp = app.clone().oneshot(request(&event)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(resp.headers()["retry-after"], "5");
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+        .await
+        .unwrap();
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("\"unavailable\""), "{text}");
-    assert!(!text.contains("No space left"), "internal detail leaked: {text}");
-    let all = Page { limit: 100, before: None };
+    assert!(
+        !text.contains("No space left"),
+        "internal detail leaked: {text}"
+    );
+    let all = Page {
+        limit: 100,
+        before: None,
+    };
     assert!(faulty.events(&all).unwrap().is_empty());
     assert!(faulty.runs(&all, &RunFilter::default()).unwrap().is_empty());
     assert_eq!(faulty.queue_depth().unwrap(), 0);
@@ -130,8 +140,13 @@ async fn a_store_that_cannot_write_gets_503_and_keeps_nothing() {
     faulty.fail_flush.store(false, Ordering::SeqCst);
     let resp = app.oneshot(request(&event)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+        .await
+        .unwrap();
     let accepted: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let stored = faulty.event(accepted["event_id"].as_str().unwrap()).unwrap().unwrap();
+    let stored = faulty
+        .event(accepted["event_id"].as_str().unwrap())
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.runs.len(), 2);
 }

@@ -53,6 +53,8 @@ pub struct HubOptions {
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
     pub data: Option<PathBuf>,
+    /// Pass `--allow-internal *` so connectors may call the mocks on 127.0.0.1.
+    pub allow_internal: bool,
 }
 
 impl Default for HubOptions {
@@ -63,6 +65,7 @@ impl Default for HubOptions {
             env: Vec::new(),
             args: Vec::new(),
             data: None,
+            allow_internal: true,
         }
     }
 }
@@ -113,10 +116,13 @@ impl Hub {
             .arg(&opts.connectors)
             .arg("--recipes")
             .arg(&opts.recipes)
-            .arg("--allow-internal")
-            .arg("*")
+            .args(if opts.allow_internal {
+                &["--allow-internal", "*"][..]
+            } else {
+                &[]
+            })
             .args(&opts.args)
-            .env_remove("SWITCHBOARD_ADMIN_TOKEN")
+            .env_remove("SWITCHBOARD_ALLOW_INTERNAL")
             .env("SWITCHBOARD_ADMIN_TOKEN", &token)
             .env(
                 "SWITCHBOARD_LOG",
@@ -209,12 +215,15 @@ impl Hub {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    /// Poll a run until it is finished (succeeded / failed).
+    /// Poll a run until it is finished (succeeded / failed / dead).
     pub async fn wait_run(&self, id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (_, run) = self.api(&format!("/api/runs/{id}")).await;
-            if matches!(run["status"].as_str(), Some("succeeded" | "failed")) {
+            if matches!(
+                run["status"].as_str(),
+                Some("succeeded" | "failed" | "dead")
+            ) {
                 return run;
             }
             assert!(Instant::now() < deadline, "run {id} did not finish: {run}");
@@ -414,4 +423,152 @@ async fn handle(
 pub fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
+}
+
+/// Copy the files of `from` (not recursive) into `to`, creating it.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// A temporary copy of the shipped connectors/ and recipes/, to break or extend.
+pub struct Config {
+    pub dir: tempfile::TempDir,
+    pub connectors: PathBuf,
+    pub recipes: PathBuf,
+}
+
+impl Config {
+    /// Copies of the shipped connectors and recipes.
+    pub fn shipped() -> Config {
+        let c = Config::connectors_only();
+        copy_dir(&repo().join("recipes"), &c.recipes);
+        c
+    }
+
+    /// Copies of the shipped connectors and an empty recipes dir.
+    pub fn connectors_only() -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let connectors = dir.path().join("connectors");
+        let recipes = dir.path().join("recipes");
+        copy_dir(&repo().join("connectors"), &connectors);
+        std::fs::create_dir_all(&recipes).unwrap();
+        Config {
+            dir,
+            connectors,
+            recipes,
+        }
+    }
+
+    pub fn connector(&self, name: &str, yaml: &str) -> PathBuf {
+        let p = self.connectors.join(format!("{name}.yaml"));
+        write(&p, yaml);
+        p
+    }
+
+    pub fn recipe(&self, name: &str, yaml: &str) -> PathBuf {
+        let p = self.recipes.join(format!("{name}.yaml"));
+        write(&p, yaml);
+        p
+    }
+
+    /// Hub options serving these files.
+    pub fn options(&self) -> HubOptions {
+        HubOptions {
+            connectors: self.connectors.clone(),
+            recipes: self.recipes.clone(),
+            ..HubOptions::default()
+        }
+    }
+
+    /// `switchboard <sub> --connectors .. --recipes .. --data <tmp>` with the test secrets.
+    pub fn command(&self, sub: &str) -> Command {
+        let mut cmd = command(&[sub]);
+        cmd.arg("--data")
+            .arg(self.dir.path().join("data"))
+            .arg("--connectors")
+            .arg(&self.connectors)
+            .arg("--recipes")
+            .arg(&self.recipes);
+        cmd
+    }
+
+    /// `switchboard check` on these files.
+    pub fn check(&self) -> std::process::Output {
+        self.command("check").output().unwrap()
+    }
+}
+
+/// The binary with `args`, the test secrets set and no other SWITCHBOARD_ settings inherited.
+pub fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SWITCHBOARD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("SWITCHBOARD_LOG", "warn");
+    for (k, v) in test_secrets() {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Run `cmd` to its end, killing it if it runs longer than `limit`.
+pub fn output_within(mut cmd: Command, limit: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{cmd:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Hex HMAC-SHA256, as the generic `hmac` scheme checks by default.
+pub fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+impl Hub {
+    /// The `items` of an admin API listing.
+    pub async fn items(&self, path: &str) -> Vec<Value> {
+        let (status, page) = self.api(path).await;
+        assert_eq!(status, 200, "{path}: {page}");
+        page["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The runs started for an event, each waited for until it finished.
+    pub async fn finished_runs(&self, event_id: &str) -> Vec<Value> {
+        let (status, event) = self.api(&format!("/api/events/{event_id}")).await;
+        assert_eq!(status, 200, "{event}");
+        let mut runs = Vec::new();
+        for r in event["runs"].as_array().cloned().unwrap_or_default() {
+            runs.push(self.wait_run(r["id"].as_str().unwrap()).await);
+        }
+        runs
+    }
 }
