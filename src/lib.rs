@@ -7,18 +7,21 @@
 //! # Layout
 //! - [`ingress`]: `POST /hooks/{connector}`, body limits, signature schemes.
 //! - [`admin`]: admin JSON API, `/healthz`, `/readyz`.
-//! - [`engine`]: the loaded catalog and its matching index, accepting events, workers.
+//! - [`engine`]: the loaded catalog and its matching index, accepting events,
+//!   workers, and dry runs of recipe `tests:` with mocked calls (`switchboard test`).
 //! - [`recipe`]: recipe files compiled and checked; conditions (pure).
 //! - [`connector`]: connector files compiled; the outbound HTTP runtime; secrets.
 //! - [`store`]: the `Store` trait, the sled backend, group commit.
 //! - [`template`], [`jsonpath`], [`yaml`], [`secret`], [`duration`]: shared, pure building blocks.
 //! - [`error`]: the one place errors become HTTP answers.
+//! - [`server`]: wiring for `serve` — [`server::prepare`] checks everything
+//!   before a port is bound, [`server::Prepared::serve`] runs and stops in order.
 //!
 //! # Invariants
 //! - Dependencies point one way: `ingress`/`admin` → `engine` → `recipe`,
 //!   `connector`, `store`; `recipe` → `connector` (to check references).
-//! - Only `ingress`, `admin` and `error` use axum; only `connector` (and the
-//!   CLI's admin client) use reqwest; only `store` uses sled.
+//! - Only `ingress`, `admin`, `error` and `server` use axum; only `connector`
+//!   (and the CLI's admin client) use reqwest; only `store` uses sled.
 //! - Conditions and templates do no I/O.
 //! - An event is durable in the store before its webhook is answered 2xx.
 //! - A step's record is durable before the next step starts.

@@ -5,7 +5,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-use switchboard::engine::Catalog;
+use switchboard::engine::{dry_run, Catalog};
 use switchboard::server::{self, ServeConfig, ServeError};
 use switchboard::store::{sled::SledStore, Page, Retried, RunFilter, Store};
 
@@ -76,6 +76,11 @@ enum Command {
         #[command(flatten)]
         dirs: Dirs,
     },
+    /// Run the recipes' `tests:` with mocked connectors; exit status 1 if any fails.
+    ///
+    /// No call leaves the process, so no secret is needed: a secret that is
+    /// not set is replaced by a placeholder.
+    Test(TestArgs),
     /// Inspect runs.
     Runs {
         #[command(subcommand)]
@@ -86,6 +91,25 @@ enum Command {
         #[command(subcommand)]
         cmd: ListShow,
     },
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Data directory (where the default secrets file is).
+    #[arg(long, env = "SWITCHBOARD_DATA", default_value = "data")]
+    data: PathBuf,
+    /// Connector files.
+    #[arg(long, env = "SWITCHBOARD_CONNECTORS", default_value = "connectors")]
+    connectors: PathBuf,
+    /// Recipe files.
+    #[arg(long, env = "SWITCHBOARD_RECIPES", default_value = "recipes")]
+    recipes: PathBuf,
+    /// Secrets file (default: <data>/secrets.yaml); optional here.
+    #[arg(long, env = "SWITCHBOARD_SECRETS")]
+    secrets: Option<PathBuf>,
+    /// Recipes to test (default: all).
+    #[arg(value_name = "NAME")]
+    names: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -163,6 +187,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Check { dirs } => check(dirs),
+            Command::Test(args) => test(args),
             Command::Runs { cmd } => inspect("runs", cmd).await,
             Command::Events { cmd } => inspect("events", cmd).await,
         }
@@ -278,6 +303,85 @@ fn check(dirs: Dirs) -> ExitCode {
             eprintln!("error: {} problem(s) found", errors.len());
             ExitCode::FAILURE
         }
+    }
+}
+
+fn test(args: TestArgs) -> ExitCode {
+    let config = serve_config(Dirs {
+        data: args.data,
+        connectors: args.connectors,
+        recipes: args.recipes,
+        secrets: args.secrets,
+        allow_internal: Vec::new(),
+    });
+    let mut opts = match config.load_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Nothing is sent, so connectors load without their credentials.
+    opts.secrets = opts.secrets.with_placeholders();
+    let catalog = match Catalog::load(&opts) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("error: {} problem(s) found", errors.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &catalog.warnings {
+        eprintln!("{w}");
+    }
+    if let Some(n) = args
+        .names
+        .iter()
+        .find(|n| catalog.recipe(n.as_str()).is_none())
+    {
+        eprintln!("error: no recipe named `{n}`");
+        return ExitCode::FAILURE;
+    }
+    let mut recipes: Vec<_> = catalog
+        .recipes
+        .iter()
+        .filter(|r| args.names.is_empty() || args.names.contains(&r.name))
+        .collect();
+    recipes.sort_by(|a, b| a.name.cmp(&b.name));
+    let (mut passed, mut failed) = (0, 0);
+    let mut untested = Vec::new();
+    for r in &recipes {
+        if r.tests.is_empty() {
+            untested.push(r.name.as_str());
+        }
+        for t in &r.tests {
+            let diffs = dry_run::run_test(&catalog, r, t);
+            if diffs.is_empty() {
+                passed += 1;
+                println!("ok   {} › {}", r.name, t.name);
+            } else {
+                failed += 1;
+                println!("FAIL {} › {}", r.name, t.name);
+                for d in diffs {
+                    println!("     {}", d.replace('\n', "\n     "));
+                }
+            }
+        }
+    }
+    println!();
+    if !untested.is_empty() {
+        println!("no tests: {}", untested.join(", "));
+    }
+    println!(
+        "{passed} passed, {failed} failed ({} recipe(s))",
+        recipes.len()
+    );
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Largest response body read into memory; a larger one fails the call.
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
@@ -244,6 +245,31 @@ impl Client {
             }
         }
 
+        // The connector's limits: a concurrency permit and a rate slot, held
+        // until the answer is read. The breaker is asked before waiting for
+        // them and again after, so no call leaves once it has opened.
+        let breaker = &connector.limits.breaker;
+        breaker
+            .check(Instant::now())
+            .map_err(CallError::CircuitOpen)?;
+        let _admission = connector.limits.admit().await;
+        breaker
+            .check(Instant::now())
+            .map_err(CallError::CircuitOpen)?;
+        let result = self.exchange(req, connector, action, record).await;
+        let failed = result.as_ref().is_err_and(CallError::retryable);
+        breaker.record(Instant::now(), failed);
+        result
+    }
+
+    /// Send the request and read its bounded answer.
+    async fn exchange(
+        &self,
+        req: reqwest::RequestBuilder,
+        connector: &Connector,
+        action: &Action,
+        record: &mut CallRecord,
+    ) -> Result<Value, CallError> {
         let mut resp = req.send().await.map_err(|e| transport_error(e, action))?;
         let status = resp.status();
         record.status = Some(status.as_u16());

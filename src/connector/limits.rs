@@ -6,8 +6,7 @@
 //! the engine stores a waiting run with its due time.
 
 use super::config::{BreakerFile, LimitsFile, RetryFile};
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -76,13 +75,42 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// At most `max` calls starting in any window of `per`.
+/// At most `max` calls in any window of `per`, as the far end counts them.
+///
+/// A call takes one of `max` slots before it starts and gives it back `per`
+/// after it ends. Counting from the end rather than the start makes the bound
+/// hold at the far end whatever the delivery latency: a call that waited in
+/// our runtime or on a new connection after taking its slot cannot arrive in
+/// the same window as the call that next uses that slot.
 #[derive(Debug)]
 pub struct RateLimit {
     pub max: usize,
     pub per: Duration,
-    /// Start times of the last `max` calls. A std Mutex: never held across an await.
-    starts: Mutex<VecDeque<Instant>>,
+    slots: Arc<Semaphore>,
+}
+
+/// A slot of a [`RateLimit`], held while a call is in flight; it returns to
+/// the limit `per` after it is dropped.
+#[derive(Debug)]
+pub struct RateSlot {
+    permit: Option<OwnedSemaphorePermit>,
+    per: Duration,
+}
+
+impl Drop for RateSlot {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        // Outside a runtime (shutting down) nothing calls any more.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let per = self.per;
+            rt.spawn(async move {
+                tokio::time::sleep(per).await;
+                drop(permit);
+            });
+        }
+    }
 }
 
 impl RateLimit {
@@ -92,43 +120,32 @@ impl RateLimit {
         let (n, per) = text.split_once('/').ok_or_else(err)?;
         let max: usize = n.trim().parse().map_err(|_| err())?;
         let per = humantime::parse_duration(per.trim()).map_err(|_| err())?;
-        if max == 0 || per.is_zero() {
+        if max == 0 || max > Semaphore::MAX_PERMITS || per.is_zero() {
             return Err(err());
         }
         Ok(RateLimit {
             max,
             per,
-            starts: Mutex::new(VecDeque::with_capacity(max)),
+            slots: Arc::new(Semaphore::new(max)),
         })
     }
 
-    /// Take a slot now, or say how long to wait for one.
-    pub fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
-        let mut starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
-        // A small margin, so that scheduling jitter between our send and the
-        // far end's receive cannot squeeze max+1 calls into its window.
-        let window = self.per + self.per / 50 + Duration::from_millis(5);
-        while starts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
-        {
-            starts.pop_front();
-        }
-        if starts.len() < self.max {
-            starts.push_back(now);
-            Ok(())
-        } else {
-            let oldest = starts.front().copied().unwrap_or(now);
-            Err(window.saturating_sub(now.duration_since(oldest)))
-        }
+    /// A slot now, if one is free.
+    pub fn try_acquire(&self) -> Option<RateSlot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        Some(RateSlot {
+            permit: Some(permit),
+            per: self.per,
+        })
     }
 
-    pub async fn acquire(&self) {
-        loop {
-            match self.try_acquire(Instant::now()) {
-                Ok(()) => return,
-                Err(wait) => tokio::time::sleep(wait.max(Duration::from_millis(1))).await,
-            }
+    /// Wait for a slot (first come, first served).
+    pub async fn acquire(&self) -> RateSlot {
+        // The semaphore is never closed.
+        let permit = self.slots.clone().acquire_owned().await.ok();
+        RateSlot {
+            permit,
+            per: self.per,
         }
     }
 }
@@ -218,16 +235,28 @@ impl Limits {
 
     /// Wait for a concurrency permit and a rate slot (in that order, so a
     /// call holding a rate slot is never stuck behind the concurrency limit).
-    pub async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+    /// Hold the answer until the call has ended.
+    pub async fn admit(&self) -> Admission {
         let permit = match &self.concurrency {
             Some(sem) => sem.clone().acquire_owned().await.ok(),
             None => None,
         };
-        if let Some(rate) = &self.rate {
-            rate.acquire().await;
+        let rate = match &self.rate {
+            Some(rate) => Some(rate.acquire().await),
+            None => None,
+        };
+        Admission {
+            _permit: permit,
+            _rate: rate,
         }
-        permit
     }
+}
+
+/// Leave to make one call: released when dropped.
+#[derive(Debug)]
+pub struct Admission {
+    _permit: Option<OwnedSemaphorePermit>,
+    _rate: Option<RateSlot>,
 }
 
 #[cfg(test)]
@@ -278,19 +307,20 @@ mod tests {
         assert_eq!(parse_retry_after("soon", now), None);
     }
 
-    #[test]
-    fn rate_limit_allows_max_per_window() {
-        let r = RateLimit::parse("3/1s").unwrap();
-        let t0 = Instant::now();
-        for _ in 0..3 {
-            assert!(r.try_acquire(t0).is_ok());
-        }
-        let wait = r.try_acquire(t0 + Duration::from_millis(500)).unwrap_err();
+    #[tokio::test]
+    async fn rate_slots_come_back_a_window_after_the_call_ends() {
+        let r = RateLimit::parse("2/100ms").unwrap();
+        let a = r.try_acquire().unwrap();
+        let _b = r.try_acquire().unwrap();
+        assert!(r.try_acquire().is_none(), "two calls in flight");
+        let ended = Instant::now();
+        drop(a);
         assert!(
-            wait > Duration::from_millis(500) && wait < Duration::from_millis(600),
-            "{wait:?}"
+            r.try_acquire().is_none(),
+            "an ended call keeps its slot for a window"
         );
-        assert!(r.try_acquire(t0 + Duration::from_millis(1100)).is_ok());
+        let _c = r.acquire().await;
+        assert!(ended.elapsed() >= Duration::from_millis(100));
         for bad in ["3", "x/1s", "0/1s", "3/0s", "3/soon"] {
             assert!(RateLimit::parse(bad).is_err(), "{bad}");
         }

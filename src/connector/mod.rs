@@ -18,6 +18,7 @@ use crate::template::{Template, Templates, ValueTemplate};
 use crate::yaml::{LoadError, SourceMap};
 use config::{ActionFile, AuthFile, ConnectorFile, FieldSource, IdempotencyHeader};
 use reqwest::Method;
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
@@ -100,6 +101,28 @@ pub enum Field {
     Path(JsonPath),
     Header(String),
     Value(String),
+}
+
+impl Field {
+    /// The field's value for one request: a header through `header`, the
+    /// first node a path selects in the parsed body (a non-string as JSON
+    /// text, `null` as nothing), or the fixed value. Ingress and `switchboard
+    /// test` both read event types through this.
+    pub fn read(
+        &self,
+        header: impl FnOnce(&str) -> Option<String>,
+        body: &Value,
+    ) -> Option<String> {
+        match self {
+            Field::Value(v) => Some(v.clone()),
+            Field::Header(h) => header(h),
+            Field::Path(p) => match p.first(body)? {
+                Value::String(s) => Some(s.clone()),
+                Value::Null => None,
+                other => Some(other.to_string()),
+            },
+        }
+    }
 }
 
 /// All loaded connectors, by name.

@@ -5,9 +5,13 @@
 //! incoming event, stores it with its runs in one atomic write and waits for
 //! the write to be durable; workers ([`worker`]) lease runs from the store's
 //! queue and execute their steps, checkpointing each step before the next.
+//! [`dry_run`] runs a recipe for one event with mocked calls (`switchboard
+//! test`); it and the workers prepare steps through the same `step` module.
 //! This module knows nothing about axum or HTTP servers.
 
 mod catalog;
+pub mod dry_run;
+mod step;
 pub mod worker;
 
 pub use catalog::{Catalog, LoadOptions};
@@ -62,6 +66,9 @@ pub struct Engine {
     client: Client,
     /// Wakes idle workers when new runs are queued.
     wake: Notify,
+    /// Held while an event takes its ids and is stored. A std Mutex: nothing
+    /// async happens while it is held.
+    ingest_order: std::sync::Mutex<()>,
     config: EngineConfig,
 }
 
@@ -79,6 +86,7 @@ impl Engine {
             commit,
             client,
             wake: Notify::new(),
+            ingest_order: std::sync::Mutex::new(()),
             config,
         }))
     }
@@ -94,7 +102,6 @@ impl Engine {
     /// Store the event with a run per matching recipe; returns once it is durable.
     pub async fn accept(&self, incoming: Incoming) -> Result<Accepted, StoreError> {
         let now = store::now_ms();
-        let event_id = store::new_id(now);
         // One context for every recipe's conditions and keys: the body is
         // moved in and back out, never copied.
         let mut ctx = json!({ "event": incoming.body, "vars": null, "steps": {} });
@@ -117,8 +124,9 @@ impl Engine {
                     }
                 });
                 runs.push(Run {
-                    id: store::new_id(now),
-                    event_id: event_id.clone(),
+                    // Ids are given when the event is stored, below.
+                    id: String::new(),
+                    event_id: String::new(),
                     recipe: r.name.clone(),
                     status: RunStatus::Queued,
                     created_at: now,
@@ -134,7 +142,7 @@ impl Engine {
             }
         }
         let mut event = Event {
-            id: event_id.clone(),
+            id: String::new(),
             connector: incoming.connector,
             event_type: incoming.event_type,
             delivery_id: incoming.delivery_id,
@@ -142,8 +150,20 @@ impl Engine {
             body: ctx["event"].take(),
             runs: Vec::new(),
         };
-        event.runs = runs.iter().map(|r| r.id.clone()).collect();
-        let inserted = self.store.insert_event(&event, &runs)?;
+        // Ids are taken and the event stored under one lock, so the order of
+        // event ids is the order the store gives runs within a concurrency
+        // key: an event with a later id never runs ahead of an earlier one.
+        let inserted = {
+            let _order = self.ingest_order.lock().unwrap_or_else(|p| p.into_inner());
+            event.id = store::new_id(now);
+            for run in &mut runs {
+                run.id = store::new_id(now);
+                run.event_id = event.id.clone();
+            }
+            event.runs = runs.iter().map(|r| r.id.clone()).collect();
+            self.store.insert_event(&event, &runs)?
+        };
+        let event_id = event.id.clone();
         self.commit.sync().await?;
         match inserted {
             Inserted::New => {

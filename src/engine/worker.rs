@@ -4,12 +4,13 @@
 //! starts, so a run resumes at its first unfinished step after a restart.
 //! Workers hold no state of their own: everything lives in the store.
 
+use super::step::{self, Prepared};
 use super::Engine;
 use crate::connector::http::{redact_value, CallError};
 use crate::connector::limits::parse_retry_after;
 use crate::recipe::{Recipe, Step};
 use crate::store::{self, Attempt, Run, RunStatus, StepRecord, StepStatus};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
@@ -122,9 +123,7 @@ impl Engine {
                     return self.finish(&mut run, status, Some(msg)).await;
                 }
             }
-            if let Some(steps) = ctx.get_mut("steps").and_then(Value::as_object_mut) {
-                steps.insert(step.id.clone(), record.output.clone());
-            }
+            step::set_output(&mut ctx, step, record.output.clone());
             run.steps.push(record);
             run.updated_at = store::now_ms();
             self.store.save_run(&run)?;
@@ -179,38 +178,29 @@ impl Engine {
             record.error = Some(error);
             (record, Next::Stop(RunStatus::Failed))
         };
-        if let Some(cond) = &step.condition {
-            if !cond.eval(ctx) {
+        // Condition and inputs: shared with the dry run of `switchboard test`.
+        let (connector, action, input) = match step::prepare(&self.catalog, recipe, step, ctx) {
+            Prepared::Skipped => {
                 record.status = StepStatus::Skipped;
                 return (record, Next::Continue);
             }
-        }
-        let templates = &self.catalog.templates;
-        let Some((connector, action)) = self
-            .catalog
-            .connectors
-            .get(&step.connector)
-            .and_then(|c| c.actions.get(&step.action).map(|a| (c, a)))
-        else {
-            let msg = format!("{} is not loaded", record.call);
-            return fail(record, msg);
-        };
-        let mut input = Map::new();
-        for (k, t) in &step.with {
-            match templates.render_value(t, ctx) {
-                Ok(v) => {
-                    input.insert(k.clone(), v);
+            Prepared::Failed {
+                connector,
+                input,
+                error,
+            } => {
+                if let Some(c) = connector {
+                    record.input = redact_value(c, input);
                 }
-                Err(e) => {
-                    record.input = redact_value(connector, Value::Object(input));
-                    return fail(
-                        record,
-                        format!("input `{k}` of recipe `{}`: {e}", recipe.name),
-                    );
-                }
+                return fail(record, error);
             }
-        }
-        let input = Value::Object(input);
+            Prepared::Call {
+                connector,
+                action,
+                input,
+            } => (connector, action, input),
+        };
+        let templates = &self.catalog.templates;
         record.input = redact_value(connector, input.clone());
         let key = format!("{}:{}", run.id, step.id);
         let outcome = self
@@ -299,10 +289,5 @@ fn context(recipe: &Recipe, run: &Run, event: Value) -> Value {
         .iter()
         .map(|s| (s.id.clone(), s.output.clone()))
         .collect();
-    json!({
-        "event": event,
-        "steps": steps,
-        "vars": recipe.vars,
-        "run": { "id": run.id, "event_id": run.event_id, "recipe": run.recipe },
-    })
+    step::context(recipe, &run.id, &run.event_id, steps, event)
 }

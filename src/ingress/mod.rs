@@ -178,18 +178,13 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 fn read_field(field: &Field, headers: &HeaderMap, body: &Value) -> Option<String> {
-    match field {
-        Field::Value(v) => Some(v.clone()),
-        Field::Header(h) => headers
-            .get(h.as_str())
+    let header = |h: &str| {
+        headers
+            .get(h)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        Field::Path(p) => match p.first(body)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Null => None,
-            other => Some(other.to_string()),
-        },
-    }
+            .map(str::to_string)
+    };
+    field.read(header, body)
 }
 
 #[cfg(test)]

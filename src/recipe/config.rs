@@ -28,6 +28,10 @@ pub struct RecipeFile {
     /// Ordered steps.
     #[serde(default)]
     pub steps: Vec<StepFile>,
+    /// Unit tests: sample events run against mocked actions by
+    /// `switchboard test`, offline (README "Testing recipes").
+    #[serde(default)]
+    pub tests: Vec<TestFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,4 +67,68 @@ pub struct StepFile {
     /// Conditions over `{event, steps, vars}`; the step is skipped when they do not hold.
     #[serde(default, rename = "if")]
     pub condition: Option<Value>,
+}
+
+/// One recipe test: an event, what each action called answers, and what the
+/// run must do. Nothing leaves the process: every call is answered by `mock`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFile {
+    /// Unique in the recipe; printed as `recipe › name`.
+    pub name: String,
+    /// The webhook body, as the connector would deliver it.
+    pub event: Value,
+    /// The event type, for connectors that read it from a header
+    /// (`webhook.event_type: { header: ... }`). Otherwise it is read from
+    /// `event` as ingress reads it (a body path, or the connector's fixed value).
+    #[serde(default)]
+    pub event_type: Option<String>,
+    /// `connector.action` → the step output that action answers (it stands
+    /// for the action's `output:` fields), or `{ error: { status, body } }`
+    /// to make the call fail with that HTTP status. A call without a mock
+    /// fails the test, naming the call.
+    #[serde(default)]
+    pub mock: BTreeMap<String, Value>,
+    /// Every `connector.action` called, in order (`[]` when none is).
+    pub expect_calls: Vec<String>,
+    /// Step id → inputs that step's `with:` must render to (a subset of its
+    /// inputs; each value compared exactly, as JSON).
+    #[serde(default)]
+    pub expect_inputs: BTreeMap<String, BTreeMap<String, Value>>,
+    /// How the run must end (default `succeeded`).
+    #[serde(default)]
+    pub expect_status: Option<TestStatus>,
+}
+
+/// How a tested run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestStatus {
+    /// Every step succeeded or was skipped by its own `if`.
+    Succeeded,
+    /// A step failed: a mocked error, an input that does not render, a call without a mock.
+    Failed,
+    /// No run: the event's type is not the trigger, or the recipe's `if` does not hold.
+    Skipped,
+}
+
+impl std::fmt::Display for TestStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TestStatus::Succeeded => "succeeded",
+            TestStatus::Failed => "failed",
+            TestStatus::Skipped => "skipped",
+        })
+    }
+}
+
+/// `mock: { connector.action: { error: ... } }`: the call fails.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockErrorFile {
+    /// HTTP status of the failed call, 400–599.
+    pub status: u16,
+    /// The answer's body (text, or JSON written as YAML), shown in the error.
+    #[serde(default)]
+    pub body: Value,
 }

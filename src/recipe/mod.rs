@@ -5,18 +5,21 @@
 //! trigger, conditions ([`condition`]), and steps with their templated inputs.
 //! Every reference is checked at load time (connector, action, inputs, step
 //! ids, template variables) so a typo fails `switchboard check` with its
-//! location, never the first webhook. Pure: no I/O besides reading the files.
+//! location, never the first webhook. A recipe's `tests:` are compiled and
+//! checked here too (their mocks and expectations name real actions and
+//! steps); `engine::dry_run` runs them. Pure: no I/O besides reading the files.
 
 pub mod condition;
 pub mod config;
 
-use crate::connector::Connectors;
+use crate::connector::{Action, Connectors, Field};
 use crate::template::{escape, Template, Templates, ValueTemplate};
 use crate::yaml::{LoadError, SourceMap};
 use condition::Condition;
-use config::{RecipeFile, StepFile};
+pub use config::TestStatus;
+use config::{MockErrorFile, RecipeFile, StepFile, TestFile};
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// A compiled recipe.
@@ -31,6 +34,33 @@ pub struct Recipe {
     /// Concurrency key template and limit.
     pub concurrency: Option<(Template, u32)>,
     pub steps: Vec<Step>,
+    /// The file's `tests:`, run by `switchboard test`; the engine never reads them.
+    pub tests: Vec<RecipeTest>,
+}
+
+/// One compiled `tests:` entry (see [`config::TestFile`]).
+#[derive(Debug)]
+pub struct RecipeTest {
+    pub name: String,
+    pub event: Value,
+    /// The event type ingress would read for this event (`None`: it would
+    /// read none, so no recipe runs).
+    pub event_type: Option<String>,
+    /// `connector.action` → what the call answers.
+    pub mocks: BTreeMap<String, Mock>,
+    pub expect_calls: Vec<String>,
+    /// Step id → input name → the exact rendered value.
+    pub expect_inputs: BTreeMap<String, BTreeMap<String, Value>>,
+    pub expect_status: TestStatus,
+}
+
+/// What a mocked action answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mock {
+    /// The step's output, as the action's `output:` fields would give it.
+    Output(Value),
+    /// The call fails with this HTTP status; `body` is the answer's text.
+    Error { status: u16, body: String },
 }
 
 /// One compiled step.
@@ -296,6 +326,8 @@ fn compile(
         }
     });
 
+    let tests = compile_tests(&file, map, connectors, errors);
+
     let mut steps = Vec::new();
     for (i, s) in file.steps.iter().enumerate() {
         let ptr = format!("/steps/{i}");
@@ -323,7 +355,223 @@ fn compile(
         vars: file.vars,
         concurrency,
         steps,
+        tests,
     })
+}
+
+/// The action `call` (`connector.action`) names, or what is wrong with it.
+fn find_action<'a>(call: &str, connectors: &'a Connectors) -> Result<&'a Action, String> {
+    let Some((cname, aname)) = call.split_once('.') else {
+        return Err(format!(
+            "invalid call `{call}`, expected `connector.action`"
+        ));
+    };
+    let Some(c) = connectors.get(cname) else {
+        return Err(format!(
+            "unknown connector `{cname}`, expected one of {}",
+            list(sorted(connectors.by_name.keys()).iter())
+        ));
+    };
+    c.actions.get(aname).ok_or_else(|| {
+        format!(
+            "unknown action `{aname}` of connector `{cname}`, expected one of {}",
+            list(c.actions.keys())
+        )
+    })
+}
+
+/// Compile and check a recipe file's `tests:`: names unique, every mock and
+/// expected call a real `connector.action` (an expected call one of the
+/// recipe's steps makes), every `expect_inputs` entry a step id and one of
+/// its inputs, and the event type as ingress would read it.
+fn compile_tests(
+    file: &RecipeFile,
+    map: &SourceMap,
+    connectors: &Connectors,
+    errors: &mut Vec<LoadError>,
+) -> Vec<RecipeTest> {
+    // Step ids and `with:` names from the file, so tests are checked even
+    // when a step itself has an error.
+    let steps: Vec<(String, &StepFile)> = file
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.clone().unwrap_or_else(|| format!("step{}", i + 1)), s))
+        .collect();
+    let mut names: Vec<&str> = Vec::new();
+    let mut out = Vec::new();
+    for (i, t) in file.tests.iter().enumerate() {
+        let ptr = format!("/tests/{i}");
+        let before = errors.len();
+        if names.contains(&t.name.as_str()) {
+            errors.push(map.error(
+                &format!("{ptr}/name"),
+                format!("duplicate test name `{}`", t.name),
+            ));
+        }
+        names.push(&t.name);
+        let event_type = test_event_type(file, t, &ptr, map, connectors, errors);
+
+        let mut mocks = BTreeMap::new();
+        for (call, v) in &t.mock {
+            let p = format!("{ptr}/mock/{}", escape(call));
+            if let Err(msg) = find_action(call, connectors) {
+                errors.push(map.error_at_key(&p, msg));
+            }
+            match compile_mock(v) {
+                Ok(m) => {
+                    mocks.insert(call.clone(), m);
+                }
+                Err((sub, msg)) => errors.push(map.error(&format!("{p}/error{sub}"), msg)),
+            }
+        }
+        for (j, call) in t.expect_calls.iter().enumerate() {
+            let p = format!("{ptr}/expect_calls/{j}");
+            if let Err(msg) = find_action(call, connectors) {
+                errors.push(map.error(&p, msg));
+            } else if !steps.iter().any(|(_, s)| s.call == *call) {
+                errors.push(map.error(
+                    &p,
+                    format!("no step of this recipe calls `{call}`, so it is never called"),
+                ));
+            }
+        }
+        for (id, inputs) in &t.expect_inputs {
+            let p = format!("{ptr}/expect_inputs/{}", escape(id));
+            let Some((_, step)) = steps.iter().find(|(sid, _)| sid == id) else {
+                errors.push(map.error_at_key(
+                    &p,
+                    format!(
+                        "unknown step id `{id}`, expected one of {}",
+                        list(steps.iter().map(|(id, _)| id))
+                    ),
+                ));
+                continue;
+            };
+            for name in inputs.keys() {
+                if !step.with.contains_key(name) {
+                    errors.push(map.error_at_key(
+                        &format!("{p}/{}", escape(name)),
+                        format!(
+                            "step `{id}` has no input `{name}` in its `with:`, expected one of {}",
+                            list(step.with.keys())
+                        ),
+                    ));
+                }
+            }
+        }
+        let expect_status = t.expect_status.unwrap_or(TestStatus::Succeeded);
+        if expect_status == TestStatus::Skipped && !t.expect_calls.is_empty() {
+            errors.push(map.error(
+                &format!("{ptr}/expect_calls"),
+                "a skipped run calls nothing: `expect_calls` must be `[]`",
+            ));
+        }
+        if errors.len() > before {
+            continue;
+        }
+        out.push(RecipeTest {
+            name: t.name.clone(),
+            event: t.event.clone(),
+            event_type,
+            mocks,
+            expect_calls: t.expect_calls.clone(),
+            expect_inputs: t.expect_inputs.clone(),
+            expect_status,
+        });
+    }
+    out
+}
+
+/// A mock's value: `{ error: { status, body } }` is a failed call, anything
+/// else the step's output. An error's pointer is relative to `error`.
+fn compile_mock(v: &Value) -> Result<Mock, (&'static str, String)> {
+    let error = match v.as_object() {
+        Some(o) if o.len() == 1 => o.get("error").filter(|e| e.is_object()),
+        _ => None,
+    };
+    let Some(error) = error else {
+        return Ok(Mock::Output(v.clone()));
+    };
+    let e: MockErrorFile =
+        serde_json::from_value(error.clone()).map_err(|e| ("", e.to_string()))?;
+    if !(400..=599).contains(&e.status) {
+        return Err((
+            "/status",
+            format!(
+                "mocked error status {} is not an HTTP error, expected 400-599",
+                e.status
+            ),
+        ));
+    }
+    let body = match e.body {
+        Value::Null => String::new(),
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    Ok(Mock::Error {
+        status: e.status,
+        body,
+    })
+}
+
+/// The event type a test's event arrives with, read the way ingress reads it
+/// from the trigger connector's `webhook.event_type`; `event_type:` is
+/// needed (and only allowed) where ingress reads it from a header.
+fn test_event_type(
+    file: &RecipeFile,
+    t: &TestFile,
+    ptr: &str,
+    map: &SourceMap,
+    connectors: &Connectors,
+    errors: &mut Vec<LoadError>,
+) -> Option<String> {
+    // An unknown connector or one without a webhook is reported already.
+    let c = connectors.get(&file.on.connector)?;
+    let webhook = c.webhook.as_ref()?;
+    let given = t.event_type.clone();
+    let read = match &webhook.event_type {
+        Some(Field::Header(h)) => {
+            if given.is_none() {
+                errors.push(map.error(
+                    ptr,
+                    format!(
+                        "connector `{}` reads the event type from the `{h}` header: give the test an `event_type:`",
+                        c.name
+                    ),
+                ));
+            }
+            return given;
+        }
+        Some(f @ Field::Path(p)) => (
+            f.read(|_| None, &t.event),
+            format!("`{}` of the event", p.as_str()),
+        ),
+        Some(f @ Field::Value(_)) => (
+            f.read(|_| None, &t.event),
+            "its `webhook.event_type`".into(),
+        ),
+        // Ingress reads no type, so no event of this connector starts a run.
+        None => (
+            None,
+            "nowhere: it has no `webhook.event_type`, so its events start no recipe".into(),
+        ),
+    };
+    match (given, read) {
+        (None, (found, _)) => found,
+        (Some(g), (Some(found), _)) if g == found => Some(g),
+        (Some(g), (found, from)) => {
+            errors.push(map.error(
+                &format!("{ptr}/event_type"),
+                format!(
+                    "`event_type: {g}` is not what connector `{}` reads: the type comes from {from}{}; leave `event_type` out",
+                    c.name,
+                    found.map(|f| format!(", which gives `{f}`")).unwrap_or_default()
+                ),
+            ));
+            None
+        }
+    }
 }
 
 fn sorted<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<String> {
@@ -360,41 +608,17 @@ fn compile_step(
     };
 
     let call_ptr = format!("{ptr}/call");
-    let (cname, aname) = match s.call.split_once('.') {
-        Some((c, a)) => (c.to_string(), a.to_string()),
-        None => {
-            errors.push(map.error(
-                &call_ptr,
-                format!("invalid call `{}`, expected `connector.action`", s.call),
-            ));
-            return None;
-        }
+    let Some((cname, aname)) = s.call.split_once('.') else {
+        errors.push(map.error(
+            &call_ptr,
+            format!("invalid call `{}`, expected `connector.action`", s.call),
+        ));
+        return None;
     };
-    let action = match connectors.get(&cname) {
-        None => {
-            errors.push(map.error(
-                &call_ptr,
-                format!(
-                    "unknown connector `{cname}`, expected one of {}",
-                    list(sorted(connectors.by_name.keys()).iter())
-                ),
-            ));
-            None
-        }
-        Some(c) => match c.actions.get(&aname) {
-            None => {
-                errors.push(map.error(
-                    &call_ptr,
-                    format!(
-                        "unknown action `{aname}` of connector `{cname}`, expected one of {}",
-                        list(c.actions.keys())
-                    ),
-                ));
-                None
-            }
-            a => a,
-        },
-    };
+    let (cname, aname) = (cname.to_string(), aname.to_string());
+    let action = find_action(&s.call, connectors)
+        .map_err(|msg| errors.push(map.error(&call_ptr, msg)))
+        .ok();
 
     let mut with = Vec::new();
     for (k, v) in &s.with {
@@ -457,6 +681,35 @@ mod tests {
         assert_eq!(leading_names("['steps']['a b']"), vec!["steps", "a b"]);
         assert_eq!(leading_names(".event"), vec!["event"]);
         assert!(leading_names("[0]").is_empty());
+    }
+
+    #[test]
+    fn mocks_are_outputs_unless_they_are_exactly_an_error() {
+        use serde_json::json;
+        let out = |v: Value| Ok(Mock::Output(v));
+        assert_eq!(compile_mock(&json!({"id": "1"})), out(json!({"id": "1"})));
+        assert_eq!(compile_mock(&json!({})), out(json!({})));
+        // An `error` field beside others, or not a mapping, is output.
+        let v = json!({"error": {"status": 500}, "id": 1});
+        assert_eq!(compile_mock(&v), out(v.clone()));
+        assert_eq!(
+            compile_mock(&json!({"error": "x"})),
+            out(json!({"error": "x"}))
+        );
+        assert_eq!(
+            compile_mock(&json!({"error": {"status": 422, "body": {"e": 1}}})),
+            Ok(Mock::Error {
+                status: 422,
+                body: r#"{"e":1}"#.into()
+            })
+        );
+        assert_eq!(
+            compile_mock(&json!({"error": {"status": 302}}))
+                .unwrap_err()
+                .0,
+            "/status"
+        );
+        assert!(compile_mock(&json!({"error": {"code": 500}})).is_err());
     }
 
     #[test]

@@ -4,11 +4,15 @@
 //! - `recipes`: the shipped recipes end to end against mock APIs.
 //! - `ingress`: bad webhook input is refused and changes nothing.
 //! - `cli`: `check` errors, `serve` refusing broken files, the runs/events commands.
+//! - `durability`: kill -9, SIGTERM, retries, dead letters, limits, ordering, back-pressure.
+//! - `recipe_tests`: `switchboard test` running the recipes' own `tests:` with mocked connectors.
 //! - `prism`: shipped connector actions validated by Prism serving the vendors' real specs.
 
 mod cli;
+mod durability;
 mod faults;
 mod ingress;
 mod prism;
+mod recipe_tests;
 mod recipes;
 mod utils;

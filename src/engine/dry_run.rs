@@ -1,0 +1,481 @@
+//! Dry runs: a recipe run for one event with every call answered by a mock,
+//! for `switchboard test` and the recipe files' `tests:`.
+//!
+//! A dry run does what the hub would do with the event — the trigger index and
+//! the recipe's `if` ([`Catalog::matching`], as `Engine::accept`), then each
+//! step's `if`, its rendered `with:` and the `steps.<id>` context through the
+//! same [`super::step`] functions the worker uses — except that a call returns
+//! the test's mock instead of going out. A failed call fails the run at once
+//! (no retries: what the hub would retry and then dead-letter is reported as
+//! `failed`, with a note).
+//!
+//! Invariant: no I/O. This module never sees the HTTP client (the engine owns
+//! it; a dry run takes only the [`Catalog`]), so no test can reach an API.
+
+use super::step::{self, Prepared};
+use super::Catalog;
+use crate::connector::http::{redact_value, CallError};
+use crate::recipe::{Mock, Recipe, RecipeTest, TestStatus};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// The run id and event id templates see in a dry run (`{{ run.id }}`).
+pub const DRY_RUN_ID: &str = "dry-run";
+
+/// One call a dry run made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    /// The step's id.
+    pub step: String,
+    /// `connector.action`.
+    pub call: String,
+    /// The rendered `with:` inputs (not redacted).
+    pub input: Value,
+}
+
+/// What a dry run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DryRun {
+    pub status: TestStatus,
+    /// Every call made, in order; a call that failed or had no mock included.
+    pub calls: Vec<Call>,
+    /// Why the run failed, as the hub would record it on the run.
+    pub error: Option<String>,
+    /// The position in `calls` of a call that had no mock (the run stopped there).
+    pub unmocked: Option<usize>,
+}
+
+/// Run `recipe` for `event` of `event_type` as the hub would, answering each
+/// call from `mocks` (`connector.action` → answer).
+pub fn run(
+    catalog: &Catalog,
+    recipe: &Recipe,
+    event: &Value,
+    event_type: Option<&str>,
+    mocks: &BTreeMap<String, Mock>,
+) -> DryRun {
+    let mut out = DryRun {
+        status: TestStatus::Skipped,
+        calls: Vec::new(),
+        error: None,
+        unmocked: None,
+    };
+    // The trigger, through the same index and on the same context as
+    // `Engine::accept`: `{event, vars, steps: {}}`.
+    let triggered = event_type.is_some_and(|t| {
+        catalog
+            .matching(&recipe.connector, t)
+            .any(|r| r.name == recipe.name)
+    });
+    let trigger_ctx = json!({ "event": event, "vars": recipe.vars, "steps": {} });
+    if !triggered || !recipe.condition.eval(&trigger_ctx) {
+        return out;
+    }
+
+    let mut ctx = step::context(recipe, DRY_RUN_ID, DRY_RUN_ID, Map::new(), event.clone());
+    for s in &recipe.steps {
+        let call = format!("{}.{}", s.connector, s.action);
+        let failure = match step::prepare(catalog, recipe, s, &ctx) {
+            Prepared::Skipped => {
+                step::set_output(&mut ctx, s, Value::Null);
+                continue;
+            }
+            Prepared::Failed { error, .. } => error,
+            Prepared::Call { input, .. } => {
+                out.calls.push(Call {
+                    step: s.id.clone(),
+                    call: call.clone(),
+                    input,
+                });
+                match mocks.get(&call) {
+                    Some(Mock::Output(v)) => {
+                        step::set_output(&mut ctx, s, v.clone());
+                        continue;
+                    }
+                    Some(Mock::Error { status, body }) => {
+                        let e = CallError::Status { status: *status };
+                        let mut msg = e.to_string();
+                        if !body.is_empty() {
+                            msg.push_str(&format!(": {body}"));
+                        }
+                        if e.retryable() {
+                            msg.push_str(" (the hub would retry this call and make the run dead if it kept failing)");
+                        }
+                        msg
+                    }
+                    None => {
+                        out.unmocked = Some(out.calls.len() - 1);
+                        format!("`{call}` has no mock")
+                    }
+                }
+            }
+        };
+        // The run's error as the worker words it.
+        out.status = TestStatus::Failed;
+        out.error = Some(format!("step `{}` ({call}) failed: {failure}", s.id));
+        return out;
+    }
+    out.status = TestStatus::Succeeded;
+    out
+}
+
+/// Run one of a recipe's tests; the differences from its expectations, one
+/// line each (empty when it passes).
+pub fn run_test(catalog: &Catalog, recipe: &Recipe, test: &RecipeTest) -> Vec<String> {
+    let got = run(
+        catalog,
+        recipe,
+        &test.event,
+        test.event_type.as_deref(),
+        &test.mocks,
+    );
+    // Values are shown as the hub would record them: with secrets redacted.
+    let show = |call: &Call, v: &Value| -> String {
+        let v = match call
+            .call
+            .split_once('.')
+            .and_then(|(c, _)| catalog.connectors.get(c))
+        {
+            Some(c) => redact_value(c, v.clone()),
+            None => v.clone(),
+        };
+        serde_json::to_string(&v).unwrap_or_default()
+    };
+    let mut diffs = Vec::new();
+    if let Some(i) = got.unmocked {
+        let c = &got.calls[i];
+        diffs.push(format!(
+            "call `{}` (step `{}`) has no mock: add `{}:` under `mock:`",
+            c.call, c.step, c.call
+        ));
+    }
+    let calls: Vec<&str> = got.calls.iter().map(|c| c.call.as_str()).collect();
+    if calls != test.expect_calls {
+        diffs.push(expected_got(
+            "calls: ",
+            &format!("[{}]", test.expect_calls.join(", ")),
+            &format!("[{}]", calls.join(", ")),
+        ));
+    }
+    for (id, inputs) in &test.expect_inputs {
+        let Some(call) = got.calls.iter().find(|c| c.step == *id) else {
+            diffs.push(format!(
+                "step `{id}` made no call, so its inputs were not rendered"
+            ));
+            continue;
+        };
+        for (name, want) in inputs {
+            let want_text = serde_json::to_string(want).unwrap_or_default();
+            match call.input.get(name) {
+                Some(v) if v == want => {}
+                Some(v) => diffs.push(expected_got(
+                    &format!("step `{id}` input `{name}`: "),
+                    &want_text,
+                    &show(call, v),
+                )),
+                None => diffs.push(format!(
+                    "step `{id}` input `{name}`: expected {want_text}, got nothing"
+                )),
+            }
+        }
+    }
+    // A call without a mock fails the run; that is already said above.
+    if got.status != test.expect_status && got.unmocked.is_none() {
+        let why = got.error.map(|e| format!(": {e}")).unwrap_or_default();
+        diffs.push(format!(
+            "status: expected {}, got {}{why}",
+            test.expect_status, got.status
+        ));
+    }
+    diffs
+}
+
+/// `<what>expected <want>` over `got <got>`, the two values aligned.
+fn expected_got(what: &str, want: &str, got: &str) -> String {
+    let pad = " ".repeat(what.chars().count() + "expected".len() - "got".len());
+    format!("{what}expected {want}\n{pad}got {got}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::SecretSource;
+    use crate::engine::LoadOptions;
+    use std::path::PathBuf;
+
+    /// The shipped connectors (with placeholder secrets) and one recipe.
+    fn catalog(recipe: &str) -> Catalog {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r.yaml"), recipe).unwrap();
+        let opts = LoadOptions {
+            connectors_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("connectors"),
+            recipes_dir: dir.path().to_path_buf(),
+            secrets: SecretSource::default().with_placeholders(),
+            allow_internal: Vec::new(),
+        };
+        match Catalog::load(&opts) {
+            Ok(c) => c,
+            Err(errors) => panic!("{errors:#?}"),
+        }
+    }
+
+    fn mocks(v: Value) -> BTreeMap<String, Mock> {
+        v.as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), Mock::Output(v.clone())))
+            .collect()
+    }
+
+    /// Dry-run the catalog's only recipe for a `ticket.created` event.
+    fn dry(catalog: &Catalog, event: Value, mocks: &BTreeMap<String, Mock>) -> DryRun {
+        run(
+            catalog,
+            &catalog.recipes[0],
+            &event,
+            Some("ticket.created"),
+            mocks,
+        )
+    }
+
+    const LOOKUP_AND_NOTE: &str = r#"
+name: r
+on: { connector: zendesk, event: ticket.created }
+vars: { greeting: Hi }
+if:
+  - "$.event.ticket.subject": { matches: "(?i)setup" }
+steps:
+  - id: contact
+    call: hubspot.search_contact_by_email
+    with: { email: "{{ event.ticket.requester.email }}" }
+  - id: enroll
+    if:
+      - "$.steps.contact.lifecycle": { equals: subscriber }
+    call: hubspot.enroll_in_workflow
+    with: { workflow_id: "1", email: "{{ event.ticket.requester.email }}" }
+  - id: note
+    call: zendesk.add_internal_note
+    with:
+      ticket_id: "{{ event.ticket.id }}"
+      body: "{{ vars.greeting }} {{ steps.contact.id }} enrolled={{ steps.enroll is not none }} run={{ run.id }}/{{ run.recipe }}"
+"#;
+
+    fn ticket(subject: &str) -> Value {
+        json!({"type": "ticket.created", "ticket": {"id": 7, "subject": subject, "requester": {"email": "a@b.c"}}})
+    }
+
+    #[test]
+    fn calls_steps_in_order_with_rendered_inputs_and_mock_outputs() {
+        let c = catalog(LOOKUP_AND_NOTE);
+        let m = mocks(json!({
+            "hubspot.search_contact_by_email": {"id": "42", "lifecycle": "subscriber"},
+            "hubspot.enroll_in_workflow": {},
+            "zendesk.add_internal_note": {"id": 7},
+        }));
+        let got = dry(&c, ticket("Setup mail"), &m);
+        assert_eq!(got.status, TestStatus::Succeeded, "{:?}", got.error);
+        let calls: Vec<(&str, &str)> = got
+            .calls
+            .iter()
+            .map(|c| (c.step.as_str(), c.call.as_str()))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("contact", "hubspot.search_contact_by_email"),
+                ("enroll", "hubspot.enroll_in_workflow"),
+                ("note", "zendesk.add_internal_note"),
+            ]
+        );
+        // Typed single expressions keep their type; later steps read earlier outputs.
+        assert_eq!(
+            got.calls[2].input,
+            json!({"ticket_id": 7, "body": "Hi 42 enrolled=True run=dry-run/r"})
+        );
+    }
+
+    #[test]
+    fn a_skipped_step_makes_no_call_and_its_output_is_null() {
+        let c = catalog(LOOKUP_AND_NOTE);
+        let m = mocks(json!({
+            "hubspot.search_contact_by_email": {"id": "42", "lifecycle": "customer"},
+            "zendesk.add_internal_note": {"id": 7},
+        }));
+        let got = dry(&c, ticket("Setup mail"), &m);
+        assert_eq!(got.status, TestStatus::Succeeded, "{:?}", got.error);
+        assert_eq!(got.calls.len(), 2);
+        assert_eq!(
+            got.calls[1].input["body"],
+            "Hi 42 enrolled=False run=dry-run/r"
+        );
+    }
+
+    #[test]
+    fn no_run_when_the_recipe_if_or_the_event_type_does_not_match() {
+        let c = catalog(LOOKUP_AND_NOTE);
+        let got = dry(&c, ticket("Refund please"), &BTreeMap::new());
+        assert_eq!(got.status, TestStatus::Skipped);
+        assert!(got.calls.is_empty());
+        let r = &c.recipes[0];
+        for t in [Some("ticket.updated"), None] {
+            let got = run(&c, r, &ticket("Setup"), t, &BTreeMap::new());
+            assert_eq!(got.status, TestStatus::Skipped, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn a_mocked_error_fails_the_run_at_that_step() {
+        let c = catalog(LOOKUP_AND_NOTE);
+        let mut m = mocks(json!({"zendesk.add_internal_note": {"id": 7}}));
+        m.insert(
+            "hubspot.search_contact_by_email".into(),
+            Mock::Error {
+                status: 503,
+                body: "down".into(),
+            },
+        );
+        let got = dry(&c, ticket("Setup"), &m);
+        assert_eq!(got.status, TestStatus::Failed);
+        assert_eq!(got.calls.len(), 1, "no step runs after the failed one");
+        let e = got.error.unwrap();
+        assert!(
+            e.starts_with("step `contact` (hubspot.search_contact_by_email) failed: HTTP 503: down (the hub would retry"),
+            "{e}"
+        );
+        m.insert(
+            "hubspot.search_contact_by_email".into(),
+            Mock::Error {
+                status: 400,
+                body: String::new(),
+            },
+        );
+        let e = dry(&c, ticket("Setup"), &m).error.unwrap();
+        assert!(e.ends_with("failed: HTTP 400"), "a 4xx is not retried: {e}");
+    }
+
+    #[test]
+    fn a_call_without_a_mock_stops_the_run_and_is_named() {
+        let c = catalog(LOOKUP_AND_NOTE);
+        let got = dry(
+            &c,
+            ticket("Setup"),
+            &mocks(json!({"hubspot.search_contact_by_email": {"id": "1"}})),
+        );
+        assert_eq!(got.status, TestStatus::Failed);
+        assert_eq!(got.unmocked, Some(1));
+        assert_eq!(got.calls[1].call, "zendesk.add_internal_note");
+    }
+
+    #[test]
+    fn an_input_that_does_not_render_fails_the_step_as_in_the_worker() {
+        let c = catalog(
+            r#"
+name: r
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - call: zendesk.add_tags
+    with: { ticket_id: "{{ event.ticket.id }}", tags: ["x-{{ event.ticket.missing }}"] }
+"#,
+        );
+        let got = dry(&c, ticket("x"), &BTreeMap::new());
+        assert_eq!(got.status, TestStatus::Failed);
+        assert!(got.calls.is_empty(), "nothing is called");
+        let e = got.error.unwrap();
+        assert!(
+            e.starts_with(
+                "step `step1` (zendesk.add_tags) failed: input `tags` of recipe `r`: undefined"
+            ),
+            "{e}"
+        );
+    }
+
+    /// `run_test` on the catalog's only recipe and its only test.
+    fn check(recipe_and_test: &str) -> Vec<String> {
+        let c = catalog(recipe_and_test);
+        let r = &c.recipes[0];
+        run_test(&c, r, &r.tests[0])
+    }
+
+    #[test]
+    fn a_passing_test_has_no_differences() {
+        let diffs = check(&format!(
+            "{LOOKUP_AND_NOTE}{}",
+            r#"
+tests:
+  - name: pending
+    event: { type: ticket.created, ticket: { id: 7, subject: Setup, requester: { email: a@b.c } } }
+    mock:
+      hubspot.search_contact_by_email: { id: "42", lifecycle: subscriber }
+      hubspot.enroll_in_workflow: {}
+      zendesk.add_internal_note: { id: 7 }
+    expect_calls: [hubspot.search_contact_by_email, hubspot.enroll_in_workflow, zendesk.add_internal_note]
+    expect_inputs:
+      contact: { email: a@b.c }
+      note: { ticket_id: 7 }
+"#
+        ));
+        assert_eq!(diffs, Vec::<String>::new());
+    }
+
+    #[test]
+    fn differences_name_the_calls_inputs_and_status() {
+        let diffs = check(&format!(
+            "{LOOKUP_AND_NOTE}{}",
+            r#"
+tests:
+  - name: wrong
+    event: { type: ticket.created, ticket: { id: 7, subject: Setup, requester: { email: a@b.c } } }
+    mock:
+      hubspot.search_contact_by_email: { id: "42", lifecycle: customer }
+      zendesk.add_internal_note: { error: { status: 422, body: closed } }
+    expect_calls: [hubspot.search_contact_by_email, hubspot.enroll_in_workflow]
+    expect_inputs:
+      contact: { email: x@y.z }
+      enroll: { email: a@b.c }
+"#
+        ));
+        assert_eq!(
+            diffs,
+            [
+                "calls: expected [hubspot.search_contact_by_email, hubspot.enroll_in_workflow]\n            \
+                 got [hubspot.search_contact_by_email, zendesk.add_internal_note]",
+                "step `contact` input `email`: expected \"x@y.z\"\n                                   \
+                 got \"a@b.c\"",
+                "step `enroll` made no call, so its inputs were not rendered",
+                "status: expected succeeded, got failed: step `note` (zendesk.add_internal_note) failed: HTTP 422: closed",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_mock_is_reported_once() {
+        let diffs = check(&format!(
+            "{LOOKUP_AND_NOTE}{}",
+            r#"
+tests:
+  - name: no mocks
+    event: { type: ticket.created, ticket: { id: 7, subject: Setup, requester: { email: a@b.c } } }
+    expect_calls: [hubspot.search_contact_by_email]
+"#
+        ));
+        assert_eq!(
+            diffs,
+            ["call `hubspot.search_contact_by_email` (step `contact`) has no mock: add `hubspot.search_contact_by_email:` under `mock:`"]
+        );
+    }
+
+    #[test]
+    fn an_event_that_does_not_trigger_is_skipped() {
+        let diffs = check(&format!(
+            "{LOOKUP_AND_NOTE}{}",
+            r#"
+tests:
+  - name: other type
+    event: { type: ticket.updated, ticket: { id: 7, subject: Setup, requester: { email: a@b.c } } }
+    expect_calls: []
+    expect_status: skipped
+"#
+        ));
+        assert_eq!(diffs, Vec::<String>::new());
+    }
+}
