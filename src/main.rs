@@ -95,18 +95,9 @@ enum Command {
 
 #[derive(Args)]
 struct TestArgs {
-    /// Data directory (where the default secrets file is).
-    #[arg(long, env = "SWITCHBOARD_DATA", default_value = "data")]
-    data: PathBuf,
-    /// Connector files.
-    #[arg(long, env = "SWITCHBOARD_CONNECTORS", default_value = "connectors")]
-    connectors: PathBuf,
-    /// Recipe files.
-    #[arg(long, env = "SWITCHBOARD_RECIPES", default_value = "recipes")]
-    recipes: PathBuf,
-    /// Secrets file (default: <data>/secrets.yaml); optional here.
-    #[arg(long, env = "SWITCHBOARD_SECRETS")]
-    secrets: Option<PathBuf>,
+    /// (`--allow-internal` has no effect here: nothing is sent.)
+    #[command(flatten)]
+    dirs: Dirs,
     /// Recipes to test (default: all).
     #[arg(value_name = "NAME")]
     names: Vec<String>,
@@ -307,13 +298,7 @@ fn check(dirs: Dirs) -> ExitCode {
 }
 
 fn test(args: TestArgs) -> ExitCode {
-    let config = serve_config(Dirs {
-        data: args.data,
-        connectors: args.connectors,
-        recipes: args.recipes,
-        secrets: args.secrets,
-        allow_internal: Vec::new(),
-    });
+    let config = serve_config(args.dirs);
     let mut opts = match config.load_options() {
         Ok(o) => o,
         Err(e) => {
