@@ -54,7 +54,7 @@ struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_BODY_LIMIT", default_value_t = 1024 * 1024)]
     body_limit: usize,
     /// Concurrent run executors.
-    #[arg(long, env = "SWITCHBOARD_WORKERS", default_value_t = 8)]
+    #[arg(long, env = "SWITCHBOARD_WORKERS", default_value_t = 16)]
     workers: usize,
     /// Public base URL senders use (for schemes that sign the URL, e.g. HubSpot v3).
     #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
@@ -192,7 +192,7 @@ fn serve_config(dirs: Dirs) -> ServeConfig {
         recipes_dir: dirs.recipes,
         secrets_file: dirs.secrets,
         body_limit: 1024 * 1024,
-        workers: 8,
+        workers: 16,
         admin_token: std::env::var("SWITCHBOARD_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),

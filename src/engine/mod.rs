@@ -35,7 +35,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            workers: 8,
+            workers: 16,
             lease: std::time::Duration::from_secs(300),
         }
     }
@@ -69,8 +69,17 @@ pub struct Engine {
     /// Held while an event takes its ids and is stored. A std Mutex: nothing
     /// async happens while it is held.
     ingest_order: std::sync::Mutex<()>,
+    /// Hand-off of new runs straight to workers. Runs sent here are stored
+    /// already leased (status `running`, due at the lease's end), so no
+    /// worker leases them from the store too; after a crash, start-up
+    /// releases them like any other lease.
+    handoff: tokio::sync::mpsc::Sender<Run>,
+    handoff_rx: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Run>>,
     config: EngineConfig,
 }
+
+/// Runs waiting in memory for a worker; beyond this, new runs go through the store's queue.
+const HANDOFF_CAPACITY: usize = 256;
 
 impl Engine {
     pub fn new(
@@ -80,7 +89,10 @@ impl Engine {
     ) -> Result<Arc<Engine>, String> {
         let client = Client::new(&catalog.connectors)?;
         let commit = GroupCommit::start(store.clone());
+        let (handoff, handoff_rx) = tokio::sync::mpsc::channel(HANDOFF_CAPACITY);
         Ok(Arc::new(Engine {
+            handoff,
+            handoff_rx: tokio::sync::Mutex::new(handoff_rx),
             catalog: Arc::new(catalog),
             store,
             commit,
@@ -141,6 +153,18 @@ impl Engine {
                 });
             }
         }
+        // New runs without a concurrency key go to a worker directly, leased
+        // in the same write that stores them (saves a lease write per run).
+        let lease_ms = self.config.lease.as_millis() as i64;
+        let mut handoffs = Vec::new();
+        for run in runs.iter_mut().filter(|r| r.concurrency.is_none()) {
+            let Ok(permit) = self.handoff.try_reserve() else {
+                break;
+            };
+            run.status = RunStatus::Running;
+            run.due_at = now + lease_ms;
+            handoffs.push(permit);
+        }
         let mut event = Event {
             id: String::new(),
             connector: incoming.connector,
@@ -167,7 +191,22 @@ impl Engine {
         self.commit.sync().await?;
         match inserted {
             Inserted::New => {
-                if !runs.is_empty() {
+                let handed = handoffs.len();
+                let mut queued = false;
+                for run in runs {
+                    if run.status == RunStatus::Running {
+                        if let Some(permit) = handoffs.pop() {
+                            permit.send(run);
+                        }
+                    } else {
+                        queued = true;
+                    }
+                }
+                debug_assert!(
+                    handoffs.is_empty(),
+                    "{handed} permits for the handed-off runs"
+                );
+                if queued {
                     self.wake.notify_waiters();
                 }
                 Ok(Accepted {

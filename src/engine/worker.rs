@@ -39,28 +39,38 @@ impl Engine {
             // Register for a wake-up before looking, so a run queued between
             // the look and the wait is not missed.
             let notified = self.wake.notified();
-            let leased = match self.store.lease(store::now_ms(), lease_ms, 1) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "leasing runs failed");
-                    Vec::new()
-                }
+            // Runs handed over at ingest first, then the store's queue.
+            let handed = self
+                .handoff_rx
+                .try_lock()
+                .ok()
+                .and_then(|mut rx| rx.try_recv().ok());
+            let mut runs = match handed {
+                Some(run) => vec![run],
+                None => self
+                    .store
+                    .lease(store::now_ms(), lease_ms, 1)
+                    .unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "leasing runs failed");
+                        Vec::new()
+                    }),
             };
-            if leased.is_empty() {
+            if runs.is_empty() {
                 let wait = match self.store.next_due() {
                     Ok(Some(due)) => Duration::from_millis(
                         (due - store::now_ms()).clamp(1, IDLE_POLL.as_millis() as i64) as u64,
                     ),
                     _ => IDLE_POLL,
                 };
+                let handed = async { self.handoff_rx.lock().await.recv().await };
                 tokio::select! {
+                    run = handed => runs.extend(run),
                     _ = notified => {}
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => {}
                 }
-                continue;
             }
-            for run in leased {
+            for run in runs {
                 let id = run.id.clone();
                 if let Err(e) = self.execute(run, &shutdown).await {
                     // The run stays leased; it comes due again when the lease expires.
@@ -126,8 +136,11 @@ impl Engine {
             step::set_output(&mut ctx, step, record.output.clone());
             run.steps.push(record);
             run.updated_at = store::now_ms();
-            self.store.save_run(&run)?;
-            self.commit.sync().await?;
+            if run.steps.len() < recipe.steps.len() {
+                // The last step's record is written by `finish`, in one write.
+                self.store.save_run(&run)?;
+                self.commit.sync().await?;
+            }
         }
         self.finish(&mut run, RunStatus::Succeeded, None).await
     }
