@@ -593,7 +593,10 @@ fn render(kind: &str, v: &Value, list: bool) -> String {
                     s(&i["recipe"]),
                     time(&i["created_at"]),
                     i["steps"].as_array().map_or(0, Vec::len),
-                    i["error"].as_str().unwrap_or("")
+                    i["error"]
+                        .as_str()
+                        .or(i["pending"]["error"].as_str())
+                        .unwrap_or("")
                 );
             } else {
                 out += &format!(
