@@ -86,6 +86,10 @@ impl SledStore {
             .mode(sled::Mode::HighThroughput)
             // Durability comes from explicit flushes (group commit), not a timer.
             .flush_every_ms(None)
+            // sled's page cache defaults to 1 GiB and keeps what ingest wrote:
+            // 220 MiB RSS after 10 s of W1 load. Recent records are what
+            // workers read, so 32 MiB costs no throughput (BENCHMARKS.md).
+            .cache_capacity(32 << 20)
             .open()
             .map_err(io)?;
         let tree = db.open_tree("switchboard").map_err(io)?;
