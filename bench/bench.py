@@ -299,6 +299,8 @@ def one_system(name, check):
         return res
     finally:
         proc.stop()
+        if hasattr(proc, "data"):
+            shutil.rmtree(proc.data, ignore_errors=True)
 
 
 def many_recipes(n):
@@ -330,6 +332,7 @@ def scaling(n_recipes):
         return r
     finally:
         proc.stop()
+        shutil.rmtree(proc.data, ignore_errors=True)
 
 
 def matching_bench():
@@ -493,9 +496,9 @@ PROFILE_FRAMES = [
     ("    store.insert_event", "as switchboard::store::Store>::insert_event"),
     ("      sled apply_batch", "sled::tree::Tree::apply_batch"),
     ("      JSON encode of records", "switchboard::store::sled::encode"),
-    ("  condition eval (regex)", "Condition>::eval"),
+    ("  condition eval (regex)", "recipe::condition::Condition::eval"),
     ("workers: execute runs", "Engine>::execute"),
-    ("  lease", "as switchboard::store::Store>::lease"),
+    ("  lease (runs not handed off)", "as switchboard::store::Store>::lease"),
     ("  read the event (JSON decode)", "as switchboard::store::Store>::event"),
     ("  template rendering", "switchboard::template::Templates::render_value"),
     ("  HTTP call to the sink", "switchboard::connector::http::Client::call"),
@@ -582,6 +585,7 @@ def profile():
     finally:
         proc.stop()
         sink.stop()
+        shutil.rmtree(proc.data, ignore_errors=True)
     text = "\n".join(out)
     with open(os.path.join(OUT, "profile.md"), "w") as f:
         f.write(text + "\n")
@@ -590,6 +594,9 @@ def profile():
 
 def main():
     os.makedirs(OUT, exist_ok=True)
+    for f in os.listdir(OUT):  # logs of the last invocation (stores are removed as they stop)
+        if f.endswith(".log"):
+            os.remove(os.path.join(OUT, f))
     if sys.argv[1:] == ["profile"]:
         return profile()
     for port in (SINK_PORT, FLOOR_PORT, SB_PORT, NR_PORT):

@@ -23,7 +23,11 @@ struct App {
     client: reqwest::Client,
 }
 
-async fn hook(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
+async fn hook(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
     let Some(sig) = headers
         .get("x-signature-256")
         .and_then(|v| v.to_str().ok())
@@ -42,7 +46,9 @@ async fn hook(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> (
     };
     let t = &ev["ticket"];
     let matches = ev["type"] == "ticket.created"
-        && t["subject"].as_str().is_some_and(|s| app.subject.is_match(s));
+        && t["subject"]
+            .as_str()
+            .is_some_and(|s| app.subject.is_match(s));
     if !matches {
         return (StatusCode::OK, "ignored");
     }
@@ -68,9 +74,14 @@ async fn hook(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> (
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let listen = args.get(1).map(String::as_str).unwrap_or("127.0.0.1:9201");
-    let sink = args.get(2).cloned().unwrap_or_else(|| "http://127.0.0.1:9100/crm".into());
+    let sink = args
+        .get(2)
+        .cloned()
+        .unwrap_or_else(|| "http://127.0.0.1:9100/crm".into());
     let app = Arc::new(App {
-        secret: std::env::var("W1_SECRET").unwrap_or_else(|_| "s3cret".into()).into_bytes(),
+        secret: std::env::var("W1_SECRET")
+            .unwrap_or_else(|_| "s3cret".into())
+            .into_bytes(),
         subject: regex::Regex::new("(?i)(setup|confirm)").expect("valid regex"),
         sink,
         client: reqwest::Client::builder()
@@ -78,9 +89,7 @@ async fn main() {
             .build()
             .expect("client"),
     });
-    let router = Router::new()
-        .route("/hooks/w1", post(hook))
-        .with_state(app);
+    let router = Router::new().route("/hooks/w1", post(hook)).with_state(app);
     let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
     axum::serve(listener, router)
         .with_graceful_shutdown(async {

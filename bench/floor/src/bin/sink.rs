@@ -44,10 +44,17 @@ fn ticket(body: &[u8]) -> Option<u64> {
 }
 
 async fn receive(State(s): State<Arc<Sink>>, body: Bytes) -> &'static str {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
     s.count.fetch_add(1, Ordering::Relaxed);
     if let Some(t) = ticket(&body).filter(|&t| t >= RECORD_FROM) {
-        s.records.lock().unwrap_or_else(|e| e.into_inner()).entry(t).or_insert(now);
+        s.records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(t)
+            .or_insert(now);
     }
     "{\"ok\":true}"
 }
@@ -67,7 +74,10 @@ async fn records(State(s): State<Arc<Sink>>) -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let listen = args.get(1).cloned().unwrap_or_else(|| "127.0.0.1:9100".into());
+    let listen = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:9100".into());
     let threads: usize = args.get(2).and_then(|t| t.parse().ok()).unwrap_or(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -95,8 +105,14 @@ fn main() {
 mod tests {
     #[test]
     fn reads_the_ticket() {
-        assert_eq!(super::ticket(br#"{"email":"a","name":"b","ticket":1000001}"#), Some(1000001));
-        assert_eq!(super::ticket(br#"{"ticket": "1000002", "x": 1}"#), Some(1000002));
+        assert_eq!(
+            super::ticket(br#"{"email":"a","name":"b","ticket":1000001}"#),
+            Some(1000001)
+        );
+        assert_eq!(
+            super::ticket(br#"{"ticket": "1000002", "x": 1}"#),
+            Some(1000002)
+        );
         assert_eq!(super::ticket(br#"{"email":"a"}"#), None);
     }
 }

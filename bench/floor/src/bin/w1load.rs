@@ -97,7 +97,10 @@ async fn drive(
 ) -> (Vec<Outcome>, Duration) {
     let n = bodies.len();
     let sem = Arc::new(Semaphore::new(conns));
-    let unix0 = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos() as u64;
+    let unix0 = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let mut next = 0usize;
@@ -106,7 +109,8 @@ async fn drive(
         while next < n && start + Duration::from_secs_f64(next as f64 / rate) <= now {
             let i = next;
             next += 1;
-            let (client, url, bodies, sem) = (client.clone(), url.to_string(), bodies.clone(), sem.clone());
+            let (client, url, bodies, sem) =
+                (client.clone(), url.to_string(), bodies.clone(), sem.clone());
             tasks.spawn(async move {
                 let t0 = Instant::now();
                 let sent_unix_ns = unix0 + (t0 - start).as_nanos() as u64;
@@ -136,7 +140,8 @@ async fn drive(
             });
         }
         if next < n {
-            tokio::time::sleep_until((start + Duration::from_secs_f64(next as f64 / rate)).into()).await;
+            tokio::time::sleep_until((start + Duration::from_secs_f64(next as f64 / rate)).into())
+                .await;
         }
     }
     let mut out = Vec::with_capacity(n);
@@ -152,7 +157,9 @@ async fn sink_records(client: &reqwest::Client, sink: &str) -> HashMap<u64, u64>
         if let Ok(text) = r.text().await {
             for line in text.lines() {
                 let mut p = line.split(' ');
-                if let (Some(Ok(t)), Some(Ok(ns))) = (p.next().map(str::parse), p.next().map(str::parse)) {
+                if let (Some(Ok(t)), Some(Ok(ns))) =
+                    (p.next().map(str::parse), p.next().map(str::parse))
+                {
                     m.insert(t, ns);
                 }
             }
@@ -164,7 +171,9 @@ async fn sink_records(client: &reqwest::Client, sink: &str) -> HashMap<u64, u64>
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let a = args();
-    let secret = std::env::var("W1_SECRET").unwrap_or_else(|_| "s3cret".into()).into_bytes();
+    let secret = std::env::var("W1_SECRET")
+        .unwrap_or_else(|_| "s3cret".into())
+        .into_bytes();
     let template = std::fs::read(&a.event).expect("event file");
     let text = String::from_utf8(template.clone()).expect("utf-8 event");
     // The first `"id":123` is the ticket's id (see make-event.py).
@@ -190,14 +199,26 @@ async fn main() {
         drive(&client, &a.url, warm, a.rate, a.conns, 0).await;
     }
     sink_records(&client, &a.sink).await; // forget anything recorded before
-    let (out, elapsed) = drive(&client, &a.url, Arc::new(bodies), a.rate, a.conns, FIRST_TICKET).await;
+    let (out, elapsed) = drive(
+        &client,
+        &a.url,
+        Arc::new(bodies),
+        a.rate,
+        a.conns,
+        FIRST_TICKET,
+    )
+    .await;
     let answered = Instant::now();
 
     let mut lat: Vec<u64> = out.iter().filter(|o| o.ok).map(|o| o.latency_us).collect();
     lat.sort_unstable();
     let ok = lat.len();
     let errors = out.iter().filter(|o| o.error).count();
-    let sent: HashMap<u64, u64> = out.iter().filter(|o| o.ok).map(|o| (o.ticket, o.sent_unix_ns)).collect();
+    let sent: HashMap<u64, u64> = out
+        .iter()
+        .filter(|o| o.ok)
+        .map(|o| (o.ticket, o.sent_unix_ns))
+        .collect();
 
     // Wait until the sink has every answered event (or the drain time is up).
     let mut got: HashMap<u64, u64> = HashMap::new();
