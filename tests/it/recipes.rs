@@ -32,6 +32,35 @@ async fn mocks(lifecycle: &str, plan: &str) -> (MockApi, MockApi) {
     (hubspot, zendesk)
 }
 
+/// The shipped hub with HubSpot and Zendesk mocks answering for this contact.
+async fn start(lifecycle: &str, plan: &str) -> (Hub, MockApi, MockApi) {
+    let (hubspot, zendesk) = mocks(lifecycle, plan).await;
+    let hub = Hub::start(
+        HubOptions::default()
+            .base_url("hubspot", &hubspot.url)
+            .base_url("zendesk", &zendesk.url),
+    )
+    .await;
+    (hub, hubspot, zendesk)
+}
+
+/// Post the event and wait for the run of `recipe` it started.
+async fn finished_run(hub: &Hub, event: &Value, recipe: &str) -> Value {
+    let (status, accepted) = hub.post_zendesk(event).await;
+    assert_eq!(status, 202, "{accepted}");
+    let (_, ev) = hub
+        .api(&format!(
+            "/api/events/{}",
+            accepted["event_id"].as_str().unwrap()
+        ))
+        .await;
+    let id = run_of(ev["runs"].as_array().unwrap(), recipe)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    hub.wait_run(&id).await
+}
+
 fn run_of<'a>(runs: &'a [Value], recipe: &str) -> &'a Value {
     runs.iter()
         .find(|r| r["recipe"] == recipe)
@@ -40,13 +69,7 @@ fn run_of<'a>(runs: &'a [Value], recipe: &str) -> &'a Value {
 
 #[tokio::test]
 async fn resend_confirmation_enrolls_pending_contact_and_notes_ticket() {
-    let (hubspot, zendesk) = mocks("subscriber", "starter").await;
-    let hub = Hub::start(
-        HubOptions::default()
-            .base_url("hubspot", &hubspot.url)
-            .base_url("zendesk", &zendesk.url),
-    )
-    .await;
+    let (hub, hubspot, zendesk) = start("subscriber", "starter").await;
 
     let (status, accepted) = hub
         .post_zendesk(&ticket_event(7, "Setup mail never came", "bob@example.com"))
@@ -123,33 +146,13 @@ async fn resend_confirmation_enrolls_pending_contact_and_notes_ticket() {
 
 #[tokio::test]
 async fn resend_confirmation_skips_confirmed_contacts() {
-    let (hubspot, zendesk) = mocks("customer", "starter").await;
-    let hub = Hub::start(
-        HubOptions::default()
-            .base_url("hubspot", &hubspot.url)
-            .base_url("zendesk", &zendesk.url),
+    let (hub, hubspot, _zendesk) = start("customer", "starter").await;
+    let run = finished_run(
+        &hub,
+        &ticket_event(8, "Please confirm my account", "bob@example.com"),
+        "resend-confirmation",
     )
     .await;
-    let (_, accepted) = hub
-        .post_zendesk(&ticket_event(
-            8,
-            "Please confirm my account",
-            "bob@example.com",
-        ))
-        .await;
-    let (_, event) = hub
-        .api(&format!(
-            "/api/events/{}",
-            accepted["event_id"].as_str().unwrap()
-        ))
-        .await;
-    let run = hub
-        .wait_run(
-            run_of(event["runs"].as_array().unwrap(), "resend-confirmation")["id"]
-                .as_str()
-                .unwrap(),
-        )
-        .await;
     assert_eq!(run["status"], "succeeded");
     let statuses: Vec<_> = run["steps"]
         .as_array()
@@ -236,13 +239,7 @@ async fn translate_foreign_tickets_adds_translation_note_and_language_tag() {
 
 #[tokio::test]
 async fn english_tickets_are_not_translated() {
-    let (hubspot, zendesk) = mocks("customer", "starter").await;
-    let hub = Hub::start(
-        HubOptions::default()
-            .base_url("hubspot", &hubspot.url)
-            .base_url("zendesk", &zendesk.url),
-    )
-    .await;
+    let (hub, _hubspot, _zendesk) = start("customer", "starter").await;
     let (_, accepted) = hub
         .post_zendesk(&ticket_event(10, "Question about invoices", "a@b.c"))
         .await;
@@ -263,29 +260,13 @@ async fn english_tickets_are_not_translated() {
 
 #[tokio::test]
 async fn crm_enrichment_notes_plan_and_raises_priority_for_high_value_plans() {
-    let (hubspot, zendesk) = mocks("customer", "enterprise").await;
-    let hub = Hub::start(
-        HubOptions::default()
-            .base_url("hubspot", &hubspot.url)
-            .base_url("zendesk", &zendesk.url),
+    let (hub, _hubspot, zendesk) = start("customer", "enterprise").await;
+    let run = finished_run(
+        &hub,
+        &ticket_event(11, "Invoice question", "bob@example.com"),
+        "crm-enrichment",
     )
     .await;
-    let (_, accepted) = hub
-        .post_zendesk(&ticket_event(11, "Invoice question", "bob@example.com"))
-        .await;
-    let (_, ev) = hub
-        .api(&format!(
-            "/api/events/{}",
-            accepted["event_id"].as_str().unwrap()
-        ))
-        .await;
-    let run = hub
-        .wait_run(
-            run_of(ev["runs"].as_array().unwrap(), "crm-enrichment")["id"]
-                .as_str()
-                .unwrap(),
-        )
-        .await;
     assert_eq!(run["status"], "succeeded", "{run}");
     let statuses: Vec<_> = run["steps"]
         .as_array()
@@ -318,29 +299,13 @@ async fn crm_enrichment_notes_plan_and_raises_priority_for_high_value_plans() {
 
 #[tokio::test]
 async fn crm_enrichment_leaves_priority_of_other_plans() {
-    let (hubspot, zendesk) = mocks("customer", "starter").await;
-    let hub = Hub::start(
-        HubOptions::default()
-            .base_url("hubspot", &hubspot.url)
-            .base_url("zendesk", &zendesk.url),
+    let (hub, _hubspot, zendesk) = start("customer", "starter").await;
+    let run = finished_run(
+        &hub,
+        &ticket_event(12, "Invoice question", "bob@example.com"),
+        "crm-enrichment",
     )
     .await;
-    let (_, accepted) = hub
-        .post_zendesk(&ticket_event(12, "Invoice question", "bob@example.com"))
-        .await;
-    let (_, ev) = hub
-        .api(&format!(
-            "/api/events/{}",
-            accepted["event_id"].as_str().unwrap()
-        ))
-        .await;
-    let run = hub
-        .wait_run(
-            run_of(ev["runs"].as_array().unwrap(), "crm-enrichment")["id"]
-                .as_str()
-                .unwrap(),
-        )
-        .await;
     assert_eq!(run["steps"][2]["status"], "skipped", "{run}");
     assert!(zendesk
         .calls("/api/v2/tickets/12")
