@@ -25,7 +25,11 @@ pub struct Catalog {
     pub connectors: Connectors,
     pub recipes: Vec<Recipe>,
     /// Recipe positions by (connector, event type): matching never scans every recipe.
-    index: HashMap<(String, String), Vec<usize>>,
+    /// connector → event type → recipe positions; nested so a lookup borrows
+    /// the event's strings instead of allocating a key per event.
+    index: HashMap<String, HashMap<String, Vec<usize>>>,
+    /// Recipe positions by name, for workers resolving a run's recipe.
+    by_name: HashMap<String, usize>,
     /// Things that work but deserve a look (`signature: none`).
     pub warnings: Vec<LoadError>,
 }
@@ -73,10 +77,14 @@ impl Catalog {
         recipes: Vec<Recipe>,
         warnings: Vec<LoadError>,
     ) -> Catalog {
-        let mut index: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        let mut index: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        let mut by_name = HashMap::new();
         for (i, r) in recipes.iter().enumerate() {
+            by_name.insert(r.name.clone(), i);
             index
-                .entry((r.connector.clone(), r.event.clone()))
+                .entry(r.connector.clone())
+                .or_default()
+                .entry(r.event.clone())
                 .or_default()
                 .push(i);
         }
@@ -85,6 +93,7 @@ impl Catalog {
             connectors,
             recipes,
             index,
+            by_name,
             warnings,
         }
     }
@@ -95,16 +104,15 @@ impl Catalog {
         connector: &str,
         event_type: &str,
     ) -> impl Iterator<Item = &'a Recipe> + 'a {
-        // Borrowed lookup without allocating a key tuple would need a custom
-        // Borrow impl; two short Strings per event are cheap next to JSON parsing.
         self.index
-            .get(&(connector.to_string(), event_type.to_string()))
+            .get(connector)
+            .and_then(|by_type| by_type.get(event_type))
             .into_iter()
             .flatten()
             .map(|&i| &self.recipes[i])
     }
 
     pub fn recipe(&self, name: &str) -> Option<&Recipe> {
-        self.recipes.iter().find(|r| r.name == name)
+        self.by_name.get(name).map(|&i| &self.recipes[i])
     }
 }

@@ -61,6 +61,15 @@ async fn finished_run(hub: &Hub, event: &Value, recipe: &str) -> Value {
     hub.wait_run(&id).await
 }
 
+fn step_statuses(run: &Value) -> Vec<&str> {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect()
+}
+
 fn run_of<'a>(runs: &'a [Value], recipe: &str) -> &'a Value {
     runs.iter()
         .find(|r| r["recipe"] == recipe)
@@ -154,12 +163,7 @@ async fn resend_confirmation_skips_confirmed_contacts() {
     )
     .await;
     assert_eq!(run["status"], "succeeded");
-    let statuses: Vec<_> = run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_str().unwrap())
-        .collect();
+    let statuses = step_statuses(&run);
     assert_eq!(statuses, vec!["succeeded", "skipped", "skipped"]);
     assert!(hubspot.calls("/automation/").is_empty());
 }
@@ -268,12 +272,7 @@ async fn crm_enrichment_notes_plan_and_raises_priority_for_high_value_plans() {
     )
     .await;
     assert_eq!(run["status"], "succeeded", "{run}");
-    let statuses: Vec<_> = run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_str().unwrap())
-        .collect();
+    let statuses = step_statuses(&run);
     assert_eq!(statuses, vec!["succeeded", "succeeded", "succeeded"]);
     let puts = zendesk.calls("/api/v2/tickets/11");
     let note = puts
