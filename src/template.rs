@@ -75,8 +75,44 @@ impl Templates {
         // Bound the work one template can do: recipe files are trusted, but a
         // runaway loop must not stall a worker.
         env.set_fuel(Some(200_000));
-        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        // Path templates (named `p…`, see `compile_path`) encode every value
+        // they print as one path segment: event data cannot add a `/`, `?`,
+        // `#`, `@` or a `..` segment to the URL a connector calls.
+        env.set_auto_escape_callback(|name| {
+            if name.starts_with('p') {
+                minijinja::AutoEscape::Custom(PATH_ESCAPE)
+            } else {
+                minijinja::AutoEscape::None
+            }
+        });
+        env.set_formatter(|out, state, value| match state.auto_escape() {
+            minijinja::AutoEscape::Custom(PATH_ESCAPE) => write_path_segment(out, value),
+            _ => minijinja::escape_formatter(out, state, value),
+        });
         Templates { env, next: 0 }
+    }
+
+    /// Compile a URL path template: it must start with `/`, and every value it
+    /// prints is percent-encoded as one path segment (a value that is `.` or
+    /// `..` fails the render).
+    pub fn compile_path(&mut self, source: &str) -> Result<Template, TemplateError> {
+        if !source.starts_with('/') {
+            return Err(TemplateError(format!(
+                "a path must start with `/`, got `{source}` (event data must never pick the host)"
+            )));
+        }
+        if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
+            return Ok(Template::Literal(source.to_string()));
+        }
+        let name = format!("p{}", self.next);
+        self.next += 1;
+        self.env
+            .add_template_owned(name.clone(), source.to_string())
+            .map_err(TemplateError::from)?;
+        Ok(Template::Text {
+            name,
+            source: source.to_string(),
+        })
     }
 
     /// Compile one string.
@@ -226,6 +262,35 @@ impl Templates {
     }
 }
 
+/// The auto-escape mode of path templates.
+const PATH_ESCAPE: &str = "path-segment";
+
+/// Print `value` percent-encoded as one URL path segment: everything but
+/// RFC 3986 unreserved characters is encoded, and `.` / `..` are refused
+/// (URL parsers resolve them, even encoded, as dot segments).
+fn write_path_segment(
+    out: &mut minijinja::Output<'_>,
+    value: &minijinja::Value,
+) -> Result<(), minijinja::Error> {
+    use std::fmt::Write as _;
+    let text = value.to_string();
+    if text == "." || text == ".." {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("`{text}` is not allowed as a path segment"),
+        ));
+    }
+    let fail = |_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write failed");
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.write_char(b as char).map_err(fail)?;
+        } else {
+            write!(out, "%{b:02X}").map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
 /// If `source` is exactly `{{ expr }}` (surrounding whitespace allowed), the expression.
 fn single_expression(source: &str) -> Option<&str> {
     let inner = source.trim().strip_prefix("{{")?.strip_suffix("}}")?;
@@ -308,6 +373,41 @@ mod tests {
         assert!(vars.contains("steps.contact.id"), "{vars:?}");
         assert!(vars.contains("event.tags"), "{vars:?}");
         assert!(!vars.iter().any(|v| v == "x"), "{vars:?}");
+    }
+
+    #[test]
+    fn path_templates_encode_each_value_as_one_segment() {
+        let mut t = Templates::new();
+        let p = t.compile_path("/contacts/{{ id }}/notes").unwrap();
+        let ctx = |id: &str| json!({ "id": id });
+        let out = |id: &str| t.render_string(&p, &ctx(id));
+        assert_eq!(
+            out("a/../../crm/v3/objects/contacts/999@x").unwrap(),
+            "/contacts/a%2F..%2F..%2Fcrm%2Fv3%2Fobjects%2Fcontacts%2F999%40x/notes"
+        );
+        assert_eq!(out("x?y#z //w").unwrap(), "/contacts/x%3Fy%23z%20%2F%2Fw/notes");
+        assert_eq!(out("Ann_B-1.2~").unwrap(), "/contacts/Ann_B-1.2~/notes");
+        assert_eq!(out("é").unwrap(), "/contacts/%C3%A9/notes");
+        for dots in [".", ".."] {
+            let e = out(dots).unwrap_err();
+            assert!(e.0.contains("not allowed as a path segment"), "{e}");
+        }
+        // Numbers print as numbers.
+        let n = t.render_string(&p, &json!({"id": 42})).unwrap();
+        assert_eq!(n, "/contacts/42/notes");
+        // Other templates are not encoded.
+        let text = t.compile("a/{{ id }}").unwrap();
+        assert_eq!(t.render_string(&text, &ctx("b/c")).unwrap(), "a/b/c");
+    }
+
+    #[test]
+    fn a_path_must_start_with_a_slash() {
+        let mut t = Templates::new();
+        for bad in ["{{ host }}/x", "contacts/{{ id }}", "", "@evil.example/x"] {
+            let e = t.compile_path(bad).unwrap_err();
+            assert!(e.0.contains("must start with `/`"), "{bad}: {e}");
+        }
+        assert!(t.compile_path("/x").is_ok());
     }
 
     #[test]

@@ -13,8 +13,7 @@ use crate::template::Templates;
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,10 +22,13 @@ pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest response excerpt kept in a step record.
 pub const MAX_EXCERPT_BYTES: usize = 64 * 1024;
 
-/// The shared outbound client.
+/// The shared outbound clients.
 #[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    /// For every connector: its resolver drops internal addresses.
+    guarded: reqwest::Client,
+    /// Only for connectors named in `--allow-internal`.
+    open: reqwest::Client,
 }
 
 /// What was sent and received, redacted, for the step record.
@@ -57,6 +59,10 @@ pub enum CallError {
     MissingInput(String),
     #[error("refused: {0}")]
     Blocked(String),
+    /// The target is an internal address and this connector is not allowed
+    /// to reach internal addresses.
+    #[error("refused: {target} is an internal address; allow it with --allow-internal {connector}")]
+    Internal { target: String, connector: String },
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
     #[error("connection failed: {0}")]
@@ -89,28 +95,28 @@ pub struct CallOutcome {
 }
 
 impl Client {
-    /// One client for every connector. Hosts of connectors allowed to reach
-    /// internal addresses are exempt from the resolver's filter.
-    pub fn new(connectors: &Connectors) -> Result<Client, String> {
-        let allowed_hosts = connectors
-            .by_name
-            .values()
-            .filter(|c| c.allow_internal)
-            .filter_map(|c| {
-                reqwest::Url::parse(&c.base_url)
-                    .ok()?
-                    .host_str()
-                    .map(str::to_string)
-            })
-            .collect();
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
-            .dns_resolver(Arc::new(GuardedResolver { allowed_hosts }))
-            .pool_max_idle_per_host(32)
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Client { http })
+    /// Two clients: a guarded one whose resolver drops internal addresses,
+    /// and an open one for the connectors allowed to reach them. Allowing is
+    /// per connector, never per host: allowing `mock` on localhost does not
+    /// let another connector reach localhost. Neither uses a system proxy
+    /// (`HTTP_PROXY` / `HTTPS_PROXY` / `ALL_PROXY` are ignored): a proxy
+    /// resolves the target itself, past the guard.
+    pub fn new(_connectors: &Connectors) -> Result<Client, String> {
+        let build = |guard: bool| {
+            let mut b = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+                .pool_max_idle_per_host(32);
+            if guard {
+                b = b.dns_resolver(Arc::new(GuardedResolver));
+            }
+            b.build().map_err(|e| e.to_string())
+        };
+        Ok(Client {
+            guarded: build(true)?,
+            open: build(false)?,
+        })
     }
 
     /// Render and send one action. `idempotency_key` is stable across retries of the same step.
@@ -167,8 +173,7 @@ impl Client {
         };
 
         let path = render(&action.path)?;
-        let mut url = reqwest::Url::parse(&format!("{}{}", connector.base_url, path))
-            .map_err(|e| CallError::Render(format!("invalid URL: {e}")))?;
+        let mut url = build_url(&connector.base_url, &path)?;
         {
             let mut q = url.query_pairs_mut();
             for (k, t) in &action.query {
@@ -182,20 +187,21 @@ impl Client {
             url.set_query(None);
         }
         record.url = connector.redact(url.as_str());
-        if let Some(host) = url.host_str() {
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            if let Ok(ip) = host.parse::<IpAddr>() {
-                if is_internal(ip) && !connector.allow_internal {
-                    return Err(CallError::Blocked(format!(
-                        "{ip} is an internal address; allow it with --allow-internal {}",
-                        connector.name
-                    )));
-                }
+        if let Some(ip) = literal_ip(&url) {
+            if is_internal(ip) && !connector.allow_internal {
+                return Err(CallError::Internal {
+                    target: ip.to_string(),
+                    connector: connector.name.clone(),
+                });
             }
         }
+        let client = if connector.allow_internal {
+            &self.open
+        } else {
+            &self.guarded
+        };
 
-        let mut req = self
-            .http
+        let mut req = client
             .request(action.method.clone(), url)
             .timeout(action.timeout);
         match &connector.auth {
@@ -270,7 +276,10 @@ impl Client {
         action: &Action,
         record: &mut CallRecord,
     ) -> Result<Value, CallError> {
-        let mut resp = req.send().await.map_err(|e| transport_error(e, action))?;
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| transport_error(e, connector, action))?;
         let status = resp.status();
         record.status = Some(status.as_u16());
         let header = |name| {
@@ -295,7 +304,7 @@ impl Client {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(transport_error(e, action)),
+                Err(e) => return Err(transport_error(e, connector, action)),
             }
         }
         if !status.is_success() {
@@ -337,7 +346,7 @@ impl Client {
     }
 }
 
-fn transport_error(e: reqwest::Error, action: &Action) -> CallError {
+fn transport_error(e: reqwest::Error, connector: &Connector, action: &Action) -> CallError {
     if e.is_timeout() {
         return CallError::Timeout(action.timeout);
     }
@@ -345,14 +354,72 @@ fn transport_error(e: reqwest::Error, action: &Action) -> CallError {
     let mut msg = e.to_string();
     let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
     while let Some(s) = src {
+        if let Some(internal) = s.downcast_ref::<InternalAddress>() {
+            return CallError::Internal {
+                target: internal.host.clone(),
+                connector: connector.name.clone(),
+            };
+        }
         msg = s.to_string();
         src = s.source();
     }
-    if msg.contains("internal address") {
-        CallError::Blocked(msg)
-    } else {
-        CallError::Connect(msg)
+    CallError::Connect(msg)
+}
+
+/// The URL for a rendered `path`: `base_url` + `path`, refused unless its
+/// scheme, host and port are the base URL's and its path stays under the
+/// base URL's path. Path templates already encode every value they print
+/// (`Templates::compile_path`); this is the check on the built URL, after
+/// rendering and normalisation, so no later change to rendering can let
+/// event data pick where a request goes.
+pub fn build_url(base_url: &str, path: &str) -> Result<reqwest::Url, CallError> {
+    let refuse = |why: &str| CallError::Blocked(format!("path `{path}` {why}"));
+    let base = reqwest::Url::parse(base_url)
+        .map_err(|e| CallError::Render(format!("invalid base URL: {e}")))?;
+    if !path.starts_with('/') {
+        return Err(refuse("does not start with `/`"));
     }
+    let route = path.split(['?', '#']).next().unwrap_or("");
+    if route.contains("//") {
+        return Err(refuse("has an empty segment"));
+    }
+    if route.split('/').any(is_dot_segment) {
+        return Err(refuse("has a `.` or `..` segment"));
+    }
+    let url = reqwest::Url::parse(&format!("{}{path}", base_url.trim_end_matches('/')))
+        .map_err(|e| CallError::Render(format!("invalid URL: {e}")))?;
+    let base_path = base.path().trim_end_matches('/');
+    let under_base = url.path() == base_path
+        || url
+            .path()
+            .strip_prefix(base_path)
+            .is_some_and(|rest| rest.starts_with('/'));
+    if url.scheme() != base.scheme()
+        || url.host() != base.host()
+        || url.port_or_known_default() != base.port_or_known_default()
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || !under_base
+    {
+        return Err(refuse("leaves the connector's base URL"));
+    }
+    Ok(url)
+}
+
+/// `.` or `..`, also percent-encoded (URL parsers resolve `%2e%2e` too).
+fn is_dot_segment(segment: &str) -> bool {
+    let lower = segment.to_ascii_lowercase();
+    let decoded = lower.replace("%2e", ".");
+    decoded == "." || decoded == ".."
+}
+
+/// The URL's host if it is an IP literal.
+fn literal_ip(url: &reqwest::Url) -> Option<IpAddr> {
+    let host = url.host_str()?;
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
 }
 
 fn excerpt(connector: &Connector, body: &[u8]) -> String {
@@ -366,6 +433,10 @@ fn redact_error(connector: &Connector, e: CallError) -> CallError {
         CallError::Render(m) => CallError::Render(connector.redact(&m)),
         CallError::Connect(m) => CallError::Connect(connector.redact(&m)),
         CallError::Blocked(m) => CallError::Blocked(connector.redact(&m)),
+        CallError::Internal { target, connector: c } => CallError::Internal {
+            target: connector.redact(&target),
+            connector: c,
+        },
         CallError::Response(m) => CallError::Response(connector.redact(&m)),
         other => other,
     }
@@ -414,51 +485,113 @@ fn url_encode(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// IPv4 ranges a connector must not reach by default: every entry of the
+/// IANA IPv4 Special-Purpose Address Registry (RFC 6890 and updates), plus
+/// multicast and the reserved 240/4. Some entries are globally reachable
+/// (AS112, AMT) but no SaaS API lives there.
+const SPECIAL_V4: &[(Ipv4Addr, u8)] = &[
+    (Ipv4Addr::new(0, 0, 0, 0), 8),        // "this network"
+    (Ipv4Addr::new(10, 0, 0, 0), 8),       // private
+    (Ipv4Addr::new(100, 64, 0, 0), 10),    // shared address space (CGNAT)
+    (Ipv4Addr::new(127, 0, 0, 0), 8),      // loopback
+    (Ipv4Addr::new(169, 254, 0, 0), 16),   // link local (cloud metadata)
+    (Ipv4Addr::new(172, 16, 0, 0), 12),    // private
+    (Ipv4Addr::new(192, 0, 0, 0), 24),     // IETF protocol assignments
+    (Ipv4Addr::new(192, 0, 2, 0), 24),     // documentation TEST-NET-1
+    (Ipv4Addr::new(192, 31, 196, 0), 24),  // AS112-v4
+    (Ipv4Addr::new(192, 52, 193, 0), 24),  // AMT
+    (Ipv4Addr::new(192, 88, 99, 0), 24),   // 6to4 relay anycast (deprecated)
+    (Ipv4Addr::new(192, 168, 0, 0), 16),   // private
+    (Ipv4Addr::new(192, 175, 48, 0), 24),  // direct delegation AS112
+    (Ipv4Addr::new(198, 18, 0, 0), 15),    // benchmarking
+    (Ipv4Addr::new(198, 51, 100, 0), 24),  // documentation TEST-NET-2
+    (Ipv4Addr::new(203, 0, 113, 0), 24),   // documentation TEST-NET-3
+    (Ipv4Addr::new(224, 0, 0, 0), 4),      // multicast
+    (Ipv4Addr::new(240, 0, 0, 0), 4),      // reserved, and 255.255.255.255
+];
+
+/// IPv6 ranges a connector must not reach by default (IANA IPv6
+/// Special-Purpose Address Registry, plus site-local and multicast). Forms
+/// that embed an IPv4 address (mapped, compatible, 6to4) are judged by the
+/// embedded address in [`is_internal`]; NAT64 is refused whole.
+const SPECIAL_V6: &[(Ipv6Addr, u8)] = &[
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 128),    // unspecified
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1), 128),    // loopback
+    (Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96), // NAT64 well-known prefix
+    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48), // NAT64 local use
+    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64),  // discard only
+    (Ipv6Addr::new(0x100, 0, 0, 1, 0, 0, 0, 0), 64),  // dummy prefix
+    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23), // IETF protocol assignments (Teredo, ORCHID, benchmarking …)
+    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32), // documentation
+    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20), // documentation
+    (Ipv6Addr::new(0x5f00, 0, 0, 0, 0, 0, 0, 0), 16), // segment routing SIDs
+    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),  // unique local
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10), // link local
+    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10), // site local (deprecated)
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),  // multicast
+];
+
 /// Is this an address a connector must not reach by default?
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || (o[0] == 100 && (o[1] & 0xc0) == 64) // CGNAT 100.64/10
-                || o[0] == 0
-        }
+        IpAddr::V4(v4) => SPECIAL_V4.iter().any(|(net, len)| {
+            let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+            u32::from(v4) & mask == u32::from(*net) & mask
+        }),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
+            let bits = u128::from(v6);
+            // IPv4-mapped ::ffff:a.b.c.d and IPv4-compatible ::a.b.c.d.
+            if bits >> 32 == 0xffff || (bits >> 32 == 0 && bits > 1) {
+                return is_internal(IpAddr::V4(Ipv4Addr::from(bits as u32)));
             }
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link local
+            // 6to4 2002:a.b.c.d::/48.
+            if bits >> 112 == 0x2002 && is_internal(IpAddr::V4(Ipv4Addr::from((bits >> 80) as u32)))
+            {
+                return true;
+            }
+            SPECIAL_V6.iter().any(|(net, len)| {
+                let mask = u128::MAX.checked_shl(128 - u32::from(*len)).unwrap_or(0);
+                bits & mask == u128::from(*net) & mask
+            })
         }
     }
 }
 
-/// A DNS resolver that drops internal addresses, except for allowed hosts.
-struct GuardedResolver {
-    allowed_hosts: HashSet<String>,
+/// The resolver's refusal, found again in reqwest's error chain.
+#[derive(Debug)]
+struct InternalAddress {
+    host: String,
 }
+
+impl std::fmt::Display for InternalAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} resolves only to internal addresses", self.host)
+    }
+}
+
+impl std::error::Error for InternalAddress {}
+
+/// A DNS resolver that drops internal addresses (checked on every answer,
+/// so DNS rebinding cannot slip past).
+struct GuardedResolver;
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_string();
-        let allow = self.allowed_hosts.contains(&host);
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await?
-                .filter(|a| allow || !is_internal(a.ip()))
                 .collect();
+            let addrs: Vec<SocketAddr> = found
+                .iter()
+                .copied()
+                .filter(|a| !is_internal(a.ip()))
+                .collect();
+            if found.is_empty() {
+                return Err(format!("{host} has no address").into());
+            }
             if addrs.is_empty() {
-                let msg = format!("{host} resolves only to internal addresses (or not at all); refusing to connect to an internal address");
-                return Err(msg.into());
+                return Err(Box::new(InternalAddress { host }) as Box<_>);
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
@@ -469,8 +602,33 @@ impl reqwest::dns::Resolve for GuardedResolver {
 mod tests {
     use super::*;
 
+    /// Every special-purpose range: its first and last address are internal,
+    /// the addresses just outside it are not (unless a neighbouring range
+    /// covers them).
     #[test]
-    fn internal_addresses() {
+    fn every_special_purpose_range_is_internal() {
+        for (net, len) in SPECIAL_V4 {
+            let first = u32::from(*net);
+            let last = first | (u32::MAX.checked_shr(u32::from(*len)).unwrap_or(0));
+            for ip in [first, last] {
+                assert!(is_internal(Ipv4Addr::from(ip).into()), "{}", Ipv4Addr::from(ip));
+            }
+            for outside in [first.wrapping_sub(1), last.wrapping_add(1)] {
+                let ip = Ipv4Addr::from(outside);
+                let covered = SPECIAL_V4.iter().any(|(n, l)| {
+                    let mask = u32::MAX.checked_shl(32 - u32::from(*l)).unwrap_or(0);
+                    outside & mask == u32::from(*n) & mask
+                });
+                assert_eq!(is_internal(ip.into()), covered, "{ip}");
+            }
+        }
+        for (net, len) in SPECIAL_V6 {
+            let first = u128::from(*net);
+            let last = first | (u128::MAX.checked_shr(u32::from(*len)).unwrap_or(0));
+            for ip in [first, last] {
+                assert!(is_internal(Ipv6Addr::from(ip).into()), "{}", Ipv6Addr::from(ip));
+            }
+        }
         for ip in [
             "127.0.0.1",
             "10.1.2.3",
@@ -479,15 +637,72 @@ mod tests {
             "169.254.169.254",
             "100.64.0.1",
             "0.0.0.0",
+            "198.18.0.1",
+            "198.19.255.255",
+            "240.0.0.1",
+            "255.255.255.255",
             "::1",
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",     // IPv4-compatible
+            "::10.0.0.1",      // IPv4-compatible
+            "2002:7f00:1::1",  // 6to4 of 127.0.0.1
+            "2002:a9fe:a9fe::", // 6to4 of 169.254.169.254
+            "64:ff9b::7f00:1", // NAT64 of 127.0.0.1
+            "64:ff9b::808:808", // NAT64 of anything
+            "2001:db8::1",
+            "2001::1",         // Teredo
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "172.32.0.1"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "172.32.0.1",
+            "198.20.0.1",
+            "223.255.255.255",
+            "::ffff:8.8.8.8",
+            "2002:808:808::1", // 6to4 of 8.8.8.8
+            "2a00:1450::1",
+        ] {
             assert!(!is_internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn the_built_url_keeps_the_base_urls_origin_and_path() {
+        let ok = |base: &str, path: &str| build_url(base, path).map(|u| u.to_string());
+        assert_eq!(
+            ok("https://api.example.com", "/crm/v3/contacts/a%2F..%2Fx").unwrap(),
+            "https://api.example.com/crm/v3/contacts/a%2F..%2Fx"
+        );
+        assert_eq!(
+            ok("https://api.example.com/v2/", "/search?q=1").unwrap(),
+            "https://api.example.com/v2/search?q=1"
+        );
+        for (base, path) in [
+            ("https://api.example.com", "@evil.example/x"),
+            ("https://api.example.com", "/a/../../b"),
+            ("https://api.example.com/v2", "/../admin"),
+            ("https://api.example.com/v2", "/%2e%2E/admin"),
+            ("https://api.example.com/v2", "/./x"),
+            ("https://api.example.com", "//evil.example/x"),
+            ("https://api.example.com", "/a//b"),
+            ("https://api.example.com", ".evil.example/x"),
+            ("https://api.example.com", ":8443/x"),
+            ("https://api.example.com/v2", "x"),
+        ] {
+            let e = build_url(base, path).unwrap_err();
+            assert!(matches!(e, CallError::Blocked(_)), "{base} {path}: {e}");
+        }
+        // A backslash is a slash to URL parsers: the origin still holds.
+        let e = build_url("https://api.example.com/v2", "/\\..\\..\\x");
+        if let Ok(u) = &e {
+            assert_eq!(u.host_str(), Some("api.example.com"));
+            assert!(u.path().starts_with("/v2/"), "{u}");
         }
     }
 

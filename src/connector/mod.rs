@@ -402,13 +402,7 @@ fn compile_action(
         .iter()
         .map(|(k, v)| (k.clone(), v.required()))
         .collect();
-    let path = cx.compile(
-        templates,
-        &a.path,
-        &format!("{p}/path"),
-        Some(&inputs),
-        errors,
-    );
+    let path = cx.compile_path(templates, &a.path, &format!("{p}/path"), &inputs, errors);
     let pairs = |m: &BTreeMap<String, String>,
                  field: &str,
                  templates: &mut Templates,
@@ -501,6 +495,27 @@ impl TplCx<'_> {
             }
             Ok(t) => {
                 self.check(templates, &t, ptr, inputs, errors);
+                Some(t)
+            }
+        }
+    }
+
+    /// A URL path: starts with `/`, prints values as encoded segments.
+    fn compile_path(
+        &self,
+        templates: &mut Templates,
+        src: &str,
+        ptr: &str,
+        inputs: &BTreeMap<String, bool>,
+        errors: &mut Vec<LoadError>,
+    ) -> Option<Template> {
+        match templates.compile_path(src) {
+            Err(e) => {
+                errors.push(self.map.error(ptr, format!("path: {e}")));
+                None
+            }
+            Ok(t) => {
+                self.check(templates, &t, ptr, Some(inputs), errors);
                 Some(t)
             }
         }

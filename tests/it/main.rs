@@ -11,6 +11,7 @@
 mod cli;
 mod durability;
 mod faults;
+mod hardening;
 mod ingress;
 mod prism;
 mod recipe_tests;
