@@ -385,7 +385,10 @@ mod tests {
             out("a/../../crm/v3/objects/contacts/999@x").unwrap(),
             "/contacts/a%2F..%2F..%2Fcrm%2Fv3%2Fobjects%2Fcontacts%2F999%40x/notes"
         );
-        assert_eq!(out("x?y#z //w").unwrap(), "/contacts/x%3Fy%23z%20%2F%2Fw/notes");
+        assert_eq!(
+            out("x?y#z //w").unwrap(),
+            "/contacts/x%3Fy%23z%20%2F%2Fw/notes"
+        );
         assert_eq!(out("Ann_B-1.2~").unwrap(), "/contacts/Ann_B-1.2~/notes");
         assert_eq!(out("é").unwrap(), "/contacts/%C3%A9/notes");
         for dots in [".", ".."] {

@@ -61,7 +61,9 @@ pub enum CallError {
     Blocked(String),
     /// The target is an internal address and this connector is not allowed
     /// to reach internal addresses.
-    #[error("refused: {target} is an internal address; allow it with --allow-internal {connector}")]
+    #[error(
+        "refused: {target} is an internal address; allow it with --allow-internal {connector}"
+    )]
     Internal { target: String, connector: String },
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
@@ -433,7 +435,10 @@ fn redact_error(connector: &Connector, e: CallError) -> CallError {
         CallError::Render(m) => CallError::Render(connector.redact(&m)),
         CallError::Connect(m) => CallError::Connect(connector.redact(&m)),
         CallError::Blocked(m) => CallError::Blocked(connector.redact(&m)),
-        CallError::Internal { target, connector: c } => CallError::Internal {
+        CallError::Internal {
+            target,
+            connector: c,
+        } => CallError::Internal {
             target: connector.redact(&target),
             connector: c,
         },
@@ -490,24 +495,24 @@ fn url_encode(s: &str) -> String {
 /// multicast and the reserved 240/4. Some entries are globally reachable
 /// (AS112, AMT) but no SaaS API lives there.
 const SPECIAL_V4: &[(Ipv4Addr, u8)] = &[
-    (Ipv4Addr::new(0, 0, 0, 0), 8),        // "this network"
-    (Ipv4Addr::new(10, 0, 0, 0), 8),       // private
-    (Ipv4Addr::new(100, 64, 0, 0), 10),    // shared address space (CGNAT)
-    (Ipv4Addr::new(127, 0, 0, 0), 8),      // loopback
-    (Ipv4Addr::new(169, 254, 0, 0), 16),   // link local (cloud metadata)
-    (Ipv4Addr::new(172, 16, 0, 0), 12),    // private
-    (Ipv4Addr::new(192, 0, 0, 0), 24),     // IETF protocol assignments
-    (Ipv4Addr::new(192, 0, 2, 0), 24),     // documentation TEST-NET-1
-    (Ipv4Addr::new(192, 31, 196, 0), 24),  // AS112-v4
-    (Ipv4Addr::new(192, 52, 193, 0), 24),  // AMT
-    (Ipv4Addr::new(192, 88, 99, 0), 24),   // 6to4 relay anycast (deprecated)
-    (Ipv4Addr::new(192, 168, 0, 0), 16),   // private
-    (Ipv4Addr::new(192, 175, 48, 0), 24),  // direct delegation AS112
-    (Ipv4Addr::new(198, 18, 0, 0), 15),    // benchmarking
-    (Ipv4Addr::new(198, 51, 100, 0), 24),  // documentation TEST-NET-2
-    (Ipv4Addr::new(203, 0, 113, 0), 24),   // documentation TEST-NET-3
-    (Ipv4Addr::new(224, 0, 0, 0), 4),      // multicast
-    (Ipv4Addr::new(240, 0, 0, 0), 4),      // reserved, and 255.255.255.255
+    (Ipv4Addr::new(0, 0, 0, 0), 8),       // "this network"
+    (Ipv4Addr::new(10, 0, 0, 0), 8),      // private
+    (Ipv4Addr::new(100, 64, 0, 0), 10),   // shared address space (CGNAT)
+    (Ipv4Addr::new(127, 0, 0, 0), 8),     // loopback
+    (Ipv4Addr::new(169, 254, 0, 0), 16),  // link local (cloud metadata)
+    (Ipv4Addr::new(172, 16, 0, 0), 12),   // private
+    (Ipv4Addr::new(192, 0, 0, 0), 24),    // IETF protocol assignments
+    (Ipv4Addr::new(192, 0, 2, 0), 24),    // documentation TEST-NET-1
+    (Ipv4Addr::new(192, 31, 196, 0), 24), // AS112-v4
+    (Ipv4Addr::new(192, 52, 193, 0), 24), // AMT
+    (Ipv4Addr::new(192, 88, 99, 0), 24),  // 6to4 relay anycast (deprecated)
+    (Ipv4Addr::new(192, 168, 0, 0), 16),  // private
+    (Ipv4Addr::new(192, 175, 48, 0), 24), // direct delegation AS112
+    (Ipv4Addr::new(198, 18, 0, 0), 15),   // benchmarking
+    (Ipv4Addr::new(198, 51, 100, 0), 24), // documentation TEST-NET-2
+    (Ipv4Addr::new(203, 0, 113, 0), 24),  // documentation TEST-NET-3
+    (Ipv4Addr::new(224, 0, 0, 0), 4),     // multicast
+    (Ipv4Addr::new(240, 0, 0, 0), 4),     // reserved, and 255.255.255.255
 ];
 
 /// IPv6 ranges a connector must not reach by default (IANA IPv6
@@ -515,12 +520,12 @@ const SPECIAL_V4: &[(Ipv4Addr, u8)] = &[
 /// that embed an IPv4 address (mapped, compatible, 6to4) are judged by the
 /// embedded address in [`is_internal`]; NAT64 is refused whole.
 const SPECIAL_V6: &[(Ipv6Addr, u8)] = &[
-    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 128),    // unspecified
-    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1), 128),    // loopback
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 128), // unspecified
+    (Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 1), 128), // loopback
     (Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96), // NAT64 well-known prefix
     (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48), // NAT64 local use
-    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64),  // discard only
-    (Ipv6Addr::new(0x100, 0, 0, 1, 0, 0, 0, 0), 64),  // dummy prefix
+    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64), // discard only
+    (Ipv6Addr::new(0x100, 0, 0, 1, 0, 0, 0, 0), 64), // dummy prefix
     (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23), // IETF protocol assignments (Teredo, ORCHID, benchmarking …)
     (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32), // documentation
     (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20), // documentation
@@ -579,9 +584,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let addrs: Vec<SocketAddr> = found
                 .iter()
                 .copied()
@@ -611,7 +615,11 @@ mod tests {
             let first = u32::from(*net);
             let last = first | (u32::MAX.checked_shr(u32::from(*len)).unwrap_or(0));
             for ip in [first, last] {
-                assert!(is_internal(Ipv4Addr::from(ip).into()), "{}", Ipv4Addr::from(ip));
+                assert!(
+                    is_internal(Ipv4Addr::from(ip).into()),
+                    "{}",
+                    Ipv4Addr::from(ip)
+                );
             }
             for outside in [first.wrapping_sub(1), last.wrapping_add(1)] {
                 let ip = Ipv4Addr::from(outside);
@@ -626,7 +634,11 @@ mod tests {
             let first = u128::from(*net);
             let last = first | (u128::MAX.checked_shr(u32::from(*len)).unwrap_or(0));
             for ip in [first, last] {
-                assert!(is_internal(Ipv6Addr::from(ip).into()), "{}", Ipv6Addr::from(ip));
+                assert!(
+                    is_internal(Ipv6Addr::from(ip).into()),
+                    "{}",
+                    Ipv6Addr::from(ip)
+                );
             }
         }
         for ip in [
@@ -646,14 +658,14 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
-            "::127.0.0.1",     // IPv4-compatible
-            "::10.0.0.1",      // IPv4-compatible
-            "2002:7f00:1::1",  // 6to4 of 127.0.0.1
+            "::127.0.0.1",      // IPv4-compatible
+            "::10.0.0.1",       // IPv4-compatible
+            "2002:7f00:1::1",   // 6to4 of 127.0.0.1
             "2002:a9fe:a9fe::", // 6to4 of 169.254.169.254
-            "64:ff9b::7f00:1", // NAT64 of 127.0.0.1
+            "64:ff9b::7f00:1",  // NAT64 of 127.0.0.1
             "64:ff9b::808:808", // NAT64 of anything
             "2001:db8::1",
-            "2001::1",         // Teredo
+            "2001::1", // Teredo
         ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }

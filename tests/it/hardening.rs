@@ -73,7 +73,10 @@ async fn event_data_cannot_change_where_a_request_goes() {
     let run = run_for(&hub, 2, "..").await;
     assert_eq!(run["status"], "failed", "{run}");
     let err = run["steps"][0]["error"].as_str().unwrap_or_default();
-    assert!(err.contains("`..` is not allowed as a path segment"), "{run}");
+    assert!(
+        err.contains("`..` is not allowed as a path segment"),
+        "{run}"
+    );
     assert_eq!(crm.received().len(), 1);
 }
 
@@ -129,7 +132,13 @@ steps:
         .base_url("victim", &local);
     opts.allow_internal = false;
     opts.args = vec!["--allow-internal".into(), "mockok".into()];
-    for var in ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"] {
+    for var in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+    ] {
         opts.env.push((var.into(), proxy.url.clone()));
     }
     opts.env.push(("NO_PROXY".into(), String::new()));
