@@ -5,7 +5,9 @@
 //! connectors.
 //!
 //! # Layout
-//! - [`ingress`]: `POST /hooks/{connector}`, body limits, signature schemes.
+//! - [`ingress`]: `POST /hooks/{connector}`, body limits, parsing, handing events to the engine.
+//! - [`signature`]: inbound signature schemes (a leaf on `http` types), used by
+//!   `connector` to compile a `signature:` block and by `ingress` to verify.
 //! - [`admin`]: admin JSON API, `/healthz`, `/readyz`.
 //! - [`engine`]: the loaded catalog and its matching index, accepting events,
 //!   workers, and dry runs of recipe `tests:` with mocked calls (`switchboard test`).
@@ -39,6 +41,7 @@ pub mod jsonpath;
 pub mod recipe;
 pub mod secret;
 pub mod server;
+pub mod signature;
 pub mod store;
 pub mod template;
 pub mod yaml;

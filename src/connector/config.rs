@@ -2,7 +2,7 @@
 //! reference for connector authors (README "Connector files" mirrors them).
 
 use crate::duration::HumanDuration;
-use crate::ingress::signature::SignatureConfig;
+use crate::signature::SignatureConfig;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;

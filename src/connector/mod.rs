@@ -14,6 +14,7 @@ pub mod secrets;
 
 use crate::jsonpath::JsonPath;
 use crate::secret::Secret;
+use crate::signature::SignatureConfig;
 use crate::template::{Template, Templates, ValueTemplate};
 use crate::yaml::{LoadError, SourceMap};
 use config::{ActionFile, AuthFile, ConnectorFile, FieldSource, IdempotencyHeader};
@@ -90,7 +91,7 @@ pub enum Body {
 /// How inbound webhooks for this connector are verified and read.
 #[derive(Debug)]
 pub struct Webhook {
-    pub verifier: crate::ingress::signature::Verifier,
+    pub verifier: crate::signature::Verifier,
     pub event_type: Option<Field>,
     pub event_id: Option<Field>,
 }
@@ -144,12 +145,15 @@ pub struct LoadOptions<'a> {
     pub allow_internal: &'a [String],
 }
 
-/// Load every `*.yaml` / `*.yml` file in `dir`. Errors are collected, not stopped at.
+/// Load every `*.yaml` / `*.yml` file in `dir`. Errors are collected, not
+/// stopped at; `warnings` gets what works but deserves a look
+/// (`signature: { scheme: none }`).
 pub fn load_dir(
     dir: &Path,
     templates: &mut Templates,
     opts: &LoadOptions<'_>,
     errors: &mut Vec<LoadError>,
+    warnings: &mut Vec<LoadError>,
 ) -> Connectors {
     let mut out = Connectors::default();
     for (path, text) in crate::yaml::read_dir(dir, errors) {
@@ -170,6 +174,16 @@ pub fn load_dir(
                 if out.by_name.contains_key(&file.name) {
                     errors.push(map.error("/name", format!("duplicate connector `{}`", file.name)));
                     continue;
+                }
+                if let Some(SignatureConfig::None {}) = file.webhook.as_ref().map(|w| &w.signature)
+                {
+                    warnings.push(map.error(
+                        "/webhook/signature/scheme",
+                        format!(
+                            "warning: connector `{}` accepts unsigned webhooks (`scheme: none`): anyone who can reach the hub can trigger its recipes",
+                            file.name
+                        ),
+                    ));
                 }
                 if let Some(c) = compile(file, &map, templates, opts, errors) {
                     out.by_name.insert(c.name.clone(), c);
@@ -287,9 +301,9 @@ fn compile(
     }
 
     let webhook = file.webhook.as_ref().and_then(|w| {
-        let secret_values: Vec<Secret> = match &w.signature.secret {
+        let secret_values: Vec<Secret> = match w.signature.secret() {
             None => Vec::new(),
-            Some(s) if !file.secrets.contains(s) => {
+            Some(s) if !file.secrets.iter().any(|d| d == s) => {
                 errors.push(map.error(
                     "/webhook/signature/secret",
                     format!("signing secret `{s}` is not declared in `secrets:`"),
@@ -310,10 +324,10 @@ fn compile(
         } else {
             secret_values
         };
-        let verifier = match crate::ingress::signature::Verifier::new(&w.signature, secret_values) {
+        let verifier = match crate::signature::Verifier::new(&w.signature, secret_values) {
             Ok(v) => Some(v),
             Err(e) => {
-                errors.push(map.error("/webhook/signature", e.to_string()));
+                errors.push(map.error(&format!("/webhook/signature/{}", e.key()), e.to_string()));
                 None
             }
         };
@@ -370,8 +384,8 @@ fn secrets_missing(
     w: &config::WebhookFile,
     have: &BTreeMap<String, Secret>,
 ) -> bool {
-    match &w.signature.secret {
-        Some(s) => file.secrets.contains(s) && !have.contains_key(s),
+    match w.signature.secret() {
+        Some(s) => file.secrets.iter().any(|d| d == s) && !have.contains_key(s),
         None => false,
     }
 }

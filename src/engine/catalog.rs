@@ -2,7 +2,6 @@
 //! recipe index on (connector, event type).
 
 use crate::connector::{self, Connectors, SecretSource};
-use crate::ingress::signature::Scheme;
 use crate::recipe::{self, Recipe};
 use crate::template::Templates;
 use crate::yaml::LoadError;
@@ -38,35 +37,25 @@ impl Catalog {
     /// Load and check everything; all errors are returned, not only the first.
     pub fn load(opts: &LoadOptions) -> Result<Catalog, Vec<LoadError>> {
         let mut errors = Vec::new();
+        let mut warnings = Vec::new();
         let mut templates = Templates::new();
         let copts = connector::LoadOptions {
             secrets: &opts.secrets,
             allow_internal: &opts.allow_internal,
         };
-        let connectors =
-            connector::load_dir(&opts.connectors_dir, &mut templates, &copts, &mut errors);
+        let connectors = connector::load_dir(
+            &opts.connectors_dir,
+            &mut templates,
+            &copts,
+            &mut errors,
+            &mut warnings,
+        );
         let recipes = recipe::load_dir(&opts.recipes_dir, &connectors, &mut templates, &mut errors);
         if !errors.is_empty() {
             errors.sort_by(|a, b| {
                 (&a.file, a.pos.line, a.pos.column).cmp(&(&b.file, b.pos.line, b.pos.column))
             });
             return Err(errors);
-        }
-        let mut warnings = Vec::new();
-        for c in connectors.by_name.values() {
-            if let Some(w) = &c.webhook {
-                if w.verifier.scheme() == Scheme::None {
-                    let file = opts.connectors_dir.join(format!("{}.yaml", c.name));
-                    warnings.push(LoadError {
-                        file,
-                        pos: crate::yaml::Pos { line: 1, column: 1 },
-                        message: format!(
-                            "warning: connector `{}` accepts unsigned webhooks (`scheme: none`): anyone who can reach the hub can trigger its recipes",
-                            c.name
-                        ),
-                    });
-                }
-            }
         }
         Ok(Catalog::new(templates, connectors, recipes, warnings))
     }

@@ -1,17 +1,16 @@
 //! Ingress: `POST /hooks/{connector}`.
 //!
 //! Reads the body within the size limit, verifies the signature the
-//! connector's `webhook:` section declares ([`signature`]), parses JSON or
+//! connector's `webhook:` section declares ([`crate::signature`]), parses JSON or
 //! form bodies, reads the event type and delivery id, and hands the event to
 //! the engine, answering only once it is stored durably. Knows HTTP and
 //! signatures, nothing about recipes. Bad input is answered with a JSON error
 //! and changes nothing.
 
-pub mod signature;
-
 use crate::connector::Field;
 use crate::engine::{Engine, Incoming};
 use crate::error::ApiError;
+use crate::signature;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};

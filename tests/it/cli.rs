@@ -268,9 +268,40 @@ fn unsigned_webhooks_are_allowed_with_a_warning() {
     assert_eq!(
         stderr(&out),
         format!(
-            "{}:1:1: warning: connector `open` accepts unsigned webhooks (`scheme: none`): \
+            "{}:4:24: warning: connector `open` accepts unsigned webhooks (`scheme: none`): \
              anyone who can reach the hub can trigger its recipes\n",
             file.display()
+        )
+    );
+}
+
+#[test]
+fn signature_options_are_reported_at_their_own_key() {
+    let cfg = Config::shipped();
+    let hmac = cfg.connector(
+        "hmac",
+        "name: hmac\nbase_url: https://hmac.example.com\nsecrets: [key]\nwebhook:\n  signature:\n    scheme: hmac\n    secret: key\n    header: X-Sig\n    tolerance: 1m\n",
+    );
+    let stripe = cfg.connector(
+        "stripe",
+        "name: stripe\nbase_url: https://stripe.example.com\nsecrets: [key]\nwebhook:\n  signature:\n    scheme: stripe\n    secret: key\n    prefix: \"v1=\"\n",
+    );
+    let out = cfg
+        .command("check")
+        .env("SWITCHBOARD_SECRET_HMAC_KEY", "k")
+        .env("SWITCHBOARD_SECRET_STRIPE_KEY", "k")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "{}:9:16: `tolerance` has no effect: signature scheme `hmac` signs no timestamp \
+             (set `timestamp_header` to sign one)\n\
+             {}:8:5: unknown field `prefix`, expected `secret` or `tolerance`\n\
+             error: 2 problem(s) found\n",
+            hmac.display(),
+            stripe.display()
         )
     );
 }

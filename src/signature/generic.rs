@@ -4,70 +4,26 @@
 //!
 //! (Named `generic` rather than `hmac` so it does not shadow the `hmac` crate.)
 
-use axum::http::HeaderName;
-
 use super::{
     decode_base64, decode_hex, optional_header, parse_integer, signature_header, timestamp_header,
-    Algorithm, ConfigError, Encoding, Keys, Request, SignatureConfig, SignatureError, Tolerance,
-    Verified,
+    Encoding, HmacConfig, Keys, Request, SignatureError, Tolerance, Verified,
 };
 
-/// The compiled `hmac` options. Header names are validated at load and kept
-/// as written, so errors name them the way the user did.
-#[derive(Debug)]
-pub(super) struct Options {
-    header: String,
-    algorithm: Algorithm,
-    encoding: Encoding,
-    prefix: Option<String>,
-    timestamp_header: Option<String>,
-    id_header: Option<String>,
-}
-
-fn header_name(option: &'static str, value: &str) -> Result<String, ConfigError> {
-    match HeaderName::from_bytes(value.as_bytes()) {
-        Ok(_) => Ok(value.to_owned()),
-        Err(_) => Err(ConfigError::BadHeaderName {
-            option,
-            value: value.to_owned(),
-        }),
-    }
-}
-
-impl Options {
-    pub(super) fn from_config(config: &SignatureConfig) -> Result<Options, ConfigError> {
-        let header = config.header.as_deref().ok_or(ConfigError::HeaderMissing)?;
-        let optional = |option, value: &Option<String>| {
-            value.as_deref().map(|v| header_name(option, v)).transpose()
-        };
-        Ok(Options {
-            header: header_name("header", header)?,
-            algorithm: config.algorithm.unwrap_or_default(),
-            encoding: config.encoding.unwrap_or_default(),
-            prefix: config.prefix.clone().filter(|p| !p.is_empty()),
-            timestamp_header: optional("timestamp_header", &config.timestamp_header)?,
-            id_header: optional("id_header", &config.id_header)?,
-        })
-    }
-
-    pub(super) fn id_header(&self) -> Option<&str> {
-        self.id_header.as_deref()
-    }
-}
-
 pub(super) fn verify(
-    options: &Options,
+    options: &HmacConfig,
     keys: &Keys,
     tolerance: Tolerance,
     req: &Request<'_>,
     now: i64,
 ) -> Result<Verified, SignatureError> {
     let name = options.header.as_str();
+    let prefix = options.prefix.as_deref().filter(|p| !p.is_empty());
     let value = signature_header(req, name)?;
 
     let timestamp = match &options.timestamp_header {
         None => None,
         Some(ts_name) => {
+            let ts_name = ts_name.as_str();
             let text = timestamp_header(req, ts_name)?;
             let ts = parse_integer(ts_name, text)?;
             tolerance.check_secs(ts_name, ts, now)?;
@@ -75,9 +31,9 @@ pub(super) fn verify(
         }
     };
 
-    let encoded = match &options.prefix {
+    let encoded = match prefix {
         None => value,
-        Some(prefix) => value.strip_prefix(prefix.as_str()).ok_or_else(|| {
+        Some(prefix) => value.strip_prefix(prefix).ok_or_else(|| {
             SignatureError::malformed(name, "does not start with the configured prefix")
         })?,
     };
@@ -98,8 +54,8 @@ pub(super) fn verify(
     Ok(Verified {
         delivery_id: options
             .id_header
-            .as_deref()
-            .and_then(|h| optional_header(req, h)),
+            .as_ref()
+            .and_then(|h| optional_header(req, h.as_str())),
         timestamp: timestamp.map(|(_, ts)| ts),
     })
 }
