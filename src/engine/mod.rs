@@ -30,6 +30,8 @@ pub struct EngineConfig {
     pub workers: usize,
     /// How long a leased run is reserved for its worker before it comes due again.
     pub lease: std::time::Duration,
+    /// How often expired recipe state is swept (it is hidden from reads at once).
+    pub state_sweep: std::time::Duration,
 }
 
 impl Default for EngineConfig {
@@ -37,6 +39,7 @@ impl Default for EngineConfig {
         EngineConfig {
             workers: 16,
             lease: std::time::Duration::from_secs(300),
+            state_sweep: std::time::Duration::from_secs(30),
         }
     }
 }

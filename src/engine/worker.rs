@@ -18,21 +18,64 @@ use tokio::sync::watch;
 /// Longest a worker sleeps before looking at the queue again.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
-/// Start `config.workers` workers; they stop when `shutdown` turns true.
+/// Entries one state sweep looks at before yielding; a tick sweeps at most
+/// [`SWEEP_CHUNKS`] of them, so a sweep never holds the state lock for long.
+const SWEEP_CHUNK: usize = 1_000;
+const SWEEP_CHUNKS: usize = 20;
+
+/// Start `config.workers` workers and the state sweeper; they stop when
+/// `shutdown` turns true.
 pub fn spawn(
     engine: &Arc<Engine>,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..engine.config.workers.max(1))
+    let mut tasks: Vec<_> = (0..engine.config.workers.max(1))
         .map(|_| {
             let engine = engine.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move { engine.work(shutdown).await })
         })
-        .collect()
+        .collect();
+    let engine = engine.clone();
+    tasks.push(tokio::spawn(
+        async move { engine.sweep_state(shutdown).await },
+    ));
+    tasks
 }
 
 impl Engine {
+    /// Remove expired recipe state in bounded chunks (reads already hide it).
+    async fn sweep_state(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.state_sweep) => {}
+                _ = shutdown.changed() => return,
+            }
+            for _ in 0..SWEEP_CHUNKS {
+                let store = self.store.clone();
+                let swept = tokio::task::spawn_blocking(move || {
+                    store.sweep_state(store::now_ms(), SWEEP_CHUNK)
+                })
+                .await;
+                match swept {
+                    Ok(Ok(s)) => {
+                        if s.removed > 0 {
+                            tracing::debug!(removed = s.removed, "expired state swept");
+                        }
+                        if s.cycle_done {
+                            break;
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "sweeping expired state failed");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
     async fn work(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let lease_ms = self.config.lease.as_millis() as i64;
         while !*shutdown.borrow() {

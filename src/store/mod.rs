@@ -11,9 +11,11 @@
 //! itself.
 
 pub mod sled;
+pub mod state;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use state::{StateEntry, StateKey, StateOp, StateOutput};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +194,14 @@ pub enum Retried {
     NotFailed(RunStatus),
 }
 
+/// Result of [`Store::sweep_state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub removed: usize,
+    /// This sweep reached the end: the next one starts from the beginning.
+    pub cycle_done: bool,
+}
+
 /// Result of storing an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
@@ -231,6 +241,33 @@ pub trait Store: Send + Sync + 'static {
     fn queue_depth(&self) -> Result<usize>;
     /// When the earliest queue entry is due, if any.
     fn next_due(&self) -> Result<Option<i64>>;
+
+    /// Apply a recipe state operation at `now` (see [`state`]). `checkpoint`
+    /// gets the outcome and returns the run to write with it — the run with
+    /// the step's record — and the state change and that run are written in
+    /// **one atomic batch**: after a crash a resumed run either finds the
+    /// step's record (and does not apply it again) or finds neither.
+    /// State operations are serialised, so concurrent increments are never lost.
+    fn apply_state(
+        &self,
+        op: &StateOp,
+        now: i64,
+        checkpoint: &mut dyn FnMut(&StateOutput) -> Option<Run>,
+    ) -> Result<StateOutput>;
+    /// Live state entries in key order (kind, namespace, key), after the
+    /// raw cursor `after` ([`StateEntry::cursor`], hex-decoded).
+    fn state_entries(
+        &self,
+        namespace: Option<&str>,
+        after: Option<&[u8]>,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<StateEntry>>;
+    /// The live entries of one key (a value, a counter and a rotation may share it).
+    fn state_get(&self, key: &StateKey, now: i64) -> Result<Vec<StateEntry>>;
+    /// Remove expired values and counters, looking at most at `max` entries
+    /// from where the previous sweep stopped.
+    fn sweep_state(&self, now: i64, max: usize) -> Result<Swept>;
 }
 
 /// Retry every failed or dead run of `recipe`; returns the ids queued again.

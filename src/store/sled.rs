@@ -7,14 +7,18 @@
 //! - `q/<due ms, 8 bytes big-endian><run id>` → empty: the run queue, in due order
 //! - `k/<recipe>\0<key>\0<seq, 8 bytes big-endian>` → run id: unfinished runs of a
 //!   concurrency key, in arrival order
+//! - `v/`, `n/`, `a/<namespace>\0<key>` → recipe state (values, window
+//!   counters, rotations; see [`super::state`])
 //!
 //! Ids are time-ordered, so `e/` and `r/` scan newest-first in reverse.
 //! Multi-key writes go through one `Batch`, which sled applies atomically.
 
+use super::state::{self, Kv, StateEntry, StateKey, StateOp, StateOutput, Write};
 use super::{
     ConcurrencySlot, Event, Inserted, Page, Result, Retried, Run, RunFilter, RunStatus, StepStatus,
-    Store, StoreError,
+    Store, StoreError, Swept,
 };
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -24,6 +28,32 @@ pub struct SledStore {
     /// Serialises read-check-write sequences (dedupe, lease, finish). A std
     /// Mutex: nothing async happens while it is held.
     lock: Mutex<()>,
+    /// Serialises recipe state operations (read, decide, write one batch),
+    /// apart from `lock` so state steps do not wait for leases.
+    state_lock: Mutex<()>,
+    /// Where the next expiry sweep starts (a raw key; empty: from the start).
+    sweep_from: Mutex<Vec<u8>>,
+}
+
+/// Reads of [`state::apply`] straight from the tree.
+struct TreeKv<'a>(&'a sled::Tree);
+
+impl Kv for TreeKv<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.0.get(key).map_err(io)?.map(|v| v.to_vec()))
+    }
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut e = prefix.to_vec();
+    while let Some(last) = e.pop() {
+        if last < u8::MAX {
+            e.push(last + 1);
+            return e;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
 }
 
 fn io(e: sled::Error) -> StoreError {
@@ -97,6 +127,8 @@ impl SledStore {
             db,
             tree,
             lock: Mutex::new(()),
+            state_lock: Mutex::new(()),
+            sweep_from: Mutex::new(Vec::new()),
         })
     }
 
@@ -338,6 +370,123 @@ impl Store for SledStore {
         Ok(self.tree.scan_prefix(b"q/").count())
     }
 
+    fn apply_state(
+        &self,
+        op: &StateOp,
+        now: i64,
+        checkpoint: &mut dyn FnMut(&StateOutput) -> Option<Run>,
+    ) -> Result<StateOutput> {
+        // Poisoning is harmless: a batch is applied whole or not at all.
+        let _g = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (out, writes) = state::apply(op, now, &TreeKv(&self.tree))?;
+        let mut batch = sled::Batch::default();
+        for w in writes {
+            match w {
+                Write::Put(k, v) => batch.insert(k, v),
+                Write::Remove(k) => batch.remove(k),
+            }
+        }
+        if let Some(run) = checkpoint(&out) {
+            batch.insert(format!("r/{}", run.id).into_bytes(), encode(&run)?);
+        }
+        self.tree.apply_batch(batch).map_err(io)?;
+        Ok(out)
+    }
+
+    fn state_entries(
+        &self,
+        namespace: Option<&str>,
+        after: Option<&[u8]>,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<StateEntry>> {
+        let mut out = Vec::new();
+        for prefix in state::list_prefixes(namespace) {
+            let end = prefix_end(&prefix);
+            let start = match after {
+                Some(a) if a >= prefix.as_slice() => Bound::Excluded(a.to_vec()),
+                _ => Bound::Included(prefix.clone()),
+            };
+            if matches!(&start, Bound::Excluded(a) if *a >= end) {
+                continue;
+            }
+            for item in self.tree.range((start, Bound::Excluded(end))) {
+                let (k, v) = item.map_err(io)?;
+                if let Some(e) = state::entry(&k, &v, now)? {
+                    out.push(e);
+                    if out.len() >= limit.max(1) {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn state_get(&self, key: &StateKey, now: i64) -> Result<Vec<StateEntry>> {
+        let mut out = Vec::new();
+        for raw in state::raw_keys(key) {
+            if let Some(v) = self.tree.get(&raw).map_err(io)? {
+                out.extend(state::entry(&raw, &v, now)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn sweep_state(&self, now: i64, max: usize) -> Result<Swept> {
+        let mut from = self.sweep_from.lock().unwrap_or_else(|p| p.into_inner());
+        let mut examined = 0;
+        let mut expired = Vec::new();
+        let mut last: Option<Vec<u8>> = None;
+        // Values and counters expire; rotations do not.
+        'scan: for prefix in [&b"n/"[..], &b"v/"[..]] {
+            let end = prefix_end(prefix);
+            let start = if from.as_slice() >= prefix && *from < end {
+                Bound::Excluded(from.clone())
+            } else if from.as_slice() < prefix {
+                Bound::Included(prefix.to_vec())
+            } else {
+                continue;
+            };
+            for item in self.tree.range((start, Bound::Excluded(end))) {
+                if examined >= max {
+                    break 'scan;
+                }
+                let (k, v) = item.map_err(io)?;
+                examined += 1;
+                if state::expired(&k, &v, now)? {
+                    expired.push(k.to_vec());
+                }
+                last = Some(k.to_vec());
+            }
+        }
+        // A full pass ends: the next sweep starts over.
+        let cycle_done = examined < max;
+        *from = if cycle_done {
+            Vec::new()
+        } else {
+            last.unwrap_or_default()
+        };
+        drop(from);
+        let _g = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for k in expired {
+            // Looked at again under the lock: a step may have renewed it.
+            if let Some(v) = self.tree.get(&k).map_err(io)? {
+                if state::expired(&k, &v, now)? {
+                    batch.remove(k);
+                    removed += 1;
+                }
+            }
+        }
+        self.tree.apply_batch(batch).map_err(io)?;
+        Ok(Swept {
+            removed,
+            cycle_done,
+        })
+    }
+
     fn next_due(&self) -> Result<Option<i64>> {
         match self.tree.scan_prefix(b"q/").next() {
             None => Ok(None),
@@ -537,5 +686,191 @@ mod tests {
             p2.iter().map(|e| &e.id).collect::<Vec<_>>(),
             vec![&ids[2], &ids[1]]
         );
+    }
+
+    fn key(k: &str) -> StateKey {
+        StateKey::new("ns", k).unwrap()
+    }
+
+    fn op_incr(k: &str, window_ms: Option<i64>) -> StateOp {
+        StateOp::Incr {
+            key: key(k),
+            by: 1,
+            window_ms,
+            ttl_ms: None,
+        }
+    }
+
+    #[test]
+    fn state_change_and_checkpoint_are_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = event(None);
+        let r = run(&e, 10);
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.insert_event(&e, std::slice::from_ref(&r)).unwrap();
+            let out = s
+                .apply_state(&op_incr("tickets", Some(86_400_000)), 1_000, &mut |out| {
+                    let mut run = r.clone();
+                    run.steps.push(StepRecord {
+                        id: "count".into(),
+                        call: "state".into(),
+                        status: StepStatus::Succeeded,
+                        input: json!({}),
+                        request: None,
+                        http_status: None,
+                        output: out.to_json(),
+                        error: None,
+                        started_at: 1_000,
+                        duration_ms: 0,
+                        attempts: 1,
+                        history: vec![],
+                    });
+                    Some(run)
+                })
+                .unwrap();
+            assert_eq!(out, StateOutput::Count { count: 1 });
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        let saved = s.run(&r.id).unwrap().unwrap();
+        assert_eq!(saved.steps[0].output, json!({"count": 1}));
+        let entries = s.state_get(&key("tickets"), 2_000).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].value, json!(1));
+    }
+
+    #[test]
+    fn concurrent_increments_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..250 {
+                        s.apply_state(&op_incr("plain", None), 5, &mut |_| None)
+                            .unwrap();
+                        s.apply_state(&op_incr("window", Some(60_000)), 5, &mut |_| None)
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let read = StateOp::Incr {
+            key: key("window"),
+            by: 0,
+            window_ms: Some(60_000),
+            ttl_ms: None,
+        };
+        assert_eq!(
+            s.apply_state(&read, 5, &mut |_| None).unwrap(),
+            StateOutput::Count { count: 2000 }
+        );
+        assert_eq!(
+            s.apply_state(&StateOp::Get(key("plain")), 5, &mut |_| None)
+                .unwrap(),
+            StateOutput::Value {
+                found: true,
+                value: json!(2000)
+            }
+        );
+    }
+
+    #[test]
+    fn expired_state_is_hidden_then_swept_in_bounded_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        for i in 0..25 {
+            let set = StateOp::Set {
+                key: key(&format!("k{i:02}")),
+                value: json!(i),
+                // Odd keys live 1 s, even keys forever.
+                ttl_ms: (i % 2 == 1).then_some(1_000),
+            };
+            s.apply_state(&set, 0, &mut |_| None).unwrap();
+        }
+        s.apply_state(&op_incr("c", Some(10_000)), 0, &mut |_| None)
+            .unwrap();
+        assert_eq!(s.state_entries(None, None, 100, 999).unwrap().len(), 26);
+        let live = s.state_entries(None, None, 100, 1_000).unwrap();
+        assert_eq!(
+            live.len(),
+            14,
+            "odd keys expired, counter still inside its window"
+        );
+        assert_eq!(
+            s.apply_state(&StateOp::Get(key("k01")), 1_000, &mut |_| None)
+                .unwrap(),
+            StateOutput::Value {
+                found: false,
+                value: serde_json::Value::Null
+            }
+        );
+        // Expired entries are still stored until a sweep (or a read) removes them.
+        let stored = |s: &SledStore| s.tree.scan_prefix(b"v/").count();
+        assert_eq!(stored(&s), 24, "the read of k01 removed it");
+        // Each pass looks at 10 entries at most; a full cycle removes the rest.
+        let (mut removed, mut cycle) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let swept = s.sweep_state(20_000, 10).unwrap();
+            removed.push(swept.removed);
+            cycle.push(swept.cycle_done);
+        }
+        assert_eq!(cycle, [false, false, true]);
+        assert_eq!(removed.iter().sum::<usize>(), 11 + 1, "{removed:?}");
+        assert!(removed.iter().all(|n| *n <= 10));
+        assert_eq!(stored(&s), 13);
+        assert_eq!(s.tree.scan_prefix(b"n/").count(), 0);
+    }
+
+    #[test]
+    fn state_lists_by_namespace_in_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        for ns in ["a", "b"] {
+            for k in ["x", "y", "z"] {
+                let set = StateOp::Set {
+                    key: StateKey::new(ns, k).unwrap(),
+                    value: json!(k),
+                    ttl_ms: None,
+                };
+                s.apply_state(&set, 0, &mut |_| None).unwrap();
+            }
+        }
+        let counter = StateOp::Incr {
+            key: StateKey::new("b", "x").unwrap(),
+            by: 1,
+            window_ms: Some(1_000),
+            ttl_ms: None,
+        };
+        s.apply_state(&counter, 0, &mut |_| None).unwrap();
+        let b = s.state_entries(Some("b"), None, 100, 0).unwrap();
+        let names: Vec<String> = b
+            .iter()
+            .map(|e| format!("{:?}:{}", e.kind, e.key))
+            .collect();
+        assert_eq!(names, ["Counter:x", "Value:x", "Value:y", "Value:z"]);
+        let mut all = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = s.state_entries(None, after.as_deref(), 3, 0).unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(state::parse_cursor(&last.cursor).unwrap());
+            all.extend(page);
+        }
+        assert_eq!(all.len(), 7);
+        let deleted = s
+            .apply_state(
+                &StateOp::Delete(StateKey::new("b", "x").unwrap()),
+                0,
+                &mut |_| None,
+            )
+            .unwrap();
+        assert_eq!(deleted, StateOutput::Deleted { deleted: true });
+        assert_eq!(s.state_entries(Some("b"), None, 100, 0).unwrap().len(), 2);
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use switchboard::connector::SecretSource;
 use switchboard::engine::{Catalog, Engine, EngineConfig, LoadOptions};
 use switchboard::ingress::{self, IngressState};
+use switchboard::store::state::{StateEntry, StateKey, StateOp, StateOutput};
 use switchboard::store::{
     self, sled::SledStore, Event, Inserted, Page, Run, RunFilter, Store, StoreError,
 };
@@ -73,6 +74,32 @@ impl Store for FaultyStore {
     }
     fn next_due(&self) -> store::Result<Option<i64>> {
         self.inner.next_due()
+    }
+    fn apply_state(
+        &self,
+        op: &StateOp,
+        now: i64,
+        checkpoint: &mut dyn FnMut(&StateOutput) -> Option<Run>,
+    ) -> store::Result<StateOutput> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(disk_full());
+        }
+        self.inner.apply_state(op, now, checkpoint)
+    }
+    fn state_entries(
+        &self,
+        namespace: Option<&str>,
+        after: Option<&[u8]>,
+        limit: usize,
+        now: i64,
+    ) -> store::Result<Vec<StateEntry>> {
+        self.inner.state_entries(namespace, after, limit, now)
+    }
+    fn state_get(&self, key: &StateKey, now: i64) -> store::Result<Vec<StateEntry>> {
+        self.inner.state_get(key, now)
+    }
+    fn sweep_state(&self, now: i64, max: usize) -> store::Result<store::Swept> {
+        self.inner.sweep_state(now, max)
     }
 }
 
