@@ -15,7 +15,7 @@
 //! Run: `cargo bench --bench matching` (bench/run.sh runs it too).
 
 use divan::Bencher;
-use serde_json::{json, Value};
+use serde_json::Value;
 use switchboard::connector::SecretSource;
 use switchboard::engine::{Catalog, LoadOptions};
 
@@ -67,18 +67,14 @@ fn catalog(total: usize, matching: usize) -> (tempfile::TempDir, Catalog) {
     (dir, catalog)
 }
 
-/// What `Engine::accept` does to choose the runs (kept identical on purpose).
-/// The context is built once per event (the body is moved in by `accept`,
-/// cloned here because the bench reuses it) and only `vars` changes per recipe.
+/// What `Engine::accept` does to choose the runs: `Catalog::triggered`, the
+/// function it calls. The context is built once per event (the body is moved
+/// in by `accept`, cloned here because the bench reuses it).
 fn accept_match(catalog: &Catalog, event: &Value) -> usize {
-    let mut ctx = json!({ "event": event, "vars": null, "steps": {} });
-    catalog
-        .matching("w1", "ticket.created")
-        .filter(|r| {
-            ctx["vars"] = r.vars.clone();
-            r.condition.eval(&ctx)
-        })
-        .count()
+    let mut ctx = Catalog::trigger_context(event.clone());
+    let mut started = 0;
+    catalog.triggered("w1", Some("ticket.created"), &mut ctx, |_, _| started += 1);
+    started
 }
 
 #[divan::bench(args = [1, 100, 1000, 10000], sample_count = 200)]

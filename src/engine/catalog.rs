@@ -5,6 +5,7 @@ use crate::connector::{self, Connectors, SecretSource};
 use crate::recipe::{self, Recipe};
 use crate::template::Templates;
 use crate::yaml::LoadError;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -87,8 +88,37 @@ impl Catalog {
         }
     }
 
-    /// Recipes triggered by this connector's event type.
-    pub fn matching<'a>(
+    /// The trigger context of an event: `{event, vars, steps: {}}`, with
+    /// `vars` set per recipe by [`Catalog::triggered`].
+    pub fn trigger_context(event: Value) -> Value {
+        json!({ "event": event, "vars": null, "steps": {} })
+    }
+
+    /// The one trigger path, used by `Engine::accept`, the dry run of
+    /// `switchboard test` and the matching bench: for each recipe on this
+    /// connector's event type (through the index) whose `if` holds, call
+    /// `started` with the recipe and `ctx` (a [`Catalog::trigger_context`])
+    /// holding that recipe's `vars`. No event type, no recipe.
+    pub fn triggered<'a>(
+        &'a self,
+        connector: &str,
+        event_type: Option<&str>,
+        ctx: &mut Value,
+        mut started: impl FnMut(&'a Recipe, &Value),
+    ) {
+        let Some(event_type) = event_type else {
+            return;
+        };
+        for r in self.matching(connector, event_type) {
+            ctx["vars"] = r.vars.clone();
+            if r.condition.eval(ctx) {
+                started(r, ctx);
+            }
+        }
+    }
+
+    /// Recipes on this connector's event type, before their `if`.
+    fn matching<'a>(
         &'a self,
         connector: &str,
         event_type: &str,

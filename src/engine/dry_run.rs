@@ -2,7 +2,7 @@
 //! for `switchboard test` and the recipe files' `tests:`.
 //!
 //! A dry run does what the hub would do with the event — the trigger index and
-//! the recipe's `if` ([`Catalog::matching`], as `Engine::accept`), then each
+//! the recipe's `if` ([`Catalog::triggered`], as `Engine::accept`), then each
 //! step's `if`, its rendered `with:` and the `steps.<id>` context through the
 //! same [`super::step`] functions the worker uses — except that a call returns
 //! the test's mock instead of going out. A failed call fails the run at once
@@ -16,7 +16,7 @@ use super::step::{self, Prepared};
 use super::Catalog;
 use crate::connector::http::{redact_value, CallError};
 use crate::recipe::{Mock, Recipe, RecipeTest, TestStatus};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 /// The run id and event id templates see in a dry run (`{{ run.id }}`).
@@ -60,15 +60,13 @@ pub fn run(
         error: None,
         unmocked: None,
     };
-    // The trigger, through the same index and on the same context as
-    // `Engine::accept`: `{event, vars, steps: {}}`.
-    let triggered = event_type.is_some_and(|t| {
-        catalog
-            .matching(&recipe.connector, t)
-            .any(|r| r.name == recipe.name)
+    // The trigger, through the same function as `Engine::accept`.
+    let mut triggered = false;
+    let mut trigger_ctx = Catalog::trigger_context(event.clone());
+    catalog.triggered(&recipe.connector, event_type, &mut trigger_ctx, |r, _| {
+        triggered |= r.name == recipe.name;
     });
-    let trigger_ctx = json!({ "event": event, "vars": recipe.vars, "steps": {} });
-    if !triggered || !recipe.condition.eval(&trigger_ctx) {
+    if !triggered {
         return out;
     }
 
@@ -110,9 +108,8 @@ pub fn run(
                 }
             }
         };
-        // The run's error as the worker words it.
         out.status = TestStatus::Failed;
-        out.error = Some(format!("step `{}` ({call}) failed: {failure}", s.id));
+        out.error = Some(step::failure_message(s, None, &failure));
         return out;
     }
     out.status = TestStatus::Succeeded;
@@ -201,6 +198,7 @@ mod tests {
     use super::*;
     use crate::connector::SecretSource;
     use crate::engine::LoadOptions;
+    use serde_json::json;
     use std::path::PathBuf;
 
     /// The shipped connectors (with placeholder secrets) and one recipe.

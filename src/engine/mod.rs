@@ -19,7 +19,7 @@ pub use catalog::{Catalog, LoadOptions};
 use crate::connector::http::Client;
 use crate::store::{self, Event, GroupCommit, Inserted, Run, RunStatus, Store, StoreError};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -119,16 +119,16 @@ impl Engine {
         let now = store::now_ms();
         // One context for every recipe's conditions and keys: the body is
         // moved in and back out, never copied.
-        let mut ctx = json!({ "event": incoming.body, "vars": null, "steps": {} });
+        let mut ctx = Catalog::trigger_context(incoming.body);
         let mut runs = Vec::new();
-        if let Some(t) = &incoming.event_type {
-            for r in self.catalog.matching(&incoming.connector, t) {
-                ctx["vars"] = r.vars.clone();
-                if !r.condition.eval(&ctx) {
-                    continue;
-                }
+        let catalog = &self.catalog;
+        catalog.triggered(
+            &incoming.connector,
+            incoming.event_type.as_deref(),
+            &mut ctx,
+            |r, ctx| {
                 let concurrency = r.concurrency.as_ref().map(|(t, limit)| {
-                    let key = self.catalog.templates.render_string(t, &ctx).unwrap_or_else(|e| {
+                    let key = catalog.templates.render_string(t, ctx).unwrap_or_else(|e| {
                         tracing::warn!(recipe = %r.name, error = %e, "concurrency key did not render; using the empty key");
                         String::new()
                     });
@@ -154,8 +154,8 @@ impl Engine {
                     round: 0,
                     concurrency,
                 });
-            }
-        }
+            },
+        );
         // New runs without a concurrency key go to a worker directly, leased
         // in the same write that stores them (saves a lease write per run).
         let lease_ms = self.config.lease.as_millis() as i64;

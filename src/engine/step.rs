@@ -31,6 +31,18 @@ pub(crate) enum Prepared<'a> {
     },
 }
 
+/// The run's error when `step` failed with `error`, `attempts` given when
+/// retries were exhausted: the one wording of the worker and the dry run.
+pub(crate) fn failure_message(step: &Step, attempts: Option<u32>, error: &str) -> String {
+    let after = attempts
+        .map(|n| format!(" after {n} attempts"))
+        .unwrap_or_default();
+    format!(
+        "step `{}` ({}.{}) failed{after}: {error}",
+        step.id, step.connector, step.action
+    )
+}
+
 /// Evaluate the step's `if` on `ctx` and render its `with:` inputs.
 pub(crate) fn prepare<'a>(
     catalog: &'a Catalog,

@@ -160,17 +160,10 @@ impl Engine {
                     return self.commit.sync().await;
                 }
                 Next::Stop(status) => {
-                    let msg = format!(
-                        "step `{}` ({}.{}) failed{}: {}",
-                        step.id,
-                        step.connector,
-                        step.action,
-                        if status == RunStatus::Dead {
-                            format!(" after {} attempts", record.attempts)
-                        } else {
-                            String::new()
-                        },
-                        record.error.clone().unwrap_or_default()
+                    let msg = step::failure_message(
+                        step,
+                        (status == RunStatus::Dead).then_some(record.attempts),
+                        record.error.as_deref().unwrap_or_default(),
                     );
                     run.steps.push(record);
                     return self.finish(&mut run, status, Some(msg)).await;
