@@ -13,6 +13,8 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
+pub use limits::{MAX_ITEMS, MAX_RENDER_BYTES};
+
 /// Why a template failed to compile or render.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -75,6 +77,13 @@ impl Templates {
         // Bound the work one template can do: recipe files are trusted, but a
         // runaway loop must not stall a worker.
         env.set_fuel(Some(200_000));
+        // Fuel bounds instructions, not memory: `[1, 2] * 50000000` is one
+        // instruction. Sequence repetition is lazy in minijinja; what would
+        // allocate is a filter walking it (`tojson`, `join`, `list` …) or
+        // the output. So the filters that build a value are wrapped to refuse
+        // oversized arguments, `tojson` serialises into a bounded buffer, and
+        // rendering writes into one (`MAX_RENDER_BYTES`).
+        limits::install(&mut env);
         // Path templates (named `p…`, see `compile_path`) encode every value
         // they print as one path segment: event data cannot add a `/`, `?`,
         // `#`, `@` or a `..` segment to the URL a connector calls.
@@ -87,7 +96,10 @@ impl Templates {
         });
         env.set_formatter(|out, state, value| match state.auto_escape() {
             minijinja::AutoEscape::Custom(PATH_ESCAPE) => write_path_segment(out, value),
-            _ => minijinja::escape_formatter(out, state, value),
+            _ => {
+                limits::check(value)?;
+                minijinja::escape_formatter(out, state, value)
+            }
         });
         Templates { env, next: 0 }
     }
@@ -222,7 +234,15 @@ impl Templates {
 
     fn render_named(&self, name: &str, ctx: &Value) -> Result<String, TemplateError> {
         let t = self.env.get_template(name)?;
-        Ok(t.render(ctx)?)
+        let mut out = limits::Bounded::default();
+        match t.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.buf)
+                .map_err(|_| TemplateError("template rendered invalid UTF-8".into())),
+            Err(_) if out.overflowed => Err(TemplateError(format!(
+                "template output larger than {MAX_RENDER_BYTES} bytes"
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The variables a template reads from its context, dotted
@@ -304,6 +324,106 @@ fn single_expression(source: &str) -> Option<&str> {
 /// RFC 6901 escaping of one pointer segment.
 pub fn escape(segment: &str) -> String {
     segment.replace('~', "~0").replace('/', "~1")
+}
+
+/// Memory bounds for rendering (see `Templates::new`).
+mod limits {
+    use minijinja::value::{Kwargs, Rest, Value};
+    use minijinja::{Environment, Error, ErrorKind, State};
+
+    /// Largest text one template renders (and largest JSON `tojson` builds).
+    pub const MAX_RENDER_BYTES: usize = 1024 * 1024;
+    /// Most items a filter may take in one sequence or map.
+    pub const MAX_ITEMS: usize = 100_000;
+
+    /// A `Vec` that refuses to grow past `MAX_RENDER_BYTES`.
+    #[derive(Default)]
+    pub struct Bounded {
+        pub buf: Vec<u8>,
+        pub overflowed: bool,
+    }
+
+    impl std::io::Write for Bounded {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            if self.buf.len() + data.len() > MAX_RENDER_BYTES {
+                self.overflowed = true;
+                return Err(std::io::Error::other("output too large"));
+            }
+            self.buf.extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn too_large(what: &str) -> Error {
+        Error::new(ErrorKind::InvalidOperation, format!("{what} is too large"))
+    }
+
+    /// Refuse a string over `MAX_RENDER_BYTES` or a sequence / map over
+    /// `MAX_ITEMS` (a repeated sequence knows its length without building it).
+    pub fn check(v: &Value) -> Result<(), Error> {
+        if let Some(s) = v.as_str() {
+            if s.len() > MAX_RENDER_BYTES {
+                return Err(too_large(&format!("a string of {} bytes", s.len())));
+            }
+        } else if let Some(n) = v.len() {
+            if n > MAX_ITEMS {
+                return Err(too_large(&format!(
+                    "a sequence of {n} items (at most {MAX_ITEMS})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Wrap the builtin filters that build a new value from their input.
+    pub fn install(env: &mut Environment<'static>) {
+        use minijinja::filters as f;
+        macro_rules! guard {
+            ($($name:ident),* $(,)?) => {$(
+                let inner = Value::from_function(f::$name);
+                env.add_filter(stringify!($name), move |state: &State, args: Rest<Value>| {
+                    args.iter().try_for_each(check)?;
+                    inner.call(state, &args)
+                });
+            )*};
+        }
+        guard!(
+            batch, capitalize, chain, dictsort, groupby, indent, items, join, last, lines, list,
+            lower, map, max, min, pprint, reject, rejectattr, reverse, select, selectattr, slice,
+            sort, split, string, sum, title, trim, unique, upper, urlencode, zip,
+        );
+        let inner = Value::from_function(f::replace);
+        env.add_filter("replace", move |state: &State, args: Rest<Value>| {
+            args.iter().try_for_each(check)?;
+            if let [s, from, to, ..] = &args[..] {
+                let (s, from, to) = (s.to_string(), from.to_string(), to.to_string());
+                let hits = if from.is_empty() {
+                    s.chars().count() + 1
+                } else {
+                    s.matches(from.as_str()).count()
+                };
+                if s.len().saturating_add(hits.saturating_mul(to.len())) > MAX_RENDER_BYTES {
+                    return Err(too_large("the replaced string"));
+                }
+            }
+            inner.call(state, &args)
+        });
+        env.add_filter("tojson", tojson);
+    }
+
+    fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value, Error> {
+        check(value)?;
+        let mut out = Bounded::default();
+        if serde_json::to_writer(&mut out, value).is_err() && out.overflowed {
+            return Err(too_large(&format!(
+                "JSON of more than {MAX_RENDER_BYTES} bytes"
+            )));
+        }
+        minijinja::filters::tojson(value, indent, kwargs)
+    }
 }
 
 #[cfg(test)]
@@ -411,6 +531,51 @@ mod tests {
             assert!(e.0.contains("must start with `/`"), "{bad}: {e}");
         }
         assert!(t.compile_path("/x").is_ok());
+    }
+
+    /// Templates that would allocate without bound fail instead.
+    #[test]
+    fn rendering_is_bounded_in_memory() {
+        let ctx = json!({"s": "x".repeat(1000)});
+        for src in [
+            "{{ [1, 2] * 50000000 }}",
+            "a {{ [1, 2] * 50000000 }}",
+            "{{ ([1, 2] * 50000000) | list }}",
+            "{{ ([1, 2] * 50000000) | join(',') }}",
+            "{{ ([1] * 200000) | sort }}",
+            "{{ ([1, 2] * 50000000) | tojson }}",
+            "{{ s * 2000 }}",
+            "{{ (s * 1000) | replace('x', s) }}",
+            "{% for i in range(100) %}{{ s * 100 }}{% endfor %}",
+        ] {
+            let e = render(src, ctx.clone()).unwrap_err();
+            assert!(
+                e.0.contains("too large") || e.0.contains("larger than"),
+                "{src}: {e}"
+            );
+        }
+        // Ordinary use still works, kwargs included.
+        let ctx = json!({"xs": [3, 1, 2], "m": {"b": 1, "a": 2}});
+        assert_eq!(
+            render("{{ xs | sort | join(',') }}", ctx.clone()).unwrap(),
+            json!("1,2,3")
+        );
+        assert_eq!(
+            render("{{ xs | sort(reverse=true) }}", ctx.clone()).unwrap(),
+            json!([3, 2, 1])
+        );
+        assert_eq!(
+            render("{{ 'a-b' | replace('-', '+') }}", ctx.clone()).unwrap(),
+            json!("a+b")
+        );
+        assert_eq!(
+            render("{{ m | tojson }}", ctx.clone()).unwrap(),
+            json!(r#"{"a":2,"b":1}"#)
+        );
+        assert_eq!(
+            render("{{ m | dictsort | first | first }}", ctx).unwrap(),
+            json!("a")
+        );
     }
 
     #[test]

@@ -157,3 +157,43 @@ steps:
     assert_eq!(paths, ["/mockok"]);
     assert!(proxy.received().is_empty(), "{:?}", proxy.received());
 }
+
+/// `{{ [1, 2] * 50000000 }}` passes `check`; rendering it fails the step
+/// cleanly instead of aborting the hub on an allocation failure.
+#[tokio::test]
+async fn a_template_that_would_exhaust_memory_fails_its_step() {
+    let cfg = Config::connectors_only();
+    cfg.connector(
+        "echo",
+        "name: echo\nbase_url: https://echo.example.com\nretry: { attempts: 1 }\n\
+         actions:\n  send:\n    inputs:\n      text: {}\n    method: POST\n    path: /send\n\
+         \x20   body:\n      text: \"{{ input.text }}\"\n",
+    );
+    cfg.recipe(
+        "huge",
+        r#"name: huge
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - id: send
+    call: echo.send
+    with:
+      text: "{{ [1, 2] * 50000000 }}"
+  - id: never
+    call: echo.send
+    with:
+      text: "x{{ event.ticket.subject * 100000000 }}"
+"#,
+    );
+    let out = cfg.check();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let echo = MockApi::start(vec![route(Method::POST, "/send", 200, json!({}))]).await;
+    let hub = Hub::start(cfg.options().base_url("echo", &echo.url)).await;
+    let run = run_for(&hub, 4, "bob@example.com").await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let err = run["steps"][0]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("too large"), "{run}");
+    assert!(echo.received().is_empty());
+    // Still serving.
+    let health = hub.http.get(format!("{}/healthz", hub.url)).send().await;
+    assert_eq!(health.unwrap().status(), 200);
+}
