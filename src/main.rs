@@ -91,6 +91,53 @@ enum Command {
         #[command(subcommand)]
         cmd: ListShow,
     },
+    /// Inspect and edit recipe state (values, window counters, rotations).
+    State {
+        #[command(subcommand)]
+        cmd: StateCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCmd {
+    /// Live entries, ordered by kind, namespace and key.
+    List {
+        /// Only this namespace (a recipe's name unless its steps name another).
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only after this cursor (the `next` of a previous page).
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        src: Source,
+    },
+    /// Every entry of one key.
+    Get {
+        namespace: String,
+        key: String,
+        #[command(flatten)]
+        src: Source,
+    },
+    /// Write a value: JSON (`3`, `true`, `{"a": 1}`), anything else is a string.
+    Set {
+        namespace: String,
+        key: String,
+        value: String,
+        /// Expire after this long (`30s`, `1h`, `7d`).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[command(flatten)]
+        src: Source,
+    },
+    /// Remove a key (its value, window counter and rotation).
+    Delete {
+        namespace: String,
+        key: String,
+        #[command(flatten)]
+        src: Source,
+    },
 }
 
 #[derive(Args)]
@@ -181,6 +228,7 @@ fn main() -> ExitCode {
             Command::Test(args) => test(args),
             Command::Runs { cmd } => inspect("runs", cmd).await,
             Command::Events { cmd } => inspect("events", cmd).await,
+            Command::State { cmd } => state(cmd).await,
         }
     })
 }
@@ -524,14 +572,9 @@ fn from_store(store: &dyn Store, kind: &str, cmd: &ListShow) -> Result<Value, St
     }
 }
 
-async fn from_api(
-    src: &Source,
-    path: &str,
-    query: &[(&str, String)],
-    post: bool,
-) -> Result<Value, String> {
-    let token = match &src.token {
-        Some(t) => t.clone(),
+fn admin_token(src: &Source) -> Result<String, String> {
+    match &src.token {
+        Some(t) => Ok(t.clone()),
         None => std::fs::read_to_string(server::token_path(&src.data))
             .map(|t| t.trim().to_string())
             .map_err(|_| {
@@ -539,20 +582,33 @@ async fn from_api(
                     "the store in {} is in use and no admin token was given (--token or SWITCHBOARD_ADMIN_TOKEN)",
                     src.data.display()
                 )
-            })?,
-    };
+            }),
+    }
+}
+
+async fn from_api(
+    src: &Source,
+    path: &str,
+    query: &[(&str, String)],
+    post: bool,
+) -> Result<Value, String> {
     let url = format!("{}{path}", src.url.trim_end_matches('/'));
     let client = reqwest::Client::new();
-    let resp = if post {
+    let req = if post {
         client.post(url)
     } else {
         client.get(url)
-    }
-    .query(query)
-    .bearer_auth(token)
-    .send()
-    .await
-    .map_err(|e| format!("cannot reach the hub at {}: {e}", src.url))?;
+    };
+    send(src, req.query(query)).await
+}
+
+/// Send an admin API request; the JSON answer, or its message.
+async fn send(src: &Source, req: reqwest::RequestBuilder) -> Result<Value, String> {
+    let resp = req
+        .bearer_auth(admin_token(src)?)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the hub at {}: {e}", src.url))?;
     let status = resp.status();
     let body: Value = resp.json().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
@@ -562,6 +618,158 @@ async fn from_api(
             .to_string());
     }
     Ok(body)
+}
+
+/// `switchboard state …`: on the store directly when no hub holds it, else
+/// through the admin API; both run the same queries (`admin::state`).
+async fn state(cmd: StateCmd) -> ExitCode {
+    use switchboard::admin::state as q;
+    let now = switchboard::store::now_ms();
+    let (src, ns_key) = match &cmd {
+        StateCmd::List { src, .. } => (src, None),
+        StateCmd::Get {
+            src,
+            namespace,
+            key,
+        }
+        | StateCmd::Set {
+            src,
+            namespace,
+            key,
+            ..
+        }
+        | StateCmd::Delete {
+            src,
+            namespace,
+            key,
+        } => (src, Some((namespace, key))),
+    };
+    let result: Result<Value, String> = match open_store(&src.data) {
+        Some(store) => {
+            let store = &*store;
+            let r = match &cmd {
+                StateCmd::List {
+                    namespace,
+                    limit,
+                    after,
+                    ..
+                } => q::list(store, namespace.as_deref(), after.as_deref(), *limit, now)
+                    .map(|p| serde_json::to_value(p).unwrap_or_default()),
+                StateCmd::Get { namespace, key, .. } => q::show(store, namespace, key, now)
+                    .map(|items| serde_json::json!({ "items": items })),
+                StateCmd::Set {
+                    namespace,
+                    key,
+                    value,
+                    ttl,
+                    ..
+                } => ttl
+                    .as_deref()
+                    .map(q::parse_ttl)
+                    .transpose()
+                    .and_then(|ttl| q::set(store, namespace, key, cli_value(value), ttl, now))
+                    .map(|items| serde_json::json!({ "items": items })),
+                StateCmd::Delete { namespace, key, .. } => q::delete(store, namespace, key, now)
+                    .and_then(|deleted| {
+                        if deleted {
+                            Ok(serde_json::json!({ "deleted": true }))
+                        } else {
+                            Err(q::QueryError::NotFound(format!(
+                                "no state `{key}` in namespace `{namespace}`"
+                            )))
+                        }
+                    }),
+            };
+            let flushed = store.flush().map_err(|e| e.to_string());
+            r.map_err(|e| e.to_string())
+                .and_then(|v| flushed.map(|_| v))
+        }
+        None => {
+            let mut url = match reqwest::Url::parse(&src.url) {
+                Ok(u) => u,
+                Err(e) => {
+                    eprintln!("error: --url {}: {e}", src.url);
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Ok(mut segs) = url.path_segments_mut() {
+                segs.pop_if_empty().extend(["api", "state"]);
+                if let Some((ns, key)) = ns_key {
+                    // Each one segment, percent-encoded (a key may hold `/`).
+                    segs.extend([ns.as_str(), key.as_str()]);
+                }
+            }
+            let client = reqwest::Client::new();
+            let req = match &cmd {
+                StateCmd::List {
+                    namespace,
+                    limit,
+                    after,
+                    ..
+                } => {
+                    let mut query = vec![("limit", limit.to_string())];
+                    query.extend(namespace.clone().map(|n| ("namespace", n)));
+                    query.extend(after.clone().map(|a| ("after", a)));
+                    client.get(url).query(&query)
+                }
+                StateCmd::Get { .. } => client.get(url),
+                StateCmd::Set { value, ttl, .. } => client
+                    .put(url)
+                    .json(&serde_json::json!({ "value": cli_value(value), "ttl": ttl })),
+                StateCmd::Delete { .. } => client.delete(url),
+            };
+            send(src, req).await
+        }
+    };
+    match result {
+        Ok(v) if src.json => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            if v["deleted"] == true {
+                println!("deleted");
+            }
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            for e in &items {
+                let mut line = format!(
+                    "{:<9} {}  {}  {}",
+                    s(&e["kind"]),
+                    s(&e["namespace"]),
+                    s(&e["key"]),
+                    e["value"]
+                );
+                if let Some(w) = e["window_ms"].as_u64() {
+                    line += &format!(
+                        "  (in the last {})",
+                        humantime::format_duration(Duration::from_millis(w))
+                    );
+                }
+                if e["expires_at"].is_i64() {
+                    line += &format!("  expires {}", time(&e["expires_at"]));
+                }
+                println!("{line}");
+            }
+            if matches!(cmd, StateCmd::List { .. }) {
+                if items.is_empty() {
+                    println!("no state");
+                }
+                if let Some(next) = v["next"].as_str() {
+                    println!("more: --after {next}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A value given on the command line: JSON if it parses, else the text.
+fn cli_value(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
 }
 
 fn time(ms: &Value) -> String {

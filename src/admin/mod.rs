@@ -1,7 +1,11 @@
 //! Admin API: read events and runs (JSON, paginated), behind a bearer token;
 //! plus `/healthz` and `/readyz`, which need no token.
 //!
-//! Reads the store through the engine; never writes to it.
+//! Reads the store through the engine. Its only writes are retries (through
+//! the engine) and edits of recipe state ([`state`], through the store's
+//! state operations).
+
+pub mod state;
 
 use crate::engine::Engine;
 use crate::error::ApiError;
@@ -39,6 +43,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/runs/{id}/retry", post(retry_run))
         .route("/api/runs/retry", post(retry_runs))
         .route("/api/queue", get(queue))
+        .merge(state::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))

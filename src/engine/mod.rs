@@ -251,6 +251,11 @@ impl Engine {
         Ok(ids)
     }
 
+    /// Wait until every store write made so far is durable (shared flush).
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        self.commit.sync().await
+    }
+
     /// Runs waiting or in flight.
     pub fn queue_depth(&self) -> Result<usize, StoreError> {
         self.store.queue_depth()
