@@ -71,7 +71,7 @@ fn catalog(total: usize, matching: usize) -> (tempfile::TempDir, Catalog) {
 /// function it calls. The context is built once per event (the body is moved
 /// in by `accept`, cloned here because the bench reuses it).
 fn accept_match(catalog: &Catalog, event: &Value) -> usize {
-    let mut ctx = Catalog::trigger_context(event.clone());
+    let mut ctx = Catalog::trigger_context(event.clone(), 0);
     let mut started = 0;
     catalog.triggered("w1", Some("ticket.created"), &mut ctx, |_, _| started += 1);
     started

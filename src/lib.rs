@@ -14,6 +14,7 @@
 //! - [`recipe`]: recipe files compiled and checked; conditions (pure).
 //! - [`connector`]: connector files compiled; the outbound HTTP runtime; secrets.
 //! - [`store`]: the `Store` trait, the sled backend, group commit.
+//! - [`time`]: the engine's clock, zones, durations, cron schedules, business-hours calendars.
 //! - [`template`], [`jsonpath`], [`yaml`], [`secret`], [`duration`]: shared, pure building blocks.
 //! - [`error`]: the one place errors become HTTP answers.
 //! - [`server`]: wiring for `serve` — [`server::prepare`] checks everything
@@ -44,4 +45,5 @@ pub mod server;
 pub mod signature;
 pub mod store;
 pub mod template;
+pub mod time;
 pub mod yaml;

@@ -7,11 +7,18 @@
 //! a list a list), so `ticket_id: "{{ event.ticket.id }}"` passes the id as the
 //! sender sent it. Any other string renders to a string.
 //!
+//! Time functions and filters (`now()`, `in_tz`, `weekday`, `format_date`,
+//! `date_add`, business hours) are registered here and computed by
+//! [`crate::time`]; `now()` reads `run.now` from the context, never the OS, so
+//! a dry run on a virtual clock and a replayed run see the same time.
+//!
 //! This module does no I/O and knows nothing about recipes or HTTP.
 
-use minijinja::{Environment, UndefinedBehavior};
+use crate::time::{self, Calendars};
+use minijinja::{Environment, ErrorKind, State, UndefinedBehavior};
 use serde_json::Value;
 use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
 
 pub use limits::{MAX_ITEMS, MAX_RENDER_BYTES};
 
@@ -33,6 +40,9 @@ impl From<minijinja::Error> for TemplateError {
 pub struct Templates {
     env: Environment<'static>,
     next: usize,
+    /// Business-hours calendars for `within_business_hours()` and
+    /// `next_business_open()`; set once, after `_shared.yaml` loads.
+    calendars: Arc<OnceLock<Calendars>>,
 }
 
 impl Default for Templates {
@@ -101,7 +111,33 @@ impl Templates {
                 minijinja::escape_formatter(out, state, value)
             }
         });
-        Templates { env, next: 0 }
+        let calendars = Arc::new(OnceLock::new());
+        register_time(&mut env, &calendars);
+        Templates {
+            env,
+            next: 0,
+            calendars,
+        }
+    }
+
+    /// Make the business-hours calendars available to templates (once).
+    pub fn set_calendars(&self, calendars: Calendars) {
+        let _ = self.calendars.set(calendars);
+    }
+
+    /// Calendar names a template passes literally to the business-hours
+    /// functions that are not defined, for load-time checks.
+    pub fn unknown_calendars(&self, t: &Template) -> Vec<String> {
+        let source = match t {
+            Template::Literal(_) => return Vec::new(),
+            Template::Text { source, .. } | Template::Typed { source, .. } => source,
+        };
+        let empty = Calendars::new();
+        let defined = self.calendars.get().unwrap_or(&empty);
+        calendar_arguments(source)
+            .into_iter()
+            .filter(|n| !defined.contains_key(n))
+            .collect()
     }
 
     /// Compile a URL path template: it must start with `/`, and every value it
@@ -250,11 +286,19 @@ impl Templates {
     pub fn variables(&self, t: &Template) -> BTreeSet<String> {
         match t {
             Template::Literal(_) => BTreeSet::new(),
-            Template::Text { name, .. } | Template::Typed { name, .. } => self
-                .env
-                .get_template(name)
-                .map(|t| t.undeclared_variables(true).into_iter().collect())
-                .unwrap_or_default(),
+            Template::Text { name, .. } | Template::Typed { name, .. } => {
+                let globals: BTreeSet<&str> = self.env.globals().map(|(n, _)| n).collect();
+                self.env
+                    .get_template(name)
+                    .map(|t| {
+                        t.undeclared_variables(true)
+                            .into_iter()
+                            // Functions (`now()`, `range()`) are globals, not context.
+                            .filter(|v| !globals.contains(v.split('.').next().unwrap_or("")))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
         }
     }
 
@@ -309,6 +353,190 @@ fn write_path_segment(
         }
     }
     Ok(())
+}
+
+/// The literal first arguments of `within_business_hours("...")` and
+/// `next_business_open("...")` in a template's source.
+fn calendar_arguments(source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in ["within_business_hours", "next_business_open"] {
+        for (i, _) in source.match_indices(f) {
+            let rest = source[i + f.len()..].trim_start();
+            let Some(rest) = rest.strip_prefix('(') else {
+                continue;
+            };
+            let rest = rest.trim_start();
+            let Some(q) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+                continue;
+            };
+            if let Some(end) = rest[1..].find(q) {
+                out.push(rest[1..1 + end].to_string());
+            }
+        }
+    }
+    out
+}
+
+fn time_error(e: time::TimeError) -> minijinja::Error {
+    minijinja::Error::new(ErrorKind::InvalidOperation, e.0)
+}
+
+fn json(v: &minijinja::Value) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// The run's "now" from the context (`run.now`, milliseconds), set by the
+/// engine from its clock.
+fn context_now(state: &State) -> Result<jiff::Timestamp, minijinja::Error> {
+    let now = state
+        .lookup("run")
+        .and_then(|r| r.get_attr("now").ok())
+        .filter(|v| !v.is_undefined() && !v.is_none());
+    let Some(now) = now else {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "now() is not available here (the context has no `run.now`)",
+        ));
+    };
+    time::instant(&json(&now)).map_err(time_error)
+}
+
+/// The instant a business-hours function looks at: its `at` argument, or now.
+fn at_or_now(
+    state: &State,
+    at: Option<minijinja::Value>,
+) -> Result<jiff::Timestamp, minijinja::Error> {
+    match at {
+        Some(v) if !v.is_undefined() && !v.is_none() => {
+            time::instant(&json(&v)).map_err(time_error)
+        }
+        _ => context_now(state),
+    }
+}
+
+fn register_time(env: &mut Environment<'static>, calendars: &Arc<OnceLock<Calendars>>) {
+    env.add_function("now", |state: &State| -> Result<String, minijinja::Error> {
+        let now = context_now(state)?;
+        Ok(time::rfc3339(&now.to_zoned(jiff::tz::TimeZone::UTC)))
+    });
+    env.add_filter(
+        "in_tz",
+        |v: minijinja::Value, zone: String| -> Result<String, minijinja::Error> {
+            let tz = time::zone(&zone).map_err(time_error)?;
+            let ts = time::instant(&json(&v)).map_err(time_error)?;
+            Ok(time::rfc3339(&ts.to_zoned(tz)))
+        },
+    );
+    env.add_filter(
+        "weekday",
+        |v: minijinja::Value| -> Result<String, minijinja::Error> {
+            let z = time::zoned(&json(&v)).map_err(time_error)?;
+            Ok(format!("{:?}", z.weekday()))
+        },
+    );
+    env.add_filter(
+        "format_date",
+        |v: minijinja::Value,
+         format: String,
+         zone: Option<String>|
+         -> Result<String, minijinja::Error> {
+            let mut z = time::zoned(&json(&v)).map_err(time_error)?;
+            if let Some(name) = zone {
+                z = z.with_time_zone(time::zone(&name).map_err(time_error)?);
+            }
+            let mut out = String::new();
+            jiff::fmt::strtime::format(format.as_str(), &z)
+                .map(|s| out.push_str(&s))
+                .map_err(|e| {
+                    minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("format_date(\"{format}\"): {e}"),
+                    )
+                })?;
+            Ok(out)
+        },
+    );
+    env.add_filter(
+        "parse_date",
+        |v: minijinja::Value, format: Option<String>| -> Result<String, minijinja::Error> {
+            let ts = match format {
+                None => time::instant(&json(&v)).map_err(time_error)?,
+                Some(f) => {
+                    let text = v.to_string();
+                    let parsed = jiff::fmt::strtime::parse(f.as_str(), &text).map_err(|e| {
+                        minijinja::Error::new(
+                            ErrorKind::InvalidOperation,
+                            format!("parse_date(\"{f}\"): cannot read `{text}`: {e}"),
+                        )
+                    })?;
+                    parsed
+                        .to_timestamp()
+                        .or_else(|_| {
+                            parsed
+                                .to_datetime()
+                                .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC))
+                                .map(|z| z.timestamp())
+                        })
+                        .map_err(|e| {
+                            minijinja::Error::new(
+                                ErrorKind::InvalidOperation,
+                                format!("parse_date(\"{f}\"): `{text}` is not a complete date-time: {e}"),
+                            )
+                        })?
+                }
+            };
+            Ok(time::rfc3339(&ts.to_zoned(jiff::tz::TimeZone::UTC)))
+        },
+    );
+    env.add_filter(
+        "date_add",
+        |v: minijinja::Value, span: String| -> Result<String, minijinja::Error> {
+            let z = time::zoned(&json(&v)).map_err(time_error)?;
+            Ok(time::rfc3339(&time::add(&z, &span).map_err(time_error)?))
+        },
+    );
+    env.add_filter(
+        "timestamp_ms",
+        |v: minijinja::Value| -> Result<i64, minijinja::Error> {
+            Ok(time::instant(&json(&v))
+                .map_err(time_error)?
+                .as_millisecond())
+        },
+    );
+    let cals = calendars.clone();
+    let lookup = move |name: &str| -> Result<Arc<time::Calendar>, minijinja::Error> {
+        let empty = Calendars::new();
+        let all = cals.get().unwrap_or(&empty);
+        all.get(name)
+            .cloned()
+            .ok_or_else(|| time_error(time::calendar::unknown(name, all)))
+    };
+    let find = lookup.clone();
+    env.add_function(
+        "within_business_hours",
+        move |state: &State,
+              name: String,
+              at: Option<minijinja::Value>|
+              -> Result<bool, minijinja::Error> {
+            Ok(find(&name)?.is_open(at_or_now(state, at)?))
+        },
+    );
+    env.add_function(
+        "next_business_open",
+        move |state: &State,
+              name: String,
+              at: Option<minijinja::Value>|
+              -> Result<String, minijinja::Error> {
+            let cal = lookup(&name)?;
+            let open = cal.next_open(at_or_now(state, at)?).ok_or_else(|| {
+                minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("calendar `{name}` does not open within two years"),
+                )
+            })?;
+            Ok(time::rfc3339(&open.to_zoned(cal.zone().clone())))
+        },
+    );
 }
 
 /// If `source` is exactly `{{ expr }}` (surrounding whitespace allowed), the expression.
@@ -576,6 +804,92 @@ mod tests {
             render("{{ m | dictsort | first | first }}", ctx).unwrap(),
             json!("a")
         );
+    }
+
+    #[test]
+    fn time_functions() {
+        let mut t = Templates::new();
+        t.set_calendars(
+            crate::time::calendar::compile_all(&json!({"eu": {
+                "timezone": "Europe/Berlin", "hours": {"mon-fri": "09:00-17:00"}
+            }}))
+            .unwrap(),
+        );
+        // Sunday 2025-11-30 12:00 UTC.
+        let ctx =
+            json!({"run": {"now": 1_764_504_000_000i64}, "event": {"at": "2025-11-28T16:30:00Z"}});
+        let mut r = |src: &str| {
+            let c = t.compile(src).unwrap();
+            t.render(&c, &ctx)
+        };
+        assert_eq!(r("{{ now() }}").unwrap(), json!("2025-11-30T12:00:00Z"));
+        assert_eq!(
+            r("{{ event.at | in_tz('Europe/Berlin') }}").unwrap(),
+            json!("2025-11-28T17:30:00+01:00")
+        );
+        assert_eq!(
+            r("{{ event.at | in_tz('America/New_York') | weekday }}").unwrap(),
+            json!("Friday")
+        );
+        assert_eq!(
+            r("{{ event.at | format_date('%a %H:%M', 'Europe/Berlin') }}").unwrap(),
+            json!("Fri 17:30")
+        );
+        assert_eq!(
+            r("{{ event.at | date_add('3d') }}").unwrap(),
+            json!("2025-12-01T16:30:00Z")
+        );
+        assert_eq!(
+            r("{{ '28.11.2025 16:30 +0000' | parse_date('%d.%m.%Y %H:%M %z') }}").unwrap(),
+            json!("2025-11-28T16:30:00Z")
+        );
+        assert_eq!(
+            r("{{ event.at | timestamp_ms }}").unwrap(),
+            json!(1_764_347_400_000i64)
+        );
+        assert_eq!(
+            r("{{ within_business_hours('eu') }}").unwrap(),
+            json!(false)
+        );
+        assert_eq!(
+            r("{{ within_business_hours('eu', '2025-11-28T15:00:00Z') }}").unwrap(),
+            json!(true)
+        );
+        assert_eq!(
+            r("We will answer by {{ next_business_open('eu') | format_date('%A %H:%M') }}")
+                .unwrap(),
+            json!("We will answer by Monday 09:00")
+        );
+        let e = r("{{ within_business_hours('us') }}").unwrap_err();
+        assert!(e.0.contains("unknown calendar `us`"), "{e}");
+        let e = r("{{ event.at | in_tz('Mars/Base') }}").unwrap_err();
+        assert!(e.0.contains("unknown time zone"), "{e}");
+        let e = r("{{ 'soon' | weekday }}").unwrap_err();
+        assert!(e.0.contains("cannot read `soon`"), "{e}");
+    }
+
+    #[test]
+    fn now_needs_the_run_clock() {
+        let mut t = Templates::new();
+        let c = t.compile("{{ now() }}").unwrap();
+        assert!(t.variables(&c).is_empty(), "functions are not variables");
+        let e = t.render(&c, &json!({})).unwrap_err();
+        assert!(e.0.contains("run.now"), "{e}");
+    }
+
+    #[test]
+    fn finds_unknown_calendar_names() {
+        let mut t = Templates::new();
+        t.set_calendars(
+            crate::time::calendar::compile_all(&json!({"eu": {
+                "timezone": "UTC", "hours": {"mon": "09:00-17:00"}
+            }}))
+            .unwrap(),
+        );
+        let c = t
+            .compile("{{ within_business_hours('eu') }} {{ next_business_open( \"us\" ) }}")
+            .unwrap();
+        assert_eq!(t.unknown_calendars(&c), vec!["us".to_string()]);
     }
 
     #[test]

@@ -88,10 +88,10 @@ impl Catalog {
         }
     }
 
-    /// The trigger context of an event: `{event, vars, steps: {}}`, with
+    /// The trigger context of an event: `{event, vars, steps: {}, run: {now}}`, with
     /// `vars` set per recipe by [`Catalog::triggered`].
-    pub fn trigger_context(event: Value) -> Value {
-        json!({ "event": event, "vars": null, "steps": {} })
+    pub fn trigger_context(event: Value, now: i64) -> Value {
+        json!({ "event": event, "vars": null, "steps": {}, "run": { "now": now } })
     }
 
     /// The one trigger path, used by `Engine::accept`, the dry run of

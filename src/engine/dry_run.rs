@@ -53,6 +53,7 @@ pub fn run(
     event: &Value,
     event_type: Option<&str>,
     mocks: &BTreeMap<String, Mock>,
+    now: i64,
 ) -> DryRun {
     let mut out = DryRun {
         status: TestStatus::Skipped,
@@ -62,7 +63,7 @@ pub fn run(
     };
     // The trigger, through the same function as `Engine::accept`.
     let mut triggered = false;
-    let mut trigger_ctx = Catalog::trigger_context(event.clone());
+    let mut trigger_ctx = Catalog::trigger_context(event.clone(), now);
     catalog.triggered(&recipe.connector, event_type, &mut trigger_ctx, |r, _| {
         triggered |= r.name == recipe.name;
     });
@@ -70,7 +71,14 @@ pub fn run(
         return out;
     }
 
-    let mut ctx = step::context(recipe, DRY_RUN_ID, DRY_RUN_ID, Map::new(), event.clone());
+    let mut ctx = step::context(
+        recipe,
+        DRY_RUN_ID,
+        DRY_RUN_ID,
+        Map::new(),
+        event.clone(),
+        now,
+    );
     for s in &recipe.steps {
         let call = format!("{}.{}", s.connector, s.action);
         let failure = match step::prepare(catalog, recipe, s, &ctx) {
@@ -125,6 +133,7 @@ pub fn run_test(catalog: &Catalog, recipe: &Recipe, test: &RecipeTest) -> Vec<St
         &test.event,
         test.event_type.as_deref(),
         &test.mocks,
+        test.now.unwrap_or_else(crate::store::now_ms),
     );
     // Values are shown as the hub would record them: with secrets redacted.
     let show = |call: &Call, v: &Value| -> String {
@@ -233,6 +242,7 @@ mod tests {
             &event,
             Some("ticket.created"),
             mocks,
+            0,
         )
     }
 
@@ -316,7 +326,7 @@ steps:
         assert!(got.calls.is_empty());
         let r = &c.recipes[0];
         for t in [Some("ticket.updated"), None] {
-            let got = run(&c, r, &ticket("Setup"), t, &BTreeMap::new());
+            let got = run(&c, r, &ticket("Setup"), t, &BTreeMap::new(), 0);
             assert_eq!(got.status, TestStatus::Skipped, "{t:?}");
         }
     }

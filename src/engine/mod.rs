@@ -18,6 +18,7 @@ pub use catalog::{Catalog, LoadOptions};
 
 use crate::connector::http::Client;
 use crate::store::{self, Event, GroupCommit, Inserted, Run, RunStatus, Store, StoreError};
+use crate::time::{Clock, SystemClock};
 use serde::Serialize;
 use serde_json::Value;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct EngineConfig {
     pub lease: std::time::Duration,
     /// How often expired recipe state is swept (it is hidden from reads at once).
     pub state_sweep: std::time::Duration,
+    /// What "now" is for events, schedules and templates (`run.now`).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +43,7 @@ impl Default for EngineConfig {
             workers: 16,
             lease: std::time::Duration::from_secs(300),
             state_sweep: std::time::Duration::from_secs(30),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -114,12 +118,17 @@ impl Engine {
         &self.store
     }
 
+    /// Now, by the engine's clock (ms since the epoch).
+    pub fn now_ms(&self) -> i64 {
+        self.config.clock.now_ms()
+    }
+
     /// Store the event with a run per matching recipe; returns once it is durable.
     pub async fn accept(&self, incoming: Incoming) -> Result<Accepted, StoreError> {
-        let now = store::now_ms();
+        let now = self.now_ms();
         // One context for every recipe's conditions and keys: the body is
         // moved in and back out, never copied.
-        let mut ctx = Catalog::trigger_context(incoming.body);
+        let mut ctx = Catalog::trigger_context(incoming.body, now);
         let mut runs = Vec::new();
         let catalog = &self.catalog;
         catalog.triggered(

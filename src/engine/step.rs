@@ -89,19 +89,22 @@ pub(crate) fn prepare<'a>(
 }
 
 /// The run context templates and conditions see: `{event, steps, vars, run}`,
-/// `steps` holding the outputs of the steps already done.
+/// `steps` holding the outputs of the steps already done. `now` (ms, from
+/// the engine's clock) is `run.now`, what `now()` and business-hours
+/// conditions read.
 pub(crate) fn context(
     recipe: &Recipe,
     run_id: &str,
     event_id: &str,
     steps: Map<String, Value>,
     event: Value,
+    now: i64,
 ) -> Value {
     json!({
         "event": event,
         "steps": steps,
         "vars": recipe.vars,
-        "run": { "id": run_id, "event_id": event_id, "recipe": recipe.name },
+        "run": { "id": run_id, "event_id": event_id, "recipe": recipe.name, "now": now },
     })
 }
 

@@ -137,7 +137,7 @@ impl Engine {
             let msg = format!("event {} not found", run.event_id);
             return self.finish(&mut run, RunStatus::Failed, Some(msg)).await;
         };
-        let mut ctx = context(recipe, &run, event.body);
+        let mut ctx = context(recipe, &run, event.body, self.now_ms());
         let start = run.steps.len();
         for step in recipe.steps.iter().skip(start) {
             if *shutdown.borrow() {
@@ -332,11 +332,11 @@ fn describe(e: &CallError, rec: &crate::connector::http::CallRecord) -> String {
 }
 
 /// The run context templates and conditions see: `{event, steps, vars, run}`.
-fn context(recipe: &Recipe, run: &Run, event: Value) -> Value {
+fn context(recipe: &Recipe, run: &Run, event: Value, now: i64) -> Value {
     let steps: Map<String, Value> = run
         .steps
         .iter()
         .map(|s| (s.id.clone(), s.output.clone()))
         .collect();
-    step::context(recipe, &run.id, &run.event_id, steps, event)
+    step::context(recipe, &run.id, &run.event_id, steps, event, now)
 }

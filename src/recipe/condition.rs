@@ -15,6 +15,14 @@
 //!   - not: { "$.event.ticket.status": { equals: closed } }
 //! ```
 //!
+//! A condition may also ask a business-hours calendar (`recipes/_shared.yaml`
+//! `calendars:`): `within_business_hours: support-eu` holds while the
+//! calendar is open at the run's `now` (`$.run.now`, from the engine's
+//! clock); `within_business_hours: { calendar: support-eu, at:
+//! "$.event.ticket.created_at" }` asks about the time a path selects
+//! (missing or unreadable: false). The calendar is bound after compiling
+//! ([`Condition::bind_calendars`]), which reports unknown names.
+//!
 //! Everything that can be wrong with a condition — an unknown operator, a bad
 //! regex, a JSONPath that does not parse, an operand of the wrong type — is
 //! found by [`Condition::compile`], with a JSON pointer to the spot, so a bad
@@ -57,6 +65,9 @@ use jsonpath_rust::parser::parse_json_path;
 use jsonpath_rust::query::js_path_process;
 use regex::{Regex, RegexBuilder};
 use serde_json::{Map, Number, Value};
+use std::sync::Arc;
+
+use crate::time::{Calendar, Calendars};
 
 /// Largest compiled size of a `matches` regex; a bigger one is a compile
 /// error rather than a slow or memory-hungry match on every event.
@@ -115,6 +126,18 @@ enum Node {
     Any(Vec<Node>),
     Not(Box<Node>),
     Path(PathTest),
+    BusinessHours(BusinessHours),
+}
+
+/// `within_business_hours: NAME` or `{ calendar: NAME, at: JSONPath }`.
+#[derive(Debug, Clone)]
+struct BusinessHours {
+    pointer: String,
+    name: String,
+    /// The instant to ask about; `$.run.now` when not given.
+    at: Option<(String, JpQuery)>,
+    /// Set by [`Condition::bind_calendars`]; unbound never holds.
+    calendar: Option<Arc<Calendar>>,
 }
 
 /// One JSONPath key with its operators.
@@ -176,6 +199,14 @@ impl Condition {
     /// object).
     pub fn eval(&self, ctx: &Value) -> bool {
         self.root.eval(ctx)
+    }
+
+    /// Resolve the calendars that `within_business_hours` names; returns
+    /// `(pointer, message)` for each unknown name.
+    pub fn bind_calendars(&mut self, calendars: &Calendars) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        self.root.bind(calendars, &mut errors);
+        errors
     }
 
     /// Every JSONPath in the tree, as `(pointer of its key, JSONPath)`, in
@@ -252,6 +283,7 @@ fn compile_map(
                 }
             }
             "not" => Node::Not(Box::new(compile_node(value, &at, depth + 1)?)),
+            "within_business_hours" => Node::BusinessHours(compile_business_hours(value, &at)?),
             k if k.starts_with('$') => Node::Path(compile_path(key, value, &at)?),
             _ => return Err(ConditionError::new(&at, unknown_key_message(key))),
         };
@@ -264,8 +296,48 @@ fn compile_map(
     })
 }
 
+fn compile_business_hours(value: &Value, pointer: &str) -> Result<BusinessHours, ConditionError> {
+    let expected =
+        "`within_business_hours` expects a calendar name, or `{ calendar: NAME, at: JSONPath }`";
+    let (name, at) = match value {
+        Value::String(name) => (name.clone(), None),
+        Value::Object(map) => {
+            if let Some(k) = map
+                .keys()
+                .find(|k| !["calendar", "at"].contains(&k.as_str()))
+            {
+                return Err(ConditionError::new(&child(pointer, k), expected));
+            }
+            let Some(Value::String(name)) = map.get("calendar") else {
+                return Err(ConditionError::new(pointer, expected));
+            };
+            let at = match map.get("at") {
+                None => None,
+                Some(Value::String(path)) => {
+                    let q = parse_json_path(path).map_err(|e| {
+                        ConditionError::new(
+                            &child(pointer, "at"),
+                            format!("invalid JSONPath `{path}`: {}", jsonpath_error(&e)),
+                        )
+                    })?;
+                    Some((path.clone(), q))
+                }
+                Some(_) => return Err(ConditionError::new(&child(pointer, "at"), expected)),
+            };
+            (name.clone(), at)
+        }
+        _ => return Err(ConditionError::new(pointer, expected)),
+    };
+    Ok(BusinessHours {
+        pointer: pointer.to_owned(),
+        name,
+        at,
+        calendar: None,
+    })
+}
+
 fn unknown_key_message(key: &str) -> String {
-    let base = "a condition key must be a JSONPath starting with `$` or one of all, any, not";
+    let base = "a condition key must be a JSONPath starting with `$` or one of all, any, not, within_business_hours";
     let hint = match key {
         "and" => Some("`all`".to_owned()),
         "or" => Some("`any`".to_owned()),
@@ -451,6 +523,34 @@ impl Node {
                     .unwrap_or_default();
                 test.ops.iter().all(|op| op.holds(&nodes))
             }
+            Node::BusinessHours(b) => {
+                let Some(cal) = &b.calendar else { return false };
+                let at = match &b.at {
+                    Some((_, q)) => js_path_process(q, ctx)
+                        .ok()
+                        .and_then(|refs| refs.into_iter().next().map(|r| r.val.clone())),
+                    None => ctx.get("run").and_then(|r| r.get("now")).cloned(),
+                };
+                at.and_then(|v| crate::time::instant(&v).ok())
+                    .is_some_and(|t| cal.is_open(t))
+            }
+        }
+    }
+
+    fn bind(&mut self, calendars: &Calendars, errors: &mut Vec<(String, String)>) {
+        match self {
+            Node::All(nodes) | Node::Any(nodes) => {
+                nodes.iter_mut().for_each(|n| n.bind(calendars, errors));
+            }
+            Node::Not(node) => node.bind(calendars, errors),
+            Node::Path(_) => {}
+            Node::BusinessHours(b) => match calendars.get(&b.name) {
+                Some(c) => b.calendar = Some(c.clone()),
+                None => errors.push((
+                    b.pointer.clone(),
+                    crate::time::calendar::unknown(&b.name, calendars).0,
+                )),
+            },
         }
     }
 
@@ -461,6 +561,11 @@ impl Node {
             }
             Node::Not(node) => node.collect_paths(out),
             Node::Path(test) => out.push((test.pointer.clone(), test.source.clone())),
+            Node::BusinessHours(b) => {
+                if let Some((path, _)) = &b.at {
+                    out.push((child(&b.pointer, "at"), path.clone()));
+                }
+            }
         }
     }
 }
@@ -1094,6 +1199,42 @@ mod tests {
             deep = json!({ "not": deep });
         }
         check_err(deep, &"/not".repeat(65), "nested too deeply");
+    }
+
+    #[test]
+    fn within_business_hours_asks_the_calendar() {
+        let cals = crate::time::calendar::compile_all(&json!({"eu": {
+            "timezone": "Europe/Berlin", "hours": {"mon-fri": "09:00-17:00"}
+        }}))
+        .unwrap();
+        let mut c = Condition::compile(&json!([
+            {"within_business_hours": "eu"},
+            {"not": {"within_business_hours": {"calendar": "eu", "at": "$.event.at"}}}
+        ]))
+        .unwrap();
+        assert!(c.bind_calendars(&cals).is_empty());
+        // Monday 10:00 Berlin now; the event's time is Sunday.
+        let ctx = json!({"run": {"now": "2025-12-01T09:00:00Z"}, "event": {"at": "2025-11-30T10:00:00Z"}});
+        assert!(c.eval(&ctx));
+        let ctx = json!({"run": {"now": "2025-12-01T09:00:00Z"}, "event": {"at": "2025-12-01T10:00:00Z"}});
+        assert!(!c.eval(&ctx));
+        // No clock, or an unreadable time: not within business hours.
+        let plain = Condition::compile(&json!({"within_business_hours": "eu"})).unwrap();
+        assert!(!plain.eval(&json!({"run": {}})), "unbound");
+        let mut bad = Condition::compile(&json!({"within_business_hours": "us"})).unwrap();
+        let errs = bad.bind_calendars(&cals);
+        assert_eq!(errs[0].0, "/within_business_hours");
+        assert!(errs[0].1.contains("unknown calendar `us`"), "{errs:?}");
+        check_err(
+            json!({"within_business_hours": {"calendar": "eu", "when": 1}}),
+            "/within_business_hours/when",
+            "expects a calendar name",
+        );
+        check_err(
+            json!({"within_business_hours": 3}),
+            "/within_business_hours",
+            "calendar name",
+        );
     }
 
     #[test]

@@ -98,6 +98,10 @@ pub struct TestFile {
     /// How the run must end (default `succeeded`).
     #[serde(default)]
     pub expect_status: Option<TestStatus>,
+    /// The test's clock at the event (RFC 3339, e.g. `2025-12-01T09:30:00+01:00`):
+    /// what `now()` and `within_business_hours` see. Default: the real time.
+    #[serde(default)]
+    pub now: Option<String>,
 }
 
 /// How a tested run ends.

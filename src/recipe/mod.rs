@@ -14,6 +14,7 @@ pub mod config;
 
 use crate::connector::{Action, Connectors, Field};
 use crate::template::{escape, Template, Templates, ValueTemplate};
+use crate::time::Calendars;
 use crate::yaml::{LoadError, SourceMap};
 use condition::Condition;
 pub use config::TestStatus;
@@ -52,6 +53,8 @@ pub struct RecipeTest {
     /// Step id → input name → the exact rendered value.
     pub expect_inputs: BTreeMap<String, BTreeMap<String, Value>>,
     pub expect_status: TestStatus,
+    /// The virtual clock at the event (ms); `None`: the real time.
+    pub now: Option<i64>,
 }
 
 /// What a mocked action answers.
@@ -83,7 +86,17 @@ pub fn load_dir(
     errors: &mut Vec<LoadError>,
 ) -> Vec<Recipe> {
     let mut out: Vec<Recipe> = Vec::new();
+    let calendars = load_calendars(dir, errors);
+    templates.set_calendars(calendars.clone());
     for (path, text) in crate::yaml::read_dir(dir, errors) {
+        // `_shared.yaml` and other `_` files hold definitions, not recipes.
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('_'))
+        {
+            continue;
+        }
         match crate::yaml::load::<RecipeFile>(&path, &text) {
             Err(e) => errors.push(e),
             Ok((file, map)) => {
@@ -92,13 +105,41 @@ pub fn load_dir(
                         .push(map.error("/name", format!("duplicate recipe name `{}`", file.name)));
                     continue;
                 }
-                if let Some(r) = compile(file, &path, &map, connectors, templates, errors) {
+                if let Some(r) =
+                    compile(file, &path, &map, connectors, &calendars, templates, errors)
+                {
                     out.push(r);
                 }
             }
         }
     }
     out
+}
+
+/// The business-hours `calendars:` of `recipes/_shared.yaml` (none when
+/// the file does not exist). Other keys of that file belong to other loaders.
+pub fn load_calendars(dir: &Path, errors: &mut Vec<LoadError>) -> Calendars {
+    let path = dir.join("_shared.yaml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Calendars::new();
+    };
+    let (value, map) = match crate::yaml::load_value(&path, &text) {
+        Ok(v) => v,
+        Err(e) => {
+            errors.push(e);
+            return Calendars::new();
+        }
+    };
+    let section = value.get("calendars").cloned().unwrap_or(Value::Null);
+    match crate::time::calendar::compile_all(&section) {
+        Ok(c) => c,
+        Err(errs) => {
+            for (p, m) in errs {
+                errors.push(map.error(&format!("/calendars{p}"), m));
+            }
+            Calendars::new()
+        }
+    }
 }
 
 fn valid_id(id: &str) -> bool {
@@ -111,6 +152,8 @@ fn valid_id(id: &str) -> bool {
 struct Scope<'a> {
     steps: &'a [String],
     vars: &'a BTreeSet<String>,
+    /// For `within_business_hours` conditions.
+    calendars: &'a Calendars,
 }
 
 impl Scope<'_> {
@@ -221,7 +264,10 @@ fn compile_condition(
             errors.push(at(&format!("{ptr}{}", e.pointer), e.message));
             None
         }
-        Ok(c) => {
+        Ok(mut c) => {
+            for (p, msg) in c.bind_calendars(scope.calendars) {
+                errors.push(map.error(&format!("{ptr}{p}"), msg));
+            }
             for (p, path) in c.paths() {
                 if let Err(msg) = scope.check_path(&path) {
                     errors.push(at(&format!("{ptr}{p}"), msg));
@@ -248,6 +294,9 @@ fn check_templates(
                 errors.push(map.error(&p, msg));
             }
         }
+        for name in templates.unknown_calendars(leaf) {
+            errors.push(map.error(&p, crate::time::calendar::unknown(&name, scope.calendars).0));
+        }
     }
 }
 
@@ -256,6 +305,7 @@ fn compile(
     path: &Path,
     map: &SourceMap,
     connectors: &Connectors,
+    calendars: &Calendars,
     templates: &mut Templates,
     errors: &mut Vec<LoadError>,
 ) -> Option<Recipe> {
@@ -294,6 +344,7 @@ fn compile(
             let scope = Scope {
                 steps: &[],
                 vars: &vars,
+                calendars,
             };
             compile_condition(v, "/if", &scope, map, errors).unwrap_or_else(Condition::always)
         }
@@ -303,6 +354,7 @@ fn compile(
         let scope = Scope {
             steps: &[],
             vars: &vars,
+            calendars,
         };
         if c.limit == Some(0) {
             errors.push(map.error("/concurrency/limit", "`limit` must be at least 1"));
@@ -331,9 +383,9 @@ fn compile(
     let mut steps = Vec::new();
     for (i, s) in file.steps.iter().enumerate() {
         let ptr = format!("/steps/{i}");
-        if let Some(step) =
-            compile_step(s, i, &ptr, &seen, &vars, map, connectors, templates, errors)
-        {
+        if let Some(step) = compile_step(
+            s, i, &ptr, &seen, &vars, calendars, map, connectors, templates, errors,
+        ) {
             seen.push(step.id.clone());
             steps.push(step);
         } else if let Some(id) = &s.id {
@@ -461,6 +513,16 @@ fn compile_tests(
             }
         }
         let expect_status = t.expect_status.unwrap_or(TestStatus::Succeeded);
+        let now = match &t.now {
+            None => None,
+            Some(text) => match crate::time::parse_instant(text) {
+                Ok(ts) => Some(ts.as_millisecond()),
+                Err(e) => {
+                    errors.push(map.error(&format!("{ptr}/now"), e.0));
+                    None
+                }
+            },
+        };
         if expect_status == TestStatus::Skipped && !t.expect_calls.is_empty() {
             errors.push(map.error(
                 &format!("{ptr}/expect_calls"),
@@ -478,6 +540,7 @@ fn compile_tests(
             expect_calls: t.expect_calls.clone(),
             expect_inputs: t.expect_inputs.clone(),
             expect_status,
+            now,
         });
     }
     out
@@ -587,6 +650,7 @@ fn compile_step(
     ptr: &str,
     earlier: &[String],
     vars: &BTreeSet<String>,
+    calendars: &Calendars,
     map: &SourceMap,
     connectors: &Connectors,
     templates: &mut Templates,
@@ -605,6 +669,7 @@ fn compile_step(
     let scope = Scope {
         steps: earlier,
         vars,
+        calendars,
     };
 
     let call_ptr = format!("{ptr}/call");

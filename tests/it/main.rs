@@ -7,6 +7,7 @@
 //! - `durability`: kill -9, SIGTERM, retries, dead letters, limits, ordering, back-pressure.
 //! - `recipe_tests`: `switchboard test` running the recipes' own `tests:` with mocked connectors.
 //! - `prism`: shipped connector actions validated by Prism serving the vendors' real specs.
+//! - `time`: calendars, time functions, schedules, durable waits, debounce, cancel_on.
 
 mod cli;
 mod durability;
@@ -16,4 +17,5 @@ mod ingress;
 mod prism;
 mod recipe_tests;
 mod recipes;
+mod time;
 mod utils;
