@@ -1173,7 +1173,7 @@ mod tests {
             (json!({ "$.event.x": { "ends_with": {} } }), "/$.event.x/ends_with", "`ends_with` expects a string"),
             (json!({ "$.event.x": {} }), "/$.event.x", "has no operators"),
             (json!({ "$.event.x": "pending" }), "/$.event.x", "expects a map of operators"),
-            (json!({ "event.x": { "equals": 1 } }), "/event.x", "a condition key must be a JSONPath starting with `$` or one of all, any, not (did you mean `$.event.x`?)"),
+            (json!({ "event.x": { "equals": 1 } }), "/event.x", "a condition key must be a JSONPath starting with `$` or one of all, any, not, within_business_hours (did you mean `$.event.x`?)"),
             (json!({ "alll": [ok] }), "/alll", "(did you mean `all`?)"),
             (json!({ "or": [ok] }), "/or", "(did you mean `any`?)"),
             (json!({ "equals": 1 }), "/equals", "`equals` is an operator"),
