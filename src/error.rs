@@ -3,6 +3,8 @@
 //! Every error answer is JSON: `{"error": "<kind>", "message": "..."}` (plus
 //! `check` for refused signatures). Internal details are logged, not sent.
 
+use crate::admin::queries::QueryError;
+use crate::store::StoreError;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -29,6 +31,24 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error")]
     Internal(String),
+}
+
+/// A store failure is ours, not the client's: logged, answered 500.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            QueryError::UnknownStatus { .. } => ApiError::BadRequest(e.to_string()),
+            QueryError::NotRetryable { .. } => ApiError::Conflict(e.to_string()),
+            QueryError::Store(e) => e.into(),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -8,7 +8,8 @@
 //! - [`ingress`]: `POST /hooks/{connector}`, body limits, parsing, handing events to the engine.
 //! - [`signature`]: inbound signature schemes (a leaf on `http` types), used by
 //!   `connector` to compile a `signature:` block and by `ingress` to verify.
-//! - [`admin`]: admin JSON API, `/healthz`, `/readyz`.
+//! - [`admin`]: admin JSON API, `/healthz`, `/readyz`; [`admin::queries`], the
+//!   typed admin queries shared with the CLI.
 //! - [`engine`]: the loaded catalog and its matching index, accepting events,
 //!   workers, and dry runs of recipe `tests:` with mocked calls (`switchboard test`).
 //! - [`recipe`]: recipe files compiled and checked; conditions (pure).

@@ -42,6 +42,30 @@ pub enum ServeError {
 }
 
 impl ServeConfig {
+    /// The defaults, stated once: the CLI's flags default to these too.
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
+    pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+    pub const DEFAULT_WORKERS: usize = crate::engine::DEFAULT_WORKERS;
+    pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+    pub const DEFAULT_MAX_QUEUE: usize = 10_000;
+
+    /// A configuration with every default, for these directories.
+    pub fn new(data_dir: PathBuf, connectors_dir: PathBuf, recipes_dir: PathBuf) -> ServeConfig {
+        ServeConfig {
+            data_dir,
+            connectors_dir,
+            recipes_dir,
+            secrets_file: None,
+            body_limit: Self::DEFAULT_BODY_LIMIT,
+            workers: Self::DEFAULT_WORKERS,
+            admin_token: None,
+            allow_internal: Vec::new(),
+            public_url: None,
+            shutdown_grace: Duration::from_secs(Self::DEFAULT_SHUTDOWN_GRACE_SECS),
+            max_queue: Self::DEFAULT_MAX_QUEUE,
+        }
+    }
+
     pub fn load_options(&self) -> Result<LoadOptions, ServeError> {
         let secrets_file = self
             .secrets_file

@@ -1,16 +1,19 @@
 //! Admin API: read events and runs (JSON, paginated), behind a bearer token;
 //! plus `/healthz` and `/readyz`, which need no token.
 //!
-//! Reads the store through the engine. Its only writes are retries (through
-//! the engine) and edits of recipe state ([`state`], through the store's
-//! state operations).
+//! The answers come from [`queries`] (events and runs) and [`state`] (recipe
+//! state), typed and shared with the CLI. Reads the store through the
+//! engine; its only writes are run retries (through the engine, which wakes
+//! the workers) and edits of recipe state (through the store's state
+//! operations).
 
+pub mod queries;
 pub mod state;
 
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::secret::Secret;
-use crate::store::{Page, Retried, RunFilter, RunStatus};
+use crate::store::{Event, Run};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -18,13 +21,11 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use queries::{EventView, Listing, PageQuery, RetriedRuns, RunsQuery};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
-
-/// Largest page the API returns.
-pub const MAX_PAGE: usize = 500;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -88,7 +89,7 @@ async fn ready(State(st): State<AdminState>) -> Result<Response, ApiError> {
 
 /// `GET /api/queue`: how many runs wait or are in flight.
 async fn queue(State(st): State<AdminState>) -> Result<Json<Value>, ApiError> {
-    let depth = st.engine.queue_depth().map_err(internal)?;
+    let depth = st.engine.queue_depth()?;
     Ok(Json(json!({
         "queue_depth": depth,
         "max_queue": st.max_queue,
@@ -96,115 +97,40 @@ async fn queue(State(st): State<AdminState>) -> Result<Json<Value>, ApiError> {
     })))
 }
 
-#[derive(Deserialize)]
-struct PageQuery {
-    limit: Option<usize>,
-    before: Option<String>,
-    status: Option<String>,
-    recipe: Option<String>,
-}
-
-impl PageQuery {
-    fn page(&self) -> Page {
-        Page {
-            limit: self.limit.unwrap_or(50).clamp(1, MAX_PAGE),
-            before: self.before.clone(),
-        }
-    }
-}
-
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(e.to_string())
-}
-
-/// `{items, next}`: `next` is the `before` cursor of the following page, null at the end.
-fn paged<T: serde::Serialize>(items: Vec<T>, limit: usize, id: impl Fn(&T) -> &str) -> Json<Value> {
-    let next = (items.len() >= limit)
-        .then(|| items.last().map(|i| id(i).to_string()))
-        .flatten();
-    Json(json!({"items": items, "next": next}))
-}
-
 async fn list_events(
     State(st): State<AdminState>,
     Query(q): Query<PageQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let page = q.page();
-    let events = st.engine.store().events(&page).map_err(internal)?;
-    Ok(paged(events, page.limit, |e| &e.id))
+) -> Result<Json<Listing<Event>>, ApiError> {
+    Ok(Json(queries::events(&**st.engine.store(), &q)?))
 }
 
 async fn show_event(
     State(st): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let store = st.engine.store();
-    let event = store
-        .event(&id)
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::NotFound(format!("no event {id}")))?;
-    let runs: Vec<Value> = event
-        .runs
-        .iter()
-        .filter_map(|r| store.run(r).ok().flatten())
-        .map(|r| json!({"id": r.id, "recipe": r.recipe, "status": r.status, "error": r.error}))
-        .collect();
-    let mut v = serde_json::to_value(&event).map_err(internal)?;
-    v["runs"] = Value::Array(runs);
-    Ok(Json(v))
-}
-
-pub fn parse_status(s: &str) -> Result<RunStatus, ApiError> {
-    serde_json::from_value(Value::String(s.to_string())).map_err(|_| {
-        ApiError::BadRequest(format!(
-            "unknown status `{s}`, expected queued, running, retrying, succeeded, failed or dead"
-        ))
-    })
+) -> Result<Json<EventView>, ApiError> {
+    Ok(Json(queries::event(&**st.engine.store(), &id)?))
 }
 
 async fn list_runs(
     State(st): State<AdminState>,
-    Query(q): Query<PageQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let page = q.page();
-    let filter = RunFilter {
-        status: q.status.as_deref().map(parse_status).transpose()?,
-        recipe: q.recipe.clone(),
-        failures: false,
-    };
-    let runs = st.engine.store().runs(&page, &filter).map_err(internal)?;
-    Ok(paged(runs, page.limit, |r| &r.id))
+    Query(q): Query<RunsQuery>,
+) -> Result<Json<Listing<Run>>, ApiError> {
+    Ok(Json(queries::runs(&**st.engine.store(), &q)?))
 }
 
 async fn show_run(
     State(st): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let run = st
-        .engine
-        .store()
-        .run(&id)
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::NotFound(format!("no run {id}")))?;
-    Ok(Json(serde_json::to_value(run).map_err(internal)?))
+) -> Result<Json<Run>, ApiError> {
+    Ok(Json(queries::run(&**st.engine.store(), &id)?))
 }
 
 /// `POST /api/runs/{id}/retry`: a failed or dead run resumes at its failed step.
 async fn retry_run(
     State(st): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    match st.engine.retry(&id).map_err(internal)? {
-        Retried::Queued(run) => Ok(Json(json!({"retried": [run.id]}))),
-        Retried::NotFound => Err(ApiError::NotFound(format!("no run {id}"))),
-        Retried::NotFailed(s) => Err(ApiError::Conflict(format!(
-            "run {id} is {}; only failed or dead runs can be retried",
-            serde_json::to_value(s)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
-        ))),
-    }
+) -> Result<Json<RetriedRuns>, ApiError> {
+    Ok(Json(queries::retried(&id, st.engine.retry(&id)?)?))
 }
 
 #[derive(Deserialize)]
@@ -216,7 +142,7 @@ struct RetryQuery {
 async fn retry_runs(
     State(st): State<AdminState>,
     Query(q): Query<RetryQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let ids = st.engine.retry_recipe(&q.recipe).map_err(internal)?;
-    Ok(Json(json!({"retried": ids})))
+) -> Result<Json<RetriedRuns>, ApiError> {
+    let retried = st.engine.retry_recipe(&q.recipe)?;
+    Ok(Json(RetriedRuns { retried }))
 }

@@ -6,7 +6,7 @@
 //! [`Store::apply_state`], the path steps use, so an edit is serialised with
 //! the recipes' own increments.
 
-use super::{internal, AdminState};
+use super::AdminState;
 use crate::error::ApiError;
 use crate::store::state::{self, StateEntry, StateKey, StateOp, StateOutput};
 use crate::store::{Store, StoreError};
@@ -36,7 +36,7 @@ impl From<QueryError> for ApiError {
         match e {
             QueryError::BadRequest(m) => ApiError::BadRequest(m),
             QueryError::NotFound(m) => ApiError::NotFound(m),
-            QueryError::Store(e) => internal(e),
+            QueryError::Store(e) => e.into(),
         }
     }
 }
@@ -202,7 +202,7 @@ async fn set_state(
         ttl,
         crate::store::now_ms(),
     )?;
-    st.engine.sync().await.map_err(internal)?;
+    st.engine.sync().await?;
     Ok(Json(json!({ "items": items })))
 }
 
@@ -221,6 +221,6 @@ async fn delete_state(
             "no state `{name}` in namespace `{namespace}`"
         )));
     }
-    st.engine.sync().await.map_err(internal)?;
+    st.engine.sync().await?;
     Ok(Json(json!({ "deleted": true })))
 }

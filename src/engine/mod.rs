@@ -24,6 +24,9 @@ use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
+/// Concurrent run executors when not configured.
+pub const DEFAULT_WORKERS: usize = 16;
+
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -40,7 +43,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            workers: 16,
+            workers: DEFAULT_WORKERS,
             lease: std::time::Duration::from_secs(300),
             state_sweep: std::time::Duration::from_secs(30),
             clock: Arc::new(SystemClock),

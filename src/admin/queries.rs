@@ -1,0 +1,285 @@
+//! The admin queries — list and show events and runs, the answer to a retry —
+//! written once over a [`Store`] and returning typed values.
+//!
+//! The admin API serves them as JSON, the CLI calls them directly when it
+//! opens the store itself (no hub running) and renders the same types when
+//! it asks a running hub, and the dashboard will call them too: one
+//! implementation, so the three cannot disagree. Nothing here knows HTTP.
+
+use crate::store::{Event, Page, Retried, Run, RunFilter, RunStatus, Store, StoreError};
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Page size when none is asked for.
+pub const DEFAULT_LIMIT: usize = 50;
+/// Largest page returned.
+pub const MAX_PAGE: usize = 500;
+
+/// Why a query has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("no {kind} {id}")]
+    NotFound { kind: &'static str, id: String },
+    #[error("unknown status `{name}`, expected {}", list(status_names()))]
+    UnknownStatus { name: String },
+    #[error("run {id} is {}; only failed or dead runs can be retried", status_name(*.status))]
+    NotRetryable { id: String, status: RunStatus },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One page, newest first. `next` is the `before` cursor of the following
+/// page, `None` at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// Which page of a listing: as given by a user (CLI flags or API query).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PageQuery {
+    pub limit: Option<usize>,
+    pub before: Option<String>,
+}
+
+/// Which runs to list. (The page fields are repeated rather than a
+/// flattened [`PageQuery`]: URL query strings cannot fill numbers through
+/// `serde(flatten)`.)
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunsQuery {
+    pub limit: Option<usize>,
+    pub before: Option<String>,
+    /// A status name (`failed`); unknown names are an error.
+    pub status: Option<String>,
+    pub recipe: Option<String>,
+}
+
+/// An event with a summary of each of its runs (instead of their ids).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventView {
+    pub id: String,
+    pub connector: String,
+    pub event_type: Option<String>,
+    pub delivery_id: Option<String>,
+    pub received_at: i64,
+    pub body: Value,
+    pub runs: Vec<RunSummary>,
+}
+
+/// A run as an event lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub id: String,
+    pub recipe: String,
+    pub status: RunStatus,
+    pub error: Option<String>,
+}
+
+/// The runs a retry queued again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetriedRuns {
+    pub retried: Vec<String>,
+}
+
+impl PageQuery {
+    fn page(&self) -> Page {
+        page(self.limit, &self.before)
+    }
+}
+
+fn page(limit: Option<usize>, before: &Option<String>) -> Page {
+    Page {
+        limit: limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_PAGE),
+        before: before.clone(),
+    }
+}
+
+fn listing<T>(items: Vec<T>, page: &Page, id: impl Fn(&T) -> &str) -> Listing<T> {
+    let next = (items.len() >= page.limit)
+        .then(|| items.last().map(|i| id(i).to_string()))
+        .flatten();
+    Listing { items, next }
+}
+
+pub fn events(store: &dyn Store, q: &PageQuery) -> Result<Listing<Event>, QueryError> {
+    let page = q.page();
+    Ok(listing(store.events(&page)?, &page, |e| &e.id))
+}
+
+pub fn event(store: &dyn Store, id: &str) -> Result<EventView, QueryError> {
+    let event = store.event(id)?.ok_or_else(|| QueryError::NotFound {
+        kind: "event",
+        id: id.to_string(),
+    })?;
+    let runs = event
+        .runs
+        .iter()
+        .filter_map(|r| store.run(r).ok().flatten())
+        .map(|r| RunSummary {
+            id: r.id,
+            recipe: r.recipe,
+            status: r.status,
+            error: r.error,
+        })
+        .collect();
+    Ok(EventView {
+        id: event.id,
+        connector: event.connector,
+        event_type: event.event_type,
+        delivery_id: event.delivery_id,
+        received_at: event.received_at,
+        body: event.body,
+        runs,
+    })
+}
+
+pub fn runs(store: &dyn Store, q: &RunsQuery) -> Result<Listing<Run>, QueryError> {
+    let page = page(q.limit, &q.before);
+    let filter = RunFilter {
+        status: q.status.as_deref().map(parse_status).transpose()?,
+        recipe: q.recipe.clone(),
+        failures: false,
+    };
+    Ok(listing(store.runs(&page, &filter)?, &page, |r| &r.id))
+}
+
+pub fn run(store: &dyn Store, id: &str) -> Result<Run, QueryError> {
+    store.run(id)?.ok_or_else(|| QueryError::NotFound {
+        kind: "run",
+        id: id.to_string(),
+    })
+}
+
+/// The answer to retrying run `id`, from what the store did.
+pub fn retried(id: &str, outcome: Retried) -> Result<RetriedRuns, QueryError> {
+    match outcome {
+        Retried::Queued(run) => Ok(RetriedRuns {
+            retried: vec![run.id],
+        }),
+        Retried::NotFound => Err(QueryError::NotFound {
+            kind: "run",
+            id: id.to_string(),
+        }),
+        Retried::NotFailed(status) => Err(QueryError::NotRetryable {
+            id: id.to_string(),
+            status,
+        }),
+    }
+}
+
+/// A run status by its name (`failed`).
+pub fn parse_status(name: &str) -> Result<RunStatus, QueryError> {
+    RunStatus::deserialize(de::value::StrDeserializer::<de::value::Error>::new(name)).map_err(
+        |_| QueryError::UnknownStatus {
+            name: name.to_string(),
+        },
+    )
+}
+
+/// Every run status name, in declaration order, as serde spells them: adding
+/// a status to [`RunStatus`] adds it to error messages and CLI help.
+pub fn status_names() -> &'static [&'static str] {
+    /// A deserializer that only records the variant names serde offers it.
+    struct Names(&'static [&'static str]);
+    impl<'de> Deserializer<'de> for &mut Names {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only enums"))
+        }
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            variants: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = variants;
+            Err(de::Error::custom("names recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map struct identifier ignored_any
+        }
+    }
+    let mut names = Names(&[]);
+    let _ = RunStatus::deserialize(&mut names);
+    names.0
+}
+
+/// A status as its name (`failed`).
+pub fn status_name(status: RunStatus) -> &'static str {
+    let names = status_names();
+    names
+        .iter()
+        .copied()
+        .find(|n| parse_status(n).is_ok_and(|s| s == status))
+        .unwrap_or("unknown")
+}
+
+/// `a, b or c`.
+fn list(names: &[&str]) -> String {
+    match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_follow_the_enum() {
+        assert_eq!(
+            &status_names()[..6],
+            [
+                "queued",
+                "running",
+                "retrying",
+                "succeeded",
+                "failed",
+                "dead"
+            ]
+        );
+        for name in status_names() {
+            assert_eq!(status_name(parse_status(name).expect("parses")), *name);
+        }
+        let e = parse_status("done").expect_err("unknown");
+        assert!(
+            e.to_string().starts_with(
+                "unknown status `done`, expected queued, running, retrying, succeeded, failed"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_event_view_has_the_fields_of_an_event() {
+        let event = Event {
+            id: "e".into(),
+            connector: "c".into(),
+            event_type: Some("t".into()),
+            delivery_id: None,
+            received_at: 1,
+            body: serde_json::json!({"a": 1}),
+            runs: vec![],
+        };
+        let view = EventView {
+            id: "e".into(),
+            connector: "c".into(),
+            event_type: Some("t".into()),
+            delivery_id: None,
+            received_at: 1,
+            body: serde_json::json!({"a": 1}),
+            runs: vec![],
+        };
+        assert_eq!(
+            serde_json::to_value(&event).expect("json"),
+            serde_json::to_value(&view).expect("json")
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! The `switchboard` command: parse arguments, set up logging, call the
+//! library, print. Thin by design: serving, checking and testing are library
+//! calls; `runs` and `events` ([`inspect`]) and `state` ([`state`]) call the
+//! library's admin queries and render their typed answers ([`render`]).
+
+mod inspect;
+mod render;
+mod state;
+
+use clap::{Args, Parser, Subcommand};
+use inspect::{EventsCmd, RunsCmd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use switchboard::engine::{dry_run, Catalog};
+use switchboard::server::{self, ServeConfig, ServeError};
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Self-hosted integration hub for support operations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Dirs {
+    /// Data directory: the embedded store, the admin token, `secrets.yaml`.
+    #[arg(long, env = "SWITCHBOARD_DATA", default_value = "data")]
+    data: PathBuf,
+    /// Connector files.
+    #[arg(long, env = "SWITCHBOARD_CONNECTORS", default_value = "connectors")]
+    connectors: PathBuf,
+    /// Recipe files.
+    #[arg(long, env = "SWITCHBOARD_RECIPES", default_value = "recipes")]
+    recipes: PathBuf,
+    /// Secrets file (default: <data>/secrets.yaml). Environment variables
+    /// SWITCHBOARD_SECRET_<CONNECTOR>_<NAME> take precedence.
+    #[arg(long, env = "SWITCHBOARD_SECRETS")]
+    secrets: Option<PathBuf>,
+    /// Connectors allowed to call loopback/private addresses (`*` for all), e.g. for local mocks.
+    #[arg(
+        long = "allow-internal",
+        env = "SWITCHBOARD_ALLOW_INTERNAL",
+        value_delimiter = ','
+    )]
+    allow_internal: Vec<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    dirs: Dirs,
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = ServeConfig::DEFAULT_LISTEN)]
+    listen: String,
+    /// Largest webhook body in bytes.
+    #[arg(long, env = "SWITCHBOARD_BODY_LIMIT", default_value_t = ServeConfig::DEFAULT_BODY_LIMIT)]
+    body_limit: usize,
+    /// Concurrent run executors.
+    #[arg(long, env = "SWITCHBOARD_WORKERS", default_value_t = ServeConfig::DEFAULT_WORKERS)]
+    workers: usize,
+    /// Public base URL senders use (for schemes that sign the URL, e.g. HubSpot v3).
+    #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Seconds in-flight steps may take to finish after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = ServeConfig::DEFAULT_SHUTDOWN_GRACE_SECS)]
+    shutdown_grace: u64,
+    /// Run-queue depth above which /readyz answers 503 (webhooks are still accepted).
+    #[arg(long, env = "SWITCHBOARD_MAX_QUEUE", default_value_t = ServeConfig::DEFAULT_MAX_QUEUE)]
+    max_queue: usize,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve(ServeArgs),
+    /// Validate every connector and recipe; exit status 1 on any error.
+    Check {
+        #[command(flatten)]
+        dirs: Dirs,
+    },
+    /// Run the recipes' `tests:` with mocked connectors; exit status 1 if any fails.
+    ///
+    /// No call leaves the process, so no secret is needed: a secret that is
+    /// not set is replaced by a placeholder.
+    Test(TestArgs),
+    /// Inspect and retry runs.
+    Runs {
+        #[command(subcommand)]
+        cmd: RunsCmd,
+    },
+    /// Inspect events.
+    Events {
+        #[command(subcommand)]
+        cmd: EventsCmd,
+    },
+    /// Inspect and edit recipe state (values, window counters, rotations).
+    State {
+        #[command(subcommand)]
+        cmd: state::StateCmd,
+    },
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// (`--allow-internal` has no effect here: nothing is sent.)
+    #[command(flatten)]
+    dirs: Dirs,
+    /// Recipes to test (default: all).
+    #[arg(value_name = "NAME")]
+    names: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Check { dirs } => check(dirs),
+            Command::Test(args) => test(args),
+            Command::Runs { cmd } => inspect::runs(cmd).await,
+            Command::Events { cmd } => inspect::events(cmd).await,
+            Command::State { cmd } => state::state(cmd).await,
+        }
+    })
+}
+
+fn serve_config(dirs: Dirs) -> ServeConfig {
+    ServeConfig {
+        secrets_file: dirs.secrets,
+        admin_token: std::env::var("SWITCHBOARD_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+        allow_internal: dirs.allow_internal,
+        ..ServeConfig::new(dirs.data, dirs.connectors, dirs.recipes)
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let listen = args.listen.clone();
+    let config = ServeConfig {
+        body_limit: args.body_limit,
+        workers: args.workers,
+        public_url: args.public_url,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        max_queue: args.max_queue,
+        ..serve_config(args.dirs)
+    };
+    let started = async {
+        // Check everything before taking the port.
+        let prepared = server::prepare(config)?;
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|e| ServeError::Setup(format!("cannot listen on {listen}: {e}")))?;
+        if let Ok(addr) = listener.local_addr() {
+            // A stable line for scripts and tests that start the hub on port 0.
+            println!("switchboard listening on http://{addr}");
+        }
+        prepared.serve(listener, shutdown_signal()).await
+    };
+    match started.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ServeError::Load(errors)) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "error: {} problem(s) in connectors/recipes; not starting",
+                errors.len()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+fn check(dirs: Dirs) -> ExitCode {
+    let config = serve_config(dirs);
+    let opts = match config.load_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match Catalog::load(&opts) {
+        Ok(catalog) => {
+            for w in &catalog.warnings {
+                eprintln!("{w}");
+            }
+            println!(
+                "ok: {} connector(s), {} recipe(s)",
+                catalog.connectors.by_name.len(),
+                catalog.recipes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("error: {} problem(s) found", errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test(args: TestArgs) -> ExitCode {
+    let config = serve_config(args.dirs);
+    let mut opts = match config.load_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Nothing is sent, so connectors load without their credentials.
+    opts.secrets = opts.secrets.with_placeholders();
+    let catalog = match Catalog::load(&opts) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("error: {} problem(s) found", errors.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &catalog.warnings {
+        eprintln!("{w}");
+    }
+    if let Some(n) = args
+        .names
+        .iter()
+        .find(|n| catalog.recipe(n.as_str()).is_none())
+    {
+        eprintln!("error: no recipe named `{n}`");
+        return ExitCode::FAILURE;
+    }
+    let mut recipes: Vec<_> = catalog
+        .recipes
+        .iter()
+        .filter(|r| args.names.is_empty() || args.names.contains(&r.name))
+        .collect();
+    recipes.sort_by(|a, b| a.name.cmp(&b.name));
+    let (mut passed, mut failed) = (0, 0);
+    let mut untested = Vec::new();
+    for r in &recipes {
+        if r.tests.is_empty() {
+            untested.push(r.name.as_str());
+        }
+        for t in &r.tests {
+            let diffs = dry_run::run_test(&catalog, r, t);
+            if diffs.is_empty() {
+                passed += 1;
+                println!("ok   {} › {}", r.name, t.name);
+            } else {
+                failed += 1;
+                println!("FAIL {} › {}", r.name, t.name);
+                for d in diffs {
+                    println!("     {}", d.replace('\n', "\n     "));
+                }
+            }
+        }
+    }
+    println!();
+    if !untested.is_empty() {
+        println!("no tests: {}", untested.join(", "));
+    }
+    println!(
+        "{passed} passed, {failed} failed ({} recipe(s))",
+        recipes.len()
+    );
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,202 @@
+//! Text for people from the admin queries' typed answers (`--json` prints
+//! the values themselves).
+
+use crate::state::{Deleted, Entries};
+use serde::Serialize;
+use serde_json::Value;
+use std::time::Duration;
+use switchboard::admin::queries::{EventView, Listing, RetriedRuns};
+use switchboard::admin::state::StatePage;
+use switchboard::store::state::StateEntry;
+use switchboard::store::{Event, Run, RunStatus};
+
+pub fn runs(list: &Listing<Run>) -> String {
+    let mut out = String::new();
+    for r in &list.items {
+        let error = r
+            .error
+            .as_deref()
+            .or(r.pending.as_ref().and_then(|p| p.error.as_deref()))
+            .unwrap_or("");
+        out += &format!(
+            "{}  {:<10} {:<28} {}  steps:{}  {error}\n",
+            r.id,
+            name(r.status),
+            r.recipe,
+            time(r.created_at),
+            r.steps.len(),
+        );
+    }
+    if list.items.is_empty() {
+        out += "no runs\n";
+    }
+    out
+}
+
+pub fn events(list: &Listing<Event>) -> String {
+    let mut out = String::new();
+    for e in &list.items {
+        out += &format!(
+            "{}  {:<10} {:<24} {}  runs:{}\n",
+            e.id,
+            e.connector,
+            or_dash(&e.event_type),
+            time(e.received_at),
+            e.runs.len()
+        );
+    }
+    if list.items.is_empty() {
+        out += "no events\n";
+    }
+    out
+}
+
+pub fn run(r: &Run) -> String {
+    let mut out = format!(
+        "run     {}\nrecipe  {}\nevent   {}\nstatus  {}\ncreated {}\n",
+        r.id,
+        r.recipe,
+        r.event_id,
+        name(r.status),
+        time(r.created_at)
+    );
+    if let Some(e) = &r.error {
+        out += &format!("error   {e}\n");
+    }
+    if r.status == RunStatus::Retrying {
+        out += &format!("next    {}\n", time(r.due_at));
+    }
+    for (n, st) in r.steps.iter().chain(&r.pending).enumerate() {
+        out += &format!(
+            "\n{}. {} ({})  {}  HTTP {}  {} ms  attempts {}\n",
+            n + 1,
+            st.id,
+            st.call,
+            name(st.status),
+            or_dash(&st.http_status),
+            st.duration_ms,
+            st.attempts
+        );
+        out += &format!("   input:  {}\n", pretty(&st.input));
+        if let Some(r) = &st.request {
+            out += &format!("   request: {} {}\n", text(&r["method"]), text(&r["url"]));
+        }
+        out += &format!("   output: {}\n", pretty(&st.output));
+        if let Some(e) = &st.error {
+            out += &format!("   error:  {e}\n");
+        }
+        if st.history.len() > 1 {
+            for (i, a) in st.history.iter().enumerate() {
+                out += &format!(
+                    "   attempt {}: {}  HTTP {}  {} ms  {}\n",
+                    i + 1,
+                    time(a.at),
+                    or_dash(&a.http_status),
+                    a.duration_ms,
+                    a.error.as_deref().unwrap_or("ok")
+                );
+            }
+        }
+    }
+    out
+}
+
+pub fn event(e: &EventView) -> String {
+    let mut out = format!(
+        "event     {}\nconnector {}\ntype      {}\ndelivery  {}\nreceived  {}\n",
+        e.id,
+        e.connector,
+        or_dash(&e.event_type),
+        or_dash(&e.delivery_id),
+        time(e.received_at)
+    );
+    for r in &e.runs {
+        out += &format!("run       {}  {}  {}\n", r.id, r.recipe, name(r.status));
+    }
+    out += &format!("body      {}\n", pretty(&e.body));
+    out
+}
+
+pub fn retried(r: &RetriedRuns) -> String {
+    let mut out = format!("{} run(s) queued again\n", r.retried.len());
+    for id in &r.retried {
+        out += &format!("{id}\n");
+    }
+    out
+}
+
+/// Milliseconds since the epoch as RFC 3339 (empty if out of range).
+fn time(ms: i64) -> String {
+    u64::try_from(ms)
+        .ok()
+        .and_then(|ms| std::time::UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+        .map(|t| humantime::format_rfc3339_millis(t).to_string())
+        .unwrap_or_default()
+}
+
+/// A unit enum (a status) by its serialized name.
+fn name(value: impl Serialize) -> String {
+    text(&serde_json::to_value(value).unwrap_or_default())
+}
+
+fn or_dash(v: &Option<impl ToString>) -> String {
+    v.as_ref()
+        .map_or_else(|| "-".to_string(), ToString::to_string)
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v)
+        .unwrap_or_default()
+        .replace('\n', "\n      ")
+}
+
+pub fn state_page(page: &StatePage) -> String {
+    let mut out = state_lines(&page.items);
+    if page.items.is_empty() {
+        out += "no state\n";
+    }
+    if let Some(next) = &page.next {
+        out += &format!("more: --after {next}\n");
+    }
+    out
+}
+
+pub fn state_entries(entries: &Entries) -> String {
+    state_lines(&entries.items)
+}
+
+pub fn deleted(_: &Deleted) -> String {
+    "deleted\n".to_string()
+}
+
+fn state_lines(entries: &[StateEntry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        out += &format!(
+            "{:<9} {}  {}  {}",
+            name(e.kind),
+            e.namespace,
+            e.key,
+            e.value
+        );
+        if let Some(w) = e.window_ms.and_then(|w| u64::try_from(w).ok()) {
+            out += &format!(
+                "  (in the last {})",
+                humantime::format_duration(Duration::from_millis(w))
+            );
+        }
+        if let Some(at) = e.expires_at {
+            out += &format!("  expires {}", time(at));
+        }
+        out.push('\n');
+    }
+    out
+}
