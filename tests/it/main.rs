@@ -6,6 +6,7 @@
 //! - `cli`: `check` errors, `serve` refusing broken files, the runs/events commands.
 //! - `durability`: kill -9, SIGTERM, retries, dead letters, limits, ordering, back-pressure.
 //! - `recipe_tests`: `switchboard test` running the recipes' own `tests:` with mocked connectors.
+//! - `state`: recipe state and assignment steps (concurrency, kill -9), the `state` CLI and API.
 //! - `prism`: shipped connector actions validated by Prism serving the vendors' real specs.
 //! - `time`: calendars, time functions, schedules, durable waits, debounce, cancel_on.
 
@@ -17,5 +18,6 @@ mod ingress;
 mod prism;
 mod recipe_tests;
 mod recipes;
+mod state;
 mod time;
 mod utils;
