@@ -145,19 +145,22 @@ pub struct Assign {
     /// Per agent: why a skip rule excludes it (`None`: it may be picked).
     pub skipped: Vec<Option<String>>,
     pub strategy: Strategy,
+    /// The agents' loads, if known: least-loaded assignment needs them,
+    /// `capacity` is checked against them.
+    pub loads: Option<Loads>,
     /// Agents whose load is at or above this are skipped.
     pub capacity: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
     /// The next eligible agent after the last one picked, in list order.
     RoundRobin,
-    /// The eligible agent with the smallest load; ties go round robin.
-    LeastLoaded(Loads),
+    /// The eligible agent with the smallest load (no loads: all 0); ties go round robin.
+    LeastLoaded,
 }
 
-/// Where least-loaded assignment finds each agent's load.
+/// Where assignment finds each agent's load.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Loads {
     /// Computed by the step (e.g. from a fetched list), one per agent.
@@ -527,11 +530,10 @@ fn assign(a: &Assign, now: i64, kv: &dyn Kv, writes: &mut Vec<Write>) -> Result<
         Some(b) => decode::<RotationRecord>(&rot_raw, &b)?.next,
         None => 0,
     };
-    // Loads, where the strategy has them.
-    let loads: Option<Vec<f64>> = match &a.strategy {
-        Strategy::RoundRobin => None,
-        Strategy::LeastLoaded(Loads::Given(v)) => Some(v.clone()),
-        Strategy::LeastLoaded(Loads::Keys { keys, .. }) => {
+    let loads: Option<Vec<f64>> = match &a.loads {
+        None => None,
+        Some(Loads::Given(v)) => Some(v.clone()),
+        Some(Loads::Keys { keys, .. }) => {
             let mut v = Vec::with_capacity(keys.len());
             for k in keys {
                 let raw = k.raw(StateKind::Value);
@@ -575,13 +577,14 @@ fn assign(a: &Assign, now: i64, kv: &dyn Kv, writes: &mut Vec<Write>) -> Result<
                 continue;
             }
         }
-        match (&loads, best) {
-            (None, _) => {
-                best = Some((i, 0.0));
+        let load = load.unwrap_or(0.0);
+        match (a.strategy, best) {
+            (Strategy::RoundRobin, _) => {
+                best = Some((i, load));
                 break;
             }
-            (Some(_), Some((_, b))) if load.unwrap_or(0.0) >= b => {}
-            (Some(_), _) => best = Some((i, load.unwrap_or(0.0))),
+            (Strategy::LeastLoaded, Some((_, b))) if load >= b => {}
+            (Strategy::LeastLoaded, _) => best = Some((i, load)),
         }
     }
     let Some((index, load)) = best else {
@@ -594,7 +597,7 @@ fn assign(a: &Assign, now: i64, kv: &dyn Kv, writes: &mut Vec<Write>) -> Result<
         updated_at: now,
     };
     writes.push(Write::Put(rot_raw, encode(&rec)?));
-    if let Strategy::LeastLoaded(Loads::Keys { keys, add }) = &a.strategy {
+    if let Some(Loads::Keys { keys, add }) = &a.loads {
         if *add != 0 {
             let (out, w) = apply(
                 &StateOp::Incr {
@@ -958,12 +961,18 @@ mod tests {
         assert_eq!(rec.granule_ms, 1000);
     }
 
-    fn assign_op(n: usize, skipped: Vec<Option<String>>, strategy: Strategy) -> StateOp {
+    fn assign_op(
+        n: usize,
+        skipped: Vec<Option<String>>,
+        strategy: Strategy,
+        loads: Option<Loads>,
+    ) -> StateOp {
         StateOp::Assign(Assign {
             rotation: k("rr"),
             agents: (0..n).map(|i| format!("agent{i}")).collect(),
             skipped,
             strategy,
+            loads,
             capacity: Some(3.0),
         })
     }
@@ -978,7 +987,7 @@ mod tests {
     #[test]
     fn round_robin_rotates_and_skips() {
         let mut s = MemoryState::default();
-        let rr = |skip: Vec<Option<String>>| assign_op(3, skip, Strategy::RoundRobin);
+        let rr = |skip: Vec<Option<String>>| assign_op(3, skip, Strategy::RoundRobin, None);
         let none = vec![None, None, None];
         let picks: Vec<usize> = (0..6)
             .map(|_| index(s.apply(&rr(none.clone()), 0).unwrap()))
@@ -998,12 +1007,23 @@ mod tests {
             "{reason}"
         );
         let StateOutput::Failed { reason } = s
-            .apply(&assign_op(0, vec![], Strategy::RoundRobin), 0)
+            .apply(&assign_op(0, vec![], Strategy::RoundRobin, None), 0)
             .unwrap()
         else {
             panic!()
         };
         assert!(reason.contains("list is empty"), "{reason}");
+        // Round robin with loads: an agent at capacity is passed over.
+        let capped = assign_op(
+            3,
+            vec![None; 3],
+            Strategy::RoundRobin,
+            Some(Loads::Given(vec![0.0, 3.0, 0.0])),
+        );
+        let picks: Vec<usize> = (0..3)
+            .map(|_| index(s.apply(&capped, 0).unwrap()))
+            .collect();
+        assert_eq!(picks, [0, 2, 0]);
     }
 
     #[test]
@@ -1022,7 +1042,8 @@ mod tests {
         let op = assign_op(
             3,
             vec![None; 3],
-            Strategy::LeastLoaded(Loads::Keys {
+            Strategy::LeastLoaded,
+            Some(Loads::Keys {
                 keys: keys.clone(),
                 add: 1,
             }),
@@ -1038,7 +1059,8 @@ mod tests {
         let given = assign_op(
             3,
             vec![None; 3],
-            Strategy::LeastLoaded(Loads::Given(vec![5.0, 1.0, 2.0])),
+            Strategy::LeastLoaded,
+            Some(Loads::Given(vec![5.0, 1.0, 2.0])),
         );
         // Given loads: agent0 is over capacity, agent1 the least loaded.
         assert_eq!(
