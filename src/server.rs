@@ -3,7 +3,7 @@
 
 use crate::admin::{self, AdminState};
 use crate::connector::SecretSource;
-use crate::engine::{worker, Catalog, Engine, EngineConfig, LoadOptions};
+use crate::engine::{scheduler, worker, Catalog, Engine, EngineConfig, LoadOptions};
 use crate::ingress::{self, IngressState};
 use crate::secret::Secret;
 use crate::store::{sled::SledStore, Store};
@@ -158,7 +158,8 @@ impl Prepared {
             token,
         } = self;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let workers = worker::spawn(&engine, stop_rx);
+        let mut workers = worker::spawn(&engine, stop_rx.clone());
+        workers.extend(scheduler::spawn(&engine, stop_rx));
         let app = ingress::router(IngressState {
             engine: engine.clone(),
             body_limit: config.body_limit,

@@ -11,6 +11,7 @@
 
 mod catalog;
 pub mod dry_run;
+pub mod scheduler;
 mod step;
 pub mod worker;
 
@@ -150,6 +151,21 @@ impl Engine {
                         seq: 0,
                     }
                 });
+                let debounce = r.debounce.as_ref().map(|d| {
+                    let key = catalog.templates.render_string(&d.key, ctx).unwrap_or_else(|e| {
+                        tracing::warn!(recipe = %r.name, error = %e, "debounce key did not render; using the empty key");
+                        String::new()
+                    });
+                    store::DebounceSlot {
+                        key: format!("{}\0{key}", r.name),
+                        quiet_ms: d.quiet_ms,
+                        max_ms: d.max_ms,
+                        first_at: now,
+                        events: 1,
+                    }
+                });
+                // A debounced run starts once its key has been quiet.
+                let due_at = debounce.as_ref().map_or(now, |d| now + d.quiet_ms);
                 runs.push(Run {
                     // Ids are given when the event is stored, below.
                     id: String::new(),
@@ -161,10 +177,11 @@ impl Engine {
                     finished_at: None,
                     steps: Vec::new(),
                     error: None,
-                    due_at: now,
+                    due_at,
                     pending: None,
                     round: 0,
                     concurrency,
+                    debounce,
                 });
             },
         );
@@ -172,7 +189,10 @@ impl Engine {
         // in the same write that stores them (saves a lease write per run).
         let lease_ms = self.config.lease.as_millis() as i64;
         let mut handoffs = Vec::new();
-        for run in runs.iter_mut().filter(|r| r.concurrency.is_none()) {
+        for run in runs
+            .iter_mut()
+            .filter(|r| r.concurrency.is_none() && r.debounce.is_none())
+        {
             let Ok(permit) = self.handoff.try_reserve() else {
                 break;
             };
@@ -206,6 +226,13 @@ impl Engine {
         self.commit.sync().await?;
         match inserted {
             Inserted::New => {
+                if runs.iter().any(|r| r.debounce.is_some()) {
+                    // A debounced run may have folded into a pending one:
+                    // the stored event names the runs it really has.
+                    if let Some(stored) = self.store.event(&event_id)? {
+                        event.runs = stored.runs;
+                    }
+                }
                 let handed = handoffs.len();
                 let mut queued = false;
                 for run in runs {

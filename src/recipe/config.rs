@@ -25,6 +25,11 @@ pub struct RecipeFile {
     /// a time), in arrival order: `{ key: "{{ event.ticket.id }}", limit: 1 }`.
     #[serde(default)]
     pub concurrency: Option<ConcurrencyFile>,
+    /// A burst of events with the same rendered key makes one run, with the
+    /// burst's last event, once no event came for `quiet` (at most `max`
+    /// after the first): `{ key: "{{ event.ticket.id }}", quiet: 30s, max: 5m }`.
+    #[serde(default)]
+    pub debounce: Option<DebounceFile>,
     /// Ordered steps.
     #[serde(default)]
     pub steps: Vec<StepFile>,
@@ -32,6 +37,18 @@ pub struct RecipeFile {
     /// `switchboard test`, offline (README "Testing recipes").
     #[serde(default)]
     pub tests: Vec<TestFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebounceFile {
+    /// Template over `{event, vars}`.
+    pub key: String,
+    /// How long no event of the key must arrive before the run starts (`30s`).
+    pub quiet: String,
+    /// Longest a run is put off after the burst's first event (default 10 × `quiet`).
+    #[serde(default)]
+    pub max: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,13 +61,36 @@ pub struct ConcurrencyFile {
     pub limit: Option<u32>,
 }
 
+/// `on:` — a webhook event (`connector` + `event`) or a schedule
+/// (`schedule` + optional `timezone` and `missed`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
     /// Connector whose webhook delivers the event.
-    pub connector: String,
+    #[serde(default)]
+    pub connector: Option<String>,
     /// Event type, as the connector's `webhook.event_type` reads it.
-    pub event: String,
+    #[serde(default)]
+    pub event: Option<String>,
+    /// A cron expression (`"0 9 * * MON-FRI"`; six fields for seconds).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// tz database zone the schedule's wall-clock times are in (default `UTC`).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Slots that passed while the hub was down: `latest` (default) fires
+    /// the latest of them once, `skip` fires none.
+    #[serde(default)]
+    pub missed: Option<Missed>,
+}
+
+/// What a schedule does about slots missed while the hub was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Missed {
+    #[default]
+    Latest,
+    Skip,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,6 +11,7 @@
 
 pub mod condition;
 pub mod config;
+pub mod trigger;
 
 use crate::connector::{Action, Connectors, Field};
 use crate::template::{escape, Template, Templates, ValueTemplate};
@@ -28,15 +29,30 @@ use std::path::{Path, PathBuf};
 pub struct Recipe {
     pub name: String,
     pub file: PathBuf,
+    /// The trigger as the index matches it; a schedule's is
+    /// ([`trigger::SCHEDULE_CONNECTOR`], the recipe's name).
     pub connector: String,
     pub event: String,
+    /// `on: { schedule }`: when slots come.
+    pub schedule: Option<trigger::ScheduleTrigger>,
     pub condition: Condition,
     pub vars: Value,
     /// Concurrency key template and limit.
     pub concurrency: Option<(Template, u32)>,
+    /// `debounce:` — one run per burst of a key.
+    pub debounce: Option<Debounce>,
     pub steps: Vec<Step>,
     /// The file's `tests:`, run by `switchboard test`; the engine never reads them.
     pub tests: Vec<RecipeTest>,
+}
+
+/// A compiled `debounce:`.
+#[derive(Debug, Clone)]
+pub struct Debounce {
+    /// Template over `{event, vars}`.
+    pub key: Template,
+    pub quiet_ms: i64,
+    pub max_ms: i64,
 }
 
 /// One compiled `tests:` entry (see [`config::TestFile`]).
@@ -310,24 +326,7 @@ fn compile(
     errors: &mut Vec<LoadError>,
 ) -> Option<Recipe> {
     let before = errors.len();
-    match connectors.get(&file.on.connector) {
-        None => errors.push(map.error(
-            "/on/connector",
-            format!(
-                "unknown connector `{}`, expected one of {}",
-                file.on.connector,
-                list(sorted(connectors.by_name.keys()).iter())
-            ),
-        )),
-        Some(c) if c.webhook.is_none() => errors.push(map.error(
-            "/on/connector",
-            format!(
-                "connector `{}` has no `webhook:` section, so it sends no events",
-                c.name
-            ),
-        )),
-        Some(_) => {}
-    }
+    let on = trigger::compile(&file.name, &file.on, map, connectors, errors);
     let vars: BTreeSet<String> = file
         .vars
         .as_object()
@@ -378,6 +377,59 @@ fn compile(
         }
     });
 
+    let debounce = file.debounce.as_ref().and_then(|d| {
+        let scope = Scope {
+            steps: &[],
+            vars: &vars,
+            calendars,
+        };
+        let key = match templates.compile(&d.key) {
+            Ok(t) => {
+                check_templates(
+                    &ValueTemplate::String(t.clone()),
+                    "/debounce/key",
+                    &scope,
+                    templates,
+                    map,
+                    errors,
+                );
+                Some(t)
+            }
+            Err(e) => {
+                errors.push(map.error("/debounce/key", format!("template error: {e}")));
+                None
+            }
+        };
+        let max = crate::time::MAX_WAIT_MS;
+        let quiet = crate::time::parse_duration(&d.quiet, max)
+            .map_err(|e| errors.push(map.error("/debounce/quiet", e.0)))
+            .ok();
+        let max_ms = match (&d.max, quiet) {
+            (Some(m), _) => crate::time::parse_duration(m, max)
+                .map_err(|e| errors.push(map.error("/debounce/max", e.0)))
+                .ok(),
+            (None, Some(q)) => Some(q.saturating_mul(10).min(max)),
+            (None, None) => None,
+        };
+        if let (Some(q), Some(m)) = (quiet, max_ms) {
+            if m < q {
+                errors.push(map.error(
+                    "/debounce/max",
+                    format!(
+                        "`max` ({}) must not be shorter than `quiet` ({})",
+                        d.max.as_deref().unwrap_or_default(),
+                        d.quiet
+                    ),
+                ));
+            }
+        }
+        Some(Debounce {
+            key: key?,
+            quiet_ms: quiet?,
+            max_ms: max_ms?,
+        })
+    });
+
     let tests = compile_tests(&file, map, connectors, errors);
 
     let mut steps = Vec::new();
@@ -398,14 +450,17 @@ fn compile(
     if errors.len() > before {
         return None;
     }
+    let on = on?;
     Some(Recipe {
         name: file.name,
         file: path.to_path_buf(),
-        connector: file.on.connector,
-        event: file.on.event,
+        connector: on.connector,
+        event: on.event,
+        schedule: on.schedule,
         condition,
         vars: file.vars,
         concurrency,
+        debounce,
         steps,
         tests,
     })
@@ -589,8 +644,12 @@ fn test_event_type(
     connectors: &Connectors,
     errors: &mut Vec<LoadError>,
 ) -> Option<String> {
+    if file.on.schedule.is_some() {
+        // A slot's event type is the recipe's name; a test's event is the slot's body.
+        return Some(file.name.clone());
+    }
     // An unknown connector or one without a webhook is reported already.
-    let c = connectors.get(&file.on.connector)?;
+    let c = connectors.get(file.on.connector.as_deref()?)?;
     let webhook = c.webhook.as_ref()?;
     let given = t.event_type.clone();
     let read = match &webhook.event_type {

@@ -102,6 +102,25 @@ pub struct Run {
     /// arrival order, at most `limit` at a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<ConcurrencySlot>,
+    /// The recipe's debounce key, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<DebounceSlot>,
+}
+
+/// A debounced run: while it has not started, a later event of the same
+/// key becomes its event and pushes its start out by `quiet_ms`, up to
+/// `first_at + max_ms` (`b/<key>` points at it; leasing removes that).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DebounceSlot {
+    /// `<recipe>\0<rendered key>`.
+    pub key: String,
+    pub quiet_ms: i64,
+    pub max_ms: i64,
+    /// When the burst's first event arrived.
+    pub first_at: i64,
+    /// Events folded into this run so far, this one included.
+    #[serde(default)]
+    pub events: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -216,6 +235,11 @@ pub enum Inserted {
 pub trait Store: Send + Sync + 'static {
     /// Store an event and its new runs (queued, due now) atomically, unless
     /// an event with the same (connector, delivery id) exists.
+    ///
+    /// A run with a [`DebounceSlot`] whose key already has a run that has
+    /// not started is not stored: that pending run takes this event instead
+    /// (due `quiet_ms` from now, at most `first_at + max_ms`), and the stored
+    /// event lists the pending run's id in place of the new one.
     fn insert_event(&self, event: &Event, runs: &[Run]) -> Result<Inserted>;
     /// Make every write so far durable.
     fn flush(&self) -> Result<()>;
@@ -241,6 +265,12 @@ pub trait Store: Send + Sync + 'static {
     fn queue_depth(&self) -> Result<usize>;
     /// When the earliest queue entry is due, if any.
     fn next_due(&self) -> Result<Option<i64>>;
+
+    /// The last schedule slot (ms) handled for `recipe`, if any.
+    fn schedule_cursor(&self, recipe: &str) -> Result<Option<i64>>;
+    /// Record that `recipe`'s schedule handled `slot` (the event's dedupe,
+    /// not this, is what makes a slot fire once).
+    fn set_schedule_cursor(&self, recipe: &str, slot: i64) -> Result<()>;
 
     /// Apply a recipe state operation at `now` (see [`state`]). `checkpoint`
     /// gets the outcome and returns the run to write with it — the run with

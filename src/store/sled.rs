@@ -7,6 +7,8 @@
 //! - `q/<due ms, 8 bytes big-endian><run id>` → empty: the run queue, in due order
 //! - `k/<recipe>\0<key>\0<seq, 8 bytes big-endian>` → run id: unfinished runs of a
 //!   concurrency key, in arrival order
+//! - `b/<recipe>\0<key>` → run id: the debounced run of a key that has not started
+//! - `s/<recipe>` → last schedule slot handled (ms, 8 bytes big-endian)
 //! - `v/`, `n/`, `a/<namespace>\0<key>` → recipe state (values, window
 //!   counters, rotations; see [`super::state`])
 //!
@@ -93,7 +95,27 @@ fn slot_key(key: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+fn debounce_key(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + key.len());
+    k.extend_from_slice(b"b/");
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn cursor_key(recipe: &str) -> Vec<u8> {
+    format!("s/{recipe}").into_bytes()
+}
+
 impl SledStore {
+    /// The run a debounce key points at, if it has not started yet.
+    fn pending_debounce(&self, key: &[u8]) -> Result<Option<Run>> {
+        let Some(id) = self.tree.get(key).map_err(io)? else {
+            return Ok(None);
+        };
+        let run: Option<Run> = self.get(&[b"r/".as_slice(), &id].concat())?;
+        Ok(run.filter(|r| r.status == RunStatus::Queued && r.debounce.is_some()))
+    }
+
     /// Is this run among the first `limit` unfinished runs of its key?
     fn has_turn(&self, slot: &ConcurrencySlot) -> Result<bool> {
         for item in self
@@ -195,9 +217,35 @@ impl Store for SledStore {
         if let Some(k) = dedupe_key {
             batch.insert(k, event.id.as_bytes());
         }
-        batch.insert(format!("e/{}", event.id).into_bytes(), encode(event)?);
+        let mut event = std::borrow::Cow::Borrowed(event);
         for run in runs {
             let mut run = run.clone();
+            if let Some(d) = &mut run.debounce {
+                let key = debounce_key(&d.key);
+                if let Some(pending) = self.pending_debounce(&key)? {
+                    // The burst goes on: the pending run takes this event.
+                    let mut p = pending;
+                    let first = p.debounce.as_ref().map_or(d.first_at, |x| x.first_at);
+                    let due = (d.first_at + d.quiet_ms).min(first + d.max_ms);
+                    batch.remove(queue_key(p.due_at, &p.id));
+                    batch.insert(queue_key(due, &p.id), &[][..]);
+                    p.due_at = due;
+                    p.event_id = event.id.clone();
+                    p.updated_at = d.first_at;
+                    if let Some(pd) = &mut p.debounce {
+                        pd.events += 1;
+                    }
+                    batch.insert(format!("r/{}", p.id).into_bytes(), encode(&p)?);
+                    for id in &mut event.to_mut().runs {
+                        if *id == run.id {
+                            id.clone_from(&p.id);
+                        }
+                    }
+                    continue;
+                }
+                d.events = 1;
+                batch.insert(key, run.id.as_bytes());
+            }
             if let Some(slot) = &mut run.concurrency {
                 // Arrival order within the key: a sequence from the store.
                 slot.seq = self.db.generate_id().map_err(io)?;
@@ -206,6 +254,7 @@ impl Store for SledStore {
             batch.insert(format!("r/{}", run.id).into_bytes(), encode(&run)?);
             batch.insert(queue_key(run.due_at, &run.id), &[][..]);
         }
+        batch.insert(format!("e/{}", event.id).into_bytes(), encode(&*event)?);
         self.tree.apply_batch(batch).map_err(io)?;
         Ok(Inserted::New)
     }
@@ -244,6 +293,13 @@ impl Store for SledStore {
             let Some(mut run) = self.get::<Run>(format!("r/{id}").as_bytes())? else {
                 continue; // a queue entry without a run: drop it
             };
+            if let Some(d) = &run.debounce {
+                // Started: later events of the key make a new run.
+                let key = debounce_key(&d.key);
+                if self.tree.get(&key).map_err(io)?.as_deref() == Some(run.id.as_bytes()) {
+                    batch.remove(key);
+                }
+            }
             let turn = match &run.concurrency {
                 Some(slot) => self.has_turn(slot)?,
                 None => true,
@@ -487,6 +543,22 @@ impl Store for SledStore {
         })
     }
 
+    fn schedule_cursor(&self, recipe: &str) -> Result<Option<i64>> {
+        Ok(self
+            .tree
+            .get(cursor_key(recipe))
+            .map_err(io)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(i64::from_be_bytes))
+    }
+
+    fn set_schedule_cursor(&self, recipe: &str, slot: i64) -> Result<()> {
+        self.tree
+            .insert(cursor_key(recipe), &slot.to_be_bytes())
+            .map(|_| ())
+            .map_err(io)
+    }
+
     fn next_due(&self) -> Result<Option<i64>> {
         match self.tree.scan_prefix(b"q/").next() {
             None => Ok(None),
@@ -533,6 +605,7 @@ mod tests {
             pending: None,
             round: 0,
             concurrency: None,
+            debounce: None,
         }
     }
 

@@ -75,6 +75,12 @@ impl Store for FaultyStore {
     fn next_due(&self) -> store::Result<Option<i64>> {
         self.inner.next_due()
     }
+    fn schedule_cursor(&self, recipe: &str) -> store::Result<Option<i64>> {
+        self.inner.schedule_cursor(recipe)
+    }
+    fn set_schedule_cursor(&self, recipe: &str, slot: i64) -> store::Result<()> {
+        self.inner.set_schedule_cursor(recipe, slot)
+    }
     fn apply_state(
         &self,
         op: &StateOp,

@@ -161,3 +161,211 @@ tests:
         "{err}"
     );
 }
+
+/// Poll `f` every 50 ms until it gives `Some`, or fail after `secs`.
+async fn poll<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(t) = f().await {
+            return t;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The `text` of every form-encoded `chat.postMessage` the mock received.
+fn slack_texts(api: &MockApi) -> Vec<String> {
+    api.calls("/chat.postMessage")
+        .iter()
+        .map(|r| {
+            let form: std::collections::HashMap<String, String> =
+                serde_urlencoded::from_bytes(&r.body).unwrap();
+            form["text"].clone()
+        })
+        .collect()
+}
+
+fn slack_ok() -> Vec<Route> {
+    vec![route(
+        axum::http::Method::POST,
+        "/chat.postMessage",
+        200,
+        serde_json::json!({"ok": true, "channel": "C1", "ts": "1.0"}),
+    )]
+}
+
+#[tokio::test]
+async fn a_schedule_slot_fires_once_across_a_kill_and_restart() {
+    let api = MockApi::start(slack_ok()).await;
+    let cfg = Config::connectors_only();
+    cfg.recipe(
+        "tick",
+        r#"name: tick
+on: { schedule: "*/2 * * * * *", timezone: Europe/Berlin }
+steps:
+  - call: slack.post_message
+    with: { channel: C1, text: "{{ event.slot_ms }}" }
+"#,
+    );
+    let data = cfg.dir.path().join("data");
+    let opts = HubOptions {
+        data: Some(data.clone()),
+        ..cfg.options().base_url("slack", &api.url)
+    };
+    let mut hub = Hub::start(opts.clone()).await;
+    let first = poll(15, "a first slot", || async {
+        hub.items("/api/events").await.into_iter().next()
+    })
+    .await;
+    hub.kill(); // SIGKILL, right after the slot was stored
+    assert_eq!(first["connector"], "schedule");
+    let first_slot = first["body"]["slot_ms"].as_i64().unwrap();
+    assert_eq!(
+        first["delivery_id"],
+        format!("tick@{first_slot}"),
+        "{first}"
+    );
+
+    let hub = Hub::start(opts).await;
+    // A later slot fires after the restart; every stored slot's run finishes.
+    let events = poll(15, "a slot after the restart", || async {
+        let events = hub.items("/api/events").await;
+        events
+            .iter()
+            .any(|e| e["body"]["slot_ms"].as_i64() > Some(first_slot))
+            .then_some(events)
+    })
+    .await;
+    for e in &events {
+        for r in e["runs"].as_array().unwrap() {
+            let run = hub.wait_run(r.as_str().unwrap()).await;
+            assert_eq!(run["status"], "succeeded", "{run}");
+        }
+    }
+    // Each slot is one event with one run and one call: nothing fired twice.
+    let events = hub.items("/api/events").await;
+    let mut slots: Vec<i64> = events
+        .iter()
+        .map(|e| e["body"]["slot_ms"].as_i64().unwrap())
+        .collect();
+    slots.sort();
+    let n = slots.len();
+    slots.dedup();
+    assert_eq!(slots.len(), n, "a slot stored twice: {events:?}");
+    assert!(slots.contains(&first_slot));
+    assert!(slots.iter().all(|s| s % 2000 == 0), "{slots:?}");
+    for e in &events {
+        assert_eq!(e["runs"].as_array().unwrap().len(), 1, "{e}");
+    }
+    let mut texts = slack_texts(&api);
+    texts.sort();
+    let calls = texts.len();
+    texts.dedup();
+    assert_eq!(texts.len(), calls, "a slot called twice: {texts:?}");
+    let mut want: Vec<String> = slots.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    // Calls of slots stored after we listed them may follow; those listed all called.
+    assert!(
+        want.iter().all(|w| texts.contains(w)),
+        "{want:?} vs {texts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_ten_events_for_one_key_makes_one_run_with_the_last_event() {
+    let api = MockApi::start(slack_ok()).await;
+    let cfg = Config::connectors_only();
+    cfg.recipe(
+        "sync",
+        r#"name: sync
+on: { connector: zendesk, event: ticket.updated }
+debounce: { key: "{{ event.ticket.id }}", quiet: 1500ms, max: 1m }
+steps:
+  - call: slack.post_message
+    with: { channel: C1, text: "{{ event.ticket.id }} {{ event.ticket.subject }}" }
+"#,
+    );
+    let hub = Hub::start(cfg.options().base_url("slack", &api.url)).await;
+    let update = |id: u64, subject: &str| serde_json::json!({"type": "ticket.updated", "ticket": {"id": id, "subject": subject}});
+    let mut run_ids = Vec::new();
+    for i in 1..=10 {
+        let (status, body) = hub.post_zendesk(&update(7, &format!("edit {i}"))).await;
+        assert_eq!(status, 202, "{body}");
+        run_ids.push(body["runs"][0].as_str().unwrap().to_string());
+    }
+    // Another key in the same burst has its own run.
+    let (_, other) = hub.post_zendesk(&update(8, "other")).await;
+    run_ids.dedup();
+    assert_eq!(run_ids.len(), 1, "every event of the burst names one run");
+    let run = hub.wait_run(&run_ids[0]).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    hub.wait_run(other["runs"][0].as_str().unwrap()).await;
+    let mut texts = slack_texts(&api);
+    texts.sort();
+    assert_eq!(texts, vec!["7 edit 10".to_string(), "8 other".to_string()]);
+
+    // After the run started, a new event of the key makes a new run.
+    let (_, later) = hub.post_zendesk(&update(7, "later")).await;
+    let later_id = later["runs"][0].as_str().unwrap();
+    assert_ne!(later_id, run_ids[0]);
+    let run = hub.wait_run(later_id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(slack_texts(&api).len(), 3);
+}
+
+#[test]
+fn bad_schedules_and_debounce_durations_are_check_errors_with_positions() {
+    let cfg = Config::connectors_only();
+    let f1 = cfg.recipe(
+        "a",
+        r#"name: a
+on:
+  schedule: "0 25 * * MON-FRI"
+steps:
+  - call: slack.post_message
+    with: { channel: C1, text: hi }
+"#,
+    );
+    let f2 = cfg.recipe(
+        "b",
+        r#"name: b
+on: { schedule: "0 9 * * *", timezone: Europe/Berln }
+steps:
+  - call: slack.post_message
+    with: { channel: C1, text: hi }
+"#,
+    );
+    let f3 = cfg.recipe(
+        "c",
+        r#"name: c
+on: { connector: zendesk, event: ticket.updated }
+debounce:
+  key: "{{ event.ticket.id }}"
+  quiet: 30 parsecs
+  max: 400d
+steps:
+  - call: slack.post_message
+    with: { channel: C1, text: hi }
+"#,
+    );
+    let err = check_fails(&cfg);
+    for want in [
+        format!(
+            "{}:3:13: invalid cron expression `0 25 * * MON-FRI`",
+            f1.display()
+        ),
+        format!("{}:2:40: unknown time zone `Europe/Berln`", f2.display()),
+        format!("{}:5:10: invalid duration `30 parsecs`", f3.display()),
+        format!(
+            "{}:6:8: duration `400d` is longer than the maximum of 366d",
+            f3.display()
+        ),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in\n{err}");
+    }
+}
