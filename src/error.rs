@@ -20,6 +20,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("body larger than {0} bytes")]
     TooLarge(usize),
+    /// The request (its body) did not arrive in time.
+    #[error("{0}")]
+    Timeout(String),
     #[error("{message}")]
     Unauthorized {
         check: &'static str,
@@ -70,6 +73,10 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": "too_large", "message": message}),
+            ),
+            ApiError::Timeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": "timeout", "message": message}),
             ),
             ApiError::Unauthorized { check, .. } => (
                 StatusCode::UNAUTHORIZED,

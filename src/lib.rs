@@ -18,13 +18,15 @@
 //! - [`time`]: the engine's clock, zones, durations, cron schedules, business-hours calendars.
 //! - [`template`], [`jsonpath`], [`yaml`], [`secret`], [`duration`]: shared, pure building blocks.
 //! - [`error`]: the one place errors become HTTP answers.
+//! - [`listener`]: the accept loop and per-connection limits (timeouts,
+//!   connection cap, bounded buffers, lingering close).
 //! - [`server`]: wiring for `serve` — [`server::prepare`] checks everything
 //!   before a port is bound, [`server::Prepared::serve`] runs and stops in order.
 //!
 //! # Invariants
 //! - Dependencies point one way: `ingress`/`admin` → `engine` → `recipe`,
 //!   `connector`, `store`; `recipe` → `connector` (to check references).
-//! - Only `ingress`, `admin`, `error` and `server` use axum; only `connector`
+//! - Only `ingress`, `admin`, `error`, `listener` and `server` use axum; only `connector`
 //!   (and the CLI's admin client) use reqwest; only `store` uses sled.
 //! - Conditions and templates do no I/O.
 //! - An event is durable in the store before its webhook is answered 2xx.
@@ -40,6 +42,7 @@ pub mod engine;
 pub mod error;
 pub mod ingress;
 pub mod jsonpath;
+pub mod listener;
 pub mod recipe;
 pub mod secret;
 pub mod server;

@@ -5,6 +5,7 @@ use crate::admin::{self, AdminState};
 use crate::connector::SecretSource;
 use crate::engine::{scheduler, worker, Catalog, Engine, EngineConfig, LoadOptions};
 use crate::ingress::{self, IngressState};
+use crate::listener::{self, ConnectionLimits};
 use crate::secret::Secret;
 use crate::store::{sled::SledStore, Store};
 use crate::yaml::LoadError;
@@ -31,6 +32,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Run-queue depth above which `/readyz` reports overloaded.
     pub max_queue: usize,
+    /// Timeouts and the connection cap of the HTTP listener.
+    pub connections: ConnectionLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +66,7 @@ impl ServeConfig {
             public_url: None,
             shutdown_grace: Duration::from_secs(Self::DEFAULT_SHUTDOWN_GRACE_SECS),
             max_queue: Self::DEFAULT_MAX_QUEUE,
+            connections: ConnectionLimits::default(),
         }
     }
 
@@ -173,10 +177,14 @@ impl Prepared {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "listening");
         }
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| ServeError::Setup(e.to_string()))?;
+        listener::serve(
+            listener,
+            app,
+            config.connections.clone(),
+            shutdown,
+            config.shutdown_grace,
+        )
+        .await;
 
         // Stop taking runs; let the ones in flight finish their step, up to the grace period.
         let _ = stop_tx.send(true);

@@ -67,7 +67,13 @@ async fn receive(
     }
     let bytes: Bytes = axum::body::to_bytes(body, st.body_limit)
         .await
-        .map_err(|_| too_large())?;
+        .map_err(|e| {
+            if crate::listener::is_body_timeout(&e) {
+                ApiError::Timeout(e.to_string())
+            } else {
+                too_large()
+            }
+        })?;
 
     let url = match &st.public_url {
         Some(base) => format!(

@@ -197,3 +197,109 @@ steps:
     let health = hub.http.get(format!("{}/healthz", hub.url)).send().await;
     assert_eq!(health.unwrap().status(), 200);
 }
+
+/// Slowloris: with an open-file limit of 256, 300 connections that send half
+/// a request head or half a body (and hold) are closed after the configured
+/// timeouts, and the hub keeps answering `/healthz` and signed webhooks.
+#[tokio::test]
+async fn slow_connections_cannot_starve_the_hub() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let opts = HubOptions {
+        nofile: Some(256),
+        args: ["--header-timeout", "1s", "--body-timeout", "1s"]
+            .map(String::from)
+            .to_vec(),
+        ..HubOptions::default()
+    };
+    let hub = Hub::start(opts).await;
+    let addr = hub.url.trim_start_matches("http://").to_string();
+    let mut slow = Vec::new();
+    for i in 0..300 {
+        let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else {
+            continue;
+        };
+        let partial: &[u8] = if i % 2 == 0 {
+            b"POST /hooks/zendesk HTTP/1.1\r\nHost: x\r\nX-Slow: "
+        } else {
+            b"POST /hooks/zendesk HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"a\": \""
+        };
+        let _ = s.write_all(partial).await;
+        slow.push(s);
+    }
+    assert!(slow.len() >= 250, "only {} connected", slow.len());
+
+    // The hub answers again once the slow connections are cut.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let quick = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    loop {
+        let r = quick.get(format!("{}/healthz", hub.url)).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/healthz never answered"
+        );
+    }
+    let (status, body) = hub
+        .post_zendesk(&json!({"type": "ticket.deleted", "ticket": {"id": 1}}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+
+    // Every slow connection was closed by the hub (EOF, a 408 or a reset).
+    for mut s in slow {
+        let mut buf = Vec::new();
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let read = tokio::time::timeout(left, s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a slow connection is still open");
+    }
+}
+
+/// A sender that writes its whole (too large) body before reading, as most
+/// HTTP clients do, reads the 413 instead of a connection reset; by
+/// `Content-Length` and chunked.
+#[tokio::test]
+async fn a_sender_that_writes_a_too_large_body_reads_the_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub = Hub::start(HubOptions::default()).await;
+    let addr = hub.url.trim_start_matches("http://").to_string();
+    let body = vec![b'x'; 3 * 1024 * 1024];
+    for attempt in 0..10 {
+        let chunked = attempt % 2 == 1;
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = if chunked {
+            "POST /hooks/zendesk HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_string()
+        } else {
+            format!(
+                "POST /hooks/zendesk HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+        };
+        let mut wire = head.into_bytes();
+        if chunked {
+            for chunk in body.chunks(64 * 1024) {
+                wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                wire.extend_from_slice(chunk);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            wire.extend_from_slice(&body);
+        }
+        // Write everything first (a write error is what clients see today),
+        // then read the answer.
+        s.write_all(&wire)
+            .await
+            .unwrap_or_else(|e| panic!("attempt {attempt}: writing the body failed: {e}"));
+        let mut answer = Vec::new();
+        let read = s.read_to_end(&mut answer).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.starts_with("HTTP/1.1 413"),
+            "attempt {attempt} (chunked: {chunked}): {read:?} {text}"
+        );
+    }
+}

@@ -55,6 +55,8 @@ pub struct HubOptions {
     pub data: Option<PathBuf>,
     /// Pass `--allow-internal *` so connectors may call the mocks on 127.0.0.1.
     pub allow_internal: bool,
+    /// Start the hub with this open-file limit (through `prlimit`).
+    pub nofile: Option<u64>,
 }
 
 impl Default for HubOptions {
@@ -66,6 +68,7 @@ impl Default for HubOptions {
             args: Vec::new(),
             data: None,
             allow_internal: true,
+            nofile: None,
         }
     }
 }
@@ -106,7 +109,14 @@ impl Hub {
             }
         };
         let token = "test-admin-token".to_string();
-        let mut cmd = Command::new(bin());
+        let mut cmd = match opts.nofile {
+            None => Command::new(bin()),
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin());
+                c
+            }
+        };
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")

@@ -71,6 +71,16 @@ struct ServeArgs {
     /// Run-queue depth above which /readyz answers 503 (webhooks are still accepted).
     #[arg(long, env = "SWITCHBOARD_MAX_QUEUE", default_value_t = ServeConfig::DEFAULT_MAX_QUEUE)]
     max_queue: usize,
+    /// A connection must send a complete request head within this (also the
+    /// idle keep-alive timeout), e.g. `10s`.
+    #[arg(long, env = "SWITCHBOARD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// A request body must arrive within this after its head, e.g. `30s`.
+    #[arg(long, env = "SWITCHBOARD_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    body_timeout: Duration,
+    /// Connections served at once (default: half the open-file limit, 16 .. 4096).
+    #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -164,6 +174,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
         public_url: args.public_url,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         max_queue: args.max_queue,
+        connections: switchboard::listener::ConnectionLimits {
+            header_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
+            max_connections: args
+                .max_connections
+                .unwrap_or_else(switchboard::listener::default_max_connections),
+        },
         ..serve_config(args.dirs)
     };
     let started = async {
