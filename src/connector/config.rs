@@ -3,9 +3,11 @@
 
 use crate::duration::HumanDuration;
 use crate::signature::SignatureConfig;
-use serde::Deserialize;
+use serde::de::{Error as _, Unexpected};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// `connectors/NAME.yaml`.
 #[derive(Debug, Deserialize)]
@@ -70,7 +72,7 @@ pub struct RetryFile {
 pub struct LimitsFile {
     /// At most N calls in any window of the given length: `100/10s`, `5/1s`.
     #[serde(default)]
-    pub rate: Option<String>,
+    pub rate: Option<Rate>,
     /// At most N calls in flight at once.
     #[serde(default)]
     pub concurrency: Option<usize>,
@@ -118,7 +120,8 @@ pub struct ActionFile {
     /// The inputs a recipe step passes in `with:`; templates read them as `{{ input.NAME }}`.
     #[serde(default)]
     pub inputs: BTreeMap<String, InputFile>,
-    pub method: String,
+    /// `GET`, `POST`, … (any case).
+    pub method: HttpMethod,
     /// Path appended to the base URL (template).
     pub path: String,
     #[serde(default)]
@@ -178,4 +181,45 @@ pub enum FieldSource {
     Path(String),
     Header(String),
     Value(String),
+}
+
+/// A rate as written: `CALLS/DURATION`, such as `100/10s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub max: usize,
+    pub per: Duration,
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Rate, String> {
+        let err = || format!("invalid rate `{text}`, expected CALLS/DURATION such as `100/10s`");
+        let (n, per) = text.split_once('/').ok_or_else(err)?;
+        let max: usize = n.trim().parse().map_err(|_| err())?;
+        let per = humantime::parse_duration(per.trim()).map_err(|_| err())?;
+        if max == 0 || max > tokio::sync::Semaphore::MAX_PERMITS || per.is_zero() {
+            return Err(err());
+        }
+        Ok(Rate { max, per })
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// An HTTP method, any case in the file (`post` is `POST`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpMethod(pub reqwest::Method);
+
+impl<'de> Deserialize<'de> for HttpMethod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        reqwest::Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+            .map(HttpMethod)
+            .map_err(|_| D::Error::invalid_value(Unexpected::Str(&text), &"an HTTP method"))
+    }
 }

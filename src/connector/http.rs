@@ -255,18 +255,19 @@ impl Client {
 
         // The connector's limits: a concurrency permit and a rate slot, held
         // until the answer is read. The breaker is asked before waiting for
-        // them and again after, so no call leaves once it has opened.
+        // them and passed after (the first call after a cool-down is the
+        // half-open probe), so no call leaves once it has opened.
         let breaker = &connector.limits.breaker;
         breaker
             .check(Instant::now())
             .map_err(CallError::CircuitOpen)?;
         let _admission = connector.limits.admit().await;
-        breaker
-            .check(Instant::now())
+        let pass = breaker
+            .pass(Instant::now())
             .map_err(CallError::CircuitOpen)?;
         let result = self.exchange(req, connector, action, record).await;
         let failed = result.as_ref().is_err_and(CallError::retryable);
-        breaker.record(Instant::now(), failed);
+        pass.record(Instant::now(), failed);
         result
     }
 

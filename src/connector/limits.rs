@@ -5,7 +5,7 @@
 //! State here is in memory and per process; the *schedule* of a retry is not:
 //! the engine stores a waiting run with its due time.
 
-use super::config::{BreakerFile, LimitsFile, RetryFile};
+use super::config::{BreakerFile, LimitsFile, Rate, RetryFile};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -114,20 +114,17 @@ impl Drop for RateSlot {
 }
 
 impl RateLimit {
-    /// Parse `100/10s`.
-    pub fn parse(text: &str) -> Result<RateLimit, String> {
-        let err = || format!("invalid rate `{text}`, expected CALLS/DURATION such as `100/10s`");
-        let (n, per) = text.split_once('/').ok_or_else(err)?;
-        let max: usize = n.trim().parse().map_err(|_| err())?;
-        let per = humantime::parse_duration(per.trim()).map_err(|_| err())?;
-        if max == 0 || max > Semaphore::MAX_PERMITS || per.is_zero() {
-            return Err(err());
+    pub fn new(rate: Rate) -> RateLimit {
+        RateLimit {
+            max: rate.max,
+            per: rate.per,
+            slots: Arc::new(Semaphore::new(rate.max)),
         }
-        Ok(RateLimit {
-            max,
-            per,
-            slots: Arc::new(Semaphore::new(max)),
-        })
+    }
+
+    #[cfg(test)]
+    fn parse(text: &str) -> Result<RateLimit, String> {
+        text.parse().map(RateLimit::new)
     }
 
     /// A slot now, if one is free.
@@ -150,19 +147,40 @@ impl RateLimit {
     }
 }
 
-/// Circuit breaker: after `failures` consecutive retryable failures, calls
-/// are not made for `cooldown`; then one call is let through to probe.
+/// Circuit breaker: after `failures` consecutive retryable failures it
+/// opens and no call is made for `cooldown`; then it is half-open: exactly
+/// one call is let through to probe. The probe's success closes it, its
+/// failure opens it for another cool-down; meanwhile every other call is
+/// refused. `failures: 0` turns it off.
 #[derive(Debug)]
 pub struct Breaker {
     pub failures: u32,
     pub cooldown: Duration,
+    /// A std Mutex: nothing async happens while it is held.
     state: Mutex<BreakerState>,
 }
 
-#[derive(Debug, Default)]
-struct BreakerState {
-    consecutive: u32,
-    open_until: Option<Instant>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BreakerState {
+    /// Calls go; `consecutive` retryable failures so far.
+    Closed { consecutive: u32 },
+    /// No call until `until`; the first one then is the probe.
+    Open { until: Instant },
+    /// The probe is in flight; no other call goes.
+    HalfOpen,
+}
+
+/// How long a call refused while the probe is in flight waits before it
+/// asks again (or the cool-down, if shorter): a probe takes about one call.
+const PROBE_RECHECK: Duration = Duration::from_secs(1);
+
+/// Leave from the breaker to make one call. Report its outcome with
+/// [`Pass::record`]; a probe dropped without an outcome (its call was
+/// abandoned) lets the next call probe instead.
+#[derive(Debug)]
+pub struct Pass<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
 }
 
 impl Breaker {
@@ -173,33 +191,87 @@ impl Breaker {
                 .and_then(|f| f.cooldown)
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(30)),
-            state: Mutex::new(BreakerState::default()),
+            state: Mutex::new(BreakerState::Closed { consecutive: 0 }),
         }
     }
 
-    /// `Err(remaining)` while open.
+    fn state(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a call could go now (`Err(wait)` if not), without taking the
+    /// probe: asked before waiting for the other limits.
     pub fn check(&self, now: Instant) -> Result<(), Duration> {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match s.open_until {
-            Some(until) if until > now => Err(until - now),
-            _ => Ok(()),
+        match *self.state() {
+            BreakerState::Closed { .. } => Ok(()),
+            BreakerState::Open { until } if until > now => Err(until - now),
+            BreakerState::Open { .. } => Ok(()),
+            BreakerState::HalfOpen => Err(self.cooldown.min(PROBE_RECHECK)),
         }
     }
 
-    pub fn record(&self, now: Instant, retryable_failure: bool) {
-        if self.failures == 0 {
+    /// Leave to call now, or `Err(wait)`: asked right before the call. The
+    /// first call after the cool-down becomes the probe.
+    pub fn pass(&self, now: Instant) -> Result<Pass<'_>, Duration> {
+        let mut s = self.state();
+        let probe = match *s {
+            BreakerState::Closed { .. } => false,
+            BreakerState::Open { until } if until > now => return Err(until - now),
+            BreakerState::Open { .. } => {
+                *s = BreakerState::HalfOpen;
+                true
+            }
+            BreakerState::HalfOpen => return Err(self.cooldown.min(PROBE_RECHECK)),
+        };
+        Ok(Pass {
+            breaker: self,
+            probe,
+        })
+    }
+}
+
+impl Pass<'_> {
+    /// The call ended: `retryable_failure` counts towards opening the
+    /// breaker, anything else resets the count. A probe decides alone:
+    /// success closes the breaker, failure opens it again. Other calls count
+    /// only while it is closed (they left before it opened).
+    pub fn record(mut self, now: Instant, retryable_failure: bool) {
+        let b = self.breaker;
+        let probe = std::mem::take(&mut self.probe);
+        if b.failures == 0 {
             return;
         }
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if retryable_failure {
-            s.consecutive += 1;
-            if s.consecutive >= self.failures {
-                s.open_until = Some(now + self.cooldown);
-                // The probe after the cool-down reopens it at once if it fails.
-                s.consecutive = self.failures - 1;
+        let mut s = b.state();
+        let open = BreakerState::Open {
+            until: now + b.cooldown,
+        };
+        *s = match (*s, probe, retryable_failure) {
+            (_, true, true) => open,
+            (_, true, false) => BreakerState::Closed { consecutive: 0 },
+            (BreakerState::Closed { consecutive }, false, true)
+                if consecutive + 1 >= b.failures =>
+            {
+                open
             }
-        } else {
-            *s = BreakerState::default();
+            (BreakerState::Closed { consecutive }, false, true) => BreakerState::Closed {
+                consecutive: consecutive + 1,
+            },
+            (BreakerState::Closed { .. }, false, false) => BreakerState::Closed { consecutive: 0 },
+            (other, false, _) => other,
+        };
+    }
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        if self.probe {
+            // An abandoned probe: the next call probes.
+            let mut s = self.breaker.state();
+            if *s == BreakerState::HalfOpen {
+                *s = BreakerState::Open {
+                    until: Instant::now(),
+                };
+            }
         }
     }
 }
@@ -217,10 +289,7 @@ impl Limits {
         limits: Option<&LimitsFile>,
         breaker: Option<&BreakerFile>,
     ) -> Result<Limits, String> {
-        let rate = limits
-            .and_then(|l| l.rate.as_deref())
-            .map(RateLimit::parse)
-            .transpose()?;
+        let rate = limits.and_then(|l| l.rate).map(RateLimit::new);
         let concurrency = match limits.and_then(|l| l.concurrency) {
             Some(0) => return Err("`concurrency` must be at least 1".into()),
             Some(n) => Some(std::sync::Arc::new(Semaphore::new(n))),
@@ -307,42 +376,128 @@ mod tests {
         assert_eq!(parse_retry_after("soon", now), None);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn rate_slots_come_back_a_window_after_the_call_ends() {
         let r = RateLimit::parse("2/100ms").unwrap();
         let a = r.try_acquire().unwrap();
         let _b = r.try_acquire().unwrap();
         assert!(r.try_acquire().is_none(), "two calls in flight");
-        let ended = Instant::now();
+        let ended = tokio::time::Instant::now();
         drop(a);
+        tokio::time::sleep(Duration::from_millis(99)).await;
         assert!(
             r.try_acquire().is_none(),
             "an ended call keeps its slot for a window"
         );
         let _c = r.acquire().await;
-        assert!(ended.elapsed() >= Duration::from_millis(100));
+        assert_eq!(ended.elapsed(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn rates_are_calls_per_duration() {
         for bad in ["3", "x/1s", "0/1s", "3/0s", "3/soon"] {
             assert!(RateLimit::parse(bad).is_err(), "{bad}");
         }
+        let r = RateLimit::parse("100/10s").unwrap();
+        assert_eq!((r.max, r.per), (100, Duration::from_secs(10)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admit_waits_for_concurrency_then_rate() {
+        let limits = Limits::new(
+            Some(&LimitsFile {
+                rate: Some("1/1s".parse().unwrap()),
+                concurrency: Some(1),
+            }),
+            None,
+        )
+        .unwrap();
+        let start = tokio::time::Instant::now();
+        drop(limits.admit().await);
+        // The rate slot of the first call returns a window after it ended.
+        drop(limits.admit().await);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
+
+    fn breaker(failures: u32) -> Breaker {
+        Breaker::new(Some(&BreakerFile {
+            failures: Some(failures),
+            cooldown: Some(crate::duration::HumanDuration(Duration::from_secs(10))),
+        }))
+    }
+
+    /// One call through the breaker at `at`, failing or not.
+    fn call(b: &Breaker, at: Instant, fails: bool) {
+        b.pass(at)
+            .expect("breaker lets the call go")
+            .record(at, fails);
     }
 
     #[test]
     fn breaker_opens_after_consecutive_failures_and_probes_after_cooldown() {
-        let b = Breaker::new(Some(&BreakerFile {
-            failures: Some(3),
-            cooldown: Some(crate::duration::HumanDuration(Duration::from_secs(10))),
-        }));
+        let b = breaker(3);
         let t0 = Instant::now();
-        b.record(t0, true);
-        b.record(t0, true);
+        call(&b, t0, true);
+        call(&b, t0, true);
+        call(&b, t0, false); // a success resets the count
+        call(&b, t0, true);
+        call(&b, t0, true);
         assert!(b.check(t0).is_ok());
-        b.record(t0, true);
-        assert!(b.check(t0 + Duration::from_secs(1)).is_err());
-        let probe = t0 + Duration::from_secs(11);
-        assert!(b.check(probe).is_ok());
-        b.record(probe, true); // the probe fails: open again at once
-        assert!(b.check(probe + Duration::from_secs(1)).is_err());
-        b.record(probe + Duration::from_secs(20), false);
-        assert!(b.check(probe + Duration::from_secs(20)).is_ok());
+        call(&b, t0, true);
+        assert_eq!(
+            b.check(t0 + Duration::from_secs(1)),
+            Err(Duration::from_secs(9))
+        );
+        assert!(b.pass(t0 + Duration::from_secs(1)).is_err());
+        let later = t0 + Duration::from_secs(11);
+        assert!(b.check(later).is_ok());
+        call(&b, later, true); // the probe fails: open again at once
+        assert!(b.check(later + Duration::from_secs(1)).is_err());
+        let probe_at = later + Duration::from_secs(20);
+        call(&b, probe_at, false); // the probe succeeds: closed
+        call(&b, probe_at, true);
+        assert!(b.check(probe_at).is_ok(), "one failure after closing");
+    }
+
+    #[test]
+    fn half_open_lets_exactly_one_probe_through() {
+        let b = breaker(1);
+        let t0 = Instant::now();
+        call(&b, t0, true);
+        let after = t0 + Duration::from_secs(10);
+        assert!(b.check(after).is_ok(), "asking does not take the probe");
+        let probe = b.pass(after).expect("the first call probes");
+        assert_eq!(b.check(after), Err(PROBE_RECHECK));
+        assert!(b.pass(after).is_err(), "a second call waits for the probe");
+        // A call that left before the breaker opened changes nothing.
+        let old = Pass {
+            breaker: &b,
+            probe: false,
+        };
+        old.record(after, false);
+        assert!(b.pass(after).is_err());
+        probe.record(after, false);
+        assert!(b.pass(after).is_ok(), "the probe closed it");
+    }
+
+    #[test]
+    fn an_abandoned_probe_lets_the_next_call_probe() {
+        let b = breaker(1);
+        let t0 = Instant::now();
+        call(&b, t0, true);
+        let after = t0 + Duration::from_secs(10);
+        drop(b.pass(after).expect("probe"));
+        let next = b.pass(Instant::now() + Duration::from_secs(10));
+        assert!(next.is_ok_and(|p| p.probe), "the next call is the probe");
+    }
+
+    #[test]
+    fn a_disabled_breaker_never_opens() {
+        let b = breaker(0);
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            call(&b, t0, true);
+        }
+        assert!(b.pass(t0).is_ok());
     }
 }

@@ -275,7 +275,7 @@ fn compile(
 
     let retry = limits::RetryPolicy::default().with(file.retry.as_ref());
     let limits = limits::Limits::new(file.limits.as_ref(), file.circuit_breaker.as_ref())
-        .map_err(|e| errors.push(map.error("/limits", e)))
+        .map_err(|e| errors.push(map.error("/limits/concurrency", e)))
         .ok();
     let idempotency_header = match &file.idempotency_header {
         None | Some(IdempotencyHeader::Enabled(true)) => Some("Idempotency-Key".to_string()),
@@ -401,16 +401,7 @@ fn compile_action(
 ) -> Option<Action> {
     let map = cx.map;
     let before = errors.len();
-    let method = match Method::from_bytes(a.method.to_ascii_uppercase().as_bytes()) {
-        Ok(m) => m,
-        Err(_) => {
-            errors.push(map.error(
-                &format!("{p}/method"),
-                format!("invalid HTTP method `{}`", a.method),
-            ));
-            Method::GET
-        }
-    };
+    let method = a.method.0.clone();
     let inputs: BTreeMap<String, bool> = a
         .inputs
         .iter()

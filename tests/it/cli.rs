@@ -306,6 +306,31 @@ fn signature_options_are_reported_at_their_own_key() {
     );
 }
 
+#[test]
+fn rates_and_methods_are_reported_at_their_own_key() {
+    let cfg = Config::shipped();
+    let lim = cfg.connector(
+        "lim",
+        "name: lim\nbase_url: https://lim.example.com\nlimits: { rate: fast }\n",
+    );
+    let meth = cfg.connector(
+        "meth",
+        "name: meth\nbase_url: https://meth.example.com\nactions:\n  send:\n    method: \"PO ST\"\n    path: /x\n",
+    );
+    let out = cfg.check();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "{}:3:17: invalid rate `fast`, expected CALLS/DURATION such as `100/10s`\n\
+             {}:5:13: invalid value: string \"PO ST\", expected an HTTP method\n\
+             error: 2 problem(s) found\n",
+            lim.display(),
+            meth.display()
+        )
+    );
+}
+
 /// Run the CLI on a stopped hub's data dir; `--url` leads nowhere, so only
 /// the store can answer.
 fn offline(data: &Path, args: &[&str]) -> std::process::Output {
