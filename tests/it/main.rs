@@ -2,19 +2,25 @@
 //! far-end APIs on 127.0.0.1. Set SWITCHBOARD_TEST_LOG=info to see the hub's logs.
 //!
 //! - `recipes`: the shipped recipes end to end against mock APIs.
-//! - `ingress`: bad webhook input is refused and changes nothing.
-//! - `cli`: `check` errors, `serve` refusing broken files, the runs/events commands.
+//! - `ingress`: bad webhook input is refused and changes nothing; odd but valid input is stored as documented.
+//! - `outbound`: failing, slow or unreachable far ends fail their step, not the hub; internal addresses.
+//! - `admin`: the admin API's token and paging.
+//! - `cli`: `check` errors (located), `serve` refusing broken files, the runs/events commands.
 //! - `durability`: kill -9, SIGTERM, retries, dead letters, limits, ordering, back-pressure.
 //! - `recipe_tests`: `switchboard test` running the recipes' own `tests:` with mocked connectors.
 //! - `state`: recipe state and assignment steps (concurrency, kill -9), the `state` CLI and API.
 //! - `prism`: shipped connector actions validated by Prism serving the vendors' real specs.
+//! - `faults`: a store that fails writes under the hub: 503 and nothing half-written.
+//! - `hardening`: hostile senders, hostile event data and careless recipes.
 //! - `time`: calendars, time functions, schedules, durable waits, debounce, cancel_on.
 
+mod admin;
 mod cli;
 mod durability;
 mod faults;
 mod hardening;
 mod ingress;
+mod outbound;
 mod prism;
 mod recipe_tests;
 mod recipes;

@@ -582,3 +582,16 @@ impl Hub {
         runs
     }
 }
+
+/// A mock that answers 404 to everything, used as every shipped connector's
+/// base URL so a call that should not happen is recorded.
+pub async fn quiet_hub(mut opts: HubOptions) -> (Hub, MockApi) {
+    let mock = MockApi::start(Vec::new()).await;
+    for name in ["hubspot", "zendesk", "deepl", "slack"] {
+        let var = format!("SWITCHBOARD_BASE_URL_{}", name.to_uppercase());
+        if !opts.env.iter().any(|(k, _)| *k == var) {
+            opts = opts.base_url(name, &mock.url);
+        }
+    }
+    (Hub::start(opts).await, mock)
+}
