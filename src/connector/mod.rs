@@ -22,6 +22,7 @@ use reqwest::Method;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use secrets::SecretSource;
@@ -35,7 +36,8 @@ pub struct Connector {
     pub name: String,
     pub base_url: String,
     pub auth: Auth,
-    pub actions: BTreeMap<String, Action>,
+    /// Shared with the compiled recipe steps that call them.
+    pub actions: BTreeMap<String, Arc<Action>>,
     pub webhook: Option<Webhook>,
     /// Values of the secrets this connector declared, for templates and redaction.
     pub secrets: BTreeMap<String, Secret>,
@@ -129,12 +131,14 @@ impl Field {
 /// All loaded connectors, by name.
 #[derive(Debug, Default)]
 pub struct Connectors {
-    pub by_name: HashMap<String, Connector>,
+    /// Shared with the compiled recipe steps that call them (a step holds
+    /// its resolved connector and action).
+    pub by_name: HashMap<String, Arc<Connector>>,
 }
 
 impl Connectors {
     pub fn get(&self, name: &str) -> Option<&Connector> {
-        self.by_name.get(name)
+        self.by_name.get(name).map(|c| &**c)
     }
 }
 
@@ -186,7 +190,7 @@ pub fn load_dir(
                     ));
                 }
                 if let Some(c) = compile(file, &map, templates, opts, errors) {
-                    out.by_name.insert(c.name.clone(), c);
+                    out.by_name.insert(c.name.clone(), Arc::new(c));
                 }
             }
         }
@@ -296,7 +300,7 @@ fn compile(
     for (aname, a) in &file.actions {
         let p = format!("/actions/{}", crate::template::escape(aname));
         if let Some(action) = compile_action(aname, a, &p, &cx, templates, &defaults, errors) {
-            actions.insert(aname.clone(), action);
+            actions.insert(aname.clone(), Arc::new(action));
         }
     }
 

@@ -12,12 +12,14 @@
 //! Invariant: no I/O. This module never sees the HTTP client (the engine owns
 //! it; a dry run takes only the [`Catalog`]), so no test can reach an API.
 
-use super::step::{self, Prepared};
+use super::step::{self, Host, Next, Outcome, Walker};
 use super::Catalog;
 use crate::connector::http::{redact_value, CallError};
 use crate::recipe::{Mock, Recipe, RecipeTest, TestStatus};
-use serde_json::{Map, Value};
+use crate::store::{RunStatus, StepRecord, StepStatus};
+use serde_json::Value;
 use std::collections::BTreeMap;
+use std::future::Future;
 
 /// The run id and event id templates see in a dry run (`{{ run.id }}`).
 pub const DRY_RUN_ID: &str = "dry-run";
@@ -25,7 +27,7 @@ pub const DRY_RUN_ID: &str = "dry-run";
 /// One call a dry run made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
-    /// The step's id.
+    /// The step instance's path id (the step id at the top level).
     pub step: String,
     /// `connector.action`.
     pub call: String,
@@ -41,8 +43,84 @@ pub struct DryRun {
     pub calls: Vec<Call>,
     /// Why the run failed, as the hub would record it on the run.
     pub error: Option<String>,
+    /// Why a `stop` step ended the run.
+    pub reason: Option<String>,
     /// The position in `calls` of a call that had no mock (the run stopped there).
     pub unmocked: Option<usize>,
+    /// The step records, as the hub would keep them on the run.
+    pub records: Vec<StepRecord>,
+}
+
+/// The dry run's side of the executor: calls answered by mocks, records in memory.
+struct DryHost<'a> {
+    mocks: &'a BTreeMap<String, Mock>,
+    out: DryRun,
+}
+
+impl Host for DryHost<'_> {
+    fn records(&self) -> &[StepRecord] {
+        &self.out.records
+    }
+
+    fn push(&mut self, record: StepRecord) {
+        self.out.records.push(record);
+    }
+
+    fn record_mut(&mut self, index: usize) -> Option<&mut StepRecord> {
+        self.out.records.get_mut(index)
+    }
+
+    fn call(&mut self, call: step::Call<'_>) -> impl Future<Output = (StepRecord, Next)> + Send {
+        let name = call.step.name();
+        let mut record = StepRecord {
+            id: call.path.to_string(),
+            call: name.clone(),
+            status: StepStatus::Succeeded,
+            input: call.input.clone(),
+            request: None,
+            http_status: None,
+            output: Value::Null,
+            error: None,
+            started_at: 0,
+            duration_ms: 0,
+            attempts: 1,
+            history: Vec::new(),
+        };
+        self.out.calls.push(Call {
+            step: call.path.to_string(),
+            call: name.clone(),
+            input: call.input,
+        });
+        let next = match self.mocks.get(&name) {
+            Some(Mock::Output(v)) => {
+                record.output = v.clone();
+                Next::Continue
+            }
+            Some(Mock::Error { status, body }) => {
+                let e = CallError::Status { status: *status };
+                let mut msg = e.to_string();
+                if !body.is_empty() {
+                    msg.push_str(&format!(": {body}"));
+                }
+                if e.retryable() {
+                    msg.push_str(
+                        " (the hub would retry this call and make the run dead if it kept failing)",
+                    );
+                }
+                record.status = StepStatus::Failed;
+                record.http_status = Some(*status);
+                record.error = Some(msg);
+                Next::End(RunStatus::Failed)
+            }
+            None => {
+                self.out.unmocked = Some(self.out.calls.len() - 1);
+                record.status = StepStatus::Failed;
+                record.error = Some(format!("`{name}` has no mock"));
+                Next::End(RunStatus::Failed)
+            }
+        };
+        std::future::ready((record, next))
+    }
 }
 
 /// Run `recipe` for `event` of `event_type` as the hub would, answering each
@@ -55,11 +133,16 @@ pub fn run(
     mocks: &BTreeMap<String, Mock>,
     now: i64,
 ) -> DryRun {
-    let mut out = DryRun {
-        status: TestStatus::Skipped,
-        calls: Vec::new(),
-        error: None,
-        unmocked: None,
+    let mut host = DryHost {
+        mocks,
+        out: DryRun {
+            status: TestStatus::Skipped,
+            calls: Vec::new(),
+            error: None,
+            reason: None,
+            unmocked: None,
+            records: Vec::new(),
+        },
     };
     // The trigger, through the same function as `Engine::accept`.
     let mut triggered = false;
@@ -68,60 +151,43 @@ pub fn run(
         triggered |= r.name == recipe.name;
     });
     if !triggered {
-        return out;
+        return host.out;
     }
-
-    let mut ctx = step::context(
-        recipe,
-        DRY_RUN_ID,
-        DRY_RUN_ID,
-        Map::new(),
-        event.clone(),
-        now,
-    );
-    for s in &recipe.steps {
-        let call = format!("{}.{}", s.connector, s.action);
-        let failure = match step::prepare(catalog, recipe, s, &ctx) {
-            Prepared::Skipped => {
-                step::set_output(&mut ctx, s, Value::Null);
-                continue;
-            }
-            Prepared::Failed { error, .. } => error,
-            Prepared::Call { input, .. } => {
-                out.calls.push(Call {
-                    step: s.id.clone(),
-                    call: call.clone(),
-                    input,
-                });
-                match mocks.get(&call) {
-                    Some(Mock::Output(v)) => {
-                        step::set_output(&mut ctx, s, v.clone());
-                        continue;
-                    }
-                    Some(Mock::Error { status, body }) => {
-                        let e = CallError::Status { status: *status };
-                        let mut msg = e.to_string();
-                        if !body.is_empty() {
-                            msg.push_str(&format!(": {body}"));
-                        }
-                        if e.retryable() {
-                            msg.push_str(" (the hub would retry this call and make the run dead if it kept failing)");
-                        }
-                        msg
-                    }
-                    None => {
-                        out.unmocked = Some(out.calls.len() - 1);
-                        format!("`{call}` has no mock")
-                    }
-                }
-            }
-        };
-        out.status = TestStatus::Failed;
-        out.error = Some(step::failure_message(s, None, &failure));
-        return out;
+    let ctx = step::context(recipe, DRY_RUN_ID, DRY_RUN_ID, event.clone(), now);
+    let outcome = {
+        let mut walk = Walker::new(catalog, recipe, &mut host, ctx);
+        // The dry host answers every call at once: the walk completes
+        // within one poll, no runtime needed.
+        let fut = std::pin::pin!(walk.run());
+        match fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(o) => o,
+            std::task::Poll::Pending => Outcome::Failed {
+                status: RunStatus::Failed,
+                error: "the dry run waited on something outside the process".into(),
+            },
+        }
+    };
+    let out = &mut host.out;
+    match outcome {
+        Outcome::Finished => out.status = TestStatus::Succeeded,
+        Outcome::Stopped { status, reason } => {
+            out.status = if status == RunStatus::Skipped {
+                TestStatus::Skipped
+            } else {
+                TestStatus::Succeeded
+            };
+            out.reason = Some(reason);
+        }
+        Outcome::Failed { error, .. } => {
+            out.status = TestStatus::Failed;
+            out.error = Some(error);
+        }
+        Outcome::Suspended => {
+            out.status = TestStatus::Failed;
+            out.error = Some("the run was suspended".into());
+        }
     }
-    out.status = TestStatus::Succeeded;
-    out
+    host.out
 }
 
 /// Run one of a recipe's tests; the differences from its expectations, one
@@ -164,7 +230,13 @@ pub fn run_test(catalog: &Catalog, recipe: &Recipe, test: &RecipeTest) -> Vec<St
         ));
     }
     for (id, inputs) in &test.expect_inputs {
-        let Some(call) = got.calls.iter().find(|c| c.step == *id) else {
+        // The step's first call: top-level steps by id, nested ones by path
+        // (`each[0].notify`) ending in the id.
+        let Some(call) = got
+            .calls
+            .iter()
+            .find(|c| c.step == *id || c.step.rsplit_once('.').is_some_and(|(_, last)| last == id))
+        else {
             diffs.push(format!(
                 "step `{id}` made no call, so its inputs were not rendered"
             ));
@@ -485,5 +557,201 @@ tests:
 "#
         ));
         assert_eq!(diffs, Vec::<String>::new());
+    }
+
+    const FLOW: &str = r#"
+name: r
+on: { connector: zendesk, event: ticket.created }
+vars: { agents: [ann, bob, cid], vip_min: 3 }
+steps:
+  - id: totals
+    set:
+      count: "{{ event.ticket.tags | length }}"
+      label: "ticket-{{ event.ticket.id }}"
+  - id: route
+    switch:
+      - when: [ { "$.event.ticket.subject": { matches: "(?i)spam" } } ]
+        steps:
+          - stop: { reason: "spam {{ steps.totals.label }}", status: skipped }
+      - when: [ { "$.steps.totals.count": { gte: 3 } } ]
+        steps:
+          - id: vip
+            call: zendesk.add_tags
+            with: { ticket_id: "{{ event.ticket.id }}", tags: [vip] }
+      - else:
+          - id: plain
+            set: { tier: plain }
+  - id: each_agent
+    for_each: "{{ vars.agents }}"
+    as: agent
+    steps:
+      - id: notify
+        if: [ { "$.agent": { not_equals: bob } } ]
+        call: zendesk.add_internal_note
+        with: { ticket_id: "{{ event.ticket.id }}", body: "{{ agent_index }}:{{ agent }}" }
+  - stop: { reason: "done with {{ steps.each_agent | length }}" }
+  - id: never
+    call: zendesk.add_tags
+    with: { ticket_id: 1, tags: [x] }
+"#;
+
+    fn flow_event(subject: &str, tags: &[&str]) -> Value {
+        json!({"ticket": {"id": 7, "subject": subject, "tags": tags}})
+    }
+
+    #[test]
+    fn set_switch_for_each_and_stop_walk_the_tree_with_path_ids() {
+        let c = catalog(FLOW);
+        let m = mocks(
+            json!({"zendesk.add_tags": {"tags": ["vip"]}, "zendesk.add_internal_note": {"id": 1}}),
+        );
+        let got = dry(&c, flow_event("Hello", &["a", "b", "c"]), &m);
+        assert_eq!(got.status, TestStatus::Succeeded, "{:?}", got.error);
+        let calls: Vec<(&str, &Value)> = got
+            .calls
+            .iter()
+            .map(|c| (c.step.as_str(), &c.input))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("route.case1.vip", &json!({"ticket_id": 7, "tags": ["vip"]})),
+                (
+                    "each_agent[0].notify",
+                    &json!({"ticket_id": 7, "body": "0:ann"})
+                ),
+                (
+                    "each_agent[2].notify",
+                    &json!({"ticket_id": 7, "body": "2:cid"})
+                ),
+            ]
+        );
+        assert_eq!(got.reason.as_deref(), Some("done with 3"));
+        let ids: Vec<(&str, &str, StepStatus)> = got
+            .records
+            .iter()
+            .map(|r| (r.id.as_str(), r.call.as_str(), r.status))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("totals", "set", StepStatus::Succeeded),
+                ("route", "switch", StepStatus::Succeeded),
+                ("route.case1.vip", "zendesk.add_tags", StepStatus::Succeeded),
+                ("each_agent", "for_each", StepStatus::Succeeded),
+                (
+                    "each_agent[0].notify",
+                    "zendesk.add_internal_note",
+                    StepStatus::Succeeded
+                ),
+                (
+                    "each_agent[1].notify",
+                    "zendesk.add_internal_note",
+                    StepStatus::Skipped
+                ),
+                (
+                    "each_agent[2].notify",
+                    "zendesk.add_internal_note",
+                    StepStatus::Succeeded
+                ),
+                ("step4", "stop", StepStatus::Succeeded),
+            ]
+        );
+        assert_eq!(
+            got.records[0].output,
+            json!({"count": 3, "label": "ticket-7"})
+        );
+        assert_eq!(got.records[1].output, json!({"branch": 1}));
+        assert_eq!(got.records[3].input, json!(["ann", "bob", "cid"]));
+        assert_eq!(got.records[3].output, json!([{"id": 1}, null, {"id": 1}]));
+
+        // The else branch, and a stop that skips the run.
+        let got = dry(&c, flow_event("Hello", &[]), &m);
+        assert_eq!(got.records[1].output, json!({"branch": 2}));
+        assert_eq!(got.records[2].id, "route.else.plain");
+        let got = dry(&c, flow_event("SPAM offer", &[]), &m);
+        assert_eq!(got.status, TestStatus::Skipped);
+        assert_eq!(got.reason.as_deref(), Some("spam ticket-7"));
+        assert!(got.calls.is_empty());
+    }
+
+    #[test]
+    fn for_each_over_a_non_list_or_too_many_items_fails_the_run() {
+        let c = catalog(
+            r#"
+name: r
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - id: each
+    for_each: "{{ event.ticket.tags }}"
+    steps: [ { set: { t: "{{ item }}" } } ]
+"#,
+        );
+        let got = dry(&c, json!({"ticket": {"tags": "a,b"}}), &BTreeMap::new());
+        assert_eq!(got.status, TestStatus::Failed);
+        assert_eq!(
+            got.error.as_deref(),
+            Some("step `each` (for_each) failed: `for_each` needs a list, got a string")
+        );
+        let many: Vec<u32> = (0..101).collect();
+        let got = dry(&c, json!({"ticket": {"tags": many}}), &BTreeMap::new());
+        assert_eq!(
+            got.error.as_deref(),
+            Some("step `each` (for_each) failed: `for_each` over 101 items, more than the maximum of 100")
+        );
+        let ok: Vec<u32> = (0..100).collect();
+        let got = dry(&c, json!({"ticket": {"tags": ok}}), &BTreeMap::new());
+        assert_eq!(got.status, TestStatus::Succeeded, "{:?}", got.error);
+        assert_eq!(got.records.len(), 101);
+        assert_eq!(got.records[100].id, "each[99].each_step1");
+    }
+
+    #[test]
+    fn a_replay_follows_the_recorded_path_without_calling_again() {
+        // Records of a first walk that stopped after the branch and one item.
+        let c = catalog(FLOW);
+        let r = &c.recipes[0];
+        let m = mocks(
+            json!({"zendesk.add_tags": {"tags": ["vip"]}, "zendesk.add_internal_note": {"id": 1}}),
+        );
+        let full = dry(&c, flow_event("Hello", &["a", "b", "c"]), &m);
+        let mut host = DryHost {
+            mocks: &m,
+            out: DryRun {
+                status: TestStatus::Skipped,
+                calls: Vec::new(),
+                error: None,
+                reason: None,
+                unmocked: None,
+                records: full.records[..5].to_vec(),
+            },
+        };
+        // The event changed since: no tags (the `else` branch now) and a spam
+        // subject (the first case now). Replay still follows the records.
+        let ctx = step::context(r, DRY_RUN_ID, DRY_RUN_ID, flow_event("spam", &[]), 0);
+        let outcome = {
+            let mut walk = Walker::new(&c, r, &mut host, ctx);
+            let fut = std::pin::pin!(walk.run());
+            let std::task::Poll::Ready(outcome) =
+                fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+            else {
+                panic!("pending")
+            };
+            outcome
+        };
+        assert_eq!(
+            outcome,
+            Outcome::Stopped {
+                status: RunStatus::Succeeded,
+                reason: "done with 3".into()
+            }
+        );
+        let paths: Vec<&str> = host.out.calls.iter().map(|c| c.step.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["each_agent[2].notify"],
+            "only the unrecorded call is made"
+        );
+        assert_eq!(host.out.records.len(), full.records.len());
     }
 }

@@ -177,6 +177,7 @@ impl Engine {
                     finished_at: None,
                     steps: Vec::new(),
                     error: None,
+                    reason: None,
                     due_at,
                     pending: None,
                     round: 0,

@@ -1,16 +1,17 @@
 //! Workers: lease runs from the store's queue and execute their steps.
 //!
-//! Each step's record is written and made durable before the next step
-//! starts, so a run resumes at its first unfinished step after a restart.
+//! The steps are walked by the executor ([`super::step`]); this module is
+//! its host in production: it makes the HTTP calls, with retries, and keeps
+//! the records in the run, durable before each call and with the run's end,
+//! so a run resumes after a restart by replaying what is recorded.
 //! Workers hold no state of their own: everything lives in the store.
 
-use super::step::{self, Prepared};
+use super::step::{self, Call, Host, Next, Outcome, Walker};
 use super::Engine;
 use crate::connector::http::{redact_value, CallError};
 use crate::connector::limits::parse_retry_after;
-use crate::recipe::{Recipe, Step};
 use crate::store::{self, Attempt, Run, RunStatus, StepRecord, StepStatus};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
@@ -123,7 +124,8 @@ impl Engine {
         }
     }
 
-    /// Execute a leased run from its first unfinished step.
+    /// Execute a leased run: walk its steps, replaying the recorded ones by
+    /// path id and running the rest (see [`step`]).
     pub(crate) async fn execute(
         &self,
         mut run: Run,
@@ -137,48 +139,39 @@ impl Engine {
             let msg = format!("event {} not found", run.event_id);
             return self.finish(&mut run, RunStatus::Failed, Some(msg)).await;
         };
-        let mut ctx = context(recipe, &run, event.body, self.now_ms());
-        let start = run.steps.len();
-        for step in recipe.steps.iter().skip(start) {
-            if *shutdown.borrow() {
-                // Leave the run leased: the next start resumes it at this step.
-                return Ok(());
-            }
-            let prior = run.pending.take();
-            let (record, next) = self.run_step(recipe, step, &run, &ctx, prior).await;
-            tracing::info!(run = %run.id, recipe = %recipe.name, step = %step.id, status = ?record.status, http_status = ?record.http_status, attempts = record.attempts, "step finished");
-            match next {
-                Next::Continue => {}
-                Next::RetryIn(delay) => {
-                    let previous_due = run.due_at;
-                    let now = store::now_ms();
-                    run.pending = Some(record);
-                    run.status = RunStatus::Retrying;
-                    run.updated_at = now;
-                    run.due_at = now + delay.as_millis() as i64;
-                    self.store.reschedule(&run, previous_due)?;
-                    return self.commit.sync().await;
-                }
-                Next::Stop(status) => {
-                    let msg = step::failure_message(
-                        step,
-                        (status == RunStatus::Dead).then_some(record.attempts),
-                        record.error.as_deref().unwrap_or_default(),
-                    );
-                    run.steps.push(record);
-                    return self.finish(&mut run, status, Some(msg)).await;
-                }
-            }
-            step::set_output(&mut ctx, step, record.output.clone());
-            run.steps.push(record);
-            run.updated_at = store::now_ms();
-            if run.steps.len() < recipe.steps.len() {
-                // The last step's record is written by `finish`, in one write.
-                self.store.save_run(&run)?;
-                self.commit.sync().await?;
+        let ctx = step::context(recipe, &run.id, &run.event_id, event.body, self.now_ms());
+        let mut host = WorkerHost {
+            engine: self,
+            pending: run.pending.take(),
+            saved: run.steps.len(),
+            run: &mut run,
+            shutdown,
+            store_error: None,
+        };
+        let outcome = Walker::new(&self.catalog, recipe, &mut host, ctx)
+            .run()
+            .await;
+        if outcome == Outcome::Suspended && host.store_error.is_none() {
+            // Shutting down between steps: what ran is recorded before the exit.
+            if let Err(e) = host.checkpoint().await {
+                host.store_error = Some(e);
             }
         }
-        self.finish(&mut run, RunStatus::Succeeded, None).await
+        if let Some(e) = host.store_error.take() {
+            // The run stays leased; it comes due again when the lease expires.
+            return Err(e);
+        }
+        match outcome {
+            Outcome::Finished => self.finish(&mut run, RunStatus::Succeeded, None).await,
+            Outcome::Stopped { status, reason } => {
+                run.reason = Some(reason);
+                self.finish(&mut run, status, None).await
+            }
+            Outcome::Failed { status, error } => self.finish(&mut run, status, Some(error)).await,
+            // Rescheduled by the host, or shutting down: the run stays leased
+            // and resumes by replay.
+            Outcome::Suspended => Ok(()),
+        }
     }
 
     async fn finish(
@@ -196,21 +189,20 @@ impl Engine {
         self.commit.sync().await
     }
 
-    /// Run one step (one attempt of it). `prior` is the record of earlier
+    /// Run one attempt of a call. `prior` is the record of earlier
     /// attempts when the step is being retried.
-    async fn run_step(
+    async fn run_call(
         &self,
-        recipe: &Recipe,
-        step: &Step,
+        call: &Call<'_>,
         run: &Run,
-        ctx: &Value,
         prior: Option<StepRecord>,
-    ) -> (StepRecord, Next) {
+    ) -> (StepRecord, Attempted) {
         let started_at = store::now_ms();
         let clock = Instant::now();
+        let (connector, action) = (&*call.step.connector, &*call.step.action);
         let mut record = prior.unwrap_or_else(|| StepRecord {
-            id: step.id.clone(),
-            call: format!("{}.{}", step.connector, step.action),
+            id: call.path.to_string(),
+            call: call.step.name(),
             status: StepStatus::Succeeded,
             input: Value::Null,
             request: None,
@@ -222,46 +214,19 @@ impl Engine {
             attempts: 0,
             history: Vec::new(),
         });
-        let fail = |mut record: StepRecord, error: String| {
-            record.status = StepStatus::Failed;
-            record.error = Some(error);
-            (record, Next::Stop(RunStatus::Failed))
-        };
-        // Condition and inputs: shared with the dry run of `switchboard test`.
-        let (connector, action, input) = match step::prepare(&self.catalog, recipe, step, ctx) {
-            Prepared::Skipped => {
-                record.status = StepStatus::Skipped;
-                return (record, Next::Continue);
-            }
-            Prepared::Failed {
-                connector,
-                input,
-                error,
-            } => {
-                if let Some(c) = connector {
-                    record.input = redact_value(c, input);
-                }
-                return fail(record, error);
-            }
-            Prepared::Call {
-                connector,
-                action,
-                input,
-            } => (connector, action, input),
-        };
         let templates = &self.catalog.templates;
-        record.input = redact_value(connector, input.clone());
-        let key = format!("{}:{}", run.id, step.id);
+        record.input = redact_value(connector, call.input.clone());
+        let key = format!("{}:{}", run.id, call.path);
         let outcome = self
             .client
-            .call(templates, connector, action, &input, &key)
+            .call(templates, connector, action, &call.input, &key)
             .await;
         let elapsed = clock.elapsed().as_millis() as u64;
         let error = match &outcome.result {
             // Not sent: wait for the breaker without spending an attempt.
             Err(CallError::CircuitOpen(wait)) => {
                 record.error = Some(CallError::CircuitOpen(*wait).to_string());
-                return (record, Next::RetryIn(*wait));
+                return (record, Attempted::RetryIn(*wait));
             }
             Err(e) => Some(describe(e, &outcome.record)),
             Ok(_) => None,
@@ -283,7 +248,7 @@ impl Engine {
                 record.status = StepStatus::Succeeded;
                 record.output = out;
                 record.error = None;
-                (record, Next::Continue)
+                (record, Attempted::Done)
             }
             Err(e) => {
                 let policy = action.retry;
@@ -295,27 +260,131 @@ impl Engine {
                 record.status = StepStatus::Failed;
                 record.error = error;
                 if !e.retryable() {
-                    (record, Next::Stop(RunStatus::Failed))
+                    (record, Attempted::End(RunStatus::Failed))
                 } else if this_round >= policy.attempts {
-                    (record, Next::Stop(RunStatus::Dead))
+                    (record, Attempted::End(RunStatus::Dead))
                 } else {
                     let retry_after = outcome
                         .record
                         .retry_after
                         .as_deref()
                         .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                    (record, Next::RetryIn(policy.delay(this_round, retry_after)))
+                    (
+                        record,
+                        Attempted::RetryIn(policy.delay(this_round, retry_after)),
+                    )
                 }
             }
         }
     }
 }
 
-/// What a step's outcome means for its run.
-enum Next {
-    Continue,
+/// The worker's side of the executor: calls over HTTP, records in the run,
+/// made durable before each call and with the run's end.
+struct WorkerHost<'a> {
+    engine: &'a Engine,
+    run: &'a mut Run,
+    shutdown: &'a watch::Receiver<bool>,
+    /// The record of the call being retried (its attempts so far).
+    pending: Option<StepRecord>,
+    /// Records already durable (`run.steps[..saved]`).
+    saved: usize,
+    /// A store write failed: the walk was suspended, the run stays leased.
+    store_error: Option<store::StoreError>,
+}
+
+impl WorkerHost<'_> {
+    /// Make every record so far durable (before a call, so the call's
+    /// preceding decisions survive a crash during it).
+    async fn checkpoint(&mut self) -> Result<(), store::StoreError> {
+        if self.run.steps.len() > self.saved {
+            self.run.updated_at = store::now_ms();
+            self.engine.store.save_run(self.run)?;
+            self.engine.commit.sync().await?;
+            self.saved = self.run.steps.len();
+        }
+        Ok(())
+    }
+
+    async fn call_inner(&mut self, call: Call<'_>) -> (StepRecord, Next) {
+        if let Err(e) = self.checkpoint().await {
+            self.store_error = Some(e);
+            return (empty_record(&call), Next::Suspend);
+        }
+        let prior = self.pending.take().filter(|p| p.id == call.path);
+        let (record, attempted) = self.engine.run_call(&call, self.run, prior).await;
+        tracing::info!(run = %self.run.id, recipe = %self.run.recipe, step = %call.path, status = ?record.status, http_status = ?record.http_status, attempts = record.attempts, "step finished");
+        match attempted {
+            Attempted::Done => (record, Next::Continue),
+            Attempted::End(status) => (record, Next::End(status)),
+            Attempted::RetryIn(delay) => {
+                let previous_due = self.run.due_at;
+                let now = store::now_ms();
+                self.run.pending = Some(record.clone());
+                self.run.status = RunStatus::Retrying;
+                self.run.updated_at = now;
+                self.run.due_at = now + delay.as_millis() as i64;
+                let written = match self.engine.store.reschedule(self.run, previous_due) {
+                    Ok(()) => self.engine.commit.sync().await,
+                    Err(e) => Err(e),
+                };
+                match written {
+                    Ok(()) => self.saved = self.run.steps.len(),
+                    Err(e) => self.store_error = Some(e),
+                }
+                (record, Next::Suspend)
+            }
+        }
+    }
+}
+
+impl Host for WorkerHost<'_> {
+    fn records(&self) -> &[StepRecord] {
+        &self.run.steps
+    }
+
+    fn push(&mut self, record: StepRecord) {
+        self.run.steps.push(record);
+    }
+
+    fn record_mut(&mut self, index: usize) -> Option<&mut StepRecord> {
+        self.run.steps.get_mut(index)
+    }
+
+    fn interrupted(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn call(
+        &mut self,
+        call: Call<'_>,
+    ) -> impl std::future::Future<Output = (StepRecord, Next)> + Send {
+        self.call_inner(call)
+    }
+}
+
+fn empty_record(call: &Call<'_>) -> StepRecord {
+    StepRecord {
+        id: call.path.to_string(),
+        call: call.step.name(),
+        status: StepStatus::Failed,
+        input: Value::Null,
+        request: None,
+        http_status: None,
+        output: Value::Null,
+        error: None,
+        started_at: store::now_ms(),
+        duration_ms: 0,
+        attempts: 0,
+        history: Vec::new(),
+    }
+}
+
+/// What one attempt of a call means for its run.
+enum Attempted {
+    Done,
     RetryIn(Duration),
-    Stop(RunStatus),
+    End(RunStatus),
 }
 
 /// The error line of a failed call, with the answer's excerpt where there is one.
@@ -329,14 +398,4 @@ fn describe(e: &CallError, rec: &crate::connector::http::CallRecord) -> String {
         msg.push_str(&format!(": {short}"));
     }
     msg
-}
-
-/// The run context templates and conditions see: `{event, steps, vars, run}`.
-fn context(recipe: &Recipe, run: &Run, event: Value, now: i64) -> Value {
-    let steps: Map<String, Value> = run
-        .steps
-        .iter()
-        .map(|s| (s.id.clone(), s.output.clone()))
-        .collect();
-    step::context(recipe, &run.id, &run.event_id, steps, event, now)
 }

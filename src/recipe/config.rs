@@ -93,20 +93,121 @@ pub enum Missed {
     Skip,
 }
 
-#[derive(Debug, Deserialize)]
+/// One step: `id`, `if`, and exactly one *kind key* (`call`, `set`, `stop`,
+/// `switch`, `for_each`, …) with that kind's own keys beside it (`with:` for
+/// `call`, `steps:`/`as:` for `for_each`). The loader needs one struct, so
+/// every kind key is an optional field here; compilation
+/// (`recipe::steps`) checks that exactly one is given and turns the step into
+/// a `StepKind` whose variant owns its fields.
+///
+/// Adding a kind: an optional field here, its name in [`KIND_KEYS`], a
+/// variant in `recipe::steps::StepKind` with its compile function, and an
+/// execute function in `engine::steps`.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepFile {
-    /// Later steps read this step's output as `steps.<id>`.
+    /// Later steps read this step's output as `steps.<id>`. Unique in the
+    /// recipe, nested steps included.
     #[serde(default)]
     pub id: Option<String>,
-    /// `connector.action`.
-    pub call: String,
-    /// The action's inputs; every string is a template over `{event, steps, vars, run}`.
-    #[serde(default)]
-    pub with: BTreeMap<String, Value>,
     /// Conditions over `{event, steps, vars}`; the step is skipped when they do not hold.
     #[serde(default, rename = "if")]
     pub condition: Option<Value>,
+
+    /// `call: connector.action`: call a connector's action with `with:`.
+    #[serde(default)]
+    pub call: Option<String>,
+    /// The action's inputs; every string is a template over `{event, steps, vars, run}`.
+    #[serde(default)]
+    pub with: Option<BTreeMap<String, Value>>,
+
+    /// `set: { name: template, … }`: computed values, read later as `steps.<id>.<name>`.
+    #[serde(default)]
+    pub set: Option<BTreeMap<String, Value>>,
+
+    /// `stop: { reason, status }`: end the run here (`succeeded` or `skipped`).
+    #[serde(default)]
+    pub stop: Option<StopFile>,
+
+    /// `switch: [ { when: [conditions], steps: […] }, …, { else: […] } ]`:
+    /// run the steps of the first case whose `when` holds.
+    #[serde(default)]
+    pub switch: Option<Vec<CaseFile>>,
+
+    /// `for_each: "{{ template }}"` (a list) with `steps:`: run the steps once per item.
+    #[serde(default)]
+    pub for_each: Option<Value>,
+    /// The steps of a `for_each`.
+    #[serde(default)]
+    pub steps: Option<Vec<StepFile>>,
+    /// The name the current item has in templates (default `item`); its
+    /// position is `<as>_index` (0-based).
+    #[serde(default, rename = "as")]
+    pub as_name: Option<String>,
+}
+
+/// The kind keys of a step, in the order error messages list them. A step
+/// has exactly one.
+pub const KIND_KEYS: &[&str] = &[
+    "call",
+    "wait",
+    "wait_until",
+    "wait_for",
+    "set",
+    "stop",
+    "for_each",
+    "switch",
+    "state",
+    "assign",
+];
+
+impl StepFile {
+    /// The kind keys this step gives, with their JSON pointer suffix.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.call.is_some() {
+            out.push("call");
+        }
+        if self.set.is_some() {
+            out.push("set");
+        }
+        if self.stop.is_some() {
+            out.push("stop");
+        }
+        if self.for_each.is_some() {
+            out.push("for_each");
+        }
+        if self.switch.is_some() {
+            out.push("switch");
+        }
+        out
+    }
+}
+
+/// `stop:` — ends the run early.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopFile {
+    /// Why, shown on the run (a template over the run context).
+    pub reason: String,
+    /// How the run ends: `succeeded` (default) or `skipped`.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+/// One case of a `switch:`: `when:` conditions and the `steps:` to run, or
+/// `else:` steps (last, at most one).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseFile {
+    /// Conditions, as in `if:`.
+    #[serde(default)]
+    pub when: Option<Value>,
+    #[serde(default)]
+    pub steps: Option<Vec<StepFile>>,
+    /// The steps run when no case holds.
+    #[serde(default, rename = "else")]
+    pub otherwise: Option<Vec<StepFile>>,
 }
 
 /// One recipe test: an event, what each action called answers, and what the

@@ -59,13 +59,24 @@ pub enum RunStatus {
     Failed,
     /// Dead letter: a step failed on every attempt. `runs retry` resumes it.
     Dead,
+    /// Parked until `due_at` or an awaited event (a `wait` step): in the
+    /// queue at its due time, not leased, holding no worker.
+    Waiting,
+    /// Ended by a cancelling event (`reason` says which).
+    Cancelled,
+    /// Ended early by a `stop` step with `status: skipped` (`reason` says why).
+    Skipped,
 }
 
 impl RunStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Dead
+            RunStatus::Succeeded
+                | RunStatus::Failed
+                | RunStatus::Dead
+                | RunStatus::Cancelled
+                | RunStatus::Skipped
         )
     }
 
@@ -86,10 +97,16 @@ pub struct Run {
     pub updated_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,
-    /// Step records, in order; a run resumes at `steps.len()`.
+    /// Step records, in the order the steps ran; each `id` is the step
+    /// instance's path id (`notify`, `each[2].notify`, `route.case1.tag`).
+    /// A resumed run replays them by path id and runs what has none.
     pub steps: Vec<StepRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why a run ended early although nothing failed: a `stop` step's
+    /// reason, or the event that cancelled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// When the queue entry of this run is due (ms). While leased: the lease's expiry.
     pub due_at: i64,
     /// The step being retried, with its attempts so far.
@@ -144,11 +161,14 @@ pub enum StepStatus {
 /// What one step did.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StepRecord {
+    /// The step instance's path id: the step id, prefixed by its enclosing
+    /// steps (`each_agent[2].notify`, `route.case0.tag`).
     pub id: String,
-    /// `connector.action`.
+    /// `connector.action` for a call; the kind key (`set`, `for_each`, …) otherwise.
     pub call: String,
     pub status: StepStatus,
-    /// Rendered `with:` inputs, secrets redacted.
+    /// Rendered `with:` inputs, secrets redacted. A `for_each` records the
+    /// list it iterates here, a `stop` its reason and status.
     pub input: Value,
     /// The request sent and the answer's status, redacted.
     #[serde(default, skip_serializing_if = "Option::is_none")]

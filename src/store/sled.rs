@@ -601,6 +601,7 @@ mod tests {
             finished_at: None,
             steps: vec![],
             error: None,
+            reason: None,
             due_at: due,
             pending: None,
             round: 0,

@@ -13,11 +13,16 @@ use switchboard::store::{Event, Run, RunStatus};
 pub fn runs(list: &Listing<Run>) -> String {
     let mut out = String::new();
     for r in &list.items {
-        let error = r
-            .error
-            .as_deref()
-            .or(r.pending.as_ref().and_then(|p| p.error.as_deref()))
-            .unwrap_or("");
+        let error = if r.status == RunStatus::Waiting {
+            format!("due {}", time(r.due_at))
+        } else {
+            r.error
+                .as_deref()
+                .or(r.pending.as_ref().and_then(|p| p.error.as_deref()))
+                .or(r.reason.as_deref())
+                .unwrap_or("")
+                .to_string()
+        };
         out += &format!(
             "{}  {:<10} {:<28} {}  steps:{}  {error}\n",
             r.id,
@@ -63,8 +68,14 @@ pub fn run(r: &Run) -> String {
     if let Some(e) = &r.error {
         out += &format!("error   {e}\n");
     }
+    if let Some(reason) = &r.reason {
+        out += &format!("reason  {reason}\n");
+    }
     if r.status == RunStatus::Retrying {
         out += &format!("next    {}\n", time(r.due_at));
+    }
+    if r.status == RunStatus::Waiting {
+        out += &format!("due     {}\n", time(r.due_at));
     }
     for (n, st) in r.steps.iter().chain(&r.pending).enumerate() {
         out += &format!(

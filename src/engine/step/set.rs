@@ -1,0 +1,43 @@
+//! `set`: render named values; the mapping is the step's output.
+
+use super::{Flow, Host, Walker};
+use crate::recipe::steps::SetStep;
+use crate::recipe::Step;
+use crate::store::StepStatus;
+use serde_json::{Map, Value};
+
+pub(super) fn execute<H: Host>(
+    w: &mut Walker<'_, H>,
+    step: &Step,
+    set: &SetStep,
+    path: &str,
+    recorded: Option<usize>,
+) -> Flow {
+    if let Some(i) = recorded {
+        let out = w.recorded(i).output.clone();
+        w.set_output(step, out);
+        return Flow::Next;
+    }
+    let mut out = Map::new();
+    for (name, t) in &set.values {
+        match w.catalog.templates.render_value(t, &w.ctx) {
+            Ok(v) => {
+                out.insert(name.clone(), v);
+            }
+            Err(e) => {
+                let error = format!("value `{name}` of recipe `{}`: {e}", w.recipe.name);
+                return w.fail(path, &step.kind, Value::Null, error);
+            }
+        }
+    }
+    let out = Value::Object(out);
+    w.push(
+        path,
+        &step.kind,
+        StepStatus::Succeeded,
+        Value::Null,
+        out.clone(),
+    );
+    w.set_output(step, out);
+    Flow::Next
+}

@@ -1,0 +1,198 @@
+//! What the templates and conditions of one place in a recipe may read, and
+//! the checks of their references against it.
+//!
+//! A template or condition names variables (`steps.contact.id`,
+//! `vars.team`, `$.event.ticket.id`); each is checked here when the recipe
+//! loads, so a typo is a `check` error with its position, never an undefined
+//! value on the first webhook. Pure.
+
+use super::condition::Condition;
+use crate::template::{Template, Templates, ValueTemplate};
+use crate::time::Calendars;
+use crate::yaml::{LoadError, SourceMap};
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+/// The names visible at one place of a recipe.
+pub(crate) struct Scope<'a> {
+    /// Step ids declared before this place (document order, nested steps included).
+    pub steps: &'a [String],
+    /// The recipe's `vars:` names.
+    pub vars: &'a BTreeSet<String>,
+    /// Names bound by enclosing `for_each` steps (`item`, `item_index`).
+    pub locals: &'a [String],
+    /// For `within_business_hours` conditions and calendar functions.
+    pub calendars: &'a Calendars,
+}
+
+impl Scope<'_> {
+    /// Check one dotted variable (`steps.contact.id`) a template reads.
+    pub fn check_var(&self, var: &str) -> Result<(), String> {
+        let mut parts = var.split('.');
+        let root = parts.next().unwrap_or("");
+        let second = parts.next();
+        match (root, second) {
+            ("event", _) | ("run", _) => Ok(()),
+            ("steps", Some(id)) => self.check_step(id),
+            ("steps", None) => Ok(()),
+            ("vars", Some(v)) if self.vars.contains(v) => Ok(()),
+            ("vars", Some(v)) => Err(format!(
+                "unknown variable `vars.{v}`, expected one of the recipe's `vars:` ({})",
+                list(self.vars.iter())
+            )),
+            ("vars", None) => Ok(()),
+            (local, _) if self.locals.iter().any(|l| l == local) => Ok(()),
+            (other, _) => Err(format!(
+                "unknown template variable `{other}`, expected `event`, `steps`, `vars` or `run`{}",
+                if self.locals.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (or a loop variable: {})", list(self.locals.iter()))
+                }
+            )),
+        }
+    }
+
+    fn check_step(&self, id: &str) -> Result<(), String> {
+        if self.steps.iter().any(|s| s == id) {
+            Ok(())
+        } else {
+            Err(format!(
+                "unknown step id `{id}`, expected an earlier step: {}",
+                list(self.steps.iter())
+            ))
+        }
+    }
+
+    /// Check a JSONPath of a condition: `$.steps.<id>` / `$.vars.<name>` must exist.
+    pub fn check_path(&self, path: &str) -> Result<(), String> {
+        let rest = path.strip_prefix('$').unwrap_or(path);
+        let segs = leading_names(rest);
+        match segs.as_slice() {
+            [] => Ok(()),
+            [root, rest @ ..] => {
+                let var = std::iter::once(root.as_str())
+                    .chain(rest.iter().map(String::as_str).take(1))
+                    .collect::<Vec<_>>()
+                    .join(".");
+                self.check_var(&var)
+            }
+        }
+    }
+
+    /// Compile a condition (`if:`, `when:`) at `ptr` and check its paths.
+    pub fn condition(
+        &self,
+        value: &Value,
+        ptr: &str,
+        map: &SourceMap,
+        errors: &mut Vec<LoadError>,
+    ) -> Option<Condition> {
+        // A JSONPath is a mapping key: point at it, not at its operators.
+        let at = |p: &str, msg: String| {
+            if p.rsplit('/')
+                .next()
+                .is_some_and(|last| last.starts_with('$'))
+            {
+                map.error_at_key(p, msg)
+            } else {
+                map.error(p, msg)
+            }
+        };
+        match Condition::compile(value) {
+            Err(e) => {
+                errors.push(at(&format!("{ptr}{}", e.pointer), e.message));
+                None
+            }
+            Ok(mut c) => {
+                for (p, msg) in c.bind_calendars(self.calendars) {
+                    errors.push(map.error(&format!("{ptr}{p}"), msg));
+                }
+                for (p, path) in c.paths() {
+                    if let Err(msg) = self.check_path(&path) {
+                        errors.push(at(&format!("{ptr}{p}"), msg));
+                    }
+                }
+                Some(c)
+            }
+        }
+    }
+}
+
+/// Check every variable the string leaves of `t` read against `scope`.
+pub(crate) fn check_templates(
+    t: &ValueTemplate,
+    ptr: &str,
+    scope: &Scope<'_>,
+    templates: &Templates,
+    map: &SourceMap,
+    errors: &mut Vec<LoadError>,
+) {
+    let mut leaves: Vec<(String, &Template)> = Vec::new();
+    templates.leaves(t, ptr.to_string(), &mut leaves);
+    for (p, leaf) in leaves {
+        for var in templates.variables(leaf) {
+            if let Err(msg) = scope.check_var(&var) {
+                errors.push(map.error(&p, msg));
+            }
+        }
+        for name in templates.unknown_calendars(leaf) {
+            errors.push(map.error(&p, crate::time::calendar::unknown(&name, scope.calendars).0));
+        }
+    }
+}
+
+/// The leading plain member names of a JSONPath after `$` (`.a.b` / `['a']['b']`).
+pub(crate) fn leading_names(mut rest: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    while out.len() < 2 {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+                .unwrap_or(r.len());
+            if end == 0 {
+                break;
+            }
+            out.push(r[..end].to_string());
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix("['").or_else(|| rest.strip_prefix("[\"")) {
+            let Some(end) = r.find(['\'', '"']) else {
+                break;
+            };
+            out.push(r[..end].to_string());
+            rest = r[end + 1..].strip_prefix(']').unwrap_or("");
+        } else {
+            break;
+        }
+    }
+    out
+}
+
+/// `` `a`, `b` `` — or "(none are defined)".
+pub(crate) fn list<'a>(items: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<String> = items.map(|s| format!("`{s}`")).collect();
+    if v.is_empty() {
+        "(none are defined)".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+pub(crate) fn sorted<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut v: Vec<String> = keys.cloned().collect();
+    v.sort();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leading_names_of_paths() {
+        assert_eq!(leading_names(".steps.contact.id"), vec!["steps", "contact"]);
+        assert_eq!(leading_names("['steps']['a b']"), vec!["steps", "a b"]);
+        assert_eq!(leading_names(".event"), vec!["event"]);
+        assert!(leading_names("[0]").is_empty());
+    }
+}

@@ -1,0 +1,91 @@
+//! `call: connector.action` with `with:` inputs.
+
+use super::Compiler;
+use crate::connector::{Action, Connector, Connectors};
+use crate::recipe::config::StepFile;
+use crate::recipe::scope::{list, sorted};
+use crate::template::{escape, ValueTemplate};
+use std::sync::Arc;
+
+/// A call, with its connector and action resolved when the recipe loads: at
+/// run time there is nothing left to look up.
+#[derive(Debug)]
+pub struct CallStep {
+    pub connector: Arc<Connector>,
+    pub action: Arc<Action>,
+    /// The `with:` inputs, in file order.
+    pub with: Vec<(String, ValueTemplate)>,
+}
+
+impl CallStep {
+    /// `connector.action`.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.connector.name, self.action.name)
+    }
+}
+
+/// The connector and action `call` (`connector.action`) names, or what is wrong with it.
+pub(crate) fn resolve(
+    call: &str,
+    connectors: &Connectors,
+) -> Result<(Arc<Connector>, Arc<Action>), String> {
+    let Some((cname, aname)) = call.split_once('.') else {
+        return Err(format!(
+            "invalid call `{call}`, expected `connector.action`"
+        ));
+    };
+    let Some(c) = connectors.by_name.get(cname) else {
+        return Err(format!(
+            "unknown connector `{cname}`, expected one of {}",
+            list(sorted(connectors.by_name.keys()).iter())
+        ));
+    };
+    match c.actions.get(aname) {
+        Some(a) => Ok((c.clone(), a.clone())),
+        None => Err(format!(
+            "unknown action `{aname}` of connector `{cname}`, expected one of {}",
+            list(c.actions.keys())
+        )),
+    }
+}
+
+pub(super) fn compile(cx: &mut Compiler<'_>, s: &StepFile, ptr: &str) -> Option<CallStep> {
+    let call = s.call.as_deref().unwrap_or_default();
+    let resolved = resolve(call, cx.connectors)
+        .map_err(|msg| cx.error(&format!("{ptr}/call"), msg))
+        .ok();
+    let empty = Default::default();
+    let given = s.with.as_ref().unwrap_or(&empty);
+    let mut with = Vec::new();
+    for (k, v) in given {
+        let p = format!("{ptr}/with/{}", escape(k));
+        if let Some((_, a)) = &resolved {
+            if !a.inputs.contains_key(k) {
+                cx.error(
+                    &p,
+                    format!(
+                        "action `{call}` has no input `{k}`, expected one of {}",
+                        list(a.inputs.keys())
+                    ),
+                );
+            }
+        }
+        if let Some(t) = cx.value_template(v, &p) {
+            with.push((k.clone(), t));
+        }
+    }
+    let (connector, action) = resolved?;
+    for (input, required) in &action.inputs {
+        if *required && !given.contains_key(input) {
+            cx.error(
+                &format!("{ptr}/with"),
+                format!("missing input `{input}` required by `{call}`"),
+            );
+        }
+    }
+    Some(CallStep {
+        connector,
+        action,
+        with,
+    })
+}

@@ -1,0 +1,48 @@
+//! `stop: { reason, status }`: end the run early.
+
+use super::Compiler;
+use crate::recipe::config::StepFile;
+use crate::template::Template;
+
+/// How a `stop` ends its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopStatus {
+    Succeeded,
+    Skipped,
+}
+
+impl StopStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopStatus::Succeeded => "succeeded",
+            StopStatus::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct StopStep {
+    /// Why; a template over the run context, shown on the run.
+    pub reason: Template,
+    pub status: StopStatus,
+}
+
+pub(super) fn compile(cx: &mut Compiler<'_>, s: &StepFile, ptr: &str) -> Option<StopStep> {
+    let stop = s.stop.as_ref()?;
+    let status = match stop.status.as_deref() {
+        None | Some("succeeded") => Some(StopStatus::Succeeded),
+        Some("skipped") => Some(StopStatus::Skipped),
+        Some(other) => {
+            cx.error(
+                &format!("{ptr}/stop/status"),
+                format!("unknown stop status `{other}`, expected `succeeded` or `skipped`"),
+            );
+            None
+        }
+    };
+    let reason = cx.template(&stop.reason, &format!("{ptr}/stop/reason"));
+    Some(StopStep {
+        reason: reason?,
+        status: status?,
+    })
+}

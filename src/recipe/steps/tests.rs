@@ -1,0 +1,149 @@
+//! Compile errors of step kinds, each with its `line:column`.
+
+use crate::connector::SecretSource;
+use crate::engine::{Catalog, LoadOptions};
+use std::path::PathBuf;
+
+#[test]
+fn step_ids() {
+    use super::valid_id;
+    assert!(valid_id("contact_1"));
+    assert!(!valid_id("1x"));
+    assert!(!valid_id("a-b"));
+    assert!(!valid_id(""));
+}
+
+/// Load one recipe against the shipped connectors; its errors as `line:column: message`.
+pub(crate) fn errors(recipe: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.yaml"), recipe).unwrap();
+    let opts = LoadOptions {
+        connectors_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("connectors"),
+        recipes_dir: dir.path().to_path_buf(),
+        secrets: SecretSource::default().with_placeholders(),
+        allow_internal: Vec::new(),
+    };
+    match Catalog::load(&opts) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors
+            .into_iter()
+            .map(|e| format!("{}:{}: {}", e.pos.line, e.pos.column, e.message))
+            .collect(),
+    }
+}
+
+const HEAD: &str = "name: r\non: { connector: zendesk, event: ticket.created }\nvars: { agents: [a, b], team: eu }\nsteps:\n";
+
+fn check(steps: &str) -> Vec<String> {
+    errors(&format!("{HEAD}{steps}"))
+}
+
+const KINDS: &str =
+    "expected exactly one of call, wait, wait_until, wait_for, set, stop, for_each, switch, state, assign";
+
+#[test]
+fn a_step_without_a_kind_is_an_error_at_the_step() {
+    assert_eq!(
+        check("  - id: x\n    if: [ { \"$.event.a\": { exists: true } } ]\n"),
+        [format!("5:5: a step needs a kind: {KINDS}")]
+    );
+}
+
+#[test]
+fn a_step_with_two_kinds_is_an_error_at_the_second() {
+    assert_eq!(
+        check("  - id: x\n    set: { a: 1 }\n    stop: { reason: done }\n"),
+        [format!(
+            "7:5: a step has exactly one kind, this one gives `set` and `stop`: {KINDS}"
+        )]
+    );
+}
+
+#[test]
+fn keys_of_another_kind_are_errors() {
+    assert_eq!(
+        check("  - id: x\n    set: { a: 1 }\n    with: { b: 2 }\n"),
+        ["7:11: `with:` belongs to a `call` step, not to a `set` step"]
+    );
+}
+
+#[test]
+fn a_bad_stop_status_names_the_statuses() {
+    assert_eq!(
+        check("  - stop: { reason: done, status: failed }\n"),
+        ["5:35: unknown stop status `failed`, expected `succeeded` or `skipped`"]
+    );
+}
+
+#[test]
+fn for_each_over_a_known_non_list_or_too_many_items_fails_check() {
+    assert_eq!(
+        check("  - for_each: \"{{ vars.team }}\"\n    steps: [ { set: { a: 1 } } ]\n"),
+        ["5:15: `for_each` needs a list, this is a string"]
+    );
+    assert_eq!(
+        check("  - for_each: 3\n    steps: [ { set: { a: 1 } } ]\n"),
+        ["5:15: `for_each` needs a list, this is a number"]
+    );
+    let many: Vec<String> = (0..101).map(|i| i.to_string()).collect();
+    assert_eq!(
+        check(&format!(
+            "  - for_each: [{}]\n    steps: [ {{ set: {{ a: 1 }} }} ]\n",
+            many.join(", ")
+        )),
+        ["5:15: `for_each` over 101 items, more than the maximum of 100"]
+    );
+    // A list, or a template known only at run time, is fine.
+    assert_eq!(
+        check("  - for_each: \"{{ vars.agents }}\"\n    steps: [ { set: { a: \"{{ item }}-{{ item_index }}\" } } ]\n"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        check("  - for_each: \"{{ event.ticket.tags }}\"\n    as: tag\n    steps: [ { set: { a: \"{{ tag }}\" } } ]\n"),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn loop_variables_exist_only_inside_their_loop() {
+    assert_eq!(
+        check("  - id: each\n    for_each: [1, 2]\n    steps: [ { set: { a: \"{{ item }}\" } } ]\n  - set: { b: \"{{ item }}\" }\n"),
+        ["8:15: unknown template variable `item`, expected `event`, `steps`, `vars` or `run`"]
+    );
+    assert_eq!(
+        check("  - for_each: [1]\n    as: steps\n    steps: [ { set: { a: 1 } } ]\n"),
+        ["6:9: invalid loop name `steps`, expected letters, digits and `_`, and not one of event, steps, vars, run, shared"]
+    );
+}
+
+#[test]
+fn nested_step_ids_are_unique_in_the_recipe_and_visible_after() {
+    assert_eq!(
+        check(concat!(
+            "  - id: route\n    switch:\n      - when: [ { \"$.event.x\": { exists: true } } ]\n",
+            "        steps: [ { id: a, set: { v: 1 } } ]\n",
+            "      - else: [ { id: a, set: { v: 2 } } ]\n",
+            "  - set: { w: \"{{ steps.a.v }} {{ steps.route.branch }}\" }\n",
+        )),
+        ["9:23: duplicate step id `a`"]
+    );
+}
+
+#[test]
+fn switch_cases_are_checked() {
+    assert_eq!(
+        check(concat!(
+            "  - switch:\n      - else: [ { set: { v: 1 } } ]\n",
+            "      - when: [ { \"$.steps.nope.x\": { exists: true } } ]\n",
+            "        steps: [ { set: { v: 2 } } ]\n",
+        )),
+        [
+            "6:15: `else:` must be the last case of a `switch`",
+            "7:19: unknown step id `nope`, expected an earlier step: `step1_else_step1`",
+        ]
+    );
+    assert_eq!(
+        check("  - switch:\n      - when: [ { \"$.event.x\": { exists: true } } ]\n"),
+        ["6:9: a case is `when:` (conditions) with `steps:`, or `else:` (steps) alone as the last case"]
+    );
+}

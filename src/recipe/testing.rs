@@ -1,0 +1,282 @@
+//! A recipe file's `tests:`, compiled and checked against the connectors and
+//! the recipe's steps (`engine::dry_run` runs them).
+
+use super::config::{MockErrorFile, RecipeFile, StepFile, TestFile, TestStatus};
+use super::scope::list;
+use super::steps::call::resolve;
+use super::{Mock, RecipeTest};
+use crate::connector::{Connectors, Field};
+use crate::template::escape;
+use crate::yaml::{LoadError, SourceMap};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Every step of the file, nested ones included, with the id it compiles to
+/// (the defaults as `steps::Compiler` gives them), depth first.
+pub(super) fn step_files<'a>(
+    files: &'a [StepFile],
+    parent: Option<&str>,
+    out: &mut Vec<(String, &'a StepFile)>,
+) {
+    for (i, s) in files.iter().enumerate() {
+        let id = s.id.clone().unwrap_or_else(|| match parent {
+            Some(p) => format!("{p}_step{}", i + 1),
+            None => format!("step{}", i + 1),
+        });
+        out.push((id.clone(), s));
+        if let Some(nested) = &s.steps {
+            step_files(nested, Some(&id), out);
+        }
+        for (c, case) in s.switch.iter().flatten().enumerate() {
+            if let Some(nested) = &case.steps {
+                step_files(nested, Some(&format!("{id}_case{c}")), out);
+            } else if let Some(nested) = &case.otherwise {
+                step_files(nested, Some(&format!("{id}_else")), out);
+            }
+        }
+    }
+}
+
+/// Compile and check a recipe file's `tests:`: names unique, every mock and
+/// expected call a real `connector.action` (an expected call one of the
+/// recipe's steps makes), every `expect_inputs` entry a step id and one of
+/// its inputs, and the event type as ingress would read it.
+pub(super) fn compile_tests(
+    file: &RecipeFile,
+    map: &SourceMap,
+    connectors: &Connectors,
+    errors: &mut Vec<LoadError>,
+) -> Vec<RecipeTest> {
+    // Step ids and `with:` names from the file, so tests are checked even
+    // when a step itself has an error.
+    let mut steps: Vec<(String, &StepFile)> = Vec::new();
+    step_files(&file.steps, None, &mut steps);
+    let mut names: Vec<&str> = Vec::new();
+    let mut out = Vec::new();
+    for (i, t) in file.tests.iter().enumerate() {
+        let ptr = format!("/tests/{i}");
+        let before = errors.len();
+        if names.contains(&t.name.as_str()) {
+            errors.push(map.error(
+                &format!("{ptr}/name"),
+                format!("duplicate test name `{}`", t.name),
+            ));
+        }
+        names.push(&t.name);
+        let event_type = test_event_type(file, t, &ptr, map, connectors, errors);
+
+        let mut mocks = BTreeMap::new();
+        for (call, v) in &t.mock {
+            let p = format!("{ptr}/mock/{}", escape(call));
+            if let Err(msg) = resolve(call, connectors) {
+                errors.push(map.error_at_key(&p, msg));
+            }
+            match compile_mock(v) {
+                Ok(m) => {
+                    mocks.insert(call.clone(), m);
+                }
+                Err((sub, msg)) => errors.push(map.error(&format!("{p}/error{sub}"), msg)),
+            }
+        }
+        for (j, call) in t.expect_calls.iter().enumerate() {
+            let p = format!("{ptr}/expect_calls/{j}");
+            if let Err(msg) = resolve(call, connectors) {
+                errors.push(map.error(&p, msg));
+            } else if !steps
+                .iter()
+                .any(|(_, s)| s.call.as_deref() == Some(call.as_str()))
+            {
+                errors.push(map.error(
+                    &p,
+                    format!("no step of this recipe calls `{call}`, so it is never called"),
+                ));
+            }
+        }
+        for (id, inputs) in &t.expect_inputs {
+            let p = format!("{ptr}/expect_inputs/{}", escape(id));
+            let Some((_, step)) = steps.iter().find(|(sid, _)| sid == id) else {
+                errors.push(map.error_at_key(
+                    &p,
+                    format!(
+                        "unknown step id `{id}`, expected one of {}",
+                        list(steps.iter().map(|(id, _)| id))
+                    ),
+                ));
+                continue;
+            };
+            let empty = BTreeMap::new();
+            let with = step.with.as_ref().unwrap_or(&empty);
+            for name in inputs.keys() {
+                if !with.contains_key(name) {
+                    errors.push(map.error_at_key(
+                        &format!("{p}/{}", escape(name)),
+                        format!(
+                            "step `{id}` has no input `{name}` in its `with:`, expected one of {}",
+                            list(with.keys())
+                        ),
+                    ));
+                }
+            }
+        }
+        let expect_status = t.expect_status.unwrap_or(TestStatus::Succeeded);
+        let now = match &t.now {
+            None => None,
+            Some(text) => match crate::time::parse_instant(text) {
+                Ok(ts) => Some(ts.as_millisecond()),
+                Err(e) => {
+                    errors.push(map.error(&format!("{ptr}/now"), e.0));
+                    None
+                }
+            },
+        };
+        if expect_status == TestStatus::Skipped && !t.expect_calls.is_empty() {
+            errors.push(map.error(
+                &format!("{ptr}/expect_calls"),
+                "a skipped run calls nothing: `expect_calls` must be `[]`",
+            ));
+        }
+        if errors.len() > before {
+            continue;
+        }
+        out.push(RecipeTest {
+            name: t.name.clone(),
+            event: t.event.clone(),
+            event_type,
+            mocks,
+            expect_calls: t.expect_calls.clone(),
+            expect_inputs: t.expect_inputs.clone(),
+            expect_status,
+            now,
+        });
+    }
+    out
+}
+
+/// A mock's value: `{ error: { status, body } }` is a failed call, anything
+/// else the step's output. An error's pointer is relative to `error`.
+fn compile_mock(v: &Value) -> Result<Mock, (&'static str, String)> {
+    let error = match v.as_object() {
+        Some(o) if o.len() == 1 => o.get("error").filter(|e| e.is_object()),
+        _ => None,
+    };
+    let Some(error) = error else {
+        return Ok(Mock::Output(v.clone()));
+    };
+    let e: MockErrorFile =
+        serde_json::from_value(error.clone()).map_err(|e| ("", e.to_string()))?;
+    if !(400..=599).contains(&e.status) {
+        return Err((
+            "/status",
+            format!(
+                "mocked error status {} is not an HTTP error, expected 400-599",
+                e.status
+            ),
+        ));
+    }
+    let body = match e.body {
+        Value::Null => String::new(),
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    Ok(Mock::Error {
+        status: e.status,
+        body,
+    })
+}
+
+/// The event type a test's event arrives with, read the way ingress reads it
+/// from the trigger connector's `webhook.event_type`; `event_type:` is
+/// needed (and only allowed) where ingress reads it from a header.
+fn test_event_type(
+    file: &RecipeFile,
+    t: &TestFile,
+    ptr: &str,
+    map: &SourceMap,
+    connectors: &Connectors,
+    errors: &mut Vec<LoadError>,
+) -> Option<String> {
+    if file.on.schedule.is_some() {
+        // A slot's event type is the recipe's name; a test's event is the slot's body.
+        return Some(file.name.clone());
+    }
+    // An unknown connector or one without a webhook is reported already.
+    let c = connectors.get(file.on.connector.as_deref()?)?;
+    let webhook = c.webhook.as_ref()?;
+    let given = t.event_type.clone();
+    let read = match &webhook.event_type {
+        Some(Field::Header(h)) => {
+            if given.is_none() {
+                errors.push(map.error(
+                    ptr,
+                    format!(
+                        "connector `{}` reads the event type from the `{h}` header: give the test an `event_type:`",
+                        c.name
+                    ),
+                ));
+            }
+            return given;
+        }
+        Some(f @ Field::Path(p)) => (
+            f.read(|_| None, &t.event),
+            format!("`{}` of the event", p.as_str()),
+        ),
+        Some(f @ Field::Value(_)) => (
+            f.read(|_| None, &t.event),
+            "its `webhook.event_type`".into(),
+        ),
+        // Ingress reads no type, so no event of this connector starts a run.
+        None => (
+            None,
+            "nowhere: it has no `webhook.event_type`, so its events start no recipe".into(),
+        ),
+    };
+    match (given, read) {
+        (None, (found, _)) => found,
+        (Some(g), (Some(found), _)) if g == found => Some(g),
+        (Some(g), (found, from)) => {
+            errors.push(map.error(
+                &format!("{ptr}/event_type"),
+                format!(
+                    "`event_type: {g}` is not what connector `{}` reads: the type comes from {from}{}; leave `event_type` out",
+                    c.name,
+                    found.map(|f| format!(", which gives `{f}`")).unwrap_or_default()
+                ),
+            ));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mocks_are_outputs_unless_they_are_exactly_an_error() {
+        use serde_json::json;
+        let out = |v: Value| Ok(Mock::Output(v));
+        assert_eq!(compile_mock(&json!({"id": "1"})), out(json!({"id": "1"})));
+        assert_eq!(compile_mock(&json!({})), out(json!({})));
+        // An `error` field beside others, or not a mapping, is output.
+        let v = json!({"error": {"status": 500}, "id": 1});
+        assert_eq!(compile_mock(&v), out(v.clone()));
+        assert_eq!(
+            compile_mock(&json!({"error": "x"})),
+            out(json!({"error": "x"}))
+        );
+        assert_eq!(
+            compile_mock(&json!({"error": {"status": 422, "body": {"e": 1}}})),
+            Ok(Mock::Error {
+                status: 422,
+                body: r#"{"e":1}"#.into()
+            })
+        );
+        assert_eq!(
+            compile_mock(&json!({"error": {"status": 302}}))
+                .unwrap_err()
+                .0,
+            "/status"
+        );
+        assert!(compile_mock(&json!({"error": {"code": 500}})).is_err());
+    }
+}
