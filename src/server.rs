@@ -7,7 +7,7 @@ use crate::engine::{scheduler, worker, Catalog, Engine, EngineConfig, LoadOption
 use crate::ingress::{self, IngressState};
 use crate::listener::{self, ConnectionLimits};
 use crate::secret::Secret;
-use crate::store::{sled::SledStore, Store};
+use crate::store::{reopen::Reopening, sled::SledStore, Store};
 use crate::yaml::LoadError;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -117,7 +117,12 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
             "resuming runs interrupted by the last stop"
         );
     }
-    let store: Arc<dyn Store> = Arc::new(store);
+    // After a write error (a full disk) the store reopens itself once space is back.
+    let store_dir = config.data_dir.join("store");
+    let store: Arc<dyn Store> = Arc::new(Reopening::new(
+        Arc::new(store),
+        Box::new(move || Ok(Arc::new(SledStore::open(&store_dir)?) as Arc<dyn Store>)),
+    ));
     let token = admin_token(&config)?;
     tracing::info!(
         connectors = catalog.connectors.by_name.len(),

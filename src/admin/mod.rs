@@ -74,6 +74,10 @@ async fn require_token(
 /// Ready unless the run queue is deeper than `max_queue` (then 503, so a
 /// load balancer can steer new work elsewhere; webhooks are still accepted).
 async fn ready(State(st): State<AdminState>) -> Result<Response, ApiError> {
+    if let Err(e) = st.engine.store().healthy() {
+        let body = json!({"status": "store_unavailable", "store": e.to_string()});
+        return Ok((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response());
+    }
     let depth = st
         .engine
         .queue_depth()

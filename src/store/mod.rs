@@ -10,6 +10,7 @@
 //! the lease's expiry time, so a run whose worker died comes due again by
 //! itself.
 
+pub mod reopen;
 pub mod sled;
 pub mod state;
 
@@ -263,6 +264,10 @@ pub trait Store: Send + Sync + 'static {
     fn insert_event(&self, event: &Event, runs: &[Run]) -> Result<Inserted>;
     /// Make every write so far durable.
     fn flush(&self) -> Result<()>;
+    /// Can the store take writes? An error says why not (`/readyz`).
+    fn healthy(&self) -> Result<()> {
+        Ok(())
+    }
     fn event(&self, id: &str) -> Result<Option<Event>>;
     fn events(&self, page: &Page) -> Result<Vec<Event>>;
     fn run(&self, id: &str) -> Result<Option<Run>>;
