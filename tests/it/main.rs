@@ -10,6 +10,7 @@
 //! - `recipe_tests`: `switchboard test` running the recipes' own `tests:` with mocked connectors.
 //! - `state`: recipe state and assignment steps (concurrency, kill -9), the `state` CLI and API.
 //! - `prism`: shipped connector actions validated by Prism serving the vendors' real specs.
+//! - `flow`: set, switch, for_each and stop through the binary; kill -9 inside a loop.
 //! - `faults`: a store that fails writes under the hub: 503 and nothing half-written.
 //! - `hardening`: hostile senders, hostile event data and careless recipes.
 //! - `time`: calendars, time functions, schedules, durable waits, debounce, cancel_on.
@@ -18,6 +19,7 @@ mod admin;
 mod cli;
 mod durability;
 mod faults;
+mod flow;
 mod hardening;
 mod ingress;
 mod outbound;
