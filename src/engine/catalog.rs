@@ -58,6 +58,7 @@ impl Catalog {
             });
             return Err(errors);
         }
+        reply_warnings(&recipes, &mut warnings);
         Ok(Catalog::new(templates, connectors, recipes, warnings))
     }
 
@@ -133,5 +134,35 @@ impl Catalog {
 
     pub fn recipe(&self, name: &str) -> Option<&Recipe> {
         self.by_name.get(name).map(|&i| &self.recipes[i])
+    }
+}
+
+/// Recipes on one trigger that each declare a `reply:`: when several match
+/// one event, the first by name answers; `check` says so at the others.
+fn reply_warnings(recipes: &[Recipe], warnings: &mut Vec<LoadError>) {
+    let mut by_trigger: HashMap<(&str, &str), Vec<&Recipe>> = HashMap::new();
+    for r in recipes.iter().filter(|r| r.reply.is_some()) {
+        by_trigger
+            .entry((&r.connector, &r.event))
+            .or_default()
+            .push(r);
+    }
+    for ((connector, event), mut rs) in by_trigger {
+        if rs.len() < 2 {
+            continue;
+        }
+        rs.sort_by(|a, b| a.name.cmp(&b.name));
+        for r in &rs[1..] {
+            if let Some(reply) = &r.reply {
+                warnings.push(LoadError {
+                    file: r.file.clone(),
+                    pos: reply.at,
+                    message: format!(
+                        "warning: recipes `{}` and `{}` both reply to `{connector}` `{event}` events; when both match, `{}` answers (the first by name) and this `reply:` is not sent",
+                        rs[0].name, r.name, rs[0].name
+                    ),
+                });
+            }
+        }
     }
 }

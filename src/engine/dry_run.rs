@@ -754,4 +754,52 @@ steps:
         );
         assert_eq!(host.out.records.len(), full.records.len());
     }
+
+    /// The worked example of README "Flow" runs as documented.
+    #[test]
+    fn the_readme_flow_example_runs() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("### Flow: set, switch, for_each, stop")
+            .unwrap();
+        let body = &readme[start..];
+        let yaml = &body[body.find("```yaml\n").unwrap() + 8..];
+        let yaml = &yaml[..yaml.find("```").unwrap()];
+        let c = catalog(&format!(
+            "name: r\non: {{ connector: zendesk, event: ticket.created }}\nvars: {{ agents: [C1, C2] }}\n{yaml}"
+        ));
+        let m = mocks(json!({"zendesk.add_tags": {}, "slack.post_message": {"ok": true}}));
+        let event = json!({"ticket": {"id": 9, "subject": "Billing", "locale": "de-DE"},
+                           "subscription": {"items": [{"amount": 90000}, {"amount": 15000}]}});
+        let got = dry(&c, event, &m);
+        assert_eq!(got.status, TestStatus::Succeeded, "{:?}", got.error);
+        assert_eq!(
+            got.records[0].output,
+            json!({"mrr": 1050.0, "group": "support-de"})
+        );
+        let calls: Vec<(&str, &Value)> = got
+            .calls
+            .iter()
+            .map(|c| (c.step.as_str(), &c.input))
+            .collect();
+        assert_eq!(
+            calls,
+            [
+                ("route.case1.vip", &json!({"ticket_id": 9, "tags": ["vip"]})),
+                (
+                    "each_agent[0].notify",
+                    &json!({"channel": "C1", "text": "#9 (1/2)"})
+                ),
+                (
+                    "each_agent[1].notify",
+                    &json!({"channel": "C2", "text": "#9 (2/2)"})
+                ),
+            ]
+        );
+        assert_eq!(got.reason.as_deref(), Some("routed to support-de"));
+        let spam = json!({"ticket": {"id": 9, "subject": "SPAM", "locale": "xx"}, "subscription": {"items": []}});
+        let got = dry(&c, spam, &m);
+        assert_eq!(got.status, TestStatus::Skipped, "{:?}", got.error);
+        assert_eq!(got.reason.as_deref(), Some("not for us: SPAM"));
+    }
 }

@@ -11,6 +11,7 @@
 
 mod catalog;
 pub mod dry_run;
+pub mod reply;
 pub mod scheduler;
 mod step;
 pub mod worker;
@@ -18,6 +19,7 @@ pub mod worker;
 pub use catalog::{Catalog, LoadOptions};
 
 use crate::connector::http::Client;
+use crate::recipe::Recipe;
 use crate::store::{self, Event, GroupCommit, Inserted, Run, RunStatus, Store, StoreError};
 use crate::time::{Clock, SystemClock};
 use serde::Serialize;
@@ -68,6 +70,10 @@ pub struct Accepted {
     pub runs: Vec<String>,
     /// True when this delivery id was accepted before; nothing new was stored or started.
     pub duplicate: bool,
+    /// The answer a matching recipe's `reply:` gives the sender, rendered
+    /// after the event was stored (see [`reply`]).
+    #[serde(skip)]
+    pub reply: Option<reply::Answer>,
 }
 
 pub struct Engine {
@@ -134,12 +140,18 @@ impl Engine {
         // moved in and back out, never copied.
         let mut ctx = Catalog::trigger_context(incoming.body, now);
         let mut runs = Vec::new();
+        let mut replier: Option<&Recipe> = None;
         let catalog = &self.catalog;
         catalog.triggered(
             &incoming.connector,
             incoming.event_type.as_deref(),
             &mut ctx,
             |r, ctx| {
+                // The documented winner among matching recipes with a
+                // `reply:`: the first by recipe name.
+                if r.reply.is_some() && replier.is_none_or(|w: &Recipe| r.name < w.name) {
+                    replier = Some(r);
+                }
                 let concurrency = r.concurrency.as_ref().map(|(t, limit)| {
                     let key = catalog.templates.render_string(t, ctx).unwrap_or_else(|e| {
                         tracing::warn!(recipe = %r.name, error = %e, "concurrency key did not render; using the empty key");
@@ -225,13 +237,46 @@ impl Engine {
         };
         let event_id = event.id.clone();
         self.commit.sync().await?;
+        let reply_run = replier.and_then(|r| runs.iter().find(|run| run.recipe == r.name));
+        let reply_run = reply_run.map(|run| run.id.clone());
+        let mut accepted = self.accepted(inserted, event_id, event.runs, runs, handoffs)?;
+        if let Some((r, reply)) = replier.and_then(|r| r.reply.as_ref().map(|p| (r, p))) {
+            let run_id = if accepted.duplicate {
+                reply::run_of(self, r, &accepted.runs)
+            } else {
+                reply_run
+            };
+            accepted.reply = Some(reply::answer(
+                self,
+                r,
+                reply,
+                &event.body,
+                &accepted,
+                run_id,
+                now,
+            ));
+        }
+        Ok(accepted)
+    }
+
+    /// What `accept` did, once the write is durable: hand the new runs to
+    /// workers, or find the runs of the first delivery of a duplicate.
+    fn accepted(
+        &self,
+        inserted: Inserted,
+        event_id: String,
+        event_runs: Vec<String>,
+        runs: Vec<Run>,
+        mut handoffs: Vec<tokio::sync::mpsc::Permit<'_, Run>>,
+    ) -> Result<Accepted, StoreError> {
+        let mut event_runs = event_runs;
         match inserted {
             Inserted::New => {
                 if runs.iter().any(|r| r.debounce.is_some()) {
                     // A debounced run may have folded into a pending one:
                     // the stored event names the runs it really has.
                     if let Some(stored) = self.store.event(&event_id)? {
-                        event.runs = stored.runs;
+                        event_runs = stored.runs;
                     }
                 }
                 let handed = handoffs.len();
@@ -254,8 +299,9 @@ impl Engine {
                 }
                 Ok(Accepted {
                     event_id,
-                    runs: event.runs,
+                    runs: event_runs,
                     duplicate: false,
+                    reply: None,
                 })
             }
             Inserted::Duplicate { event_id } => {
@@ -268,6 +314,7 @@ impl Engine {
                     event_id,
                     runs,
                     duplicate: true,
+                    reply: None,
                 })
             }
         }

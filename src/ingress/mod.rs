@@ -135,6 +135,19 @@ async fn receive(
             ApiError::Unavailable("the event could not be stored; retry later".into())
         })?;
     tracing::info!(connector = %name, event = %accepted.event_id, event_type = ?event_type, runs = accepted.runs.len(), duplicate = accepted.duplicate, "webhook accepted");
+    // A recipe's `reply:` answers the sender instead of the default JSON.
+    if let Some(answer) = accepted.reply.clone() {
+        let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+        let mut resp = (status, answer.body).into_response();
+        let h = resp.headers_mut();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&answer.content_type) {
+            h.insert(axum::http::header::CONTENT_TYPE, v);
+        }
+        if let Ok(v) = axum::http::HeaderValue::from_str(&accepted.event_id) {
+            h.insert(crate::engine::reply::EVENT_HEADER, v);
+        }
+        return Ok(resp);
+    }
     let status = if accepted.duplicate {
         StatusCode::OK
     } else {

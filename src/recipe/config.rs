@@ -30,6 +30,11 @@ pub struct RecipeFile {
     /// after the first): `{ key: "{{ event.ticket.id }}", quiet: 30s, max: 5m }`.
     #[serde(default)]
     pub debounce: Option<DebounceFile>,
+    /// The webhook's immediate answer to its sender (Slack slash commands,
+    /// forms): `{ status, content_type, body }`, rendered over `{event, vars,
+    /// run}` once the event is stored. Default: `202` with the event and run ids.
+    #[serde(default)]
+    pub reply: Option<ReplyFile>,
     /// Ordered steps.
     #[serde(default)]
     pub steps: Vec<StepFile>,
@@ -37,6 +42,22 @@ pub struct RecipeFile {
     /// `switchboard test`, offline (README "Testing recipes").
     #[serde(default)]
     pub tests: Vec<TestFile>,
+}
+
+/// `reply:` — what the sender of the triggering webhook gets back.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyFile {
+    /// HTTP status, 200-299 (default 200).
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Default `application/json` when `body` is a mapping or a list,
+    /// `text/plain; charset=utf-8` when it is a string.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// A mapping or list (sent as JSON, every string a template), or a
+    /// string template (sent as text).
+    pub body: Value,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,7 @@
 
 pub mod condition;
 pub mod config;
+pub mod reply;
 pub(crate) mod scope;
 pub mod steps;
 mod testing;
@@ -48,6 +49,8 @@ pub struct Recipe {
     /// `debounce:` — one run per burst of a key.
     pub debounce: Option<Debounce>,
     pub steps: Vec<Step>,
+    /// `reply:` — the webhook's answer to its sender.
+    pub reply: Option<reply::Reply>,
     /// The file's `tests:`, run by `switchboard test`; the engine never reads them.
     pub tests: Vec<RecipeTest>,
 }
@@ -263,6 +266,17 @@ fn compile(
         })
     });
 
+    if file.reply.is_some() && file.on.schedule.is_some() {
+        errors.push(map.error_at_key(
+            "/reply",
+            "a schedule has no sender to reply to: `reply:` needs a webhook trigger",
+        ));
+    }
+    let reply = file
+        .reply
+        .as_ref()
+        .and_then(|r| reply::compile(r, &trigger, map, templates, errors));
+
     let tests = testing::compile_tests(&file, map, connectors, errors);
 
     let mut cx = steps::Compiler {
@@ -295,6 +309,7 @@ fn compile(
         concurrency,
         debounce,
         steps,
+        reply,
         tests,
     })
 }

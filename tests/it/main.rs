@@ -9,6 +9,7 @@
 //! - `durability`: kill -9, SIGTERM, retries, dead letters, limits, ordering, back-pressure.
 //! - `recipe_tests`: `switchboard test` running the recipes' own `tests:` with mocked connectors.
 //! - `state`: recipe state and assignment steps (concurrency, kill -9), the `state` CLI and API.
+//! - `reply`: a recipe's `reply:` as the webhook's answer (Slack slash command), its fallback and winner.
 //! - `prism`: shipped connector actions validated by Prism serving the vendors' real specs.
 //! - `flow`: set, switch, for_each and stop through the binary; kill -9 inside a loop.
 //! - `faults`: a store that fails writes under the hub: 503 and nothing half-written.
@@ -26,6 +27,7 @@ mod outbound;
 mod prism;
 mod recipe_tests;
 mod recipes;
+mod reply;
 mod state;
 mod time;
 mod utils;
