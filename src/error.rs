@@ -3,7 +3,6 @@
 //! Every error answer is JSON: `{"error": "<kind>", "message": "..."}` (plus
 //! `check` for refused signatures). Internal details are logged, not sent.
 
-use crate::admin::queries::QueryError;
 use crate::store::StoreError;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -40,17 +39,6 @@ pub enum ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::Internal(e.to_string())
-    }
-}
-
-impl From<QueryError> for ApiError {
-    fn from(e: QueryError) -> Self {
-        match e {
-            QueryError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            QueryError::UnknownStatus { .. } => ApiError::BadRequest(e.to_string()),
-            QueryError::NotRetryable { .. } => ApiError::Conflict(e.to_string()),
-            QueryError::Store(e) => e.into(),
-        }
     }
 }
 

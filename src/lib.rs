@@ -26,8 +26,10 @@
 //! # Invariants
 //! - Dependencies point one way: `ingress`/`admin` → `engine` → `recipe`,
 //!   `connector`, `store`; `recipe` → `connector` (to check references).
-//! - Only `ingress`, `admin`, `error`, `listener` and `server` use axum; only `connector`
-//!   (and the CLI's admin client) use reqwest; only `store` uses sled.
+//! - Only `ingress`, `admin`, `error` and `listener` use axum; only `connector`
+//!   (and the CLI's admin client) use reqwest; only `store` uses sled. These
+//!   and the other rules of ARCHITECTURE.md are checked by
+//!   `tests/it/architecture.rs`.
 //! - Conditions and templates do no I/O.
 //! - An event is durable in the store before its webhook is answered 2xx.
 //! - A step's record is durable before the next step starts.

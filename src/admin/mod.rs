@@ -21,7 +21,7 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use queries::{EventView, Listing, PageQuery, RetriedRuns, RunsQuery};
+use queries::{EventView, Listing, PageQuery, QueryError, RetriedRuns, RunsQuery};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -99,6 +99,17 @@ async fn queue(State(st): State<AdminState>) -> Result<Json<Value>, ApiError> {
         "max_queue": st.max_queue,
         "overloaded": depth > st.max_queue
     })))
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            QueryError::UnknownStatus { .. } => ApiError::BadRequest(e.to_string()),
+            QueryError::NotRetryable { .. } => ApiError::Conflict(e.to_string()),
+            QueryError::Store(e) => e.into(),
+        }
+    }
 }
 
 async fn list_events(

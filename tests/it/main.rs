@@ -1,6 +1,7 @@
 //! Integration tests: the real `switchboard` binary over HTTP, with fake
 //! far-end APIs on 127.0.0.1. Set SWITCHBOARD_TEST_LOG=info to see the hub's logs.
 //!
+//! - `architecture`: ARCHITECTURE.md's dependency rules hold in the source's imports.
 //! - `recipes`: the shipped recipes end to end against mock APIs.
 //! - `ingress`: bad webhook input is refused and changes nothing; odd but valid input is stored as documented.
 //! - `outbound`: failing, slow or unreachable far ends fail their step, not the hub; internal addresses.
@@ -17,6 +18,7 @@
 //! - `time`: calendars, time functions, schedules, durable waits, debounce, cancel_on.
 
 mod admin;
+mod architecture;
 mod cli;
 mod durability;
 mod faults;
