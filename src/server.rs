@@ -118,6 +118,13 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         );
     }
     // After a write error (a full disk) the store reopens itself once space is back.
+    // The data dir and the store's files, created just now, are private.
+    make_private(&config.data_dir).map_err(|e| {
+        ServeError::Setup(format!(
+            "cannot make {} private: {e}",
+            config.data_dir.display()
+        ))
+    })?;
     let store_dir = config.data_dir.join("store");
     let store: Arc<dyn Store> = Arc::new(Reopening::new(
         Arc::new(store),
@@ -211,11 +218,13 @@ impl Prepared {
 /// The admin token: from config, else from `<data>/admin-token`, else a new random one written there.
 fn admin_token(config: &ServeConfig) -> Result<Secret, ServeError> {
     if let Some(t) = &config.admin_token {
+        check_token_strength(t)?;
         return Ok(Secret::new(t.clone()));
     }
     let path = token_path(&config.data_dir);
     if let Ok(t) = std::fs::read_to_string(&path) {
         if !t.trim().is_empty() {
+            check_token_strength(t.trim())?;
             tracing::info!(path = %path.display(), "admin token read from file");
             return Ok(Secret::new(t.trim().to_string()));
         }
@@ -225,6 +234,43 @@ fn admin_token(config: &ServeConfig) -> Result<Secret, ServeError> {
         .map_err(|e| ServeError::Setup(format!("cannot write {}: {e}", path.display())))?;
     tracing::info!(path = %path.display(), "generated an admin token; the admin API needs `Authorization: Bearer <token in that file>`");
     Ok(Secret::new(token))
+}
+
+/// Shortest admin token accepted (a generated one has 64 hex digits).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Refuse a guessable admin token: too short, or one character repeated.
+fn check_token_strength(token: &str) -> Result<(), ServeError> {
+    let distinct: std::collections::BTreeSet<char> = token.chars().collect();
+    if token.chars().count() < MIN_TOKEN_LEN || distinct.len() < 4 {
+        return Err(ServeError::Setup(format!(
+            "the admin token (SWITCHBOARD_ADMIN_TOKEN or <data>/admin-token) is too weak: \
+             use at least {MIN_TOKEN_LEN} characters, e.g. `openssl rand -hex 32`, \
+             or unset it to have one generated"
+        )));
+    }
+    Ok(())
+}
+
+/// Make the data dir 0700 and what is in it 0600 (files) / 0700 (dirs):
+/// it holds every event body, step record and the admin token. Files the
+/// store creates later sit behind the 0700 directory.
+fn make_private(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                make_private(&entry.path())?;
+            } else if meta.is_file() {
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn token_path(data_dir: &Path) -> PathBuf {

@@ -426,6 +426,13 @@ fn literal_ip(url: &reqwest::Url) -> Option<IpAddr> {
 }
 
 fn excerpt(connector: &Connector, body: &[u8]) -> String {
+    // A JSON body is redacted as values (a secret JSON-escaped in the text
+    // is plain once parsed), then written back compactly.
+    if body.len() <= MAX_EXCERPT_BYTES {
+        if let Ok(v) = serde_json::from_slice::<Value>(body) {
+            return redact_value(connector, v).to_string();
+        }
+    }
     let cut = &body[..body.len().min(MAX_EXCERPT_BYTES)];
     let text = String::from_utf8_lossy(cut);
     connector.redact(&text)
@@ -455,9 +462,10 @@ pub fn redact_value(connector: &Connector, v: Value) -> Value {
         Value::Array(a) => {
             Value::Array(a.into_iter().map(|v| redact_value(connector, v)).collect())
         }
+        // Keys too: an API may echo a secret as an object key.
         Value::Object(o) => Value::Object(
             o.into_iter()
-                .map(|(k, v)| (k, redact_value(connector, v)))
+                .map(|(k, v)| (connector.redact(&k), redact_value(connector, v)))
                 .collect(),
         ),
         other => other,
@@ -465,30 +473,89 @@ pub fn redact_value(connector: &Connector, v: Value) -> Value {
 }
 
 impl Connector {
-    /// `text` with every secret value of this connector replaced by `***`.
+    /// `text` with every form of every secret of this connector replaced by `***`.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for secret in self.secrets.values() {
-            for part in std::iter::once(secret.expose()).chain(secret.expose().split_whitespace()) {
-                // Very short values would blank out ordinary text; secrets are long.
-                if part.len() >= 4 && out.contains(part) {
-                    out = out.replace(part, "***");
-                }
-                // The form / query encoding of the value, too.
-                let encoded: String = url_encode(part);
-                if part.len() >= 4 && encoded != part && out.contains(&encoded) {
-                    out = out.replace(&encoded, "***");
-                }
+        for form in &self.redactions {
+            if out.contains(form.expose()) {
+                out = out.replace(form.expose(), "***");
             }
         }
         out
     }
 }
 
+/// Every form in which a secret of `secrets` can come back in a record: the
+/// value, its form and percent encodings, its JSON-escaped form, its
+/// base64 (standard and URL-safe, padded or not), and the base64
+/// `user:password` of Basic auth (rendered once, from secrets only).
+/// Values under 4 bytes are skipped (they would blank out ordinary text).
+/// Longest first, so a longer form is replaced before a part of it.
+pub fn redaction_forms(
+    secrets: &std::collections::BTreeMap<String, crate::secret::Secret>,
+    auth: &Auth,
+    templates: &Templates,
+) -> Vec<crate::secret::Secret> {
+    use base64::Engine as _;
+    let b64 = [
+        base64::engine::general_purpose::STANDARD,
+        base64::engine::general_purpose::URL_SAFE,
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    let mut values: Vec<String> = secrets.values().map(|v| v.expose().to_string()).collect();
+    if let Auth::Basic { username, password } = auth {
+        let ctx: Map<String, Value> = secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.expose().to_string())))
+            .collect();
+        let ctx = serde_json::json!({ "secrets": ctx });
+        if let (Ok(u), Ok(p)) = (
+            templates.render_string(username, &ctx),
+            templates.render_string(password, &ctx),
+        ) {
+            let pair = format!("{u}:{p}");
+            values.extend(b64.iter().map(|e| e.encode(&pair)));
+            if secrets.values().any(|v| pair.contains(v.expose())) {
+                values.push(pair);
+            }
+        }
+    }
+    let mut forms: Vec<String> = Vec::new();
+    for v in values {
+        if v.len() < 4 {
+            continue;
+        }
+        forms.push(url_encode(&v));
+        forms.push(percent_encode(&v));
+        if let Ok(json) = serde_json::to_string(&v) {
+            forms.push(json[1..json.len() - 1].to_string());
+        }
+        forms.extend(b64.iter().map(|e| e.encode(&v)));
+        forms.push(v);
+    }
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    forms.into_iter().map(crate::secret::Secret::new).collect()
+}
+
 fn url_encode(s: &str) -> String {
     serde_urlencoded::to_string([("", s)])
         .map(|e| e.trim_start_matches('=').to_string())
         .unwrap_or_default()
+}
+
+/// RFC 3986 percent-encoding of everything but unreserved characters.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// IPv4 ranges a connector must not reach by default: every entry of the

@@ -41,6 +41,9 @@ pub struct Connector {
     pub webhook: Option<Webhook>,
     /// Values of the secrets this connector declared, for templates and redaction.
     pub secrets: BTreeMap<String, Secret>,
+    /// Every form of a secret that may show up in a record and is replaced
+    /// by `***` (see `http::redaction_forms`), longest first.
+    pub redactions: Vec<Secret>,
     /// May this connector call loopback / private / link-local addresses?
     pub allow_internal: bool,
     /// Rate / concurrency limits and the circuit breaker, shared by all runs.
@@ -314,12 +317,9 @@ fn compile(
                 ));
                 return None;
             }
-            // A secret may hold several values separated by whitespace:
-            // every one is accepted (rotation).
-            Some(s) => secrets
-                .get(s)
-                .map(|v| v.expose().split_whitespace().map(Secret::new).collect())
-                .unwrap_or_default(),
+            // Every active value is accepted (rotation: a YAML list, or the
+            // variable and `<variable>_PREVIOUS`). A value is never split.
+            Some(s) => opts.secrets.get_all(&name, s).unwrap_or_default(),
         };
         // A missing secret is already reported; check the rest of the
         // section with a stand-in value (the catalog is refused anyway).
@@ -364,12 +364,14 @@ fn compile(
         return None;
     }
     let allow_internal = opts.allow_internal.iter().any(|a| a == "*" || *a == name);
+    let redactions = http::redaction_forms(&secrets, &auth, templates);
     Some(Connector {
         name,
         base_url: base_url.trim_end_matches('/').to_string(),
         auth,
         actions,
         webhook,
+        redactions,
         secrets,
         allow_internal,
         limits,

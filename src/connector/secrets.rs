@@ -11,7 +11,8 @@ use std::path::Path;
 #[derive(Debug, Default, Clone)]
 pub struct SecretSource {
     env: HashMap<String, Secret>,
-    file: HashMap<String, HashMap<String, Secret>>,
+    /// Values from the file; a list holds several active values (rotation).
+    file: HashMap<String, HashMap<String, Vec<Secret>>>,
     base_urls: HashMap<String, String>,
     /// Answer [`PLACEHOLDER`] for a secret that is not set instead of nothing
     /// (`switchboard test`, which sends no request).
@@ -50,11 +51,13 @@ impl SecretSource {
                 let m = vals
                     .into_iter()
                     .map(|(k, v)| {
+                        // A value is one secret, spaces and all; only a
+                        // YAML list holds several.
                         let v = match v {
-                            SecretValue::One(s) => s,
-                            SecretValue::Many(l) => l.join(" "),
+                            SecretValue::One(s) => vec![Secret::new(s)],
+                            SecretValue::Many(l) => l.into_iter().map(Secret::new).collect(),
                         };
-                        (k, Secret::new(v))
+                        (k, v)
                     })
                     .collect();
                 s.file.insert(c, m);
@@ -93,12 +96,27 @@ impl SecretSource {
         self
     }
 
+    /// The secret's value (the first of a list), for templates.
     pub fn get(&self, connector: &str, secret: &str) -> Option<Secret> {
-        self.env
-            .get(&Self::env_name(connector, secret))
-            .or_else(|| self.file.get(connector).and_then(|m| m.get(secret)))
-            .cloned()
-            .or_else(|| self.placeholders.then(|| Secret::new(PLACEHOLDER)))
+        self.get_all(connector, secret)?.into_iter().next()
+    }
+
+    /// Every active value of a secret, for verifying signatures during a
+    /// rotation: the variable and `<variable>_PREVIOUS` if set, else the
+    /// file's value or list. A value is never split: a secret may contain
+    /// spaces.
+    pub fn get_all(&self, connector: &str, secret: &str) -> Option<Vec<Secret>> {
+        let name = Self::env_name(connector, secret);
+        if let Some(v) = self.env.get(&name) {
+            let previous = self.env.get(&format!("{name}_PREVIOUS"));
+            return Some(std::iter::once(v).chain(previous).cloned().collect());
+        }
+        if let Some(v) = self.file.get(connector).and_then(|m| m.get(secret)) {
+            if !v.is_empty() {
+                return Some(v.clone());
+            }
+        }
+        self.placeholders.then(|| vec![Secret::new(PLACEHOLDER)])
     }
 
     pub fn base_url(&self, connector: &str) -> Option<String> {
@@ -144,9 +162,29 @@ mod tests {
         );
         assert_eq!(s.get("hubspot", "token").unwrap().expose(), "from-env");
         assert_eq!(s.get("hubspot", "other").unwrap().expose(), "x");
+        assert_eq!(s.get("zendesk", "webhook_secret").unwrap().expose(), "new");
+        let all = s.get_all("zendesk", "webhook_secret").unwrap();
         assert_eq!(
-            s.get("zendesk", "webhook_secret").unwrap().expose(),
-            "new old"
+            all.iter().map(|v| v.expose()).collect::<Vec<_>>(),
+            ["new", "old"]
+        );
+        s.env.insert(
+            "SWITCHBOARD_SECRET_GITHUB_SECRET".into(),
+            Secret::new("It's a Secret to Everybody"),
+        );
+        let all = s.get_all("github", "secret").unwrap();
+        assert_eq!(
+            all.iter().map(|v| v.expose()).collect::<Vec<_>>(),
+            ["It's a Secret to Everybody"]
+        );
+        s.env.insert(
+            "SWITCHBOARD_SECRET_GITHUB_SECRET_PREVIOUS".into(),
+            Secret::new("old one"),
+        );
+        let all = s.get_all("github", "secret").unwrap();
+        assert_eq!(
+            all.iter().map(|v| v.expose()).collect::<Vec<_>>(),
+            ["It's a Secret to Everybody", "old one"]
         );
         assert!(s.get("hubspot", "missing").is_none());
         let s = s.with_placeholders();

@@ -433,3 +433,195 @@ async fn a_full_disk_that_is_freed_again_recovers_without_a_restart() {
         assert_eq!(status, 200, "{id}: {e}");
     }
 }
+
+/// GitHub's own example secret contains spaces: it is one secret, not four
+/// (today's split made the single letter `a` a valid key).
+#[tokio::test]
+async fn a_secret_with_spaces_is_one_secret() {
+    const SECRET: &str = "It's a Secret to Everybody";
+    // GitHub's documented test vector, so the helper signs as GitHub does.
+    assert_eq!(
+        hmac_hex(SECRET, b"Hello, World!"),
+        "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    );
+    let cfg = Config::connectors_only();
+    cfg.connector(
+        "gh",
+        "name: gh\nbase_url: https://api.github.com\nsecrets: [webhook_secret]\nwebhook:\n  \
+         signature: { scheme: github, secret: webhook_secret }\n  event_type: { header: X-GitHub-Event }\n",
+    );
+    let mut opts = cfg.options();
+    opts.env
+        .push(("SWITCHBOARD_SECRET_GH_WEBHOOK_SECRET".into(), SECRET.into()));
+    let hub = Hub::start(opts).await;
+    let body = br#"{"zen": "Keep it logically awesome."}"#;
+    let post = |key: &'static str| {
+        let headers = vec![
+            (
+                "X-Hub-Signature-256".to_string(),
+                format!("sha256={}", hmac_hex(key, body)),
+            ),
+            ("X-GitHub-Event".to_string(), "ping".to_string()),
+            ("Content-Type".to_string(), "application/json".to_string()),
+        ];
+        let hub = &hub;
+        async move { hub.post("gh", &headers, body).await }
+    };
+    let (status, answer) = post(SECRET).await;
+    assert_eq!(status, 202, "{answer}");
+    for part in ["a", "It's", "Secret", "Everybody"] {
+        let (status, answer) = post(part).await;
+        assert_eq!(status, 401, "`{part}` must not be a key: {answer}");
+    }
+}
+
+/// A canary secret that an API echoes back in derived forms (Basic auth
+/// base64, JSON-escaped, URL-encoded, as an object key) never reaches the
+/// store files or the logs, even at trace level.
+#[tokio::test]
+async fn no_form_of_a_secret_reaches_the_store_or_the_logs() {
+    use base64::Engine as _;
+    const CANARY: &str = "Canary\"S3cret/ü+&=x y";
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let json_escaped = serde_json::to_string(CANARY).unwrap();
+    let json_escaped = json_escaped.trim_matches('"').to_string();
+    let form = serde_urlencoded::to_string([("", CANARY)]).unwrap()[1..].to_string();
+    let percent: String = CANARY
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let basic = b64(&format!("agent@example.com:{CANARY}"));
+    let forms = [
+        CANARY.to_string(),
+        json_escaped.clone(),
+        form.clone(),
+        percent.clone(),
+        b64(CANARY),
+        basic.clone(),
+    ];
+    let cfg = Config::connectors_only();
+    cfg.connector(
+        "echo",
+        "name: echo\nbase_url: https://echo.example.com\nsecrets: [password]\nretry: { attempts: 1 }\n\
+         auth: { type: basic, username: agent@example.com, password: \"{{ secrets.password }}\" }\n\
+         actions:\n  send:\n    method: POST\n    path: /send\n    query: { k: \"{{ secrets.password }}\" }\n\
+         \x20   body: { note: \"{{ secrets.password }}\" }\n  fail:\n    method: POST\n    path: /fail\n",
+    );
+    cfg.recipe(
+        "echo",
+        "name: echo\non: { connector: zendesk, event: ticket.created }\nsteps:\n  \
+         - id: send\n    call: echo.send\n  - id: fail\n    call: echo.fail\n",
+    );
+    let echoed = json!({
+        "authorization": format!("Basic {basic}"),
+        "escaped": format!("pw={json_escaped}"),
+        "form": format!("a=1&pw={form}"),
+        "percent": percent,
+        "b64": b64(CANARY),
+        CANARY: "as a key",
+    });
+    let echo = MockApi::start(vec![
+        route(Method::POST, "/send", 200, echoed.clone()),
+        route(Method::POST, "/fail", 500, echoed),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hub.log");
+    let data = dir.path().join("data");
+    let mut opts = cfg.options().base_url("echo", &echo.url);
+    opts.env
+        .push(("SWITCHBOARD_SECRET_ECHO_PASSWORD".into(), CANARY.into()));
+    opts.env.push(("SWITCHBOARD_LOG".into(), "trace".into()));
+    opts.log_file = Some(log.clone());
+    opts.data = Some(data.clone());
+    let mut hub = Hub::start(opts).await;
+    let run = run_for(&hub, 5, "bob@example.com").await;
+    assert_eq!(run["status"], "dead", "{run}");
+    // The API did receive the secret (so the canary was really used).
+    let sent = echo.calls("/send");
+    assert_eq!(sent[0].json()["note"], CANARY);
+    assert_eq!(
+        sent[0].header("authorization"),
+        Some(format!("Basic {basic}").as_str())
+    );
+    let (_, shown) = hub
+        .api(&format!("/api/runs/{}", run["id"].as_str().unwrap()))
+        .await;
+    hub.kill();
+
+    let mut haystacks = vec![(
+        "the run via the API".to_string(),
+        shown.to_string().into_bytes(),
+    )];
+    haystacks.push(("the log".into(), std::fs::read(&log).unwrap()));
+    let mut stack = vec![data];
+    while let Some(p) = stack.pop() {
+        for entry in std::fs::read_dir(&p).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                haystacks.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    for (name, bytes) in &haystacks {
+        for form in &forms {
+            let found = bytes.windows(form.len()).any(|w| w == form.as_bytes());
+            assert!(!found, "{name} holds the secret as `{form}`");
+        }
+    }
+}
+
+/// A short admin token is refused at start with a clear error; the data
+/// dir and its files are private.
+#[test]
+fn weak_admin_tokens_are_refused_and_the_data_dir_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let cfg = Config::shipped();
+    let out = output_within(
+        {
+            let mut c = cfg.command("serve");
+            c.args(["--listen", "127.0.0.1:0"])
+                .env("SWITCHBOARD_ADMIN_TOKEN", "secret");
+            c
+        },
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("admin token"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("too weak"), "{}", stderr(&out));
+
+    let data = cfg.dir.path().join("private");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let hub = rt.block_on(Hub::start(HubOptions {
+        data: Some(data.clone()),
+        ..cfg.options()
+    }));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    let mut stack = vec![data];
+    while let Some(p) = stack.pop() {
+        for entry in std::fs::read_dir(&p).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                assert_eq!(mode(&path), 0o700, "{}", path.display());
+                stack.push(path);
+            } else {
+                assert_eq!(
+                    mode(&path) & 0o077,
+                    0,
+                    "{} is readable by others",
+                    path.display()
+                );
+            }
+        }
+    }
+    drop(hub);
+}

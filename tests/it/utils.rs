@@ -57,6 +57,8 @@ pub struct HubOptions {
     pub allow_internal: bool,
     /// Start the hub with this open-file limit (through `prlimit`).
     pub nofile: Option<u64>,
+    /// Write the hub's stderr (its logs) to this file instead of the test's.
+    pub log_file: Option<PathBuf>,
 }
 
 impl Default for HubOptions {
@@ -69,6 +71,7 @@ impl Default for HubOptions {
             data: None,
             allow_internal: true,
             nofile: None,
+            log_file: None,
         }
     }
 }
@@ -139,7 +142,10 @@ impl Hub {
                 std::env::var("SWITCHBOARD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(match &opts.log_file {
+                Some(f) => Stdio::from(std::fs::File::create(f).unwrap()),
+                None => Stdio::inherit(),
+            });
         for (k, v) in test_secrets().into_iter().chain(opts.env.clone()) {
             cmd.env(k, v);
         }
