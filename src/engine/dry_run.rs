@@ -15,7 +15,8 @@
 use super::step::{self, Host, Next, Outcome, Walker};
 use super::Catalog;
 use crate::connector::http::{redact_value, CallError};
-use crate::recipe::{Mock, Recipe, RecipeTest, TestStatus};
+use crate::recipe::{Mock, Recipe, RecipeTest, StateSeed, TestStatus};
+use crate::store::state::{MemoryState, StateKey, StateOp, StateOutput};
 use crate::store::{RunStatus, StepRecord, StepStatus};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -55,6 +56,10 @@ pub struct DryRun {
 struct DryHost<'a> {
     mocks: &'a BTreeMap<String, Mock>,
     out: DryRun,
+    /// Recipe state of this test, in memory (no store is touched).
+    state: &'a mut MemoryState,
+    /// The test's clock.
+    now: i64,
 }
 
 impl Host for DryHost<'_> {
@@ -121,6 +126,25 @@ impl Host for DryHost<'_> {
         };
         std::future::ready((record, next))
     }
+
+    fn state<F>(
+        &mut self,
+        op: StateOp,
+        record: F,
+    ) -> impl Future<Output = Option<(StateOutput, StepRecord)>> + Send
+    where
+        F: FnOnce(&StateOutput) -> StepRecord + Send,
+    {
+        // The same operations as the store's, on memory.
+        let out = self
+            .state
+            .apply(&op, self.now)
+            .unwrap_or_else(|e| StateOutput::Failed {
+                reason: e.to_string(),
+            });
+        let r = record(&out);
+        std::future::ready(Some((out, r)))
+    }
 }
 
 /// Run `recipe` for `event` of `event_type` as the hub would, answering each
@@ -132,8 +156,11 @@ pub fn run(
     event_type: Option<&str>,
     mocks: &BTreeMap<String, Mock>,
     now: i64,
+    state: &mut MemoryState,
 ) -> DryRun {
     let mut host = DryHost {
+        state,
+        now,
         mocks,
         out: DryRun {
             status: TestStatus::Skipped,
@@ -193,13 +220,40 @@ pub fn run(
 /// Run one of a recipe's tests; the differences from its expectations, one
 /// line each (empty when it passes).
 pub fn run_test(catalog: &Catalog, recipe: &Recipe, test: &RecipeTest) -> Vec<String> {
+    let now = test.now.unwrap_or_else(crate::store::now_ms);
+    let mut state = MemoryState::default();
+    for (namespace, key, seed) in &test.state {
+        let namespace = namespace.as_deref().unwrap_or(&recipe.name);
+        let seeded = StateKey::new(namespace, key)
+            .map_err(|e| e.to_string())
+            .and_then(|key| {
+                let op = match seed {
+                    StateSeed::Value(v) => StateOp::Set {
+                        key,
+                        value: v.clone(),
+                        ttl_ms: None,
+                    },
+                    StateSeed::Count { count, window_ms } => StateOp::Incr {
+                        key,
+                        by: *count,
+                        window_ms: Some(*window_ms),
+                        ttl_ms: None,
+                    },
+                };
+                state.apply(&op, now).map_err(|e| e.to_string())
+            });
+        if let Err(e) = seeded {
+            return vec![format!("state `{key}` could not be seeded: {e}")];
+        }
+    }
     let got = run(
         catalog,
         recipe,
         &test.event,
         test.event_type.as_deref(),
         &test.mocks,
-        test.now.unwrap_or_else(crate::store::now_ms),
+        now,
+        &mut state,
     );
     // Values are shown as the hub would record them: with secrets redacted.
     let show = |call: &Call, v: &Value| -> String {
@@ -315,6 +369,7 @@ mod tests {
             Some("ticket.created"),
             mocks,
             0,
+            &mut MemoryState::default(),
         )
     }
 
@@ -398,7 +453,15 @@ steps:
         assert!(got.calls.is_empty());
         let r = &c.recipes[0];
         for t in [Some("ticket.updated"), None] {
-            let got = run(&c, r, &ticket("Setup"), t, &BTreeMap::new(), 0);
+            let got = run(
+                &c,
+                r,
+                &ticket("Setup"),
+                t,
+                &BTreeMap::new(),
+                0,
+                &mut MemoryState::default(),
+            );
             assert_eq!(got.status, TestStatus::Skipped, "{t:?}");
         }
     }
@@ -715,7 +778,10 @@ steps:
             json!({"zendesk.add_tags": {"tags": ["vip"]}, "zendesk.add_internal_note": {"id": 1}}),
         );
         let full = dry(&c, flow_event("Hello", &["a", "b", "c"]), &m);
+        let mut state = MemoryState::default();
         let mut host = DryHost {
+            state: &mut state,
+            now: 0,
             mocks: &m,
             out: DryRun {
                 status: TestStatus::Skipped,
@@ -801,5 +867,125 @@ steps:
         let got = dry(&c, spam, &m);
         assert_eq!(got.status, TestStatus::Skipped, "{:?}", got.error);
         assert_eq!(got.reason.as_deref(), Some("not for us: SPAM"));
+    }
+
+    const THIRD_TICKET: &str = r#"
+name: r
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - id: recent
+    state: { incr: "tickets:{{ event.ticket.requester.email }}", window: 24h }
+  - id: pick
+    assign: { from: [alice, bob, carol] }
+  - id: escalate
+    if:
+      - "$.steps.recent.count": { gte: 3 }
+    call: zendesk.update_ticket
+    with:
+      ticket_id: "{{ event.ticket.id }}"
+      fields: { priority: urgent, assignee: "{{ steps.pick.agent }}" }
+tests:
+  - name: third ticket escalates
+    state:
+      - { key: "tickets:a@b.c", count: 2, window: 24h }
+      - { key: pick, value: 0 }
+    event: { type: ticket.created, ticket: { id: 7, requester: { email: a@b.c } } }
+    mock: { zendesk.update_ticket: { id: 7 } }
+    expect_calls: [zendesk.update_ticket]
+    expect_inputs:
+      escalate: { fields: { priority: urgent, assignee: alice } }
+  - name: first ticket does not
+    event: { type: ticket.created, ticket: { id: 8, requester: { email: a@b.c } } }
+    expect_calls: []
+"#;
+
+    #[test]
+    fn state_steps_use_the_tests_in_memory_state_with_seeds() {
+        let c = catalog(THIRD_TICKET);
+        let r = &c.recipes[0];
+        assert_eq!(r.tests.len(), 2);
+        for t in &r.tests {
+            assert_eq!(run_test(&c, r, t), Vec::<String>::new(), "{}", t.name);
+        }
+        // One state for one dry run: counts and rotations carry from run to run.
+        let mut state = MemoryState::default();
+        let m = mocks(json!({"zendesk.update_ticket": {"id": 7}}));
+        let runs: Vec<DryRun> = (0..4)
+            .map(|_| {
+                run(
+                    &c,
+                    r,
+                    &ticket("x"),
+                    Some("ticket.created"),
+                    &m,
+                    1_000,
+                    &mut state,
+                )
+            })
+            .collect();
+        let counts: Vec<Value> = runs
+            .iter()
+            .map(|d| d.records[0].output["count"].clone())
+            .collect();
+        assert_eq!(counts, [json!(1), json!(2), json!(3), json!(4)]);
+        let agents: Vec<Value> = runs
+            .iter()
+            .map(|d| d.records[1].output["agent"].clone())
+            .collect();
+        assert_eq!(
+            agents,
+            [json!("alice"), json!("bob"), json!("carol"), json!("alice")]
+        );
+        assert_eq!(runs[1].calls.len(), 0);
+        assert_eq!(runs[2].calls.len(), 1);
+    }
+
+    #[test]
+    fn a_state_key_that_renders_empty_fails_the_step_with_the_reason() {
+        let c = catalog(
+            r#"
+name: r
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - id: seen
+    state: { set_if_absent: "{{ event.ticket.requester.email | default('') }}", value: true }
+"#,
+        );
+        let got = run(
+            &c,
+            &c.recipes[0],
+            &json!({"type": "ticket.created", "ticket": {"id": 1, "requester": {}}}),
+            Some("ticket.created"),
+            &BTreeMap::new(),
+            0,
+            &mut MemoryState::default(),
+        );
+        assert_eq!(got.status, TestStatus::Failed);
+        let e = got.error.unwrap();
+        assert!(
+            e.contains("step `seen` (state.set_if_absent) failed: the state key is empty (the key `{{ event.ticket.requester.email | default('') }}` rendered \"\")"),
+            "{e}"
+        );
+        let c = catalog(
+            r#"
+name: r
+on: { connector: zendesk, event: ticket.created }
+vars: { agents: [{ name: a, away: true }, { name: b, away: true }] }
+steps:
+  - id: pick
+    assign:
+      from: "{{ vars.agents }}"
+      id: "{{ agent.name }}"
+      skip: [ { "$.agent.away": { equals: true } } ]
+"#,
+        );
+        let got = dry(&c, ticket("x"), &BTreeMap::new());
+        let e = got.error.unwrap();
+        assert!(
+            e.contains(
+                "no agent available: all 2 skipped (a: skip rule 1 holds; b: skip rule 1 holds)"
+            ),
+            "{e}"
+        );
     }
 }

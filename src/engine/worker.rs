@@ -10,6 +10,7 @@ use super::step::{self, Call, Host, Next, Outcome, Walker};
 use super::Engine;
 use crate::connector::http::{redact_value, CallError};
 use crate::connector::limits::parse_retry_after;
+use crate::store::state::{StateOp, StateOutput};
 use crate::store::{self, Attempt, Run, RunStatus, StepRecord, StepStatus};
 use serde_json::Value;
 use std::sync::Arc;
@@ -294,6 +295,43 @@ struct WorkerHost<'a> {
 }
 
 impl WorkerHost<'_> {
+    /// A state operation, written in one batch with the run (its records so
+    /// far and this step's), then made durable before the walk goes on.
+    async fn state_inner<F>(&mut self, op: StateOp, record: F) -> Option<(StateOutput, StepRecord)>
+    where
+        F: FnOnce(&StateOutput) -> StepRecord + Send,
+    {
+        let now = self.engine.now_ms();
+        let mut record = Some(record);
+        let mut made: Option<StepRecord> = None;
+        let run: &Run = self.run;
+        let written = self.engine.store.apply_state(&op, now, &mut |out| {
+            let r = (record.take()?)(out);
+            let mut checkpoint = run.clone();
+            checkpoint.steps.push(r.clone());
+            checkpoint.updated_at = now;
+            made = Some(r);
+            Some(checkpoint)
+        });
+        let written = match written {
+            Ok(out) => self.engine.commit.sync().await.map(|()| out),
+            Err(e) => Err(e),
+        };
+        match (written, made) {
+            (Ok(out), Some(r)) => {
+                tracing::info!(run = %self.run.id, recipe = %self.run.recipe, step = %r.id, status = ?r.status, "step finished");
+                // The walker pushes the record next; it is durable already.
+                self.saved = self.run.steps.len() + 1;
+                Some((out, r))
+            }
+            (Err(e), _) => {
+                self.store_error = Some(e);
+                None
+            }
+            (Ok(_), None) => None,
+        }
+    }
+
     /// Make every record so far durable (before a call, so the call's
     /// preceding decisions survive a crash during it).
     async fn checkpoint(&mut self) -> Result<(), store::StoreError> {
@@ -360,6 +398,17 @@ impl Host for WorkerHost<'_> {
         call: Call<'_>,
     ) -> impl std::future::Future<Output = (StepRecord, Next)> + Send {
         self.call_inner(call)
+    }
+
+    fn state<F>(
+        &mut self,
+        op: StateOp,
+        record: F,
+    ) -> impl std::future::Future<Output = Option<(StateOutput, StepRecord)>> + Send
+    where
+        F: FnOnce(&StateOutput) -> StepRecord + Send,
+    {
+        self.state_inner(op, record)
     }
 }
 

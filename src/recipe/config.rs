@@ -1,6 +1,7 @@
 //! The recipe file format, as serde types. The doc comments here are the
 //! reference for recipe authors (README "Recipe files" mirrors them).
 
+use crate::duration::HumanDuration;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -165,6 +166,14 @@ pub struct StepFile {
     /// position is `<as>_index` (0-based).
     #[serde(default, rename = "as")]
     pub as_name: Option<String>,
+
+    /// `state: { get | set | set_if_absent | delete | incr: key, … }`: recipe state.
+    #[serde(default)]
+    pub state: Option<StateFile>,
+
+    /// `assign: { from, strategy, … }`: pick an agent.
+    #[serde(default)]
+    pub assign: Option<AssignFile>,
 }
 
 /// The kind keys of a step, in the order error messages list them. A step
@@ -200,6 +209,12 @@ impl StepFile {
         }
         if self.switch.is_some() {
             out.push("switch");
+        }
+        if self.state.is_some() {
+            out.push("state");
+        }
+        if self.assign.is_some() {
+            out.push("assign");
         }
         out
     }
@@ -264,6 +279,27 @@ pub struct TestFile {
     /// what `now()` and `within_business_hours` see. Default: the real time.
     #[serde(default)]
     pub now: Option<String>,
+    /// Recipe state before the event (each test starts with none):
+    /// `[{ key, value }]` for values, `[{ key, count: 2, window: 24h }]` for
+    /// a window counter holding `count` events at the test's clock;
+    /// `namespace:` defaults to the recipe's name.
+    #[serde(default)]
+    pub state: Vec<StateSeedFile>,
+}
+
+/// One entry of a test's `state:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSeedFile {
+    pub key: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub value: Option<Value>,
+    #[serde(default)]
+    pub count: Option<i64>,
+    #[serde(default)]
+    pub window: Option<HumanDuration>,
 }
 
 /// How a tested run ends.
@@ -297,4 +333,87 @@ pub struct MockErrorFile {
     /// The answer's body (text, or JSON written as YAML), shown in the error.
     #[serde(default)]
     pub body: Value,
+}
+
+/// `state:` — recipe state (README "Remembering things"). Exactly one
+/// operation key, whose value is the key (a template over the run context):
+/// `get`, `set` / `set_if_absent` (with `value:`, optional `ttl:`), `delete`,
+/// `incr` (optional `by:`, `window:` for a sliding-window count, `ttl:`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    /// Output `{found, value}`.
+    #[serde(default)]
+    pub get: Option<String>,
+    /// Output `{set: true, value}`.
+    #[serde(default)]
+    pub set: Option<String>,
+    /// Output `{set, value}`: `set` false when the key already held a value (`value` is that one).
+    #[serde(default)]
+    pub set_if_absent: Option<String>,
+    /// Output `{deleted}`.
+    #[serde(default)]
+    pub delete: Option<String>,
+    /// Output `{count}`.
+    #[serde(default)]
+    pub incr: Option<String>,
+    /// What `set` / `set_if_absent` store (templates allowed; any JSON type).
+    #[serde(default)]
+    pub value: Option<Value>,
+    /// The value expires this long after the write (`30m`, `24h`, `30d`).
+    #[serde(default)]
+    pub ttl: Option<HumanDuration>,
+    /// `incr` counts the events of this last period (`24h`) instead of keeping a total.
+    #[serde(default)]
+    pub window: Option<HumanDuration>,
+    /// What `incr` adds (default 1; may be negative without `window`).
+    #[serde(default)]
+    pub by: Option<i64>,
+    /// Default: the recipe's name. Recipes that share state name the same namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+/// `assign:` — pick an agent (README "Assigning").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignFile {
+    /// The agents: a list, or a template rendering to one (`"{{ vars.agents }}"`).
+    pub from: Value,
+    /// `round_robin` (default) or `least_loaded`.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    /// The rotation's key (template); default: the step's id. Steps with the same key share a rotation.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Default: the recipe's name.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// An agent's id (template over `agent`); default: the item when it is
+    /// a string or number, else its `id` field.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Rules (conditions over `{agent, event, steps, vars}`); an agent for whom any holds is skipped.
+    #[serde(default)]
+    pub skip: Vec<Value>,
+    /// Each agent's load: a template over `agent` rendering to a number, or
+    /// `{ key: "open:{{ agent }}", add: 1 }`, a state value per agent that
+    /// the assignment increases by `add` (default 1) for the picked agent.
+    #[serde(default)]
+    pub load: Option<LoadFile>,
+    /// Agents whose load is at or above this are skipped.
+    #[serde(default)]
+    pub capacity: Option<f64>,
+}
+
+/// `load:` of an `assign:`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum LoadFile {
+    Template(String),
+    State {
+        key: String,
+        #[serde(default)]
+        add: Option<i64>,
+    },
 }

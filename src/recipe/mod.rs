@@ -80,6 +80,19 @@ pub struct RecipeTest {
     pub expect_status: TestStatus,
     /// The virtual clock at the event (ms); `None`: the real time.
     pub now: Option<i64>,
+    /// Recipe state before the event: `(namespace or the recipe's, key, seed)`.
+    pub state: Vec<(Option<String>, String, StateSeed)>,
+}
+
+/// What a test's `state:` entry puts in the dry run's state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateSeed {
+    Value(Value),
+    /// `count` events at the test's clock in a window counter.
+    Count {
+        count: i64,
+        window_ms: i64,
+    },
 }
 
 /// What a mocked action answers.

@@ -4,7 +4,7 @@
 use super::config::{MockErrorFile, RecipeFile, StepFile, TestFile, TestStatus};
 use super::scope::list;
 use super::steps::call::resolve;
-use super::{Mock, RecipeTest};
+use super::{Mock, RecipeTest, StateSeed};
 use crate::connector::{Connectors, Field};
 use crate::template::escape;
 use crate::yaml::{LoadError, SourceMap};
@@ -129,6 +129,33 @@ pub(super) fn compile_tests(
                 }
             },
         };
+        let mut state = Vec::new();
+        for (i, seed) in t.state.iter().enumerate() {
+            let p = format!("{ptr}/state/{i}");
+            let seeded = match (&seed.value, seed.count, seed.window) {
+                (Some(v), None, None) => Some(StateSeed::Value(v.clone())),
+                (None, Some(n), Some(w)) if n >= 0 && !w.0.is_zero() => Some(StateSeed::Count {
+                    count: n,
+                    window_ms: w.0.as_millis().min(i64::MAX as u128) as i64,
+                }),
+                _ => {
+                    errors.push(map.error(
+                        &p,
+                        "a state seed is `{ key, value }` or `{ key, count, window }` (count 0 or more, window longer than 0)",
+                    ));
+                    None
+                }
+            };
+            if seed.key.is_empty() || seed.key.contains('\0') {
+                errors.push(map.error(
+                    &format!("{p}/key"),
+                    "a state key must not be empty or hold a NUL",
+                ));
+            }
+            if let Some(seed_value) = seeded {
+                state.push((seed.namespace.clone(), seed.key.clone(), seed_value));
+            }
+        }
         if expect_status == TestStatus::Skipped && !t.expect_calls.is_empty() {
             errors.push(map.error(
                 &format!("{ptr}/expect_calls"),
@@ -147,6 +174,7 @@ pub(super) fn compile_tests(
             expect_inputs: t.expect_inputs.clone(),
             expect_status,
             now,
+            state,
         });
     }
     out

@@ -127,3 +127,202 @@ async fn state_is_listed_and_edited_through_the_cli_and_the_admin_api() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
 }
+
+/// Post `n` ticket events, `parallel` at a time; every one must be accepted.
+/// Returns the run ids, in the order of the events' numbers.
+async fn post_many(hub: &Hub, n: usize, parallel: usize) -> Vec<String> {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (http, url, gate) = (hub.http.clone(), hub.url.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await.unwrap();
+            let raw =
+                serde_json::to_vec(&ticket_event(i as u64, "hello", "r@example.com")).unwrap();
+            let mut req = http.post(format!("{url}/hooks/zendesk")).body(raw.clone());
+            for (k, v) in zendesk_headers(&raw, ZENDESK_WEBHOOK_SECRET) {
+                req = req.header(k, v);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status().as_u16(), 202);
+            let body: Value = resp.json().await.unwrap();
+            body["runs"][0].as_str().unwrap().to_string()
+        }));
+    }
+    let mut runs = Vec::new();
+    for t in tasks {
+        runs.push(t.await.unwrap());
+    }
+    runs
+}
+
+/// Wait for every run to finish; their records.
+async fn wait_all(hub: &Hub, runs: &[String]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for id in runs {
+        out.push(hub.wait_run(id).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_increments_count_exactly_a_thousand() {
+    let config = Config::connectors_only();
+    config.recipe(
+        "count",
+        r#"
+name: count
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - id: windowed
+    state: { incr: all-tickets, window: 1h }
+  - id: total
+    state: { incr: "total", namespace: shared }
+"#,
+    );
+    let hub = Hub::start(config.options()).await;
+    let runs = post_many(&hub, 1000, 64).await;
+    let done = wait_all(&hub, &runs).await;
+    // Each run saw its own count: 1 … 1000, each once (no lost update, no double).
+    let mut seen: Vec<i64> = done
+        .iter()
+        .map(|r| {
+            assert_eq!(r["status"], "succeeded", "{r}");
+            r["steps"][0]["output"]["count"].as_i64().unwrap()
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen, (1..=1000).collect::<Vec<i64>>());
+    let windowed = hub.items("/api/state/count/all-tickets").await;
+    assert_eq!(
+        (windowed[0]["kind"].clone(), windowed[0]["value"].clone()),
+        (json!("counter"), json!(1000))
+    );
+    assert_eq!(
+        hub.items("/api/state/shared/total").await[0]["value"],
+        json!(1000)
+    );
+}
+
+#[tokio::test]
+async fn round_robin_over_three_agents_gives_each_a_third_of_300_concurrent_runs() {
+    let config = Config::connectors_only();
+    config.recipe(
+        "assign",
+        r#"
+name: assign
+on: { connector: zendesk, event: ticket.created }
+vars:
+  agents:
+    - { id: 1, name: alice }
+    - { id: 2, name: bob, away: true }
+    - { id: 3, name: carol }
+    - { id: 4, name: dave }
+steps:
+  - id: pick
+    assign:
+      from: "{{ vars.agents }}"
+      skip:
+        - "$.agent.away": { equals: true }
+"#,
+    );
+    let hub = Hub::start(config.options()).await;
+    let runs = post_many(&hub, 300, 64).await;
+    let mut per_agent = std::collections::BTreeMap::new();
+    for r in wait_all(&hub, &runs).await {
+        assert_eq!(r["status"], "succeeded", "{r}");
+        let name = r["steps"][0]["output"]["agent"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        *per_agent.entry(name).or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_agent.into_iter().collect::<Vec<_>>(),
+        [
+            ("alice".to_string(), 100),
+            ("carol".to_string(), 100),
+            ("dave".to_string(), 100)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn kill_9_after_a_state_step_does_not_count_twice() {
+    let slow = MockApi::start(vec![Route {
+        delay: std::time::Duration::from_secs(120),
+        ..route(
+            reqwest::Method::PUT,
+            "/api/v2/tickets/",
+            200,
+            json!({"ticket": {"id": 7}}),
+        )
+    }])
+    .await;
+    let config = Config::connectors_only();
+    config.recipe(
+        "count-then-note",
+        r#"
+name: count-then-note
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - id: count
+    state: { incr: "tickets:{{ event.ticket.requester.email }}", window: 24h }
+  - id: note
+    call: zendesk.add_internal_note
+    with:
+      ticket_id: "{{ event.ticket.id }}"
+      body: "ticket number {{ steps.count.count }} in 24 h"
+"#,
+    );
+    let data = config.dir.path().join("data");
+    let opts = |url: &str| HubOptions {
+        data: Some(data.clone()),
+        ..config.options().base_url("zendesk", url)
+    };
+    let mut hub = Hub::start(opts(&slow.url)).await;
+    let (status, body) = hub
+        .post_zendesk(&ticket_event(7, "hi", "bob@example.com"))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let run_id = body["runs"][0].as_str().unwrap().to_string();
+    // The note's call is in flight (after the state step): kill -9 now.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while slow.received().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the note was never called"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    hub.kill();
+
+    let fast = MockApi::start(vec![route(
+        reqwest::Method::PUT,
+        "/api/v2/tickets/",
+        200,
+        json!({"ticket": {"id": 7}}),
+    )])
+    .await;
+    let hub = Hub::start(opts(&fast.url)).await;
+    let run = hub.wait_run(&run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    // The resumed run replayed the recorded count and sent the same note.
+    assert_eq!(run["steps"][0]["output"]["count"], 1, "{run}");
+    let sent = fast.calls("/api/v2/tickets/7");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].json()["ticket"]["comment"]["body"],
+        "ticket number 1 in 24 h"
+    );
+    let counter = hub
+        .items("/api/state/count-then-note/tickets:bob@example.com")
+        .await;
+    assert_eq!(counter[0]["value"], 1, "counted once across the kill");
+    // And the counter goes on from there.
+    let (_, body) = hub
+        .post_zendesk(&ticket_event(8, "again", "bob@example.com"))
+        .await;
+    let run = hub.wait_run(body["runs"][0].as_str().unwrap()).await;
+    assert_eq!(run["steps"][0]["output"]["count"], 2, "{run}");
+}

@@ -24,15 +24,18 @@
 //!
 //! Nothing here does I/O: the host does.
 
+mod assign;
 mod call;
 mod for_each;
 mod set;
+mod state;
 mod stop;
 mod switch;
 
 use super::Catalog;
 use crate::recipe::steps::CallStep;
 use crate::recipe::{Recipe, Step, StepKind};
+use crate::store::state::{StateOp, StateOutput};
 use crate::store::{self, RunStatus, StepRecord, StepStatus};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -57,6 +60,19 @@ pub(crate) trait Host: Send {
     /// returned record is the step's (it is pushed by the walker, unless the
     /// host suspended the run).
     fn call(&mut self, call: Call<'_>) -> impl Future<Output = (StepRecord, Next)> + Send;
+    /// Apply a recipe state operation (`state:`, `assign:`) and record the
+    /// step: `record` makes the step's record from the outcome. The worker
+    /// writes the state change and the run with that record **in one atomic
+    /// batch**, so a resumed run finds the record and never applies it twice;
+    /// the dry run applies it to its in-memory state. The record is pushed by
+    /// the walker. `None`: the store could not write; the run is suspended.
+    fn state<F>(
+        &mut self,
+        op: StateOp,
+        record: F,
+    ) -> impl Future<Output = Option<(StateOutput, StepRecord)>> + Send
+    where
+        F: FnOnce(&StateOutput) -> StepRecord + Send;
 }
 
 /// One call to make.
@@ -191,6 +207,8 @@ impl<'a, H: Host> Walker<'a, H> {
         match &step.kind {
             StepKind::Call(k) => call::execute(self, step, k, path, recorded).await,
             StepKind::Set(k) => set::execute(self, step, k, path, recorded),
+            StepKind::State(k) => state::execute(self, step, k, path, recorded).await,
+            StepKind::Assign(k) => assign::execute(self, step, k, path, recorded).await,
             StepKind::Stop(k) => stop::execute(self, step, k, path, recorded),
             StepKind::Switch(k) => switch::execute(self, step, k, path, recorded).await,
             StepKind::ForEach(k) => for_each::execute(self, step, k, path, recorded).await,

@@ -11,15 +11,19 @@
 //! [`config::StepFile::kinds`]), a variant here, a `compile` function in a
 //! file of this folder, and an `execute` function in `engine::step`.
 
+pub mod assign;
 pub(crate) mod call;
 pub mod for_each;
 mod set;
+pub mod state;
 mod stop;
 mod switch;
 
+pub use assign::{AssignStep, AssignStrategy, LoadSource, AGENT, MAX_AGENTS};
 pub use call::CallStep;
 pub use for_each::{ForEachStep, MAX_FOR_EACH_ITEMS};
 pub use set::SetStep;
+pub use state::{StateAction, StateStep};
 pub use stop::{StopStatus, StopStep};
 pub use switch::{Case, SwitchStep};
 
@@ -52,6 +56,10 @@ pub enum StepKind {
     Call(CallStep),
     /// Compute named values.
     Set(SetStep),
+    /// Read or change recipe state (values, counters).
+    State(StateStep),
+    /// Pick an agent from a list.
+    Assign(AssignStep),
     /// End the run here.
     Stop(StopStep),
     /// Run the steps of the first case that holds.
@@ -67,6 +75,8 @@ impl StepKind {
         match self {
             StepKind::Call(c) => c.name(),
             StepKind::Set(_) => "set".into(),
+            StepKind::State(s) => format!("state.{}", s.action.name()),
+            StepKind::Assign(_) => "assign".into(),
             StepKind::Stop(_) => "stop".into(),
             StepKind::Switch(_) => "switch".into(),
             StepKind::ForEach(_) => "for_each".into(),
@@ -227,6 +237,8 @@ impl Compiler<'_> {
                 match *kind {
                     "call" => call::compile(self, s, ptr).map(StepKind::Call),
                     "set" => set::compile(self, s, ptr).map(StepKind::Set),
+                    "state" => state::compile(self, s, ptr).map(StepKind::State),
+                    "assign" => assign::compile(self, s, ptr).map(StepKind::Assign),
                     "stop" => stop::compile(self, s, ptr).map(StepKind::Stop),
                     "switch" => switch::compile(self, s, &id, ptr).map(StepKind::Switch),
                     "for_each" => for_each::compile(self, s, &id, ptr).map(StepKind::ForEach),
