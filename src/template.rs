@@ -15,6 +15,7 @@
 //! This module does no I/O and knows nothing about recipes or HTTP.
 
 use crate::time::{self, Calendars};
+use crate::yaml::escape;
 use minijinja::{Environment, ErrorKind, State, UndefinedBehavior};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -547,11 +548,6 @@ fn single_expression(source: &str) -> Option<&str> {
         return None;
     }
     Some(inner.trim())
-}
-
-/// RFC 6901 escaping of one pointer segment.
-pub fn escape(segment: &str) -> String {
-    segment.replace('~', "~0").replace('/', "~1")
 }
 
 /// Memory bounds for rendering (see `Templates::new`).

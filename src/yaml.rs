@@ -156,6 +156,9 @@ pub fn pointer(segments: &[&str]) -> String {
 
 /// The candidate closest to `word` if it is a plausible typo of it (at most two
 /// edits, and fewer edits than `word` has characters), for "did you mean" hints.
+/// Edits are those of the optimal string alignment distance: insertions,
+/// deletions, substitutions and swaps of neighbours each cost one (`clal` is
+/// one edit from `call`).
 pub fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
@@ -163,46 +166,22 @@ pub fn did_you_mean<'a>(
     let len = word.chars().count();
     candidates
         .into_iter()
-        .map(|c| (edit_distance(word, c), c))
+        .map(|c| (strsim::osa_distance(word, c), c))
         .filter(|&(d, _)| d <= 2 && d < len)
         .min_by_key(|&(d, _)| d)
         .map(|(_, c)| c)
 }
 
-fn push_segment(out: &mut String, segment: &str) {
-    out.push('/');
-    for c in segment.chars() {
-        match c {
-            '~' => out.push_str("~0"),
-            '/' => out.push_str("~1"),
-            c => out.push(c),
-        }
-    }
+/// RFC 6901 escaping of one JSON pointer segment (`~` → `~0`, `/` → `~1`):
+/// the one place pointers are escaped.
+pub fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
 }
 
-/// Optimal string alignment distance: insertions, deletions, substitutions and
-/// swaps of neighbours each cost one (`clal` is one edit from `call`).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    d[0] = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = best;
-        }
-    }
-    d[a.len()][b.len()]
+/// The inverse of [`escape`].
+fn push_segment(out: &mut String, segment: &str) {
+    out.push('/');
+    out.push_str(&escape(segment));
 }
 
 // ---------------------------------------------------------------------------

@@ -301,7 +301,7 @@ fn compile(
         retry,
     };
     for (aname, a) in &file.actions {
-        let p = format!("/actions/{}", crate::template::escape(aname));
+        let p = format!("/actions/{}", crate::yaml::escape(aname));
         if let Some(action) = compile_action(aname, a, &p, &cx, templates, &defaults, errors) {
             actions.insert(aname.clone(), Arc::new(action));
         }
@@ -420,7 +420,7 @@ fn compile_action(
                  errors: &mut Vec<LoadError>| {
         m.iter()
             .filter_map(|(k, v)| {
-                let ptr = format!("{p}/{field}/{}", crate::template::escape(k));
+                let ptr = format!("{p}/{field}/{}", crate::yaml::escape(k));
                 cx.compile(templates, v, &ptr, Some(&inputs), errors)
                     .map(|t| (k.clone(), t))
             })
@@ -457,9 +457,7 @@ fn compile_action(
     for (k, v) in &a.output {
         match JsonPath::compile(v) {
             Ok(jp) => output.push((k.clone(), jp)),
-            Err(e) => {
-                errors.push(map.error(&format!("{p}/output/{}", crate::template::escape(k)), e))
-            }
+            Err(e) => errors.push(map.error(&format!("{p}/output/{}", crate::yaml::escape(k)), e)),
         }
     }
     if errors.len() > before {

@@ -6,7 +6,7 @@ use super::scope::list;
 use super::steps::call::resolve;
 use super::{Mock, RecipeTest, StateSeed};
 use crate::connector::{Connectors, Field};
-use crate::template::escape;
+use crate::yaml::escape;
 use crate::yaml::{LoadError, SourceMap};
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -80,7 +80,7 @@ pub fn compile(name: &str, value: &Value) -> Result<Calendar, (String, String)> 
     let tz = zone(&file.timezone).map_err(|e| ("/timezone".to_string(), e.0))?;
     let mut week: [Vec<(Time, Time)>; 7] = Default::default();
     for (days, ranges) in &file.hours {
-        let ptr = format!("/hours/{}", crate::template::escape(days));
+        let ptr = format!("/hours/{}", crate::yaml::escape(days));
         let idx = parse_days(days).map_err(|m| (ptr.clone(), m))?;
         let list = match ranges {
             OneOrMany::One(s) => vec![s.clone()],
@@ -255,7 +255,7 @@ pub fn compile_all(value: &Value) -> Result<Calendars, Vec<(String, String)>> {
                         out.insert(name.clone(), Arc::new(c));
                     }
                     Err((p, m)) => errors.push((
-                        format!("/{}{p}", crate::template::escape(name)),
+                        format!("/{}{p}", crate::yaml::escape(name)),
                         format!("calendar `{name}`: {m}"),
                     )),
                 }

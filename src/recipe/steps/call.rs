@@ -4,7 +4,8 @@ use super::Compiler;
 use crate::connector::{Action, Connector, Connectors};
 use crate::recipe::config::StepFile;
 use crate::recipe::scope::{list, sorted};
-use crate::template::{escape, ValueTemplate};
+use crate::template::ValueTemplate;
+use crate::yaml::escape;
 use std::sync::Arc;
 
 /// A call, with its connector and action resolved when the recipe loads: at

@@ -2,7 +2,8 @@
 
 use super::Compiler;
 use crate::recipe::config::StepFile;
-use crate::template::{escape, ValueTemplate};
+use crate::template::ValueTemplate;
+use crate::yaml::escape;
 
 /// Named values computed from the run context; the step's output is the
 /// mapping, so later steps read `steps.<id>.<name>`.
