@@ -988,4 +988,73 @@ steps:
             "{e}"
         );
     }
+
+    /// The worked examples of README "Remembering things" and "Assigning
+    /// agents" load and do what the text says.
+    #[test]
+    fn the_readme_state_examples_run() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("### Remembering things: state").unwrap();
+        let end = start + readme[start..].find("## Testing recipes").unwrap();
+        let blocks: Vec<&str> = readme[start..end]
+            .split("```yaml\n")
+            .skip(1)
+            .map(|b| &b[..b.find("```").unwrap()])
+            .collect();
+        let recipes: Vec<&str> = blocks
+            .iter()
+            .copied()
+            .filter(|b| b.starts_with("name:"))
+            .collect();
+        assert_eq!(recipes.len(), 3, "{blocks:?}");
+        let tests = blocks.iter().find(|b| b.starts_with("tests:")).unwrap();
+
+        // Third ticket in 24 h, with the README's test (seeded state).
+        let c = catalog(&format!("{}{tests}", recipes[0]));
+        let r = &c.recipes[0];
+        assert_eq!(r.tests.len(), 1);
+        assert_eq!(run_test(&c, r, &r.tests[0]), Vec::<String>::new());
+
+        // The welcome mail goes out once per requester.
+        let c = catalog(recipes[1]);
+        let m = mocks(json!({"hubspot.enroll_in_workflow": {"ok": true}}));
+        let mut state = MemoryState::default();
+        let calls: Vec<usize> = (0..3)
+            .map(|_| {
+                let e = ticket("hello");
+                run(
+                    &c,
+                    &c.recipes[0],
+                    &e,
+                    Some("ticket.created"),
+                    &m,
+                    0,
+                    &mut state,
+                )
+                .calls
+                .len()
+            })
+            .collect();
+        assert_eq!(calls, [1, 0, 0]);
+
+        // Round robin among the agents who are in (Bob is away).
+        let c = catalog(recipes[2]);
+        let m = mocks(json!({"zendesk.update_ticket": {"id": 7}}));
+        let mut state = MemoryState::default();
+        let assignees: Vec<Value> = (0..4)
+            .map(|_| {
+                let got = run(
+                    &c,
+                    &c.recipes[0],
+                    &ticket("x"),
+                    Some("ticket.created"),
+                    &m,
+                    0,
+                    &mut state,
+                );
+                got.calls[0].input["fields"]["assignee_id"].clone()
+            })
+            .collect();
+        assert_eq!(assignees, [json!(361), json!(363), json!(361), json!(363)]);
+    }
 }

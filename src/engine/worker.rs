@@ -54,11 +54,9 @@ impl Engine {
                 _ = shutdown.changed() => return,
             }
             for _ in 0..SWEEP_CHUNKS {
-                let store = self.store.clone();
-                let swept = tokio::task::spawn_blocking(move || {
-                    store.sweep_state(store::now_ms(), SWEEP_CHUNK)
-                })
-                .await;
+                let (store, now) = (self.store.clone(), self.now_ms());
+                let swept =
+                    tokio::task::spawn_blocking(move || store.sweep_state(now, SWEEP_CHUNK)).await;
                 match swept {
                     Ok(Ok(s)) => {
                         if s.removed > 0 {
