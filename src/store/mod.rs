@@ -123,6 +123,9 @@ pub struct Run {
     /// The recipe's debounce key, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debounce: Option<DebounceSlot>,
+    /// Set while a wait step parks the run, and when it wakes until the step completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked: Option<Parked>,
 }
 
 /// A debounced run: while it has not started, a later event of the same
@@ -139,6 +142,56 @@ pub struct DebounceSlot {
     /// Events folded into this run so far, this one included.
     #[serde(default)]
     pub events: u32,
+}
+
+/// A run parked by a wait step (status `waiting`): its queue entry is at
+/// `until`, and it is listed under its correlation keys (`w/`, `c/`) so an
+/// incoming event finds it by a prefix scan, never by scanning waiting runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Parked {
+    /// Path id of the waiting step.
+    pub step: String,
+    /// When the wait ends by itself (its time, or a `wait_for` timeout), ms.
+    pub until: i64,
+    /// When it began.
+    pub since: i64,
+    /// Where it is listed; all removed when it wakes, times out or is cancelled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<Correlation>,
+    /// The event that woke it (a `wait_for` match), set by the store in the
+    /// batch that stored that event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub woken_by: Option<String>,
+}
+
+/// What a matching event does to a listed run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Listen {
+    /// Resume it (`wait_for`).
+    Wake,
+    /// End it as `cancelled` (`cancel_on`).
+    Cancel,
+}
+
+/// A correlation key: a waiting run listed under (connector, event type,
+/// rendered key), or — as a probe — what an incoming event looks up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Correlation {
+    pub listen: Listen,
+    pub connector: String,
+    pub event_type: String,
+    pub key: String,
+    /// The listener: `<recipe>\0<step path>` for a `wait_for`, `<recipe>`
+    /// for `cancel_on`; a probe finds only entries of its own listener.
+    pub tag: String,
+}
+
+/// Runs an incoming event woke or cancelled, in the batch that stored it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Matched {
+    pub woken: Vec<String>,
+    pub cancelled: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -262,6 +315,22 @@ pub trait Store: Send + Sync + 'static {
     /// (due `quiet_ms` from now, at most `first_at + max_ms`), and the stored
     /// event lists the pending run's id in place of the new one.
     fn insert_event(&self, event: &Event, runs: &[Run]) -> Result<Inserted>;
+    /// [`Store::insert_event`], and in the same atomic batch: every waiting
+    /// run listed under one of `probes` (same listen kind, connector, event
+    /// type, key and tag) is woken (queued now, `parked.woken_by` = this
+    /// event) or cancelled (`cancelled`, its `reason` naming this event), and
+    /// its correlation keys removed. A duplicate delivery matches nothing.
+    fn insert_event_matching(
+        &self,
+        event: &Event,
+        runs: &[Run],
+        probes: &[Correlation],
+        now: i64,
+    ) -> Result<(Inserted, Matched)>;
+    /// Park a leased run (status `waiting`, `run.parked` set, `due_at` =
+    /// `parked.until`): move its queue entry from `previous_due` and list it
+    /// under its correlation keys, in one batch.
+    fn park(&self, run: &Run, previous_due: i64) -> Result<()>;
     /// Make every write so far durable.
     fn flush(&self) -> Result<()>;
     /// Can the store take writes? An error says why not (`/readyz`).

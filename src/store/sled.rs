@@ -9,6 +9,8 @@
 //!   concurrency key, in arrival order
 //! - `b/<recipe>\0<key>` → run id: the debounced run of a key that has not started
 //! - `s/<recipe>` → last schedule slot handled (ms, 8 bytes big-endian)
+//! - `w/<connector>\0<event type>\0<key>\0<run id>` → listener tag: a run
+//!   waiting for an event (`wait_for`); `c/…` the same for `cancel_on`
 //! - `v/`, `n/`, `a/<namespace>\0<key>` → recipe state (values, window
 //!   counters, rotations; see [`super::state`])
 //!
@@ -102,11 +104,124 @@ fn debounce_key(key: &str) -> Vec<u8> {
     k
 }
 
+/// `w/` (wake) or `c/` (cancel) + `<connector>\0<event type>\0<key>\0`: a
+/// probe's prefix; the run id follows in a listed entry.
+fn correlation_prefix(c: &super::Correlation) -> Vec<u8> {
+    let kind: &[u8] = match c.listen {
+        super::Listen::Wake => b"w/",
+        super::Listen::Cancel => b"c/",
+    };
+    let mut k = Vec::with_capacity(8 + c.connector.len() + c.event_type.len() + c.key.len());
+    k.extend_from_slice(kind);
+    for part in [&c.connector, &c.event_type, &c.key] {
+        k.extend_from_slice(part.as_bytes());
+        k.push(0);
+    }
+    k
+}
+
+fn correlation_key(c: &super::Correlation, run_id: &str) -> Vec<u8> {
+    let mut k = correlation_prefix(c);
+    k.extend_from_slice(run_id.as_bytes());
+    k
+}
+
 fn cursor_key(recipe: &str) -> Vec<u8> {
     format!("s/{recipe}").into_bytes()
 }
 
 impl SledStore {
+    /// Wake or cancel the waiting runs listed under `probes` (into `batch`).
+    fn match_waiting(
+        &self,
+        batch: &mut sled::Batch,
+        event_id: &str,
+        probes: &[super::Correlation],
+        now: i64,
+    ) -> Result<super::Matched> {
+        let mut matched = super::Matched::default();
+        let mut done = std::collections::HashSet::new();
+        for probe in probes {
+            let prefix = correlation_prefix(probe);
+            for item in self.tree.scan_prefix(&prefix) {
+                let (k, tag) = item.map_err(io)?;
+                if tag.as_ref() != probe.tag.as_bytes() {
+                    continue;
+                }
+                let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                if !done.insert(id.clone()) {
+                    continue;
+                }
+                let run = self.get::<Run>(format!("r/{id}").as_bytes())?;
+                let Some(mut run) = run.filter(|r| r.status == RunStatus::Waiting) else {
+                    batch.remove(k); // not waiting any more: a stale entry
+                    continue;
+                };
+                let Some(mut parked) = run.parked.take() else {
+                    batch.remove(k);
+                    continue;
+                };
+                for c in &parked.keys {
+                    batch.remove(correlation_key(c, &id));
+                }
+                batch.remove(queue_key(run.due_at, &id));
+                run.updated_at = now;
+                match probe.listen {
+                    super::Listen::Wake => {
+                        parked.keys.clear();
+                        parked.woken_by = Some(event_id.to_string());
+                        run.parked = Some(parked);
+                        run.status = RunStatus::Queued;
+                        run.due_at = now;
+                        batch.insert(queue_key(now, &id), &[][..]);
+                        matched.woken.push(id.clone());
+                    }
+                    super::Listen::Cancel => {
+                        run.status = RunStatus::Cancelled;
+                        run.finished_at = Some(now);
+                        run.reason = Some(format!(
+                            "cancelled by event {event_id} ({} {})",
+                            probe.connector, probe.event_type
+                        ));
+                        self.release_slot(batch, &mut run, now)?;
+                        matched.cancelled.push(id.clone());
+                    }
+                }
+                batch.insert(format!("r/{id}").into_bytes(), encode(&run)?);
+            }
+        }
+        Ok(matched)
+    }
+
+    /// Free a finishing run's concurrency slot and wake the runs now at the
+    /// front of its key (into `batch`).
+    fn release_slot(&self, batch: &mut sled::Batch, run: &mut Run, now: i64) -> Result<()> {
+        let Some(slot) = run.concurrency.take() else {
+            return Ok(());
+        };
+        batch.remove(slot_key(&slot.key, slot.seq));
+        for item in self
+            .tree
+            .scan_prefix(slot_prefix(&slot.key))
+            .take(slot.limit as usize + 1)
+        {
+            let (_, v) = item.map_err(io)?;
+            let id = String::from_utf8_lossy(&v).into_owned();
+            if id == run.id {
+                continue;
+            }
+            if let Some(mut next) = self.get::<Run>(format!("r/{id}").as_bytes())? {
+                if next.status == RunStatus::Queued && next.due_at > now {
+                    batch.remove(queue_key(next.due_at, &id));
+                    next.due_at = now;
+                    batch.insert(queue_key(now, &id), &[][..]);
+                    batch.insert(format!("r/{id}").into_bytes(), encode(&next)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The run a debounce key points at, if it has not started yet.
     fn pending_debounce(&self, key: &[u8]) -> Result<Option<Run>> {
         let Some(id) = self.tree.get(key).map_err(io)? else {
@@ -201,6 +316,17 @@ impl SledStore {
 
 impl Store for SledStore {
     fn insert_event(&self, event: &Event, runs: &[Run]) -> Result<Inserted> {
+        self.insert_event_matching(event, runs, &[], 0)
+            .map(|(i, _)| i)
+    }
+
+    fn insert_event_matching(
+        &self,
+        event: &Event,
+        runs: &[Run],
+        probes: &[super::Correlation],
+        now: i64,
+    ) -> Result<(Inserted, super::Matched)> {
         let _g = self.guard();
         let dedupe_key = event
             .delivery_id
@@ -208,9 +334,12 @@ impl Store for SledStore {
             .map(|d| format!("d/{}\0{d}", event.connector).into_bytes());
         if let Some(k) = &dedupe_key {
             if let Some(existing) = self.tree.get(k).map_err(io)? {
-                return Ok(Inserted::Duplicate {
-                    event_id: String::from_utf8_lossy(&existing).into_owned(),
-                });
+                return Ok((
+                    Inserted::Duplicate {
+                        event_id: String::from_utf8_lossy(&existing).into_owned(),
+                    },
+                    super::Matched::default(),
+                ));
             }
         }
         let mut batch = sled::Batch::default();
@@ -255,8 +384,9 @@ impl Store for SledStore {
             batch.insert(queue_key(run.due_at, &run.id), &[][..]);
         }
         batch.insert(format!("e/{}", event.id).into_bytes(), encode(&*event)?);
+        let matched = self.match_waiting(&mut batch, &event.id, probes, now)?;
         self.tree.apply_batch(batch).map_err(io)?;
-        Ok(Inserted::New)
+        Ok((Inserted::New, matched))
     }
 
     fn flush(&self) -> Result<()> {
@@ -293,6 +423,14 @@ impl Store for SledStore {
             let Some(mut run) = self.get::<Run>(format!("r/{id}").as_bytes())? else {
                 continue; // a queue entry without a run: drop it
             };
+            if run.status == RunStatus::Waiting {
+                // Its time came: an event can no longer wake or cancel it.
+                if let Some(p) = &run.parked {
+                    for c in &p.keys {
+                        batch.remove(correlation_key(c, &run.id));
+                    }
+                }
+            }
             if let Some(d) = &run.debounce {
                 // Started: later events of the key make a new run.
                 let key = debounce_key(&d.key);
@@ -333,31 +471,22 @@ impl Store for SledStore {
         let mut batch = sled::Batch::default();
         batch.remove(queue_key(run.due_at, &run.id));
         let mut finished = run.clone();
-        if let Some(slot) = finished.concurrency.take() {
-            // Free the slot and wake the runs now at the front of the key.
-            batch.remove(slot_key(&slot.key, slot.seq));
-            let now = run.updated_at;
-            for item in self
-                .tree
-                .scan_prefix(slot_prefix(&slot.key))
-                .take(slot.limit as usize + 1)
-            {
-                let (_, v) = item.map_err(io)?;
-                let id = String::from_utf8_lossy(&v).into_owned();
-                if id == run.id {
-                    continue;
-                }
-                if let Some(mut next) = self.get::<Run>(format!("r/{id}").as_bytes())? {
-                    if next.status == RunStatus::Queued && next.due_at > now {
-                        batch.remove(queue_key(next.due_at, &id));
-                        next.due_at = now;
-                        batch.insert(queue_key(now, &id), &[][..]);
-                        batch.insert(format!("r/{id}").into_bytes(), encode(&next)?);
-                    }
-                }
+        self.release_slot(&mut batch, &mut finished, run.updated_at)?;
+        batch.insert(format!("r/{}", run.id).into_bytes(), encode(&finished)?);
+        self.tree.apply_batch(batch).map_err(io)
+    }
+
+    fn park(&self, run: &Run, previous_due: i64) -> Result<()> {
+        let _g = self.guard();
+        let mut batch = sled::Batch::default();
+        batch.remove(queue_key(previous_due, &run.id));
+        batch.insert(queue_key(run.due_at, &run.id), &[][..]);
+        if let Some(p) = &run.parked {
+            for c in &p.keys {
+                batch.insert(correlation_key(c, &run.id), c.tag.as_bytes());
             }
         }
-        batch.insert(format!("r/{}", run.id).into_bytes(), encode(&finished)?);
+        batch.insert(format!("r/{}", run.id).into_bytes(), encode(run)?);
         self.tree.apply_batch(batch).map_err(io)
     }
 
@@ -607,6 +736,7 @@ mod tests {
             round: 0,
             concurrency: None,
             debounce: None,
+            parked: None,
         }
     }
 
@@ -715,6 +845,107 @@ mod tests {
             (RunStatus::Queued, 1, 30)
         );
         assert_eq!(s.lease(30, 1000, 5).unwrap().len(), 1);
+    }
+
+    fn corr(listen: crate::store::Listen, key: &str, tag: &str) -> crate::store::Correlation {
+        crate::store::Correlation {
+            listen,
+            connector: "zendesk".into(),
+            event_type: "ticket.updated".into(),
+            key: key.into(),
+            tag: tag.into(),
+        }
+    }
+
+    /// Park a fresh run of `e` listed under `keys`, waiting until `until`.
+    fn parked(s: &SledStore, e: &Event, keys: Vec<crate::store::Correlation>, until: i64) -> Run {
+        let mut r = run(e, 10);
+        s.insert_event(e, std::slice::from_ref(&r)).unwrap();
+        let mut leased = s.lease(10, 1000, 10).unwrap().remove(0);
+        assert_eq!(leased.id, r.id);
+        let prev = leased.due_at;
+        leased.status = RunStatus::Waiting;
+        leased.due_at = until;
+        leased.parked = Some(crate::store::Parked {
+            step: "wait".into(),
+            until,
+            since: 10,
+            keys,
+            woken_by: None,
+        });
+        s.park(&leased, prev).unwrap();
+        r = leased;
+        r
+    }
+
+    #[test]
+    fn a_matching_event_wakes_or_cancels_waiting_runs_in_its_batch() {
+        use crate::store::Listen::{Cancel, Wake};
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let e = event(None);
+        s.insert_event(&e, &[]).unwrap();
+        let a = parked(&s, &e, vec![corr(Wake, "42", "r\0w"), corr(Cancel, "42", "r")], 5000);
+        let b = parked(&s, &e, vec![corr(Wake, "43", "r\0w"), corr(Cancel, "43", "r")], 5000);
+        assert_eq!(s.lease(100, 1000, 10).unwrap().len(), 0, "waiting, not due");
+        // Another key, or another listener's tag, matches nothing.
+        let other = event(Some("x1"));
+        let (_, m) = s
+            .insert_event_matching(&other, &[], &[corr(Wake, "44", "r\0w"), corr(Wake, "42", "q\0w")], 100)
+            .unwrap();
+        assert_eq!(m, crate::store::Matched::default());
+        // The match wakes `a` only: queued now, woken by the event, keys gone.
+        let hit = event(Some("x2"));
+        let (_, m) = s
+            .insert_event_matching(&hit, &[], &[corr(Wake, "42", "r\0w")], 200)
+            .unwrap();
+        assert_eq!(m.woken, vec![a.id.clone()]);
+        let woke = s.run(&a.id).unwrap().unwrap();
+        assert_eq!((woke.status, woke.due_at), (RunStatus::Queued, 200));
+        assert_eq!(woke.parked.unwrap().woken_by, Some(hit.id.clone()));
+        // Its cancel key went with it: a cancelling event no longer finds it.
+        let (_, m) = s
+            .insert_event_matching(&event(Some("x3")), &[], &[corr(Cancel, "42", "r")], 300)
+            .unwrap();
+        assert!(m.cancelled.is_empty());
+        // A duplicate delivery matches nothing.
+        let (ins, m) = s
+            .insert_event_matching(&event(Some("x2")), &[], &[corr(Cancel, "43", "r")], 300)
+            .unwrap();
+        assert!(matches!(ins, Inserted::Duplicate { .. }));
+        assert!(m.cancelled.is_empty());
+        // `b` is cancelled and leaves the queue.
+        let (_, m) = s
+            .insert_event_matching(&event(Some("x4")), &[], &[corr(Cancel, "43", "r")], 400)
+            .unwrap();
+        assert_eq!(m.cancelled, vec![b.id.clone()]);
+        let gone = s.run(&b.id).unwrap().unwrap();
+        assert_eq!(gone.status, RunStatus::Cancelled);
+        assert!(gone.reason.unwrap().contains("cancelled by event"));
+        let leased = s.lease(10_000, 1000, 10).unwrap();
+        assert_eq!(leased.iter().map(|r| &r.id).collect::<Vec<_>>(), vec![&a.id]);
+        assert_eq!(
+            s.tree.scan_prefix(b"w/").count() + s.tree.scan_prefix(b"c/").count(),
+            0,
+            "no correlation key is left"
+        );
+    }
+
+    #[test]
+    fn a_timed_out_wait_is_no_longer_listed() {
+        use crate::store::Listen::Wake;
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let e = event(None);
+        s.insert_event(&e, &[]).unwrap();
+        let a = parked(&s, &e, vec![corr(Wake, "42", "r\0w")], 500);
+        let leased = s.lease(500, 1000, 10).unwrap();
+        assert_eq!(leased[0].id, a.id);
+        assert_eq!(leased[0].status, RunStatus::Running);
+        let (_, m) = s
+            .insert_event_matching(&event(Some("x")), &[], &[corr(Wake, "42", "r\0w")], 600)
+            .unwrap();
+        assert!(m.woken.is_empty(), "the timer won; the event does not wake it again");
     }
 
     #[test]
