@@ -1,8 +1,11 @@
 //! The loaded set of connectors and recipes, checked as a whole, with the
 //! recipe index on (connector, event type).
 
+use super::step::wait::wait_tag;
 use crate::connector::{self, Connectors, SecretSource};
-use crate::recipe::{self, Recipe};
+use crate::recipe::steps::Awaited;
+use crate::recipe::{self, Recipe, StepKind};
+use crate::store::{Correlation, Listen};
 use crate::template::Templates;
 use crate::yaml::LoadError;
 use serde_json::{json, Value};
@@ -30,8 +33,21 @@ pub struct Catalog {
     index: HashMap<String, HashMap<String, Vec<usize>>>,
     /// Recipe positions by name, for workers resolving a run's recipe.
     by_name: HashMap<String, usize>,
+    /// Who waits for events of (connector, event type): `wait_for` steps
+    /// and `cancel_on` entries. Each incoming event renders one key per
+    /// listener here and probes the store with it — waiting runs are never scanned.
+    listeners: HashMap<String, HashMap<String, Vec<Listener>>>,
     /// Things that work but deserve a look (`signature: none`).
     pub warnings: Vec<LoadError>,
+}
+
+/// A `wait_for` step or `cancel_on` entry waiting for events of one type.
+#[derive(Debug)]
+struct Listener {
+    recipe: usize,
+    listen: Listen,
+    awaited: Awaited,
+    tag: String,
 }
 
 impl Catalog {
@@ -70,7 +86,33 @@ impl Catalog {
     ) -> Catalog {
         let mut index: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
         let mut by_name = HashMap::new();
+        let mut listeners: HashMap<String, HashMap<String, Vec<Listener>>> = HashMap::new();
         for (i, r) in recipes.iter().enumerate() {
+            let mut add = |listen, a: &Awaited, tag: String| {
+                listeners
+                    .entry(a.connector.clone())
+                    .or_default()
+                    .entry(a.event.clone())
+                    .or_default()
+                    .push(Listener {
+                        recipe: i,
+                        listen,
+                        awaited: a.clone(),
+                        tag,
+                    });
+            };
+            for c in &r.cancel_on {
+                add(Listen::Cancel, c, r.name.clone());
+            }
+            let mut all = Vec::new();
+            for s in &r.steps {
+                s.walk(&mut all);
+            }
+            for s in all {
+                if let StepKind::WaitFor(f) = &s.kind {
+                    add(Listen::Wake, &f.awaited, wait_tag(&r.name, &s.id));
+                }
+            }
             by_name.insert(r.name.clone(), i);
             index
                 .entry(r.connector.clone())
@@ -85,8 +127,43 @@ impl Catalog {
             recipes,
             index,
             by_name,
+            listeners,
             warnings,
         }
+    }
+
+    /// The store probes of an incoming event: for each listener on its
+    /// (connector, event type) whose `if` holds, its `match` rendered on
+    /// `{event, vars, run: {now}}`. `ctx` is a [`Catalog::trigger_context`].
+    pub fn probes(
+        &self,
+        connector: &str,
+        event_type: Option<&str>,
+        ctx: &mut Value,
+    ) -> Vec<Correlation> {
+        let Some(list) = event_type.and_then(|t| self.listeners.get(connector)?.get(t)) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(list.len());
+        for l in list {
+            let r = &self.recipes[l.recipe];
+            ctx["vars"] = r.vars.clone();
+            if l.awaited.condition.as_ref().is_some_and(|c| !c.eval(ctx)) {
+                continue;
+            }
+            match self.templates.render_string(&l.awaited.matcher, ctx) {
+                Ok(key) if !key.is_empty() => out.push(Correlation {
+                    listen: l.listen,
+                    connector: l.awaited.connector.clone(),
+                    event_type: l.awaited.event.clone(),
+                    key,
+                    tag: l.tag.clone(),
+                }),
+                // An event without the field matches nothing of this listener.
+                Ok(_) | Err(_) => {}
+            }
+        }
+        out
     }
 
     /// The trigger context of an event: `{event, vars, steps: {}, run: {now}}`, with

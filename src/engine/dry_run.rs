@@ -17,7 +17,7 @@ use super::Catalog;
 use crate::connector::http::{redact_value, CallError};
 use crate::recipe::{Mock, Recipe, RecipeTest, StateSeed, TestStatus};
 use crate::store::state::{MemoryState, StateKey, StateOp, StateOutput};
-use crate::store::{RunStatus, StepRecord, StepStatus};
+use crate::store::{Parked, RunStatus, StepRecord, StepStatus};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -60,6 +60,10 @@ struct DryHost<'a> {
     state: &'a mut MemoryState,
     /// The test's clock.
     now: i64,
+    /// The run's parked state while a wait step holds it.
+    parked: Option<Parked>,
+    /// Bodies of the story's events, by id (what a woken `wait_for` reads).
+    events: BTreeMap<String, Value>,
 }
 
 impl Host for DryHost<'_> {
@@ -73,6 +77,23 @@ impl Host for DryHost<'_> {
 
     fn record_mut(&mut self, index: usize) -> Option<&mut StepRecord> {
         self.out.records.get_mut(index)
+    }
+
+    fn parked(&self) -> Option<&Parked> {
+        self.parked.as_ref()
+    }
+
+    fn park(&mut self, parked: Parked) -> impl Future<Output = ()> + Send {
+        self.parked = Some(parked);
+        std::future::ready(())
+    }
+
+    fn unpark(&mut self) {
+        self.parked = None;
+    }
+
+    fn event(&mut self, id: &str) -> impl Future<Output = Option<Value>> + Send {
+        std::future::ready(self.events.get(id).cloned())
     }
 
     fn call(&mut self, call: step::Call<'_>) -> impl Future<Output = (StepRecord, Next)> + Send {
@@ -161,6 +182,8 @@ pub fn run(
     let mut host = DryHost {
         state,
         now,
+        parked: None,
+        events: BTreeMap::new(),
         mocks,
         out: DryRun {
             status: TestStatus::Skipped,
@@ -783,6 +806,8 @@ steps:
             state: &mut state,
             now: 0,
             mocks: &m,
+            parked: None,
+            events: BTreeMap::new(),
             out: DryRun {
                 status: TestStatus::Skipped,
                 calls: Vec::new(),

@@ -195,6 +195,7 @@ impl Engine {
                     round: 0,
                     concurrency,
                     debounce,
+                    parked: None,
                 });
             },
         );
@@ -213,6 +214,12 @@ impl Engine {
             run.due_at = now + lease_ms;
             handoffs.push(permit);
         }
+        // Waiting runs this event may wake or cancel: one indexed key per listener.
+        let probes = catalog.probes(
+            &incoming.connector,
+            incoming.event_type.as_deref(),
+            &mut ctx,
+        );
         let mut event = Event {
             id: String::new(),
             connector: incoming.connector,
@@ -225,7 +232,7 @@ impl Engine {
         // Ids are taken and the event stored under one lock, so the order of
         // event ids is the order the store gives runs within a concurrency
         // key: an event with a later id never runs ahead of an earlier one.
-        let inserted = {
+        let (inserted, matched) = {
             let _order = self.ingest_order.lock().unwrap_or_else(|p| p.into_inner());
             event.id = store::new_id(now);
             for run in &mut runs {
@@ -233,7 +240,8 @@ impl Engine {
                 run.event_id = event.id.clone();
             }
             event.runs = runs.iter().map(|r| r.id.clone()).collect();
-            self.store.insert_event(&event, &runs)?
+            self.store
+                .insert_event_matching(&event, &runs, &probes, now)?
         };
         let event_id = event.id.clone();
         self.commit.sync().await?;
@@ -294,7 +302,10 @@ impl Engine {
                     handoffs.is_empty(),
                     "{handed} permits for the handed-off runs"
                 );
-                if queued {
+                if !matched.woken.is_empty() || !matched.cancelled.is_empty() {
+                    tracing::info!(event = %event_id, woken = ?matched.woken, cancelled = ?matched.cancelled, "waiting runs matched");
+                }
+                if queued || !matched.woken.is_empty() {
                     self.wake.notify_waiters();
                 }
                 Ok(Accepted {

@@ -342,6 +342,26 @@ impl WorkerHost<'_> {
         Ok(())
     }
 
+    /// Store the run `waiting` until `parked.until`, listed under its keys,
+    /// with its records so far: one batch.
+    async fn park_inner(&mut self, parked: store::Parked) {
+        let previous_due = self.run.due_at;
+        let now = store::now_ms();
+        tracing::info!(run = %self.run.id, recipe = %self.run.recipe, step = %parked.step, until = parked.until, "run waiting");
+        self.run.status = RunStatus::Waiting;
+        self.run.due_at = parked.until;
+        self.run.updated_at = now;
+        self.run.parked = Some(parked);
+        let written = match self.engine.store.park(self.run, previous_due) {
+            Ok(()) => self.engine.commit.sync().await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => self.saved = self.run.steps.len(),
+            Err(e) => self.store_error = Some(e),
+        }
+    }
+
     async fn call_inner(&mut self, call: Call<'_>) -> (StepRecord, Next) {
         if let Err(e) = self.checkpoint().await {
             self.store_error = Some(e);
@@ -407,6 +427,29 @@ impl Host for WorkerHost<'_> {
         F: FnOnce(&StateOutput) -> StepRecord + Send,
     {
         self.state_inner(op, record)
+    }
+
+    fn parked(&self) -> Option<&store::Parked> {
+        self.run.parked.as_ref()
+    }
+
+    fn park(&mut self, parked: store::Parked) -> impl std::future::Future<Output = ()> + Send {
+        self.park_inner(parked)
+    }
+
+    fn unpark(&mut self) {
+        self.run.parked = None;
+    }
+
+    fn event(&mut self, id: &str) -> impl std::future::Future<Output = Option<Value>> + Send {
+        let body = match self.engine.store.event(id) {
+            Ok(e) => e.map(|e| e.body),
+            Err(e) => {
+                tracing::error!(run = %self.run.id, event = %id, error = %e, "cannot read the event that woke the run");
+                None
+            }
+        };
+        std::future::ready(body)
     }
 }
 

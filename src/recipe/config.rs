@@ -36,6 +36,10 @@ pub struct RecipeFile {
     /// run}` once the event is stored. Default: `202` with the event and run ids.
     #[serde(default)]
     pub reply: Option<ReplyFile>,
+    /// Events that cancel this recipe's waiting runs (a `wait`/`wait_for`
+    /// step parks them): `[ { event, connector?, key, match?, if? } ]`.
+    #[serde(default)]
+    pub cancel_on: Vec<CancelOnFile>,
     /// Ordered steps.
     #[serde(default)]
     pub steps: Vec<StepFile>,
@@ -174,6 +178,52 @@ pub struct StepFile {
     /// `assign: { from, strategy, … }`: pick an agent.
     #[serde(default)]
     pub assign: Option<AssignFile>,
+    /// `wait: 3d`: park the run for a duration (at most 366 d).
+    #[serde(default)]
+    pub wait: Option<String>,
+    /// `wait_until: "{{ ... }}"`: park the run until a time (at most 366 d ahead).
+    #[serde(default)]
+    pub wait_until: Option<String>,
+    /// `wait_for: { event, connector?, key, match?, if?, timeout }`: park the
+    /// run until a correlated event arrives, or the timeout passes.
+    #[serde(default)]
+    pub wait_for: Option<WaitForFile>,
+}
+
+/// `wait_for:` of a step.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitForFile {
+    /// Event type awaited.
+    pub event: String,
+    /// Connector whose webhook sends it (default: the recipe's trigger connector).
+    #[serde(default)]
+    pub connector: Option<String>,
+    /// Template over this run's context: the correlation value (a ticket id).
+    pub key: String,
+    /// Template over the incoming event (`{event, vars, run}`) giving its
+    /// correlation value; default: `key`'s template.
+    #[serde(default, rename = "match")]
+    pub matcher: Option<String>,
+    /// Conditions over the incoming event (`{event, vars, run}`).
+    #[serde(default, rename = "if")]
+    pub condition: Option<Value>,
+    /// How long to wait (at most 366 d).
+    pub timeout: String,
+}
+
+/// One `cancel_on:` entry of a recipe.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelOnFile {
+    pub event: String,
+    #[serde(default)]
+    pub connector: Option<String>,
+    pub key: String,
+    #[serde(default, rename = "match")]
+    pub matcher: Option<String>,
+    #[serde(default, rename = "if")]
+    pub condition: Option<Value>,
 }
 
 /// The kind keys of a step, in the order error messages list them. A step
@@ -215,6 +265,15 @@ impl StepFile {
         }
         if self.assign.is_some() {
             out.push("assign");
+        }
+        if self.wait.is_some() {
+            out.push("wait");
+        }
+        if self.wait_until.is_some() {
+            out.push("wait_until");
+        }
+        if self.wait_for.is_some() {
+            out.push("wait_for");
         }
         out
     }

@@ -48,6 +48,8 @@ pub struct Recipe {
     pub concurrency: Option<(Template, u32)>,
     /// `debounce:` — one run per burst of a key.
     pub debounce: Option<Debounce>,
+    /// `cancel_on:` — events that cancel this recipe's waiting runs.
+    pub cancel_on: Vec<steps::Awaited>,
     pub steps: Vec<Step>,
     /// `reply:` — the webhook's answer to its sender.
     pub reply: Option<reply::Reply>,
@@ -302,8 +304,25 @@ fn compile(
         calendars,
         seen: Vec::new(),
         locals: Vec::new(),
+        trigger_connector: file.on.connector.as_deref(),
     };
     let steps = cx.steps(&file.steps, "/steps", None);
+    // `cancel_on` keys render on a waiting run: every step may have run.
+    let cancel_on: Vec<_> = file
+        .cancel_on
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let pattern = steps::wait::Pattern {
+                event: &c.event,
+                connector: c.connector.as_deref(),
+                key: &c.key,
+                matcher: c.matcher.as_deref(),
+                condition: c.condition.as_ref(),
+            };
+            steps::wait::awaited(&mut cx, pattern, &format!("/cancel_on/{i}"))
+        })
+        .collect();
     if file.steps.is_empty() {
         errors.push(map.error("/steps", "a recipe needs at least one step"));
     }
@@ -321,6 +340,7 @@ fn compile(
         vars: file.vars,
         concurrency,
         debounce,
+        cancel_on,
         steps,
         reply,
         tests,

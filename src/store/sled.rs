@@ -885,13 +885,28 @@ mod tests {
         let s = SledStore::open(dir.path()).unwrap();
         let e = event(None);
         s.insert_event(&e, &[]).unwrap();
-        let a = parked(&s, &e, vec![corr(Wake, "42", "r\0w"), corr(Cancel, "42", "r")], 5000);
-        let b = parked(&s, &e, vec![corr(Wake, "43", "r\0w"), corr(Cancel, "43", "r")], 5000);
+        let a = parked(
+            &s,
+            &e,
+            vec![corr(Wake, "42", "r\0w"), corr(Cancel, "42", "r")],
+            5000,
+        );
+        let b = parked(
+            &s,
+            &e,
+            vec![corr(Wake, "43", "r\0w"), corr(Cancel, "43", "r")],
+            5000,
+        );
         assert_eq!(s.lease(100, 1000, 10).unwrap().len(), 0, "waiting, not due");
         // Another key, or another listener's tag, matches nothing.
         let other = event(Some("x1"));
         let (_, m) = s
-            .insert_event_matching(&other, &[], &[corr(Wake, "44", "r\0w"), corr(Wake, "42", "q\0w")], 100)
+            .insert_event_matching(
+                &other,
+                &[],
+                &[corr(Wake, "44", "r\0w"), corr(Wake, "42", "q\0w")],
+                100,
+            )
             .unwrap();
         assert_eq!(m, crate::store::Matched::default());
         // The match wakes `a` only: queued now, woken by the event, keys gone.
@@ -923,7 +938,10 @@ mod tests {
         assert_eq!(gone.status, RunStatus::Cancelled);
         assert!(gone.reason.unwrap().contains("cancelled by event"));
         let leased = s.lease(10_000, 1000, 10).unwrap();
-        assert_eq!(leased.iter().map(|r| &r.id).collect::<Vec<_>>(), vec![&a.id]);
+        assert_eq!(
+            leased.iter().map(|r| &r.id).collect::<Vec<_>>(),
+            vec![&a.id]
+        );
         assert_eq!(
             s.tree.scan_prefix(b"w/").count() + s.tree.scan_prefix(b"c/").count(),
             0,
@@ -945,7 +963,10 @@ mod tests {
         let (_, m) = s
             .insert_event_matching(&event(Some("x")), &[], &[corr(Wake, "42", "r\0w")], 600)
             .unwrap();
-        assert!(m.woken.is_empty(), "the timer won; the event does not wake it again");
+        assert!(
+            m.woken.is_empty(),
+            "the timer won; the event does not wake it again"
+        );
     }
 
     #[test]

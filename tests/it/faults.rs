@@ -33,6 +33,21 @@ impl Store for FaultyStore {
         }
         self.inner.insert_event(event, runs)
     }
+    fn insert_event_matching(
+        &self,
+        event: &Event,
+        runs: &[Run],
+        probes: &[store::Correlation],
+        now: i64,
+    ) -> store::Result<(Inserted, store::Matched)> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(disk_full());
+        }
+        self.inner.insert_event_matching(event, runs, probes, now)
+    }
+    fn park(&self, run: &Run, previous_due: i64) -> store::Result<()> {
+        self.inner.park(run, previous_due)
+    }
     fn flush(&self) -> store::Result<()> {
         if self.fail_flush.load(Ordering::SeqCst) {
             return Err(disk_full());

@@ -369,3 +369,183 @@ steps:
         assert!(err.contains(&want), "missing {want:?} in\n{err}");
     }
 }
+
+/// Poll a run until its status is `status`.
+async fn wait_status(hub: &Hub, id: &str, status: &str) -> serde_json::Value {
+    poll(20, &format!("run {id} {status}"), || async {
+        let (_, run) = hub.api(&format!("/api/runs/{id}")).await;
+        (run["status"] == status).then_some(run)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_durable_wait_survives_kill_9_and_fires_once_after_restart() {
+    let api = MockApi::start(slack_ok()).await;
+    let cfg = Config::connectors_only();
+    cfg.recipe(
+        "follow-up",
+        r#"name: follow-up
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - id: pause
+    wait: 2s
+  - call: slack.post_message
+    with: { channel: C1, text: "follow up {{ event.ticket.id }} at {{ 'due' if steps.pause.woke_at >= steps.pause.until else 'early' }}" }
+"#,
+    );
+    let data = cfg.dir.path().join("data");
+    let opts = HubOptions {
+        data: Some(data),
+        ..cfg.options().base_url("slack", &api.url)
+    };
+    let mut hub = Hub::start(opts.clone()).await;
+    let (status, body) = hub.post_zendesk(&ticket_event(11, "Hi", "a@b.c")).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["runs"][0].as_str().unwrap().to_string();
+    let run = wait_status(&hub, &id, "waiting").await;
+    assert!(run["due_at"].as_i64().unwrap() > run["created_at"].as_i64().unwrap());
+    assert_eq!(run["parked"]["step"], "pause", "{run}");
+    // It is listed as waiting.
+    let waiting = hub.items("/api/runs?status=waiting").await;
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    hub.kill(); // SIGKILL while it waits
+    assert!(api.received().is_empty());
+
+    let hub = Hub::start(opts).await;
+    let run = hub.wait_run(&id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(slack_texts(&api), vec!["follow up 11 at due".to_string()]);
+    let pause = &run["steps"][0];
+    assert_eq!(pause["id"], "pause");
+    assert!(pause["output"]["woke_at"].as_i64() >= pause["output"]["until"].as_i64());
+}
+
+const SLA: &str = r#"name: sla
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - id: reply
+    wait_for:
+      event: ticket.updated
+      key: "{{ event.ticket.id }}"
+      if:
+        - "$.event.ticket.status": { equals: solved }
+      timeout: 3s
+  - call: slack.post_message
+    with:
+      channel: C1
+      text: "{{ event.ticket.id }} timed_out={{ 'yes' if steps.reply.timed_out else 'no' }} by={{ steps.reply.event.ticket.subject if steps.reply.event else '-' }}"
+"#;
+
+#[tokio::test]
+async fn wait_for_resumes_on_the_matching_event_and_times_out_otherwise() {
+    let api = MockApi::start(slack_ok()).await;
+    let cfg = Config::connectors_only();
+    cfg.recipe("sla", SLA);
+    let hub = Hub::start(cfg.options().base_url("slack", &api.url)).await;
+    let created = |id: u64| serde_json::json!({"type": "ticket.created", "ticket": {"id": id}});
+    let updated = |id: u64, status: &str, subject: &str| serde_json::json!({"type": "ticket.updated", "ticket": {"id": id, "status": status, "subject": subject}});
+    let (_, a) = hub.post_zendesk(&created(1)).await;
+    let (_, b) = hub.post_zendesk(&created(2)).await;
+    let (a, b) = (
+        a["runs"][0].as_str().unwrap(),
+        b["runs"][0].as_str().unwrap(),
+    );
+    wait_status(&hub, a, "waiting").await;
+    wait_status(&hub, b, "waiting").await;
+    // Other ticket, and the right ticket failing the `if`: no wake.
+    hub.post_zendesk(&updated(3, "solved", "other")).await;
+    hub.post_zendesk(&updated(1, "open", "not yet")).await;
+    hub.post_zendesk(&updated(1, "solved", "agent reply")).await;
+    let run = hub.wait_run(a).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let out = &run["steps"][0]["output"];
+    assert_eq!(out["timed_out"], false, "{run}");
+    assert_eq!(out["event"]["ticket"]["subject"], "agent reply");
+    let run = hub.wait_run(b).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["steps"][0]["output"]["timed_out"], true, "{run}");
+    let mut texts = slack_texts(&api);
+    texts.sort();
+    assert_eq!(
+        texts,
+        vec![
+            "1 timed_out=no by=agent reply".to_string(),
+            "2 timed_out=yes by=-".to_string()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn cancel_on_cancels_only_the_runs_it_matches() {
+    let api = MockApi::start(slack_ok()).await;
+    let cfg = Config::connectors_only();
+    cfg.recipe(
+        "nudge",
+        r#"name: nudge
+on: { connector: zendesk, event: ticket.created }
+cancel_on:
+  - event: ticket.updated
+    key: "{{ event.ticket.id }}"
+    if:
+      - "$.event.ticket.via": { equals: customer }
+steps:
+  - wait: 1h
+  - call: slack.post_message
+    with: { channel: C1, text: "nudge {{ event.ticket.id }}" }
+"#,
+    );
+    let hub = Hub::start(cfg.options().base_url("slack", &api.url)).await;
+    let created = |id: u64| serde_json::json!({"type": "ticket.created", "ticket": {"id": id}});
+    let updated = |id: u64, via: &str| serde_json::json!({"type": "ticket.updated", "ticket": {"id": id, "via": via}});
+    let (_, a) = hub.post_zendesk(&created(1)).await;
+    let (_, b) = hub.post_zendesk(&created(2)).await;
+    let (a, b) = (
+        a["runs"][0].as_str().unwrap(),
+        b["runs"][0].as_str().unwrap(),
+    );
+    wait_status(&hub, a, "waiting").await;
+    wait_status(&hub, b, "waiting").await;
+    hub.post_zendesk(&updated(1, "agent")).await; // the `if` does not hold
+    let (_, cancel) = hub.post_zendesk(&updated(1, "customer")).await;
+    let run = wait_status(&hub, a, "cancelled").await;
+    let reason = run["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(cancel["event_id"].as_str().unwrap()),
+        "{run}"
+    );
+    let (_, other) = hub.api(&format!("/api/runs/{b}")).await;
+    assert_eq!(other["status"], "waiting", "{other}");
+    assert!(api.received().is_empty());
+}
+
+#[test]
+fn bad_waits_are_check_errors_with_positions() {
+    let cfg = Config::connectors_only();
+    let f = cfg.recipe(
+        "w",
+        r#"name: w
+on: { connector: zendesk, event: ticket.created }
+cancel_on:
+  - { event: ticket.updated, connector: nowhere, key: "{{ event.ticket.id }}" }
+steps:
+  - wait: 3 fortnights
+  - wait: 400d
+  - wait_until: "next monday"
+  - wait_for: { event: ticket.updated, key: "{{ event.ticket.id }}", timeout: 0s }
+  - wait_for: { event: ticket.updated, key: "{{ event.ticket.id }}", match: "{{ steps.x }}", timeout: 1h }
+"#,
+    );
+    let err = check_fails(&cfg);
+    let f = f.display();
+    for want in [
+        format!("{f}:4:41: unknown connector `nowhere`"),
+        format!("{f}:6:11: invalid duration `3 fortnights`"),
+        format!("{f}:7:11: duration `400d` is longer than the maximum of 366d"),
+        format!("{f}:8:17: cannot read `next monday` as a date-time"),
+        format!("{f}:9:79: duration `0s` must be longer than zero"),
+        format!("{f}:10:77: unknown step id `x`"),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in\n{err}");
+    }
+}

@@ -31,12 +31,13 @@ mod set;
 mod state;
 mod stop;
 mod switch;
+pub(crate) mod wait;
 
 use super::Catalog;
 use crate::recipe::steps::CallStep;
 use crate::recipe::{Recipe, Step, StepKind};
 use crate::store::state::{StateOp, StateOutput};
-use crate::store::{self, RunStatus, StepRecord, StepStatus};
+use crate::store::{self, Parked, RunStatus, StepRecord, StepStatus};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::future::Future;
@@ -73,6 +74,15 @@ pub(crate) trait Host: Send {
     ) -> impl Future<Output = Option<(StateOutput, StepRecord)>> + Send
     where
         F: FnOnce(&StateOutput) -> StepRecord + Send;
+    /// The run's parked state: a wait that began (and maybe woke).
+    fn parked(&self) -> Option<&Parked>;
+    /// Park the run (a wait step began): the worker stores it `waiting`
+    /// with its keys and lets it go; the walk then suspends.
+    fn park(&mut self, parked: Parked) -> impl Future<Output = ()> + Send;
+    /// The wait step completed: forget the parked state.
+    fn unpark(&mut self);
+    /// The body of a stored event (the one that woke a `wait_for`).
+    fn event(&mut self, id: &str) -> impl Future<Output = Option<Value>> + Send;
 }
 
 /// One call to make.
@@ -212,6 +222,9 @@ impl<'a, H: Host> Walker<'a, H> {
             StepKind::Stop(k) => stop::execute(self, step, k, path, recorded),
             StepKind::Switch(k) => switch::execute(self, step, k, path, recorded).await,
             StepKind::ForEach(k) => for_each::execute(self, step, k, path, recorded).await,
+            StepKind::Wait(_) | StepKind::WaitUntil(_) | StepKind::WaitFor(_) => {
+                wait::execute(self, step, path, recorded).await
+            }
         }
     }
 

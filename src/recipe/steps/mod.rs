@@ -18,6 +18,7 @@ mod set;
 pub mod state;
 mod stop;
 mod switch;
+pub mod wait;
 
 pub use assign::{AssignStep, AssignStrategy, LoadSource, AGENT, MAX_AGENTS};
 pub use call::CallStep;
@@ -26,6 +27,7 @@ pub use set::SetStep;
 pub use state::{StateAction, StateStep};
 pub use stop::{StopStatus, StopStep};
 pub use switch::{Case, SwitchStep};
+pub use wait::{Awaited, WaitForStep, WaitStep, WaitUntilStep};
 
 use super::condition::Condition;
 use super::config::{self, StepFile};
@@ -66,6 +68,12 @@ pub enum StepKind {
     Switch(SwitchStep),
     /// Run steps once per item of a list.
     ForEach(ForEachStep),
+    /// Park the run for a duration.
+    Wait(WaitStep),
+    /// Park the run until a time.
+    WaitUntil(WaitUntilStep),
+    /// Park the run until a correlated event, or a timeout.
+    WaitFor(WaitForStep),
 }
 
 impl StepKind {
@@ -80,6 +88,9 @@ impl StepKind {
             StepKind::Stop(_) => "stop".into(),
             StepKind::Switch(_) => "switch".into(),
             StepKind::ForEach(_) => "for_each".into(),
+            StepKind::Wait(_) => "wait".into(),
+            StepKind::WaitUntil(_) => "wait_until".into(),
+            StepKind::WaitFor(_) => "wait_for".into(),
         }
     }
 
@@ -119,6 +130,9 @@ pub(crate) struct Compiler<'a> {
     pub seen: Vec<String>,
     /// Names bound by enclosing `for_each` steps.
     pub locals: Vec<String>,
+    /// The recipe's trigger connector (none for a schedule): the default
+    /// connector of `wait_for` and `cancel_on`.
+    pub trigger_connector: Option<&'a str>,
 }
 
 impl Compiler<'_> {
@@ -242,6 +256,21 @@ impl Compiler<'_> {
                     "stop" => stop::compile(self, s, ptr).map(StepKind::Stop),
                     "switch" => switch::compile(self, s, &id, ptr).map(StepKind::Switch),
                     "for_each" => for_each::compile(self, s, &id, ptr).map(StepKind::ForEach),
+                    "wait" => s
+                        .wait
+                        .as_deref()
+                        .and_then(|w| wait::compile_wait(self, w, ptr))
+                        .map(StepKind::Wait),
+                    "wait_until" => s
+                        .wait_until
+                        .as_deref()
+                        .and_then(|w| wait::compile_wait_until(self, w, ptr))
+                        .map(StepKind::WaitUntil),
+                    "wait_for" => s
+                        .wait_for
+                        .as_ref()
+                        .and_then(|w| wait::compile_wait_for(self, w, ptr))
+                        .map(StepKind::WaitFor),
                     _ => None,
                 }
             }
