@@ -94,6 +94,18 @@ impl Store for Reopening {
     fn insert_event(&self, event: &Event, runs: &[Run]) -> Result<Inserted> {
         self.with(|s| s.insert_event(event, runs))
     }
+    fn insert_event_matching(
+        &self,
+        event: &Event,
+        runs: &[Run],
+        probes: &[super::Correlation],
+        now: i64,
+    ) -> Result<(Inserted, super::Matched)> {
+        self.with(|s| s.insert_event_matching(event, runs, probes, now))
+    }
+    fn park(&self, run: &Run, previous_due: i64) -> Result<()> {
+        self.with(|s| s.park(run, previous_due))
+    }
     fn flush(&self) -> Result<()> {
         self.with(|s| s.flush())
     }
