@@ -247,6 +247,12 @@ impl Engine {
         self.commit.sync().await?;
         let reply_run = replier.and_then(|r| runs.iter().find(|run| run.recipe == r.name));
         let reply_run = reply_run.map(|run| run.id.clone());
+        if !matched.woken.is_empty() || !matched.cancelled.is_empty() {
+            tracing::info!(event = %event_id, woken = ?matched.woken, cancelled = ?matched.cancelled, "waiting runs matched");
+        }
+        if !matched.woken.is_empty() {
+            self.wake.notify_waiters();
+        }
         let mut accepted = self.accepted(inserted, event_id, event.runs, runs, handoffs)?;
         if let Some((r, reply)) = replier.and_then(|r| r.reply.as_ref().map(|p| (r, p))) {
             let run_id = if accepted.duplicate {
@@ -302,10 +308,7 @@ impl Engine {
                     handoffs.is_empty(),
                     "{handed} permits for the handed-off runs"
                 );
-                if !matched.woken.is_empty() || !matched.cancelled.is_empty() {
-                    tracing::info!(event = %event_id, woken = ?matched.woken, cancelled = ?matched.cancelled, "waiting runs matched");
-                }
-                if queued || !matched.woken.is_empty() {
+                if queued {
                     self.wake.notify_waiters();
                 }
                 Ok(Accepted {
