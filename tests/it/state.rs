@@ -326,3 +326,69 @@ steps:
     let run = hub.wait_run(body["runs"][0].as_str().unwrap()).await;
     assert_eq!(run["steps"][0]["output"]["count"], 2, "{run}");
 }
+
+#[tokio::test]
+async fn least_loaded_assignment_counts_concurrent_picks_and_respects_capacity() {
+    let config = Config::connectors_only();
+    config.recipe(
+        "least",
+        r#"
+name: least
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - id: pick
+    assign:
+      from: [alice, bob, carol]
+      strategy: least_loaded
+      namespace: agents
+      load: { key: "open:{{ agent }}" }
+      capacity: 12
+"#,
+    );
+    let hub = Hub::start(config.options()).await;
+    // Alice already has 5 open tickets; the others none.
+    state_cli(&hub, &["set", "agents", "open:alice", "5"]);
+    let runs = post_many(&hub, 31, 16).await;
+    let done = wait_all(&hub, &runs).await;
+    let mut picked = std::collections::BTreeMap::new();
+    let mut failed = Vec::new();
+    for r in &done {
+        match r["status"].as_str() {
+            Some("succeeded") => {
+                *picked
+                    .entry(
+                        r["steps"][0]["output"]["agent"]
+                            .as_str()
+                            .unwrap()
+                            .to_string(),
+                    )
+                    .or_insert(0) += 1
+            }
+            _ => failed.push(r["error"].as_str().unwrap_or_default().to_string()),
+        }
+    }
+    // 5 + 31 = 36 = 3 × 12: every agent ends at its capacity, no pick lost.
+    assert_eq!(
+        picked.into_iter().collect::<Vec<_>>(),
+        [
+            ("alice".to_string(), 7),
+            ("bob".to_string(), 12),
+            ("carol".to_string(), 12)
+        ],
+        "{failed:?}"
+    );
+    for agent in ["alice", "bob", "carol"] {
+        let e = hub.items(&format!("/api/state/agents/open:{agent}")).await;
+        assert_eq!(e[0]["value"], 12, "{agent}");
+    }
+    // Everyone is at capacity now: the next run fails and says why.
+    let runs = post_many(&hub, 1, 1).await;
+    let run = hub.wait_run(&runs[0]).await;
+    assert_eq!(run["status"], "failed");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("no agent available: all 3 skipped")
+            && error.contains("at capacity (load 12 ≥ 12)"),
+        "{error}"
+    );
+}
