@@ -1020,7 +1020,16 @@ steps:
     fn the_readme_state_examples_run() {
         let readme = include_str!("../../README.md");
         let start = readme.find("### Remembering things: state").unwrap();
-        let end = start + readme[start..].find("## Testing recipes").unwrap();
+        // Up to the heading after "Assigning agents", whatever section follows.
+        let assign = start + readme[start..].find("### Assigning agents").unwrap();
+        let after = &readme[assign + 1..];
+        let end = assign
+            + 1
+            + ["\n## ", "\n### "]
+                .iter()
+                .filter_map(|h| after.find(h))
+                .min()
+                .unwrap_or(after.len());
         let blocks: Vec<&str> = readme[start..end]
             .split("```yaml\n")
             .skip(1)
