@@ -189,7 +189,7 @@ impl Catalog {
         };
         for r in self.matching(connector, event_type) {
             ctx["vars"] = r.vars.clone();
-            if r.condition.eval(ctx) {
+            if r.condition.eval_with(ctx, &self.templates) {
                 started(r, ctx);
             }
         }

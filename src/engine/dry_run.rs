@@ -1091,4 +1091,42 @@ steps:
             .collect();
         assert_eq!(assignees, [json!(361), json!(363), json!(361), json!(363)]);
     }
+
+    #[test]
+    fn templated_condition_operands_render_and_compare_typed() {
+        let c = catalog(
+            r#"
+name: r
+on: { connector: zendesk, event: ticket.created }
+vars: { min_count: 3, vip: [gold, platinum], prefix: "ACME-" }
+if: [ { "$.event.ticket.count": { gte: "{{ vars.min_count }}" } } ]
+steps:
+  - id: vip
+    if:
+      - "$.event.ticket.plan": { in: "{{ vars.vip }}" }
+      - "$.event.ticket.ref": { starts_with: "{{ vars.prefix }}" }
+    call: zendesk.add_tags
+    with: { ticket_id: 1, tags: [vip] }
+  - id: route
+    switch:
+      - when: [ { "$.event.ticket.count": { equals: "{{ vars.min_count * 2 }}" } } ]
+        steps: [ { set: { twice: true } } ]
+"#,
+        );
+        let m = mocks(json!({"zendesk.add_tags": {}}));
+        let ev = |count: i64, plan: &str| json!({"ticket": {"count": count, "plan": plan, "ref": "ACME-1"}});
+        // 2 < 3: the recipe's `if` does not hold.
+        assert_eq!(dry(&c, ev(2, "gold"), &m).status, TestStatus::Skipped);
+        // 3 >= 3 (a number, not the text "3"), gold is in the list.
+        let got = dry(&c, ev(3, "gold"), &m);
+        assert_eq!(got.status, TestStatus::Succeeded, "{:?}", got.error);
+        assert_eq!(got.calls.len(), 1);
+        assert_eq!(got.records[1].output, json!({"branch": null}));
+        // 6 equals 3 * 2; silver is not in the list.
+        let got = dry(&c, ev(6, "silver"), &m);
+        assert!(got.calls.is_empty());
+        assert_eq!(got.records[1].output, json!({"branch": 0}));
+        // Numbers compare as numbers: 10 >= 3 (as text "10" < "3").
+        assert_eq!(dry(&c, ev(10, "x"), &m).status, TestStatus::Succeeded);
+    }
 }

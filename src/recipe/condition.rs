@@ -67,6 +67,7 @@ use regex::{Regex, RegexBuilder};
 use serde_json::{Map, Number, Value};
 use std::sync::Arc;
 
+use crate::template::{Template, Templates};
 use crate::time::{Calendar, Calendars};
 
 /// Largest compiled size of a `matches` regex; a bigger one is a compile
@@ -170,6 +171,17 @@ enum Op {
     Compare(Cmp, Value),
     StartsWith(String),
     EndsWith(String),
+    /// An operand with template syntax (`gte: "{{ vars.min_count }}"`):
+    /// rendered (typed) over the run context at each evaluation, then
+    /// applied as the operator `name` with that operand.
+    Templated {
+        name: String,
+        /// Pointer of the operand, for errors.
+        pointer: String,
+        source: String,
+        /// Set by [`Condition::bind_templates`]; unbound never holds.
+        template: Option<Template>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -196,9 +208,53 @@ impl Condition {
     }
 
     /// Whether the condition holds for `ctx` (the `{event, steps, vars}`
-    /// object).
+    /// object). A templated operand never holds here: use [`Condition::eval_with`].
     pub fn eval(&self, ctx: &Value) -> bool {
-        self.root.eval(ctx)
+        self.root.eval(ctx, None)
+    }
+
+    /// Whether the condition holds for `ctx`, rendering templated operands
+    /// with `templates` (the registry they were bound in).
+    pub fn eval_with(&self, ctx: &Value, templates: &Templates) -> bool {
+        self.root.eval(ctx, Some(templates))
+    }
+
+    /// Compile the templated operands into `templates`; returns
+    /// `(pointer, message)` for each that does not compile.
+    pub fn bind_templates(&mut self, templates: &mut Templates) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        self.root.visit_ops(&mut |op| {
+            if let Op::Templated {
+                pointer,
+                source,
+                template,
+                ..
+            } = op
+            {
+                match templates.compile(source) {
+                    Ok(t) => *template = Some(t),
+                    Err(e) => errors.push((pointer.clone(), format!("template error: {e}"))),
+                }
+            }
+        });
+        errors
+    }
+
+    /// The bound templated operands, as `(pointer, template)`, so the loader
+    /// can check the variables they read.
+    pub fn templates(&mut self) -> Vec<(String, Template)> {
+        let mut out = Vec::new();
+        self.root.visit_ops(&mut |op| {
+            if let Op::Templated {
+                pointer,
+                template: Some(t),
+                ..
+            } = op
+            {
+                out.push((pointer.clone(), t.clone()));
+            }
+        });
+        out
     }
 
     /// Resolve the calendars that `within_business_hours` names; returns
@@ -402,6 +458,24 @@ fn compile_op(name: &str, operand: &Value, pointer: &str) -> Result<Op, Conditio
             format!("`{name}` expects {what}, found {}", kind(operand)),
         )
     };
+    if let Value::String(text) = operand {
+        if text.contains("{{") || text.contains("{%") {
+            if matches!(name, "matches" | "exists") {
+                return Err(ConditionError::new(
+                    pointer,
+                    format!("`{name}` takes a fixed operand, not a template"),
+                ));
+            }
+            if OPERATORS.contains(&name) {
+                return Ok(Op::Templated {
+                    name: name.to_string(),
+                    pointer: pointer.to_string(),
+                    source: text.clone(),
+                    template: None,
+                });
+            }
+        }
+    }
     Ok(match name {
         "equals" => Op::Equals(operand.clone()),
         "not_equals" => Op::NotEquals(operand.clone()),
@@ -510,18 +584,18 @@ fn jsonpath_error(e: &JsonPathError) -> String {
 }
 
 impl Node {
-    fn eval(&self, ctx: &Value) -> bool {
+    fn eval(&self, ctx: &Value, templates: Option<&Templates>) -> bool {
         match self {
-            Node::All(nodes) => nodes.iter().all(|n| n.eval(ctx)),
-            Node::Any(nodes) => nodes.iter().any(|n| n.eval(ctx)),
-            Node::Not(node) => !node.eval(ctx),
+            Node::All(nodes) => nodes.iter().all(|n| n.eval(ctx, templates)),
+            Node::Any(nodes) => nodes.iter().any(|n| n.eval(ctx, templates)),
+            Node::Not(node) => !node.eval(ctx, templates),
             Node::Path(test) => {
                 // The query cannot fail on a parsed path; if the library ever
                 // reports an error, treat the path as missing.
                 let nodes: Vec<&Value> = js_path_process(&test.query, ctx)
                     .map(|refs| refs.into_iter().map(|r| r.val).collect())
                     .unwrap_or_default();
-                test.ops.iter().all(|op| op.holds(&nodes))
+                test.ops.iter().all(|op| op.holds(&nodes, ctx, templates))
             }
             Node::BusinessHours(b) => {
                 let Some(cal) = &b.calendar else { return false };
@@ -554,6 +628,19 @@ impl Node {
         }
     }
 
+    fn visit_ops(&mut self, f: &mut dyn FnMut(&mut Op)) {
+        match self {
+            Node::All(nodes) | Node::Any(nodes) => nodes.iter_mut().for_each(|n| n.visit_ops(f)),
+            Node::Not(node) => node.visit_ops(f),
+            Node::Path(test) => {
+                for op in test.ops.iter_mut() {
+                    f(op);
+                }
+            }
+            Node::BusinessHours(_) => {}
+        }
+    }
+
     fn collect_paths(&self, out: &mut Vec<(String, String)>) {
         match self {
             Node::All(nodes) | Node::Any(nodes) => {
@@ -572,8 +659,27 @@ impl Node {
 
 impl Op {
     /// Whether the operator holds over all the nodes a path selected.
-    fn holds(&self, nodes: &[&Value]) -> bool {
+    fn holds(&self, nodes: &[&Value], ctx: &Value, templates: Option<&Templates>) -> bool {
         match self {
+            Op::Templated {
+                name,
+                pointer,
+                template,
+                ..
+            } => {
+                // Rendered typed (`"{{ vars.min }}"` stays a number), then
+                // the operator as if the value had been written; an operand
+                // that does not render, or is of the wrong type, never holds.
+                let (Some(t), Some(templates)) = (template, templates) else {
+                    return false;
+                };
+                let Ok(operand) = templates.render(t, ctx) else {
+                    return false;
+                };
+                compile_op(name, &operand, pointer).is_ok_and(|op| {
+                    !matches!(op, Op::Templated { .. }) && op.holds(nodes, ctx, None)
+                })
+            }
             Op::Exists(want) => *want != nodes.is_empty(),
             Op::NotEquals(operand) => nodes.iter().all(|n| !loose_eq(n, operand)),
             _ => nodes.iter().any(|n| self.holds_for(n)),
@@ -605,6 +711,7 @@ impl Op {
                 scalar_text(node).is_some_and(|s| s.starts_with(prefix.as_str()))
             }
             Op::EndsWith(suffix) => scalar_text(node).is_some_and(|s| s.ends_with(suffix.as_str())),
+            Op::Templated { .. } => false,
         }
     }
 }

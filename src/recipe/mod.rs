@@ -200,7 +200,7 @@ fn compile(
     let condition = match &file.condition {
         None => Condition::always(),
         Some(v) => trigger
-            .condition(v, "/if", map, errors)
+            .condition(v, "/if", map, templates, errors)
             .unwrap_or_else(Condition::always),
     };
 

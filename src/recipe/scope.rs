@@ -86,6 +86,7 @@ impl Scope<'_> {
         value: &Value,
         ptr: &str,
         map: &SourceMap,
+        templates: &mut Templates,
         errors: &mut Vec<LoadError>,
     ) -> Option<Condition> {
         // A JSONPath is a mapping key: point at it, not at its operators.
@@ -107,6 +108,21 @@ impl Scope<'_> {
             Ok(mut c) => {
                 for (p, msg) in c.bind_calendars(self.calendars) {
                     errors.push(map.error(&format!("{ptr}{p}"), msg));
+                }
+                // Templated operands (`gte: "{{ vars.min }}"`): compiled
+                // here, their variables checked like any template's.
+                for (p, msg) in c.bind_templates(templates) {
+                    errors.push(map.error(&format!("{ptr}{p}"), msg));
+                }
+                for (p, t) in c.templates() {
+                    check_templates(
+                        &ValueTemplate::String(t),
+                        &format!("{ptr}{p}"),
+                        self,
+                        templates,
+                        map,
+                        errors,
+                    );
                 }
                 for (p, path) in c.paths() {
                     if let Err(msg) = self.check_path(&path) {

@@ -200,7 +200,7 @@ impl<'a, H: Host> Walker<'a, H> {
                     return Flow::Halt(Outcome::Suspended);
                 }
                 if let Some(cond) = &step.condition {
-                    if !cond.eval(&self.ctx) {
+                    if !cond.eval_with(&self.ctx, &self.catalog.templates) {
                         self.push(
                             path,
                             &step.kind,

@@ -17,10 +17,11 @@ pub(super) async fn execute<H: Host>(
     let branch = match recorded {
         Some(i) => w.recorded(i).output["branch"].as_u64().map(|b| b as usize),
         None => {
-            let branch = switch
-                .cases
-                .iter()
-                .position(|c| c.when.as_ref().is_none_or(|cond| cond.eval(&w.ctx)));
+            let branch = switch.cases.iter().position(|c| {
+                c.when
+                    .as_ref()
+                    .is_none_or(|cond| cond.eval_with(&w.ctx, &w.catalog.templates))
+            });
             let out = json!({ "branch": branch });
             w.push(path, &step.kind, StepStatus::Succeeded, Value::Null, out);
             branch

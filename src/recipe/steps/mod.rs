@@ -149,7 +149,7 @@ impl Compiler<'_> {
             locals: &self.locals,
             calendars: self.calendars,
         };
-        scope.condition(v, ptr, self.map, self.errors)
+        scope.condition(v, ptr, self.map, self.templates, self.errors)
     }
 
     /// Compile a template string at `ptr`, checking its references.

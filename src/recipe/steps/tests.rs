@@ -147,3 +147,21 @@ fn switch_cases_are_checked() {
         ["6:9: a case is `when:` (conditions) with `steps:`, or `else:` (steps) alone as the last case"]
     );
 }
+
+#[test]
+fn templated_condition_operands_are_checked_at_load() {
+    assert_eq!(
+        check("  - if: [ { \"$.event.n\": { gte: \"{{ vars.nope }}\" } } ]\n    set: { a: 1 }\n"),
+        ["5:33: unknown variable `vars.nope`, expected one of the recipe's `vars:` (`agents`, `team`)"]
+    );
+    assert_eq!(
+        check(
+            "  - if: [ { \"$.event.n\": { matches: \"{{ vars.team }}\" } } ]\n    set: { a: 1 }\n"
+        ),
+        ["5:37: `matches` takes a fixed operand, not a template"]
+    );
+    assert_eq!(
+        check("  - if: [ { \"$.event.n\": { gte: \"{{ vars.team\" } } ]\n    set: { a: 1 }\n"),
+        ["5:33: template error: syntax error: unexpected end of input, expected end of variable block"]
+    );
+}
