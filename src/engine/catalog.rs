@@ -148,7 +148,11 @@ impl Catalog {
         for l in list {
             let r = &self.recipes[l.recipe];
             ctx["vars"] = r.vars.clone();
-            if l.awaited.condition.as_ref().is_some_and(|c| !c.eval(ctx)) {
+            if l.awaited
+                .condition
+                .as_ref()
+                .is_some_and(|c| !c.eval_with(ctx, &self.templates))
+            {
                 continue;
             }
             match self.templates.render_string(&l.awaited.matcher, ctx) {

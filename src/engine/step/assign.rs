@@ -117,7 +117,10 @@ fn prepare<H: Host>(
                 },
             },
         };
-        let rule = a.skip.iter().position(|c| c.eval(&w.ctx));
+        let rule = a
+            .skip
+            .iter()
+            .position(|c| c.eval_with(&w.ctx, &w.catalog.templates));
         skipped.push(rule.map(|r| format!("skip rule {} holds", r + 1)));
         match &a.load {
             None => {}

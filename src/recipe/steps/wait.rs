@@ -180,7 +180,7 @@ pub(crate) fn awaited(cx: &mut Compiler<'_>, f: Pattern<'_>, ptr: &str) -> Optio
     };
     let condition = f
         .condition
-        .and_then(|v| incoming.condition(v, &format!("{ptr}/if"), cx.map, cx.errors));
+        .and_then(|v| incoming.condition(v, &format!("{ptr}/if"), cx.map, cx.templates, cx.errors));
     if cx.errors.len() > before {
         return None;
     }
