@@ -267,6 +267,7 @@ mod tests {
             received_at: 1,
             body: serde_json::json!({"a": 1}),
             runs: vec![],
+            replay: None,
         };
         let view = EventView {
             id: "e".into(),

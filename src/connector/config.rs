@@ -173,6 +173,10 @@ pub struct WebhookFile {
     /// delivery-id header: `{ path: "$.id" }` or `{ header: X-Request-Id }`.
     #[serde(default)]
     pub event_id: Option<FieldSource>,
+    /// Refuse a body seen before within this window (`24h`): replay
+    /// protection for schemes that sign no timestamp (GitHub, Shopify).
+    #[serde(default)]
+    pub dedupe_window: Option<crate::duration::HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]

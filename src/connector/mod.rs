@@ -99,6 +99,32 @@ pub struct Webhook {
     pub verifier: crate::signature::Verifier,
     pub event_type: Option<Field>,
     pub event_id: Option<Field>,
+    /// `dedupe_window`: refuse a body seen within it.
+    pub dedupe_window: Option<Duration>,
+}
+
+impl Webhook {
+    /// How a verified request's replay is refused: by what was signed (a
+    /// scheme with a timestamp: for as long as the timestamp is fresh), or
+    /// by the body within `dedupe_window`. `None`: it is not (see `check`).
+    pub fn replay_guard(
+        &self,
+        verified: &crate::signature::Verified,
+        body: &[u8],
+    ) -> Option<crate::store::ReplayGuard> {
+        use sha2::Digest;
+        if let Some(key) = self.verifier.replay_key(verified, body) {
+            return Some(crate::store::ReplayGuard {
+                key,
+                window_ms: None,
+            });
+        }
+        let window = self.dedupe_window?;
+        Some(crate::store::ReplayGuard {
+            key: format!("body:{}", hex::encode(sha2::Sha256::digest(body))),
+            window_ms: Some(window.as_millis().min(i64::MAX as u128) as i64),
+        })
+    }
 }
 
 /// Where a value of an inbound request is read from.
@@ -191,6 +217,21 @@ pub fn load_dir(
                             file.name
                         ),
                     ));
+                }
+                if let Some(w) = file.webhook.as_ref() {
+                    let untimed = matches!(
+                        &w.signature,
+                        SignatureConfig::Github(_) | SignatureConfig::Shopify(_)
+                    ) || matches!(&w.signature, SignatureConfig::Hmac(h) if h.timestamp_header.is_none());
+                    if untimed && w.dedupe_window.is_none() {
+                        warnings.push(map.error(
+                            "/webhook/signature/scheme",
+                            format!(
+                                "warning: connector `{}` is replayable: its signature scheme signs no timestamp, so a captured delivery stays valid forever; set `webhook.dedupe_window` (e.g. 24h) to refuse a body seen again within it",
+                                file.name
+                            ),
+                        ));
+                    }
                 }
                 if let Some(c) = compile(file, &map, templates, opts, errors) {
                     out.by_name.insert(c.name.clone(), Arc::new(c));
@@ -356,6 +397,7 @@ fn compile(
             verifier: verifier?,
             event_type,
             event_id,
+            dedupe_window: w.dedupe_window.map(|d| d.0),
         })
     });
 

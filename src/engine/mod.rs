@@ -61,6 +61,9 @@ pub struct Incoming {
     pub event_type: Option<String>,
     pub delivery_id: Option<String>,
     pub body: Value,
+    /// Refuses a replay of this delivery (from the signature, or the
+    /// connector's `dedupe_window`).
+    pub replay: Option<crate::store::ReplayGuard>,
 }
 
 /// What [`Engine::accept`] did.
@@ -228,6 +231,7 @@ impl Engine {
             received_at: now,
             body: ctx["event"].take(),
             runs: Vec::new(),
+            replay: incoming.replay,
         };
         // Ids are taken and the event stored under one lock, so the order of
         // event ids is the order the store gives runs within a concurrency

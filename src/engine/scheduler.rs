@@ -116,6 +116,7 @@ impl Engine {
                 event_type: Some(name.to_string()),
                 delivery_id: Some(format!("{name}@{slot}")),
                 body,
+                replay: None,
             })
             .await
             .map_err(|e| e.to_string())?;

@@ -109,6 +109,7 @@ async fn receive(
             }
         })?;
 
+    let replay = webhook.replay_guard(&verified, &bytes);
     let body = parse_body(&headers, &bytes)?;
     let event_type = webhook
         .event_type
@@ -128,6 +129,7 @@ async fn receive(
             event_type: event_type.clone(),
             delivery_id,
             body,
+            replay,
         })
         .await
         .map_err(|e| {

@@ -44,6 +44,22 @@ pub struct Event {
     pub body: Value,
     /// Runs started for this event.
     pub runs: Vec<String>,
+    /// Refuses a replay of this delivery (see [`ReplayGuard`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayGuard>,
+}
+
+/// What makes a second copy of a signed delivery a replay: a hash of what
+/// the sender signed (signed timestamp and body; the id too where it is
+/// signed), or of the body alone for a connector's `dedupe_window`. A
+/// delivery whose key was stored (`p/<connector>\0<key>`) less than
+/// `window_ms` before (or ever, without a window) is a duplicate of that
+/// event and starts nothing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplayGuard {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -342,9 +342,35 @@ impl Store for SledStore {
                 ));
             }
         }
+        // A replay of a signed delivery: `p/` holds `<event id>\0<received ms>`.
+        let replay_key = event
+            .replay
+            .as_ref()
+            .map(|r| format!("p/{}\0{}", event.connector, r.key).into_bytes());
+        if let (Some(k), Some(guard)) = (&replay_key, &event.replay) {
+            if let Some(seen) = self.tree.get(k).map_err(io)? {
+                let seen = String::from_utf8_lossy(&seen).into_owned();
+                let (first, at) = seen.split_once('\0').unwrap_or((seen.as_str(), "0"));
+                let at: i64 = at.parse().unwrap_or(0);
+                if guard
+                    .window_ms
+                    .is_none_or(|w| event.received_at.saturating_sub(at) < w)
+                {
+                    return Ok(Inserted::Duplicate {
+                        event_id: first.to_string(),
+                    });
+                }
+            }
+        }
         let mut batch = sled::Batch::default();
         if let Some(k) = dedupe_key {
             batch.insert(k, event.id.as_bytes());
+        }
+        if let Some(k) = replay_key {
+            batch.insert(
+                k,
+                format!("{}\0{}", event.id, event.received_at).into_bytes(),
+            );
         }
         let mut event = std::borrow::Cow::Borrowed(event);
         for run in runs {
@@ -716,6 +742,7 @@ mod tests {
             received_at: 1000,
             body: json!({"a": 1}),
             runs: vec![],
+            replay: None,
         }
     }
 

@@ -625,3 +625,111 @@ fn weak_admin_tokens_are_refused_and_the_data_dir_is_private() {
     }
     drop(hub);
 }
+
+/// A captured Zendesk delivery re-sent within the tolerance, with a new or
+/// no invocation id (which is not signed), starts nothing, also after a
+/// restart; a GitHub connector with `dedupe_window` refuses a repeated body,
+/// and `check` names the connectors that stay replayable.
+#[tokio::test]
+async fn replayed_deliveries_start_nothing() {
+    let cfg = Config::connectors_only();
+    cfg.connector(
+        "gh",
+        "name: gh\nbase_url: https://api.github.com\nsecrets: [webhook_secret]\nwebhook:\n  \
+         signature: { scheme: github, secret: webhook_secret }\n  event_type: { header: X-GitHub-Event }\n  \
+         dedupe_window: 1h\n",
+    );
+    let open = cfg.connector(
+        "shop",
+        "name: shop\nbase_url: https://shop.example.com\nsecrets: [webhook_secret]\nwebhook:\n  \
+         signature: { scheme: shopify, secret: webhook_secret }\n",
+    );
+    let mut check = cfg.command("check");
+    check.env("SWITCHBOARD_SECRET_GH_WEBHOOK_SECRET", "gh-secret-value");
+    check.env(
+        "SWITCHBOARD_SECRET_SHOP_WEBHOOK_SECRET",
+        "shop-secret-value",
+    );
+    let out = check.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let warnings = stderr(&out);
+    assert!(
+        warnings.contains(&format!("{}:", open.display()))
+            && warnings.contains("connector `shop` is replayable"),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("`gh` is replayable"), "{warnings}");
+    assert!(!warnings.contains("`zendesk` is replayable"), "{warnings}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = cfg.options();
+    opts.data = Some(dir.path().join("data"));
+    opts.env.push((
+        "SWITCHBOARD_SECRET_GH_WEBHOOK_SECRET".into(),
+        "gh-secret-value".into(),
+    ));
+    opts.env.push((
+        "SWITCHBOARD_SECRET_SHOP_WEBHOOK_SECRET".into(),
+        "shop-secret-value".into(),
+    ));
+    let mut hub = Hub::start(opts.clone()).await;
+
+    let body =
+        serde_json::to_vec(&json!({"type": "ticket.deleted", "ticket": {"id": 77}})).unwrap();
+    let ts = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let captured = zendesk_headers_at(&body, ZENDESK_WEBHOOK_SECRET, &ts);
+    let (status, first) = hub.post("zendesk", &captured, &body).await;
+    assert_eq!(status, 202, "{first}");
+    let replays = [
+        captured.clone(),
+        // A new invocation id.
+        zendesk_headers_at(&body, ZENDESK_WEBHOOK_SECRET, &ts),
+        // No invocation id.
+        captured
+            .iter()
+            .filter(|(k, _)| !k.contains("Invocation"))
+            .cloned()
+            .collect(),
+    ];
+    for headers in &replays {
+        let (status, again) = hub.post("zendesk", headers, &body).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["duplicate"], true, "{again}");
+        assert_eq!(again["event_id"], first["event_id"], "{again}");
+    }
+    // A restart does not reopen the window.
+    hub.kill();
+    let hub = Hub::start(opts).await;
+    let (status, again) = hub.post("zendesk", &replays[1], &body).await;
+    assert_eq!(
+        (status, &again["event_id"]),
+        (200, &first["event_id"]),
+        "{again}"
+    );
+    let events = hub.items("/api/events").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+
+    // GitHub signs no timestamp: the body is refused again within the window.
+    let gh = br#"{"zen": "Design for failure."}"#;
+    let gh_post = |delivery: &str| {
+        let headers = vec![
+            (
+                "X-Hub-Signature-256".to_string(),
+                format!("sha256={}", hmac_hex("gh-secret-value", gh)),
+            ),
+            ("X-GitHub-Event".to_string(), "ping".to_string()),
+            ("X-GitHub-Delivery".to_string(), delivery.to_string()),
+            ("Content-Type".to_string(), "application/json".to_string()),
+        ];
+        let hub = &hub;
+        async move { hub.post("gh", &headers, gh).await }
+    };
+    let (status, first) = gh_post("d-1").await;
+    assert_eq!(status, 202, "{first}");
+    let (status, again) = gh_post("d-2").await;
+    assert_eq!(
+        (status, &again["event_id"]),
+        (200, &first["event_id"]),
+        "{again}"
+    );
+}
