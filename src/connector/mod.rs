@@ -103,30 +103,6 @@ pub struct Webhook {
     pub dedupe_window: Option<Duration>,
 }
 
-impl Webhook {
-    /// How a verified request's replay is refused: by what was signed (a
-    /// scheme with a timestamp: for as long as the timestamp is fresh), or
-    /// by the body within `dedupe_window`. `None`: it is not (see `check`).
-    pub fn replay_guard(
-        &self,
-        verified: &crate::signature::Verified,
-        body: &[u8],
-    ) -> Option<crate::store::ReplayGuard> {
-        use sha2::Digest;
-        if let Some(key) = self.verifier.replay_key(verified, body) {
-            return Some(crate::store::ReplayGuard {
-                key,
-                window_ms: None,
-            });
-        }
-        let window = self.dedupe_window?;
-        Some(crate::store::ReplayGuard {
-            key: format!("body:{}", hex::encode(sha2::Sha256::digest(body))),
-            window_ms: Some(window.as_millis().min(i64::MAX as u128) as i64),
-        })
-    }
-}
-
 /// Where a value of an inbound request is read from.
 #[derive(Debug)]
 pub enum Field {

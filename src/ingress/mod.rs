@@ -109,7 +109,7 @@ async fn receive(
             }
         })?;
 
-    let replay = webhook.replay_guard(&verified, &bytes);
+    let replay = replay_guard(webhook, &verified, &bytes);
     let body = parse_body(&headers, &bytes)?;
     let event_type = webhook
         .event_type
@@ -158,8 +158,31 @@ async fn receive(
     Ok((status, Json(accepted)).into_response())
 }
 
+/// How a verified request's replay is refused: by what was signed (a
+/// scheme with a timestamp: for as long as the timestamp is fresh), or by
+/// the body within the connector's `dedupe_window`. `None`: it is not
+/// (`check` warns).
+fn replay_guard(
+    webhook: &crate::connector::Webhook,
+    verified: &signature::Verified,
+    body: &[u8],
+) -> Option<crate::store::ReplayGuard> {
+    use sha2::Digest;
+    if let Some(key) = webhook.verifier.replay_key(verified, body) {
+        return Some(crate::store::ReplayGuard {
+            key,
+            window_ms: None,
+        });
+    }
+    let window = webhook.dedupe_window?;
+    Some(crate::store::ReplayGuard {
+        key: format!("body:{}", hex::encode(sha2::Sha256::digest(body))),
+        window_ms: Some(window.as_millis().min(i64::MAX as u128) as i64),
+    })
+}
+
 /// JSON, or form fields as a JSON object (a repeated field becomes a list).
-fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
+pub fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

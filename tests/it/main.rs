@@ -15,6 +15,8 @@
 //! - `flow`: set, switch, for_each and stop through the binary; kill -9 inside a loop.
 //! - `faults`: a store that fails writes under the hub: 503 and nothing half-written.
 //! - `hardening`: hostile senders, hostile event data and careless recipes.
+//! - `fuzz`: property tests (fixed case budget) over the parsers of outside input.
+//! - `licences`: offline licence and duplicate-version check over `cargo metadata`.
 //! - `time`: calendars, time functions, schedules, durable waits, debounce, cancel_on.
 
 mod admin;
@@ -23,8 +25,10 @@ mod cli;
 mod durability;
 mod faults;
 mod flow;
+mod fuzz;
 mod hardening;
 mod ingress;
+mod licences;
 mod outbound;
 mod prism;
 mod recipe_tests;
