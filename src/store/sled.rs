@@ -356,9 +356,12 @@ impl Store for SledStore {
                     .window_ms
                     .is_none_or(|w| event.received_at.saturating_sub(at) < w)
                 {
-                    return Ok(Inserted::Duplicate {
-                        event_id: first.to_string(),
-                    });
+                    return Ok((
+                        Inserted::Duplicate {
+                            event_id: first.to_string(),
+                        },
+                        super::Matched::default(),
+                    ));
                 }
             }
         }
