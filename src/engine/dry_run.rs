@@ -15,9 +15,9 @@
 use super::step::{self, Host, Next, Outcome, Walker};
 use super::Catalog;
 use crate::connector::http::{redact_value, CallError};
-use crate::recipe::{Mock, Recipe, RecipeTest, StateSeed, TestStatus};
+use crate::recipe::{Mock, Recipe, RecipeTest, StateSeed, Story, TestStatus};
 use crate::store::state::{MemoryState, StateKey, StateOp, StateOutput};
-use crate::store::{Parked, RunStatus, StepRecord, StepStatus};
+use crate::store::{Listen, Parked, RunStatus, StepRecord, StepStatus};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -178,6 +178,7 @@ pub fn run(
     mocks: &BTreeMap<String, Mock>,
     now: i64,
     state: &mut MemoryState,
+    story: &[Story],
 ) -> DryRun {
     let mut host = DryHost {
         state,
@@ -203,18 +204,28 @@ pub fn run(
     if !triggered {
         return host.out;
     }
-    let ctx = step::context(recipe, DRY_RUN_ID, DRY_RUN_ID, event.clone(), now);
-    let outcome = {
-        let mut walk = Walker::new(catalog, recipe, &mut host, ctx);
-        // The dry host answers every call at once: the walk completes
-        // within one poll, no runtime needed.
-        let fut = std::pin::pin!(walk.run());
-        match fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
-            std::task::Poll::Ready(o) => o,
-            std::task::Poll::Pending => Outcome::Failed {
-                status: RunStatus::Failed,
-                error: "the dry run waited on something outside the process".into(),
-            },
+    let mut now = now;
+    let mut story = story.iter();
+    let mut delivered = 0;
+    let outcome = loop {
+        host.now = now;
+        let ctx = step::context(recipe, DRY_RUN_ID, DRY_RUN_ID, event.clone(), now);
+        let outcome = walk(catalog, recipe, &mut host, ctx);
+        if outcome != Outcome::Suspended || host.parked.is_none() {
+            break outcome;
+        }
+        // Parked in a wait: play the story until the run wakes.
+        match play(catalog, &mut host, &mut story, &mut now, &mut delivered) {
+            Played::Woke => continue,
+            Played::Waiting => {
+                host.out.status = TestStatus::Waiting;
+                return host.out;
+            }
+            Played::Cancelled(reason) => {
+                host.out.status = TestStatus::Cancelled;
+                host.out.reason = Some(reason);
+                return host.out;
+            }
         }
     };
     let out = &mut host.out;
@@ -238,6 +249,84 @@ pub fn run(
         }
     }
     host.out
+}
+
+/// Walk the run from its first step, replaying what is recorded.
+fn walk(catalog: &Catalog, recipe: &Recipe, host: &mut DryHost<'_>, ctx: Value) -> Outcome {
+    let mut walk = Walker::new(catalog, recipe, host, ctx);
+    // The dry host answers every call at once: the walk completes
+    // within one poll, no runtime needed.
+    let fut = std::pin::pin!(walk.run());
+    match fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(o) => o,
+        std::task::Poll::Pending => Outcome::Failed {
+            status: RunStatus::Failed,
+            error: "the dry run waited on something outside the process".into(),
+        },
+    }
+}
+
+/// How the story went for a parked run.
+enum Played {
+    /// Its time came or its event arrived: walk again.
+    Woke,
+    /// The story ended with the run still parked.
+    Waiting,
+    /// A `cancel_on` event ended it (the reason).
+    Cancelled(String),
+}
+
+/// Play the story until the parked run wakes: `advance` moves the virtual
+/// clock; an event is matched through [`Catalog::probes`], the function
+/// ingest uses, against the run's correlation keys.
+fn play(
+    catalog: &Catalog,
+    host: &mut DryHost<'_>,
+    story: &mut std::slice::Iter<'_, Story>,
+    now: &mut i64,
+    delivered: &mut usize,
+) -> Played {
+    let Some(parked) = host.parked.clone() else {
+        return Played::Woke;
+    };
+    for step in story.by_ref() {
+        match step {
+            Story::Advance(ms) => {
+                *now += ms;
+                if *now >= parked.until {
+                    return Played::Woke;
+                }
+            }
+            Story::Event {
+                connector,
+                event_type,
+                body,
+            } => {
+                *delivered += 1;
+                let id = format!("dry-event-{delivered}");
+                host.events.insert(id.clone(), body.clone());
+                let mut ctx = Catalog::trigger_context(body.clone(), *now);
+                let probes = catalog.probes(connector, event_type.as_deref(), &mut ctx);
+                let hit = probes.iter().find(|p| parked.keys.contains(p));
+                match hit.map(|p| p.listen) {
+                    Some(Listen::Wake) => {
+                        if let Some(p) = host.parked.as_mut() {
+                            p.woken_by = Some(id);
+                        }
+                        return Played::Woke;
+                    }
+                    Some(Listen::Cancel) => {
+                        return Played::Cancelled(format!(
+                            "cancelled by event {id} ({connector} {})",
+                            event_type.as_deref().unwrap_or_default()
+                        ));
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    Played::Waiting
 }
 
 /// Run one of a recipe's tests; the differences from its expectations, one
@@ -277,6 +366,7 @@ pub fn run_test(catalog: &Catalog, recipe: &Recipe, test: &RecipeTest) -> Vec<St
         &test.mocks,
         now,
         &mut state,
+        &test.then,
     );
     // Values are shown as the hub would record them: with secrets redacted.
     let show = |call: &Call, v: &Value| -> String {
@@ -393,6 +483,7 @@ mod tests {
             mocks,
             0,
             &mut MemoryState::default(),
+            &[],
         )
     }
 
@@ -484,6 +575,7 @@ steps:
                 &BTreeMap::new(),
                 0,
                 &mut MemoryState::default(),
+                &[],
             );
             assert_eq!(got.status, TestStatus::Skipped, "{t:?}");
         }
@@ -945,6 +1037,7 @@ tests:
                     &m,
                     1_000,
                     &mut state,
+                    &[],
                 )
             })
             .collect();
@@ -984,6 +1077,7 @@ steps:
             &BTreeMap::new(),
             0,
             &mut MemoryState::default(),
+            &[],
         );
         assert_eq!(got.status, TestStatus::Failed);
         let e = got.error.unwrap();
@@ -1064,6 +1158,7 @@ steps:
                     &m,
                     0,
                     &mut state,
+                    &[],
                 )
                 .calls
                 .len()
@@ -1085,6 +1180,7 @@ steps:
                     &m,
                     0,
                     &mut state,
+                    &[],
                 );
                 got.calls[0].input["fields"]["assignee_id"].clone()
             })

@@ -334,6 +334,12 @@ pub struct TestFile {
     /// How the run must end (default `succeeded`).
     #[serde(default)]
     pub expect_status: Option<TestStatus>,
+    /// What happens after the event, in order, on the test's virtual clock:
+    /// `{ advance: 12h }` moves the clock (a wait whose time came resumes),
+    /// `{ event: {...}, connector?, event_type? }` delivers another event
+    /// (it may wake a `wait_for` or cancel the run). Nothing really waits.
+    #[serde(default)]
+    pub then: Vec<ThenFile>,
     /// The test's clock at the event (RFC 3339, e.g. `2025-12-01T09:30:00+01:00`):
     /// what `now()` and `within_business_hours` see. Default: the real time.
     #[serde(default)]
@@ -361,6 +367,24 @@ pub struct StateSeedFile {
     pub window: Option<HumanDuration>,
 }
 
+/// One step of a test's story after its event.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThenFile {
+    /// Move the virtual clock forward (`30s`, `12h`, `3d`).
+    #[serde(default)]
+    pub advance: Option<String>,
+    /// Deliver another event (a webhook body).
+    #[serde(default)]
+    pub event: Option<Value>,
+    /// Its connector (default: the recipe's trigger connector).
+    #[serde(default)]
+    pub connector: Option<String>,
+    /// Its event type, where the connector reads it from a header.
+    #[serde(default)]
+    pub event_type: Option<String>,
+}
+
 /// How a tested run ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -371,6 +395,10 @@ pub enum TestStatus {
     Failed,
     /// No run: the event's type is not the trigger, or the recipe's `if` does not hold.
     Skipped,
+    /// Still parked in a wait when the test's story (`then:`) ends.
+    Waiting,
+    /// Ended by a `cancel_on` event of the story.
+    Cancelled,
 }
 
 impl std::fmt::Display for TestStatus {
@@ -379,6 +407,8 @@ impl std::fmt::Display for TestStatus {
             TestStatus::Succeeded => "succeeded",
             TestStatus::Failed => "failed",
             TestStatus::Skipped => "skipped",
+            TestStatus::Waiting => "waiting",
+            TestStatus::Cancelled => "cancelled",
         })
     }
 }

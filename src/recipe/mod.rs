@@ -84,6 +84,21 @@ pub struct RecipeTest {
     pub now: Option<i64>,
     /// Recipe state before the event: `(namespace or the recipe's, key, seed)`.
     pub state: Vec<(Option<String>, String, StateSeed)>,
+    /// The story after the event (`then:`), on the virtual clock.
+    pub then: Vec<Story>,
+}
+
+/// One step of a test's story (see [`config::ThenFile`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Story {
+    /// Move the virtual clock forward (ms).
+    Advance(i64),
+    /// Deliver another event.
+    Event {
+        connector: String,
+        event_type: Option<String>,
+        body: Value,
+    },
 }
 
 /// What a test's `state:` entry puts in the dry run's state.

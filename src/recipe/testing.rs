@@ -4,6 +4,7 @@
 use super::config::{MockErrorFile, RecipeFile, StepFile, TestFile, TestStatus};
 use super::scope::list;
 use super::steps::call::resolve;
+use super::Story;
 use super::{Mock, RecipeTest, StateSeed};
 use crate::connector::{Connectors, Field};
 use crate::yaml::escape;
@@ -156,6 +157,7 @@ pub(super) fn compile_tests(
                 state.push((seed.namespace.clone(), seed.key.clone(), seed_value));
             }
         }
+        let then = compile_story(file, t, &ptr, map, connectors, errors);
         if expect_status == TestStatus::Skipped && !t.expect_calls.is_empty() {
             errors.push(map.error(
                 &format!("{ptr}/expect_calls"),
@@ -175,7 +177,76 @@ pub(super) fn compile_tests(
             expect_status,
             now,
             state,
+            then,
         });
+    }
+    out
+}
+
+/// A test's `then:`: each entry exactly one of `advance` and `event`; an
+/// event's connector must send webhooks, and its type is read as ingress
+/// reads it (or given where the connector reads it from a header).
+fn compile_story(
+    file: &RecipeFile,
+    t: &TestFile,
+    ptr: &str,
+    map: &SourceMap,
+    connectors: &Connectors,
+    errors: &mut Vec<LoadError>,
+) -> Vec<Story> {
+    let mut out = Vec::new();
+    for (i, step) in t.then.iter().enumerate() {
+        let p = format!("{ptr}/then/{i}");
+        match (&step.advance, &step.event) {
+            (Some(a), None) => {
+                if step.connector.is_some() || step.event_type.is_some() {
+                    errors.push(map.error(
+                        &p,
+                        "`connector` and `event_type` go with `event`, not `advance`",
+                    ));
+                }
+                match crate::time::parse_duration(a, crate::time::MAX_WAIT_MS) {
+                    Ok(ms) => out.push(Story::Advance(ms)),
+                    Err(e) => errors.push(map.error(&format!("{p}/advance"), e.0)),
+                }
+            }
+            (None, Some(body)) => {
+                let Some(name) = step.connector.as_ref().or(file.on.connector.as_ref()) else {
+                    errors.push(map.error(
+                        &p,
+                        "give `connector:`: the recipe's trigger is not a webhook",
+                    ));
+                    continue;
+                };
+                let Some(c) = connectors.get(name).filter(|c| c.webhook.is_some()) else {
+                    errors.push(map.error(
+                        &format!("{p}/connector"),
+                        format!("connector `{name}` does not exist or has no `webhook:` section"),
+                    ));
+                    continue;
+                };
+                let read = match c.webhook.as_ref().and_then(|w| w.event_type.as_ref()) {
+                    Some(Field::Header(_)) | None => None,
+                    Some(f) => f.read(|_| None, body),
+                };
+                let event_type = step.event_type.clone().or(read);
+                if event_type.is_none() {
+                    errors.push(map.error(
+                        &p,
+                        format!("the event type of this event cannot be read from connector `{name}`: give `event_type:`"),
+                    ));
+                }
+                out.push(Story::Event {
+                    connector: name.clone(),
+                    event_type,
+                    body: body.clone(),
+                });
+            }
+            _ => errors.push(map.error(
+                &p,
+                "a `then:` step is `{ advance: 12h }` or `{ event: {...} }`",
+            )),
+        }
     }
     out
 }

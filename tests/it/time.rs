@@ -549,3 +549,124 @@ steps:
         assert!(err.contains(&want), "missing {want:?} in\n{err}");
     }
 }
+
+/// The SLA recipe with a story per test: virtual time, nothing waits.
+const SLA_STORIES: &str = r#"name: sla
+on: { connector: zendesk, event: ticket.created }
+cancel_on:
+  - event: ticket.updated
+    key: "{{ event.ticket.id }}"
+    if: [ { "$.event.ticket.status": { equals: deleted } } ]
+steps:
+  - id: reply
+    wait_for:
+      event: ticket.updated
+      key: "{{ event.ticket.id }}"
+      if: [ { "$.event.ticket.status": { equals: solved } } ]
+      timeout: 12h
+  - id: escalate
+    if: [ { "$.steps.reply.timed_out": { equals: true } } ]
+    call: slack.post_message
+    with: { channel: C1, text: "{{ event.ticket.id }} has no reply since {{ steps.reply.until | default(now()) }}" }
+tests:
+  - name: a reply within 12 h means no escalation
+    now: "2025-12-01T09:00:00Z"
+    event: { type: ticket.created, ticket: { id: 5 } }
+    then:
+      - advance: 2h
+      - event: { type: ticket.updated, ticket: { id: 6, status: solved } }
+      - event: { type: ticket.updated, ticket: { id: 5, status: open } }
+      - event: { type: ticket.updated, ticket: { id: 5, status: solved } }
+    expect_calls: []
+  - name: no reply in 12 h escalates
+    now: "2025-12-01T09:00:00Z"
+    event: { type: ticket.created, ticket: { id: 5 } }
+    then:
+      - advance: 11h
+      - event: { type: ticket.updated, ticket: { id: 5, status: open } }
+      - advance: 1h
+    mock: { slack.post_message: { ok: true } }
+    expect_calls: [slack.post_message]
+    expect_inputs:
+      escalate: { text: "5 has no reply since 2025-12-01T21:00:00Z" }
+  - name: before the timeout it is still waiting
+    now: "2025-12-01T09:00:00Z"
+    event: { type: ticket.created, ticket: { id: 5 } }
+    then: [ { advance: 11h } ]
+    expect_calls: []
+    expect_status: waiting
+  - name: a deleted ticket cancels the wait
+    event: { type: ticket.created, ticket: { id: 5 } }
+    then:
+      - event: { type: ticket.updated, ticket: { id: 5, status: deleted } }
+      - advance: 1d
+    expect_calls: []
+    expect_status: cancelled
+"#;
+
+#[test]
+fn recipe_tests_tell_a_story_on_virtual_time() {
+    let cfg = Config::connectors_only();
+    cfg.recipe("sla", SLA_STORIES);
+    let started = std::time::Instant::now();
+    let out = cfg.command("test").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("4 passed, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+    // 12 h of story take no real time (a generous bound, not a timing assertion).
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+
+    // A wrong expectation about the story fails.
+    cfg.recipe(
+        "sla",
+        &SLA_STORIES.replace("then: [ { advance: 11h } ]", "then: [ { advance: 13h } ]"),
+    );
+    let out = cfg.command("test").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("FAIL sla › before the timeout it is still waiting")
+            && text.contains("calls: expected []"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_bad_story_is_a_check_error() {
+    let cfg = Config::connectors_only();
+    let f = cfg.recipe(
+        "s",
+        r#"name: s
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - wait: 1h
+tests:
+  - name: t
+    event: { type: ticket.created }
+    then:
+      - advance: soon
+      - { advance: 1h, event: {} }
+      - event: { type: x }
+        connector: slack
+    expect_calls: []
+"#,
+    );
+    let err = check_fails(&cfg);
+    let f = f.display();
+    for want in [
+        format!("{f}:9:18: invalid duration `soon`"),
+        format!("{f}:10:9: a `then:` step is `{{ advance: 12h }}` or `{{ event: {{...}} }}`"),
+        format!("{f}:12:20: connector `slack` does not exist or has no `webhook:` section"),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in\n{err}");
+    }
+}
