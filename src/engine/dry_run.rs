@@ -169,7 +169,9 @@ impl Host for DryHost<'_> {
 }
 
 /// Run `recipe` for `event` of `event_type` as the hub would, answering each
-/// call from `mocks` (`connector.action` → answer).
+/// call from `mocks` (`connector.action` → answer), then play `story` on
+/// the virtual clock while the run waits.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     catalog: &Catalog,
     recipe: &Recipe,

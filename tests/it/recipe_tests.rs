@@ -282,7 +282,7 @@ fn expectations_must_name_real_calls_steps_and_inputs() {
         &[(
             20,
             20,
-            "unknown variant `done`, expected one of `succeeded`, `failed`, `skipped`",
+            "unknown variant `done`, expected one of `succeeded`, `failed`, `skipped`, `waiting`, `cancelled`",
         )],
     );
     tests_rejected(
