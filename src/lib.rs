@@ -14,7 +14,8 @@
 //!   workers, and dry runs of recipe `tests:` with mocked calls (`switchboard test`).
 //! - [`recipe`]: recipe files compiled and checked; conditions (pure).
 //! - [`connector`]: connector files compiled; the outbound HTTP runtime; secrets.
-//! - [`store`]: the `Store` trait, the sled backend, group commit.
+//! - [`store`]: the `Store` trait, the sled backend, group commit, recipe
+//!   state operations (`store::state`, pure, shared by every backend).
 //! - [`time`]: the engine's clock, zones, durations, cron schedules, business-hours calendars.
 //! - [`template`], [`jsonpath`], [`yaml`], [`secret`], [`duration`]: shared, pure building blocks.
 //! - [`error`]: the one place errors become HTTP answers.
@@ -33,6 +34,8 @@
 //! - Conditions and templates do no I/O.
 //! - An event is durable in the store before its webhook is answered 2xx.
 //! - A step's record is durable before the next step starts.
+//! - A state change (`state:`, `assign:`) is written in one atomic batch with
+//!   the run carrying that step's record: a resumed run never applies it twice.
 //! - Secrets are [`secret::Secret`]s; records and logs only ever hold redacted text.
 
 #![forbid(unsafe_code)]
