@@ -1227,4 +1227,54 @@ steps:
         // Numbers compare as numbers: 10 >= 3 (as text "10" < "3").
         assert_eq!(dry(&c, ev(10, "x"), &m).status, TestStatus::Succeeded);
     }
+
+    #[test]
+    fn shared_vars_and_scenarios_are_used_by_a_recipe() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("_shared.yaml"),
+            r#"
+vars: { support: help@example.com, team: shared }
+scenarios:
+  escalate:
+    call: zendesk.update_ticket
+    with:
+      ticket_id: "{{ event.ticket.id }}"
+      fields: { priority: urgent, tags: [escalated] }
+"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("r.yaml"),
+            r#"
+name: r
+on: { connector: zendesk, event: ticket.created }
+vars: { team: own }
+steps:
+  - scenario: escalate
+    with: { fields: { group: "{{ vars.team }}:{{ vars.support }}" } }
+"#,
+        )
+        .unwrap();
+        let opts = LoadOptions {
+            connectors_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("connectors"),
+            recipes_dir: dir.path().to_path_buf(),
+            secrets: SecretSource::default().with_placeholders(),
+            allow_internal: Vec::new(),
+        };
+        let c = Catalog::load(&opts).unwrap_or_else(|e| panic!("{e:#?}"));
+        assert_eq!(c.recipes.len(), 1, "`_shared.yaml` is not a recipe");
+        let got = dry(
+            &c,
+            ticket("x"),
+            &mocks(json!({"zendesk.update_ticket": {"id": 7}})),
+        );
+        assert_eq!(got.status, TestStatus::Succeeded, "{:?}", got.error);
+        assert_eq!(got.calls[0].call, "zendesk.update_ticket");
+        // The step's `with:` merged over the scenario's; the recipe's own var wins.
+        assert_eq!(
+            got.calls[0].input,
+            json!({"ticket_id": 7, "fields": {"priority": "urgent", "tags": ["escalated"], "group": "own:help@example.com"}})
+        );
+    }
 }

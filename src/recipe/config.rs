@@ -147,6 +147,11 @@ pub struct StepFile {
     #[serde(default)]
     pub with: Option<BTreeMap<String, Value>>,
 
+    /// `scenario: NAME`: the named call of `recipes/_shared.yaml`, with this
+    /// step's `with:` merged over the scenario's.
+    #[serde(default)]
+    pub scenario: Option<String>,
+
     /// `set: { name: template, … }`: computed values, read later as `steps.<id>.<name>`.
     #[serde(default)]
     pub set: Option<BTreeMap<String, Value>>,
@@ -230,6 +235,7 @@ pub struct CancelOnFile {
 /// has exactly one.
 pub const KIND_KEYS: &[&str] = &[
     "call",
+    "scenario",
     "wait",
     "wait_until",
     "wait_for",
@@ -247,6 +253,9 @@ impl StepFile {
         let mut out = Vec::new();
         if self.call.is_some() {
             out.push("call");
+        }
+        if self.scenario.is_some() {
+            out.push("scenario");
         }
         if self.set.is_some() {
             out.push("set");

@@ -14,13 +14,13 @@ pub mod condition;
 pub mod config;
 pub mod reply;
 pub(crate) mod scope;
+pub mod shared;
 pub mod steps;
 mod testing;
 pub mod trigger;
 
 use crate::connector::Connectors;
 use crate::template::{Template, Templates, ValueTemplate};
-use crate::time::Calendars;
 use crate::yaml::{LoadError, SourceMap};
 use condition::Condition;
 use config::RecipeFile;
@@ -129,8 +129,8 @@ pub fn load_dir(
     errors: &mut Vec<LoadError>,
 ) -> Vec<Recipe> {
     let mut out: Vec<Recipe> = Vec::new();
-    let calendars = load_calendars(dir, errors);
-    templates.set_calendars(calendars.clone());
+    let shared = shared::load(dir, connectors, errors);
+    templates.set_calendars(shared.calendars.clone());
     for (path, text) in crate::yaml::read_dir(dir, errors) {
         // `_shared.yaml` and other `_` files hold definitions, not recipes.
         if path
@@ -148,8 +148,7 @@ pub fn load_dir(
                         .push(map.error("/name", format!("duplicate recipe name `{}`", file.name)));
                     continue;
                 }
-                if let Some(r) =
-                    compile(file, &path, &map, connectors, &calendars, templates, errors)
+                if let Some(r) = compile(file, &path, &map, connectors, &shared, templates, errors)
                 {
                     out.push(r);
                 }
@@ -159,51 +158,31 @@ pub fn load_dir(
     out
 }
 
-/// The business-hours `calendars:` of `recipes/_shared.yaml` (none when
-/// the file does not exist). Other keys of that file belong to other loaders.
-pub fn load_calendars(dir: &Path, errors: &mut Vec<LoadError>) -> Calendars {
-    let path = dir.join("_shared.yaml");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Calendars::new();
-    };
-    let (value, map) = match crate::yaml::load_value(&path, &text) {
-        Ok(v) => v,
-        Err(e) => {
-            errors.push(e);
-            return Calendars::new();
-        }
-    };
-    let section = value.get("calendars").cloned().unwrap_or(Value::Null);
-    match crate::time::calendar::compile_all(&section) {
-        Ok(c) => c,
-        Err(errs) => {
-            for (p, m) in errs {
-                errors.push(map.error(&format!("/calendars{p}"), m));
-            }
-            Calendars::new()
-        }
-    }
-}
-
 fn compile(
     file: RecipeFile,
     path: &Path,
     map: &SourceMap,
     connectors: &Connectors,
-    calendars: &Calendars,
+    shared: &shared::Shared,
     templates: &mut Templates,
     errors: &mut Vec<LoadError>,
 ) -> Option<Recipe> {
+    let calendars = &shared.calendars;
     let before = errors.len();
     let on = trigger::compile(&file.name, &file.on, map, connectors, errors);
-    let vars: BTreeSet<String> = file
-        .vars
-        .as_object()
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
     if !file.vars.is_null() && !file.vars.is_object() {
         errors.push(map.error("/vars", "`vars:` must be a mapping of names to values"));
     }
+    // The shared `vars:` of `_shared.yaml`, with this recipe's own over them.
+    let mut all_vars = shared.vars.clone();
+    if let Some(own) = file.vars.as_object() {
+        all_vars.extend(own.clone());
+    }
+    let all_vars = Value::Object(all_vars);
+    let vars: BTreeSet<String> = all_vars
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
     // The trigger's scope: no steps yet.
     let trigger = Scope {
         steps: &[],
@@ -315,8 +294,9 @@ fn compile(
         templates,
         errors,
         vars: &vars,
-        var_values: &file.vars,
+        var_values: &all_vars,
         calendars,
+        shared,
         seen: Vec::new(),
         locals: Vec::new(),
         trigger_connector: file.on.connector.as_deref(),
@@ -352,7 +332,7 @@ fn compile(
         event: on.event,
         schedule: on.schedule,
         condition,
-        vars: file.vars,
+        vars: all_vars,
         concurrency,
         debounce,
         cancel_on,

@@ -91,7 +91,7 @@ fn check_suggests_the_field_meant() {
         &[(
             7,
             5,
-            "unknown field `cal`, expected one of `id`, `if`, `call`, `with`, `set`, `stop`, `switch`, `for_each`, `steps`, `as`, `state`, `assign`, `wait`, `wait_until`, `wait_for`; did you mean `call`?",
+            "unknown field `cal`, expected one of `id`, `if`, `call`, `with`, `scenario`, `set`, `stop`, `switch`, `for_each`, `steps`, `as`, `state`, `assign`, `wait`, `wait_until`, `wait_for`; did you mean `call`?",
         )],
     );
 }

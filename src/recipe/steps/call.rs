@@ -52,14 +52,62 @@ pub(crate) fn resolve(
 
 pub(super) fn compile(cx: &mut Compiler<'_>, s: &StepFile, ptr: &str) -> Option<CallStep> {
     let call = s.call.as_deref().unwrap_or_default();
-    let resolved = resolve(call, cx.connectors)
-        .map_err(|msg| cx.error(&format!("{ptr}/call"), msg))
-        .ok();
     let empty = Default::default();
     let given = s.with.as_ref().unwrap_or(&empty);
+    compile_call(
+        cx,
+        call,
+        &format!("{ptr}/call"),
+        given,
+        |k| format!("{ptr}/with/{}", escape(k)),
+        ptr,
+    )
+}
+
+/// `scenario: NAME` (with an optional `with:` merged over the scenario's):
+/// a call step whose action and inputs come from `recipes/_shared.yaml`.
+/// An input the step does not give is reported at `scenario:`.
+pub(super) fn compile_scenario(cx: &mut Compiler<'_>, s: &StepFile, ptr: &str) -> Option<CallStep> {
+    let name = s.scenario.as_deref().unwrap_or_default();
+    let sp = format!("{ptr}/scenario");
+    let Some(scenario) = cx.shared.scenarios.get(name).cloned() else {
+        let msg = crate::recipe::shared::unknown_scenario(name, cx.shared);
+        cx.error(&sp, msg);
+        return None;
+    };
+    let empty = Default::default();
+    let own = s.with.as_ref().unwrap_or(&empty);
+    let merged = crate::recipe::shared::merge(&scenario.with, own);
+    compile_call(
+        cx,
+        &scenario.call,
+        &sp,
+        &merged,
+        |k| {
+            if own.contains_key(k) {
+                format!("{ptr}/with/{}", escape(k))
+            } else {
+                sp.clone()
+            }
+        },
+        ptr,
+    )
+}
+
+fn compile_call(
+    cx: &mut Compiler<'_>,
+    call: &str,
+    call_ptr: &str,
+    given: &std::collections::BTreeMap<String, serde_json::Value>,
+    input_ptr: impl Fn(&str) -> String,
+    ptr: &str,
+) -> Option<CallStep> {
+    let resolved = resolve(call, cx.connectors)
+        .map_err(|msg| cx.error(call_ptr, msg))
+        .ok();
     let mut with = Vec::new();
     for (k, v) in given {
-        let p = format!("{ptr}/with/{}", escape(k));
+        let p = input_ptr(k);
         if let Some((_, a)) = &resolved {
             if !a.inputs.contains_key(k) {
                 cx.error(

@@ -126,6 +126,8 @@ pub(crate) struct Compiler<'a> {
     pub var_values: &'a Value,
     /// Business-hours calendars of `recipes/_shared.yaml`.
     pub calendars: &'a Calendars,
+    /// The definitions of `recipes/_shared.yaml` (scenarios).
+    pub shared: &'a super::shared::Shared,
     /// Every step id declared so far, in document order.
     pub seen: Vec<String>,
     /// Names bound by enclosing `for_each` steps.
@@ -250,6 +252,7 @@ impl Compiler<'_> {
                 self.misplaced(s, kind, ptr);
                 match *kind {
                     "call" => call::compile(self, s, ptr).map(StepKind::Call),
+                    "scenario" => call::compile_scenario(self, s, ptr).map(StepKind::Call),
                     "set" => set::compile(self, s, ptr).map(StepKind::Set),
                     "state" => state::compile(self, s, ptr).map(StepKind::State),
                     "assign" => assign::compile(self, s, ptr).map(StepKind::Assign),
@@ -288,7 +291,7 @@ impl Compiler<'_> {
     /// Keys that belong to another kind than the step's (`with:` on a `set`).
     fn misplaced(&mut self, s: &StepFile, kind: &str, ptr: &str) {
         let owned: [(&str, bool, &str); 3] = [
-            ("with", s.with.is_some(), "call"),
+            ("with", s.with.is_some() && kind != "scenario", "call"),
             ("steps", s.steps.is_some(), "for_each"),
             ("as", s.as_name.is_some(), "for_each"),
         ];

@@ -15,8 +15,16 @@ fn step_ids() {
 
 /// Load one recipe against the shipped connectors; its errors as `line:column: message`.
 pub(crate) fn errors(recipe: &str) -> Vec<String> {
+    errors_with_shared(recipe, None)
+}
+
+/// As [`errors`], with a `_shared.yaml` (errors there are prefixed `_shared:`).
+pub(crate) fn errors_with_shared(recipe: &str, shared: Option<&str>) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("r.yaml"), recipe).unwrap();
+    if let Some(shared) = shared {
+        std::fs::write(dir.path().join("_shared.yaml"), shared).unwrap();
+    }
     let opts = LoadOptions {
         connectors_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("connectors"),
         recipes_dir: dir.path().to_path_buf(),
@@ -27,7 +35,14 @@ pub(crate) fn errors(recipe: &str) -> Vec<String> {
         Ok(_) => Vec::new(),
         Err(errors) => errors
             .into_iter()
-            .map(|e| format!("{}:{}: {}", e.pos.line, e.pos.column, e.message))
+            .map(|e| {
+                let shared = if e.file.ends_with("_shared.yaml") {
+                    "_shared:"
+                } else {
+                    ""
+                };
+                format!("{shared}{}:{}: {}", e.pos.line, e.pos.column, e.message)
+            })
             .collect(),
     }
 }
@@ -163,5 +178,45 @@ fn templated_condition_operands_are_checked_at_load() {
     assert_eq!(
         check("  - if: [ { \"$.event.n\": { gte: \"{{ vars.team\" } } ]\n    set: { a: 1 }\n"),
         ["5:33: template error: syntax error: unexpected end of input, expected end of variable block"]
+    );
+}
+
+const SHARED: &str = r#"
+vars: { team: shared-team, support: help@example.com }
+scenarios:
+  escalate:
+    call: zendesk.update_ticket
+    with:
+      ticket_id: "{{ event.ticket.id }}"
+      fields: { priority: urgent, tags: [escalated] }
+"#;
+
+#[test]
+fn shared_definitions_are_checked_where_they_are_written_and_used() {
+    // Shared vars are known to every recipe; a scenario is a step kind.
+    assert_eq!(
+        errors_with_shared(
+            &format!("{HEAD}  - scenario: escalate\n    with: {{ fields: {{ group: \"{{{{ vars.support }}}}\" }} }}\n"),
+            Some(SHARED)
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        errors_with_shared(&format!("{HEAD}  - scenario: nope\n"), Some(SHARED)),
+        ["5:15: unknown scenario `nope`, expected one of the `scenarios:` of recipes/_shared.yaml: `escalate`"]
+    );
+    assert_eq!(
+        errors_with_shared(
+            &format!("{HEAD}  - set: {{ a: 1 }}\n"),
+            Some("scenarios:\n  x: { call: zendesk.nope }\nlimits: 1\n")
+        ),
+        ["_shared:3:1: unknown field `limits`, expected one of `vars`, `scenarios`, `calendars`",]
+    );
+    assert_eq!(
+        errors_with_shared(
+            &format!("{HEAD}  - set: {{ a: 1 }}\n"),
+            Some("scenarios:\n  x: { call: zendesk.nope }\n")
+        ),
+        ["_shared:2:14: unknown action `nope` of connector `zendesk`, expected one of `add_internal_note`, `add_tags`, `show_ticket`, `update_ticket`"]
     );
 }
