@@ -54,7 +54,7 @@ fn check(steps: &str) -> Vec<String> {
 }
 
 const KINDS: &str =
-    "expected exactly one of call, wait, wait_until, wait_for, set, stop, for_each, switch, state, assign";
+    "expected exactly one of call, scenario, wait, wait_until, wait_for, set, stop, for_each, switch, state, assign";
 
 #[test]
 fn a_step_without_a_kind_is_an_error_at_the_step() {
