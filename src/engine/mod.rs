@@ -199,6 +199,7 @@ impl Engine {
                     concurrency,
                     debounce,
                     parked: None,
+                    starts: 0,
                 });
             },
         );
@@ -215,6 +216,8 @@ impl Engine {
             };
             run.status = RunStatus::Running;
             run.due_at = now + lease_ms;
+            // Stored with the event, durably, before a worker executes it.
+            run.starts = 1;
             handoffs.push(permit);
         }
         // Waiting runs this event may wake or cancel: one indexed key per listener.

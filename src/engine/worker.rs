@@ -88,6 +88,7 @@ impl Engine {
                 .try_lock()
                 .ok()
                 .and_then(|mut rx| rx.try_recv().ok());
+            let from_store = handed.is_none();
             let mut runs = match handed {
                 Some(run) => vec![run],
                 None => self
@@ -98,6 +99,9 @@ impl Engine {
                         Vec::new()
                     }),
             };
+            // Runs leased from the store (not handed over) must have their
+            // counted start made durable before executing.
+            let leased = from_store && !runs.is_empty();
             if runs.is_empty() {
                 let wait = match self.store.next_due() {
                     Ok(Some(due)) => Duration::from_millis(
@@ -111,6 +115,14 @@ impl Engine {
                     _ = notified => {}
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => {}
+                }
+            }
+            if leased {
+                // The lease counted a start (poison-run guard): make it
+                // durable before the run can crash the process.
+                if let Err(e) = self.commit.sync().await {
+                    tracing::error!(error = %e, "could not record a lease; the runs come due again");
+                    continue;
                 }
             }
             for run in runs {
@@ -134,6 +146,16 @@ impl Engine {
             let msg = format!("recipe `{}` is not loaded", run.recipe);
             return self.finish(&mut run, RunStatus::Failed, Some(msg)).await;
         };
+        if run.starts > store::MAX_STARTS {
+            let msg = format!(
+                "the process stopped {} times while this run was executing, without it reaching a checkpoint; \
+                 not resumed again (poison-run guard). `switchboard runs retry {}` runs it once more",
+                run.starts - 1,
+                run.id
+            );
+            tracing::error!(run = %run.id, recipe = %run.recipe, "{msg}");
+            return self.finish(&mut run, RunStatus::Failed, Some(msg)).await;
+        }
         let Some(event) = self.store.event(&run.event_id)? else {
             let msg = format!("event {} not found", run.event_id);
             return self.finish(&mut run, RunStatus::Failed, Some(msg)).await;
@@ -306,6 +328,7 @@ impl WorkerHost<'_> {
         let written = self.engine.store.apply_state(&op, now, &mut |out| {
             let r = (record.take()?)(out);
             let mut checkpoint = run.clone();
+            checkpoint.starts = 1;
             checkpoint.steps.push(r.clone());
             checkpoint.updated_at = now;
             made = Some(r);
@@ -335,6 +358,7 @@ impl WorkerHost<'_> {
     async fn checkpoint(&mut self) -> Result<(), store::StoreError> {
         if self.run.steps.len() > self.saved {
             self.run.updated_at = store::now_ms();
+            self.run.starts = 1;
             self.engine.store.save_run(self.run)?;
             self.engine.commit.sync().await?;
             self.saved = self.run.steps.len();
@@ -352,6 +376,7 @@ impl WorkerHost<'_> {
         self.run.due_at = parked.until;
         self.run.updated_at = now;
         self.run.parked = Some(parked);
+        self.run.starts = 0;
         let written = match self.engine.store.park(self.run, previous_due) {
             Ok(()) => self.engine.commit.sync().await,
             Err(e) => Err(e),
@@ -380,6 +405,7 @@ impl WorkerHost<'_> {
                 self.run.status = RunStatus::Retrying;
                 self.run.updated_at = now;
                 self.run.due_at = now + delay.as_millis() as i64;
+                self.run.starts = 0;
                 let written = match self.engine.store.reschedule(self.run, previous_due) {
                     Ok(()) => self.engine.commit.sync().await,
                     Err(e) => Err(e),

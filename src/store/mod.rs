@@ -142,6 +142,22 @@ pub struct Run {
     /// Set while a wait step parks the run, and when it wakes until the step completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parked: Option<Parked>,
+    /// Executions begun since the run's last checkpoint (the poison-run
+    /// guard): leasing adds one, durably, before the run executes; a
+    /// checkpoint sets it to 1 (this execution goes on), a clean
+    /// suspension (retry, wait) to 0. Above [`MAX_STARTS`] the last
+    /// executions all ended with the process: the run fails instead of
+    /// crashing the hub again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub starts: u32,
+}
+
+/// Executions a run may begin without reaching a checkpoint: a third
+/// start means the process stopped twice while it ran.
+pub const MAX_STARTS: u32 = 2;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A debounced run: while it has not started, a later event of the same

@@ -473,6 +473,7 @@ impl Store for SledStore {
             };
             if turn {
                 run.status = RunStatus::Running;
+                run.starts += 1;
             }
             // Not its turn: park it until a run ahead of it finishes (which
             // makes it due again); the lease time is the safety net.
@@ -544,6 +545,7 @@ impl Store for SledStore {
             run.pending = run.steps.pop();
         }
         run.round += 1;
+        run.starts = 0;
         run.status = RunStatus::Queued;
         run.error = None;
         run.finished_at = None;
@@ -767,6 +769,7 @@ mod tests {
             concurrency: None,
             debounce: None,
             parked: None,
+            starts: 0,
         }
     }
 

@@ -733,3 +733,54 @@ async fn replayed_deliveries_start_nothing() {
         "{again}"
     );
 }
+
+/// A run that was executing when the process died, twice in a row without
+/// reaching a checkpoint, is failed instead of resumed a third time (a
+/// poison run would otherwise crash the hub on every start).
+#[tokio::test]
+async fn a_run_that_crashed_the_process_twice_is_failed_not_resumed() {
+    let cfg = Config::connectors_only();
+    cfg.connector(
+        "echo",
+        "name: echo\nbase_url: https://echo.example.com\nretry: { attempts: 1 }\ntimeout: 60s\n\
+         actions:\n  send:\n    method: POST\n    path: /send\n    body: { ok: true }\n",
+    );
+    cfg.recipe(
+        "hang",
+        "name: hang\non: { connector: zendesk, event: ticket.created }\nsteps:\n  - id: send\n    call: echo.send\n",
+    );
+    let mut hang = route(Method::POST, "/send", 200, json!({}));
+    hang.delay = std::time::Duration::from_secs(120);
+    let echo = MockApi::start(vec![hang]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = cfg.options().base_url("echo", &echo.url);
+    opts.data = Some(dir.path().join("data"));
+
+    let wait_calls = |n: usize| {
+        let echo = &echo;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while echo.calls("/send").len() < n {
+                assert!(std::time::Instant::now() < deadline, "call {n} never came");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut hub = Hub::start(opts.clone()).await;
+    let (status, accepted) = hub
+        .post_zendesk(&ticket_event(9, "Hello", "bob@example.com"))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let event_id = accepted["event_id"].as_str().unwrap().to_string();
+    wait_calls(1).await;
+    hub.kill(); // the step "crashed" the process
+    let mut hub = Hub::start(opts.clone()).await;
+    wait_calls(2).await;
+    hub.kill(); // and again
+    let hub = Hub::start(opts).await;
+    let runs = hub.finished_runs(&event_id).await;
+    assert_eq!(runs[0]["status"], "failed", "{}", runs[0]);
+    let error = runs[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("poison-run guard"), "{error}");
+    assert_eq!(echo.calls("/send").len(), 2);
+}
