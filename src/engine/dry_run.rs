@@ -1277,4 +1277,54 @@ steps:
             json!({"ticket_id": 7, "fields": {"priority": "urgent", "tags": ["escalated"], "group": "own:help@example.com"}})
         );
     }
+
+    /// A recipe's own `tests:` over branches, loops and stops: nested steps
+    /// are named by id in `expect_inputs` (their first call), a run a `stop`
+    /// skips after a call expects `skipped` with that call.
+    #[test]
+    fn recipe_tests_cover_flow_steps() {
+        let c = catalog(
+            r#"
+name: r
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - id: each
+    for_each: "{{ event.ticket.related }}"
+    steps:
+      - id: note
+        call: zendesk.add_internal_note
+        with: { ticket_id: "{{ item }}", body: "related to {{ event.ticket.id }}" }
+  - id: route
+    switch:
+      - when: [ { "$.event.ticket.subject": { matches: "(?i)spam" } } ]
+        steps:
+          - stop: { reason: spam, status: skipped }
+  - call: zendesk.add_tags
+    with: { ticket_id: "{{ event.ticket.id }}", tags: [routed] }
+tests:
+  - name: two related, then tagged
+    event: { type: ticket.created, ticket: { id: 7, subject: Hi, related: [1, 2] } }
+    mock: { zendesk.add_internal_note: {}, zendesk.add_tags: {} }
+    expect_calls: [zendesk.add_internal_note, zendesk.add_internal_note, zendesk.add_tags]
+    expect_inputs:
+      note: { ticket_id: 1, body: related to 7 }
+  - name: spam is skipped after the notes
+    event: { type: ticket.created, ticket: { id: 7, subject: SPAM, related: [1] } }
+    mock: { zendesk.add_internal_note: {} }
+    expect_calls: [zendesk.add_internal_note]
+    expect_status: skipped
+  - name: a wrong expectation is reported
+    event: { type: ticket.created, ticket: { id: 7, subject: Hi, related: [] } }
+    mock: { zendesk.add_tags: {} }
+    expect_calls: [zendesk.add_internal_note, zendesk.add_tags]
+"#,
+        );
+        let r = &c.recipes[0];
+        assert_eq!(run_test(&c, r, &r.tests[0]), Vec::<String>::new());
+        assert_eq!(run_test(&c, r, &r.tests[1]), Vec::<String>::new());
+        assert_eq!(
+            run_test(&c, r, &r.tests[2]),
+            ["calls: expected [zendesk.add_internal_note, zendesk.add_tags]\n            got [zendesk.add_tags]"]
+        );
+    }
 }
