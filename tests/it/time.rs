@@ -670,3 +670,57 @@ tests:
         assert!(err.contains(&want), "missing {want:?} in\n{err}");
     }
 }
+
+/// The first YAML block of the README after `heading` that starts with `start`.
+fn readme_block(heading: &str, start: &str) -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let from = readme.find(heading).unwrap_or_else(|| panic!("{heading}"));
+    readme[from..]
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| &b[..b.find("```").unwrap()])
+        .find(|b| b.starts_with(start))
+        .unwrap_or_else(|| panic!("no block `{start}` after {heading}"))
+        .to_string()
+}
+
+#[test]
+fn the_readme_time_examples_check_and_pass_their_tests() {
+    let cfg = Config::connectors_only();
+    let time = "### Time, dates and business hours";
+    write(
+        &cfg.recipes.join("_shared.yaml"),
+        &readme_block(time, "calendars:"),
+    );
+    cfg.recipe("after-hours", &readme_block(time, "name: after-hours"));
+    cfg.recipe(
+        "digest",
+        &readme_block("### Schedules", "name: morning-digest"),
+    );
+    let waiting = "### Waiting";
+    let sla = readme_block(waiting, "name: first-reply-sla");
+    let tests = readme_block(
+        "## Testing recipes",
+        "tests:\n  - name: a reply within 12 h",
+    );
+    cfg.recipe("sla", &format!("{sla}{tests}"));
+    cfg.recipe(
+        "follow-up",
+        &readme_block(waiting, "name: follow-up-after-3-days"),
+    );
+    let out = cfg.check();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = cfg.command("test").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("4 passed, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -1,0 +1,160 @@
+//! 100,000 waiting runs in the store (issue 14): what they cost.
+//!
+//! Store level, with the sled backend `serve` uses (same cache bound):
+//! - RSS of this process before and after parking 100,000 runs, each with a
+//!   `wait_for` correlation key and a `cancel_on` key (RSS over idle);
+//! - the cost of storing an incoming event with one probe
+//!   (`insert_event_matching`) when 0 runs wait vs when 100,000 wait on
+//!   other keys — the indexed lookup must not grow with waiting runs;
+//! - the cost of a worker's `lease` of due runs while the 100,000 wait in
+//!   the future (the timer path the workers poll).
+//!
+//! Run: `cargo bench --bench waits`. It prints the figures; BENCHMARKS.md
+//! records one run.
+
+use std::time::Instant;
+use switchboard::store::sled::SledStore;
+use switchboard::store::{new_id, Correlation, Event, Listen, Parked, Run, RunStatus, Store};
+
+const WAITING: usize = 100_000;
+const PROBES: usize = 2_000;
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn event(delivery: Option<String>, now: i64) -> Event {
+    Event {
+        id: new_id(now),
+        connector: "zendesk".into(),
+        event_type: Some("ticket.updated".into()),
+        delivery_id: delivery,
+        received_at: now,
+        body: serde_json::json!({"ticket": {"id": 1, "status": "open"}}),
+        runs: vec![],
+    }
+}
+
+fn corr(listen: Listen, key: &str, tag: &str) -> Correlation {
+    Correlation {
+        listen,
+        connector: "zendesk".into(),
+        event_type: "ticket.updated".into(),
+        key: key.into(),
+        tag: tag.into(),
+    }
+}
+
+/// Store `n` events with one probe each (keys that match nothing); µs per event.
+fn probe_cost(s: &SledStore, now: i64) -> f64 {
+    let start = Instant::now();
+    for i in 0..PROBES {
+        let e = event(Some(format!("p{now}-{i}")), now);
+        let probes = [
+            corr(Listen::Wake, &format!("miss-{i}"), "sla\0reply"),
+            corr(Listen::Cancel, &format!("miss-{i}"), "sla"),
+        ];
+        s.insert_event_matching(&e, &[], &probes, now)
+            .expect("insert");
+    }
+    start.elapsed().as_secs_f64() * 1e6 / PROBES as f64
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = SledStore::open(dir.path()).expect("open store");
+    let now = 1_800_000_000_000i64;
+    // Warm up the store and the allocator, then measure the idle baseline.
+    let base_cost = probe_cost(&s, now);
+    s.flush().expect("flush");
+    let rss_idle = rss_kib();
+    let base_cost2 = probe_cost(&s, now + 1);
+
+    let e = event(None, now);
+    s.insert_event(&e, &[]).expect("event");
+    let start = Instant::now();
+    for i in 0..WAITING {
+        let id = new_id(now);
+        let until = now + 3_600_000 + i as i64;
+        let run = Run {
+            id: id.clone(),
+            event_id: e.id.clone(),
+            recipe: "sla".into(),
+            status: RunStatus::Waiting,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            steps: vec![],
+            error: None,
+            reason: None,
+            due_at: until,
+            pending: None,
+            round: 0,
+            concurrency: None,
+            debounce: None,
+            parked: Some(Parked {
+                step: "reply".into(),
+                until,
+                since: now,
+                keys: vec![
+                    corr(Listen::Wake, &format!("ticket-{i}"), "sla\0reply"),
+                    corr(Listen::Cancel, &format!("ticket-{i}"), "sla"),
+                ],
+                woken_by: None,
+            }),
+        };
+        s.park(&run, until).expect("park");
+        if i % 10_000 == 9_999 {
+            s.flush().expect("flush");
+        }
+    }
+    s.flush().expect("flush");
+    let park_secs = start.elapsed().as_secs_f64();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let rss_waiting = rss_kib();
+
+    let loaded_cost = probe_cost(&s, now + 2);
+    let loaded_cost2 = probe_cost(&s, now + 3);
+
+    // A worker's lease with nothing due while 100,000 runs wait.
+    let start = Instant::now();
+    for _ in 0..PROBES {
+        assert!(s.lease(now + 1_000, 300_000, 1).expect("lease").is_empty());
+    }
+    let lease_us = start.elapsed().as_secs_f64() * 1e6 / PROBES as f64;
+    // And one match among them: wakes exactly that run.
+    let hit = event(Some("hit".into()), now + 4);
+    let (_, m) = s
+        .insert_event_matching(
+            &hit,
+            &[],
+            &[corr(Listen::Wake, "ticket-77777", "sla\0reply")],
+            now + 4,
+        )
+        .expect("insert");
+    assert_eq!(m.woken.len(), 1);
+
+    println!("parked {WAITING} runs in {park_secs:.1} s");
+    println!(
+        "RSS idle {} MiB, with {WAITING} waiting {} MiB: +{:.1} MiB",
+        rss_idle / 1024,
+        rss_waiting / 1024,
+        (rss_waiting as f64 - rss_idle as f64) / 1024.0
+    );
+    println!(
+        "store an event with 2 probes: {:.1} / {:.1} µs with 0 waiting, {:.1} / {:.1} µs with {WAITING} waiting (ratio {:.2})",
+        base_cost,
+        base_cost2,
+        loaded_cost,
+        loaded_cost2,
+        loaded_cost2 / base_cost2
+    );
+    println!("lease with nothing due among {WAITING} waiting: {lease_us:.1} µs");
+}
