@@ -100,6 +100,7 @@ fn main() {
             round: 0,
             concurrency: None,
             debounce: None,
+            starts: 0,
             parked: Some(Parked {
                 step: "reply".into(),
                 until,
