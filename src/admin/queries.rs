@@ -15,6 +15,11 @@ use serde_json::Value;
 pub const DEFAULT_LIMIT: usize = 50;
 /// Largest page returned.
 pub const MAX_PAGE: usize = 500;
+/// Largest event body, step input, output or request (as JSON text) a list
+/// item carries; a larger one is replaced by a summary (the whole record is
+/// one `show` away), so a page is bounded by its item count, not by what
+/// senders and APIs sent (60 events of 1 MiB made a 60 MiB page).
+pub const LIST_VALUE_MAX: usize = 4 * 1024;
 
 /// Why a query has no answer.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +111,22 @@ fn listing<T>(items: Vec<T>, page: &Page, id: impl Fn(&T) -> &str) -> Listing<T>
 
 pub fn events(store: &dyn Store, q: &PageQuery) -> Result<Listing<Event>, QueryError> {
     let page = q.page();
-    Ok(listing(store.events(&page)?, &page, |e| &e.id))
+    let mut events = store.events(&page)?;
+    for e in &mut events {
+        summarise(&mut e.body);
+    }
+    Ok(listing(events, &page, |e| &e.id))
+}
+
+/// Replace a value over [`LIST_VALUE_MAX`] bytes of JSON by `{"omitted": …, "bytes": N}`.
+fn summarise(v: &mut Value) {
+    let bytes = serde_json::to_string(v).map(|s| s.len()).unwrap_or(0);
+    if bytes > LIST_VALUE_MAX {
+        *v = serde_json::json!({
+            "omitted": format!("larger than {LIST_VALUE_MAX} bytes; show the record for all of it"),
+            "bytes": bytes,
+        });
+    }
 }
 
 pub fn event(store: &dyn Store, id: &str) -> Result<EventView, QueryError> {
@@ -143,7 +163,17 @@ pub fn runs(store: &dyn Store, q: &RunsQuery) -> Result<Listing<Run>, QueryError
         recipe: q.recipe.clone(),
         failures: false,
     };
-    Ok(listing(store.runs(&page, &filter)?, &page, |r| &r.id))
+    let mut runs = store.runs(&page, &filter)?;
+    for run in &mut runs {
+        for step in run.steps.iter_mut().chain(run.pending.as_mut()) {
+            summarise(&mut step.input);
+            summarise(&mut step.output);
+            if let Some(r) = step.request.as_mut() {
+                summarise(r);
+            }
+        }
+    }
+    Ok(listing(runs, &page, |r| &r.id))
 }
 
 pub fn run(store: &dyn Store, id: &str) -> Result<Run, QueryError> {

@@ -784,3 +784,36 @@ async fn a_run_that_crashed_the_process_twice_is_failed_not_resumed() {
     assert!(error.contains("poison-run guard"), "{error}");
     assert_eq!(echo.calls("/send").len(), 2);
 }
+
+/// A list page is bounded by its item count: big event bodies are
+/// summarised in `/api/events` (the event itself still has all of it).
+#[tokio::test]
+async fn list_pages_summarise_big_bodies() {
+    let hub = Hub::start(HubOptions::default()).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let event =
+            json!({"type": "ticket.deleted", "ticket": {"id": i}, "pad": "x".repeat(300_000)});
+        let (status, body) = hub.post_zendesk(&event).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["event_id"].as_str().unwrap().to_string());
+    }
+    let resp = hub
+        .http
+        .get(format!("{}/api/events", hub.url))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .unwrap();
+    let page = resp.bytes().await.unwrap();
+    assert!(
+        page.len() < 20_000,
+        "a page of 5 events is {} bytes",
+        page.len()
+    );
+    let page: Value = serde_json::from_slice(&page).unwrap();
+    let first = &page["items"][0];
+    assert!(first["body"]["bytes"].as_u64() > Some(300_000), "{first}");
+    let (_, full) = hub.api(&format!("/api/events/{}", ids[0])).await;
+    assert_eq!(full["body"]["pad"].as_str().map(str::len), Some(300_000));
+}
