@@ -1,0 +1,615 @@
+//! Recipe conditions (`if:`), compiled once when a recipe loads and evaluated
+//! for every event.
+//!
+//! A condition is a tree: a list or map means *all* of its entries must hold,
+//! `all`/`any`/`not` combine sub-conditions, and a JSONPath key holds a map of
+//! operators that test the nodes the path selects from the run context
+//! (`{event, steps, vars}`):
+//!
+//! ```yaml
+//! if:
+//!   - "$.event.ticket.subject": { matches: "(?i)setup|confirm" }
+//!   - any:
+//!       - "$.event.ticket.tags": { contains: vip }
+//!       - "$.event.ticket.priority": { in: [high, urgent] }
+//!   - not: { "$.event.ticket.status": { equals: closed } }
+//! ```
+//!
+//! A condition may also ask a business-hours calendar (`recipes/_shared.yaml`
+//! `calendars:`): `within_business_hours: support-eu` holds while the
+//! calendar is open at the run's `now` (`$.run.now`, from the engine's
+//! clock); `within_business_hours: { calendar: support-eu, at:
+//! "$.event.ticket.created_at" }` asks about the time a path selects
+//! (missing or unreadable: false). The calendar is bound after compiling
+//! ([`Condition::bind_calendars`]), which reports unknown names.
+//!
+//! Everything that can be wrong with a condition — an unknown operator, a bad
+//! regex, a JSONPath that does not parse, an operand of the wrong type — is
+//! found by [`Condition::compile`], with a JSON pointer to the spot, so a bad
+//! recipe fails at `check`/startup and never on the first webhook.
+//!
+//! Layout: compiling is here; evaluating the tree is in `eval.rs`; how
+//! operators compare values (loose equality, ordering, scalar text) is in
+//! `compare.rs`; the tests (examples and properties) in `tests.rs`.
+//!
+//! Invariant: evaluation does no I/O, parses nothing and never panics,
+//! whatever the event holds. Event data only ever reaches [`Condition::eval`].
+//!
+//! # Semantics
+//! - A path that selects **no node** is *missing*: `exists: false` and
+//!   `not_equals` hold, every other operator is false. A JSON `null` node is
+//!   present: it `exists`, and equals only `null`.
+//! - A path that selects **several nodes** (wildcards, filters, `..`) passes
+//!   an operator if **any** node passes it — except `not_equals`, which must
+//!   hold for **every** node. Several operators on one path must all hold,
+//!   each judged over the whole node list.
+//! - Equality (`equals`, `not_equals`, `in`, array `contains`) is JSON
+//!   equality, except that a number equals a string holding the same number
+//!   (`equals: 42` matches `"42"` and vice versa, because YAML authors write
+//!   ids unquoted that senders deliver quoted), and `1` equals `1.0`. Two
+//!   strings are compared as strings (`"42"` ≠ `"42.0"`). A numeric string is
+//!   one in JSON number syntax (`"-1.5e3"` yes; `" 42"`, `"007"`, `"+1"` no).
+//! - `gt`/`gte`/`lt`/`lte` compare numerically when both sides are numbers or
+//!   numeric strings; when both are strings and at least one is not numeric
+//!   they compare lexicographically by Unicode code point (which orders
+//!   ISO-8601 timestamps written in the same format and offset correctly);
+//!   anything else (a bool, `null`, a number against a word) is false.
+//! - String operators (`matches`, `starts_with`, `ends_with`, substring
+//!   `contains`) apply to string nodes, and to number nodes through their JSON
+//!   text (`4217` starts with `"42"`). They never look inside arrays: select
+//!   the elements with `[*]` for that. `contains` on an array node looks for
+//!   an element equal to the operand.
+
+use std::borrow::Cow;
+
+use jsonpath_rust::parser::errors::JsonPathError;
+use jsonpath_rust::parser::model::JpQuery;
+use jsonpath_rust::parser::parse_json_path;
+use jsonpath_rust::query::js_path_process;
+use regex::{Regex, RegexBuilder};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+use crate::template::{Template, Templates};
+use crate::time::{Calendar, Calendars};
+
+/// Largest compiled size of a `matches` regex; a bigger one is a compile
+/// error rather than a slow or memory-hungry match on every event.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Deepest nesting of `all`/`any`/`not`/lists accepted. Compiling and
+/// evaluating recurse, so the limit keeps a pathological file from
+/// overflowing the stack; real conditions nest a few levels.
+const MAX_DEPTH: usize = 64;
+
+const OPERATORS: [&str; 12] = [
+    "equals",
+    "not_equals",
+    "in",
+    "contains",
+    "matches",
+    "exists",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "starts_with",
+    "ends_with",
+];
+
+/// A compiled condition tree.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    root: Node,
+}
+
+/// What is wrong with a condition, and where.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ConditionError {
+    /// JSON pointer *relative to the compiled value* where the problem is,
+    /// e.g. `/1/$.event.x/matches` (RFC 6901 escaping: `~`→`~0`, `/`→`~1`);
+    /// the caller prefixes it with the `if` field's own pointer.
+    pub pointer: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl ConditionError {
+    fn new(pointer: &str, message: impl Into<String>) -> Self {
+        ConditionError {
+            pointer: pointer.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    All(Vec<Node>),
+    Any(Vec<Node>),
+    Not(Box<Node>),
+    Path(PathTest),
+    BusinessHours(BusinessHours),
+}
+
+/// `within_business_hours: NAME` or `{ calendar: NAME, at: JSONPath }`.
+#[derive(Debug, Clone)]
+struct BusinessHours {
+    pointer: String,
+    name: String,
+    /// The instant to ask about; `$.run.now` when not given.
+    at: Option<(String, JpQuery)>,
+    /// Set by [`Condition::bind_calendars`]; unbound never holds.
+    calendar: Option<Arc<Calendar>>,
+}
+
+/// One JSONPath key with its operators.
+#[derive(Debug, Clone)]
+struct PathTest {
+    /// Pointer of the key, for [`Condition::paths`].
+    pointer: String,
+    /// The JSONPath as written.
+    source: String,
+    /// The JSONPath parsed once, at compile time.
+    query: JpQuery,
+    /// Never empty; all must hold.
+    ops: Vec<Op>,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Equals(Value),
+    NotEquals(Value),
+    In(Vec<Value>),
+    /// `text` is the operand as a substring (string or number operands);
+    /// `None` means only array-element containment can hold.
+    Contains {
+        element: Value,
+        text: Option<String>,
+    },
+    Matches(Regex),
+    Exists(bool),
+    /// The operand is a number or a string (checked at compile time).
+    Compare(Cmp, Value),
+    StartsWith(String),
+    EndsWith(String),
+    /// An operand with template syntax (`gte: "{{ vars.min_count }}"`):
+    /// rendered (typed) over the run context at each evaluation, then
+    /// applied as the operator `name` with that operand.
+    Templated {
+        name: String,
+        /// Pointer of the operand, for errors.
+        pointer: String,
+        source: String,
+        /// Set by [`Condition::bind_templates`]; unbound never holds.
+        template: Option<Template>,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Cmp {
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+}
+
+impl Condition {
+    /// Compiles the value of an `if:` field: a list (all must hold) or a map.
+    pub fn compile(value: &Value) -> Result<Condition, ConditionError> {
+        Ok(Condition {
+            root: compile_node(value, "", 0)?,
+        })
+    }
+
+    /// An always-true condition (for recipes/steps without `if`).
+    pub fn always() -> Condition {
+        Condition {
+            root: Node::All(Vec::new()),
+        }
+    }
+
+    /// Whether the condition holds for `ctx` (the `{event, steps, vars}`
+    /// object). A templated operand never holds here: use [`Condition::eval_with`].
+    pub fn eval(&self, ctx: &Value) -> bool {
+        self.root.eval(ctx, None)
+    }
+
+    /// Whether the condition holds for `ctx`, rendering templated operands
+    /// with `templates` (the registry they were bound in).
+    pub fn eval_with(&self, ctx: &Value, templates: &Templates) -> bool {
+        self.root.eval(ctx, Some(templates))
+    }
+
+    /// Compile the templated operands into `templates`; returns
+    /// `(pointer, message)` for each that does not compile.
+    pub fn bind_templates(&mut self, templates: &mut Templates) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        self.root.visit_ops(&mut |op| {
+            if let Op::Templated {
+                pointer,
+                source,
+                template,
+                ..
+            } = op
+            {
+                match templates.compile(source) {
+                    Ok(t) => *template = Some(t),
+                    Err(e) => errors.push((pointer.clone(), format!("template error: {e}"))),
+                }
+            }
+        });
+        errors
+    }
+
+    /// The bound templated operands, as `(pointer, template)`, so the loader
+    /// can check the variables they read.
+    pub fn templates(&mut self) -> Vec<(String, Template)> {
+        let mut out = Vec::new();
+        self.root.visit_ops(&mut |op| {
+            if let Op::Templated {
+                pointer,
+                template: Some(t),
+                ..
+            } = op
+            {
+                out.push((pointer.clone(), t.clone()));
+            }
+        });
+        out
+    }
+
+    /// Resolve the calendars that `within_business_hours` names; returns
+    /// `(pointer, message)` for each unknown name.
+    pub fn bind_calendars(&mut self, calendars: &Calendars) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        self.root.bind(calendars, &mut errors);
+        errors
+    }
+
+    /// Every JSONPath in the tree, as `(pointer of its key, JSONPath)`, in
+    /// document order, so the loader can check what they refer to.
+    pub fn paths(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        self.root.collect_paths(&mut out);
+        out
+    }
+}
+
+fn compile_node(value: &Value, pointer: &str, depth: usize) -> Result<Node, ConditionError> {
+    if depth > MAX_DEPTH {
+        return Err(ConditionError::new(
+            pointer,
+            format!("condition nested too deeply (more than {MAX_DEPTH} levels)"),
+        ));
+    }
+    match value {
+        Value::Array(items) if items.is_empty() => Err(ConditionError::new(
+            pointer,
+            "a condition list must not be empty (leave out `if` to always run)",
+        )),
+        Value::Array(items) => Ok(Node::All(compile_list(items, pointer, depth)?)),
+        Value::Object(map) => compile_map(map, pointer, depth),
+        other => Err(ConditionError::new(
+            pointer,
+            format!(
+                "expected a condition (a map like {{\"$.event.x\": {{equals: 1}}}} or a list of them), found {}",
+                kind(other)
+            ),
+        )),
+    }
+}
+
+fn compile_list(items: &[Value], pointer: &str, depth: usize) -> Result<Vec<Node>, ConditionError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| compile_node(item, &child(pointer, &i.to_string()), depth + 1))
+        .collect()
+}
+
+fn compile_map(
+    map: &Map<String, Value>,
+    pointer: &str,
+    depth: usize,
+) -> Result<Node, ConditionError> {
+    if map.is_empty() {
+        return Err(ConditionError::new(
+            pointer,
+            "a condition map must not be empty; expected a JSONPath key or one of all, any, not",
+        ));
+    }
+    let mut nodes = Vec::with_capacity(map.len());
+    for (key, value) in map {
+        let at = child(pointer, key);
+        let node = match key.as_str() {
+            "all" | "any" => {
+                let items = match value {
+                    Value::Array(items) if !items.is_empty() => items,
+                    _ => {
+                        return Err(ConditionError::new(
+                            &at,
+                            format!("`{key}` expects a non-empty list of conditions"),
+                        ))
+                    }
+                };
+                let list = compile_list(items, &at, depth + 1)?;
+                if key == "all" {
+                    Node::All(list)
+                } else {
+                    Node::Any(list)
+                }
+            }
+            "not" => Node::Not(Box::new(compile_node(value, &at, depth + 1)?)),
+            "within_business_hours" => Node::BusinessHours(compile_business_hours(value, &at)?),
+            k if k.starts_with('$') => Node::Path(compile_path(key, value, &at)?),
+            _ => return Err(ConditionError::new(&at, unknown_key_message(key))),
+        };
+        nodes.push(node);
+    }
+    Ok(if nodes.len() == 1 {
+        nodes.swap_remove(0)
+    } else {
+        Node::All(nodes)
+    })
+}
+
+fn compile_business_hours(value: &Value, pointer: &str) -> Result<BusinessHours, ConditionError> {
+    let expected =
+        "`within_business_hours` expects a calendar name, or `{ calendar: NAME, at: JSONPath }`";
+    let (name, at) = match value {
+        Value::String(name) => (name.clone(), None),
+        Value::Object(map) => {
+            if let Some(k) = map
+                .keys()
+                .find(|k| !["calendar", "at"].contains(&k.as_str()))
+            {
+                return Err(ConditionError::new(&child(pointer, k), expected));
+            }
+            let Some(Value::String(name)) = map.get("calendar") else {
+                return Err(ConditionError::new(pointer, expected));
+            };
+            let at = match map.get("at") {
+                None => None,
+                Some(Value::String(path)) => {
+                    let q = parse_json_path(path).map_err(|e| {
+                        ConditionError::new(
+                            &child(pointer, "at"),
+                            format!("invalid JSONPath `{path}`: {}", jsonpath_error(&e)),
+                        )
+                    })?;
+                    Some((path.clone(), q))
+                }
+                Some(_) => return Err(ConditionError::new(&child(pointer, "at"), expected)),
+            };
+            (name.clone(), at)
+        }
+        _ => return Err(ConditionError::new(pointer, expected)),
+    };
+    Ok(BusinessHours {
+        pointer: pointer.to_owned(),
+        name,
+        at,
+        calendar: None,
+    })
+}
+
+fn unknown_key_message(key: &str) -> String {
+    let base = "a condition key must be a JSONPath starting with `$` or one of all, any, not, within_business_hours";
+    let hint = match key {
+        "and" => Some("`all`".to_owned()),
+        "or" => Some("`any`".to_owned()),
+        k if OPERATORS.contains(&k) => {
+            return format!("{base}; `{k}` is an operator and belongs under a JSONPath, e.g. {{\"$.event.x\": {{{k}: ...}}}}");
+        }
+        k if ["event", "steps", "vars"].iter().any(|root| {
+            k == *root || k.starts_with(&format!("{root}.")) || k.starts_with(&format!("{root}["))
+        }) =>
+        {
+            Some(format!("`$.{k}`"))
+        }
+        k => suggest(k, &["all", "any", "not"]).map(|s| format!("`{s}`")),
+    };
+    match hint {
+        Some(h) => format!("{base} (did you mean {h}?)"),
+        None => base.to_owned(),
+    }
+}
+
+fn compile_path(path: &str, value: &Value, pointer: &str) -> Result<PathTest, ConditionError> {
+    let query = parse_json_path(path).map_err(|e| {
+        ConditionError::new(
+            pointer,
+            format!("invalid JSONPath `{path}`: {}", jsonpath_error(&e)),
+        )
+    })?;
+    let map = match value {
+        Value::Object(map) if !map.is_empty() => map,
+        Value::Object(_) => {
+            return Err(ConditionError::new(
+                pointer,
+                format!("`{path}` has no operators; expected e.g. {{equals: ...}}"),
+            ))
+        }
+        other => {
+            return Err(ConditionError::new(
+                pointer,
+                format!(
+                    "`{path}` expects a map of operators like {{equals: ...}}, found {}",
+                    kind(other)
+                ),
+            ))
+        }
+    };
+    let ops = map
+        .iter()
+        .map(|(name, operand)| compile_op(name, operand, &child(pointer, name)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PathTest {
+        pointer: pointer.to_owned(),
+        source: path.to_owned(),
+        query,
+        ops,
+    })
+}
+
+fn compile_op(name: &str, operand: &Value, pointer: &str) -> Result<Op, ConditionError> {
+    let expects = |what: &str| {
+        ConditionError::new(
+            pointer,
+            format!("`{name}` expects {what}, found {}", kind(operand)),
+        )
+    };
+    if let Value::String(text) = operand {
+        if text.contains("{{") || text.contains("{%") {
+            if matches!(name, "matches" | "exists") {
+                return Err(ConditionError::new(
+                    pointer,
+                    format!("`{name}` takes a fixed operand, not a template"),
+                ));
+            }
+            if OPERATORS.contains(&name) {
+                return Ok(Op::Templated {
+                    name: name.to_string(),
+                    pointer: pointer.to_string(),
+                    source: text.clone(),
+                    template: None,
+                });
+            }
+        }
+    }
+    Ok(match name {
+        "equals" => Op::Equals(operand.clone()),
+        "not_equals" => Op::NotEquals(operand.clone()),
+        "in" => match operand {
+            Value::Array(items) => Op::In(items.clone()),
+            _ => return Err(expects("a list")),
+        },
+        "contains" => Op::Contains {
+            element: operand.clone(),
+            text: scalar_text(operand).map(Cow::into_owned),
+        },
+        "matches" => match operand {
+            Value::String(pattern) => Op::Matches(
+                RegexBuilder::new(pattern)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| {
+                        ConditionError::new(
+                            pointer,
+                            format!("invalid regex `{pattern}`: {}", regex_error(&e)),
+                        )
+                    })?,
+            ),
+            _ => return Err(expects("a regex string")),
+        },
+        "exists" => match operand {
+            Value::Bool(b) => Op::Exists(*b),
+            _ => return Err(expects("true or false")),
+        },
+        "gt" | "gte" | "lt" | "lte" => {
+            if !matches!(operand, Value::Number(_) | Value::String(_)) {
+                return Err(expects("a number or a string"));
+            }
+            let cmp = match name {
+                "gt" => Cmp::Gt,
+                "gte" => Cmp::Gte,
+                "lt" => Cmp::Lt,
+                _ => Cmp::Lte,
+            };
+            Op::Compare(cmp, operand.clone())
+        }
+        "starts_with" | "ends_with" => {
+            let Some(text) = scalar_text(operand) else {
+                return Err(expects("a string"));
+            };
+            let text = text.into_owned();
+            if name == "starts_with" {
+                Op::StartsWith(text)
+            } else {
+                Op::EndsWith(text)
+            }
+        }
+        _ => {
+            let mut message = format!(
+                "unknown operator `{name}`, expected one of {}",
+                OPERATORS.join(", ")
+            );
+            if let Some(s) = suggest(name, &OPERATORS) {
+                message.push_str(&format!(" (did you mean `{s}`?)"));
+            }
+            return Err(ConditionError::new(pointer, message));
+        }
+    })
+}
+
+/// A one-line description of a regex error. The regex crate's message is a
+/// multi-line picture; keep its last line and the column the caret marks.
+fn regex_error(e: &regex::Error) -> String {
+    let full = e.to_string();
+    let lines: Vec<&str> = full.lines().collect();
+    let Some(what) = lines.iter().rev().find_map(|l| l.strip_prefix("error: ")) else {
+        return lines.join(" ");
+    };
+    // The picture is the pattern indented by 4, then a caret line (when the
+    // pattern is one line; longer ones are numbered).
+    let column = match lines.as_slice() {
+        [_, _, caret, ..] if caret.trim_start().starts_with('^') => {
+            caret.find('^').map(|i| i.saturating_sub(4) + 1)
+        }
+        _ => None,
+    };
+    match column {
+        Some(c) => format!("{what} at column {c}"),
+        None => what.to_string(),
+    }
+}
+
+/// A one-line description of a JSONPath parse error. pest's own message is a
+/// multi-line picture; keep what it expected and the column.
+fn jsonpath_error(e: &JsonPathError) -> String {
+    match e {
+        JsonPathError::PestError(pest) => {
+            let full = pest.to_string();
+            let column = full
+                .lines()
+                .next()
+                .and_then(|l| l.rsplit(':').next())
+                .and_then(|c| c.trim().parse::<usize>().ok());
+            match column {
+                Some(c) => format!("{} at column {c}", pest.variant.message()),
+                None => pest.variant.message().into_owned(),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+/// `pointer` extended by one RFC 6901 reference token.
+fn child(pointer: &str, token: &str) -> String {
+    format!("{pointer}/{}", crate::yaml::escape(token))
+}
+
+/// The closest candidate within two edits of `word`, for "did you mean".
+fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    crate::yaml::did_you_mean(word, candidates.iter().copied())
+}
+
+mod compare;
+mod eval;
+#[cfg(test)]
+mod tests;
+
+use compare::scalar_text;

@@ -1,0 +1,652 @@
+use super::*;
+use proptest::prelude::*;
+use serde_json::json;
+
+/// Compiles `cond`, evaluates it against `ctx` and compares.
+#[track_caller]
+fn check(cond: Value, ctx: &Value, expected: bool) {
+    let compiled = match Condition::compile(&cond) {
+        Ok(c) => c,
+        Err(e) => panic!("{cond} failed to compile at {:?}: {}", e.pointer, e.message),
+    };
+    assert_eq!(compiled.eval(ctx), expected, "condition {cond} on {ctx}");
+}
+
+/// Compiles `cond`, expecting an error at `pointer` whose message contains
+/// `message`.
+#[track_caller]
+fn check_err(cond: Value, pointer: &str, message: &str) {
+    match Condition::compile(&cond) {
+        Ok(_) => panic!("{cond} compiled, expected an error at {pointer:?}"),
+        Err(e) => {
+            assert_eq!(e.pointer, pointer, "pointer for {cond}: {}", e.message);
+            assert!(
+                e.message.contains(message),
+                "message for {cond}: {:?} lacks {message:?}",
+                e.message
+            );
+        }
+    }
+}
+
+fn ctx() -> Value {
+    json!({
+        "event": {
+            "ticket": {
+                "id": "42",
+                "number": 7,
+                "subject": "Setup mail never came",
+                "priority": "high",
+                "status": "open",
+                "tags": ["vip", "billing"],
+                "via": { "channel": "email" },
+                "assignee": null,
+                "score": 4.5,
+                "created": "2024-05-01T10:00:00Z",
+            },
+            "tags": ["a", "b", "c"],
+            "items": [ { "sku": "x", "qty": 1 }, { "sku": "y", "qty": 3 }, { "sku": "z", "qty": "5" } ],
+        },
+        "steps": { "contact": { "lifecycle": "pending", "id": 42 } },
+        "vars": {},
+    })
+}
+
+#[test]
+fn each_operator_true_and_false() {
+    let ctx = ctx();
+    let t = |op: &str, operand: Value| json!({ "$.event.ticket.subject": { op: operand } });
+    let cases = [
+        (t("equals", json!("Setup mail never came")), true),
+        (t("equals", json!("setup")), false),
+        (t("not_equals", json!("setup")), true),
+        (t("not_equals", json!("Setup mail never came")), false),
+        (t("in", json!(["x", "Setup mail never came"])), true),
+        (t("in", json!(["x", "y"])), false),
+        (t("in", json!([])), false),
+        (t("contains", json!("mail")), true),
+        (t("contains", json!("Mail")), false),
+        (t("matches", json!("(?i)setup|confirm")), true),
+        (t("matches", json!("^confirm")), false),
+        (t("exists", json!(true)), true),
+        (t("exists", json!(false)), false),
+        (t("starts_with", json!("Setup")), true),
+        (t("starts_with", json!("mail")), false),
+        (t("ends_with", json!("came")), true),
+        (t("ends_with", json!("Setup")), false),
+        // Two non-numeric strings compare lexicographically.
+        (t("gt", json!("Apple")), true),
+        (t("gt", json!("Zebra")), false),
+        (t("gte", json!("Setup mail never came")), true),
+        (t("lt", json!("Zebra")), true),
+        (t("lt", json!("Apple")), false),
+        (t("lte", json!("Setup mail never came")), true),
+    ];
+    for (cond, expected) in cases {
+        check(cond, &ctx, expected);
+    }
+    let n = |op: &str, operand: Value| json!({ "$.event.ticket.number": { op: operand } });
+    for (cond, expected) in [
+        (n("gt", json!(6)), true),
+        (n("gt", json!(7)), false),
+        (n("gte", json!(7)), true),
+        (n("gte", json!(7.5)), false),
+        (n("lt", json!(10)), true),
+        (n("lt", json!(7)), false),
+        (n("lte", json!(7.0)), true),
+        (n("lte", json!(6.99)), false),
+        // A number never orders against a word.
+        (n("gt", json!("abc")), false),
+        (n("lt", json!("abc")), false),
+        // String operators see a number through its JSON text.
+        (n("starts_with", json!("7")), true),
+        (n("matches", json!("^\\d+$")), true),
+    ] {
+        check(cond, &ctx, expected);
+    }
+    // Array `contains` is element equality; string `contains` never looks
+    // inside an array.
+    check(
+        json!({ "$.event.ticket.tags": { "contains": "vip" } }),
+        &ctx,
+        true,
+    );
+    check(
+        json!({ "$.event.ticket.tags": { "contains": "vi" } }),
+        &ctx,
+        false,
+    );
+    check(
+        json!({ "$.event.ticket.via": { "contains": "email" } }),
+        &ctx,
+        false,
+    );
+    check(
+        json!({ "$.event.ticket.tags": { "contains": ["vip"] } }),
+        &ctx,
+        false,
+    );
+    check(json!({ "$.event": { "contains": "x" } }), &ctx, false);
+    // ISO-8601 timestamps in one format order lexicographically.
+    check(
+        json!({ "$.event.ticket.created": { "gt": "2024-04-30T23:59:59Z", "lt": "2024-05-02" } }),
+        &ctx,
+        true,
+    );
+}
+
+#[test]
+fn several_operators_on_one_path_must_all_hold() {
+    let ctx = ctx();
+    check(
+        json!({ "$.steps.contact.lifecycle": { "equals": "pending", "exists": true } }),
+        &ctx,
+        true,
+    );
+    check(
+        json!({ "$.steps.contact.lifecycle": { "equals": "pending", "starts_with": "x" } }),
+        &ctx,
+        false,
+    );
+    check(
+        json!({ "$.event.ticket.number": { "gt": 1, "lt": 5 } }),
+        &ctx,
+        false,
+    );
+    check(
+        json!({ "$.event.ticket.number": { "gt": 1, "lt": 10 } }),
+        &ctx,
+        true,
+    );
+    // Several paths in one map: all hold.
+    check(
+        json!({ "$.event.ticket.priority": { "equals": "high" }, "$.event.ticket.status": { "equals": "closed" } }),
+        &ctx,
+        false,
+    );
+}
+
+#[test]
+fn missing_path_only_passes_exists_false_and_not_equals() {
+    let ctx = ctx();
+    let cases = [
+        ("equals", json!("x"), false),
+        ("equals", json!(null), false),
+        ("not_equals", json!("x"), true),
+        ("not_equals", json!(null), true),
+        ("in", json!(["x", null]), false),
+        ("contains", json!("x"), false),
+        ("matches", json!(".*"), false),
+        ("exists", json!(true), false),
+        ("exists", json!(false), true),
+        ("gt", json!(0), false),
+        ("gte", json!(""), false),
+        ("lt", json!(0), false),
+        ("lte", json!("zzz"), false),
+        ("starts_with", json!(""), false),
+        ("ends_with", json!(""), false),
+    ];
+    for (op, operand, expected) in cases {
+        check(
+            json!({ "$.event.ticket.nope": { op: operand.clone() } }),
+            &ctx,
+            expected,
+        );
+        // A missing parent is just as missing.
+        check(
+            json!({ "$.event.nope.deeper[0]": { op: operand } }),
+            &ctx,
+            expected,
+        );
+    }
+}
+
+#[test]
+fn null_is_present_and_equals_only_null() {
+    let ctx = ctx();
+    let a = |op: &str, operand: Value| json!({ "$.event.ticket.assignee": { op: operand } });
+    check(a("exists", json!(true)), &ctx, true);
+    check(a("equals", json!(null)), &ctx, true);
+    check(a("in", json!([null])), &ctx, true);
+    check(a("equals", json!("")), &ctx, false);
+    check(a("equals", json!(0)), &ctx, false);
+    check(a("equals", json!(false)), &ctx, false);
+    check(a("not_equals", json!(null)), &ctx, false);
+    check(a("not_equals", json!("bob")), &ctx, true);
+    check(a("contains", json!("")), &ctx, false);
+    check(a("lt", json!(1)), &ctx, false);
+    check(a("starts_with", json!("")), &ctx, false);
+}
+
+#[test]
+fn several_nodes_pass_if_any_node_passes() {
+    let ctx = ctx();
+    let w = |op: &str, operand: Value| json!({ "$.event.tags[*]": { op: operand } });
+    check(w("equals", json!("b")), &ctx, true);
+    check(w("equals", json!("d")), &ctx, false);
+    check(w("in", json!(["d", "c"])), &ctx, true);
+    check(w("matches", json!("^[bc]$")), &ctx, true);
+    check(w("gt", json!("b")), &ctx, true);
+    check(w("gt", json!("c")), &ctx, false);
+    check(w("exists", json!(true)), &ctx, true);
+    check(w("exists", json!(false)), &ctx, false);
+    // `not_equals` must hold for every node.
+    check(w("not_equals", json!("b")), &ctx, false);
+    check(w("not_equals", json!("d")), &ctx, true);
+    // An empty array selects nothing: missing.
+    let empty = json!({ "event": { "tags": [] } });
+    check(w("exists", json!(false)), &empty, true);
+    check(w("not_equals", json!("a")), &empty, true);
+    check(w("equals", json!("a")), &empty, false);
+    // Descendants.
+    check(json!({ "$..qty": { "gte": 5 } }), &ctx, true);
+    check(json!({ "$..qty": { "gt": 5 } }), &ctx, false);
+}
+
+#[test]
+fn numbers_equal_numeric_strings() {
+    let ctx = ctx();
+    // The id arrives as "42"; YAML authors write 42.
+    check(json!({ "$.event.ticket.id": { "equals": 42 } }), &ctx, true);
+    check(
+        json!({ "$.event.ticket.id": { "equals": 42.0 } }),
+        &ctx,
+        true,
+    );
+    check(
+        json!({ "$.event.ticket.id": { "equals": 43 } }),
+        &ctx,
+        false,
+    );
+    check(
+        json!({ "$.event.ticket.id": { "not_equals": 42 } }),
+        &ctx,
+        false,
+    );
+    check(
+        json!({ "$.event.ticket.id": { "in": [1, 42] } }),
+        &ctx,
+        true,
+    );
+    check(
+        json!({ "$.event.ticket.id": { "gt": 41.5, "lt": "100" } }),
+        &ctx,
+        true,
+    );
+    // And the other way round.
+    check(
+        json!({ "$.steps.contact.id": { "equals": "42" } }),
+        &ctx,
+        true,
+    );
+    check(
+        json!({ "$.steps.contact.id": { "equals": "42.0" } }),
+        &ctx,
+        true,
+    );
+    check(
+        json!({ "$.steps.contact.id": { "equals": "042" } }),
+        &ctx,
+        false,
+    );
+    check(
+        json!({ "$.steps.contact.id": { "equals": " 42" } }),
+        &ctx,
+        false,
+    );
+    check(
+        json!({ "$.steps.contact.id": { "equals": "4.2e1" } }),
+        &ctx,
+        true,
+    );
+    // Two strings compare as strings, numerically ordered when both are numeric.
+    check(
+        json!({ "$.event.ticket.id": { "equals": "42.0" } }),
+        &ctx,
+        false,
+    );
+    check(json!({ "$.event.ticket.id": { "gt": "9" } }), &ctx, true);
+    check(json!({ "$.event.ticket.id": { "lt": "9" } }), &ctx, false);
+    // Inside arrays too.
+    check(
+        json!({ "$.event.ticket": { "contains": 1 } }),
+        &json!({ "event": { "ticket": ["1"] } }),
+        true,
+    );
+    check(
+        json!({ "$.event.ticket": { "contains": 1 } }),
+        &json!({ "event": { "ticket": [["1"], "2"] } }),
+        false,
+    );
+    check(
+        json!({ "$.event.x": { "equals": [1, { "a": "2" }] } }),
+        &json!({ "event": { "x": ["1", { "a": 2 }] } }),
+        true,
+    );
+    // Big integers compare exactly.
+    check(
+        json!({ "$.event.x": { "equals": 9007199254740993u64 } }),
+        &json!({ "event": { "x": "9007199254740992" } }),
+        false,
+    );
+    check(
+        json!({ "$.event.x": { "gt": -1 } }),
+        &json!({ "event": { "x": u64::MAX } }),
+        true,
+    );
+    // Booleans are not numbers.
+    check(
+        json!({ "$.event.x": { "equals": 1 } }),
+        &json!({ "event": { "x": true } }),
+        false,
+    );
+}
+
+#[test]
+fn combinators_nest() {
+    let ctx = ctx();
+    let cond = json!([
+        { "$.event.ticket.subject": { "matches": "(?i)setup|confirm" } },
+        { "$.event.ticket.priority": { "in": ["high", "urgent"] } },
+        { "any": [
+            { "$.event.ticket.tags": { "contains": "nobody" } },
+            { "$.event.ticket.via.channel": { "not_equals": "chat" } },
+        ] },
+        { "not": { "$.event.ticket.status": { "equals": "closed" } } },
+        { "all": [ { "$.vars": { "exists": true } }, [ { "$.steps.contact": { "exists": true } } ] ] },
+    ]);
+    check(cond.clone(), &ctx, true);
+    let mut closed = ctx.clone();
+    closed["event"]["ticket"]["status"] = json!("closed");
+    check(cond.clone(), &closed, false);
+    let mut chat = ctx.clone();
+    chat["event"]["ticket"]["via"]["channel"] = json!("chat");
+    check(cond, &chat, false);
+    check(
+        json!({ "not": { "not": { "$.event": { "exists": true } } } }),
+        &ctx,
+        true,
+    );
+    check(
+        json!({ "not": [ { "$.event": { "exists": true } }, { "$.nope": { "exists": true } } ] }),
+        &ctx,
+        true,
+    );
+    check(
+        json!({ "any": [ { "$.a": { "exists": true } }, { "$.b": { "exists": true } } ] }),
+        &ctx,
+        false,
+    );
+    check(
+        json!({ "all": [ { "$.event": { "exists": true } } ], "any": [ { "$.b": { "exists": false } } ] }),
+        &ctx,
+        true,
+    );
+    assert!(Condition::always().eval(&ctx));
+    assert!(Condition::always().eval(&Value::Null));
+}
+
+#[test]
+fn filter_paths_use_rfc_9535_syntax() {
+    let ctx = ctx();
+    // qty 3 passes; qty "5" is a string, which RFC 9535 does not order against 2.
+    check(
+        json!({ "$.event.items[?@.qty > 2].sku": { "equals": "y" } }),
+        &ctx,
+        true,
+    );
+    check(
+        json!({ "$.event.items[?@.qty > 2].sku": { "in": ["z"] } }),
+        &ctx,
+        false,
+    );
+    check(
+        json!({ "$.event.items[?@.qty > 2]": { "exists": true } }),
+        &ctx,
+        true,
+    );
+    check(
+        json!({ "$.event.items[?@.qty > 99]": { "exists": false } }),
+        &ctx,
+        true,
+    );
+    check(
+        json!({ "$.event.items[?@.sku == 'z'].qty": { "equals": 5 } }),
+        &ctx,
+        true,
+    );
+    check(
+        json!({ "$.event.items[?match(@.sku, '[xy]')].qty": { "lt": 2 } }),
+        &ctx,
+        true,
+    );
+    check(
+        json!({ "$.event.items[?@.qty == $.steps.contact.id]": { "exists": true } }),
+        &ctx,
+        false,
+    );
+}
+
+#[test]
+fn compile_errors_point_at_the_problem() {
+    let ok = json!({ "$.event.x": { "equals": 1 } });
+    let cases = [
+        (json!([ok, { "$.event.x": { "matches": "(" } }]), "/1/$.event.x/matches", "invalid regex `(`"),
+        (json!({ "$.event.x": { "matches": 5 } }), "/$.event.x/matches", "`matches` expects a regex string, found a number"),
+        (json!({ "$.event.x": { "matches": "(?:\\w{100}){100}" } }), "/$.event.x/matches", "size limit"),
+        (json!({ "$.event.x": { "equal": 1 } }), "/$.event.x/equal", "unknown operator `equal`, expected one of equals, not_equals, in, contains, matches, exists, gt, gte, lt, lte, starts_with, ends_with (did you mean `equals`?)"),
+        (json!({ "$.event.x": { "startswith": "a" } }), "/$.event.x/startswith", "(did you mean `starts_with`?)"),
+        (json!({ "$.event.x": { "frobnicate": 1 } }), "/$.event.x/frobnicate", "unknown operator `frobnicate`, expected one of equals"),
+        (json!([ok, { "$.event[": { "equals": 1 } }]), "/1/$.event[", "invalid JSONPath `$.event[`: expected selector at column 9"),
+        (json!({ "$.a/b~c[": { "equals": 1 } }), "/$.a~1b~0c[", "invalid JSONPath"),
+        (json!({ "$.event.x": { "in": "high" } }), "/$.event.x/in", "`in` expects a list, found a string"),
+        (json!({ "$.event.x": { "exists": "yes" } }), "/$.event.x/exists", "`exists` expects true or false"),
+        (json!({ "$.event.x": { "gt": [1] } }), "/$.event.x/gt", "`gt` expects a number or a string"),
+        (json!({ "$.event.x": { "lte": null } }), "/$.event.x/lte", "`lte` expects a number or a string"),
+        (json!({ "$.event.x": { "starts_with": true } }), "/$.event.x/starts_with", "`starts_with` expects a string, found a boolean"),
+        (json!({ "$.event.x": { "ends_with": {} } }), "/$.event.x/ends_with", "`ends_with` expects a string"),
+        (json!({ "$.event.x": {} }), "/$.event.x", "has no operators"),
+        (json!({ "$.event.x": "pending" }), "/$.event.x", "expects a map of operators"),
+        (json!({ "event.x": { "equals": 1 } }), "/event.x", "a condition key must be a JSONPath starting with `$` or one of all, any, not, within_business_hours (did you mean `$.event.x`?)"),
+        (json!({ "alll": [ok] }), "/alll", "(did you mean `all`?)"),
+        (json!({ "or": [ok] }), "/or", "(did you mean `any`?)"),
+        (json!({ "equals": 1 }), "/equals", "`equals` is an operator"),
+        (json!({ "hello": 1 }), "/hello", "a condition key must be a JSONPath starting with `$` or one of all, any, not"),
+        (json!([ok, { "all": [] }]), "/1/all", "`all` expects a non-empty list"),
+        (json!({ "any": [] }), "/any", "`any` expects a non-empty list"),
+        (json!({ "any": ok }), "/any", "`any` expects a non-empty list"),
+        (json!({ "any": [ok, { "not": { "$.x": { "equals": 1, "matches": "[" } } }] }), "/any/1/not/$.x/matches", "invalid regex"),
+        (json!({ "not": [] }), "/not", "must not be empty"),
+        (json!({ "not": 3 }), "/not", "expected a condition"),
+        (json!([]), "", "must not be empty"),
+        (json!({}), "", "must not be empty"),
+        (json!([ok, {}]), "/1", "must not be empty"),
+        (json!("$.event.x"), "", "expected a condition"),
+        (json!(null), "", "expected a condition"),
+        (json!([[ok, 1]]), "/0/1", "expected a condition"),
+    ];
+    for (cond, pointer, message) in cases {
+        check_err(cond, pointer, message);
+    }
+    let mut deep = ok;
+    for _ in 0..100 {
+        deep = json!({ "not": deep });
+    }
+    check_err(deep, &"/not".repeat(65), "nested too deeply");
+}
+
+#[test]
+fn within_business_hours_asks_the_calendar() {
+    let cals = crate::time::calendar::compile_all(&json!({"eu": {
+        "timezone": "Europe/Berlin", "hours": {"mon-fri": "09:00-17:00"}
+    }}))
+    .unwrap();
+    let mut c = Condition::compile(&json!([
+        {"within_business_hours": "eu"},
+        {"not": {"within_business_hours": {"calendar": "eu", "at": "$.event.at"}}}
+    ]))
+    .unwrap();
+    assert!(c.bind_calendars(&cals).is_empty());
+    // Monday 10:00 Berlin now; the event's time is Sunday.
+    let ctx =
+        json!({"run": {"now": "2025-12-01T09:00:00Z"}, "event": {"at": "2025-11-30T10:00:00Z"}});
+    assert!(c.eval(&ctx));
+    let ctx =
+        json!({"run": {"now": "2025-12-01T09:00:00Z"}, "event": {"at": "2025-12-01T10:00:00Z"}});
+    assert!(!c.eval(&ctx));
+    // No clock, or an unreadable time: not within business hours.
+    let plain = Condition::compile(&json!({"within_business_hours": "eu"})).unwrap();
+    assert!(!plain.eval(&json!({"run": {}})), "unbound");
+    let mut bad = Condition::compile(&json!({"within_business_hours": "us"})).unwrap();
+    let errs = bad.bind_calendars(&cals);
+    assert_eq!(errs[0].0, "/within_business_hours");
+    assert!(errs[0].1.contains("unknown calendar `us`"), "{errs:?}");
+    check_err(
+        json!({"within_business_hours": {"calendar": "eu", "when": 1}}),
+        "/within_business_hours/when",
+        "expects a calendar name",
+    );
+    check_err(
+        json!({"within_business_hours": 3}),
+        "/within_business_hours",
+        "calendar name",
+    );
+}
+
+#[test]
+fn paths_lists_every_jsonpath_with_its_pointer() {
+    let cond = Condition::compile(&json!([
+        { "$.event.a": { "exists": true } },
+        { "any": [ { "$.steps.contact.id": { "equals": 1 } }, { "not": { "$.vars['a/b']": { "exists": true } } } ] },
+    ]))
+    .unwrap();
+    assert_eq!(
+        cond.paths(),
+        vec![
+            ("/0/$.event.a".to_owned(), "$.event.a".to_owned()),
+            (
+                "/1/any/0/$.steps.contact.id".to_owned(),
+                "$.steps.contact.id".to_owned()
+            ),
+            (
+                "/1/any/1/not/$.vars['a~1b']".to_owned(),
+                "$.vars['a/b']".to_owned()
+            ),
+        ]
+    );
+    assert!(Condition::always().paths().is_empty());
+}
+
+/// JSON trees whose keys mix operators, combinators, JSONPath-looking and
+/// arbitrary strings.
+fn arb_tree() -> impl Strategy<Value = Value> {
+    let key = prop_oneof![
+        Just("all".to_owned()),
+        Just("any".to_owned()),
+        Just("not".to_owned()),
+        proptest::sample::select(OPERATORS.to_vec()).prop_map(str::to_owned),
+        "\\$[.a-z0-9*\\[\\]?@<>=!'\"(), :$-]{0,16}",
+        "\\$\\.(event|steps|vars)(\\.[a-z]{1,3}|\\[[0-9*:-]{1,4}\\]|\\[\\?@\\.[a-z] [<>=!]=? [0-9'a]+\\])*",
+        ".{0,8}",
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        "[a-z0-9()\\[\\]*+?.\\\\{},^$|-]{0,10}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(5, 48, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec((key.clone(), inner), 0..4)
+                .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+        ]
+    })
+}
+
+/// Conditions that mostly compile: known paths, known operators,
+/// arbitrary operands, nested in combinators.
+fn arb_condition() -> impl Strategy<Value = Value> {
+    let path = proptest::sample::select(vec![
+        "$",
+        "$.event",
+        "$.event.a",
+        "$.event.a[*]",
+        "$.event.a[0]",
+        "$.event.a[-1]",
+        "$.event.a[1:3]",
+        "$.event.a[::-1]",
+        "$..a",
+        "$..*",
+        "$.event.a[?@.b > 2]",
+        "$.event.a[?@.b == 'x'].c",
+        "$.event[?length(@) > 1]",
+        "$.event.a[?match(@.b, 'x.*')]",
+        "$.steps.*.id",
+        "$.vars['a', 'b']",
+    ]);
+    let scalar = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        "[a-c0-9.-]{0,4}".prop_map(Value::String),
+    ];
+    let text = prop_oneof![
+        any::<i64>().prop_map(Value::from),
+        "[a-c0-9.-]{0,4}".prop_map(Value::String)
+    ];
+    let op_operand = prop_oneof![
+        (
+            proptest::sample::select(vec!["equals", "not_equals", "contains"]),
+            scalar.clone()
+        ),
+        (
+            Just("in"),
+            prop::collection::vec(scalar, 0..3).prop_map(Value::Array)
+        ),
+        (Just("matches"), "[a-c.*+?|^$]{0,6}".prop_map(Value::String)),
+        (Just("exists"), any::<bool>().prop_map(Value::Bool)),
+        (
+            proptest::sample::select(vec!["gt", "gte", "lt", "lte", "starts_with", "ends_with"]),
+            text
+        ),
+        (proptest::sample::select(OPERATORS.to_vec()), arb_tree()),
+    ];
+    let leaf = (path, op_operand).prop_map(|(p, (o, v))| json!({ p: { o: v } }));
+    leaf.prop_recursive(3, 16, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 1..3).prop_map(|v| json!({ "all": v })),
+            prop::collection::vec(inner.clone(), 1..3).prop_map(|v| json!({ "any": v })),
+            inner.clone().prop_map(|c| json!({ "not": c })),
+            prop::collection::vec(inner, 1..3).prop_map(Value::Array),
+        ]
+    })
+}
+
+/// Contexts whose values sit under the keys the paths above look at.
+fn arb_context() -> impl Strategy<Value = Value> {
+    (arb_tree(), arb_tree(), arb_tree()).prop_map(|(a, b, c)| {
+        json!({ "event": { "a": a.clone(), "b": b }, "steps": { "s": { "id": c } }, "vars": { "a": a } })
+    })
+}
+
+proptest! {
+    #[test]
+    fn compile_never_panics(tree in arb_tree(), ctx in arb_tree()) {
+        if let Ok(cond) = Condition::compile(&tree) {
+            cond.eval(&ctx);
+            cond.paths();
+        }
+    }
+
+    #[test]
+    fn eval_never_panics(cond in arb_condition(), ctx in arb_context()) {
+        if let Ok(cond) = Condition::compile(&cond) {
+            let _ = cond.eval(&ctx);
+            // Evaluation is a pure function of the context.
+            prop_assert_eq!(cond.eval(&ctx), cond.eval(&ctx));
+        }
+    }
+}
