@@ -4,7 +4,8 @@
 //! - `e/<event id>` → [`Event`]
 //! - `d/<connector>\0<delivery id>` → event id (refuses a second delivery)
 //! - `r/<run id>` → [`Run`]
-//! - `q/<due ms, 8 bytes big-endian><run id>` → empty: the run queue, in due order
+//! - `q/<due ms, 8 bytes big-endian><run id>` → empty (`p` for a parked run):
+//!   the run queue, in due order
 //! - `k/<recipe>\0<key>\0<seq, 8 bytes big-endian>` → run id: unfinished runs of a
 //!   concurrency key, in arrival order
 //! - `b/<recipe>\0<key>` → run id: the debounced run of a key that has not started
@@ -25,6 +26,11 @@ use super::{
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
+
+/// The value of a parked run's queue entry (`wait`, `wait_for`): due like any
+/// other entry, but not counted in the queue depth, so 100,000 waiting runs
+/// do not make `/readyz` report overload. Every other entry's value is empty.
+const PARKED: &[u8] = b"p";
 
 pub struct SledStore {
     db: sled::Db,
@@ -510,7 +516,8 @@ impl Store for SledStore {
         let _g = self.guard();
         let mut batch = sled::Batch::default();
         batch.remove(queue_key(previous_due, &run.id));
-        batch.insert(queue_key(run.due_at, &run.id), &[][..]);
+        // Marked: a parked run is not backlog (see `queue_depth`).
+        batch.insert(queue_key(run.due_at, &run.id), PARKED);
         if let Some(p) = &run.parked {
             for c in &p.keys {
                 batch.insert(correlation_key(c, &run.id), c.tag.as_bytes());
@@ -583,7 +590,12 @@ impl Store for SledStore {
     }
 
     fn queue_depth(&self) -> Result<usize> {
-        Ok(self.tree.scan_prefix(b"q/").count())
+        let mut n = 0;
+        for item in self.tree.scan_prefix(b"q/") {
+            let (_, v) = item.map_err(io)?;
+            n += usize::from(v.as_ref() != PARKED);
+        }
+        Ok(n)
     }
 
     fn apply_state(
@@ -931,6 +943,7 @@ mod tests {
             5000,
         );
         assert_eq!(s.lease(100, 1000, 10).unwrap().len(), 0, "waiting, not due");
+        assert_eq!(s.queue_depth().unwrap(), 0, "waiting runs are not backlog");
         // Another key, or another listener's tag, matches nothing.
         let other = event(Some("x1"));
         let (_, m) = s
@@ -950,6 +963,11 @@ mod tests {
         assert_eq!(m.woken, vec![a.id.clone()]);
         let woke = s.run(&a.id).unwrap().unwrap();
         assert_eq!((woke.status, woke.due_at), (RunStatus::Queued, 200));
+        assert_eq!(
+            s.queue_depth().unwrap(),
+            1,
+            "the woken run is backlog again"
+        );
         assert_eq!(woke.parked.unwrap().woken_by, Some(hit.id.clone()));
         // Its cancel key went with it: a cancelling event no longer finds it.
         let (_, m) = s
