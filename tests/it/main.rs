@@ -18,6 +18,7 @@
 //! - `fuzz`: property tests (fixed case budget) over the parsers of outside input.
 //! - `licences`: offline licence and duplicate-version check over `cargo metadata`.
 //! - `time`: calendars, time functions, schedules, durable waits, debounce, cancel_on.
+//! - `support_pack`: the support recipes of recipes/support/ (after-hours reply, SLA) end to end.
 
 mod admin;
 mod architecture;
@@ -35,5 +36,6 @@ mod recipe_tests;
 mod recipes;
 mod reply;
 mod state;
+mod support_pack;
 mod time;
 mod utils;

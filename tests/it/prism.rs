@@ -233,6 +233,11 @@ steps:
     with:
       ticket_id: "{{ event.ticket.id }}"
       body: "CRM ({{ event.ticket.requester.email }}): plan premium"
+  - id: reply
+    call: zendesk.public_reply
+    with:
+      ticket_id: "{{ event.ticket.id }}"
+      body: "Hi Bob, we are back Monday 09:00."
 "#;
 
 #[tokio::test]
@@ -290,6 +295,16 @@ async fn zendesk_ticket_actions_pass_the_zendesk_spec() {
                                       "public": false}}})
     );
     assert_eq!(note["output"], json!({"id": 35436}));
+
+    // A public reply is an UpdateTicket with a public comment.
+    let reply = step(run, "reply", 200, p);
+    assert_eq!(sent_path(reply, &zendesk), "/api/v2/tickets/7");
+    assert_eq!(
+        reply["request"]["request_body"],
+        json!({"ticket": {"comment": {"body": "Hi Bob, we are back Monday 09:00.",
+                                      "public": true}}})
+    );
+    assert_eq!(reply["output"], json!({"id": 35436}));
 }
 
 const HUBSPOT_RECIPE: &str = r#"

@@ -35,6 +35,11 @@ fn shipped_tests() -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(&dir).unwrap() {
         let path = e.unwrap().path();
+        // Recipes only: not `_shared.yaml`, not the support/ pack (its own test).
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !path.is_file() || name.starts_with('_') {
+            continue;
+        }
         let text = std::fs::read_to_string(&path).unwrap();
         let (v, _) = switchboard::yaml::load_value(&path, &text).unwrap();
         let names = v["tests"]

@@ -217,6 +217,33 @@ fn shared_definitions_are_checked_where_they_are_written_and_used() {
             &format!("{HEAD}  - set: {{ a: 1 }}\n"),
             Some("scenarios:\n  x: { call: zendesk.nope }\n")
         ),
-        ["_shared:2:14: unknown action `nope` of connector `zendesk`, expected one of `add_internal_note`, `add_tags`, `show_ticket`, `update_ticket`"]
+        ["_shared:2:14: unknown action `nope` of connector `zendesk`, expected one of `add_internal_note`, `add_tags`, `public_reply`, `show_ticket`, `update_ticket`"]
     );
+}
+
+#[test]
+fn a_wait_duration_may_be_a_var_fixed_at_load() {
+    let head = "name: r\non: { connector: zendesk, event: ticket.created }\nvars: { sla: 12h, n: 3, bad: soon }\nsteps:\n";
+    let wait_for = |timeout: &str| {
+        errors(&format!(
+            "{head}  - id: reply\n    wait_for: {{ event: ticket.updated, key: \"{{{{ event.ticket.id }}}}\", timeout: \"{timeout}\" }}\n"
+        ))
+    };
+    assert_eq!(wait_for("{{ vars.sla }}"), Vec::<String>::new());
+    assert_eq!(
+        errors(&format!("{head}  - wait: \"{{{{ vars.sla }}}}\"\n")),
+        Vec::<String>::new()
+    );
+    let e = wait_for("{{ vars.n }}");
+    assert!(
+        e.len() == 1 && e[0].ends_with("vars.n must be a duration such as `12h`"),
+        "{e:?}"
+    );
+    let e = wait_for("{{ vars.bad }}");
+    assert!(
+        e.len() == 1 && e[0].contains("vars.bad: expected a duration"),
+        "{e:?}"
+    );
+    let e = wait_for("{{ vars.nope }}");
+    assert!(e.len() == 1 && e[0].contains("unknown var `nope`"), "{e:?}");
 }

@@ -47,7 +47,7 @@ pub struct Awaited {
 }
 
 pub(super) fn compile_wait(cx: &mut Compiler<'_>, text: &str, ptr: &str) -> Option<WaitStep> {
-    match parse_duration(text, MAX_WAIT_MS) {
+    match duration(text, cx.var_values) {
         Ok(ms) => Some(WaitStep { ms }),
         Err(e) => {
             cx.error(&format!("{ptr}/wait"), e.0);
@@ -78,7 +78,7 @@ pub(super) fn compile_wait_for(
     ptr: &str,
 ) -> Option<WaitForStep> {
     let p = format!("{ptr}/wait_for");
-    let timeout = parse_duration(&f.timeout, MAX_WAIT_MS)
+    let timeout = duration(&f.timeout, cx.var_values)
         .map_err(|e| cx.error(&format!("{p}/timeout"), e.0))
         .ok();
     let awaited = awaited(
@@ -96,6 +96,30 @@ pub(super) fn compile_wait_for(
         awaited: awaited?,
         timeout_ms: timeout?,
     })
+}
+
+/// A wait's duration: literal (`12h`), or exactly `{{ vars.NAME }}` of a
+/// var holding one, fixed when the recipe loads (so a test or a team can
+/// change the SLA in one place, and `check` still checks it).
+fn duration(text: &str, vars: &Value) -> Result<i64, crate::time::TimeError> {
+    let var = text
+        .trim()
+        .strip_prefix("{{")
+        .and_then(|t| t.strip_suffix("}}"))
+        .and_then(|t| t.trim().strip_prefix("vars."));
+    let Some(name) = var else {
+        return parse_duration(text, MAX_WAIT_MS);
+    };
+    match vars.get(name) {
+        Some(Value::String(d)) => parse_duration(d, MAX_WAIT_MS)
+            .map_err(|e| crate::time::TimeError(format!("vars.{name}: {}", e.0))),
+        Some(_) => Err(crate::time::TimeError(format!(
+            "vars.{name} must be a duration such as `12h`"
+        ))),
+        None => Err(crate::time::TimeError(format!(
+            "unknown var `{name}`: a duration may be `{{{{ vars.NAME }}}}` of a declared var"
+        ))),
+    }
 }
 
 /// The fields of a `wait_for` / `cancel_on` entry.
