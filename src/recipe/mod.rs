@@ -286,7 +286,7 @@ fn compile(
         .as_ref()
         .and_then(|r| reply::compile(r, &trigger, map, templates, errors));
 
-    let tests = testing::compile_tests(&file, map, connectors, errors);
+    let tests = testing::compile_tests(&file, map, connectors, shared, errors);
 
     let mut cx = steps::Compiler {
         map,

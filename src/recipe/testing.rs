@@ -46,12 +46,19 @@ pub(super) fn compile_tests(
     file: &RecipeFile,
     map: &SourceMap,
     connectors: &Connectors,
+    shared: &super::shared::Shared,
     errors: &mut Vec<LoadError>,
 ) -> Vec<RecipeTest> {
     // Step ids and `with:` names from the file, so tests are checked even
     // when a step itself has an error.
     let mut steps: Vec<(String, &StepFile)> = Vec::new();
     step_files(&file.steps, None, &mut steps);
+    // A `scenario:` step calls the scenario's action with its inputs (the
+    // step's own `with:` merged over them).
+    let scenario = |s: &StepFile| s.scenario.as_ref().and_then(|n| shared.scenarios.get(n));
+    let calls = |s: &StepFile, call: &str| {
+        s.call.as_deref() == Some(call) || scenario(s).is_some_and(|sc| sc.call == call)
+    };
     let mut names: Vec<&str> = Vec::new();
     let mut out = Vec::new();
     for (i, t) in file.tests.iter().enumerate() {
@@ -83,10 +90,7 @@ pub(super) fn compile_tests(
             let p = format!("{ptr}/expect_calls/{j}");
             if let Err(msg) = resolve(call, connectors) {
                 errors.push(map.error(&p, msg));
-            } else if !steps
-                .iter()
-                .any(|(_, s)| s.call.as_deref() == Some(call.as_str()))
-            {
+            } else if !steps.iter().any(|(_, s)| calls(s, call)) {
                 errors.push(map.error(
                     &p,
                     format!("no step of this recipe calls `{call}`, so it is never called"),
@@ -105,15 +109,19 @@ pub(super) fn compile_tests(
                 ));
                 continue;
             };
-            let empty = BTreeMap::new();
-            let with = step.with.as_ref().unwrap_or(&empty);
+            let mut with: Vec<&String> = step.with.iter().flat_map(|w| w.keys()).collect();
+            if let Some(sc) = scenario(step) {
+                with.extend(sc.with.keys());
+            }
+            with.sort();
+            with.dedup();
             for name in inputs.keys() {
-                if !with.contains_key(name) {
+                if !with.contains(&name) {
                     errors.push(map.error_at_key(
                         &format!("{p}/{}", escape(name)),
                         format!(
                             "step `{id}` has no input `{name}` in its `with:`, expected one of {}",
-                            list(with.keys())
+                            list(with.iter().copied())
                         ),
                     ));
                 }

@@ -110,7 +110,7 @@ fn check_reports_unknown_connectors_and_actions() {
                 9,
                 11,
                 "unknown action `close_ticket` of connector `zendesk`, expected one of \
-                 `add_internal_note`, `add_tags`, `show_ticket`, `update_ticket`",
+                 `add_internal_note`, `add_tags`, `public_reply`, `show_ticket`, `update_ticket`",
             ),
         ],
     );

@@ -18,9 +18,7 @@ fn recipes_with(recipe: &str, edit: impl Fn(String) -> String, shared: &str) -> 
     let cfg = Config::connectors_only();
     let text = std::fs::read_to_string(support().join(format!("{recipe}.yaml"))).unwrap();
     write(&cfg.recipes.join(format!("{recipe}.yaml")), &edit(text));
-    if !shared.is_empty() {
-        write(&cfg.recipes.join("_shared.yaml"), shared);
-    }
+    write(&cfg.recipes.join("_shared.yaml"), shared);
     cfg
 }
 
@@ -121,7 +119,7 @@ async fn first_reply_sla_escalates_only_tickets_without_an_agent_reply() {
             assert!(t.contains("reply_within: 12h"));
             t.replace("reply_within: 12h", "reply_within: 2s")
         },
-        "",
+        &std::fs::read_to_string(support().join("_shared.yaml")).unwrap(),
     );
     let zendesk = zendesk_mock().await;
     let slack = slack_mock().await;

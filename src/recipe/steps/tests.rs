@@ -241,9 +241,26 @@ fn a_wait_duration_may_be_a_var_fixed_at_load() {
     );
     let e = wait_for("{{ vars.bad }}");
     assert!(
-        e.len() == 1 && e[0].contains("vars.bad: expected a duration"),
+        e.len() == 1 && e[0].contains("vars.bad: invalid duration `soon`"),
         "{e:?}"
     );
     let e = wait_for("{{ vars.nope }}");
     assert!(e.len() == 1 && e[0].contains("unknown var `nope`"), "{e:?}");
+}
+
+#[test]
+fn recipe_tests_see_the_call_and_inputs_of_a_scenario_step() {
+    let recipe = format!(
+        "{HEAD}  - id: esc\n    scenario: escalate\n    with: {{ fields: {{ group_id: 5 }} }}\ntests:\n  - name: t\n    event: {{ type: ticket.created, ticket: {{ id: 1 }} }}\n    mock: {{ zendesk.update_ticket: {{ id: 1 }} }}\n    expect_calls: [zendesk.update_ticket]\n    expect_inputs:\n      esc: {{ ticket_id: 1, fields: {{ priority: urgent, tags: [escalated], group_id: 5 }} }}\n"
+    );
+    assert_eq!(
+        errors_with_shared(&recipe, Some(SHARED)),
+        Vec::<String>::new()
+    );
+    // An input neither the step nor the scenario has is still an error.
+    let bad = recipe.replace("esc: { ticket_id: 1,", "esc: { nope: 1,");
+    assert_eq!(
+        errors_with_shared(&bad, Some(SHARED)),
+        ["14:14: step `esc` has no input `nope` in its `with:`, expected one of `fields`, `ticket_id`"]
+    );
 }
