@@ -744,3 +744,53 @@ fn the_readme_time_examples_check_and_pass_their_tests() {
         stdout(&out)
     );
 }
+
+#[test]
+fn a_computed_wait_beyond_the_maximum_fails_the_step() {
+    let cfg = Config::connectors_only();
+    cfg.recipe(
+        "later",
+        r#"name: later
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - id: until
+    wait_until: "{{ event.ticket.due }}"
+  - call: slack.post_message
+    with: { channel: C1, text: "due" }
+tests:
+  - name: two years ahead is refused
+    now: "2025-12-01T09:00:00Z"
+    event: { type: ticket.created, ticket: { id: 1, due: "2027-12-01T09:00:00Z" } }
+    expect_calls: []
+    expect_status: failed
+  - name: a past time does not wait
+    now: "2025-12-01T09:00:00Z"
+    event: { type: ticket.created, ticket: { id: 1, due: "2025-11-01T09:00:00Z" } }
+    mock: { slack.post_message: { ok: true } }
+    expect_calls: [slack.post_message]
+  - name: a time that is not one fails
+    event: { type: ticket.created, ticket: { id: 1, due: "soonish" } }
+    expect_calls: []
+    expect_status: failed
+  - name: within the maximum it waits
+    now: "2025-12-01T09:00:00Z"
+    event: { type: ticket.created, ticket: { id: 1, due: "2026-06-01T09:00:00Z" } }
+    then: [ { advance: 100d } ]
+    expect_calls: []
+    expect_status: waiting
+"#,
+    );
+    let out = cfg.command("test").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("4 passed, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+}
