@@ -18,7 +18,7 @@
 //! - `fuzz`: property tests (fixed case budget) over the parsers of outside input.
 //! - `licences`: offline licence and duplicate-version check over `cargo metadata`.
 //! - `time`: calendars, time functions, schedules, durable waits, debounce, cancel_on.
-//! - `support_pack`: the support recipes of recipes/support/ (after-hours reply, SLA) end to end.
+//! - `support_pack`: the support recipes of recipes/support/ (after-hours reply, SLA, dispatcher, thanks) end to end.
 
 mod admin;
 mod architecture;

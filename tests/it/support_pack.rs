@@ -18,7 +18,9 @@ fn recipes_with(recipe: &str, edit: impl Fn(String) -> String, shared: &str) -> 
     let cfg = Config::connectors_only();
     let text = std::fs::read_to_string(support().join(format!("{recipe}.yaml"))).unwrap();
     write(&cfg.recipes.join(format!("{recipe}.yaml")), &edit(text));
-    write(&cfg.recipes.join("_shared.yaml"), shared);
+    if !shared.is_empty() {
+        write(&cfg.recipes.join("_shared.yaml"), shared);
+    }
     cfg
 }
 
@@ -216,4 +218,77 @@ fn support_recipes_pass_check_and_their_tests_offline() {
         assert!(n >= 3, "{recipe}: {n} tests passed\n{text}");
     }
     assert!(!text.contains("FAIL"), "{text}");
+}
+
+#[tokio::test]
+async fn dispatcher_rotates_each_team_and_skips_agents_who_are_away() {
+    let cfg = recipes_with("dispatcher", |t| t, "");
+    let zendesk = zendesk_mock().await;
+    let (hub, quiet) = quiet_hub(cfg.options().base_url("zendesk", &zendesk.url)).await;
+    let ticket = |id: u64, tags: &str, locale: &str| {
+        json!({"type": "ticket.created", "ticket": {"id": id, "subject": "Help",
+               "tags": tags, "locale": locale, "priority": "normal", "assignee_id": ""}})
+    };
+    // Billing: Alice, (Bruno is away) Chen, Alice again; German: Dana.
+    for (id, tags, locale) in [
+        (1, "billing", "en"),
+        (2, "web billing", "en"),
+        (3, "billing", "de"),
+        (4, "", "de-AT"),
+    ] {
+        let (status, accepted) = hub.post_zendesk(&ticket(id, tags, locale)).await;
+        assert_eq!(status, 202, "{accepted}");
+        // One at a time, so the rotation order is the posting order.
+        let run = hub.wait_run(&only_run(&accepted)).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+    let assigned: Vec<Value> = (1..=4)
+        .map(|id| {
+            let puts = zendesk.calls(&format!("/api/v2/tickets/{id}"));
+            assert_eq!(puts.len(), 1, "{:?}", zendesk.received());
+            puts[0].json()["ticket"].clone()
+        })
+        .collect();
+    assert_eq!(
+        assigned,
+        vec![
+            json!({"group_id": 360000010, "assignee_id": 3611}),
+            json!({"group_id": 360000010, "assignee_id": 3613}),
+            json!({"group_id": 360000010, "assignee_id": 3611}),
+            json!({"group_id": 360000011, "assignee_id": 3621}),
+        ]
+    );
+    // An assigned ticket starts no run.
+    let (_, accepted) = hub
+        .post_zendesk(&json!({"type": "ticket.created", "ticket": {"id": 5, "tags": "billing", "assignee_id": 3611}}))
+        .await;
+    assert_eq!(accepted["runs"], json!([]), "{accepted}");
+    assert!(quiet.received().is_empty(), "{:?}", quiet.received());
+}
+
+#[tokio::test]
+async fn thanks_sets_a_reopened_ticket_back_to_solved_once() {
+    let cfg = recipes_with("thanks-keeps-solved", |t| t, "");
+    let zendesk = zendesk_mock().await;
+    let (hub, quiet) = quiet_hub(cfg.options().base_url("zendesk", &zendesk.url)).await;
+    let updated = |status: &str, previous: &str| {
+        json!({"type": "ticket.updated", "ticket": {"id": 8, "status": status, "previous_status": previous,
+               "last_comment": {"public": true, "author_role": "end-user", "body": "Danke, das war's!"}}})
+    };
+    let (status, accepted) = hub.post_zendesk(&updated("open", "solved")).await;
+    assert_eq!(status, 202, "{accepted}");
+    let run = hub.wait_run(&only_run(&accepted)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    // The event Zendesk sends for the recipe's own update (a broad trigger):
+    // solved, the same last comment. It starts no run.
+    let (status, again) = hub.post_zendesk(&updated("solved", "open")).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["runs"], json!([]), "{again}");
+    let puts = zendesk.calls("/api/v2/tickets/8");
+    assert_eq!(puts.len(), 1, "{:?}", zendesk.received());
+    assert_eq!(
+        puts[0].json(),
+        json!({"ticket": {"status": "solved", "tags": ["thanks_auto_solved"]}})
+    );
+    assert!(quiet.received().is_empty(), "{:?}", quiet.received());
 }
