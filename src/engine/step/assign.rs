@@ -16,13 +16,7 @@ pub(super) async fn execute<H: Host>(
     step: &Step,
     a: &AssignStep,
     path: &str,
-    recorded: Option<usize>,
 ) -> Flow {
-    if let Some(i) = recorded {
-        let out = w.recorded(i).output.clone();
-        w.set_output(step, out);
-        return Flow::Next;
-    }
     let prepared = prepare(w, step, a);
     // The per-agent context entry is gone whatever happened.
     if let Some(o) = w.ctx.as_object_mut() {

@@ -12,13 +12,7 @@ pub(super) async fn execute<H: Host>(
     step: &Step,
     call: &CallStep,
     path: &str,
-    recorded: Option<usize>,
 ) -> Flow {
-    if let Some(i) = recorded {
-        let out = w.recorded(i).output.clone();
-        w.set_output(step, out);
-        return Flow::Next;
-    }
     let input = match render(w, call) {
         Ok(input) => input,
         Err((partial, error)) => {

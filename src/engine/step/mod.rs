@@ -214,16 +214,27 @@ impl<'a, H: Host> Walker<'a, H> {
                 }
             }
         }
+        // Kinds whose record is their whole effect replay from its output;
+        // control kinds replay their recorded decision themselves.
+        let control = matches!(
+            step.kind,
+            StepKind::Stop(_) | StepKind::Switch(_) | StepKind::ForEach(_)
+        );
+        if let (Some(i), false) = (recorded, control) {
+            let out = self.recorded(i).output.clone();
+            self.set_output(step, out);
+            return Flow::Next;
+        }
         match &step.kind {
-            StepKind::Call(k) => call::execute(self, step, k, path, recorded).await,
-            StepKind::Set(k) => set::execute(self, step, k, path, recorded),
-            StepKind::State(k) => state::execute(self, step, k, path, recorded).await,
-            StepKind::Assign(k) => assign::execute(self, step, k, path, recorded).await,
+            StepKind::Call(k) => call::execute(self, step, k, path).await,
+            StepKind::Set(k) => set::execute(self, step, k, path),
+            StepKind::State(k) => state::execute(self, step, k, path).await,
+            StepKind::Assign(k) => assign::execute(self, step, k, path).await,
             StepKind::Stop(k) => stop::execute(self, step, k, path, recorded),
             StepKind::Switch(k) => switch::execute(self, step, k, path, recorded).await,
             StepKind::ForEach(k) => for_each::execute(self, step, k, path, recorded).await,
             StepKind::Wait(_) | StepKind::WaitUntil(_) | StepKind::WaitFor(_) => {
-                wait::execute(self, step, path, recorded).await
+                wait::execute(self, step, path).await
             }
         }
     }

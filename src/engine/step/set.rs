@@ -11,13 +11,7 @@ pub(super) fn execute<H: Host>(
     step: &Step,
     set: &SetStep,
     path: &str,
-    recorded: Option<usize>,
 ) -> Flow {
-    if let Some(i) = recorded {
-        let out = w.recorded(i).output.clone();
-        w.set_output(step, out);
-        return Flow::Next;
-    }
     let mut out = Map::new();
     for (name, t) in &set.values {
         match w.catalog.templates.render_value(t, &w.ctx) {

@@ -21,13 +21,7 @@ pub(super) async fn execute<H: Host>(
     step: &Step,
     st: &StateStep,
     path: &str,
-    recorded: Option<usize>,
 ) -> Flow {
-    if let Some(i) = recorded {
-        let out = w.recorded(i).output.clone();
-        w.set_output(step, out);
-        return Flow::Next;
-    }
     let namespace = st
         .namespace
         .clone()

@@ -22,17 +22,7 @@ pub(crate) fn wait_tag(recipe: &str, step_id: &str) -> String {
     format!("{recipe}\0{step_id}")
 }
 
-pub(super) async fn execute<H: Host>(
-    w: &mut Walker<'_, H>,
-    step: &Step,
-    path: &str,
-    recorded: Option<usize>,
-) -> Flow {
-    if let Some(i) = recorded {
-        let out = w.recorded(i).output.clone();
-        w.set_output(step, out);
-        return Flow::Next;
-    }
+pub(super) async fn execute<H: Host>(w: &mut Walker<'_, H>, step: &Step, path: &str) -> Flow {
     let now = w.ctx["run"]["now"].as_i64().unwrap_or_default();
     if let Some(p) = w.host.parked().filter(|p| p.step == path).cloned() {
         if p.woken_by.is_some() || now >= p.until {
