@@ -155,29 +155,38 @@ impl Engine {
                 if r.reply.is_some() && replier.is_none_or(|w: &Recipe| r.name < w.name) {
                     replier = Some(r);
                 }
-                let concurrency = r.concurrency.as_ref().map(|(t, limit)| {
-                    let key = catalog.templates.render_string(t, ctx).unwrap_or_else(|e| {
-                        tracing::warn!(recipe = %r.name, error = %e, "concurrency key did not render; using the empty key");
-                        String::new()
-                    });
-                    store::ConcurrencySlot {
-                        key: format!("{}\0{key}", r.name),
+                // `<recipe>\0<rendered key>`, or None (logged) when it does
+                // not render or renders empty (a missing field).
+                let key = |t, what: &str| match catalog.templates.render_string(t, ctx) {
+                    Ok(k) if !k.is_empty() => Some(format!("{}\0{k}", r.name)),
+                    Ok(_) => {
+                        tracing::warn!(recipe = %r.name, "{what} key rendered empty");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(recipe = %r.name, error = %e, "{what} key did not render");
+                        None
+                    }
+                };
+                // Without a key, concurrency serialises on the empty key
+                // (safe); debounce runs the event on its own rather than
+                // folding it into unrelated events.
+                let concurrency = r
+                    .concurrency
+                    .as_ref()
+                    .map(|(t, limit)| store::ConcurrencySlot {
+                        key: key(t, "concurrency").unwrap_or_else(|| format!("{}\0", r.name)),
                         limit: *limit,
                         seq: 0,
-                    }
-                });
-                let debounce = r.debounce.as_ref().map(|d| {
-                    let key = catalog.templates.render_string(&d.key, ctx).unwrap_or_else(|e| {
-                        tracing::warn!(recipe = %r.name, error = %e, "debounce key did not render; using the empty key");
-                        String::new()
                     });
-                    store::DebounceSlot {
-                        key: format!("{}\0{key}", r.name),
+                let debounce = r.debounce.as_ref().and_then(|d| {
+                    Some(store::DebounceSlot {
+                        key: key(&d.key, "debounce")?,
                         quiet_ms: d.quiet_ms,
                         max_ms: d.max_ms,
                         first_at: now,
                         events: 1,
-                    }
+                    })
                 });
                 // A debounced run starts once its key has been quiet.
                 let due_at = debounce.as_ref().map_or(now, |d| now + d.quiet_ms);
