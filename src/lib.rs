@@ -18,6 +18,8 @@
 //!   state operations (`store::state`, pure, shared by every backend).
 //! - [`time`]: the engine's clock, zones, durations, cron schedules, business-hours calendars.
 //! - [`template`], [`jsonpath`], [`yaml`], [`secret`], [`duration`]: shared, pure building blocks.
+//! - [`metrics`]: the process's Prometheus metrics (a leaf the layers record into;
+//!   served by `admin` at `/metrics`).
 //! - [`error`]: the one place errors become HTTP answers.
 //! - [`listener`]: the accept loop and per-connection limits (timeouts,
 //!   connection cap, bounded buffers, lingering close).
@@ -48,6 +50,7 @@ pub mod error;
 pub mod ingress;
 pub mod jsonpath;
 pub mod listener;
+pub mod metrics;
 pub mod recipe;
 pub mod secret;
 pub mod server;

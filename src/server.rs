@@ -34,6 +34,8 @@ pub struct ServeConfig {
     pub max_queue: usize,
     /// Timeouts and the connection cap of the HTTP listener.
     pub connections: ConnectionLimits,
+    /// Serve `/metrics` without the admin token.
+    pub metrics_public: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,7 @@ impl ServeConfig {
             shutdown_grace: Duration::from_secs(Self::DEFAULT_SHUTDOWN_GRACE_SECS),
             max_queue: Self::DEFAULT_MAX_QUEUE,
             connections: ConnectionLimits::default(),
+            metrics_public: false,
         }
     }
 
@@ -185,6 +188,7 @@ impl Prepared {
             engine: engine.clone(),
             token,
             max_queue: config.max_queue,
+            metrics_public: config.metrics_public,
         }));
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "listening");

@@ -1,4 +1,5 @@
 //! Admin API: read events and runs (JSON, paginated), behind a bearer token;
+//! `/metrics` (Prometheus), behind the token unless `--metrics-public`;
 //! plus `/healthz` and `/readyz`, which need no token.
 //!
 //! The answers come from [`queries`] (events and runs) and [`state`] (recipe
@@ -33,6 +34,9 @@ pub struct AdminState {
     pub token: Secret,
     /// Queue depth above which `/readyz` answers 503 (events are still accepted).
     pub max_queue: usize,
+    /// Serve `/metrics` without the token (`--metrics-public`), for a
+    /// scraper on a network the operator trusts.
+    pub metrics_public: bool,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -44,13 +48,30 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/runs/{id}/retry", post(retry_run))
         .route("/api/runs/retry", post(retry_runs))
         .route("/api/queue", get(queue))
-        .merge(state::router())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .merge(state::router());
+    let metrics_route = Router::new().route("/metrics", get(metrics));
+    let (api, open) = if state.metrics_public {
+        (api, metrics_route)
+    } else {
+        (api.merge(metrics_route), Router::new())
+    };
+    let api = api.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
+        .merge(open)
         .merge(api)
         .with_state(state)
+}
+
+/// `GET /metrics`: the process's metrics in the OpenMetrics text format,
+/// with the queue and the breakers read now.
+async fn metrics(State(st): State<AdminState>) -> Result<Response, ApiError> {
+    let snapshot = st.engine.metrics_snapshot()?;
+    let text = crate::metrics::get()
+        .encode(&snapshot)
+        .map_err(|e| ApiError::Unavailable(format!("encoding metrics: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 async fn require_token(

@@ -261,7 +261,9 @@ impl Client {
         breaker
             .check(Instant::now())
             .map_err(CallError::CircuitOpen)?;
+        let waited = Instant::now();
         let _admission = connector.limits.admit().await;
+        crate::metrics::get().limit_wait(&connector.name, waited.elapsed());
         let pass = breaker
             .pass(Instant::now())
             .map_err(CallError::CircuitOpen)?;

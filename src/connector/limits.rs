@@ -199,6 +199,16 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Where the breaker stands (for `/metrics`): open until a probe passes.
+    pub fn position(&self) -> crate::metrics::BreakerPosition {
+        use crate::metrics::BreakerPosition as P;
+        match *self.state() {
+            BreakerState::Closed { .. } => P::Closed,
+            BreakerState::Open { .. } => P::Open,
+            BreakerState::HalfOpen => P::HalfOpen,
+        }
+    }
+
     /// Whether a call could go now (`Err(wait)` if not), without taking the
     /// probe: asked before waiting for the other limits.
     pub fn check(&self, now: Instant) -> Result<(), Duration> {

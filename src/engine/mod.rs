@@ -270,6 +270,9 @@ impl Engine {
             self.wake.notify_waiters();
         }
         let mut accepted = self.accepted(inserted, event_id, event.runs, runs, handoffs)?;
+        if !accepted.duplicate {
+            crate::metrics::get().event_stored(&event.connector);
+        }
         if let Some((r, reply)) = replier.and_then(|r| r.reply.as_ref().map(|p| (r, p))) {
             let run_id = if accepted.duplicate {
                 reply::run_of(self, r, &accepted.runs)
@@ -376,5 +379,23 @@ impl Engine {
     /// Runs waiting or in flight.
     pub fn queue_depth(&self) -> Result<usize, StoreError> {
         self.store.queue_depth()
+    }
+
+    /// The states `/metrics` reports: the queue by kind and every
+    /// connector's breaker, read now.
+    pub fn metrics_snapshot(&self) -> Result<crate::metrics::Snapshot, StoreError> {
+        let counts = self.store.queue_counts()?;
+        let breakers = self
+            .catalog
+            .connectors
+            .by_name
+            .iter()
+            .map(|(name, c)| (name.clone(), c.limits.breaker.position()))
+            .collect();
+        Ok(crate::metrics::Snapshot {
+            queue_depth: counts.backlog,
+            waiting_runs: counts.parked,
+            breakers,
+        })
     }
 }

@@ -207,7 +207,12 @@ impl Engine {
         run.updated_at = now;
         run.finished_at = Some(now);
         self.store.finish_run(run)?;
-        self.commit.sync().await
+        self.commit.sync().await?;
+        // The status's serde name, as the admin API spells it.
+        if let Ok(Value::String(name)) = serde_json::to_value(status) {
+            crate::metrics::get().run_finished(&run.recipe, &name);
+        }
+        Ok(())
     }
 
     /// Run one attempt of a call. `prior` is the record of earlier
@@ -246,6 +251,7 @@ impl Engine {
         let error = match &outcome.result {
             // Not sent: wait for the breaker without spending an attempt.
             Err(CallError::CircuitOpen(wait)) => {
+                crate::metrics::get().breaker_refusal(&connector.name);
                 record.error = Some(CallError::CircuitOpen(*wait).to_string());
                 return (record, Attempted::RetryIn(*wait));
             }
@@ -264,6 +270,13 @@ impl Engine {
         record.duration_ms = elapsed;
         record.http_status = outcome.record.status;
         record.request = serde_json::to_value(&outcome.record).ok();
+        let metrics = crate::metrics::get();
+        metrics.call(
+            &connector.name,
+            &action.name,
+            outcome.record.status,
+            Duration::from_millis(elapsed),
+        );
         match outcome.result {
             Ok(out) => {
                 record.status = StepStatus::Succeeded;
@@ -285,6 +298,7 @@ impl Engine {
                 } else if this_round >= policy.attempts {
                     (record, Attempted::End(RunStatus::Dead))
                 } else {
+                    metrics.retry(&connector.name, &action.name);
                     let retry_after = outcome
                         .record
                         .retry_after
@@ -372,6 +386,7 @@ impl WorkerHost<'_> {
         let previous_due = self.run.due_at;
         let now = store::now_ms();
         tracing::info!(run = %self.run.id, recipe = %self.run.recipe, step = %parked.step, until = parked.until, "run waiting");
+        crate::metrics::get().run_parked(&self.run.recipe);
         self.run.status = RunStatus::Waiting;
         self.run.due_at = parked.until;
         self.run.updated_at = now;

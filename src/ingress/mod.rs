@@ -10,6 +10,7 @@
 use crate::connector::Field;
 use crate::engine::{Engine, Incoming};
 use crate::error::ApiError;
+use crate::metrics;
 use crate::signature;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -36,9 +37,32 @@ pub fn router(state: IngressState) -> Router {
         .with_state(state)
 }
 
+/// Every answer to a webhook is counted, by connector (a loaded one's
+/// name: the path segment is the sender's) and status.
 async fn receive(
     State(st): State<IngressState>,
     Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let known = st.engine.catalog().connectors.get(&name).is_some();
+    let resp = handle(&st, &name, method, uri, headers, body)
+        .await
+        .into_response();
+    let label = if known {
+        name.as_str()
+    } else {
+        metrics::UNKNOWN_CONNECTOR
+    };
+    metrics::get().webhook(label, resp.status().as_u16());
+    resp
+}
+
+async fn handle(
+    st: &IngressState,
+    name: &str,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -47,7 +71,7 @@ async fn receive(
     let catalog = st.engine.catalog();
     let Some((connector, webhook)) = catalog
         .connectors
-        .get(&name)
+        .get(name)
         .and_then(|c| c.webhook.as_ref().map(|w| (c, w)))
     else {
         return Err(ApiError::NotFound(format!(
@@ -103,6 +127,7 @@ async fn receive(
         .verify(&request, crate::store::now_ms() / 1000)
         .map_err(|e| {
             tracing::warn!(connector = %name, check = e.check(), "webhook refused");
+            metrics::get().signature_failure(name, e.check());
             ApiError::Unauthorized {
                 check: e.check(),
                 message: e.to_string(),

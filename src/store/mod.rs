@@ -337,6 +337,15 @@ pub enum Inserted {
     },
 }
 
+/// What the run queue holds, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Runs due or leased: [`Store::queue_depth`].
+    pub backlog: usize,
+    /// Runs parked by a wait step (`waiting`).
+    pub parked: usize,
+}
+
 /// The durable state. Writes are not durable until [`Store::flush`] returns.
 pub trait Store: Send + Sync + 'static {
     /// Store an event and its new runs (queued, due now) atomically, unless
@@ -389,6 +398,13 @@ pub trait Store: Send + Sync + 'static {
     fn release_leases(&self, now: i64) -> Result<usize>;
     /// Number of runs waiting or leased.
     fn queue_depth(&self) -> Result<usize>;
+    /// The queue by kind: due or leased (the depth), and parked in a wait.
+    fn queue_counts(&self) -> Result<QueueCounts> {
+        Ok(QueueCounts {
+            backlog: self.queue_depth()?,
+            parked: 0,
+        })
+    }
     /// When the earliest queue entry is due, if any.
     fn next_due(&self) -> Result<Option<i64>>;
 
@@ -472,7 +488,9 @@ impl GroupCommit {
                 while let Ok(first) = rx.recv() {
                     let mut waiters = vec![first];
                     waiters.extend(rx.try_iter());
+                    let started = std::time::Instant::now();
                     let r = store.flush().map_err(|e| e.to_string());
+                    crate::metrics::get().commit(waiters.len(), started.elapsed());
                     for w in waiters {
                         let _ = w.send(r.clone());
                     }

@@ -142,6 +142,9 @@ impl Store for Reopening {
     fn queue_depth(&self) -> Result<usize> {
         self.with(|s| s.queue_depth())
     }
+    fn queue_counts(&self) -> Result<super::QueueCounts> {
+        self.with(|s| s.queue_counts())
+    }
     fn next_due(&self) -> Result<Option<i64>> {
         self.with(|s| s.next_due())
     }

@@ -590,10 +590,18 @@ impl Store for SledStore {
     }
 
     fn queue_depth(&self) -> Result<usize> {
-        let mut n = 0;
+        Ok(self.queue_counts()?.backlog)
+    }
+
+    fn queue_counts(&self) -> Result<crate::store::QueueCounts> {
+        let mut n = crate::store::QueueCounts::default();
         for item in self.tree.scan_prefix(b"q/") {
             let (_, v) = item.map_err(io)?;
-            n += usize::from(v.as_ref() != PARKED);
+            if v.as_ref() == PARKED {
+                n.parked += 1;
+            } else {
+                n.backlog += 1;
+            }
         }
         Ok(n)
     }

@@ -90,6 +90,26 @@ const NEVER: &[(&str, &[&str], &str)] = &[
     ("yaml", LAYERS, "a pure building block"),
     ("secret", LAYERS, "a pure building block"),
     ("duration", LAYERS, "a pure building block"),
+    (
+        "metrics",
+        &[
+            "ingress",
+            "admin",
+            "server",
+            "listener",
+            "engine",
+            "recipe",
+            "connector",
+            "store",
+            "template",
+            "signature",
+            "time",
+            "error",
+            "yaml",
+            "secret",
+        ],
+        "a leaf every layer records into",
+    ),
 ];
 
 /// (outside crate, the only modules that import it).
@@ -100,6 +120,7 @@ const ONLY: &[(&str, &[&str])] = &[
     ("hyper", &["listener"]),
     ("hyper_util", &["listener"]),
     ("tower", &["listener"]),
+    ("prometheus_client", &["metrics"]),
 ];
 
 /// An inline path into an outside crate: `axum::…` (not `store::sled::…`).

@@ -23,10 +23,15 @@ const ALLOWED: &[&str] = &[
 ];
 
 /// Crates in two versions today, pulled in by different dependencies.
+/// (`parking_lot`, its core and `redox_syscall`: sled pins parking_lot 0.11,
+/// prometheus-client needs 0.12; both are small and sled's will go with it.)
 const DUPLICATES_ALLOWED: &[&str] = &[
     "base64",
     "cpufeatures",
     "getrandom",
+    "parking_lot",
+    "parking_lot_core",
+    "redox_syscall",
     "rand",
     "rand_core",
     "syn",

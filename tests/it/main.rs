@@ -6,6 +6,7 @@
 //! - `ingress`: bad webhook input is refused and changes nothing; odd but valid input is stored as documented.
 //! - `outbound`: failing, slow or unreachable far ends fail their step, not the hub; internal addresses.
 //! - `admin`: the admin API's token and paging.
+//! - `console`: `/metrics` (token, Prometheus text parsed), the admin API's OpenAPI document, the `serve --demo` quick start.
 //! - `cli`: `check` errors (located), `serve` refusing broken files, the runs/events commands.
 //! - `durability`: kill -9, SIGTERM, retries, dead letters, limits, ordering, back-pressure.
 //! - `recipe_tests`: `switchboard test` running the recipes' own `tests:` with mocked connectors.
@@ -23,6 +24,7 @@
 mod admin;
 mod architecture;
 mod cli;
+mod console;
 mod durability;
 mod faults;
 mod flow;

@@ -22,8 +22,18 @@ use switchboard::server::{self, ServeConfig, ServeError};
     about = "Self-hosted integration hub for support operations"
 )]
 struct Cli {
+    /// Log lines as `text` (no colours unless stderr is a terminal) or `json`
+    /// (one object per line, fields at the top level). Level: SWITCHBOARD_LOG.
+    #[arg(long, global = true, env = "SWITCHBOARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Clone)]
@@ -66,7 +76,7 @@ struct ServeArgs {
     #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
     public_url: Option<String>,
     /// Seconds in-flight steps may take to finish after SIGTERM/SIGINT.
-    #[arg(long, default_value_t = ServeConfig::DEFAULT_SHUTDOWN_GRACE_SECS)]
+    #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE", default_value_t = ServeConfig::DEFAULT_SHUTDOWN_GRACE_SECS)]
     shutdown_grace: u64,
     /// Run-queue depth above which /readyz answers 503 (webhooks are still accepted).
     #[arg(long, env = "SWITCHBOARD_MAX_QUEUE", default_value_t = ServeConfig::DEFAULT_MAX_QUEUE)]
@@ -81,6 +91,9 @@ struct ServeArgs {
     /// Connections served at once (default: half the open-file limit, 16 .. 4096).
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Serve /metrics without the admin token (default: the token is needed).
+    #[arg(long, env = "SWITCHBOARD_METRICS_PUBLIC")]
+    metrics_public: bool,
 }
 
 #[derive(Subcommand)]
@@ -125,14 +138,8 @@ struct TestArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -155,6 +162,26 @@ fn main() -> ExitCode {
     })
 }
 
+/// Logs go to stderr (stdout is for what a command prints). Their fields
+/// are ids, statuses and timings; secrets and bodies are never logged.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
 fn serve_config(dirs: Dirs) -> ServeConfig {
     ServeConfig {
         secrets_file: dirs.secrets,
@@ -174,6 +201,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         public_url: args.public_url,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         max_queue: args.max_queue,
+        metrics_public: args.metrics_public,
         connections: switchboard::listener::ConnectionLimits {
             header_timeout: args.header_timeout,
             body_timeout: args.body_timeout,

@@ -1,0 +1,279 @@
+//! The operations console's machine side: `/metrics` scraped and parsed as
+//! Prometheus text, behind the admin token.
+
+use crate::utils::*;
+use prometheus_parse::{Sample, Scrape, Value as Metric};
+
+/// Scrape `/metrics` with the token and parse it with a Prometheus parser.
+async fn scrape(hub: &Hub) -> (String, Scrape) {
+    let resp = hub
+        .http
+        .get(format!("{}/metrics", hub.url))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = resp.text().await.unwrap();
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
+    (text, scrape)
+}
+
+/// The value of the one sample of `name` whose labels include `labels`.
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let found: Vec<&Sample> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect();
+    match found.as_slice() {
+        [] => None,
+        [s] => Some(match &s.value {
+            Metric::Counter(v) | Metric::Gauge(v) | Metric::Untyped(v) => *v,
+            Metric::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+            Metric::Summary(_) => panic!("no summaries"),
+        }),
+        more => panic!("{} samples of {name} {labels:?}", more.len()),
+    }
+}
+
+#[tokio::test]
+async fn metrics_need_the_token_and_parse_as_prometheus_text() {
+    let (hub, mock) = quiet_hub(HubOptions::default()).await;
+    // No token, a wrong one: 401 and no metrics.
+    for req in [
+        hub.http.get(format!("{}/metrics", hub.url)),
+        hub.http
+            .get(format!("{}/metrics", hub.url))
+            .bearer_auth("wrong-token-wrong-token"),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert!(!resp.text().await.unwrap().contains("switchboard_"));
+    }
+
+    // One signed ticket (its runs call the 404 mock and fail), one forged.
+    let (status, accepted) = hub
+        .post_zendesk(&ticket_event(
+            7,
+            "Where is my confirmation?",
+            "bob@example.com",
+        ))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let runs = hub
+        .finished_runs(accepted["event_id"].as_str().unwrap())
+        .await;
+    assert!(!runs.is_empty());
+    let raw = br#"{"type":"ticket.created"}"#;
+    let (status, _) = hub
+        .post("zendesk", &zendesk_headers(raw, "not-the-secret"), raw)
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = hub.post("no-such-connector", &[], b"{}").await;
+    assert_eq!(status, 404);
+
+    let (text, scrape) = scrape(&hub).await;
+    let zendesk = [("connector", "zendesk")];
+    assert_eq!(
+        value(
+            &scrape,
+            "switchboard_webhooks_received_total",
+            &[("connector", "zendesk"), ("status", "202")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "switchboard_webhooks_received_total",
+            &[("connector", "zendesk"), ("status", "401")]
+        ),
+        Some(1.0)
+    );
+    // A sender's path segment never becomes a label.
+    assert!(!text.contains("no-such-connector"));
+    assert_eq!(
+        value(
+            &scrape,
+            "switchboard_webhooks_received_total",
+            &[("connector", "_unknown"), ("status", "404")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "switchboard_signature_failures_total",
+            &[("connector", "zendesk"), ("check", "signature_mismatch")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&scrape, "switchboard_events_stored_total", &zendesk),
+        Some(1.0)
+    );
+    // Every run finished and was counted under its recipe and status.
+    for run in &runs {
+        let recipe = run["recipe"].as_str().unwrap();
+        let status = run["status"].as_str().unwrap();
+        assert!(
+            value(
+                &scrape,
+                "switchboard_runs_finished_total",
+                &[("recipe", recipe), ("status", status)]
+            )
+            .is_some_and(|n| n >= 1.0),
+            "{recipe} {status}: {text}"
+        );
+    }
+    // The HubSpot lookups were answered 404 by the mock: calls of class 4xx.
+    let lookups = mock.calls("/crm/v3/objects/contacts/search").len() as f64;
+    assert!(lookups >= 1.0);
+    assert_eq!(
+        value(
+            &scrape,
+            "switchboard_step_duration_seconds_count",
+            &[
+                ("connector", "hubspot"),
+                ("action", "search_contact_by_email"),
+                ("status_class", "4xx")
+            ]
+        ),
+        Some(lookups),
+        "{text}"
+    );
+    assert!(value(
+        &scrape,
+        "switchboard_limit_wait_seconds_count",
+        &[("connector", "hubspot")]
+    )
+    .is_some());
+    assert!(
+        value(&scrape, "switchboard_store_commit_seconds_count", &[]).is_some_and(|n| n >= 1.0)
+    );
+    assert!(
+        value(&scrape, "switchboard_store_commit_group_size_count", &[]).is_some_and(|n| n >= 1.0)
+    );
+    assert_eq!(value(&scrape, "switchboard_queue_depth", &[]), Some(0.0));
+    assert_eq!(value(&scrape, "switchboard_waiting_runs", &[]), Some(0.0));
+    for connector in ["zendesk", "hubspot", "deepl", "slack"] {
+        assert_eq!(
+            value(
+                &scrape,
+                "switchboard_circuit_breaker_state",
+                &[("connector", connector)]
+            ),
+            Some(0.0),
+            "{connector}: {text}"
+        );
+    }
+
+    // Conventions: one prefix, counters end in `_total`, durations in `_seconds`.
+    for s in &scrape.samples {
+        assert!(s.metric.starts_with("switchboard_"), "{}", s.metric);
+    }
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (name, kind) = (words[2], words[3]);
+        if kind == "counter" {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{name}_total"))),
+                "counter {name} has no _total samples"
+            );
+        }
+        if name.contains("duration") || name.contains("wait") && kind == "histogram" {
+            assert!(name.ends_with("_seconds"), "{name}");
+        }
+    }
+    assert!(text.ends_with("# EOF\n"));
+}
+
+#[tokio::test]
+async fn metrics_can_be_public_when_asked() {
+    let (hub, _mock) = quiet_hub(HubOptions {
+        args: vec!["--metrics-public".into()],
+        ..HubOptions::default()
+    })
+    .await;
+    let resp = hub
+        .http
+        .get(format!("{}/metrics", hub.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("switchboard_queue_depth"));
+    // The rest of the admin API still needs the token.
+    let resp = hub
+        .http
+        .get(format!("{}/api/events", hub.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn json_logs_carry_ids_as_fields_and_text_logs_carry_no_colour_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    for format in ["json", "text"] {
+        let log = tmp.path().join(format!("{format}.log"));
+        let (mut hub, _mock) = quiet_hub(HubOptions {
+            args: vec!["--log-format".into(), format.into()],
+            env: vec![("SWITCHBOARD_LOG".into(), "info".into())],
+            log_file: Some(log.clone()),
+            ..HubOptions::default()
+        })
+        .await;
+        let (status, accepted) = hub
+            .post_zendesk(&ticket_event(8, "Setup mail never came", "ann@example.com"))
+            .await;
+        assert_eq!(status, 202);
+        let runs = hub
+            .finished_runs(accepted["event_id"].as_str().unwrap())
+            .await;
+        hub.kill();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !text.contains('\u{1b}'),
+            "colour codes in a log file:\n{text}"
+        );
+        for secret in [ZENDESK_WEBHOOK_SECRET, "ann@example.com"] {
+            assert!(!text.contains(secret), "{secret} logged:\n{text}");
+        }
+        if format == "json" {
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect();
+            let accepted_line = lines
+                .iter()
+                .find(|l| l["message"] == "webhook accepted")
+                .expect("a webhook accepted line");
+            assert_eq!(accepted_line["event"], accepted["event_id"]);
+            assert_eq!(accepted_line["connector"], "zendesk");
+            for run in &runs {
+                assert!(
+                    lines
+                        .iter()
+                        .any(|l| l["message"] == "step finished" && l["run"] == run["id"]),
+                    "no step line for run {}:\n{text}",
+                    run["id"]
+                );
+            }
+        }
+    }
+}
