@@ -197,7 +197,9 @@ pub fn load_dir(
                 if let Some(w) = file.webhook.as_ref() {
                     let untimed = matches!(
                         &w.signature,
-                        SignatureConfig::Github(_) | SignatureConfig::Shopify(_)
+                        SignatureConfig::Github(_)
+                            | SignatureConfig::Shopify(_)
+                            | SignatureConfig::Token(_)
                     ) || matches!(&w.signature, SignatureConfig::Hmac(h) if h.timestamp_header.is_none());
                     if untimed && w.dedupe_window.is_none() {
                         warnings.push(map.error(

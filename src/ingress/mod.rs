@@ -135,7 +135,12 @@ async fn handle(
         })?;
 
     let replay = replay_guard(webhook, &verified, &bytes);
-    let body = parse_body(&headers, &bytes)?;
+    let mut body = parse_body(&headers, &bytes)?;
+    // A token sent in the body (Wufoo's `HandshakeKey`) is a secret: it was
+    // checked above and is not stored with the event.
+    if let (Some(field), Value::Object(fields)) = (webhook.verifier.secret_field(), &mut body) {
+        fields.remove(field);
+    }
     let event_type = webhook
         .event_type
         .as_ref()

@@ -34,6 +34,54 @@ pub enum SignatureConfig {
     HubspotV3(Timed),
     /// A configurable HMAC over the body (and optionally a timestamp).
     Hmac(HmacConfig),
+    /// A shared token sent as is (Freshdesk automation webhooks with a
+    /// custom header, Wufoo's `HandshakeKey` form field): compared with the
+    /// secret, in constant time. Proves only that the sender knows the token;
+    /// nothing of the body is signed.
+    Token(TokenConfig),
+}
+
+/// The `token` scheme's options.
+///
+/// ```yaml
+/// signature:
+///   scheme: token
+///   secret: handshake_key
+///   from: { field: HandshakeKey }   # or { header: X-Switchboard-Token } or { query: token }
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Name of the connector secret holding the token(s). Several values
+    /// (during a rotation) are all accepted.
+    pub secret: String,
+    /// Where the sender puts the token.
+    pub from: TokenSource,
+}
+
+/// Where a `token` scheme reads the token: one key, naming the header, the
+/// query parameter or the body field.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TokenSource {
+    /// A request header, e.g. `X-Switchboard-Token`.
+    Header(HeaderName),
+    /// A query parameter of the URL the sender posts to (`/hooks/x?token=...`).
+    Query(String),
+    /// A top-level field of the body: a form field
+    /// (`application/x-www-form-urlencoded`) or a JSON object's string member.
+    /// The field is removed from the stored event.
+    Field(String),
+}
+
+impl fmt::Display for TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenSource::Header(h) => write!(f, "header {h}"),
+            TokenSource::Query(q) => write!(f, "query parameter `{q}`"),
+            TokenSource::Field(n) => write!(f, "body field `{n}`"),
+        }
+    }
 }
 
 /// The fields of a named scheme that signs a timestamp.
@@ -101,6 +149,7 @@ impl SignatureConfig {
             SignatureConfig::Zendesk(_) => "zendesk",
             SignatureConfig::HubspotV3(_) => "hubspot_v3",
             SignatureConfig::Hmac(_) => "hmac",
+            SignatureConfig::Token(_) => "token",
         }
     }
 
@@ -115,6 +164,7 @@ impl SignatureConfig {
             | SignatureConfig::Zendesk(t)
             | SignatureConfig::HubspotV3(t) => Some(&t.secret),
             SignatureConfig::Hmac(h) => Some(&h.secret),
+            SignatureConfig::Token(t) => Some(&t.secret),
         }
     }
 
@@ -127,9 +177,10 @@ impl SignatureConfig {
             | SignatureConfig::Zendesk(t)
             | SignatureConfig::HubspotV3(t) => t.tolerance,
             SignatureConfig::Hmac(h) => h.tolerance,
-            SignatureConfig::None {} | SignatureConfig::Github(_) | SignatureConfig::Shopify(_) => {
-                None
-            }
+            SignatureConfig::None {}
+            | SignatureConfig::Github(_)
+            | SignatureConfig::Shopify(_)
+            | SignatureConfig::Token(_) => None,
         }
     }
 }

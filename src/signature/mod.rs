@@ -32,6 +32,7 @@ mod shopify;
 mod slack;
 mod standard;
 mod stripe;
+mod token;
 mod zendesk;
 
 use std::fmt;
@@ -45,7 +46,10 @@ use subtle::{Choice, ConstantTimeEq};
 use crate::duration::HumanDuration;
 use crate::secret::Secret;
 
-pub use config::{Algorithm, Encoding, HeaderName, HmacConfig, SignatureConfig, Timed, Untimed};
+pub use config::{
+    Algorithm, Encoding, HeaderName, HmacConfig, SignatureConfig, Timed, TokenConfig, TokenSource,
+    Untimed,
+};
 
 /// Allowed clock skew when `tolerance:` is not given: the 5 minutes that
 /// Stripe, Slack, Svix and HubSpot all recommend.
@@ -144,19 +148,44 @@ pub enum SignatureError {
     },
     #[error("signature in {header} does not match the request signed with any configured secret")]
     SignatureMismatch { header: String },
+    /// The `token` scheme's checks; `place` says where the token was looked for.
+    #[error("token {place} is missing")]
+    TokenMissing { place: String },
+    #[error("token {place} is malformed: {reason}")]
+    TokenMalformed { place: String, reason: &'static str },
+    #[error("token in {place} does not match any configured secret")]
+    TokenMismatch { place: String },
 }
 
 impl SignatureError {
     /// Stable machine name of the failed check, used in the 401 JSON body.
     pub fn check(&self) -> &'static str {
         match self {
-            SignatureError::SignatureMissing { .. } => "signature_missing",
-            SignatureError::SignatureMalformed { .. } => "signature_malformed",
+            SignatureError::SignatureMissing { .. } | SignatureError::TokenMissing { .. } => {
+                "signature_missing"
+            }
+            SignatureError::SignatureMalformed { .. } | SignatureError::TokenMalformed { .. } => {
+                "signature_malformed"
+            }
             SignatureError::TimestampMissing { .. } => "timestamp_missing",
             SignatureError::TimestampMalformed { .. } => "timestamp_malformed",
             SignatureError::TimestampStale { .. } => "timestamp_stale",
-            SignatureError::SignatureMismatch { .. } => "signature_mismatch",
+            SignatureError::SignatureMismatch { .. } | SignatureError::TokenMismatch { .. } => {
+                "signature_mismatch"
+            }
         }
+    }
+
+    fn token_missing(place: String) -> Self {
+        SignatureError::TokenMissing { place }
+    }
+
+    fn token_malformed(place: String, reason: &'static str) -> Self {
+        SignatureError::TokenMalformed { place, reason }
+    }
+
+    fn token_mismatch(place: String) -> Self {
+        SignatureError::TokenMismatch { place }
     }
 
     fn missing(header: &str) -> Self {
@@ -245,7 +274,20 @@ impl Verifier {
             SignatureConfig::None {}
             | SignatureConfig::Stripe(_)
             | SignatureConfig::Slack(_)
-            | SignatureConfig::HubspotV3(_) => None,
+            | SignatureConfig::HubspotV3(_)
+            | SignatureConfig::Token(_) => None,
+        }
+    }
+
+    /// The body field that carries a `token` scheme's token. Ingress removes
+    /// it from the parsed body, so the stored event never holds the secret.
+    pub fn secret_field(&self) -> Option<&str> {
+        match &self.config {
+            SignatureConfig::Token(TokenConfig {
+                from: TokenSource::Field(name),
+                ..
+            }) => Some(name),
+            _ => None,
         }
     }
 
@@ -258,9 +300,10 @@ impl Verifier {
             | SignatureConfig::Zendesk(_)
             | SignatureConfig::HubspotV3(_) => true,
             SignatureConfig::Hmac(h) => h.timestamp_header.is_some(),
-            SignatureConfig::None {} | SignatureConfig::Github(_) | SignatureConfig::Shopify(_) => {
-                false
-            }
+            SignatureConfig::None {}
+            | SignatureConfig::Github(_)
+            | SignatureConfig::Shopify(_)
+            | SignatureConfig::Token(_) => false,
         }
     }
 
@@ -302,6 +345,7 @@ impl Verifier {
             SignatureConfig::Zendesk(_) => zendesk::verify(keys, tolerance, req, now),
             SignatureConfig::HubspotV3(_) => hubspot::verify(keys, tolerance, req, now),
             SignatureConfig::Hmac(h) => generic::verify(h, keys, tolerance, req, now),
+            SignatureConfig::Token(t) => token::verify(keys, &t.from, req),
         }
     }
 }
@@ -761,6 +805,9 @@ mod tests {
             json!({"scheme": "hmac", "secret": "s", "header": "X-Sig", "algorithm": "sha512",
                    "encoding": "base64", "prefix": "sha512=", "timestamp_header": "X-Ts",
                    "id_header": "X-Id"}),
+            json!({"scheme": "token", "secret": "s", "from": {"header": "X-Token"}}),
+            json!({"scheme": "token", "secret": "s", "from": {"query": "token"}}),
+            json!({"scheme": "token", "secret": "s", "from": {"field": "HandshakeKey"}}),
         ]
         .into_iter()
         .map(|c| {
@@ -802,12 +849,15 @@ mod tests {
         "x-sig",
         "x-ts",
         "x-id",
+        "x-token",
+        "content-type",
     ];
 
     /// Header values that look almost right, mixed with arbitrary bytes, so
     /// the parsers get past their first checks.
     fn header_value() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
+            Just(b"application/x-www-form-urlencoded".to_vec()),
             proptest::collection::vec(any::<u8>(), 0..80),
             "[ -~]{0,80}".prop_map(String::into_bytes),
             "(v1,|v1=|v0=|t=|sha256=|sha512=|,| |=|[0-9a-fA-F+/=]{1,20}|-?[0-9]{1,25}|\\.){0,12}"
@@ -824,9 +874,13 @@ mod tests {
         fn verify_never_panics(
             values in proptest::collection::vec(
                 (proptest::sample::select(HEADER_NAMES), header_value()), 0..8),
-            body in proptest::collection::vec(any::<u8>(), 0..64),
+            body in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64),
+                "(HandshakeKey|key|=|&|%[0-9a-fA-F]{0,2}|\\{|\"|:|[a-z0-9]{1,5}){0,12}"
+                    .prop_map(String::into_bytes),
+            ],
             method in "[A-Za-z%]{0,8}",
-            url in "\\PC{0,40}",
+            url in prop_oneof!["\\PC{0,40}", "http://h/x\\?(token|=|&|%[0-9a-f]{0,2}|#|[a-z]{1,4}){0,8}"],
             now in any::<i64>(),
         ) {
             let mut map = HeaderMap::new();
