@@ -88,9 +88,10 @@ fn body_field(
                 .starts_with("application/x-www-form-urlencoded")
         });
     if form {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(req.body).map_err(|_| {
-            SignatureError::token_malformed(place(), "the body is not a URL-encoded form")
-        })?;
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_bytes(req.body).map_err(|_| {
+                SignatureError::token_malformed(place(), "the body is not a URL-encoded form")
+            })?;
         return one(pairs, name, place);
     }
     match serde_json::from_slice::<Value>(req.body) {
@@ -162,8 +163,13 @@ mod tests {
         );
         assert!(!v.signs_timestamp());
         assert_eq!(v.delivery_id_header(), None);
-        let (check_name, msg) =
-            check(&v, URL, &[("X-Switchboard-Token", "wufoo-handshake-7f3b")], b"{}").unwrap_err();
+        let (check_name, msg) = check(
+            &v,
+            URL,
+            &[("X-Switchboard-Token", "wufoo-handshake-7f3b")],
+            b"{}",
+        )
+        .unwrap_err();
         assert_eq!(check_name, "signature_mismatch");
         assert_eq!(
             msg,
@@ -181,7 +187,10 @@ mod tests {
         assert_eq!(check(&v, &url, &[], b"{}"), Ok(()));
         // Percent-encoding is decoded before comparing.
         let v2 = self::v(json!({"query": "token"}), &["a b/c"]);
-        assert_eq!(check(&v2, "http://h/hooks/x?token=a%20b%2Fc", &[], b""), Ok(()));
+        assert_eq!(
+            check(&v2, "http://h/hooks/x?token=a%20b%2Fc", &[], b""),
+            Ok(())
+        );
         assert_eq!(
             check(&v, "http://h/hooks/x?tok=1", &[], b"").unwrap_err().0,
             "signature_missing"
@@ -191,7 +200,9 @@ mod tests {
             "signature_missing"
         );
         assert_eq!(
-            check(&v, "http://h/hooks/x?token=", &[], b"").unwrap_err().0,
+            check(&v, "http://h/hooks/x?token=", &[], b"")
+                .unwrap_err()
+                .0,
             "signature_missing"
         );
     }
@@ -213,11 +224,27 @@ mod tests {
             // The field is absent, empty, or another field holds the token.
             (&[FORM], "Field1=Ada", "signature_missing"),
             (&[FORM], "HandshakeKey=&Field1=Ada", "signature_missing"),
-            (&[FORM], "Handshakekey=wufoo-handshake-7f3a", "signature_missing"),
+            (
+                &[FORM],
+                "Handshakekey=wufoo-handshake-7f3a",
+                "signature_missing",
+            ),
             // A prefix, a suffix, a different case.
-            (&[FORM], "HandshakeKey=wufoo-handshake-7f3", "signature_mismatch"),
-            (&[FORM], "HandshakeKey=wufoo-handshake-7f3aa", "signature_mismatch"),
-            (&[FORM], "HandshakeKey=WUFOO-HANDSHAKE-7F3A", "signature_mismatch"),
+            (
+                &[FORM],
+                "HandshakeKey=wufoo-handshake-7f3",
+                "signature_mismatch",
+            ),
+            (
+                &[FORM],
+                "HandshakeKey=wufoo-handshake-7f3aa",
+                "signature_mismatch",
+            ),
+            (
+                &[FORM],
+                "HandshakeKey=WUFOO-HANDSHAKE-7F3A",
+                "signature_mismatch",
+            ),
             // Given twice: which would count?
             (
                 &[FORM],
@@ -225,15 +252,27 @@ mod tests {
                 "signature_malformed",
             ),
             // A trailing NUL or space, percent-encoded.
-            (&[FORM], "HandshakeKey=wufoo-handshake-7f3a%00", "signature_mismatch"),
-            (&[FORM], "HandshakeKey=wufoo-handshake-7f3a+", "signature_mismatch"),
+            (
+                &[FORM],
+                "HandshakeKey=wufoo-handshake-7f3a%00",
+                "signature_mismatch",
+            ),
+            (
+                &[FORM],
+                "HandshakeKey=wufoo-handshake-7f3a+",
+                "signature_mismatch",
+            ),
             // JSON: not an object, a non-string token, null.
             (&[], "[\"wufoo-handshake-7f3a\"]", "signature_missing"),
             (&[], "{\"HandshakeKey\": 7}", "signature_malformed"),
             (&[], "{\"HandshakeKey\": null}", "signature_missing"),
             (&[], "not json", "signature_missing"),
             // A nested field is not the top-level one.
-            (&[], "{\"form\": {\"HandshakeKey\": \"wufoo-handshake-7f3a\"}}", "signature_missing"),
+            (
+                &[],
+                "{\"form\": {\"HandshakeKey\": \"wufoo-handshake-7f3a\"}}",
+                "signature_missing",
+            ),
         ];
         for (headers, body, expected) in cases {
             assert_eq!(
