@@ -139,11 +139,45 @@ pub struct Connectors {
     /// Shared with the compiled recipe steps that call them (a step holds
     /// its resolved connector and action).
     pub by_name: HashMap<String, Arc<Connector>>,
+    /// Connectors with secrets that are not set, each with one error per
+    /// missing secret. They are compiled (so recipes using them are checked)
+    /// with stand-in values; the catalog decides, once it knows which
+    /// connectors the recipes use, whether these are errors (a recipe uses
+    /// the connector) or warnings (the connector is then dropped:
+    /// [`Connectors::drop_unusable`]).
+    pub missing_secrets: BTreeMap<String, Vec<LoadError>>,
 }
 
 impl Connectors {
     pub fn get(&self, name: &str) -> Option<&Connector> {
         self.by_name.get(name).map(|c| &**c)
+    }
+
+    /// Settle the connectors whose secrets are missing, given whether a
+    /// loaded recipe uses each (its trigger, a call, a `wait_for` or
+    /// `cancel_on`): a used one is an error per missing secret; an unused
+    /// one is a warning and is removed, so nothing runs on stand-in
+    /// credentials and its webhook answers 404.
+    pub fn drop_unusable(
+        &mut self,
+        used: impl Fn(&str) -> bool,
+        errors: &mut Vec<LoadError>,
+        warnings: &mut Vec<LoadError>,
+    ) {
+        for (name, missing) in std::mem::take(&mut self.missing_secrets) {
+            if used(&name) {
+                errors.extend(missing);
+                continue;
+            }
+            self.by_name.remove(&name);
+            warnings.extend(missing.into_iter().map(|mut e| {
+                e.message = format!(
+                    "warning: {}; no loaded recipe uses connector `{name}`, so it is not loaded (its webhook answers 404)",
+                    e.message
+                );
+                e
+            }));
+        }
     }
 }
 
@@ -211,8 +245,14 @@ pub fn load_dir(
                         ));
                     }
                 }
-                if let Some(c) = compile(file, &map, templates, opts, errors) {
+                let mut missing = Vec::new();
+                if let Some(c) = compile(file, &map, templates, opts, &mut missing, errors) {
+                    if !missing.is_empty() {
+                        out.missing_secrets.insert(c.name.clone(), missing);
+                    }
                     out.by_name.insert(c.name.clone(), Arc::new(c));
+                } else {
+                    errors.extend(missing);
                 }
             }
         }
@@ -225,20 +265,23 @@ fn compile(
     map: &SourceMap,
     templates: &mut Templates,
     opts: &LoadOptions<'_>,
+    missing: &mut Vec<LoadError>,
     errors: &mut Vec<LoadError>,
 ) -> Option<Connector> {
     let name = file.name.clone();
 
-    // Secrets: every declared one must be set. A missing one is reported but
-    // the rest is still compiled, so recipes using this connector are checked
-    // too instead of failing with "unknown connector".
+    // Secrets: every declared one must be set. A missing one goes to
+    // `missing` (an error if a recipe uses the connector, see
+    // `Connectors::drop_unusable`) but the rest is still compiled, so
+    // recipes using this connector are checked too instead of failing with
+    // "unknown connector".
     let mut secrets = BTreeMap::new();
     for (i, s) in file.secrets.iter().enumerate() {
         match opts.secrets.get(&name, s) {
             Some(v) => {
                 secrets.insert(s.clone(), v);
             }
-            None => errors.push(map.error(
+            None => missing.push(map.error(
                 &format!("/secrets/{i}"),
                 format!(
                     "connector `{name}`: secret `{s}` is not set (set {} or add `{name}: {{ {s}: ... }}` to the secrets file)",
@@ -341,7 +384,8 @@ fn compile(
             Some(s) => opts.secrets.get_all(&name, s).unwrap_or_default(),
         };
         // A missing secret is already reported; check the rest of the
-        // section with a stand-in value (the catalog is refused anyway).
+        // section with a stand-in value (the catalog is refused, or the
+        // connector dropped, anyway).
         let secret_values = if secrets_missing(&file, w, &secrets) {
             vec![Secret::new("c3RhbmQtaW4=")]
         } else {

@@ -60,7 +60,7 @@ impl Catalog {
             secrets: &opts.secrets,
             allow_internal: &opts.allow_internal,
         };
-        let connectors = connector::load_dir(
+        let mut connectors = connector::load_dir(
             &opts.connectors_dir,
             &mut templates,
             &copts,
@@ -68,6 +68,10 @@ impl Catalog {
             &mut warnings,
         );
         let recipes = recipe::load_dir(&opts.recipes_dir, &connectors, &mut templates, &mut errors);
+        // A missing secret stops the hub only if a recipe needs the connector.
+        let used: std::collections::BTreeSet<&str> =
+            recipes.iter().flat_map(Recipe::connectors_used).collect();
+        connectors.drop_unusable(|c| used.contains(c), &mut errors, &mut warnings);
         if !errors.is_empty() {
             errors.sort_by(|a, b| {
                 (&a.file, a.pos.line, a.pos.column).cmp(&(&b.file, b.pos.line, b.pos.column))

@@ -57,6 +57,32 @@ pub struct Recipe {
     pub tests: Vec<RecipeTest>,
 }
 
+impl Recipe {
+    /// Every connector this recipe needs: its trigger's, each call's
+    /// (scenario calls included), each `wait_for`'s and `cancel_on`'s.
+    pub fn connectors_used(&self) -> BTreeSet<&str> {
+        let mut all = Vec::new();
+        for s in &self.steps {
+            s.walk(&mut all);
+        }
+        let mut used = BTreeSet::new();
+        used.insert(self.connector.as_str());
+        used.extend(self.cancel_on.iter().map(|a| a.connector.as_str()));
+        for s in all {
+            match &s.kind {
+                StepKind::Call(c) => {
+                    used.insert(c.connector.name.as_str());
+                }
+                StepKind::WaitFor(w) => {
+                    used.insert(w.awaited.connector.as_str());
+                }
+                _ => {}
+            }
+        }
+        used
+    }
+}
+
 /// A compiled `debounce:`.
 #[derive(Debug, Clone)]
 pub struct Debounce {

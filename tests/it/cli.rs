@@ -205,6 +205,12 @@ fn check_reports_invalid_jsonpaths() {
 #[test]
 fn check_names_a_missing_secret_and_its_variable() {
     let cfg = Config::shipped();
+    // A recipe uses slack, so its missing token is an error (unused, it
+    // would be a warning: `a_missing_secret_of_an_unused_connector_is_a_warning`).
+    cfg.recipe(
+        "notify",
+        "name: notify\non: { connector: zendesk, event: ticket.created }\nsteps:\n  - call: slack.post_message\n    with: { channel: C1, text: hi }\n",
+    );
     let out = cfg
         .command("check")
         .env_remove("SWITCHBOARD_SECRET_SLACK_BOT_TOKEN")
@@ -220,6 +226,53 @@ fn check_names_a_missing_secret_and_its_variable() {
             cfg.connectors.join("slack.yaml").display()
         )
     );
+}
+
+/// A connector that no loaded recipe uses may lack its secrets: a warning,
+/// and the connector is not loaded (its webhook answers 404), so nothing
+/// ever runs on stand-in credentials.
+#[tokio::test]
+async fn a_missing_secret_of_an_unused_connector_is_a_warning() {
+    let cfg = Config::connectors_only();
+    cfg.connector(
+        "billing",
+        "name: billing\nbase_url: https://billing.example.com\nsecrets: [api_key, webhook_secret]\n\
+         auth: { type: bearer, token: \"{{ secrets.api_key }}\" }\n\
+         webhook:\n  signature: { scheme: stripe, secret: webhook_secret }\n  event_type: { path: \"$.type\" }\n\
+         actions:\n  ping: { method: GET, path: /ping }\n",
+    );
+    let out = cfg.check();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    let file = cfg.connectors.join("billing.yaml");
+    for (col, secret) in [(11, "api_key"), (20, "webhook_secret")] {
+        let line = format!(
+            "{}:3:{col}: warning: connector `billing`: secret `{secret}` is not set (set \
+             SWITCHBOARD_SECRET_BILLING_{} or add `billing: {{ {secret}: ... }}` to the secrets \
+             file); no loaded recipe uses connector `billing`, so it is not loaded (its webhook \
+             answers 404)",
+            file.display(),
+            secret.to_uppercase()
+        );
+        assert!(err.contains(&line), "{err}\nwanted: {line}");
+    }
+    assert!(stdout(&out).contains("ok: 4 connector(s)"), "{}", stdout(&out));
+
+    let hub = Hub::start(cfg.options()).await;
+    let (status, body) = hub.post("billing", &[], b"{}").await;
+    assert_eq!(status, 404, "{body}");
+
+    // Once a recipe calls it, the same missing secrets stop `check`.
+    cfg.recipe(
+        "uses-billing",
+        "name: uses-billing\non: { connector: zendesk, event: ticket.created }\nsteps:\n  - call: billing.ping\n",
+    );
+    let out = cfg.check();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("connector `billing`: secret `api_key` is not set"), "{err}");
+    assert!(!err.contains("warning: connector `billing`"), "{err}");
+    assert!(err.contains("error: 2 problem(s) found"), "{err}");
 }
 
 #[test]
