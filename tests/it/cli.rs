@@ -256,7 +256,11 @@ async fn a_missing_secret_of_an_unused_connector_is_a_warning() {
         );
         assert!(err.contains(&line), "{err}\nwanted: {line}");
     }
-    assert!(stdout(&out).contains("ok: 4 connector(s)"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("ok: 4 connector(s)"),
+        "{}",
+        stdout(&out)
+    );
 
     let hub = Hub::start(cfg.options()).await;
     let (status, body) = hub.post("billing", &[], b"{}").await;
@@ -270,7 +274,10 @@ async fn a_missing_secret_of_an_unused_connector_is_a_warning() {
     let out = cfg.check();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("connector `billing`: secret `api_key` is not set"), "{err}");
+    assert!(
+        err.contains("connector `billing`: secret `api_key` is not set"),
+        "{err}"
+    );
     assert!(!err.contains("warning: connector `billing`"), "{err}");
     assert!(err.contains("error: 2 problem(s) found"), "{err}");
 }
