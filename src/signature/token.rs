@@ -220,7 +220,8 @@ mod tests {
     #[test]
     fn must_reject() {
         let v = v(json!({"field": "HandshakeKey"}), &[TOKEN]);
-        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case<'_>] = &[
             // The field is absent, empty, or another field holds the token.
             (&[FORM], "Field1=Ada", "signature_missing"),
             (&[FORM], "HandshakeKey=&Field1=Ada", "signature_missing"),
