@@ -7,7 +7,20 @@ use crate::store::StoreError;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+
+/// The JSON body of every error answer.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// `not_found`, `bad_request`, `conflict`, `too_large`, `timeout`,
+    /// `invalid_signature`, `unauthorized`, `unavailable` or `internal`.
+    pub error: &'static str,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// For `invalid_signature`: the failed check (`signature_mismatch`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<&'static str>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -42,38 +55,34 @@ impl From<StoreError> for ApiError {
     }
 }
 
+fn body(error: &'static str, message: String) -> ErrorBody {
+    ErrorBody {
+        error,
+        message,
+        check: None,
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = self.to_string();
         let (status, body) = match &self {
-            ApiError::NotFound(_) => (
-                StatusCode::NOT_FOUND,
-                json!({"error": "not_found", "message": message}),
-            ),
-            ApiError::BadRequest(_) => (
-                StatusCode::BAD_REQUEST,
-                json!({"error": "bad_request", "message": message}),
-            ),
-            ApiError::Conflict(_) => (
-                StatusCode::CONFLICT,
-                json!({"error": "conflict", "message": message}),
-            ),
-            ApiError::TooLarge(_) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                json!({"error": "too_large", "message": message}),
-            ),
-            ApiError::Timeout(_) => (
-                StatusCode::REQUEST_TIMEOUT,
-                json!({"error": "timeout", "message": message}),
-            ),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, body("not_found", message)),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, body("bad_request", message)),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, body("conflict", message)),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, body("too_large", message)),
+            ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, body("timeout", message)),
             ApiError::Unauthorized { check, .. } => (
                 StatusCode::UNAUTHORIZED,
-                json!({"error": "invalid_signature", "check": check, "message": message}),
+                ErrorBody {
+                    check: Some(*check),
+                    ..body("invalid_signature", message)
+                },
             ),
             ApiError::AdminToken => {
                 let mut r = (
                     StatusCode::UNAUTHORIZED,
-                    Json(json!({"error": "unauthorized", "message": message})),
+                    Json(body("unauthorized", message)),
                 )
                     .into_response();
                 r.headers_mut().insert(
@@ -85,7 +94,7 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => {
                 let mut r = (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({"error": "unavailable", "message": message})),
+                    Json(body("unavailable", message)),
                 )
                     .into_response();
                 r.headers_mut()
@@ -94,10 +103,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"error": "internal", "message": message}),
-                )
+                (StatusCode::INTERNAL_SERVER_ERROR, body("internal", message))
             }
         };
         (status, Json(body)).into_response()

@@ -12,7 +12,7 @@ pub mod queries;
 pub mod state;
 
 use crate::engine::Engine;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::secret::Secret;
 use crate::store::{Event, Run};
 use axum::extract::{Path, Query, Request, State};
@@ -20,13 +20,15 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use queries::{EventView, Listing, PageQuery, QueryError, RetriedRuns, RunsQuery};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -39,16 +41,77 @@ pub struct AdminState {
     pub metrics_public: bool,
 }
 
+/// The admin API's OpenAPI description: info, the bearer scheme and tags.
+/// The paths come from the handlers' `#[utoipa::path]` attributes as they
+/// are registered in [`api`], so a route cannot exist undocumented.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Switchboard admin API",
+        description = "Events, runs, retries, recipe state and the queue of a Switchboard hub. \
+            Every route needs `Authorization: Bearer <admin token>`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    modifiers(&BearerToken),
+    security(("admin_token" = [])),
+    tags(
+        (name = "events", description = "Accepted webhook deliveries"),
+        (name = "runs", description = "Recipe runs, their step records, retries"),
+        (name = "state", description = "Recipe state: values, window counters, rotations"),
+        (name = "hub", description = "The hub itself")
+    )
+)]
+struct ApiDoc;
+
+/// Adds the `admin_token` bearer scheme the document's `security` names.
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every `/api` route, each registered with its OpenAPI operation.
+fn api() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_events))
+        .routes(routes!(show_event))
+        .routes(routes!(list_runs))
+        .routes(routes!(show_run))
+        .routes(routes!(retry_run))
+        .routes(routes!(retry_runs))
+        .routes(routes!(queue))
+        .merge(state::api())
+}
+
+/// The admin API's OpenAPI 3.1 document (served at `/api/openapi.json`,
+/// kept in `docs/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// The OpenAPI document as served and committed: pretty JSON, one final newline.
+pub fn openapi_json() -> String {
+    let mut text = openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    text.push('\n');
+    text
+}
+
 pub fn router(state: AdminState) -> Router {
-    let api = Router::new()
-        .route("/api/events", get(list_events))
-        .route("/api/events/{id}", get(show_event))
-        .route("/api/runs", get(list_runs))
-        .route("/api/runs/{id}", get(show_run))
-        .route("/api/runs/{id}/retry", post(retry_run))
-        .route("/api/runs/retry", post(retry_runs))
-        .route("/api/queue", get(queue))
-        .merge(state::router());
+    let (api, doc) = api().split_for_parts();
+    let doc = Arc::new({
+        let mut text = doc.to_pretty_json().unwrap_or_default();
+        text.push('\n');
+        text
+    });
     let metrics_route = Router::new().route("/metrics", get(metrics));
     let (api, open) = if state.metrics_public {
         (api, metrics_route)
@@ -59,10 +122,20 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
+        // The document describes the API, it holds no data (and is in the repo).
+        .route(
+            OPENAPI_PATH,
+            get(move || async move {
+                ([(header::CONTENT_TYPE, "application/json")], (*doc).clone())
+            }),
+        )
         .merge(open)
         .merge(api)
         .with_state(state)
 }
+
+/// Where the OpenAPI document is served, without the token.
+pub const OPENAPI_PATH: &str = "/api/openapi.json";
 
 /// `GET /metrics`: the process's metrics in the OpenMetrics text format,
 /// with the queue and the breakers read now.
@@ -112,14 +185,26 @@ async fn ready(State(st): State<AdminState>) -> Result<Response, ApiError> {
     Ok((code, Json(body)).into_response())
 }
 
-/// `GET /api/queue`: how many runs wait or are in flight.
-async fn queue(State(st): State<AdminState>) -> Result<Json<Value>, ApiError> {
+/// The run queue's depth and its bound.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueView {
+    /// Runs due or in flight (parked runs not counted).
+    pub queue_depth: usize,
+    /// `--max-queue`: above it `/readyz` answers 503.
+    pub max_queue: usize,
+    pub overloaded: bool,
+}
+
+/// How many runs wait or are in flight.
+#[utoipa::path(get, path = "/api/queue", tag = "hub",
+    responses((status = 200, body = QueueView), (status = 401, body = ErrorBody)))]
+async fn queue(State(st): State<AdminState>) -> Result<Json<QueueView>, ApiError> {
     let depth = st.engine.queue_depth()?;
-    Ok(Json(json!({
-        "queue_depth": depth,
-        "max_queue": st.max_queue,
-        "overloaded": depth > st.max_queue
-    })))
+    Ok(Json(QueueView {
+        queue_depth: depth,
+        max_queue: st.max_queue,
+        overloaded: depth > st.max_queue,
+    }))
 }
 
 impl From<QueryError> for ApiError {
@@ -133,6 +218,9 @@ impl From<QueryError> for ApiError {
     }
 }
 
+/// Events, newest first; bodies over 4 KiB are summarised in pages.
+#[utoipa::path(get, path = "/api/events", tag = "events", params(PageQuery),
+    responses((status = 200, body = Listing<Event>), (status = 401, body = ErrorBody)))]
 async fn list_events(
     State(st): State<AdminState>,
     Query(q): Query<PageQuery>,
@@ -140,6 +228,10 @@ async fn list_events(
     Ok(Json(queries::events(&**st.engine.store(), &q)?))
 }
 
+/// One event with its whole body and a summary of each of its runs.
+#[utoipa::path(get, path = "/api/events/{id}", tag = "events",
+    params(("id" = String, Path, description = "Event id")),
+    responses((status = 200, body = EventView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn show_event(
     State(st): State<AdminState>,
     Path(id): Path<String>,
@@ -147,6 +239,9 @@ async fn show_event(
     Ok(Json(queries::event(&**st.engine.store(), &id)?))
 }
 
+/// Runs, newest first, by status and recipe.
+#[utoipa::path(get, path = "/api/runs", tag = "runs", params(RunsQuery),
+    responses((status = 200, body = Listing<Run>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_runs(
     State(st): State<AdminState>,
     Query(q): Query<RunsQuery>,
@@ -154,6 +249,10 @@ async fn list_runs(
     Ok(Json(queries::runs(&**st.engine.store(), &q)?))
 }
 
+/// One run with every step record (and `pending`: the step waiting for its next attempt).
+#[utoipa::path(get, path = "/api/runs/{id}", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, body = Run), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn show_run(
     State(st): State<AdminState>,
     Path(id): Path<String>,
@@ -161,7 +260,11 @@ async fn show_run(
     Ok(Json(queries::run(&**st.engine.store(), &id)?))
 }
 
-/// `POST /api/runs/{id}/retry`: a failed or dead run resumes at its failed step.
+/// Retry a failed or dead run: it resumes at its failed step (409 for any other status).
+#[utoipa::path(post, path = "/api/runs/{id}/retry", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 200, body = RetriedRuns), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "The run is not failed or dead", body = ErrorBody)))]
 async fn retry_run(
     State(st): State<AdminState>,
     Path(id): Path<String>,
@@ -169,12 +272,17 @@ async fn retry_run(
     Ok(Json(queries::retried(&id, st.engine.retry(&id)?)?))
 }
 
-#[derive(Deserialize)]
+/// Which recipe's runs to retry.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RetryQuery {
+    /// Recipe name.
     recipe: String,
 }
 
-/// `POST /api/runs/retry?recipe=NAME`: every failed or dead run of a recipe.
+/// Retry every failed or dead run of a recipe.
+#[utoipa::path(post, path = "/api/runs/retry", tag = "runs", params(RetryQuery),
+    responses((status = 200, body = RetriedRuns), (status = 401, body = ErrorBody)))]
 async fn retry_runs(
     State(st): State<AdminState>,
     Query(q): Query<RetryQuery>,

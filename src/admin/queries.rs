@@ -10,6 +10,7 @@ use crate::store::{Event, Page, Retried, Run, RunFilter, RunStatus, Store, Store
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 /// Page size when none is asked for.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -36,7 +37,7 @@ pub enum QueryError {
 
 /// One page, newest first. `next` is the `before` cursor of the following
 /// page, `None` at the end.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Listing<T> {
     pub items: Vec<T>,
     #[serde(default)]
@@ -44,26 +45,33 @@ pub struct Listing<T> {
 }
 
 /// Which page of a listing: as given by a user (CLI flags or API query).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Items per page (default 50, at most 500).
     pub limit: Option<usize>,
+    /// The `next` of the previous page.
     pub before: Option<String>,
 }
 
 /// Which runs to list. (The page fields are repeated rather than a
 /// flattened [`PageQuery`]: URL query strings cannot fill numbers through
 /// `serde(flatten)`.)
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
+    /// Items per page (default 50, at most 500).
     pub limit: Option<usize>,
+    /// The `next` of the previous page.
     pub before: Option<String>,
     /// A status name (`failed`); unknown names are an error.
     pub status: Option<String>,
+    /// A recipe name.
     pub recipe: Option<String>,
 }
 
 /// An event with a summary of each of its runs (instead of their ids).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EventView {
     pub id: String,
     pub connector: String,
@@ -75,7 +83,7 @@ pub struct EventView {
 }
 
 /// A run as an event lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunSummary {
     pub id: String,
     pub recipe: String,
@@ -84,7 +92,7 @@ pub struct RunSummary {
 }
 
 /// The runs a retry queued again.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RetriedRuns {
     pub retried: Vec<String>,
 }

@@ -7,15 +7,16 @@
 //! the recipes' own increments.
 
 use super::AdminState;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::store::state::{self, StateEntry, StateKey, StateOp, StateOutput};
 use crate::store::{Store, StoreError};
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Duration;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Largest page of entries.
 pub const MAX_STATE_PAGE: usize = 500;
@@ -42,7 +43,7 @@ impl From<QueryError> for ApiError {
 }
 
 /// One page of entries; `next` is the `after` cursor of the following page.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct StatePage {
     pub items: Vec<StateEntry>,
     pub next: Option<String>,
@@ -129,21 +130,40 @@ pub fn parse_ttl(text: &str) -> Result<Duration, QueryError> {
     })
 }
 
-pub(super) fn router() -> Router<AdminState> {
-    Router::new().route("/api/state", get(list_state)).route(
-        "/api/state/{namespace}/{key}",
-        get(show_state).put(set_state).delete(delete_state),
-    )
+/// The `/api/state` routes, each with its OpenAPI operation.
+pub(super) fn api() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_state))
+        .routes(routes!(show_state, set_state, delete_state))
 }
 
-#[derive(Deserialize)]
+/// Every entry of one key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct StateItems {
+    pub items: Vec<StateEntry>,
+}
+
+/// The answer to a delete.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct Deleted {
+    pub deleted: bool,
+}
+
+/// Which entries to list.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this namespace.
     namespace: Option<String>,
+    /// The `next` of the previous page.
     after: Option<String>,
+    /// Entries per page (default 50, at most 500).
     limit: Option<usize>,
 }
 
-/// `GET /api/state?namespace=NS&after=CURSOR&limit=N`
+/// Recipe state entries in (kind, namespace, key) order.
+#[utoipa::path(get, path = "/api/state", tag = "state", params(ListQuery),
+    responses((status = 200, body = StatePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_state(
     State(st): State<AdminState>,
     Query(q): Query<ListQuery>,
@@ -158,21 +178,35 @@ async fn list_state(
     Ok(Json(page))
 }
 
-/// `GET /api/state/{namespace}/{key}`: `{items: [entries]}`.
+/// One key's entries (a value, a counter, a rotation may share a key).
+#[utoipa::path(get, path = "/api/state/{namespace}/{key}", tag = "state", params(KeyPath),
+    responses((status = 200, body = StateItems), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn show_state(
     State(st): State<AdminState>,
     Path((namespace, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StateItems>, ApiError> {
     let items = show(
         &**st.engine.store(),
         &namespace,
         &name,
         crate::store::now_ms(),
     )?;
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(StateItems { items }))
 }
 
-#[derive(Deserialize)]
+/// A state key in a path (percent-encode `/` in keys).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // read by the OpenAPI derive only; the handlers take a tuple
+struct KeyPath {
+    /// The namespace (a recipe's, or `state:`'s `namespace`).
+    namespace: String,
+    /// The key.
+    key: String,
+}
+
+/// A value to write.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetBody {
     value: Value,
@@ -181,12 +215,15 @@ struct SetBody {
     ttl: Option<String>,
 }
 
-/// `PUT /api/state/{namespace}/{key}` with `{"value": …, "ttl": "1h"?}`.
+/// Write a value, expiring after `ttl` if given.
+#[utoipa::path(put, path = "/api/state/{namespace}/{key}", tag = "state", params(KeyPath),
+    request_body = SetBody,
+    responses((status = 200, body = StateItems), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn set_state(
     State(st): State<AdminState>,
     Path((namespace, name)): Path<(String, String)>,
     body: Result<Json<SetBody>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StateItems>, ApiError> {
     let Json(body) = body.map_err(|e| {
         ApiError::BadRequest(format!(
             "expected a JSON body {{\"value\": …, \"ttl\": \"1h\"?}}: {}",
@@ -203,14 +240,16 @@ async fn set_state(
         crate::store::now_ms(),
     )?;
     st.engine.sync().await?;
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(StateItems { items }))
 }
 
-/// `DELETE /api/state/{namespace}/{key}`: 404 if there was nothing.
+/// Remove the key, every kind (404 if there was nothing).
+#[utoipa::path(delete, path = "/api/state/{namespace}/{key}", tag = "state", params(KeyPath),
+    responses((status = 200, body = Deleted), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_state(
     State(st): State<AdminState>,
     Path((namespace, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     if !delete(
         &**st.engine.store(),
         &namespace,
@@ -222,5 +261,5 @@ async fn delete_state(
         )));
     }
     st.engine.sync().await?;
-    Ok(Json(json!({ "deleted": true })))
+    Ok(Json(Deleted { deleted: true }))
 }

@@ -207,12 +207,12 @@ impl Engine {
         run.updated_at = now;
         run.finished_at = Some(now);
         self.store.finish_run(run)?;
-        self.commit.sync().await?;
-        // The status's serde name, as the admin API spells it.
+        // Counted once readers can see the final record (the admin API
+        // shows it from here on), under the status's serde name.
         if let Ok(Value::String(name)) = serde_json::to_value(status) {
             crate::metrics::get().run_finished(&run.recipe, &name);
         }
-        Ok(())
+        self.commit.sync().await
     }
 
     /// Run one attempt of a call. `prior` is the record of earlier

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use state::{StateEntry, StateKey, StateOp, StateOutput};
 use std::sync::Arc;
+use utoipa::ToSchema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,7 +31,7 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// One accepted inbound delivery.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Event {
     pub id: String,
     pub connector: String,
@@ -55,14 +56,14 @@ pub struct Event {
 /// delivery whose key was stored (`p/<connector>\0<key>`) less than
 /// `window_ms` before (or ever, without a window) is a duplicate of that
 /// event and starts nothing.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ReplayGuard {
     pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Waiting for a worker.
@@ -104,7 +105,7 @@ impl RunStatus {
 }
 
 /// One recipe executing for one event.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Run {
     pub id: String,
     pub event_id: String,
@@ -163,7 +164,7 @@ fn is_zero(n: &u32) -> bool {
 /// A debounced run: while it has not started, a later event of the same
 /// key becomes its event and pushes its start out by `quiet_ms`, up to
 /// `first_at + max_ms` (`b/<key>` points at it; leasing removes that).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct DebounceSlot {
     /// `<recipe>\0<rendered key>`.
     pub key: String,
@@ -179,7 +180,7 @@ pub struct DebounceSlot {
 /// A run parked by a wait step (status `waiting`): its queue entry is at
 /// `until`, and it is listed under its correlation keys (`w/`, `c/`) so an
 /// incoming event finds it by a prefix scan, never by scanning waiting runs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Parked {
     /// Path id of the waiting step.
     pub step: String,
@@ -197,7 +198,7 @@ pub struct Parked {
 }
 
 /// What a matching event does to a listed run.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Listen {
     /// Resume it (`wait_for`).
@@ -208,7 +209,7 @@ pub enum Listen {
 
 /// A correlation key: a waiting run listed under (connector, event type,
 /// rendered key), or — as a probe — what an incoming event looks up.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Correlation {
     pub listen: Listen,
     pub connector: String,
@@ -226,7 +227,7 @@ pub struct Matched {
     pub cancelled: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ConcurrencySlot {
     /// `<recipe>\0<rendered key>`.
     pub key: String,
@@ -236,7 +237,7 @@ pub struct ConcurrencySlot {
     pub seq: u64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Succeeded,
@@ -245,7 +246,7 @@ pub enum StepStatus {
 }
 
 /// What one step did.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct StepRecord {
     /// The step instance's path id: the step id, prefixed by its enclosing
     /// steps (`each_agent[2].notify`, `route.case0.tag`).
@@ -274,7 +275,7 @@ pub struct StepRecord {
 }
 
 /// One call of a step's action.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Attempt {
     pub at: i64,
     pub duration_ms: u64,

@@ -76,7 +76,7 @@ impl StateKey {
 }
 
 /// The three kinds of state entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StateKind {
     /// A JSON value (`set`, `set_if_absent`, `incr` without a window).
@@ -308,7 +308,7 @@ pub struct RotationRecord {
 }
 
 /// One entry, as listed by the CLI and the admin API.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct StateEntry {
     pub namespace: String,
     pub key: String,

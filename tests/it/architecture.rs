@@ -121,6 +121,8 @@ const ONLY: &[(&str, &[&str])] = &[
     ("hyper_util", &["listener"]),
     ("tower", &["listener"]),
     ("prometheus_client", &["metrics"]),
+    ("utoipa", &["admin", "store", "error"]),
+    ("utoipa_axum", &["admin"]),
 ];
 
 /// An inline path into an outside crate: `axum::…` (not `store::sled::…`).

@@ -277,3 +277,96 @@ async fn json_logs_carry_ids_as_fields_and_text_logs_carry_no_colour_codes() {
         }
     }
 }
+
+/// The committed OpenAPI document (`docs/openapi.json`).
+fn committed_openapi() -> String {
+    std::fs::read_to_string(repo().join("docs/openapi.json")).unwrap_or_default()
+}
+
+/// `docs/openapi.json` is what the code generates. After changing a route
+/// or an API type: `SWITCHBOARD_UPDATE_OPENAPI=1 cargo test --test it console::openapi`.
+#[test]
+fn openapi_document_in_the_repo_is_the_generated_one() {
+    let generated = switchboard::admin::openapi_json();
+    if std::env::var_os("SWITCHBOARD_UPDATE_OPENAPI").is_some() {
+        std::fs::write(repo().join("docs/openapi.json"), &generated).unwrap();
+    }
+    assert!(
+        committed_openapi() == generated,
+        "docs/openapi.json is stale: run SWITCHBOARD_UPDATE_OPENAPI=1 cargo test --test it console::openapi"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&generated).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+}
+
+/// Every `/api` route of `src/admin/` is registered with `routes!` (and so
+/// has its `#[utoipa::path]` operation in the document): no plain
+/// `.route("/api…")` there.
+#[test]
+fn openapi_admin_routes_are_registered_with_their_operations() {
+    let mut files = Vec::new();
+    let mut dirs = vec![repo().join("src/admin")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let plain = regex::Regex::new(r#"\.route\(\s*"/api"#).unwrap();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            !plain.is_match(&text),
+            "{}: a plain `.route(\"/api…\")`; register /api routes with `routes!(handler)` \
+             and a `#[utoipa::path]` on the handler (admin::api), so the OpenAPI document has them",
+            file.display()
+        );
+    }
+}
+
+/// The hub serves the committed document, and every operation in it is a
+/// route the hub has, behind the token (401 without it, never 404 or 405).
+#[tokio::test]
+async fn openapi_document_is_served_and_matches_the_routes() {
+    let (hub, _mock) = quiet_hub(HubOptions::default()).await;
+    let resp = hub
+        .http
+        .get(format!("{}/api/openapi.json", hub.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let served = resp.text().await.unwrap();
+    assert_eq!(served, committed_openapi());
+    let doc: serde_json::Value = serde_json::from_str(&served).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 9, "{paths:?}");
+    let param = regex::Regex::new(r"\{[^}]+\}").unwrap();
+    for (path, ops) in paths {
+        let concrete = param.replace_all(path, "x");
+        for method in ops.as_object().unwrap().keys() {
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let resp = hub
+                .http
+                .request(method.clone(), format!("{}{concrete}", hub.url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                resp.status(),
+                401,
+                "{method} {path}: the hub has no such route"
+            );
+            assert_eq!(
+                ops[method.as_str().to_lowercase()]["security"],
+                serde_json::Value::Null,
+                "operations inherit the document's security"
+            );
+        }
+    }
+    assert_eq!(doc["security"][0]["admin_token"], serde_json::json!([]));
+}
