@@ -104,6 +104,7 @@ fn main() {
             concurrency: None,
             debounce: None,
             starts: 0,
+            listening: vec![],
             parked: Some(Parked {
                 step: "reply".into(),
                 until,

@@ -9,7 +9,7 @@ use crate::store::{Correlation, Listen};
 use crate::template::Templates;
 use crate::yaml::LoadError;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 /// Where to load from.
@@ -79,6 +79,7 @@ impl Catalog {
             return Err(errors);
         }
         reply_warnings(&recipes, &mut warnings);
+        update_warnings(&recipes, &mut warnings);
         Ok(Catalog::new(templates, connectors, recipes, warnings))
     }
 
@@ -247,6 +248,107 @@ fn reply_warnings(recipes: &[Recipe], warnings: &mut Vec<LoadError>) {
                         rs[0].name, r.name, rs[0].name
                     ),
                 });
+            }
+        }
+    }
+}
+
+/// An action that sets fields of an object (a later call overwrites an
+/// earlier one): `PUT` or `PATCH`, named `update…` or `set…`. Actions that
+/// add to an object (`add_internal_note`, `add_tags`) commute and are not.
+fn is_update(c: &crate::recipe::steps::CallStep) -> bool {
+    matches!(c.action.method.as_str(), "PUT" | "PATCH")
+        && (c.action.name.starts_with("update") || c.action.name.starts_with("set"))
+}
+
+/// What an update call sets: each `with:` input, or for a mapping input
+/// each of its keys (`fields.priority`); inputs naming the object (`id`,
+/// `…_id` at the top level) are not changes.
+fn fields_set(c: &crate::recipe::steps::CallStep) -> BTreeSet<String> {
+    use crate::template::ValueTemplate;
+    let mut out = BTreeSet::new();
+    for (name, value) in &c.with {
+        if name == "id" || name.ends_with("_id") {
+            continue;
+        }
+        match value {
+            ValueTemplate::Object(fields) => {
+                out.extend(fields.iter().map(|(k, _)| format!("{name}.{k}")));
+            }
+            ValueTemplate::Literal(Value::Object(fields)) => {
+                out.extend(fields.keys().map(|k| format!("{name}.{k}")));
+            }
+            _ => {
+                out.insert(name.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Recipes on one trigger that both call the same updating action
+/// ([`is_update`]) and set the same field ([`fields_set`]): their runs for
+/// one event are not ordered (no order is promised between runs of
+/// different recipes), so whichever call comes last wins. `check` warns at
+/// the later recipe's step (by name).
+fn update_warnings(recipes: &[Recipe], warnings: &mut Vec<LoadError>) {
+    let mut by_trigger: HashMap<(&str, &str), Vec<&Recipe>> = HashMap::new();
+    for r in recipes {
+        by_trigger
+            .entry((&r.connector, &r.event))
+            .or_default()
+            .push(r);
+    }
+    for ((connector, event), mut rs) in by_trigger {
+        if rs.len() < 2 {
+            continue;
+        }
+        rs.sort_by(|a, b| a.name.cmp(&b.name));
+        // action name → the recipes calling it so far, with what they set
+        let mut first: HashMap<String, Vec<(&Recipe, BTreeSet<String>)>> = HashMap::new();
+        for r in rs {
+            // Steps after a top-level wait run later, not beside the other
+            // recipe's run for this event.
+            let mut all = Vec::new();
+            for s in &r.steps {
+                if matches!(
+                    s.kind,
+                    StepKind::Wait(_) | StepKind::WaitUntil(_) | StepKind::WaitFor(_)
+                ) {
+                    break;
+                }
+                s.walk(&mut all);
+            }
+            let mut seen = std::collections::HashSet::new();
+            for s in all {
+                let StepKind::Call(c) = &s.kind else { continue };
+                if !is_update(c) {
+                    continue;
+                }
+                let action = c.name();
+                let sets = fields_set(c);
+                if !seen.insert((action.clone(), sets.clone())) {
+                    continue;
+                }
+                let earlier = first.entry(action.clone()).or_default();
+                if let Some((e, both)) = earlier.iter().find_map(|(e, theirs)| {
+                    let both: Vec<_> = theirs.intersection(&sets).cloned().collect();
+                    (e.name != r.name && !both.is_empty()).then_some((e, both))
+                }) {
+                    warnings.push(LoadError {
+                        file: r.file.clone(),
+                        pos: s.at,
+                        message: format!(
+                            "warning: recipes `{}` and `{}` both set {} through `{action}` on `{connector}` `{event}` events; \
+                             runs of different recipes are not ordered, so the last call wins. \
+                             Make them one recipe (a `switch`, or a shared scenario) to order the updates",
+                            e.name,
+                            r.name,
+                            both.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", "),
+                        ),
+                    });
+                }
+                earlier.push((r, sets));
             }
         }
     }

@@ -14,6 +14,7 @@ pub mod dry_run;
 pub mod reply;
 pub mod scheduler;
 mod step;
+mod timer;
 pub mod worker;
 
 pub use catalog::{Catalog, LoadOptions};
@@ -84,8 +85,10 @@ pub struct Engine {
     store: Arc<dyn Store>,
     commit: GroupCommit,
     client: Client,
-    /// Wakes idle workers when new runs are queued.
+    /// Wakes idle workers when new runs are queued or an earlier due time
+    /// is stored ([`timer`]).
     wake: Notify,
+    timer: timer::Timer,
     /// Held while an event takes its ids and is stored. A std Mutex: nothing
     /// async happens while it is held.
     ingest_order: std::sync::Mutex<()>,
@@ -118,6 +121,7 @@ impl Engine {
             commit,
             client,
             wake: Notify::new(),
+            timer: timer::Timer::default(),
             ingest_order: std::sync::Mutex::new(()),
             config,
         }))
@@ -188,6 +192,22 @@ impl Engine {
                         events: 1,
                     })
                 });
+                // Listed under its `cancel_on` keys while unfinished; a key
+                // that needs a step's output is listed when the run parks.
+                let listening = r
+                    .cancel_on
+                    .iter()
+                    .filter_map(|c| {
+                        let key = catalog.templates.render_string(&c.key, ctx).ok()?;
+                        (!key.is_empty()).then(|| store::Correlation {
+                            listen: store::Listen::Cancel,
+                            connector: c.connector.clone(),
+                            event_type: c.event.clone(),
+                            key,
+                            tag: r.name.clone(),
+                        })
+                    })
+                    .collect();
                 // A debounced run starts once its key has been quiet.
                 let due_at = debounce.as_ref().map_or(now, |d| now + d.quiet_ms);
                 runs.push(Run {
@@ -209,6 +229,7 @@ impl Engine {
                     debounce,
                     parked: None,
                     starts: 0,
+                    listening,
                 });
             },
         );
@@ -263,10 +284,15 @@ impl Engine {
         self.commit.sync().await?;
         let reply_run = replier.and_then(|r| runs.iter().find(|run| run.recipe == r.name));
         let reply_run = reply_run.map(|run| run.id.clone());
-        if !matched.woken.is_empty() || !matched.cancelled.is_empty() {
-            tracing::info!(event = %event_id, woken = ?matched.woken, cancelled = ?matched.cancelled, "waiting runs matched");
+        if !matched.woken.is_empty()
+            || !matched.cancelled.is_empty()
+            || !matched.cancelling.is_empty()
+        {
+            tracing::info!(event = %event_id, woken = ?matched.woken, cancelled = ?matched.cancelled, cancelling = ?matched.cancelling, "listed runs matched");
         }
-        if !matched.woken.is_empty() {
+        if !matched.woken.is_empty() || !matched.cancelled.is_empty() {
+            // Woken runs are due now, and so is the next run of a cancelled
+            // run's concurrency key.
             self.wake.notify_waiters();
         }
         let mut accepted = self.accepted(inserted, event_id, event.runs, runs, handoffs)?;
@@ -355,7 +381,7 @@ impl Engine {
 
     /// Put a failed or dead run back in the queue; it resumes at its failed step.
     pub fn retry(&self, run_id: &str) -> Result<store::Retried, StoreError> {
-        let r = self.store.retry_run(run_id, store::now_ms())?;
+        let r = self.store.retry_run(run_id, self.now_ms())?;
         if matches!(r, store::Retried::Queued(_)) {
             self.wake.notify_waiters();
         }
@@ -364,7 +390,7 @@ impl Engine {
 
     /// Retry every failed or dead run of a recipe.
     pub fn retry_recipe(&self, recipe: &str) -> Result<Vec<String>, StoreError> {
-        let ids = store::retry_failed(&*self.store, recipe, store::now_ms())?;
+        let ids = store::retry_failed(&*self.store, recipe, self.now_ms())?;
         if !ids.is_empty() {
             self.wake.notify_waiters();
         }

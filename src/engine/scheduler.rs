@@ -88,10 +88,10 @@ impl Engine {
                 .filter_map(|(_, s, _)| s.next_after(now))
                 .min()
                 .unwrap_or(now + MAX_SLEEP.as_millis() as i64);
-            let wait =
-                Duration::from_millis((next - now).clamp(1, MAX_SLEEP.as_millis() as i64) as u64);
+            // By the engine's clock, so a virtual clock moves schedules too.
+            let until = next.clamp(now + 1, now + MAX_SLEEP.as_millis() as i64);
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = self.sleep_until(until) => {}
                 _ = shutdown.changed() => {}
             }
         }

@@ -17,9 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
-/// Longest a worker sleeps before looking at the queue again.
-const IDLE_POLL: Duration = Duration::from_millis(500);
-
 /// Entries one state sweep looks at before yielding; a tick sweeps at most
 /// [`SWEEP_CHUNKS`] of them, so a sweep never holds the state lock for long.
 const SWEEP_CHUNK: usize = 1_000;
@@ -82,18 +79,25 @@ impl Engine {
             // Register for a wake-up before looking, so a run queued between
             // the look and the wait is not missed.
             let notified = self.wake.notified();
-            // Runs handed over at ingest first, then the store's queue.
-            let handed = self
-                .handoff_rx
-                .try_lock()
-                .ok()
-                .and_then(|mut rx| rx.try_recv().ok());
+            // Runs handed over at ingest first, then the store's queue;
+            // but a run already due in the store (a wait's or retry's time
+            // came) goes first, so a steady stream of new events cannot
+            // starve timers.
+            let due_in_store = self.store.next_due().is_ok_and(|d| d.is_some_and(|d| d <= self.now_ms()));
+            let handed = if due_in_store {
+                None
+            } else {
+                self.handoff_rx
+                    .try_lock()
+                    .ok()
+                    .and_then(|mut rx| rx.try_recv().ok())
+            };
             let from_store = handed.is_none();
             let mut runs = match handed {
                 Some(run) => vec![run],
                 None => self
                     .store
-                    .lease(store::now_ms(), lease_ms, 1)
+                    .lease(self.now_ms(), lease_ms, 1)
                     .unwrap_or_else(|e| {
                         tracing::error!(error = %e, "leasing runs failed");
                         Vec::new()
@@ -103,17 +107,14 @@ impl Engine {
             // counted start made durable before executing.
             let leased = from_store && !runs.is_empty();
             if runs.is_empty() {
-                let wait = match self.store.next_due() {
-                    Ok(Some(due)) => Duration::from_millis(
-                        (due - store::now_ms()).clamp(1, IDLE_POLL.as_millis() as i64) as u64,
-                    ),
-                    _ => IDLE_POLL,
-                };
+                // Sleep until the earliest due run (see `timer`), woken
+                // early by a new run or an earlier due time.
+                let until = self.idle_until();
                 let handed = async { self.handoff_rx.lock().await.recv().await };
                 tokio::select! {
                     run = handed => runs.extend(run),
                     _ = notified => {}
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.sleep_until(until) => {}
                     _ = shutdown.changed() => {}
                 }
             }
@@ -201,7 +202,7 @@ impl Engine {
         status: RunStatus,
         error: Option<String>,
     ) -> Result<(), store::StoreError> {
-        let now = store::now_ms();
+        let now = self.now_ms();
         run.status = status;
         run.error = error;
         run.updated_at = now;
@@ -212,7 +213,12 @@ impl Engine {
         if let Ok(Value::String(name)) = serde_json::to_value(status) {
             crate::metrics::get().run_finished(&run.recipe, &name);
         }
-        self.commit.sync().await
+        self.commit.sync().await?;
+        if run.concurrency.is_some() {
+            // The next run of its key is due now.
+            self.queued_at(now);
+        }
+        Ok(())
     }
 
     /// Run one attempt of a call. `prior` is the record of earlier
@@ -384,7 +390,7 @@ impl WorkerHost<'_> {
     /// with its records so far: one batch.
     async fn park_inner(&mut self, parked: store::Parked) {
         let previous_due = self.run.due_at;
-        let now = store::now_ms();
+        let now = self.engine.now_ms();
         tracing::info!(run = %self.run.id, recipe = %self.run.recipe, step = %parked.step, until = parked.until, "run waiting");
         crate::metrics::get().run_parked(&self.run.recipe);
         self.run.status = RunStatus::Waiting;
@@ -397,7 +403,10 @@ impl WorkerHost<'_> {
             Err(e) => Err(e),
         };
         match written {
-            Ok(()) => self.saved = self.run.steps.len(),
+            Ok(()) => {
+                self.saved = self.run.steps.len();
+                self.engine.queued_at(self.run.due_at);
+            }
             Err(e) => self.store_error = Some(e),
         }
     }
@@ -415,7 +424,7 @@ impl WorkerHost<'_> {
             Attempted::End(status) => (record, Next::End(status)),
             Attempted::RetryIn(delay) => {
                 let previous_due = self.run.due_at;
-                let now = store::now_ms();
+                let now = self.engine.now_ms();
                 self.run.pending = Some(record.clone());
                 self.run.status = RunStatus::Retrying;
                 self.run.updated_at = now;
@@ -426,7 +435,10 @@ impl WorkerHost<'_> {
                     Err(e) => Err(e),
                 };
                 match written {
-                    Ok(()) => self.saved = self.run.steps.len(),
+                    Ok(()) => {
+                        self.saved = self.run.steps.len();
+                        self.engine.queued_at(self.run.due_at);
+                    }
                     Err(e) => self.store_error = Some(e),
                 }
                 (record, Next::Suspend)
@@ -450,6 +462,17 @@ impl Host for WorkerHost<'_> {
 
     fn interrupted(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    fn cancel_requested(&mut self) -> Option<String> {
+        match self.engine.store.cancel_requested(&self.run.id) {
+            Ok(reason) => reason,
+            Err(e) => {
+                // Not known now: the next step boundary asks again.
+                tracing::warn!(run = %self.run.id, error = %e, "cannot read a cancel request");
+                None
+            }
+        }
     }
 
     fn call(

@@ -151,6 +151,12 @@ pub struct Run {
     /// crashing the hub again.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub starts: u32,
+    /// The recipe's `cancel_on` keys, rendered on its event when the run was
+    /// created: the run is listed under them (`c/`) until it finishes, so a
+    /// cancelling event finds it also while it is queued, running or
+    /// retrying (then it ends at its next step boundary, see `x/`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listening: Vec<Correlation>,
 }
 
 /// Executions a run may begin without reaching a checkpoint: a third
@@ -224,7 +230,10 @@ pub struct Correlation {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Matched {
     pub woken: Vec<String>,
+    /// Ended as `cancelled` in that batch (waiting, queued or retrying).
     pub cancelled: Vec<String>,
+    /// Running: asked to stop, ending `cancelled` at its next step boundary.
+    pub cancelling: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -397,6 +406,9 @@ pub trait Store: Send + Sync + 'static {
     fn retry_run(&self, id: &str, now: i64) -> Result<Retried>;
     /// Make every leased run due now (at start-up of a single node, every lease is stale).
     fn release_leases(&self, now: i64) -> Result<usize>;
+    /// Why this run was cancelled while it ran (a `cancel_on` event arrived
+    /// after it was leased), if it was: the worker asks at each step boundary.
+    fn cancel_requested(&self, run_id: &str) -> Result<Option<String>>;
     /// Number of runs waiting or leased.
     fn queue_depth(&self) -> Result<usize>;
     /// The queue by kind: due or leased (the depth), and parked in a wait.

@@ -139,6 +139,9 @@ impl Store for Reopening {
     fn release_leases(&self, now: i64) -> Result<usize> {
         self.with(|s| s.release_leases(now))
     }
+    fn cancel_requested(&self, run_id: &str) -> Result<Option<String>> {
+        self.with(|s| s.cancel_requested(run_id))
+    }
     fn queue_depth(&self) -> Result<usize> {
         self.with(|s| s.queue_depth())
     }

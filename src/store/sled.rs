@@ -12,6 +12,8 @@
 //! - `s/<recipe>` → last schedule slot handled (ms, 8 bytes big-endian)
 //! - `w/<connector>\0<event type>\0<key>\0<run id>` → listener tag: a run
 //!   waiting for an event (`wait_for`); `c/…` the same for `cancel_on`
+//! - `x/<run id>` → reason: a cancelling event arrived while the run was
+//!   leased; its worker ends it at the next step boundary
 //! - `v/`, `n/`, `a/<namespace>\0<key>` → recipe state (values, window
 //!   counters, rotations; see [`super::state`])
 //!
@@ -20,8 +22,8 @@
 
 use super::state::{self, Kv, StateEntry, StateKey, StateOp, StateOutput, Write};
 use super::{
-    ConcurrencySlot, Event, Inserted, Page, Result, Retried, Run, RunFilter, RunStatus, StepStatus,
-    Store, StoreError, Swept,
+    ConcurrencySlot, Event, Inserted, Listen, Page, Result, Retried, Run, RunFilter, RunStatus,
+    StepStatus, Store, StoreError, Swept,
 };
 use std::ops::Bound;
 use std::path::Path;
@@ -132,12 +134,34 @@ fn correlation_key(c: &super::Correlation, run_id: &str) -> Vec<u8> {
     k
 }
 
+/// `x/<run id>`: a cancelling event arrived while the run was leased.
+fn cancel_key(run_id: &str) -> Vec<u8> {
+    format!("x/{run_id}").into_bytes()
+}
+
+/// List `run` under its lifetime `cancel_on` keys (into `batch`).
+fn list_cancel_keys(batch: &mut sled::Batch, run: &Run) {
+    for c in &run.listening {
+        batch.insert(correlation_key(c, &run.id), c.tag.as_bytes());
+    }
+}
+
+/// Remove `run`'s lifetime `cancel_on` keys and a pending cancel request.
+fn unlist_cancel_keys(batch: &mut sled::Batch, run: &Run) {
+    for c in &run.listening {
+        batch.remove(correlation_key(c, &run.id));
+    }
+    batch.remove(cancel_key(&run.id));
+}
+
 fn cursor_key(recipe: &str) -> Vec<u8> {
     format!("s/{recipe}").into_bytes()
 }
 
 impl SledStore {
-    /// Wake or cancel the waiting runs listed under `probes` (into `batch`).
+    /// Wake or cancel the runs listed under `probes` (into `batch`): a
+    /// waiting run wakes or ends; a queued or retrying one ends; a running
+    /// one gets a cancel request (`x/`) its worker reads at the next step.
     fn match_waiting(
         &self,
         batch: &mut sled::Batch,
@@ -158,11 +182,46 @@ impl SledStore {
                 if !done.insert(id.clone()) {
                     continue;
                 }
-                let run = self.get::<Run>(format!("r/{id}").as_bytes())?;
-                let Some(mut run) = run.filter(|r| r.status == RunStatus::Waiting) else {
-                    batch.remove(k); // not waiting any more: a stale entry
+                let Some(mut run) = self.get::<Run>(format!("r/{id}").as_bytes())? else {
+                    batch.remove(k); // a stale entry
                     continue;
                 };
+                let reason = format!(
+                    "cancelled by event {event_id} ({} {})",
+                    probe.connector, probe.event_type
+                );
+                match (run.status, probe.listen) {
+                    (RunStatus::Waiting, _) => {}
+                    // Not executing: it ends now, its queue entry with it.
+                    (RunStatus::Queued | RunStatus::Retrying, Listen::Cancel) => {
+                        batch.remove(queue_key(run.due_at, &id));
+                        if let Some(d) = &run.debounce {
+                            let key = debounce_key(&d.key);
+                            if self.tree.get(&key).map_err(io)?.as_deref() == Some(id.as_bytes()) {
+                                batch.remove(key);
+                            }
+                        }
+                        unlist_cancel_keys(batch, &run);
+                        run.status = RunStatus::Cancelled;
+                        run.finished_at = Some(now);
+                        run.updated_at = now;
+                        run.reason = Some(reason);
+                        self.release_slot(batch, &mut run, now)?;
+                        batch.insert(format!("r/{id}").into_bytes(), encode(&run)?);
+                        matched.cancelled.push(id);
+                        continue;
+                    }
+                    // Executing: its worker ends it at the next step boundary.
+                    (RunStatus::Running, Listen::Cancel) => {
+                        batch.insert(cancel_key(&id), reason.into_bytes());
+                        matched.cancelling.push(id);
+                        continue;
+                    }
+                    _ => {
+                        batch.remove(k); // finished, or a wake key of a run not waiting
+                        continue;
+                    }
+                }
                 let Some(mut parked) = run.parked.take() else {
                     batch.remove(k);
                     continue;
@@ -173,22 +232,22 @@ impl SledStore {
                 batch.remove(queue_key(run.due_at, &id));
                 run.updated_at = now;
                 match probe.listen {
-                    super::Listen::Wake => {
+                    Listen::Wake => {
                         parked.keys.clear();
                         parked.woken_by = Some(event_id.to_string());
                         run.parked = Some(parked);
                         run.status = RunStatus::Queued;
                         run.due_at = now;
                         batch.insert(queue_key(now, &id), &[][..]);
+                        // Back to its lifetime keys (a park key may have been one).
+                        list_cancel_keys(batch, &run);
                         matched.woken.push(id.clone());
                     }
-                    super::Listen::Cancel => {
+                    Listen::Cancel => {
                         run.status = RunStatus::Cancelled;
                         run.finished_at = Some(now);
-                        run.reason = Some(format!(
-                            "cancelled by event {event_id} ({} {})",
-                            probe.connector, probe.event_type
-                        ));
+                        run.reason = Some(reason);
+                        unlist_cancel_keys(batch, &run);
                         self.release_slot(batch, &mut run, now)?;
                         matched.cancelled.push(id.clone());
                     }
@@ -415,6 +474,7 @@ impl Store for SledStore {
                 slot.seq = self.db.generate_id().map_err(io)?;
                 batch.insert(slot_key(&slot.key, slot.seq), run.id.as_bytes());
             }
+            list_cancel_keys(&mut batch, &run);
             batch.insert(format!("r/{}", run.id).into_bytes(), encode(&run)?);
             batch.insert(queue_key(run.due_at, &run.id), &[][..]);
         }
@@ -465,6 +525,8 @@ impl Store for SledStore {
                         batch.remove(correlation_key(c, &run.id));
                     }
                 }
+                // Still cancellable while it runs (a park key may have been one).
+                list_cancel_keys(&mut batch, &run);
             }
             if let Some(d) = &run.debounce {
                 // Started: later events of the key make a new run.
@@ -507,6 +569,7 @@ impl Store for SledStore {
         let mut batch = sled::Batch::default();
         batch.remove(queue_key(run.due_at, &run.id));
         let mut finished = run.clone();
+        unlist_cancel_keys(&mut batch, run);
         self.release_slot(&mut batch, &mut finished, run.updated_at)?;
         batch.insert(format!("r/{}", run.id).into_bytes(), encode(&finished)?);
         self.tree.apply_batch(batch).map_err(io)
@@ -560,6 +623,7 @@ impl Store for SledStore {
         run.due_at = now;
         let mut batch = sled::Batch::default();
         batch.insert(queue_key(now, &run.id), &[][..]);
+        list_cancel_keys(&mut batch, &run);
         batch.insert(format!("r/{}", run.id).into_bytes(), encode(&run)?);
         self.tree.apply_batch(batch).map_err(io)?;
         Ok(Retried::Queued(Box::new(run)))
@@ -587,6 +651,14 @@ impl Store for SledStore {
         }
         self.tree.apply_batch(batch).map_err(io)?;
         Ok(n)
+    }
+
+    fn cancel_requested(&self, run_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .tree
+            .get(cancel_key(run_id))
+            .map_err(io)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     fn queue_depth(&self) -> Result<usize> {
@@ -790,6 +862,7 @@ mod tests {
             debounce: None,
             parked: None,
             starts: 0,
+            listening: vec![],
         }
     }
 

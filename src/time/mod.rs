@@ -17,7 +17,8 @@ use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp, Zoned};
 use serde_json::Value;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
 
 pub use calendar::{Calendar, Calendars};
 pub use schedule::Schedule;
@@ -25,6 +26,15 @@ pub use schedule::Schedule;
 /// The engine's source of "now", in milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     fn now_ms(&self) -> i64;
+
+    /// For a clock that moves only when told: remember `waker` and wake it
+    /// the next time the clock moves, and say `true`. A clock that moves by
+    /// itself (the OS's) says `false`: sleep on the runtime's timer instead.
+    /// (How the engine sleeps "until T by this clock", without this module
+    /// knowing a runtime.)
+    fn wake_on_move(&self, _waker: &Waker) -> bool {
+        false
+    }
 }
 
 /// The operating system's clock (`switchboard serve`).
@@ -38,26 +48,55 @@ impl Clock for SystemClock {
 }
 
 /// A clock that moves only when told (`switchboard test`, unit tests).
+/// Moving it wakes whoever sleeps on it ([`Clock::wake_on_move`]).
 #[derive(Debug, Clone, Default)]
-pub struct VirtualClock(Arc<AtomicI64>);
+pub struct VirtualClock(Arc<VirtualInner>);
+
+#[derive(Debug, Default)]
+struct VirtualInner {
+    now: AtomicI64,
+    /// Sleepers to wake at the next move. A std Mutex: held only to push or
+    /// take the list.
+    sleepers: Mutex<Vec<Waker>>,
+}
 
 impl VirtualClock {
     pub fn at(ms: i64) -> VirtualClock {
-        VirtualClock(Arc::new(AtomicI64::new(ms)))
+        let clock = VirtualClock::default();
+        clock.0.now.store(ms, Ordering::SeqCst);
+        clock
     }
 
     pub fn advance(&self, ms: i64) {
-        self.0.fetch_add(ms.max(0), Ordering::SeqCst);
+        self.0.now.fetch_add(ms.max(0), Ordering::SeqCst);
+        self.moved();
     }
 
     pub fn set(&self, ms: i64) {
-        self.0.store(ms, Ordering::SeqCst);
+        self.0.now.store(ms, Ordering::SeqCst);
+        self.moved();
+    }
+
+    fn moved(&self) {
+        let sleepers = std::mem::take(&mut *self.0.sleepers.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in sleepers {
+            w.wake();
+        }
     }
 }
 
 impl Clock for VirtualClock {
     fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
+        self.0.now.load(Ordering::SeqCst)
+    }
+
+    fn wake_on_move(&self, waker: &Waker) -> bool {
+        let mut sleepers = self.0.sleepers.lock().unwrap_or_else(|p| p.into_inner());
+        // A sleeper polled again (woken by something else) is listed once.
+        if !sleepers.iter().any(|w| w.will_wake(waker)) {
+            sleepers.push(waker.clone());
+        }
+        true
     }
 }
 

@@ -84,6 +84,9 @@ impl Store for FaultyStore {
     fn release_leases(&self, now: i64) -> store::Result<usize> {
         self.inner.release_leases(now)
     }
+    fn cancel_requested(&self, run_id: &str) -> store::Result<Option<String>> {
+        self.inner.cancel_requested(run_id)
+    }
     fn queue_depth(&self) -> store::Result<usize> {
         self.inner.queue_depth()
     }

@@ -344,6 +344,9 @@ pub struct Route {
     pub body: Value,
     /// Wait this long before answering (for timeouts).
     pub delay: Duration,
+    /// Answer only once this is notified (one permit per request): the test
+    /// decides when a call in flight returns.
+    pub hold: Option<Arc<tokio::sync::Notify>>,
 }
 
 pub fn route(method: Method, path_prefix: &str, status: u16, body: Value) -> Route {
@@ -353,6 +356,7 @@ pub fn route(method: Method, path_prefix: &str, status: u16, body: Value) -> Rou
         status,
         body,
         delay: Duration::ZERO,
+        hold: None,
     }
 }
 
@@ -424,6 +428,9 @@ async fn handle(
         Some(r) => {
             if !r.delay.is_zero() {
                 tokio::time::sleep(r.delay).await;
+            }
+            if let Some(hold) = &r.hold {
+                hold.notified().await;
             }
             (StatusCode::from_u16(r.status).unwrap(), axum::Json(r.body)).into_response()
         }

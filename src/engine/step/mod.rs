@@ -57,6 +57,11 @@ pub(crate) trait Host: Send {
     fn interrupted(&self) -> bool {
         false
     }
+    /// A `cancel_on` event arrived while this run was executing: the
+    /// reason. Asked at each step boundary of a recipe with `cancel_on`.
+    fn cancel_requested(&mut self) -> Option<String> {
+        None
+    }
     /// Make the call of a `call` step instance whose inputs rendered. The
     /// returned record is the step's (it is pushed by the walker, unless the
     /// host suspended the run).
@@ -198,6 +203,14 @@ impl<'a, H: Host> Walker<'a, H> {
             None => {
                 if self.host.interrupted() {
                     return Flow::Halt(Outcome::Suspended);
+                }
+                if !self.recipe.cancel_on.is_empty() {
+                    if let Some(reason) = self.host.cancel_requested() {
+                        return Flow::Halt(Outcome::Stopped {
+                            status: RunStatus::Cancelled,
+                            reason,
+                        });
+                    }
                 }
                 if let Some(cond) = &step.condition {
                     if !cond.eval_with(&self.ctx, &self.catalog.templates) {

@@ -49,6 +49,8 @@ pub struct Step {
     /// The step's `if`; when it does not hold the step is skipped (output `null`).
     pub condition: Option<Condition>,
     pub kind: StepKind,
+    /// Where the step is in its file (for load-time warnings about it).
+    pub at: crate::yaml::Pos,
 }
 
 /// What a step does. Closed: each variant owns its kind's fields.
@@ -285,6 +287,7 @@ impl Compiler<'_> {
             id,
             condition,
             kind: kind?,
+            at: self.map.locate(ptr),
         })
     }
 
