@@ -83,7 +83,10 @@ impl Engine {
             // but a run already due in the store (a wait's or retry's time
             // came) goes first, so a steady stream of new events cannot
             // starve timers.
-            let due_in_store = self.store.next_due().is_ok_and(|d| d.is_some_and(|d| d <= self.now_ms()));
+            let due_in_store = self
+                .store
+                .next_due()
+                .is_ok_and(|d| d.is_some_and(|d| d <= self.now_ms()));
             let handed = if due_in_store {
                 None
             } else {

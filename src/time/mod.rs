@@ -78,7 +78,8 @@ impl VirtualClock {
     }
 
     fn moved(&self) {
-        let sleepers = std::mem::take(&mut *self.0.sleepers.lock().unwrap_or_else(|p| p.into_inner()));
+        let sleepers =
+            std::mem::take(&mut *self.0.sleepers.lock().unwrap_or_else(|p| p.into_inner()));
         for w in sleepers {
             w.wake();
         }

@@ -843,9 +843,11 @@ async fn a_parked_run_wakes_a_worker_at_its_due_time_on_virtual_time() {
     // does not reach it, and a sleep on the OS timer would not end within
     // the poll's deadline.
     clock.advance(3_600_000);
-    poll(20, "the near run resumes when the clock reaches its time", || async {
-        (status(&near) == RunStatus::Succeeded).then_some(())
-    })
+    poll(
+        20,
+        "the near run resumes when the clock reaches its time",
+        || async { (status(&near) == RunStatus::Succeeded).then_some(()) },
+    )
     .await;
     let run = store.run(&near).unwrap().unwrap();
     assert_eq!(run.steps[1].output["woke_at"], t0 + 3_600_000, "{run:?}");
@@ -914,7 +916,12 @@ async fn cancel_on_ends_a_running_run_at_its_next_step_boundary() {
         "{run}"
     );
     // The step in flight is recorded; the next one never ran.
-    let steps: Vec<_> = run["steps"].as_array().unwrap().iter().map(|s| s["id"].clone()).collect();
+    let steps: Vec<_> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].clone())
+        .collect();
     assert_eq!(steps, vec![serde_json::json!("first")], "{run}");
     assert_eq!(slack_texts(&api), vec!["first 1".to_string()]);
 }
@@ -1021,9 +1028,18 @@ steps:
         )
     };
     let cfg = Config::connectors_only();
-    cfg.recipe("assign", &recipe("assign", "{ group_id: 1, assignee_id: 2 }", ""));
-    let f = cfg.recipe("escalate", &recipe("escalate", "{ group_id: 9, priority: urgent }", ""));
-    cfg.recipe("prioritise", &recipe("prioritise", "{ priority: high }", "  - wait: 1h\n"));
+    cfg.recipe(
+        "assign",
+        &recipe("assign", "{ group_id: 1, assignee_id: 2 }", ""),
+    );
+    let f = cfg.recipe(
+        "escalate",
+        &recipe("escalate", "{ group_id: 9, priority: urgent }", ""),
+    );
+    cfg.recipe(
+        "prioritise",
+        &recipe("prioritise", "{ priority: high }", "  - wait: 1h\n"),
+    );
     cfg.recipe("tag", &recipe("tag", "{ type: incident }", ""));
     let out = cfg.check();
     assert!(out.status.success(), "{}", stderr(&out));
