@@ -36,6 +36,9 @@ fn verifiers() -> Vec<Verifier> {
         json!({"scheme": "standard_webhooks", "secret": "s"}),
         json!({"scheme": "hmac", "secret": "s", "header": "X-Signature", "prefix": "sha256=",
                "timestamp_header": "X-Timestamp", "id_header": "X-Id"}),
+        json!({"scheme": "token", "secret": "s", "from": {"header": "X-Switchboard-Token"}}),
+        json!({"scheme": "token", "secret": "s", "from": {"field": "HandshakeKey"}}),
+        json!({"scheme": "token", "secret": "s", "from": {"query": "token"}}),
     ]
     .into_iter()
     .map(|c| {
@@ -69,6 +72,8 @@ const HEADERS: &[&str] = &[
     "x-signature",
     "x-timestamp",
     "x-id",
+    "x-switchboard-token",
+    "content-type",
 ];
 
 /// Values shaped like signature headers, and garbage.

@@ -213,6 +213,9 @@ fn support_recipes_pass_check_and_their_tests_offline() {
         "repeat-contact-escalation",
         "dispatcher",
         "thanks-keeps-solved",
+        "billing-enrichment",
+        "web-form-ticket",
+        "journey-follow-up",
     ] {
         let n = text.matches(&format!("ok   {recipe} › ")).count();
         assert!(n >= 3, "{recipe}: {n} tests passed\n{text}");

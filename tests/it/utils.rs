@@ -25,6 +25,11 @@ pub fn repo() -> PathBuf {
 
 /// Secrets for every shipped connector.
 pub const ZENDESK_WEBHOOK_SECRET: &str = "zendesk-signing-secret";
+pub const FRESHDESK_WEBHOOK_TOKEN: &str = "freshdesk-token-5b2e9c";
+pub const TYPEFORM_WEBHOOK_SECRET: &str = "typeform-signing-secret";
+pub const WUFOO_HANDSHAKE_KEY: &str = "wufoo-handshake-key";
+/// A Standard Webhooks secret: `whsec_` + base64 of the key bytes.
+pub const APP_WEBHOOK_SECRET: &str = "whsec_c3dpdGNoYm9hcmQtYXBwLWtleQ==";
 
 pub fn test_secrets() -> Vec<(String, String)> {
     [
@@ -37,6 +42,14 @@ pub fn test_secrets() -> Vec<(String, String)> {
         ),
         ("DEEPL_AUTH_KEY", "00000000-0000-0000-0000-000000000000:fx"),
         ("SLACK_BOT_TOKEN", "xoxb-0000-0000-test"),
+        ("FRESHDESK_API_KEY", "fd-api-key-123"),
+        ("FRESHDESK_WEBHOOK_TOKEN", FRESHDESK_WEBHOOK_TOKEN),
+        ("STRIPE_SECRET_KEY", "sk_test_0000000000000000000000000"),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_stripe-test"),
+        ("SENDGRID_API_KEY", "SG.test-key.0000"),
+        ("TYPEFORM_WEBHOOK_SECRET", TYPEFORM_WEBHOOK_SECRET),
+        ("WUFOO_HANDSHAKE_KEY", WUFOO_HANDSHAKE_KEY),
+        ("APP_WEBHOOK_SECRET", APP_WEBHOOK_SECRET),
     ]
     .iter()
     .map(|(k, v)| (format!("SWITCHBOARD_SECRET_{k}"), v.to_string()))
@@ -600,7 +613,15 @@ impl Hub {
 /// base URL so a call that should not happen is recorded.
 pub async fn quiet_hub(mut opts: HubOptions) -> (Hub, MockApi) {
     let mock = MockApi::start(Vec::new()).await;
-    for name in ["hubspot", "zendesk", "deepl", "slack"] {
+    for name in [
+        "hubspot",
+        "zendesk",
+        "deepl",
+        "slack",
+        "freshdesk",
+        "stripe",
+        "sendgrid",
+    ] {
         let var = format!("SWITCHBOARD_BASE_URL_{}", name.to_uppercase());
         if !opts.env.iter().any(|(k, _)| *k == var) {
             opts = opts.base_url(name, &mock.url);

@@ -1,4 +1,5 @@
-//! `stop`: end the run with a reason, as succeeded or skipped.
+//! `stop`: end the run with a reason, as succeeded or skipped, or fail it
+//! with the reason as its error.
 
 use super::{Flow, Host, Outcome, Walker};
 use crate::recipe::steps::{StopStatus, StopStep};
@@ -19,6 +20,7 @@ pub(super) fn execute<H: Host>(
             let input = &w.recorded(i).input;
             let status = match input["status"].as_str() {
                 Some("skipped") => StopStatus::Skipped,
+                Some("failed") => StopStatus::Failed,
                 _ => StopStatus::Succeeded,
             };
             (
@@ -35,6 +37,9 @@ pub(super) fn execute<H: Host>(
                 }
             };
             let input = json!({"reason": reason, "status": stop.status.as_str()});
+            if stop.status == StopStatus::Failed {
+                return w.fail(path, &step.kind, input, reason);
+            }
             w.push(path, &step.kind, StepStatus::Succeeded, input, Value::Null);
             (stop.status, reason)
         }
@@ -44,6 +49,7 @@ pub(super) fn execute<H: Host>(
         status: match status {
             StopStatus::Succeeded => RunStatus::Succeeded,
             StopStatus::Skipped => RunStatus::Skipped,
+            StopStatus::Failed => RunStatus::Failed,
         },
         reason,
     })

@@ -9,6 +9,9 @@ use crate::template::Template;
 pub enum StopStatus {
     Succeeded,
     Skipped,
+    /// The run fails at this step with the reason as its error: for input
+    /// the recipe cannot work with (a form without the expected fields).
+    Failed,
 }
 
 impl StopStatus {
@@ -16,6 +19,7 @@ impl StopStatus {
         match self {
             StopStatus::Succeeded => "succeeded",
             StopStatus::Skipped => "skipped",
+            StopStatus::Failed => "failed",
         }
     }
 }
@@ -32,10 +36,13 @@ pub(super) fn compile(cx: &mut Compiler<'_>, s: &StepFile, ptr: &str) -> Option<
     let status = match stop.status.as_deref() {
         None | Some("succeeded") => Some(StopStatus::Succeeded),
         Some("skipped") => Some(StopStatus::Skipped),
+        Some("failed") => Some(StopStatus::Failed),
         Some(other) => {
             cx.error(
                 &format!("{ptr}/stop/status"),
-                format!("unknown stop status `{other}`, expected `succeeded` or `skipped`"),
+                format!(
+                    "unknown stop status `{other}`, expected `succeeded`, `skipped` or `failed`"
+                ),
             );
             None
         }

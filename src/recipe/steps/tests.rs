@@ -85,8 +85,8 @@ fn keys_of_another_kind_are_errors() {
 #[test]
 fn a_bad_stop_status_names_the_statuses() {
     assert_eq!(
-        check("  - stop: { reason: done, status: failed }\n"),
-        ["5:35: unknown stop status `failed`, expected `succeeded` or `skipped`"]
+        check("  - stop: { reason: done, status: aborted }\n"),
+        ["5:35: unknown stop status `aborted`, expected `succeeded`, `skipped` or `failed`"]
     );
 }
 
