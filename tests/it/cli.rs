@@ -257,7 +257,9 @@ async fn a_missing_secret_of_an_unused_connector_is_a_warning() {
         assert!(err.contains(&line), "{err}\nwanted: {line}");
     }
     // Every shipped connector, not `billing`.
-    let shipped = std::fs::read_dir(repo().join("connectors")).unwrap().count();
+    let shipped = std::fs::read_dir(repo().join("connectors"))
+        .unwrap()
+        .count();
     assert!(
         stdout(&out).contains(&format!("ok: {shipped} connector(s)")),
         "{}",

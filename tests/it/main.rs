@@ -20,6 +20,7 @@
 //! - `licences`: offline licence and duplicate-version check over `cargo metadata`.
 //! - `time`: calendars, time functions, schedules, durable waits, debounce, cancel_on.
 //! - `support_pack`: the support recipes of recipes/support/ (after-hours reply, SLA, dispatcher, thanks) end to end.
+//! - `support_connectors`: Freshdesk, Stripe, SendGrid, Wufoo, Typeform and the `app` journey source; jobs 3, 5, 6 end to end.
 
 mod admin;
 mod architecture;
@@ -38,6 +39,7 @@ mod recipe_tests;
 mod recipes;
 mod reply;
 mod state;
+mod support_connectors;
 mod support_pack;
 mod time;
 mod utils;
