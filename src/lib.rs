@@ -20,6 +20,8 @@
 //! - [`template`], [`jsonpath`], [`yaml`], [`secret`], [`duration`]: shared, pure building blocks.
 //! - [`metrics`]: the process's Prometheus metrics (a leaf the layers record into;
 //!   served by `admin` at `/metrics`).
+//! - [`sandbox`]: stand-ins for the shipped connectors' vendor APIs, served on
+//!   loopback by `serve --demo` (the offline quick start); knows nothing of the hub.
 //! - [`error`]: the one place errors become HTTP answers.
 //! - [`listener`]: the accept loop and per-connection limits (timeouts,
 //!   connection cap, bounded buffers, lingering close).
@@ -29,7 +31,7 @@
 //! # Invariants
 //! - Dependencies point one way: `ingress`/`admin` → `engine` → `recipe`,
 //!   `connector`, `store`; `recipe` → `connector` (to check references).
-//! - Only `ingress`, `admin`, `error` and `listener` use axum; only `connector`
+//! - Only `ingress`, `admin`, `error`, `listener` and `sandbox` use axum; only `connector`
 //!   (and the CLI's admin client) use reqwest; only `store` uses sled. These
 //!   and the other rules of ARCHITECTURE.md are checked by
 //!   `tests/it/architecture.rs`.
@@ -52,6 +54,7 @@ pub mod jsonpath;
 pub mod listener;
 pub mod metrics;
 pub mod recipe;
+pub mod sandbox;
 pub mod secret;
 pub mod server;
 pub mod signature;

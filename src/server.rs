@@ -36,6 +36,9 @@ pub struct ServeConfig {
     pub connections: ConnectionLimits,
     /// Serve `/metrics` without the admin token.
     pub metrics_public: bool,
+    /// Start the demo sandbox ([`crate::sandbox`]) and point the shipped
+    /// connectors at it; without a secrets file, use the demo secrets.
+    pub demo: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,7 @@ impl ServeConfig {
             max_queue: Self::DEFAULT_MAX_QUEUE,
             connections: ConnectionLimits::default(),
             metrics_public: false,
+            demo: false,
         }
     }
 
@@ -93,11 +97,51 @@ pub struct Prepared {
     config: ServeConfig,
     engine: Arc<Engine>,
     token: Secret,
+    /// The demo sandbox's port, bound (`--demo`).
+    sandbox: Option<std::net::TcpListener>,
+}
+
+/// `--demo`: bind the sandbox on loopback and point the connectors it
+/// stands in for at it. Only they may reach an internal address (the
+/// sandbox's), and only at their base URL: a request's URL never leaves it.
+fn demo_options(
+    config: &ServeConfig,
+    opts: &mut LoadOptions,
+) -> Result<std::net::TcpListener, ServeError> {
+    let setup =
+        |e: std::io::Error| ServeError::Setup(format!("cannot start the demo sandbox: {e}"));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(setup)?;
+    listener.set_nonblocking(true).map_err(setup)?;
+    let origin = format!("http://{}", listener.local_addr().map_err(setup)?);
+    if config.secrets_file.is_none() {
+        opts.secrets = SecretSource::load_text(
+            Path::new("docs/demo-secrets.yaml (built in)"),
+            crate::sandbox::DEMO_SECRETS,
+        )
+        .map_err(|e| ServeError::Load(vec![e]))?;
+    }
+    let mut secrets = std::mem::take(&mut opts.secrets);
+    for (name, _) in crate::sandbox::CONNECTORS {
+        if let Some(url) = crate::sandbox::base_url(&origin, name) {
+            secrets = secrets.with_base_url(name, url);
+        }
+        opts.allow_internal.push(name.to_string());
+    }
+    opts.secrets = secrets;
+    tracing::info!(sandbox = %origin, connectors = ?crate::sandbox::CONNECTORS.iter().map(|c| c.0).collect::<Vec<_>>(),
+        "demo: these connectors call the built-in sandbox; nothing leaves this machine");
+    Ok(listener)
 }
 
 /// Load and check everything `serve` needs, before any port is bound.
 pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
-    let catalog = Catalog::load(&config.load_options()?).map_err(ServeError::Load)?;
+    let mut opts = config.load_options()?;
+    let sandbox = if config.demo {
+        Some(demo_options(&config, &mut opts)?)
+    } else {
+        None
+    };
+    let catalog = Catalog::load(&opts).map_err(ServeError::Load)?;
     for w in &catalog.warnings {
         tracing::warn!("{w}");
     }
@@ -152,6 +196,7 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         config,
         engine,
         token,
+        sandbox,
     })
 }
 
@@ -175,8 +220,22 @@ impl Prepared {
             config,
             engine,
             token,
+            sandbox,
         } = self;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(listener) = sandbox {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| ServeError::Setup(format!("cannot start the demo sandbox: {e}")))?;
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = crate::sandbox::serve(listener, stopped).await {
+                    tracing::error!(error = %e, "the demo sandbox stopped");
+                }
+            });
+        }
         let mut workers = worker::spawn(&engine, stop_rx.clone());
         workers.extend(scheduler::spawn(&engine, stop_rx));
         let app = ingress::router(IngressState {

@@ -43,25 +43,32 @@ enum SecretValue {
 impl SecretSource {
     /// Read the process environment and, if it exists, `file`.
     pub fn load(file: &Path) -> Result<Self, crate::yaml::LoadError> {
+        match std::fs::read_to_string(file) {
+            Ok(text) => Self::load_text(file, &text),
+            Err(_) => Ok(SecretSource::from_env(std::env::vars())),
+        }
+    }
+
+    /// Read the process environment and `text`, a secrets file's content
+    /// (`file` names it in errors): the demo's built-in secrets.
+    pub fn load_text(file: &Path, text: &str) -> Result<Self, crate::yaml::LoadError> {
         let mut s = SecretSource::from_env(std::env::vars());
-        if let Ok(text) = std::fs::read_to_string(file) {
-            let (f, _) = crate::yaml::load::<SecretsFile>(file, &text)?;
-            s.base_urls.extend(f.base_urls);
-            for (c, vals) in f.connectors {
-                let m = vals
-                    .into_iter()
-                    .map(|(k, v)| {
-                        // A value is one secret, spaces and all; only a
-                        // YAML list holds several.
-                        let v = match v {
-                            SecretValue::One(s) => vec![Secret::new(s)],
-                            SecretValue::Many(l) => l.into_iter().map(Secret::new).collect(),
-                        };
-                        (k, v)
-                    })
-                    .collect();
-                s.file.insert(c, m);
-            }
+        let (f, _) = crate::yaml::load::<SecretsFile>(file, text)?;
+        s.base_urls.extend(f.base_urls);
+        for (c, vals) in f.connectors {
+            let m = vals
+                .into_iter()
+                .map(|(k, v)| {
+                    // A value is one secret, spaces and all; only a
+                    // YAML list holds several.
+                    let v = match v {
+                        SecretValue::One(s) => vec![Secret::new(s)],
+                        SecretValue::Many(l) => l.into_iter().map(Secret::new).collect(),
+                    };
+                    (k, v)
+                })
+                .collect();
+            s.file.insert(c, m);
         }
         Ok(s)
     }
@@ -86,6 +93,13 @@ impl SecretSource {
             env_part(connector),
             env_part(secret)
         )
+    }
+
+    /// Point `connector` at `url`, over the environment and the file
+    /// (`serve --demo` points the shipped connectors at the sandbox).
+    pub fn with_base_url(mut self, connector: &str, url: String) -> Self {
+        self.base_urls.insert(connector.to_string(), url);
+        self
     }
 
     /// Fill every secret that is not set with [`PLACEHOLDER`], so connectors

@@ -50,6 +50,8 @@ pub use config::{
     Algorithm, Encoding, HeaderName, HmacConfig, SignatureConfig, Timed, TokenConfig, TokenSource,
     Untimed,
 };
+/// Sign a body as Zendesk does (`switchboard demo send`).
+pub use zendesk::sign as sign_zendesk;
 
 /// Allowed clock skew when `tolerance:` is not given: the 5 minutes that
 /// Stripe, Slack, Svix and HubSpot all recommend.

@@ -91,6 +91,27 @@ const NEVER: &[(&str, &[&str], &str)] = &[
     ("secret", LAYERS, "a pure building block"),
     ("duration", LAYERS, "a pure building block"),
     (
+        "sandbox",
+        &[
+            "ingress",
+            "admin",
+            "server",
+            "listener",
+            "engine",
+            "recipe",
+            "connector",
+            "store",
+            "template",
+            "signature",
+            "time",
+            "error",
+            "yaml",
+            "secret",
+            "metrics",
+        ],
+        "the vendors' stand-in knows nothing of the hub",
+    ),
+    (
         "metrics",
         &[
             "ingress",
@@ -116,7 +137,10 @@ const NEVER: &[(&str, &[&str], &str)] = &[
 const ONLY: &[(&str, &[&str])] = &[
     ("sled", &["store"]),
     ("reqwest", &["connector", "bin"]),
-    ("axum", &["ingress", "admin", "error", "listener"]),
+    (
+        "axum",
+        &["ingress", "admin", "error", "listener", "sandbox"],
+    ),
     ("hyper", &["listener"]),
     ("hyper_util", &["listener"]),
     ("tower", &["listener"]),

@@ -3,6 +3,7 @@
 
 use crate::utils::*;
 use prometheus_parse::{Sample, Scrape, Value as Metric};
+use std::process::Command;
 
 /// Scrape `/metrics` with the token and parse it with a Prometheus parser.
 async fn scrape(hub: &Hub) -> (String, Scrape) {
@@ -369,4 +370,113 @@ async fn openapi_document_is_served_and_matches_the_routes() {
         }
     }
     assert_eq!(doc["security"][0]["admin_token"], serde_json::json!([]));
+}
+
+/// The offline quick start: `serve --demo` and `demo send` through the real
+/// binary. The runs succeed end to end against the built-in sandbox (HubSpot
+/// lookup, enrollment, internal note), nothing is allowed by
+/// `--allow-internal`, and the breakers stay closed.
+#[tokio::test]
+async fn demo_quick_start_runs_succeed_against_the_sandbox() {
+    let hub = Hub::start(HubOptions {
+        args: vec!["--demo".into()],
+        allow_internal: false,
+        ..HubOptions::default()
+    })
+    .await;
+    let out = Command::new(bin())
+        .args(["demo", "send", "--url", &hub.url, "--data"])
+        .arg(&hub.data)
+        .envs(test_secrets())
+        .env("SWITCHBOARD_ADMIN_TOKEN", &hub.token)
+        .output()
+        .unwrap();
+    let printed = stdout(&out);
+    assert!(out.status.success(), "{printed}{}", stderr(&out));
+    assert!(printed.starts_with("sent ticket "), "{printed}");
+    let event_id = printed
+        .split("event ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap();
+    let runs = hub.finished_runs(event_id).await;
+    let mut recipes: Vec<&str> = runs.iter().map(|r| r["recipe"].as_str().unwrap()).collect();
+    recipes.sort();
+    assert_eq!(
+        recipes,
+        ["crm-enrichment", "resend-confirmation"],
+        "{printed}"
+    );
+    for run in &runs {
+        assert_eq!(run["status"], "succeeded", "{run}");
+        assert!(printed.contains(&format!(
+            "{:<26} succeeded  run {}",
+            run["recipe"].as_str().unwrap(),
+            run["id"].as_str().unwrap()
+        )));
+    }
+    let resend = runs
+        .iter()
+        .find(|r| r["recipe"] == "resend-confirmation")
+        .unwrap();
+    let calls: Vec<(&str, &str, u64)> = resend["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["call"].as_str().unwrap(),
+                s["status"].as_str().unwrap(),
+                s["http_status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("hubspot.search_contact_by_email", "succeeded", 200),
+            ("hubspot.enroll_in_workflow", "succeeded", 204),
+            ("zendesk.add_internal_note", "succeeded", 200),
+        ],
+        "{resend}"
+    );
+    assert!(resend["steps"][0]["request"]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:"));
+
+    let (_, scrape) = scrape(&hub).await;
+    for connector in ["zendesk", "hubspot", "deepl", "slack"] {
+        assert_eq!(
+            value(
+                &scrape,
+                "switchboard_circuit_breaker_state",
+                &[("connector", connector)]
+            ),
+            Some(0.0),
+            "{connector}"
+        );
+    }
+
+    // Bad input: retrying a run that did not fail says why, over the API and the CLI.
+    let id = resend["id"].as_str().unwrap();
+    let resp = hub
+        .http
+        .post(format!("{}/api/runs/{id}/retry", hub.url))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["message"],
+        format!("run {id} is succeeded; only failed or dead runs can be retried")
+    );
+    let out = hub.cli(&["runs", "retry", id]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim(),
+        format!("error: run {id} is succeeded; only failed or dead runs can be retried")
+    );
 }

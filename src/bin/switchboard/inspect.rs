@@ -232,7 +232,7 @@ fn open_store(data: &Path) -> Option<Box<dyn Store>> {
 
 /// The admin API of a running hub.
 pub(crate) struct Api<'a> {
-    src: &'a Source,
+    pub(crate) src: &'a Source,
 }
 
 impl Api<'_> {

@@ -3,6 +3,7 @@
 //! calls; `runs` and `events` ([`inspect`]) and `state` ([`state`]) call the
 //! library's admin queries and render their typed answers ([`render`]).
 
+mod demo;
 mod inspect;
 mod render;
 mod state;
@@ -94,6 +95,11 @@ struct ServeArgs {
     /// Serve /metrics without the admin token (default: the token is needed).
     #[arg(long, env = "SWITCHBOARD_METRICS_PUBLIC")]
     metrics_public: bool,
+    /// Offline demo: start built-in stand-ins for the HubSpot, Zendesk, DeepL
+    /// and Slack APIs on loopback and point those connectors at them (demo
+    /// secrets unless --secrets is given). Then try `switchboard demo send`.
+    #[arg(long, env = "SWITCHBOARD_DEMO")]
+    demo: bool,
 }
 
 #[derive(Subcommand)]
@@ -124,6 +130,12 @@ enum Command {
     State {
         #[command(subcommand)]
         cmd: state::StateCmd,
+    },
+    /// The offline quick start: `demo send` posts a signed sample ticket to
+    /// a hub started with `serve --demo`.
+    Demo {
+        #[command(subcommand)]
+        cmd: demo::DemoCmd,
     },
 }
 
@@ -158,6 +170,7 @@ fn main() -> ExitCode {
             Command::Runs { cmd } => inspect::runs(cmd).await,
             Command::Events { cmd } => inspect::events(cmd).await,
             Command::State { cmd } => state::state(cmd).await,
+            Command::Demo { cmd } => demo::demo(cmd).await,
         }
     })
 }
@@ -202,6 +215,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         max_queue: args.max_queue,
         metrics_public: args.metrics_public,
+        demo: args.demo,
         connections: switchboard::listener::ConnectionLimits {
             header_timeout: args.header_timeout,
             body_timeout: args.body_timeout,

@@ -1,0 +1,379 @@
+//! The demo sandbox: stand-ins for the vendor APIs of the shipped
+//! connectors (HubSpot, Zendesk, DeepL, Slack), served on loopback inside
+//! the hub's own process by `switchboard serve --demo`, so the quick start
+//! shows runs succeed without credentials or a network.
+//!
+//! Each route answers in the shape of the vendor's real API (the specs in
+//! `tests/fixtures/apis/`): the same paths under a per-vendor prefix, the
+//! same JSON fields the connectors' `output:` picks, the vendor's status
+//! for a missing credential. It keeps tickets in memory so a read after a
+//! write sees the write; everything else is canned: every e-mail address is
+//! a HubSpot lead on the premium plan, DeepL "translates" by marking the
+//! text. Nothing is stored, nothing leaves the machine.
+//!
+//! Never used unless asked for (`--demo`). Imports no Switchboard module:
+//! it is the far end, and knows nothing of the hub.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Form, Json, Router};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The demo credentials and webhook secret (`docs/demo-secrets.yaml`),
+/// used by `serve --demo` and `demo send` when no secrets file is given.
+pub const DEMO_SECRETS: &str = include_str!("../docs/demo-secrets.yaml");
+
+/// A sample `ticket.created` delivery (`docs/ticket-created.json`).
+pub const SAMPLE_TICKET: &str = include_str!("../docs/ticket-created.json");
+
+/// The connectors the sandbox stands in for, and the base URL path of each
+/// (the part of the vendor's base URL after the host: Slack's is `/api`).
+pub const CONNECTORS: &[(&str, &str)] = &[
+    ("hubspot", "/hubspot"),
+    ("zendesk", "/zendesk"),
+    ("deepl", "/deepl"),
+    ("slack", "/slack/api"),
+];
+
+/// The base URL a connector uses to reach the sandbox at `origin`
+/// (`http://127.0.0.1:PORT`), if the sandbox stands in for it.
+pub fn base_url(origin: &str, connector: &str) -> Option<String> {
+    CONNECTORS
+        .iter()
+        .find(|(name, _)| *name == connector)
+        .map(|(_, path)| format!("{}{path}", origin.trim_end_matches('/')))
+}
+
+/// Tickets written so far, by id (a std Mutex: nothing async happens while it is held).
+#[derive(Clone, Default)]
+struct Tickets(Arc<Mutex<HashMap<u64, Value>>>);
+
+impl Tickets {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<u64, Value>) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Every vendor's routes under its prefix.
+pub fn router() -> Router {
+    let hubspot = Router::new()
+        .route("/crm/v3/objects/contacts/search", post(hubspot_search))
+        .route("/crm/v3/objects/contacts/{id}", get(hubspot_contact))
+        .route(
+            "/automation/v2/workflows/{workflow}/enrollments/contacts/{email}",
+            post(hubspot_enroll),
+        );
+    let zendesk = Router::new()
+        .route(
+            "/api/v2/tickets/{id}",
+            get(zendesk_show).put(zendesk_update),
+        )
+        .route("/api/v2/tickets/{id}/tags", put(zendesk_tags))
+        .with_state(Tickets::default());
+    let deepl = Router::new().route("/v2/translate", post(deepl_translate));
+    let slack = Router::new().route("/chat.postMessage", post(slack_post));
+    Router::new()
+        .nest("/hubspot", hubspot)
+        .nest("/zendesk", zendesk)
+        .nest("/deepl", deepl)
+        .nest("/slack/api", slack)
+        .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"error": "not found"}))) })
+}
+
+/// Serve the sandbox on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The credential the vendor expects, or its answer to a request without one.
+fn authorized(headers: &HeaderMap, scheme: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(scheme) && v.len() > scheme.len())
+}
+
+fn hubspot_unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({
+            "status": "error",
+            "message": "Authentication credentials not found.",
+            "correlationId": "00000000-0000-0000-0000-000000000000",
+            "category": "INVALID_AUTHENTICATION"
+        })),
+    )
+        .into_response()
+}
+
+/// A HubSpot contact for `email`: every address is a lead on the premium plan.
+fn contact(email: &str) -> Value {
+    let id = (email
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+        % 900_000
+        + 100_000)
+        .to_string();
+    let first = email.split('@').next().unwrap_or("demo");
+    let mut name = first.chars();
+    let firstname: String = name
+        .next()
+        .map(|c| c.to_uppercase().chain(name).collect())
+        .unwrap_or_default();
+    json!({
+        "id": id,
+        "properties": {
+            "email": email,
+            "firstname": firstname,
+            "lastname": "Demo",
+            "lifecyclestage": "lead",
+            "hs_lead_status": "NEW",
+            "hubspot_owner_id": "5101",
+            "plan": "premium",
+            "total_revenue": "1200",
+            "hs_object_id": id,
+            "createdate": "2025-01-06T09:00:00.000Z",
+            "lastmodifieddate": "2025-01-06T09:00:00.000Z"
+        },
+        "createdAt": "2025-01-06T09:00:00.000Z",
+        "updatedAt": "2025-01-06T09:00:00.000Z",
+        "archived": false
+    })
+}
+
+/// `POST /crm/v3/objects/contacts/search`: the first `EQ` filter's value is the e-mail.
+async fn hubspot_search(headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    if !authorized(&headers, "Bearer ") {
+        return hubspot_unauthorized();
+    }
+    let email = body["filterGroups"][0]["filters"][0]["value"]
+        .as_str()
+        .unwrap_or_default();
+    if email.is_empty() {
+        return Json(json!({"total": 0, "results": []})).into_response();
+    }
+    Json(json!({"total": 1, "results": [contact(email)]})).into_response()
+}
+
+/// `GET /crm/v3/objects/contacts/{id}`.
+async fn hubspot_contact(headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if !authorized(&headers, "Bearer ") {
+        return hubspot_unauthorized();
+    }
+    let mut c = contact(&format!("contact-{id}@example.com"));
+    c["id"] = json!(id);
+    Json(c).into_response()
+}
+
+/// `POST /automation/v2/workflows/{workflow}/enrollments/contacts/{email}`: 204, as HubSpot answers.
+async fn hubspot_enroll(headers: HeaderMap) -> Response {
+    if !authorized(&headers, "Bearer ") {
+        return hubspot_unauthorized();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn zendesk_unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": "Couldn't authenticate you"})),
+    )
+        .into_response()
+}
+
+fn zendesk_not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "RecordNotFound", "description": "Not found"})),
+    )
+        .into_response()
+}
+
+/// A ticket as Zendesk shows it, before anything was written to it.
+fn new_ticket(id: u64) -> Value {
+    json!({
+        "id": id,
+        "url": format!("https://example.zendesk.com/api/v2/tickets/{id}.json"),
+        "subject": "Setup e-mail never arrived",
+        "status": "open",
+        "priority": "normal",
+        "type": null,
+        "tags": [],
+        "requester_id": 900001,
+        "assignee_id": null,
+        "group_id": null,
+        "created_at": "2025-01-06T09:00:00Z",
+        "updated_at": "2025-01-06T09:00:00Z"
+    })
+}
+
+/// `GET /api/v2/tickets/{id}`.
+async fn zendesk_show(
+    State(tickets): State<Tickets>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !authorized(&headers, "Basic ") {
+        return zendesk_unauthorized();
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return zendesk_not_found();
+    };
+    let ticket = tickets.with(|t| t.get(&id).cloned().unwrap_or_else(|| new_ticket(id)));
+    Json(json!({"ticket": ticket})).into_response()
+}
+
+/// `PUT /api/v2/tickets/{id}` with `{"ticket": {fields…, "comment"?}}`:
+/// the fields are set, a comment is added, the ticket and its audit answered.
+async fn zendesk_update(
+    State(tickets): State<Tickets>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&headers, "Basic ") {
+        return zendesk_unauthorized();
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return zendesk_not_found();
+    };
+    let Some(fields) = body.get("ticket").and_then(Value::as_object) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "InvalidEndpoint", "description": "expected {\"ticket\": {…}}"})),
+        )
+            .into_response();
+    };
+    let (ticket, comment) = tickets.with(|t| {
+        let ticket = t.entry(id).or_insert_with(|| new_ticket(id));
+        let mut comment = None;
+        for (k, v) in fields {
+            match k.as_str() {
+                "comment" => comment = Some(v.clone()),
+                "id" => {}
+                _ => ticket[k] = v.clone(),
+            }
+        }
+        ticket["updated_at"] = json!("2025-01-06T09:00:01Z");
+        (ticket.clone(), comment)
+    });
+    let mut events = Vec::new();
+    if let Some(c) = comment {
+        events.push(json!({
+            "id": id * 10 + 1,
+            "type": "Comment",
+            "body": c["body"],
+            "public": c["public"].as_bool().unwrap_or(true),
+        }));
+    }
+    Json(json!({
+        "ticket": ticket,
+        "audit": {"id": id * 10, "ticket_id": id, "events": events}
+    }))
+    .into_response()
+}
+
+/// `PUT /api/v2/tickets/{id}/tags` with `{"tags": […]}`: added to the ticket's; all answered.
+async fn zendesk_tags(
+    State(tickets): State<Tickets>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&headers, "Basic ") {
+        return zendesk_unauthorized();
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return zendesk_not_found();
+    };
+    let tags = tickets.with(|t| {
+        let ticket = t.entry(id).or_insert_with(|| new_ticket(id));
+        let mut tags: Vec<Value> = ticket["tags"].as_array().cloned().unwrap_or_default();
+        for tag in body["tags"].as_array().into_iter().flatten() {
+            if !tags.contains(tag) {
+                tags.push(tag.clone());
+            }
+        }
+        ticket["tags"] = Value::Array(tags.clone());
+        tags
+    });
+    Json(json!({"tags": tags})).into_response()
+}
+
+/// `POST /v2/translate` with `{"text": [...], "target_lang": "EN-US"}`:
+/// every text "translated" (marked), the source language detected as DE.
+async fn deepl_translate(headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    if !authorized(&headers, "DeepL-Auth-Key ") {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"message": "Wrong endpoint. Use https://api.deepl.com"})),
+        )
+            .into_response();
+    }
+    let target = body["target_lang"].as_str().unwrap_or("EN-US");
+    let texts: Vec<Value> = match &body["text"] {
+        Value::Array(items) => items.clone(),
+        other => vec![other.clone()],
+    };
+    let translations: Vec<Value> = texts
+        .iter()
+        .map(|t| {
+            json!({
+                "detected_source_language": "DE",
+                "text": format!("[{target}, demo translation] {}", t.as_str().unwrap_or_default()),
+            })
+        })
+        .collect();
+    Json(json!({"translations": translations})).into_response()
+}
+
+/// `POST /chat.postMessage` (form): `{"ok": true, channel, ts, message}`;
+/// Slack answers 200 with `ok: false` and an error code when something is missing.
+async fn slack_post(headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
+    if !authorized(&headers, "Bearer ") {
+        return Json(json!({"ok": false, "error": "not_authed"})).into_response();
+    }
+    let Some(channel) = form.get("channel").filter(|c| !c.is_empty()) else {
+        return Json(json!({"ok": false, "error": "channel_not_found"})).into_response();
+    };
+    let text = form.get("text").cloned().unwrap_or_default();
+    Json(json!({
+        "ok": true,
+        "channel": channel,
+        "ts": "1736154000.000100",
+        "message": {"type": "message", "text": text, "user": "U0DEMOBOT", "ts": "1736154000.000100"}
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_connector_has_a_base_url_under_the_origin() {
+        for (name, _) in CONNECTORS {
+            let url = base_url("http://127.0.0.1:9/", name).expect("a base url");
+            assert!(url.starts_with("http://127.0.0.1:9/"), "{url}");
+        }
+        assert_eq!(base_url("http://x", "stripe"), None);
+    }
+
+    #[test]
+    fn a_contact_is_a_lead_with_a_stable_id() {
+        let a = contact("bob@example.com");
+        assert_eq!(a, contact("bob@example.com"));
+        assert_eq!(a["properties"]["lifecyclestage"], "lead");
+        assert_eq!(a["properties"]["firstname"], "Bob");
+        assert_ne!(a["id"], contact("ann@example.com")["id"]);
+    }
+}
