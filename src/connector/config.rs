@@ -46,6 +46,12 @@ pub struct ConnectorFile {
     pub actions: BTreeMap<String, ActionFile>,
     #[serde(default)]
     pub webhook: Option<WebhookFile>,
+    /// Where an action with `url:` may send: each entry a URL (scheme, host,
+    /// port and a path prefix), e.g. `https://hooks.slack.com/`. A rendered
+    /// `url:` must have the same scheme, host and port as one of them and a
+    /// path under its path; anything else is refused before sending.
+    #[serde(default)]
+    pub allowed_urls: Vec<String>,
 }
 
 /// `retry: { attempts: 5, backoff: 1s, max_backoff: 5m, max_retry_after: 1h }`.
@@ -122,8 +128,14 @@ pub struct ActionFile {
     pub inputs: BTreeMap<String, InputFile>,
     /// `GET`, `POST`, … (any case).
     pub method: HttpMethod,
-    /// Path appended to the base URL (template).
-    pub path: String,
+    /// Path appended to the base URL (template). Exactly one of `path:` and `url:`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The whole URL, from the event through an input (a Slack
+    /// `response_url`): `url: "{{ input.response_url }}"`. Only under the
+    /// connector's `allowed_urls`; the base URL is not used.
+    #[serde(default)]
+    pub url: Option<String>,
     #[serde(default)]
     pub query: BTreeMap<String, String>,
     #[serde(default)]

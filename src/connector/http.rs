@@ -8,7 +8,7 @@
 //! on IP literals here and on every DNS answer by [`GuardedResolver`], so DNS
 //! rebinding cannot slip past).
 
-use super::{Action, Auth, Body, Connector, Connectors};
+use super::{Action, Auth, Body, Connector, Connectors, Target};
 use crate::template::Templates;
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
@@ -174,8 +174,10 @@ impl Client {
                 .map_err(|e| CallError::Render(e.to_string()))
         };
 
-        let path = render(&action.path)?;
-        let mut url = build_url(&connector.base_url, &path)?;
+        let mut url = match &action.target {
+            Target::Path(t) => build_url(&connector.base_url, &render(t)?)?,
+            Target::Url(t) => allowed_url(&render(t)?, &connector.allowed_urls)?,
+        };
         {
             let mut q = url.query_pairs_mut();
             for (k, t) in &action.query {
@@ -409,6 +411,35 @@ pub fn build_url(base_url: &str, path: &str) -> Result<reqwest::Url, CallError> 
         return Err(refuse("leaves the connector's base URL"));
     }
     Ok(url)
+}
+
+/// A `url:` action's rendered URL, if it lies under one of `allowed`: same
+/// scheme, host and port, no user info, its (normalised) path under the
+/// allowed path. Event data chooses the URL here, so nothing else passes.
+pub fn allowed_url(rendered: &str, allowed: &[reqwest::Url]) -> Result<reqwest::Url, CallError> {
+    let url = reqwest::Url::parse(rendered)
+        .map_err(|e| CallError::Blocked(format!("URL `{rendered}` is not a URL: {e}")))?;
+    let under = |a: &reqwest::Url| {
+        let base_path = a.path().trim_end_matches('/');
+        url.scheme() == a.scheme()
+            && url.host() == a.host()
+            && url.port_or_known_default() == a.port_or_known_default()
+            && url.username().is_empty()
+            && url.password().is_none()
+            && (url.path() == base_path
+                || url
+                    .path()
+                    .strip_prefix(base_path)
+                    .is_some_and(|rest| rest.starts_with('/')))
+    };
+    if allowed.iter().any(under) {
+        Ok(url)
+    } else {
+        Err(CallError::Blocked(format!(
+            "URL `{}` is not under the connector's allowed_urls",
+            url.origin().ascii_serialization()
+        )))
+    }
 }
 
 /// `.` or `..`, also percent-encoded (URL parsers resolve `%2e%2e` too).
@@ -785,6 +816,31 @@ mod tests {
         if let Ok(u) = &e {
             assert_eq!(u.host_str(), Some("api.example.com"));
             assert!(u.path().starts_with("/v2/"), "{u}");
+        }
+    }
+
+    #[test]
+    fn a_url_action_sends_only_under_its_allowed_urls() {
+        let allowed = [reqwest::Url::parse("https://hooks.slack.com/commands/").unwrap()];
+        for ok in [
+            "https://hooks.slack.com/commands/T1/42/abc",
+            "https://hooks.slack.com:443/commands/x",
+        ] {
+            assert!(allowed_url(ok, &allowed).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://hooks.slack.com.evil.example/commands/x", // another host
+            "https://hooks.slack.com/commandsx/y",             // not under the path
+            "https://hooks.slack.com/commands/../api/x",       // normalised out of it
+            "http://hooks.slack.com/commands/x",               // another scheme
+            "https://hooks.slack.com:8443/commands/x",         // another port
+            "https://u:p@hooks.slack.com/commands/x",          // user info
+            "not a url",
+        ] {
+            assert!(
+                matches!(allowed_url(bad, &allowed), Err(CallError::Blocked(_))),
+                "{bad}"
+            );
         }
     }
 

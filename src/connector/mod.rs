@@ -50,6 +50,8 @@ pub struct Connector {
     pub limits: limits::Limits,
     /// Header carrying `<run id>:<step id>`; none when disabled.
     pub idempotency_header: Option<String>,
+    /// Where `url:` actions may send (parsed at load).
+    pub allowed_urls: Vec<reqwest::Url>,
 }
 
 #[derive(Debug)]
@@ -74,7 +76,7 @@ pub enum Auth {
 pub struct Action {
     pub name: String,
     pub method: Method,
-    pub path: Template,
+    pub target: Target,
     pub query: Vec<(String, Template)>,
     pub headers: Vec<(String, Template)>,
     pub body: Body,
@@ -84,6 +86,15 @@ pub struct Action {
     pub inputs: BTreeMap<String, bool>,
     /// Output fields: name → JSONPath into the response body. Empty: the whole body.
     pub output: Vec<(String, JsonPath)>,
+}
+
+/// Where an action sends.
+#[derive(Debug)]
+pub enum Target {
+    /// `path:` under the connector's base URL (values print as encoded segments).
+    Path(Template),
+    /// `url:` rendered whole, refused unless under one of the connector's `allowed_urls`.
+    Url(Template),
 }
 
 #[derive(Debug)]
@@ -357,10 +368,28 @@ fn compile(
         }
     };
 
+    let mut allowed_urls = Vec::new();
+    for (i, u) in file.allowed_urls.iter().enumerate() {
+        match reqwest::Url::parse(u) {
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https")
+                    && url.host().is_some()
+                    && url.username().is_empty()
+                    && url.password().is_none() =>
+            {
+                allowed_urls.push(url)
+            }
+            _ => errors.push(map.error(
+                &format!("/allowed_urls/{i}"),
+                format!("invalid allowed URL `{u}`, expected `https://host[:port]/path-prefix`"),
+            )),
+        }
+    }
     let mut actions = BTreeMap::new();
     let defaults = ActionDefaults {
         timeout: file.timeout.map(|t| t.0),
         retry,
+        urls_allowed: !file.allowed_urls.is_empty(),
     };
     for (aname, a) in &file.actions {
         let p = format!("/actions/{}", crate::yaml::escape(aname));
@@ -440,6 +469,7 @@ fn compile(
         allow_internal,
         limits,
         idempotency_header,
+        allowed_urls,
     })
 }
 
@@ -447,6 +477,8 @@ fn compile(
 struct ActionDefaults {
     timeout: Option<Duration>,
     retry: limits::RetryPolicy,
+    /// The connector lists `allowed_urls` (else a `url:` action is an error).
+    urls_allowed: bool,
 }
 
 fn secrets_missing(
@@ -477,7 +509,35 @@ fn compile_action(
         .iter()
         .map(|(k, v)| (k.clone(), v.required()))
         .collect();
-    let path = cx.compile_path(templates, &a.path, &format!("{p}/path"), &inputs, errors);
+    let target = match (&a.path, &a.url) {
+        (Some(path), None) => cx
+            .compile_path(templates, path, &format!("{p}/path"), &inputs, errors)
+            .map(Target::Path),
+        (None, Some(_)) if !defaults.urls_allowed => {
+            errors.push(map.error(
+                &format!("{p}/url"),
+                "an action with `url:` needs the connector's `allowed_urls:` (where it may send)",
+            ));
+            None
+        }
+        (None, Some(url)) => cx
+            .compile(templates, url, &format!("{p}/url"), Some(&inputs), errors)
+            .map(Target::Url),
+        (Some(_), Some(_)) => {
+            errors.push(map.error(
+                &format!("{p}/url"),
+                "an action has either `path:` (under the base URL) or `url:`, not both",
+            ));
+            None
+        }
+        (None, None) => {
+            errors.push(map.error(
+                p,
+                "an action needs `path:` (under the base URL) or `url:` (under `allowed_urls`)",
+            ));
+            None
+        }
+    };
     let pairs = |m: &BTreeMap<String, String>,
                  field: &str,
                  templates: &mut Templates,
@@ -530,7 +590,7 @@ fn compile_action(
     Some(Action {
         name: name.to_string(),
         method,
-        path: path?,
+        target: target?,
         query,
         headers,
         body,

@@ -72,7 +72,17 @@ impl Slack {
 
 /// POST a signed slash command form; status, headers and raw body.
 async fn command(hub: &Hub, text: &str) -> (u16, reqwest::header::HeaderMap, String) {
-    let body = format!("command=%2Flookup&text={text}&user_name=ann&response_url=https%3A%2F%2Fhooks.slack.com%2Fx");
+    command_with(hub, text, "https://hooks.slack.com/x").await
+}
+
+/// A signed slash command carrying `response_url`.
+async fn command_with(
+    hub: &Hub,
+    text: &str,
+    response_url: &str,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let url = serde_urlencoded::to_string([("response_url", response_url)]).unwrap();
+    let body = format!("command=%2Flookup&text={text}&user_name=ann&{url}");
     let ts = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -231,5 +241,105 @@ steps:
             slack.cfg.recipes.join("zlookup.yaml").display()
         )),
         "{all}"
+    );
+}
+
+/// Slack's `response_url` (in the event) as a connector action's whole URL,
+/// allowed only under the connector's `allowed_urls`.
+fn responder(allowed: &str) -> String {
+    format!(
+        r#"
+name: slackresp
+base_url: https://slack.com/api
+allowed_urls: ["{allowed}"]
+actions:
+  respond:
+    inputs: {{ url: {{}}, text: {{}} }}
+    method: POST
+    url: "{{{{ input.url }}}}"
+    body: {{ response_type: in_channel, text: "{{{{ input.text }}}}" }}
+"#
+    )
+}
+
+const LOOKUP_LATER: &str = r#"
+name: lookup-later
+on: { connector: slackcmd, event: slash_command }
+reply:
+  body: { response_type: ephemeral, text: "Looking up {{ event.text }}…" }
+steps:
+  - id: answer
+    call: slackresp.respond
+    with: { url: "{{ event.response_url }}", text: "found {{ event.text }}" }
+"#;
+
+/// The Slack slash-command pattern end to end: the sender gets the
+/// immediate `reply:`, a later step posts the result to the event's
+/// `response_url`; a `response_url` elsewhere than `allowed_urls` is refused
+/// before anything is sent.
+#[tokio::test]
+async fn a_later_step_answers_through_the_events_response_url_if_allowed() {
+    let mock = MockApi::start(vec![route(
+        Method::POST,
+        "/commands/",
+        200,
+        json!({"ok": true}),
+    )])
+    .await;
+    let slack = Slack::new(&[("lookup-later", LOOKUP_LATER)]);
+    slack
+        .cfg
+        .connector("slackresp", &responder(&format!("{}/commands/", mock.url)));
+    let hub = slack.start(&mock).await;
+
+    let url = format!("{}/commands/T1/42/abc", mock.url);
+    let (status, headers, body) = command_with(&hub, "Bob+Smith", &url).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["text"], "Looking up Bob Smith…", "{answer}");
+    let runs = hub
+        .finished_runs(header(&headers, "x-switchboard-event"))
+        .await;
+    assert_eq!(runs[0]["status"], "succeeded", "{}", runs[0]);
+    let calls = mock.calls("/commands/T1/42/abc");
+    assert_eq!(calls.len(), 1, "{:?}", mock.received());
+    assert_eq!(
+        calls[0].json(),
+        json!({"response_type": "in_channel", "text": "found Bob Smith"})
+    );
+
+    // The same host outside the allowed path, and another port: refused, nothing sent.
+    for elsewhere in [
+        format!("{}/api/chat.postMessage", mock.url),
+        "http://127.0.0.1:9/commands/T1/42/abc".to_string(),
+    ] {
+        let (status, headers, _) = command_with(&hub, "Eve", &elsewhere).await;
+        assert_eq!(status, 200);
+        let runs = hub
+            .finished_runs(header(&headers, "x-switchboard-event"))
+            .await;
+        assert_eq!(runs[0]["status"], "failed", "{}", runs[0]);
+        let error = runs[0]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("not under the connector's allowed_urls"),
+            "{error}"
+        );
+    }
+    assert_eq!(mock.received().len(), 1, "{:?}", mock.received());
+
+    // `url:` without `allowed_urls` is a load error at the action.
+    let bad = slack.cfg.connector(
+        "slackresp",
+        &responder("x").replace("allowed_urls: [\"x\"]\n", ""),
+    );
+    let out = slack.check();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{}:8:10: an action with `url:` needs the connector's `allowed_urls:`",
+            bad.display()
+        )),
+        "{err}"
     );
 }

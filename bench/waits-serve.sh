@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# 100,000 waiting runs in `switchboard serve` (issue 14): RSS of the real
+# binary, idle and after N events whose runs all park in a 1 h wait — and,
+# for comparison, after N events whose runs finish at once (same recipe
+# without the wait), so what waiting itself costs is the difference.
+#
+#   bench/waits-serve.sh            # N=100000, both modes
+#   N=20000 bench/waits-serve.sh    # quicker
+#
+# Needs wrk (bench/run.sh installs it). Builds the release binary. Events
+# are bench/w1/event.json, signed, sent by wrk (-t1 -c32) until N answers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-100000}
+command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
+cargo build --release --bin switchboard >&2
+BIN=${SWITCHBOARD_BIN:-target/release/switchboard}
+tmp=$(mktemp -d)
+pid=
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+cat > "$tmp/limit.lua" <<'LUA'
+local f = assert(io.open(os.getenv("W1_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Signature-256"] = os.getenv("W1_SIG")
+local limit = tonumber(os.getenv("W1_LIMIT"))
+local count = 0
+function response(status, headers, body)
+  if status == 202 then count = count + 1 end
+  if count >= limit then wrk.thread:stop() end
+end
+LUA
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+run_mode() { # mode: wait | done
+    local mode=$1 port=$2
+    rm -rf "$tmp/data" "$tmp/recipes" && mkdir -p "$tmp/recipes"
+    local wait_step=""
+    [ "$mode" = wait ] && wait_step="  - wait: 1h"
+    cat > "$tmp/recipes/r.yaml" <<YAML
+name: r
+on: { connector: w1, event: ticket.created }
+steps:
+$wait_step
+  - id: done
+    set: { ticket: "{{ event.ticket.id }}" }
+YAML
+    SWITCHBOARD_SECRET_W1_WEBHOOK_SECRET=s3cret SWITCHBOARD_BASE_URL_W1=http://127.0.0.1:9 \
+    SWITCHBOARD_ADMIN_TOKEN=bench-admin-token RUST_LOG=info \
+        "$BIN" serve --listen "127.0.0.1:$port" --data "$tmp/data" \
+        --connectors bench/w1/connectors --recipes "$tmp/recipes" --allow-internal w1 \
+        > "$tmp/log-$mode" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+    sleep 2
+    local idle; idle=$(rss_kib "$pid")
+    local start=$SECONDS
+    W1_BODY=bench/w1/event.json W1_SIG=$(cat bench/w1/event.sig) W1_LIMIT=$N \
+        wrk -t1 -c32 -d900s -s "$tmp/limit.lua" "http://127.0.0.1:$port/hooks/w1" > "$tmp/wrk-$mode" 2>&1
+    local sent=$((SECONDS - start))
+    # Every run parked (the log says so) or finished (/metrics), then let it settle.
+    for _ in $(seq 600); do
+        local n
+        if [ "$mode" = wait ]; then
+            n=$(grep -c "run waiting" "$tmp/log-$mode" || true)
+        else
+            n=$(curl -s -H "Authorization: Bearer bench-admin-token" "http://127.0.0.1:$port/metrics" \
+                | awk '/runs_finished/ && /succeeded/ {print int($NF)}' | head -1)
+        fi
+        [ "${n:-0}" -ge "$N" ] && break
+        sleep 1
+    done
+    sleep 5
+    local after; after=$(rss_kib "$pid")
+    local store; store=$(du -sk "$tmp/data/store" | cut -f1)
+    printf '%s: %d events in %d s; RSS idle %.1f MiB -> %.1f MiB (+%.1f MiB); store on disk %.0f MiB\n' \
+        "$mode" "$N" "$sent" "$(echo "$idle/1024" | bc -l)" "$(echo "$after/1024" | bc -l)" \
+        "$(echo "($after-$idle)/1024" | bc -l)" "$(echo "$store/1024" | bc -l)"
+    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+}
+
+run_mode wait 18931
+run_mode done 18932
