@@ -9,7 +9,10 @@
 //! - [`signature`]: inbound signature schemes (a leaf on `http` types), used by
 //!   `connector` to compile a `signature:` block and by `ingress` to verify.
 //! - [`admin`]: admin JSON API, `/healthz`, `/readyz`; [`admin::queries`], the
-//!   typed admin queries shared with the CLI.
+//!   typed admin queries shared with the CLI; [`admin::console::Console`],
+//!   the API as typed calls (queries, summaries, retries).
+//! - [`dashboard`]: the web dashboard at `/ui/` (sessions, HTML pages, embedded
+//!   assets), built only on [`admin::console::Console`].
 //! - [`engine`]: the loaded catalog and its matching index, accepting events,
 //!   workers, and dry runs of recipe `tests:` with mocked calls (`switchboard test`).
 //! - [`recipe`]: recipe files compiled and checked; conditions (pure).
@@ -31,7 +34,9 @@
 //! # Invariants
 //! - Dependencies point one way: `ingress`/`admin` → `engine` → `recipe`,
 //!   `connector`, `store`; `recipe` → `connector` (to check references).
-//! - Only `ingress`, `admin`, `error`, `listener` and `sandbox` use axum; only `connector`
+//! - The dashboard reads and acts only through the admin API's types, never
+//!   the store or the engine.
+//! - Only `ingress`, `admin`, `dashboard`, `error`, `listener` and `sandbox` use axum; only `connector`
 //!   (and the CLI's admin client) use reqwest; only `store` uses sled. These
 //!   and the other rules of ARCHITECTURE.md are checked by
 //!   `tests/it/architecture.rs`.
@@ -46,6 +51,7 @@
 
 pub mod admin;
 pub mod connector;
+pub mod dashboard;
 pub mod duration;
 pub mod engine;
 pub mod error;

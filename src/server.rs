@@ -1,8 +1,9 @@
 //! Wiring for `switchboard serve`: load the catalog, open the store, start
 //! the workers and the HTTP server, and stop them in order.
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, console::Console, AdminState};
 use crate::connector::SecretSource;
+use crate::dashboard::{self, DashboardConfig};
 use crate::engine::{scheduler, worker, Catalog, Engine, EngineConfig, LoadOptions};
 use crate::ingress::{self, IngressState};
 use crate::listener::{self, ConnectionLimits};
@@ -238,17 +239,27 @@ impl Prepared {
         }
         let mut workers = worker::spawn(&engine, stop_rx.clone());
         workers.extend(scheduler::spawn(&engine, stop_rx));
+        let admin_state = AdminState {
+            engine: engine.clone(),
+            token,
+            max_queue: config.max_queue,
+            metrics_public: config.metrics_public,
+            files: config.load_options().ok().map(Arc::new),
+        };
+        let secure_cookies = config
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"));
         let app = ingress::router(IngressState {
             engine: engine.clone(),
             body_limit: config.body_limit,
             public_url: config.public_url.clone(),
         })
-        .merge(admin::router(AdminState {
-            engine: engine.clone(),
-            token,
-            max_queue: config.max_queue,
-            metrics_public: config.metrics_public,
-        }));
+        .merge(dashboard::router(
+            Console::new(admin_state.clone()),
+            DashboardConfig { secure_cookies },
+        ))
+        .merge(admin::router(admin_state));
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "listening");
         }

@@ -8,6 +8,7 @@
 //! the workers) and edits of recipe state (through the store's state
 //! operations).
 
+pub mod console;
 pub mod queries;
 pub mod state;
 
@@ -22,11 +23,13 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
-use queries::{EventView, Listing, PageQuery, QueryError, RetriedRuns, RunsQuery};
+use console::{
+    ConnectorView, Console, FileCheck, Overview, RangeQuery, RecipeDetail, RecipeSummary,
+};
+use queries::{EventView, EventsQuery, Listing, QueryError, RetriedRuns, RunsQuery};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -39,6 +42,8 @@ pub struct AdminState {
     /// Serve `/metrics` without the token (`--metrics-public`), for a
     /// scraper on a network the operator trusts.
     pub metrics_public: bool,
+    /// The directories and secrets `serve` loaded, for `/api/check`.
+    pub files: console::Files,
 }
 
 /// The admin API's OpenAPI description: info, the bearer scheme and tags.
@@ -58,7 +63,8 @@ pub struct AdminState {
         (name = "events", description = "Accepted webhook deliveries"),
         (name = "runs", description = "Recipe runs, their step records, retries"),
         (name = "state", description = "Recipe state: values, window counters, rotations"),
-        (name = "hub", description = "The hub itself")
+        (name = "hub", description = "The hub itself: queue, overview, connectors, files"),
+        (name = "recipes", description = "Loaded recipes and their last 24 hours")
     )
 )]
 struct ApiDoc;
@@ -87,6 +93,11 @@ fn api() -> OpenApiRouter<AdminState> {
         .routes(routes!(retry_run))
         .routes(routes!(retry_runs))
         .routes(routes!(queue))
+        .routes(routes!(overview))
+        .routes(routes!(connectors))
+        .routes(routes!(recipes))
+        .routes(routes!(recipe))
+        .routes(routes!(check))
         .merge(state::api())
 }
 
@@ -158,7 +169,7 @@ async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(st.token.expose().as_bytes())) && !given.is_empty() {
+    if console::token_matches(&st.token, given) {
         Ok(next.run(req).await)
     } else {
         Err(ApiError::AdminToken)
@@ -211,21 +222,23 @@ impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
         match e {
             QueryError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            QueryError::UnknownStatus { .. } => ApiError::BadRequest(e.to_string()),
+            QueryError::UnknownStatus { .. } | QueryError::BadTime { .. } => {
+                ApiError::BadRequest(e.to_string())
+            }
             QueryError::NotRetryable { .. } => ApiError::Conflict(e.to_string()),
             QueryError::Store(e) => e.into(),
         }
     }
 }
 
-/// Events, newest first; bodies over 4 KiB are summarised in pages.
-#[utoipa::path(get, path = "/api/events", tag = "events", params(PageQuery),
-    responses((status = 200, body = Listing<Event>), (status = 401, body = ErrorBody)))]
+/// Events, newest first, optionally filtered; bodies over 4 KiB are summarised in pages.
+#[utoipa::path(get, path = "/api/events", tag = "events", params(EventsQuery),
+    responses((status = 200, body = Listing<Event>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn list_events(
     State(st): State<AdminState>,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<EventsQuery>,
 ) -> Result<Json<Listing<Event>>, ApiError> {
-    Ok(Json(queries::events(&**st.engine.store(), &q)?))
+    Ok(Json(Console::new(st).events(&q)?))
 }
 
 /// One event with its whole body and a summary of each of its runs.
@@ -236,7 +249,7 @@ async fn show_event(
     State(st): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<EventView>, ApiError> {
-    Ok(Json(queries::event(&**st.engine.store(), &id)?))
+    Ok(Json(Console::new(st).event(&id)?))
 }
 
 /// Runs, newest first, by status and recipe.
@@ -246,7 +259,7 @@ async fn list_runs(
     State(st): State<AdminState>,
     Query(q): Query<RunsQuery>,
 ) -> Result<Json<Listing<Run>>, ApiError> {
-    Ok(Json(queries::runs(&**st.engine.store(), &q)?))
+    Ok(Json(Console::new(st).runs(&q)?))
 }
 
 /// One run with every step record (and `pending`: the step waiting for its next attempt).
@@ -257,7 +270,7 @@ async fn show_run(
     State(st): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<Run>, ApiError> {
-    Ok(Json(queries::run(&**st.engine.store(), &id)?))
+    Ok(Json(Console::new(st).run(&id)?))
 }
 
 /// Retry a failed or dead run: it resumes at its failed step (409 for any other status).
@@ -269,7 +282,7 @@ async fn retry_run(
     State(st): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<RetriedRuns>, ApiError> {
-    Ok(Json(queries::retried(&id, st.engine.retry(&id)?)?))
+    Ok(Json(Console::new(st).retry(&id)?))
 }
 
 /// Which recipe's runs to retry.
@@ -287,6 +300,48 @@ async fn retry_runs(
     State(st): State<AdminState>,
     Query(q): Query<RetryQuery>,
 ) -> Result<Json<RetriedRuns>, ApiError> {
-    let retried = st.engine.retry_recipe(&q.recipe)?;
-    Ok(Json(RetriedRuns { retried }))
+    Ok(Json(Console::new(st).retry_recipe(&q.recipe)?))
+}
+
+/// Events and runs per minute (hour) or per 15 minutes (day), runs by
+/// status, dead letters, queue depth, each connector's breaker and limits.
+#[utoipa::path(get, path = "/api/overview", tag = "hub", params(RangeQuery),
+    responses((status = 200, body = Overview), (status = 401, body = ErrorBody)))]
+async fn overview(
+    State(st): State<AdminState>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Json<Overview>, ApiError> {
+    Ok(Json(Console::new(st).overview(q.range)?))
+}
+
+/// Each connector: base URL, actions, webhook checks, limits now.
+#[utoipa::path(get, path = "/api/connectors", tag = "hub",
+    responses((status = 200, body = Vec<ConnectorView>), (status = 401, body = ErrorBody)))]
+async fn connectors(State(st): State<AdminState>) -> Json<Vec<ConnectorView>> {
+    Json(Console::new(st).connectors())
+}
+
+/// Each loaded recipe: trigger, last run, runs and success rate over 24 h.
+#[utoipa::path(get, path = "/api/recipes", tag = "recipes",
+    responses((status = 200, body = Vec<RecipeSummary>), (status = 401, body = ErrorBody)))]
+async fn recipes(State(st): State<AdminState>) -> Result<Json<Vec<RecipeSummary>>, ApiError> {
+    Ok(Json(Console::new(st).recipes()?))
+}
+
+/// One recipe with its file's text as on disk now.
+#[utoipa::path(get, path = "/api/recipes/{name}", tag = "recipes",
+    params(("name" = String, Path, description = "Recipe name")),
+    responses((status = 200, body = RecipeDetail), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn recipe(
+    State(st): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<RecipeDetail>, ApiError> {
+    Ok(Json(Console::new(st).recipe(&name)?))
+}
+
+/// What `switchboard check` says about the files on disk now (the hub keeps running what it loaded).
+#[utoipa::path(get, path = "/api/check", tag = "hub",
+    responses((status = 200, body = FileCheck), (status = 401, body = ErrorBody)))]
+async fn check(State(st): State<AdminState>) -> Json<FileCheck> {
+    Json(Console::new(st).check_files().await)
 }

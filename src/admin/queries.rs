@@ -1,12 +1,16 @@
 //! The admin queries — list and show events and runs, the answer to a retry —
 //! written once over a [`Store`] and returning typed values.
 //!
-//! The admin API serves them as JSON, the CLI calls them directly when it
-//! opens the store itself (no hub running) and renders the same types when
-//! it asks a running hub, and the dashboard will call them too: one
+//! The admin API serves them as JSON (through [`super::console::Console`]),
+//! the CLI calls them directly when it opens the store itself (no hub
+//! running) and renders the same types when it asks a running hub, and the
+//! dashboard renders them as HTML through the same `Console`: one
 //! implementation, so the three cannot disagree. Nothing here knows HTTP.
 
-use crate::store::{Event, Page, Retried, Run, RunFilter, RunStatus, Store, StoreError};
+/// The records the admin API answers with (the store's serde types, named
+/// here so API users — the dashboard — need not reach into the store).
+pub use crate::store::{Attempt, Event, Run, RunHead, RunStatus, StepRecord, StepStatus};
+use crate::store::{Page, Retried, RunFilter, Store, StoreError};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,6 +35,8 @@ pub enum QueryError {
     UnknownStatus { name: String },
     #[error("run {id} is {}; only failed or dead runs can be retried", status_name(*.status))]
     NotRetryable { id: String, status: RunStatus },
+    #[error("cannot read `{given}` as a time for `{field}`: expected RFC 3339 (`2026-11-30T09:00:00Z`), a UTC date-time (`2026-11-30T09:00`) or milliseconds since 1970")]
+    BadTime { field: &'static str, given: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -69,6 +75,33 @@ pub struct RunsQuery {
     /// A recipe name.
     pub recipe: Option<String>,
 }
+
+/// Which events to list: a page, narrowed by connector, event type, time
+/// or delivery id. Without a delivery id, filters are applied while paging
+/// newest first, looking at most at [`FILTER_SCAN`] events per page: a page
+/// may then hold fewer items than `limit` and still have a `next`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Items per page (default 50, at most 500).
+    pub limit: Option<usize>,
+    /// The `next` of the previous page.
+    pub before: Option<String>,
+    /// A connector name.
+    pub connector: Option<String>,
+    /// The event type, exactly.
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// Received at or after (RFC 3339, `YYYY-MM-DDTHH:MM` in UTC, or ms).
+    pub since: Option<String>,
+    /// Received before.
+    pub until: Option<String>,
+    /// The sender's delivery id, exactly (looked up, not scanned).
+    pub delivery_id: Option<String>,
+}
+
+/// Most events one filtered page looks at.
+pub const FILTER_SCAN: usize = 10_000;
 
 /// An event with a summary of each of its runs (instead of their ids).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -126,6 +159,126 @@ pub fn events(store: &dyn Store, q: &PageQuery) -> Result<Listing<Event>, QueryE
     Ok(listing(events, &page, |e| &e.id))
 }
 
+/// Events matching `q`, newest first. `connectors` are the names a delivery
+/// id is looked up under when `q` names no connector.
+pub fn find_events(
+    store: &dyn Store,
+    q: &EventsQuery,
+    connectors: &[&str],
+) -> Result<Listing<Event>, QueryError> {
+    let blank = |o: &Option<String>| {
+        o.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let (connector, event_type, delivery) = (
+        blank(&q.connector),
+        blank(&q.event_type),
+        blank(&q.delivery_id),
+    );
+    let since = blank(&q.since)
+        .map(|s| parse_time("since", &s))
+        .transpose()?;
+    let until = blank(&q.until)
+        .map(|s| parse_time("until", &s))
+        .transpose()?;
+    let keep = |e: &Event| {
+        connector.as_deref().is_none_or(|c| c == e.connector)
+            && event_type
+                .as_deref()
+                .is_none_or(|t| Some(t) == e.event_type.as_deref())
+            && since.is_none_or(|t| e.received_at >= t)
+            && until.is_none_or(|t| e.received_at < t)
+    };
+    let mut page = q.page_query().page();
+    if let Some(d) = delivery {
+        let names: Vec<&str> = match &connector {
+            Some(c) => vec![c.as_str()],
+            None => connectors.to_vec(),
+        };
+        let mut items = Vec::new();
+        for name in names {
+            if let Some(mut e) = store.event_by_delivery(name, &d)? {
+                if keep(&e) {
+                    summarise(&mut e.body);
+                    items.push(e);
+                }
+            }
+        }
+        items.sort_by(|a, b| b.id.cmp(&a.id));
+        return Ok(Listing { items, next: None });
+    }
+    if connector.is_none() && event_type.is_none() && since.is_none() && until.is_none() {
+        return events(store, &q.page_query());
+    }
+    // Start below `until` (ids sort by time), stop at `since`.
+    if let Some(t) = until {
+        let floor = crate::store::id_floor(t);
+        if page.before.as_ref().is_none_or(|b| *b > floor) {
+            page.before = Some(floor);
+        }
+    }
+    let limit = page.limit;
+    let mut items = Vec::new();
+    let mut scanned = 0;
+    let mut chunk = Page {
+        limit: 500,
+        before: page.before.clone(),
+    };
+    loop {
+        let batch = store.events(&chunk)?;
+        for mut e in batch.iter().cloned() {
+            scanned += 1;
+            if since.is_some_and(|t| e.received_at < t) {
+                return Ok(Listing { items, next: None });
+            }
+            let last = e.id.clone();
+            if keep(&e) {
+                summarise(&mut e.body);
+                items.push(e);
+            }
+            if items.len() >= limit || scanned >= FILTER_SCAN {
+                return Ok(Listing {
+                    items,
+                    next: Some(last),
+                });
+            }
+        }
+        match batch.last() {
+            Some(e) if batch.len() >= chunk.limit => chunk.before = Some(e.id.clone()),
+            _ => return Ok(Listing { items, next: None }),
+        }
+    }
+}
+
+/// A time given by a person or a form: RFC 3339, a date-time without zone
+/// (UTC, as `<input type="datetime-local">` sends it), a date, or ms.
+pub fn parse_time(field: &'static str, text: &str) -> Result<i64, QueryError> {
+    let text = text.trim();
+    let bad = || QueryError::BadTime {
+        field,
+        given: text.chars().take(60).collect(),
+    };
+    if let Ok(t) = crate::time::parse_instant(text) {
+        return Ok(t.as_millisecond());
+    }
+    let civil: jiff::civil::DateTime = text.parse().map_err(|_| bad())?;
+    civil
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .map(|z| z.timestamp().as_millisecond())
+        .map_err(|_| bad())
+}
+
+impl EventsQuery {
+    fn page_query(&self) -> PageQuery {
+        PageQuery {
+            limit: self.limit,
+            before: self.before.clone().filter(|b| !b.is_empty()),
+        }
+    }
+}
+
 /// Replace a value over [`LIST_VALUE_MAX`] bytes of JSON by `{"omitted": …, "bytes": N}`.
 fn summarise(v: &mut Value) {
     let bytes = serde_json::to_string(v).map(|s| s.len()).unwrap_or(0);
@@ -165,10 +318,15 @@ pub fn event(store: &dyn Store, id: &str) -> Result<EventView, QueryError> {
 }
 
 pub fn runs(store: &dyn Store, q: &RunsQuery) -> Result<Listing<Run>, QueryError> {
-    let page = page(q.limit, &q.before);
+    let page = page(q.limit, &q.before.clone().filter(|b| !b.is_empty()));
     let filter = RunFilter {
-        status: q.status.as_deref().map(parse_status).transpose()?,
-        recipe: q.recipe.clone(),
+        status: q
+            .status
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(parse_status)
+            .transpose()?,
+        recipe: q.recipe.clone().filter(|r| !r.is_empty()),
         failures: false,
     };
     let mut runs = store.runs(&page, &filter)?;
@@ -255,6 +413,15 @@ pub fn status_name(status: RunStatus) -> &'static str {
         .copied()
         .find(|n| parse_status(n).is_ok_and(|s| s == status))
         .unwrap_or("unknown")
+}
+
+/// A step status as its name (`succeeded`, `failed`, `skipped`).
+pub fn step_status_name(status: StepStatus) -> &'static str {
+    match status {
+        StepStatus::Succeeded => "succeeded",
+        StepStatus::Failed => "failed",
+        StepStatus::Skipped => "skipped",
+    }
 }
 
 /// `a, b or c`.

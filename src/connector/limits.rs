@@ -291,7 +291,55 @@ impl Drop for Pass<'_> {
 pub struct Limits {
     pub rate: Option<RateLimit>,
     pub concurrency: Option<std::sync::Arc<Semaphore>>,
+    /// The `concurrency:` the semaphore was made with (for [`Limits::usage`]).
+    concurrency_max: usize,
     pub breaker: Breaker,
+}
+
+/// What a connector's limits are doing now (the admin API shows it as
+/// `admin::console::LimitUsage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitUsage {
+    /// Rate slots taken (in flight or within a window of their end) of `rate_max`.
+    pub rate_in_use: Option<usize>,
+    pub rate_max: Option<usize>,
+    pub rate_per_ms: Option<u64>,
+    /// Calls in flight of `concurrency_max`.
+    pub concurrency_in_use: Option<usize>,
+    pub concurrency_max: Option<usize>,
+    pub breaker: BreakerView,
+}
+
+/// A circuit breaker's state, as the admin API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerView {
+    /// `failures: 0`: never opens.
+    Off,
+    /// Calls go; it opens after `opens_after` consecutive retryable failures.
+    Closed { failures: u32, opens_after: u32 },
+    /// No call goes for `probe_in_ms` more; then one call probes.
+    Open { probe_in_ms: u64 },
+    /// The probe is in flight.
+    HalfOpen,
+}
+
+impl Breaker {
+    /// Its state at `now`, for people to look at.
+    pub fn view(&self, now: Instant) -> BreakerView {
+        if self.failures == 0 {
+            return BreakerView::Off;
+        }
+        match *self.state() {
+            BreakerState::Closed { consecutive } => BreakerView::Closed {
+                failures: consecutive,
+                opens_after: self.failures,
+            },
+            BreakerState::Open { until } => BreakerView::Open {
+                probe_in_ms: until.saturating_duration_since(now).as_millis() as u64,
+            },
+            BreakerState::HalfOpen => BreakerView::HalfOpen,
+        }
+    }
 }
 
 impl Limits {
@@ -308,8 +356,27 @@ impl Limits {
         Ok(Limits {
             rate,
             concurrency,
+            concurrency_max: limits.and_then(|l| l.concurrency).unwrap_or(0),
             breaker: Breaker::new(breaker),
         })
+    }
+
+    /// What the limits are doing at `now`.
+    pub fn usage(&self, now: Instant) -> LimitUsage {
+        LimitUsage {
+            rate_in_use: self
+                .rate
+                .as_ref()
+                .map(|r| r.max.saturating_sub(r.slots.available_permits())),
+            rate_max: self.rate.as_ref().map(|r| r.max),
+            rate_per_ms: self.rate.as_ref().map(|r| r.per.as_millis() as u64),
+            concurrency_in_use: self
+                .concurrency
+                .as_ref()
+                .map(|s| self.concurrency_max.saturating_sub(s.available_permits())),
+            concurrency_max: self.concurrency.as_ref().map(|_| self.concurrency_max),
+            breaker: self.breaker.view(now),
+        }
     }
 
     /// Wait for a concurrency permit and a rate slot (in that order, so a
@@ -476,7 +543,12 @@ mod tests {
         call(&b, t0, true);
         let after = t0 + Duration::from_secs(10);
         assert!(b.check(after).is_ok(), "asking does not take the probe");
+        assert_eq!(
+            b.view(t0 + Duration::from_secs(4)),
+            BreakerView::Open { probe_in_ms: 6000 }
+        );
         let probe = b.pass(after).expect("the first call probes");
+        assert_eq!(b.view(after), BreakerView::HalfOpen);
         assert_eq!(b.check(after), Err(PROBE_RECHECK));
         assert!(b.pass(after).is_err(), "a second call waits for the probe");
         // A call that left before the breaker opened changes nothing.
@@ -488,6 +560,13 @@ mod tests {
         assert!(b.pass(after).is_err());
         probe.record(after, false);
         assert!(b.pass(after).is_ok(), "the probe closed it");
+        assert_eq!(
+            b.view(after),
+            BreakerView::Closed {
+                failures: 0,
+                opens_after: 1
+            }
+        );
     }
 
     #[test]

@@ -297,6 +297,30 @@ pub struct Attempt {
     pub round: u32,
 }
 
+/// A run without its step records: what the admin summaries count
+/// (per-minute activity, runs by status, a recipe's last run).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct RunHead {
+    pub id: String,
+    pub recipe: String,
+    pub status: RunStatus,
+    pub created_at: i64,
+    #[serde(default)]
+    pub finished_at: Option<i64>,
+}
+
+impl From<&Run> for RunHead {
+    fn from(r: &Run) -> RunHead {
+        RunHead {
+            id: r.id.clone(),
+            recipe: r.recipe.clone(),
+            status: r.status,
+            created_at: r.created_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
 /// A page request: newest first, items strictly older than `before`.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
@@ -392,6 +416,70 @@ pub trait Store: Send + Sync + 'static {
     fn events(&self, page: &Page) -> Result<Vec<Event>>;
     fn run(&self, id: &str) -> Result<Option<Run>>;
     fn runs(&self, page: &Page, filter: &RunFilter) -> Result<Vec<Run>>;
+    /// When the events received at or after `since` (ms) came, newest
+    /// first, at most `max`: per-minute counts without reading a body.
+    fn event_times(&self, since: i64, max: usize) -> Result<Vec<i64>> {
+        let mut out = Vec::new();
+        let mut page = Page {
+            limit: 500,
+            before: None,
+        };
+        loop {
+            let events = self.events(&page)?;
+            for e in &events {
+                if e.received_at < since || out.len() >= max {
+                    return Ok(out);
+                }
+                out.push(e.received_at);
+            }
+            match events.last() {
+                Some(e) if events.len() >= page.limit => page.before = Some(e.id.clone()),
+                _ => return Ok(out),
+            }
+        }
+    }
+    /// The runs created at or after `since` (ms), newest first, at most
+    /// `max`, without their step records.
+    fn run_heads(&self, since: i64, max: usize) -> Result<Vec<RunHead>> {
+        let mut out = Vec::new();
+        let mut page = Page {
+            limit: 500,
+            before: None,
+        };
+        loop {
+            let runs = self.runs(&page, &RunFilter::default())?;
+            for r in &runs {
+                if r.created_at < since || out.len() >= max {
+                    return Ok(out);
+                }
+                out.push(RunHead::from(r));
+            }
+            match runs.last() {
+                Some(r) if runs.len() >= page.limit => page.before = Some(r.id.clone()),
+                _ => return Ok(out),
+            }
+        }
+    }
+    /// The event a connector's delivery id was stored as.
+    fn event_by_delivery(&self, connector: &str, delivery_id: &str) -> Result<Option<Event>> {
+        let mut page = Page {
+            limit: 500,
+            before: None,
+        };
+        loop {
+            let events = self.events(&page)?;
+            if let Some(e) = events
+                .iter()
+                .find(|e| e.connector == connector && e.delivery_id.as_deref() == Some(delivery_id))
+            {
+                return Ok(Some(e.clone()));
+            }
+            match events.last() {
+                Some(e) if events.len() >= page.limit => page.before = Some(e.id.clone()),
+                _ => return Ok(None),
+            }
+        }
+    }
     /// Lease up to `max` runs due at `now`: each becomes `Running`, due again at `now + lease_ms`.
     fn lease(&self, now: i64, lease_ms: i64, max: usize) -> Result<Vec<Run>>;
     /// Checkpoint a leased run (its steps so far); its queue entry is unchanged.
@@ -550,6 +638,32 @@ pub fn new_id(now_ms: i64) -> String {
         .collect()
 }
 
+/// The creation time (ms) an id made by [`new_id`] carries; `None` for
+/// anything else.
+pub fn id_time(id: &str) -> Option<i64> {
+    if id.len() != 26 {
+        return None;
+    }
+    let mut v: u128 = 0;
+    for c in id.bytes() {
+        let d = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+            .iter()
+            .position(|&a| a == c)?;
+        v = v.checked_mul(32)? | d as u128;
+    }
+    i64::try_from(v >> 80).ok()
+}
+
+/// The smallest id [`new_id`] can make at `ms`: every id made at or after
+/// `ms` sorts at or after it, every earlier one before it.
+pub fn id_floor(ms: i64) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let v: u128 = (ms.max(0) as u128) << 80;
+    (0..26)
+        .map(|i| ALPHABET[((v >> (125 - i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -561,6 +675,19 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_carry_their_time_and_floors_sort_before_them() {
+        for ms in [0, 1, 1_700_000_000_123, 4_102_444_800_000] {
+            let id = new_id(ms);
+            let t = id_time(&id).expect("an id");
+            assert!(t >= ms, "{id}: {t} < {ms}");
+            assert!(id_floor(ms) <= id && id_floor(t + 1) > id, "{id}");
+            assert_eq!(id_time(&id_floor(ms)), Some(ms));
+        }
+        assert_eq!(id_time("not an id"), None);
+        assert_eq!(id_time("ILOU0000000000000000000000"), None);
+    }
 
     #[test]
     fn ids_sort_by_time_and_are_unique() {

@@ -10,7 +10,9 @@
 //! `/readyz` answers 503 naming the store.
 
 use super::state::{StateEntry, StateKey, StateOp, StateOutput};
-use super::{Event, Inserted, Page, Result, Retried, Run, RunFilter, Store, StoreError, Swept};
+use super::{
+    Event, Inserted, Page, Result, Retried, Run, RunFilter, RunHead, Store, StoreError, Swept,
+};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -120,6 +122,15 @@ impl Store for Reopening {
     }
     fn runs(&self, page: &Page, filter: &RunFilter) -> Result<Vec<Run>> {
         self.with(|s| s.runs(page, filter))
+    }
+    fn event_times(&self, since: i64, max: usize) -> Result<Vec<i64>> {
+        self.with(|s| s.event_times(since, max))
+    }
+    fn run_heads(&self, since: i64, max: usize) -> Result<Vec<RunHead>> {
+        self.with(|s| s.run_heads(since, max))
+    }
+    fn event_by_delivery(&self, connector: &str, delivery_id: &str) -> Result<Option<Event>> {
+        self.with(|s| s.event_by_delivery(connector, delivery_id))
     }
     fn lease(&self, now: i64, lease_ms: i64, max: usize) -> Result<Vec<Run>> {
         self.with(|s| s.lease(now, lease_ms, max))

@@ -22,8 +22,8 @@
 
 use super::state::{self, Kv, StateEntry, StateKey, StateOp, StateOutput, Write};
 use super::{
-    ConcurrencySlot, Event, Inserted, Listen, Page, Result, Retried, Run, RunFilter, RunStatus,
-    StepStatus, Store, StoreError, Swept,
+    ConcurrencySlot, Event, Inserted, Listen, Page, Result, Retried, Run, RunFilter, RunHead,
+    RunStatus, StepStatus, Store, StoreError, Swept,
 };
 use std::ops::Bound;
 use std::path::Path;
@@ -502,6 +502,44 @@ impl Store for SledStore {
 
     fn runs(&self, page: &Page, filter: &RunFilter) -> Result<Vec<Run>> {
         self.page("r/", page, |r| filter.matches(r))
+    }
+
+    fn event_times(&self, since: i64, max: usize) -> Result<Vec<i64>> {
+        // Keys only: an event id carries its time, so no body is decoded.
+        let from = format!("e/{}", super::id_floor(since)).into_bytes();
+        let mut out = Vec::new();
+        for item in self.tree.range(from..b"e0".to_vec()).rev() {
+            if out.len() >= max {
+                break;
+            }
+            let (k, _) = item.map_err(io)?;
+            if let Some(t) = super::id_time(&String::from_utf8_lossy(&k[2..])) {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    fn run_heads(&self, since: i64, max: usize) -> Result<Vec<RunHead>> {
+        // A `RunHead` picks four fields; serde skips the step records.
+        let from = format!("r/{}", super::id_floor(since)).into_bytes();
+        let mut out = Vec::new();
+        for item in self.tree.range(from..b"r0".to_vec()).rev() {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item.map_err(io)?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn event_by_delivery(&self, connector: &str, delivery_id: &str) -> Result<Option<Event>> {
+        let key = format!("d/{connector}\0{delivery_id}");
+        match self.tree.get(key.as_bytes()).map_err(io)? {
+            None => Ok(None),
+            Some(id) => self.event(&String::from_utf8_lossy(&id)),
+        }
     }
 
     fn lease(&self, now: i64, lease_ms: i64, max: usize) -> Result<Vec<Run>> {

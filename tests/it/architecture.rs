@@ -17,6 +17,7 @@ use std::sync::LazyLock;
 const LAYERS: &[&str] = &[
     "ingress",
     "admin",
+    "dashboard",
     "server",
     "listener",
     "engine",
@@ -78,8 +79,32 @@ const NEVER: &[(&str, &[&str], &str)] = &[
         ],
         "a leaf below connector and ingress (it may use secret and duration)",
     ),
-    ("ingress", &["admin", "server"], "sibling entry points"),
-    ("admin", &["ingress", "server"], "sibling entry points"),
+    (
+        "ingress",
+        &["admin", "dashboard", "server"],
+        "sibling entry points",
+    ),
+    (
+        "admin",
+        &["ingress", "dashboard", "server"],
+        "sibling entry points",
+    ),
+    (
+        "dashboard",
+        &[
+            "ingress",
+            "server",
+            "listener",
+            "engine",
+            "recipe",
+            "connector",
+            "store",
+            "template",
+            "signature",
+            "error",
+        ],
+        "the dashboard reads and acts only through the admin API's types (admin::console)",
+    ),
     (
         "error",
         &["ingress", "admin", "engine", "server"],
@@ -139,7 +164,14 @@ const ONLY: &[(&str, &[&str])] = &[
     ("reqwest", &["connector", "bin"]),
     (
         "axum",
-        &["ingress", "admin", "error", "listener", "sandbox"],
+        &[
+            "ingress",
+            "admin",
+            "dashboard",
+            "error",
+            "listener",
+            "sandbox",
+        ],
     ),
     ("hyper", &["listener"]),
     ("hyper_util", &["listener"]),

@@ -5,8 +5,9 @@
 //! - `recipes`: the shipped recipes end to end against mock APIs.
 //! - `ingress`: bad webhook input is refused and changes nothing; odd but valid input is stored as documented.
 //! - `outbound`: failing, slow or unreachable far ends fail their step, not the hub; internal addresses.
-//! - `admin`: the admin API's token and paging.
 //! - `console`: `/metrics` (token, Prometheus text parsed), the admin API's OpenAPI document, the `serve --demo` quick start.
+//! - `admin`: the admin API's token and paging; the dashboard's sessions, CSRF and pages (`dashboard`).
+//! - `browser`: the dashboard in Debian's Chromium through a small WebDriver client (`webdriver`); screenshots.
 //! - `cli`: `check` errors (located), `serve` refusing broken files, the runs/events commands.
 //! - `durability`: kill -9, SIGTERM, retries, dead letters, limits, ordering, back-pressure.
 //! - `recipe_tests`: `switchboard test` running the recipes' own `tests:` with mocked connectors.
@@ -24,8 +25,10 @@
 
 mod admin;
 mod architecture;
+mod browser;
 mod cli;
 mod console;
+mod dashboard;
 mod durability;
 mod faults;
 mod flow;
@@ -43,3 +46,4 @@ mod support_connectors;
 mod support_pack;
 mod time;
 mod utils;
+mod webdriver;

@@ -403,6 +403,11 @@ impl MockApi {
         MockApi { inner, url }
     }
 
+    /// Answer from now on with `routes` instead.
+    pub fn set_routes(&self, routes: Vec<Route>) {
+        self.inner.lock().unwrap().routes = routes;
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.inner.lock().unwrap().received.clone()
     }
