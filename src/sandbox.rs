@@ -1,5 +1,6 @@
 //! The demo sandbox: stand-ins for the vendor APIs of the shipped
-//! connectors (HubSpot, Zendesk, DeepL, Slack), served on loopback inside
+//! connectors that call out (HubSpot, Zendesk, DeepL, Slack, Freshdesk,
+//! Stripe, SendGrid), served on loopback inside
 //! the hub's own process by `switchboard serve --demo`, so the quick start
 //! shows runs succeed without credentials or a network.
 //!
@@ -8,8 +9,10 @@
 //! same JSON fields the connectors' `output:` picks, the vendor's status
 //! for a missing credential. It keeps tickets in memory so a read after a
 //! write sees the write; everything else is canned: every e-mail address is
-//! a HubSpot lead on the premium plan, DeepL "translates" by marking the
-//! text. Nothing is stored, nothing leaves the machine.
+//! a HubSpot lead on the premium plan and a Stripe customer with one
+//! monthly subscription, DeepL "translates" by marking the text. Nothing is
+//! stored, nothing leaves the machine. (The webhook-only connectors — app,
+//! typeform, wufoo — make no calls, so they need no stand-in.)
 //!
 //! Never used unless asked for (`--demo`). Imports no Switchboard module:
 //! it is the far end, and knows nothing of the hub.
@@ -37,6 +40,9 @@ pub const CONNECTORS: &[(&str, &str)] = &[
     ("zendesk", "/zendesk"),
     ("deepl", "/deepl"),
     ("slack", "/slack/api"),
+    ("freshdesk", "/freshdesk"),
+    ("stripe", "/stripe"),
+    ("sendgrid", "/sendgrid"),
 ];
 
 /// The base URL a connector uses to reach the sandbox at `origin`
@@ -76,11 +82,28 @@ pub fn router() -> Router {
         .with_state(Tickets::default());
     let deepl = Router::new().route("/v2/translate", post(deepl_translate));
     let slack = Router::new().route("/chat.postMessage", post(slack_post));
+    let freshdesk = Router::new()
+        .route("/api/v2/tickets", post(freshdesk_create))
+        .route(
+            "/api/v2/tickets/{id}",
+            get(freshdesk_show).put(freshdesk_update),
+        )
+        .route("/api/v2/tickets/{id}/reply", post(freshdesk_reply))
+        .route("/api/v2/tickets/{id}/notes", post(freshdesk_note))
+        .route("/api/v2/search/tickets", get(freshdesk_search))
+        .with_state(Tickets::default());
+    let stripe = Router::new()
+        .route("/v1/customers/search", get(stripe_customers))
+        .route("/v1/subscriptions", get(stripe_subscriptions));
+    let sendgrid = Router::new().route("/v3/mail/send", post(sendgrid_send));
     Router::new()
         .nest("/hubspot", hubspot)
         .nest("/zendesk", zendesk)
         .nest("/deepl", deepl)
         .nest("/slack/api", slack)
+        .nest("/freshdesk", freshdesk)
+        .nest("/stripe", stripe)
+        .nest("/sendgrid", sendgrid)
         .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"error": "not found"}))) })
 }
 
@@ -355,6 +378,250 @@ async fn slack_post(headers: HeaderMap, Form(form): Form<HashMap<String, String>
     .into_response()
 }
 
+fn freshdesk_unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"code": "invalid_credentials", "message": "You have to be logged in to perform this action."})),
+    )
+        .into_response()
+}
+
+/// A Freshdesk ticket as the API shows it (status 2 open, priority 1 low).
+fn freshdesk_ticket(id: u64) -> Value {
+    json!({
+        "id": id,
+        "subject": "Demo ticket",
+        "description_text": "",
+        "status": 2,
+        "priority": 1,
+        "source": 2,
+        "tags": [],
+        "group_id": null,
+        "responder_id": null,
+        "requester_id": 80000 + id,
+        "requester": {"id": 80000 + id, "name": "Bob Smith", "email": "bob@example.com"},
+        "created_at": "2025-01-06T09:00:00Z",
+        "updated_at": "2025-01-06T09:00:00Z"
+    })
+}
+
+/// `POST /api/v2/tickets`: 201 with the new ticket.
+async fn freshdesk_create(
+    State(tickets): State<Tickets>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&headers, "Basic ") {
+        return freshdesk_unauthorized();
+    }
+    let ticket = tickets.with(|t| {
+        let id = 1000 + t.len() as u64 + 1;
+        let mut ticket = freshdesk_ticket(id);
+        for k in ["subject", "priority", "status", "source", "tags"] {
+            if let Some(v) = body.get(k) {
+                ticket[k] = v.clone();
+            }
+        }
+        ticket["description_text"] = body["description"].clone();
+        ticket["requester"]["email"] = body["email"].clone();
+        ticket["requester"]["name"] = body.get("name").cloned().unwrap_or(body["email"].clone());
+        t.insert(id, ticket.clone());
+        ticket
+    });
+    (StatusCode::CREATED, Json(ticket)).into_response()
+}
+
+/// `GET /api/v2/tickets/{id}`.
+async fn freshdesk_show(
+    State(tickets): State<Tickets>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !authorized(&headers, "Basic ") {
+        return freshdesk_unauthorized();
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return (StatusCode::NOT_FOUND, Json(json!({"code": "not_found"}))).into_response();
+    };
+    Json(tickets.with(|t| t.get(&id).cloned().unwrap_or_else(|| freshdesk_ticket(id))))
+        .into_response()
+}
+
+/// `PUT /api/v2/tickets/{id}`: the given fields set, the ticket answered.
+async fn freshdesk_update(
+    State(tickets): State<Tickets>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&headers, "Basic ") {
+        return freshdesk_unauthorized();
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return (StatusCode::NOT_FOUND, Json(json!({"code": "not_found"}))).into_response();
+    };
+    let ticket = tickets.with(|t| {
+        let ticket = t.entry(id).or_insert_with(|| freshdesk_ticket(id));
+        for (k, v) in body.as_object().into_iter().flatten() {
+            ticket[k] = v.clone();
+        }
+        ticket.clone()
+    });
+    Json(ticket).into_response()
+}
+
+/// A conversation (reply or note) on ticket `id`: 201.
+fn freshdesk_conversation(headers: &HeaderMap, id: &str, body: &Value, private: bool) -> Response {
+    if !authorized(headers, "Basic ") {
+        return freshdesk_unauthorized();
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return (StatusCode::NOT_FOUND, Json(json!({"code": "not_found"}))).into_response();
+    };
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "id": id * 100 + 1,
+            "ticket_id": id,
+            "body": body["body"],
+            "private": private,
+            "incoming": false,
+            "created_at": "2025-01-06T09:00:01Z"
+        })),
+    )
+        .into_response()
+}
+
+/// `POST /api/v2/tickets/{id}/reply`.
+async fn freshdesk_reply(
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    freshdesk_conversation(&headers, &id, &body, false)
+}
+
+/// `POST /api/v2/tickets/{id}/notes`.
+async fn freshdesk_note(
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    freshdesk_conversation(&headers, &id, &body, true)
+}
+
+/// `GET /api/v2/search/tickets?query="…"`: every ticket created here.
+async fn freshdesk_search(State(tickets): State<Tickets>, headers: HeaderMap) -> Response {
+    if !authorized(&headers, "Basic ") {
+        return freshdesk_unauthorized();
+    }
+    let results: Vec<Value> = tickets.with(|t| t.values().cloned().collect());
+    Json(json!({"total": results.len(), "results": results})).into_response()
+}
+
+fn stripe_unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": {
+            "type": "invalid_request_error",
+            "message": "You did not provide an API key."
+        }})),
+    )
+        .into_response()
+}
+
+/// `GET /v1/customers/search?query=email:'…'`: one customer for any address.
+async fn stripe_customers(
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    if !authorized(&headers, "Bearer ") {
+        return stripe_unauthorized();
+    }
+    let query = q.get("query").cloned().unwrap_or_default();
+    let email = query
+        .strip_prefix("email:'")
+        .and_then(|e| e.strip_suffix('\''))
+        .unwrap_or_default()
+        .replace("\\'", "'");
+    let data = if email.is_empty() {
+        vec![]
+    } else {
+        vec![json!({
+            "id": "cus_Demo0000000001",
+            "object": "customer",
+            "email": email,
+            "name": "Bob Smith",
+            "created": 1_736_154_000,
+            "delinquent": false,
+            "metadata": {}
+        })]
+    };
+    Json(json!({
+        "object": "search_result",
+        "url": "/v1/customers/search",
+        "has_more": false,
+        "data": data
+    }))
+    .into_response()
+}
+
+/// `GET /v1/subscriptions?customer=…`: one active monthly subscription.
+async fn stripe_subscriptions(
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    if !authorized(&headers, "Bearer ") {
+        return stripe_unauthorized();
+    }
+    let customer = q.get("customer").cloned().unwrap_or_default();
+    Json(json!({
+        "object": "list",
+        "url": "/v1/subscriptions",
+        "has_more": false,
+        "data": [{
+            "id": "sub_Demo0000000001",
+            "object": "subscription",
+            "customer": customer,
+            "status": "active",
+            "items": {
+                "object": "list",
+                "has_more": false,
+                "data": [{
+                    "id": "si_Demo0000000001",
+                    "object": "subscription_item",
+                    "quantity": 5,
+                    "price": {
+                        "id": "price_Demo0000000001",
+                        "object": "price",
+                        "nickname": "Team (monthly)",
+                        "unit_amount": 4900,
+                        "currency": "usd",
+                        "recurring": {"interval": "month", "interval_count": 1}
+                    }
+                }]
+            }
+        }]
+    }))
+    .into_response()
+}
+
+/// `POST /v3/mail/send`: 202 with no body, as SendGrid answers.
+async fn sendgrid_send(headers: HeaderMap) -> Response {
+    if !authorized(&headers, "Bearer ") {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"errors": [{
+                "message": "The provided authorization grant is invalid, expired, or revoked",
+                "field": null,
+                "help": null
+            }]})),
+        )
+            .into_response();
+    }
+    StatusCode::ACCEPTED.into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,7 +632,107 @@ mod tests {
             let url = base_url("http://127.0.0.1:9/", name).expect("a base url");
             assert!(url.starts_with("http://127.0.0.1:9/"), "{url}");
         }
-        assert_eq!(base_url("http://x", "stripe"), None);
+        assert_eq!(base_url("http://x", "typeform"), None);
+    }
+
+    /// `(status, JSON body)` of one request to the sandbox.
+    async fn ask(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        auth: Option<&str>,
+        body: Value,
+    ) -> (u16, Value) {
+        use tower::ServiceExt;
+        let mut req = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let req = req
+            .body(axum::body::Body::from(body.to_string()))
+            .expect("request");
+        let resp = app.clone().oneshot(req).await.expect("answer");
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn vendors_answer_in_their_shapes_and_refuse_missing_credentials() {
+        let app = router();
+        let basic = Some("Basic ZGVtbzp4");
+        let bearer = Some("Bearer demo");
+        let (status, t) = ask(
+            &app,
+            "POST",
+            "/freshdesk/api/v2/tickets",
+            basic,
+            json!({"email": "a@b.c", "subject": "Hi", "description": "x", "priority": 1}),
+        )
+        .await;
+        assert_eq!((status, &t["requester"]["email"]), (201, &json!("a@b.c")));
+        let id = t["id"].as_u64().expect("an id");
+        let (status, t) = ask(
+            &app,
+            "PUT",
+            &format!("/freshdesk/api/v2/tickets/{id}"),
+            basic,
+            json!({"group_id": 7, "responder_id": 8}),
+        )
+        .await;
+        assert_eq!(
+            (status, &t["group_id"], &t["subject"]),
+            (200, &json!(7), &json!("Hi"))
+        );
+        let (status, n) = ask(
+            &app,
+            "POST",
+            &format!("/freshdesk/api/v2/tickets/{id}/notes"),
+            basic,
+            json!({"body": "n"}),
+        )
+        .await;
+        assert_eq!((status, &n["ticket_id"]), (201, &json!(id)));
+        let (status, _) = ask(&app, "POST", "/sendgrid/v3/mail/send", bearer, json!({})).await;
+        assert_eq!(status, 202);
+        let (status, c) = ask(
+            &app,
+            "GET",
+            "/stripe/v1/customers/search?query=email%3A%27a%40b.c%27&limit=1",
+            bearer,
+            Value::Null,
+        )
+        .await;
+        assert_eq!((status, &c["data"][0]["email"]), (200, &json!("a@b.c")));
+        let (status, z) = ask(
+            &app,
+            "PUT",
+            "/zendesk/api/v2/tickets/5",
+            basic,
+            json!({"ticket": {"priority": "high"}}),
+        )
+        .await;
+        assert_eq!((status, &z["ticket"]["priority"]), (200, &json!("high")));
+        let (_, z) = ask(&app, "GET", "/zendesk/api/v2/tickets/5", basic, Value::Null).await;
+        assert_eq!(z["ticket"]["priority"], "high", "a read sees the write");
+        for (method, uri) in [
+            ("POST", "/hubspot/crm/v3/objects/contacts/search"),
+            ("GET", "/zendesk/api/v2/tickets/5"),
+            ("POST", "/freshdesk/api/v2/tickets"),
+            ("GET", "/stripe/v1/subscriptions?customer=c"),
+            ("POST", "/sendgrid/v3/mail/send"),
+        ] {
+            let (status, _) = ask(&app, method, uri, None, json!({})).await;
+            assert_eq!(status, 401, "{method} {uri}");
+        }
     }
 
     #[test]

@@ -342,7 +342,10 @@ async fn openapi_document_is_served_and_matches_the_routes() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let served = resp.text().await.unwrap();
-    assert_eq!(served, committed_openapi());
+    assert!(
+        served == committed_openapi(),
+        "the hub serves another document than docs/openapi.json"
+    );
     let doc: serde_json::Value = serde_json::from_str(&served).unwrap();
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 9, "{paths:?}");
@@ -478,5 +481,41 @@ async fn demo_quick_start_runs_succeed_against_the_sandbox() {
     assert_eq!(
         stderr(&out).trim(),
         format!("error: run {id} is succeeded; only failed or dead runs can be retried")
+    );
+}
+
+/// The support pack on the demo: every run of the sample ticket succeeds
+/// (Stripe, Zendesk, Slack through the sandbox) or waits (the SLA timer).
+#[tokio::test]
+async fn demo_runs_the_support_pack_too() {
+    let hub = Hub::start(HubOptions {
+        recipes: repo().join("recipes/support"),
+        args: vec!["--demo".into()],
+        allow_internal: false,
+        ..HubOptions::default()
+    })
+    .await;
+    let out = Command::new(bin())
+        .args(["demo", "send", "--url", &hub.url, "--data"])
+        .arg(&hub.data)
+        .envs(test_secrets())
+        .env("SWITCHBOARD_ADMIN_TOKEN", &hub.token)
+        .output()
+        .unwrap();
+    let printed = stdout(&out);
+    assert!(out.status.success(), "{printed}{}", stderr(&out));
+    for recipe in [
+        "billing-enrichment",
+        "dispatcher",
+        "repeat-contact-escalation",
+    ] {
+        assert!(
+            printed.contains(&format!("{recipe:<26} succeeded")),
+            "{recipe}: {printed}"
+        );
+    }
+    assert!(
+        printed.contains(&format!("{:<26} waiting", "first-reply-sla")),
+        "{printed}"
     );
 }

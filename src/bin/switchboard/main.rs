@@ -95,8 +95,9 @@ struct ServeArgs {
     /// Serve /metrics without the admin token (default: the token is needed).
     #[arg(long, env = "SWITCHBOARD_METRICS_PUBLIC")]
     metrics_public: bool,
-    /// Offline demo: start built-in stand-ins for the HubSpot, Zendesk, DeepL
-    /// and Slack APIs on loopback and point those connectors at them (demo
+    /// Offline demo: start built-in stand-ins for the vendor APIs the shipped
+    /// connectors call (HubSpot, Zendesk, DeepL, Slack, Freshdesk, Stripe,
+    /// SendGrid) on loopback and point those connectors at them (demo
     /// secrets unless --secrets is given). Then try `switchboard demo send`.
     #[arg(long, env = "SWITCHBOARD_DEMO")]
     demo: bool,
