@@ -104,7 +104,7 @@ fn check_reports_unknown_connectors_and_actions() {
             (
                 7,
                 11,
-                "unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `hubspot`, `sendgrid`, `slack`, `stripe`, `typeform`, `wufoo`, `zendesk`",
+                "unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `google_translate`, `hubspot`, `sendgrid`, `slack`, `stripe`, `typeform`, `wufoo`, `zendesk`",
             ),
             (
                 9,
@@ -293,11 +293,11 @@ fn serve_refuses_broken_files_with_the_check_message() {
         &[(
             7,
             11,
-            "unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `hubspot`, `sendgrid`, `slack`, `stripe`, `typeform`, `wufoo`, `zendesk`",
+            "unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `google_translate`, `hubspot`, `sendgrid`, `slack`, `stripe`, `typeform`, `wufoo`, `zendesk`",
         )],
     );
     let line = format!(
-        "{}:7:11: unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `hubspot`, `sendgrid`, `slack`, `stripe`, `typeform`, `wufoo`, `zendesk`",
+        "{}:7:11: unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `google_translate`, `hubspot`, `sendgrid`, `slack`, `stripe`, `typeform`, `wufoo`, `zendesk`",
         cfg.recipes.join("bad.yaml").display()
     );
     let mut serve = cfg.command("serve");

@@ -393,11 +393,20 @@ async fn billing_enrichment_reads_stripe_and_prioritises_a_high_value_customer()
 }
 
 /// Typeform signs the body (`Typeform-Signature: sha256=<base64>`); its
-/// `event_id` makes a redelivery a duplicate.
+/// `event_id` makes a redelivery a duplicate. The response becomes a
+/// Freshdesk ticket (job 5, `typeform-ticket.yaml`), answers found by reference.
 #[tokio::test]
-async fn typeform_responses_are_verified_and_redeliveries_are_duplicates() {
+async fn typeform_responses_are_verified_become_tickets_and_redeliveries_are_duplicates() {
     let cfg = Config::connectors_only();
-    let hub = Hub::start(cfg.options()).await;
+    cfg.recipe("typeform-ticket", &support("typeform-ticket"));
+    let freshdesk = MockApi::start(vec![route(
+        Method::POST,
+        "/api/v2/tickets",
+        201,
+        json!({"id": 4713}),
+    )])
+    .await;
+    let (hub, quiet) = quiet_hub(cfg.options().base_url("freshdesk", &freshdesk.url)).await;
     let body = json!({
         "event_id": "01HXYZTYPEFORM", "event_type": "form_response",
         "form_response": {"form_id": "lT4Z3j", "token": "a3a12ec67a1365927098a606107fac15",
@@ -425,12 +434,29 @@ async fn typeform_responses_are_verified_and_redeliveries_are_duplicates() {
         (&json!("form_response"), &json!("01HXYZTYPEFORM")),
         "{event}"
     );
+    let run = hub.wait_run(&only_run(&accepted)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
     let (status, again) = hub.post("typeform", &headers, body.as_bytes()).await;
     assert_eq!(
         (status, &again["duplicate"]),
         (200, &json!(true)),
         "{again}"
     );
+    let tickets: Vec<Value> = freshdesk
+        .calls("/api/v2/tickets")
+        .iter()
+        .map(Received::json)
+        .collect();
+    assert_eq!(
+        tickets,
+        vec![
+            json!({"email": "ada@example.com", "name": "ada@example.com",
+                    "subject": "Web form: The export hangs at 99 %",
+                    "description": "The export hangs at 99 %\n\n(Typeform response a3a12ec67a1365927098a606107fac15, 2025-12-01T09:14:03Z)",
+                    "priority": 1, "status": 2, "source": 2, "tags": ["web_form", "typeform"]})
+        ]
+    );
+    assert!(quiet.received().is_empty(), "{:?}", quiet.received());
 
     // A changed body under the same signature, or no signature: 401.
     let changed = body.replace("99 %", "98 %");
@@ -545,5 +571,88 @@ async fn journey_welcomes_then_follows_up_only_users_who_stay_away() {
                "from": {"email": "support@example.com", "name": "support@example.com"},
                "template_id": follow_up, "categories": ["journey", "follow_up"]})
     );
+    assert!(quiet.received().is_empty(), "{:?}", quiet.received());
+}
+
+const GOOGLE_RECIPE: &str = r#"
+name: google-translate
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - id: detect
+    call: google_translate.detect
+    with: { text: "{{ event.ticket.subject }}" }
+  - id: translation
+    if:
+      - "$.steps.detect.language": { not_equals: en }
+      - "$.steps.detect.confidence": { gte: 0.8 }
+    call: google_translate.translate
+    with:
+      text: ["{{ event.ticket.subject }}", "{{ event.ticket.description }}"]
+      target: en
+"#;
+
+/// Google Cloud Translation v2 as its reference documents it: the API key
+/// as the `key` query parameter (redacted in the step record), `q` and
+/// `target` in a JSON body, detections as a list of lists.
+#[tokio::test]
+async fn google_translate_detects_then_translates() {
+    let cfg = Config::connectors_only();
+    cfg.recipe("google-translate", GOOGLE_RECIPE);
+    let google = MockApi::start(vec![
+        route(
+            Method::POST,
+            "/language/translate/v2/detect",
+            200,
+            json!({"data": {"detections": [[{"language": "de", "isReliable": false, "confidence": 0.97}]]}}),
+        ),
+        route(
+            Method::POST,
+            "/language/translate/v2",
+            200,
+            json!({"data": {"translations": [
+                {"translatedText": "Printer is burning", "detectedSourceLanguage": "de"},
+                {"translatedText": "Please help", "detectedSourceLanguage": "de"}]}}),
+        ),
+    ])
+    .await;
+    let (hub, quiet) = quiet_hub(cfg.options().base_url("google_translate", &google.url)).await;
+    let mut ticket = ticket_event(9, "Drucker brennt", "bob@example.com");
+    ticket["ticket"]["description"] = json!("Bitte helfen");
+    let (status, accepted) = hub.post_zendesk(&ticket).await;
+    assert_eq!(status, 202, "{accepted}");
+    let run = hub.wait_run(&only_run(&accepted)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+
+    let got = google.received();
+    let sent: Vec<(&str, Option<&str>, Value)> = got
+        .iter()
+        .map(|r| (r.path.as_str(), r.query.as_deref(), r.json()))
+        .collect();
+    assert_eq!(
+        sent,
+        vec![
+            (
+                "/language/translate/v2/detect",
+                Some("key=AIzaSyTest-google-translate-key"),
+                json!({"q": "Drucker brennt"})
+            ),
+            (
+                "/language/translate/v2",
+                Some("key=AIzaSyTest-google-translate-key"),
+                json!({"q": ["Drucker brennt", "Bitte helfen"], "target": "en", "format": "text"})
+            ),
+        ]
+    );
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(
+        steps[0]["output"],
+        json!({"language": "de", "confidence": 0.97})
+    );
+    assert_eq!(
+        steps[1]["output"],
+        json!({"text": "Printer is burning", "texts": ["Printer is burning", "Please help"],
+               "detected_source_language": "de"})
+    );
+    assert!(!run.to_string().contains("AIzaSyTest"), "{run}");
     assert!(quiet.received().is_empty(), "{:?}", quiet.received());
 }

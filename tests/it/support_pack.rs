@@ -215,6 +215,7 @@ fn support_recipes_pass_check_and_their_tests_offline() {
         "thanks-keeps-solved",
         "billing-enrichment",
         "web-form-ticket",
+        "typeform-ticket",
         "journey-follow-up",
     ] {
         let n = text.matches(&format!("ok   {recipe} › ")).count();

@@ -50,6 +50,10 @@ pub fn test_secrets() -> Vec<(String, String)> {
         ("TYPEFORM_WEBHOOK_SECRET", TYPEFORM_WEBHOOK_SECRET),
         ("WUFOO_HANDSHAKE_KEY", WUFOO_HANDSHAKE_KEY),
         ("APP_WEBHOOK_SECRET", APP_WEBHOOK_SECRET),
+        (
+            "GOOGLE_TRANSLATE_API_KEY",
+            "AIzaSyTest-google-translate-key",
+        ),
     ]
     .iter()
     .map(|(k, v)| (format!("SWITCHBOARD_SECRET_{k}"), v.to_string()))
@@ -626,6 +630,7 @@ pub async fn quiet_hub(mut opts: HubOptions) -> (Hub, MockApi) {
         "freshdesk",
         "stripe",
         "sendgrid",
+        "google_translate",
     ] {
         let var = format!("SWITCHBOARD_BASE_URL_{}", name.to_uppercase());
         if !opts.env.iter().any(|(k, _)| *k == var) {
