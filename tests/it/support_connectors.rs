@@ -151,7 +151,7 @@ steps:
     with: { ticket_id: "{{ event.ticket.id }}" }
   - id: search
     call: freshdesk.search_tickets
-    with: { query: "email:'{{ event.ticket.requester.email }}' AND status:2" }
+    with: { query: "tag:'{{ event.ticket.tag }}' AND status:2" }
   - id: update
     call: freshdesk.update_ticket
     with: { ticket_id: "{{ event.ticket.id }}", fields: { priority: 3, tags: [vip] } }
@@ -209,9 +209,10 @@ async fn freshdesk_actions_and_token_webhooks() {
     ])
     .await;
     let (hub, quiet) = quiet_hub(cfg.options().base_url("freshdesk", &freshdesk.url)).await;
-    let body = json!({"type": "ticket.created", "ticket": {"id": 12, "subject": "VPN",
+    let body =
+        json!({"type": "ticket.created", "ticket": {"id": 12, "subject": "VPN", "tag": "vip",
                       "requester": {"email": "ann@example.com", "name": "Ann"}}})
-    .to_string();
+        .to_string();
     let mut headers = vec![("Content-Type".to_string(), "application/json".to_string())];
 
     // Without the token header, or with another token: 401.
@@ -246,7 +247,7 @@ async fn freshdesk_actions_and_token_webhooks() {
             (
                 "GET",
                 "/api/v2/search/tickets",
-                Some("query=%22email%3A%27ann%40example.com%27+AND+status%3A2%22")
+                Some("query=%22tag%3A%27vip%27+AND+status%3A2%22")
             ),
             ("PUT", "/api/v2/tickets/12", None),
             ("PUT", "/api/v2/tickets/12", None),
@@ -323,12 +324,26 @@ async fn billing_enrichment_reads_stripe_and_prioritises_a_high_value_customer()
         ),
     ])
     .await;
-    let zendesk = MockApi::start(vec![route(
-        Method::PUT,
-        "/api/v2/tickets/",
-        200,
-        json!({"ticket": {"id": 7}}),
-    )])
+    let zendesk = MockApi::start(vec![
+        route(
+            Method::PUT,
+            "/api/v2/tickets/7/tags",
+            200,
+            json!({"tags": ["high_value"]}),
+        ),
+        route(
+            Method::PUT,
+            "/api/v2/tickets/",
+            200,
+            json!({"ticket": {"id": 7}}),
+        ),
+        route(
+            Method::GET,
+            "/api/v2/tickets/7",
+            200,
+            json!({"ticket": {"id": 7, "priority": "normal"}}),
+        ),
+    ])
     .await;
     let (hub, quiet) = quiet_hub(
         cfg.options()
@@ -376,17 +391,32 @@ async fn billing_enrichment_reads_stripe_and_prioritises_a_high_value_customer()
         );
         assert!(r.body.is_empty(), "{r:?}");
     }
-    let puts: Vec<Value> = zendesk
+    let calls: Vec<(String, String, Value)> = zendesk
         .calls("/api/v2/tickets/7")
         .iter()
-        .map(Received::json)
+        .map(|r| (r.method.clone(), r.path.clone(), r.json()))
         .collect();
+    let call = |m: &str, p: &str, body: Value| (m.to_string(), p.to_string(), body);
     assert_eq!(
-        puts,
+        calls,
         vec![
-            json!({"ticket": {"comment": {"public": false, "body":
-                "Billing (Stripe cus_Big):\nplan: Business, Support add-on\nMRR: 397.0 EUR\npayment trouble: no"}}}),
-            json!({"ticket": {"priority": "high", "tags": ["high_value"]}}),
+            call(
+                "PUT",
+                "/api/v2/tickets/7",
+                json!({"ticket": {"comment": {"public": false, "body":
+                "Billing (Stripe cus_Big):\nplan: Business, Support add-on\nMRR: 397.0 EUR\npayment trouble: no"}}})
+            ),
+            call(
+                "PUT",
+                "/api/v2/tickets/7/tags",
+                json!({"tags": ["high_value"]})
+            ),
+            call("GET", "/api/v2/tickets/7", Value::Null),
+            call(
+                "PUT",
+                "/api/v2/tickets/7",
+                json!({"ticket": {"priority": "high"}})
+            ),
         ]
     );
     assert!(quiet.received().is_empty(), "{:?}", quiet.received());
