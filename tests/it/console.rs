@@ -519,3 +519,44 @@ async fn demo_runs_the_support_pack_too() {
         "{printed}"
     );
 }
+
+/// Every `serve` flag has its `SWITCHBOARD_*` variable, as the README says
+/// (read from `serve --help`, so a new flag without one fails here).
+#[test]
+fn every_serve_flag_has_an_environment_variable() {
+    let out = Command::new(bin())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = stdout(&out);
+    let flag = regex::Regex::new(r"^\s+(?:-\w, )?(--[a-z-]+)").unwrap();
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        if let Some(c) = flag.captures(line) {
+            blocks.push((c[1].to_string(), String::new()));
+        } else if let Some((_, text)) = blocks.last_mut() {
+            // Help text is wrapped: join its lines with one space.
+            text.push(' ');
+            text.push_str(line.trim());
+        }
+    }
+    let flags: Vec<&str> = blocks.iter().map(|(f, _)| f.as_str()).collect();
+    for expected in [
+        "--listen",
+        "--shutdown-grace",
+        "--demo",
+        "--metrics-public",
+        "--log-format",
+    ] {
+        assert!(flags.contains(&expected), "{expected} not in {flags:?}");
+    }
+    for (flag, text) in &blocks {
+        if flag == "--help" || flag == "--version" {
+            continue;
+        }
+        assert!(
+            text.contains("[env: SWITCHBOARD_"),
+            "{flag} has no SWITCHBOARD_* variable:\n{help}"
+        );
+    }
+}

@@ -65,6 +65,7 @@ struct Dirs {
 struct ServeArgs {
     #[command(flatten)]
     dirs: Dirs,
+    /// Address and port of the webhooks, the admin API and /metrics (`127.0.0.1:0`: any free port).
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = ServeConfig::DEFAULT_LISTEN)]
     listen: String,
     /// Largest webhook body in bytes.
