@@ -98,6 +98,7 @@ fn api() -> OpenApiRouter<AdminState> {
         .routes(routes!(recipes))
         .routes(routes!(recipe))
         .routes(routes!(check))
+        .routes(routes!(store_stats))
         .merge(state::api())
 }
 
@@ -216,6 +217,26 @@ async fn queue(State(st): State<AdminState>) -> Result<Json<QueueView>, ApiError
         max_queue: st.max_queue,
         overloaded: depth > st.max_queue,
     }))
+}
+
+/// Whether to recount the store by a full scan.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct StatsQuery {
+    /// Also recount everything from the records and check the index
+    /// (slow on a big store; status-changing writes wait meanwhile).
+    #[serde(default)]
+    scan: bool,
+}
+
+/// What the store holds: counts (from counters, no scan) and bytes on disk.
+#[utoipa::path(get, path = "/api/store/stats", tag = "hub", params(StatsQuery),
+    responses((status = 200, body = crate::store::StoreStats), (status = 401, body = ErrorBody)))]
+async fn store_stats(
+    State(st): State<AdminState>,
+    Query(q): Query<StatsQuery>,
+) -> Result<Json<crate::store::StoreStats>, ApiError> {
+    Ok(Json(st.engine.store().stats(q.scan)?))
 }
 
 impl From<QueryError> for ApiError {

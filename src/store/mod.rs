@@ -10,6 +10,7 @@
 //! the lease's expiry time, so a run whose worker died comes due again by
 //! itself.
 
+pub mod index;
 pub mod reopen;
 pub mod sled;
 pub mod state;
@@ -361,6 +362,46 @@ pub struct Swept {
     pub cycle_done: bool,
 }
 
+/// What the store holds: `switchboard store stats`, `GET /api/store/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StoreStats {
+    /// From the counters kept in the records' own batches (no scan).
+    pub counts: Counts,
+    /// Live and expired-but-not-yet-swept state entries (values, counters,
+    /// rotations). Counted by a scan of the state keys.
+    pub state_entries: u64,
+    /// The store's files on disk.
+    pub bytes_on_disk: u64,
+    /// The same counts by a full scan of the records, when asked for
+    /// (`--scan`): they must equal `counts`. The scan holds the store lock
+    /// (writes that change a status wait), so it is one snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scanned: Option<Counts>,
+    /// What a full scan found wrong with the index keys (empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// Counts of records.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Counts {
+    pub events: u64,
+    /// Runs by status name; every status is listed.
+    pub runs: std::collections::BTreeMap<String, u64>,
+    /// Runs queued, running or retrying (waiting runs are not backlog).
+    pub queue_depth: u64,
+}
+
+impl Counts {
+    pub fn runs_total(&self) -> u64 {
+        self.runs.values().sum()
+    }
+
+    pub fn status(&self, s: RunStatus) -> u64 {
+        self.runs.get(index::status_name(s)).copied().unwrap_or(0)
+    }
+}
+
 /// Result of storing an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
@@ -506,6 +547,9 @@ pub trait Store: Send + Sync + 'static {
             parked: 0,
         })
     }
+    /// Counts and size (see [`StoreStats`]); with `scan`, recounted from
+    /// the records too and the index checked.
+    fn stats(&self, scan: bool) -> Result<StoreStats>;
     /// When the earliest queue entry is due, if any.
     fn next_due(&self) -> Result<Option<i64>>;
 

@@ -11,7 +11,8 @@
 
 use super::state::{StateEntry, StateKey, StateOp, StateOutput};
 use super::{
-    Event, Inserted, Page, Result, Retried, Run, RunFilter, RunHead, Store, StoreError, Swept,
+    Event, Inserted, Page, Result, Retried, Run, RunFilter, RunHead, Store, StoreError, StoreStats,
+    Swept,
 };
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -158,6 +159,9 @@ impl Store for Reopening {
     }
     fn queue_counts(&self) -> Result<super::QueueCounts> {
         self.with(|s| s.queue_counts())
+    }
+    fn stats(&self, scan: bool) -> Result<StoreStats> {
+        self.with(|s| s.stats(scan))
     }
     fn next_due(&self) -> Result<Option<i64>> {
         self.with(|s| s.next_due())

@@ -14,12 +14,14 @@
 //!   waiting for an event (`wait_for`); `c/…` the same for `cancel_on`
 //! - `x/<run id>` → reason: a cancelling event arrived while the run was
 //!   leased; its worker ends it at the next step boundary
+//! - `ir/`, `is/`, `iq/`, `#/` → run index keys and counters (see [`super::index`])
 //! - `v/`, `n/`, `a/<namespace>\0<key>` → recipe state (values, window
 //!   counters, rotations; see [`super::state`])
 //!
 //! Ids are time-ordered, so `e/` and `r/` scan newest-first in reverse.
 //! Multi-key writes go through one `Batch`, which sled applies atomically.
 
+use super::index::{self, Index};
 use super::state::{self, Kv, StateEntry, StateKey, StateOp, StateOutput, Write};
 use super::{
     ConcurrencySlot, Event, Inserted, Listen, Page, Result, Retried, Run, RunFilter, RunHead,
@@ -57,7 +59,7 @@ impl Kv for TreeKv<'_> {
 }
 
 /// The first key after every key starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut e = prefix.to_vec();
     while let Some(last) = e.pop() {
         if last < u8::MAX {
@@ -154,6 +156,28 @@ fn unlist_cancel_keys(batch: &mut sled::Batch, run: &Run) {
     batch.remove(cancel_key(&run.id));
 }
 
+/// The index listings that hold exactly the runs `filter` keeps; `None`:
+/// no filter, list `r/`.
+fn index_prefixes(filter: &RunFilter) -> Option<Vec<Vec<u8>>> {
+    let statuses: Vec<RunStatus> = match (filter.status, filter.failures) {
+        (Some(s), failures) if !failures || s.is_failure() => vec![s],
+        (Some(_), _) => return Some(Vec::new()), // nothing matches
+        (None, true) => vec![RunStatus::Failed, RunStatus::Dead],
+        (None, false) => Vec::new(),
+    };
+    match (&filter.recipe, statuses.is_empty()) {
+        (None, true) => None,
+        (Some(r), true) => Some(vec![index::recipe_prefix(r)]),
+        (None, false) => Some(statuses.into_iter().map(index::status_prefix).collect()),
+        (Some(r), false) => Some(
+            statuses
+                .into_iter()
+                .map(|s| index::recipe_status_prefix(r, s))
+                .collect(),
+        ),
+    }
+}
+
 fn cursor_key(recipe: &str) -> Vec<u8> {
     format!("s/{recipe}").into_bytes()
 }
@@ -165,6 +189,7 @@ impl SledStore {
     fn match_waiting(
         &self,
         batch: &mut sled::Batch,
+        ix: &mut Index<'_>,
         event_id: &str,
         probes: &[super::Correlation],
         now: i64,
@@ -206,8 +231,8 @@ impl SledStore {
                         run.finished_at = Some(now);
                         run.updated_at = now;
                         run.reason = Some(reason);
-                        self.release_slot(batch, &mut run, now)?;
-                        batch.insert(format!("r/{id}").into_bytes(), encode(&run)?);
+                        self.release_slot(batch, ix, &mut run, now)?;
+                        ix.put_run(batch, &run, encode(&run)?)?;
                         matched.cancelled.push(id);
                         continue;
                     }
@@ -248,11 +273,11 @@ impl SledStore {
                         run.finished_at = Some(now);
                         run.reason = Some(reason);
                         unlist_cancel_keys(batch, &run);
-                        self.release_slot(batch, &mut run, now)?;
+                        self.release_slot(batch, ix, &mut run, now)?;
                         matched.cancelled.push(id.clone());
                     }
                 }
-                batch.insert(format!("r/{id}").into_bytes(), encode(&run)?);
+                ix.put_run(batch, &run, encode(&run)?)?;
             }
         }
         Ok(matched)
@@ -260,7 +285,13 @@ impl SledStore {
 
     /// Free a finishing run's concurrency slot and wake the runs now at the
     /// front of its key (into `batch`).
-    fn release_slot(&self, batch: &mut sled::Batch, run: &mut Run, now: i64) -> Result<()> {
+    fn release_slot(
+        &self,
+        batch: &mut sled::Batch,
+        ix: &mut Index<'_>,
+        run: &mut Run,
+        now: i64,
+    ) -> Result<()> {
         let Some(slot) = run.concurrency.take() else {
             return Ok(());
         };
@@ -280,7 +311,7 @@ impl SledStore {
                     batch.remove(queue_key(next.due_at, &id));
                     next.due_at = now;
                     batch.insert(queue_key(now, &id), &[][..]);
-                    batch.insert(format!("r/{id}").into_bytes(), encode(&next)?);
+                    ix.put_run(batch, &next, encode(&next)?)?;
                 }
             }
         }
@@ -325,6 +356,7 @@ impl SledStore {
             .open()
             .map_err(io)?;
         let tree = db.open_tree("switchboard").map_err(io)?;
+        index::rebuild(&tree)?;
         Ok(SledStore {
             db,
             tree,
@@ -440,6 +472,7 @@ impl Store for SledStore {
                 format!("{}\0{}", event.id, event.received_at).into_bytes(),
             );
         }
+        let mut ix = Index::new(&self.tree);
         let mut event = std::borrow::Cow::Borrowed(event);
         for run in runs {
             let mut run = run.clone();
@@ -458,7 +491,7 @@ impl Store for SledStore {
                     if let Some(pd) = &mut p.debounce {
                         pd.events += 1;
                     }
-                    batch.insert(format!("r/{}", p.id).into_bytes(), encode(&p)?);
+                    ix.put_run(&mut batch, &p, encode(&p)?)?;
                     for id in &mut event.to_mut().runs {
                         if *id == run.id {
                             id.clone_from(&p.id);
@@ -475,11 +508,13 @@ impl Store for SledStore {
                 batch.insert(slot_key(&slot.key, slot.seq), run.id.as_bytes());
             }
             list_cancel_keys(&mut batch, &run);
-            batch.insert(format!("r/{}", run.id).into_bytes(), encode(&run)?);
+            ix.put_run(&mut batch, &run, encode(&run)?)?;
             batch.insert(queue_key(run.due_at, &run.id), &[][..]);
         }
         batch.insert(format!("e/{}", event.id).into_bytes(), encode(&*event)?);
-        let matched = self.match_waiting(&mut batch, &event.id, probes, now)?;
+        ix.event_added();
+        let matched = self.match_waiting(&mut batch, &mut ix, &event.id, probes, now)?;
+        ix.commit(&mut batch)?;
         self.tree.apply_batch(batch).map_err(io)?;
         Ok((Inserted::New, matched))
     }
@@ -501,7 +536,25 @@ impl Store for SledStore {
     }
 
     fn runs(&self, page: &Page, filter: &RunFilter) -> Result<Vec<Run>> {
-        self.page("r/", page, |r| filter.matches(r))
+        let Some(prefixes) = index_prefixes(filter) else {
+            return self.page("r/", page, |r| filter.matches(r));
+        };
+        // Through the index: only runs that match are read.
+        let mut out = Vec::new();
+        for id in index::newest_ids(&self.tree, &prefixes, page.before.as_deref()) {
+            let id = id?;
+            if let Some(run) = self.run(&id)? {
+                // The record decides (a checkpoint racing an expired
+                // lease may leave its index key behind for a moment).
+                if filter.matches(&run) {
+                    out.push(run);
+                    if out.len() >= page.limit.max(1) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn event_times(&self, since: i64, max: usize) -> Result<Vec<i64>> {
@@ -546,6 +599,7 @@ impl Store for SledStore {
         let _g = self.guard();
         let mut out = Vec::new();
         let mut batch = sled::Batch::default();
+        let mut ix = Index::new(&self.tree);
         for item in self.tree.range(queue_key(0, "")..queue_key(now + 1, "")) {
             if out.len() >= max {
                 break;
@@ -586,20 +640,33 @@ impl Store for SledStore {
             run.due_at = now + lease_ms;
             run.updated_at = now;
             batch.insert(queue_key(run.due_at, &run.id), &[][..]);
-            batch.insert(format!("r/{}", run.id).into_bytes(), encode(&run)?);
+            ix.put_run(&mut batch, &run, encode(&run)?)?;
             if turn {
                 out.push(run);
             }
         }
+        ix.commit(&mut batch)?;
         self.tree.apply_batch(batch).map_err(io)?;
         Ok(out)
     }
 
     fn save_run(&self, run: &Run) -> Result<()> {
-        self.tree
-            .insert(format!("r/{}", run.id).into_bytes(), encode(run)?)
-            .map(|_| ())
-            .map_err(io)
+        // A checkpoint keeps the run's status (running): no index key or
+        // counter changes, so no lock. Otherwise, the indexed way.
+        let ix = Index::new(&self.tree);
+        if ix.status(&run.recipe, &run.id)? == Some(run.status) {
+            return self
+                .tree
+                .insert(format!("r/{}", run.id).into_bytes(), encode(run)?)
+                .map(|_| ())
+                .map_err(io);
+        }
+        let _g = self.guard();
+        let mut batch = sled::Batch::default();
+        let mut ix = Index::new(&self.tree);
+        ix.put_run(&mut batch, run, encode(run)?)?;
+        ix.commit(&mut batch)?;
+        self.tree.apply_batch(batch).map_err(io)
     }
 
     fn finish_run(&self, run: &Run) -> Result<()> {
@@ -608,8 +675,10 @@ impl Store for SledStore {
         batch.remove(queue_key(run.due_at, &run.id));
         let mut finished = run.clone();
         unlist_cancel_keys(&mut batch, run);
-        self.release_slot(&mut batch, &mut finished, run.updated_at)?;
-        batch.insert(format!("r/{}", run.id).into_bytes(), encode(&finished)?);
+        let mut ix = Index::new(&self.tree);
+        self.release_slot(&mut batch, &mut ix, &mut finished, run.updated_at)?;
+        ix.put_run(&mut batch, &finished, encode(&finished)?)?;
+        ix.commit(&mut batch)?;
         self.tree.apply_batch(batch).map_err(io)
     }
 
@@ -624,7 +693,9 @@ impl Store for SledStore {
                 batch.insert(correlation_key(c, &run.id), c.tag.as_bytes());
             }
         }
-        batch.insert(format!("r/{}", run.id).into_bytes(), encode(run)?);
+        let mut ix = Index::new(&self.tree);
+        ix.put_run(&mut batch, run, encode(run)?)?;
+        ix.commit(&mut batch)?;
         self.tree.apply_batch(batch).map_err(io)
     }
 
@@ -633,7 +704,9 @@ impl Store for SledStore {
         let mut batch = sled::Batch::default();
         batch.remove(queue_key(previous_due, &run.id));
         batch.insert(queue_key(run.due_at, &run.id), &[][..]);
-        batch.insert(format!("r/{}", run.id).into_bytes(), encode(run)?);
+        let mut ix = Index::new(&self.tree);
+        ix.put_run(&mut batch, run, encode(run)?)?;
+        ix.commit(&mut batch)?;
         self.tree.apply_batch(batch).map_err(io)
     }
 
@@ -662,7 +735,9 @@ impl Store for SledStore {
         let mut batch = sled::Batch::default();
         batch.insert(queue_key(now, &run.id), &[][..]);
         list_cancel_keys(&mut batch, &run);
-        batch.insert(format!("r/{}", run.id).into_bytes(), encode(&run)?);
+        let mut ix = Index::new(&self.tree);
+        ix.put_run(&mut batch, &run, encode(&run)?)?;
+        ix.commit(&mut batch)?;
         self.tree.apply_batch(batch).map_err(io)?;
         Ok(Retried::Queued(Box::new(run)))
     }
@@ -670,6 +745,7 @@ impl Store for SledStore {
     fn release_leases(&self, now: i64) -> Result<usize> {
         let _g = self.guard();
         let mut batch = sled::Batch::default();
+        let mut ix = Index::new(&self.tree);
         let mut n = 0;
         for item in self.tree.range(queue_key(now + 1, "")..b"q0".to_vec()) {
             let (k, _) = item.map_err(io)?;
@@ -683,10 +759,11 @@ impl Store for SledStore {
                 batch.remove(k);
                 run.due_at = now;
                 batch.insert(queue_key(now, &id), &[][..]);
-                batch.insert(format!("r/{id}").into_bytes(), encode(&run)?);
+                ix.put_run(&mut batch, &run, encode(&run)?)?;
                 n += 1;
             }
         }
+        ix.commit(&mut batch)?;
         self.tree.apply_batch(batch).map_err(io)?;
         Ok(n)
     }
@@ -704,16 +781,41 @@ impl Store for SledStore {
     }
 
     fn queue_counts(&self) -> Result<crate::store::QueueCounts> {
-        let mut n = crate::store::QueueCounts::default();
-        for item in self.tree.scan_prefix(b"q/") {
-            let (_, v) = item.map_err(io)?;
-            if v.as_ref() == PARKED {
-                n.parked += 1;
-            } else {
-                n.backlog += 1;
-            }
+        // Every unfinished run has one queue entry; a waiting run's is
+        // parked (not backlog). So the backlog is what the counters hold
+        // for the other unfinished statuses, and the parked ones are the
+        // waiting runs: no scan.
+        let count = |s| index::read_counter(&self.tree, &index::counter_key(s));
+        let backlog =
+            count(RunStatus::Queued)? + count(RunStatus::Running)? + count(RunStatus::Retrying)?;
+        Ok(crate::store::QueueCounts {
+            backlog: backlog as usize,
+            parked: count(RunStatus::Waiting)? as usize,
+        })
+    }
+
+    fn stats(&self, scan: bool) -> Result<super::StoreStats> {
+        // A scan holds the lock: every write that changes a counter or an
+        // index key waits, so the counts and the records are one snapshot.
+        let _g = scan.then(|| self.guard());
+        let counts = index::counted(&self.tree)?;
+        let mut state_entries = 0;
+        for prefix in [&b"v/"[..], b"n/", b"a/"] {
+            state_entries += self.tree.scan_prefix(prefix).count() as u64;
         }
-        Ok(n)
+        let (scanned, problems) = if scan {
+            let (c, p) = index::audit(&self.tree)?;
+            (Some(c), p)
+        } else {
+            (None, Vec::new())
+        };
+        Ok(super::StoreStats {
+            counts,
+            state_entries,
+            bytes_on_disk: self.db.size_on_disk().map_err(io)?,
+            scanned,
+            problems,
+        })
     }
 
     fn apply_state(
@@ -733,7 +835,19 @@ impl Store for SledStore {
             }
         }
         if let Some(run) = checkpoint(&out) {
-            batch.insert(format!("r/{}", run.id).into_bytes(), encode(&run)?);
+            let ix = Index::new(&self.tree);
+            if ix.status(&run.recipe, &run.id)? == Some(run.status) {
+                // A checkpoint keeps the run's status: no index change.
+                batch.insert(format!("r/{}", run.id).into_bytes(), encode(&run)?);
+            } else {
+                // Counters change under the store lock (taken after
+                // `state_lock`, never the other way round).
+                let _g = self.guard();
+                let mut ix = Index::new(&self.tree);
+                ix.put_run(&mut batch, &run, encode(&run)?)?;
+                ix.commit(&mut batch)?;
+                return self.tree.apply_batch(batch).map_err(io).map(|()| out);
+            }
         }
         self.tree.apply_batch(batch).map_err(io)?;
         Ok(out)

@@ -537,6 +537,33 @@ async fn runs_and_events_commands_online_and_offline() {
         api_event
     );
 
+    // Filtered listings (through the index) and the store's counts.
+    let filtered = json_of(hub.cli(&[
+        "runs",
+        "list",
+        "--json",
+        "--status",
+        "succeeded",
+        "--recipe",
+        "resend-confirmation",
+    ]));
+    assert_eq!(filtered["items"].as_array().unwrap().len(), 1, "{filtered}");
+    assert_eq!(filtered["items"][0]["id"], run_id.as_str());
+    let none = json_of(hub.cli(&["runs", "list", "--json", "--status", "dead"]));
+    assert_eq!(none["items"], json!([]));
+    let stats = json_of(hub.cli(&["store", "stats", "--scan", "--json"]));
+    assert_eq!(stats["counts"]["events"], 1, "{stats}");
+    assert_eq!(stats["counts"]["runs"]["succeeded"], runs.len(), "{stats}");
+    assert_eq!(stats["counts"]["queue_depth"], 0, "{stats}");
+    assert_eq!(stats["counts"], stats["scanned"], "{stats}");
+    assert!(stats["bytes_on_disk"].as_u64().unwrap() > 0, "{stats}");
+    let text = ok(hub.cli(&["store", "stats"]));
+    assert!(
+        text.starts_with("events        1\nruns          2\n"),
+        "{text}"
+    );
+    assert!(text.contains("  succeeded   2\n"), "{text}");
+
     for (args, msg) in [
         (["runs", "show", "NOPE"], "error: no run NOPE\n"),
         (["events", "show", "NOPE"], "error: no event NOPE\n"),
@@ -560,6 +587,8 @@ async fn runs_and_events_commands_online_and_offline() {
         listed["items"]
     );
     assert_eq!(ok(offline(&data, &["events", "list"])), events);
+    let offline_stats = json_of(offline(&data, &["store", "stats", "--scan", "--json"]));
+    assert_eq!(offline_stats["counts"], stats["counts"]);
     assert_eq!(ok(offline(&data, &["events", "show", &event_id])), shown);
     assert_eq!(
         json_of(offline(&data, &["events", "show", &event_id, "--json"])),

@@ -514,6 +514,16 @@ async fn wait_drained(hub: &Hub, limit: Duration) {
     }
 }
 
+/// The store's counters equal a full scan of its records, and its index
+/// keys are exactly those of the records (`GET /api/store/stats?scan=true`).
+async fn assert_counters_agree_with_a_scan(hub: &Hub) -> Value {
+    let (status, stats) = hub.api("/api/store/stats?scan=true").await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["counts"], stats["scanned"], "{stats}");
+    assert!(stats.get("problems").is_none(), "{stats}");
+    stats
+}
+
 async fn api_post(hub: &Hub, path: &str) -> (u16, Value) {
     let resp = hub
         .http
@@ -584,8 +594,14 @@ async fn kill_9_mid_load_loses_no_acknowledged_event_and_repeats_at_most_the_ste
     assert!(calls_before_kill > 0, "the hub was processing when killed");
 
     let hub = setup.start(&["--workers", "8"]).await;
+    // What the kill left: counters written in the records' own batches
+    // still equal a full scan (before and after the backlog drains).
+    let stats = assert_counters_agree_with_a_scan(&hub).await;
+    assert!(stats["counts"]["events"].as_u64().unwrap() >= acked.len() as u64);
     wait_drained(&hub, Duration::from_secs(40)).await;
+    let stats = assert_counters_agree_with_a_scan(&hub).await;
     let runs = all_runs(&hub).await;
+    assert_eq!(stats["counts"]["runs"]["succeeded"], runs.len(), "{stats}");
     let keys = sink.by_key();
     assert_acked_runs_succeeded(&acked, &runs, &keys, &["step1", "step2"]);
     // Stored but unacknowledged events (the answer was lost in the kill) ran too.

@@ -66,6 +66,9 @@ impl Store for FaultyStore {
     fn runs(&self, page: &Page, filter: &RunFilter) -> store::Result<Vec<Run>> {
         self.inner.runs(page, filter)
     }
+    fn stats(&self, scan: bool) -> store::Result<store::StoreStats> {
+        self.inner.stats(scan)
+    }
     fn lease(&self, now: i64, lease_ms: i64, max: usize) -> store::Result<Vec<Run>> {
         self.inner.lease(now, lease_ms, max)
     }

@@ -7,6 +7,7 @@ mod demo;
 mod inspect;
 mod render;
 mod state;
+mod store;
 
 use clap::{Args, Parser, Subcommand};
 use inspect::{EventsCmd, RunsCmd};
@@ -139,6 +140,11 @@ enum Command {
         #[command(subcommand)]
         cmd: demo::DemoCmd,
     },
+    /// What the store holds: counts and bytes on disk.
+    Store {
+        #[command(subcommand)]
+        cmd: store::StoreCmd,
+    },
 }
 
 #[derive(Args)]
@@ -173,6 +179,7 @@ fn main() -> ExitCode {
             Command::Events { cmd } => inspect::events(cmd).await,
             Command::State { cmd } => state::state(cmd).await,
             Command::Demo { cmd } => demo::demo(cmd).await,
+            Command::Store { cmd } => store::store(cmd).await,
         }
     })
 }

@@ -211,3 +211,37 @@ fn state_lines(entries: &[StateEntry]) -> String {
     }
     out
 }
+
+/// `switchboard store stats`.
+pub fn store_stats(s: &switchboard::store::StoreStats) -> String {
+    let c = &s.counts;
+    let mut out = format!(
+        "events        {}\nruns          {}\n",
+        c.events,
+        c.runs_total()
+    );
+    for (status, n) in &c.runs {
+        out += &format!("  {status:<11} {n}\n");
+    }
+    out += &format!(
+        "queue depth   {} (queued, running, retrying)\nstate entries {}\non disk       {} bytes ({:.1} MiB)\n",
+        c.queue_depth,
+        s.state_entries,
+        s.bytes_on_disk,
+        s.bytes_on_disk as f64 / (1024.0 * 1024.0)
+    );
+    if let Some(scanned) = &s.scanned {
+        if scanned == c {
+            out += "full scan     agrees\n";
+        } else {
+            out += &format!(
+                "full scan     DISAGREES: events {}, runs {:?}, queue depth {}\n",
+                scanned.events, scanned.runs, scanned.queue_depth
+            );
+        }
+    }
+    for p in &s.problems {
+        out += &format!("problem       {p}\n");
+    }
+    out
+}

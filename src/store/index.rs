@@ -1,0 +1,402 @@
+//! Secondary keys and counters of the sled store, so queue depth, counts
+//! and filtered run listings cost no scan of the records.
+//!
+//! Every write of a run record goes through [`Index::put_run`] (or
+//! [`Index::remove_run`]) into the **same batch** as the record; the
+//! counters' new values go into that batch too ([`Index::commit`]). A batch
+//! is applied whole or not at all, so after a crash (kill -9 at any point)
+//! the keys and counters describe exactly the records that survived.
+//!
+//! Keys (also in ARCHITECTURE.md "Store key layout"):
+//! - `ir/<recipe>\0<run id>` → one status code byte: the run's current
+//!   status (what a write reads to know which keys and counters it changes)
+//!   and the recipe listing;
+//! - `is/<status code><run id>` → empty: the status listing;
+//! - `iq/<recipe>\0<status code><run id>` → empty: the recipe + status listing;
+//! - `#/events`, `#/runs/<status>` → count, u64 big-endian;
+//! - `#/index` → version of this layout; a store without it (made before
+//!   the index existed, or whose rebuild was interrupted) is indexed once
+//!   when it is opened ([`rebuild`]).
+//!
+//! Counters are read-modify-written, so every batch that changes one is
+//! built and applied under the store's lock (the sled backend's `lock`).
+//! Must never: change a record, or be written outside its record's batch.
+
+use super::{Result, Run, RunStatus, StoreError};
+use std::collections::HashMap;
+
+/// Every status, in counter order.
+pub const STATUSES: [RunStatus; 9] = [
+    RunStatus::Queued,
+    RunStatus::Running,
+    RunStatus::Retrying,
+    RunStatus::Succeeded,
+    RunStatus::Failed,
+    RunStatus::Dead,
+    RunStatus::Waiting,
+    RunStatus::Cancelled,
+    RunStatus::Skipped,
+];
+
+/// Version of the layout above, in `#/index`.
+const VERSION: &[u8] = b"1";
+const VERSION_KEY: &[u8] = b"#/index";
+pub const EVENTS: &[u8] = b"#/events";
+
+/// One byte per status, in keys.
+pub fn code(s: RunStatus) -> u8 {
+    match s {
+        RunStatus::Queued => b'q',
+        RunStatus::Running => b'r',
+        RunStatus::Retrying => b't',
+        RunStatus::Succeeded => b's',
+        RunStatus::Failed => b'f',
+        RunStatus::Dead => b'd',
+        RunStatus::Waiting => b'w',
+        RunStatus::Cancelled => b'c',
+        RunStatus::Skipped => b'k',
+    }
+}
+
+pub fn from_code(c: u8) -> Option<RunStatus> {
+    STATUSES.into_iter().find(|s| code(*s) == c)
+}
+
+fn slot(s: RunStatus) -> usize {
+    STATUSES.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+pub fn status_name(s: RunStatus) -> &'static str {
+    match s {
+        RunStatus::Queued => "queued",
+        RunStatus::Running => "running",
+        RunStatus::Retrying => "retrying",
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "failed",
+        RunStatus::Dead => "dead",
+        RunStatus::Waiting => "waiting",
+        RunStatus::Cancelled => "cancelled",
+        RunStatus::Skipped => "skipped",
+    }
+}
+
+pub fn counter_key(s: RunStatus) -> Vec<u8> {
+    [b"#/runs/".as_slice(), status_name(s).as_bytes()].concat()
+}
+
+/// `ir/<recipe>\0`: the prefix of a recipe's runs.
+pub fn recipe_prefix(recipe: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + recipe.len());
+    k.extend_from_slice(b"ir/");
+    k.extend_from_slice(recipe.as_bytes());
+    k.push(0);
+    k
+}
+
+/// `is/<code>`: the prefix of the runs in one status.
+pub fn status_prefix(s: RunStatus) -> Vec<u8> {
+    vec![b'i', b's', b'/', code(s)]
+}
+
+/// `iq/<recipe>\0<code>`: the prefix of a recipe's runs in one status.
+pub fn recipe_status_prefix(recipe: &str, s: RunStatus) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + recipe.len());
+    k.extend_from_slice(b"iq/");
+    k.extend_from_slice(recipe.as_bytes());
+    k.push(0);
+    k.push(code(s));
+    k
+}
+
+fn with_id(mut prefix: Vec<u8>, id: &str) -> Vec<u8> {
+    prefix.extend_from_slice(id.as_bytes());
+    prefix
+}
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+/// A u64 counter's value (absent: 0).
+pub fn read_counter(tree: &sled::Tree, key: &[u8]) -> Result<u64> {
+    Ok(tree
+        .get(key)
+        .map_err(io)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+/// The index changes of one batch: which runs it writes (so a second write
+/// of the same run in the batch sees the first) and the counter deltas.
+pub struct Index<'a> {
+    tree: &'a sled::Tree,
+    written: HashMap<String, Option<RunStatus>>,
+    events: i64,
+    runs: [i64; 9],
+}
+
+impl<'a> Index<'a> {
+    pub fn new(tree: &'a sled::Tree) -> Index<'a> {
+        Index {
+            tree,
+            written: HashMap::new(),
+            events: 0,
+            runs: [0; 9],
+        }
+    }
+
+    /// The run's status as indexed (this batch's writes first).
+    pub fn status(&self, recipe: &str, id: &str) -> Result<Option<RunStatus>> {
+        if let Some(s) = self.written.get(id) {
+            return Ok(*s);
+        }
+        let v = self
+            .tree
+            .get(with_id(recipe_prefix(recipe), id))
+            .map_err(io)?;
+        Ok(v.and_then(|v| v.first().copied()).and_then(from_code))
+    }
+
+    /// Write `run`'s record and its index keys into `batch`.
+    pub fn put_run(&mut self, batch: &mut sled::Batch, run: &Run, record: Vec<u8>) -> Result<()> {
+        batch.insert(with_id(b"r/".to_vec(), &run.id), record);
+        let old = self.status(&run.recipe, &run.id)?;
+        if old == Some(run.status) {
+            return Ok(());
+        }
+        if let Some(old) = old {
+            self.unindex(batch, &run.recipe, &run.id, old);
+        }
+        let c = code(run.status);
+        batch.insert(with_id(recipe_prefix(&run.recipe), &run.id), &[c][..]);
+        batch.insert(with_id(status_prefix(run.status), &run.id), &[][..]);
+        batch.insert(
+            with_id(recipe_status_prefix(&run.recipe, run.status), &run.id),
+            &[][..],
+        );
+        self.runs[slot(run.status)] += 1;
+        self.written.insert(run.id.clone(), Some(run.status));
+        Ok(())
+    }
+
+    /// Remove a run's record and its index keys (retention).
+    pub fn remove_run(&mut self, batch: &mut sled::Batch, recipe: &str, id: &str) -> Result<()> {
+        batch.remove(with_id(b"r/".to_vec(), id));
+        if let Some(old) = self.status(recipe, id)? {
+            self.unindex(batch, recipe, id, old);
+            batch.remove(with_id(recipe_prefix(recipe), id));
+        }
+        self.written.insert(id.to_string(), None);
+        Ok(())
+    }
+
+    fn unindex(&mut self, batch: &mut sled::Batch, recipe: &str, id: &str, old: RunStatus) {
+        batch.remove(with_id(status_prefix(old), id));
+        batch.remove(with_id(recipe_status_prefix(recipe, old), id));
+        self.runs[slot(old)] -= 1;
+    }
+
+    pub fn event_added(&mut self) {
+        self.events += 1;
+    }
+
+    pub fn event_removed(&mut self) {
+        self.events -= 1;
+    }
+
+    /// Put the changed counters' new values into `batch`.
+    pub fn commit(self, batch: &mut sled::Batch) -> Result<()> {
+        let deltas = std::iter::once((EVENTS.to_vec(), self.events)).chain(
+            STATUSES
+                .iter()
+                .zip(self.runs)
+                .map(|(s, d)| (counter_key(*s), d)),
+        );
+        for (key, delta) in deltas {
+            if delta != 0 {
+                let now = read_counter(self.tree, &key)?;
+                let next = now.saturating_add_signed(delta);
+                batch.insert(key, &next.to_be_bytes());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a run's listing needs from its record (the rest is skipped unparsed).
+#[derive(serde::Deserialize)]
+pub struct IndexedRun {
+    pub id: String,
+    pub recipe: String,
+    pub status: RunStatus,
+    #[serde(default)]
+    pub event_id: String,
+}
+
+/// Index a store that has no (or an interrupted) index: drop what a partial
+/// rebuild left, index every run, count events, then write the version —
+/// last, so an interruption means a rebuild from scratch at the next open.
+/// Runs before anything else writes (at open).
+pub fn rebuild(tree: &sled::Tree) -> Result<()> {
+    if tree.get(VERSION_KEY).map_err(io)?.as_deref() == Some(VERSION) {
+        return Ok(());
+    }
+    for prefix in [&b"ir/"[..], b"is/", b"iq/", b"#/"] {
+        let mut batch = sled::Batch::default();
+        for item in tree.scan_prefix(prefix) {
+            batch.remove(item.map_err(io)?.0);
+        }
+        tree.apply_batch(batch).map_err(io)?;
+    }
+    let mut counts = [0u64; 9];
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0;
+    for item in tree.scan_prefix(b"r/") {
+        let (k, v) = item.map_err(io)?;
+        let run: IndexedRun = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+            key: String::from_utf8_lossy(&k).into_owned(),
+            detail: e.to_string(),
+        })?;
+        let c = code(run.status);
+        batch.insert(with_id(recipe_prefix(&run.recipe), &run.id), &[c][..]);
+        batch.insert(with_id(status_prefix(run.status), &run.id), &[][..]);
+        batch.insert(
+            with_id(recipe_status_prefix(&run.recipe, run.status), &run.id),
+            &[][..],
+        );
+        counts[slot(run.status)] += 1;
+        in_batch += 1;
+        if in_batch == 1000 {
+            tree.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
+            in_batch = 0;
+        }
+    }
+    let events = tree.scan_prefix(b"e/").count() as u64;
+    batch.insert(EVENTS, &events.to_be_bytes());
+    for (s, n) in STATUSES.iter().zip(counts) {
+        batch.insert(counter_key(*s), &n.to_be_bytes());
+    }
+    batch.insert(VERSION_KEY, VERSION);
+    tree.apply_batch(batch).map_err(io)
+}
+
+/// Run ids under `prefixes` (each `<prefix><run id>`), newest first, older
+/// than `before`: the listings merged by id (ids sort by time).
+pub fn newest_ids(
+    tree: &sled::Tree,
+    prefixes: &[Vec<u8>],
+    before: Option<&str>,
+) -> impl Iterator<Item = Result<String>> {
+    let mut iters: Vec<_> = prefixes
+        .iter()
+        .map(|p| {
+            let end = match before {
+                Some(b) => with_id(p.clone(), b),
+                None => super::sled::prefix_end(p),
+            };
+            let len = p.len();
+            tree.range(p.clone()..end)
+                .rev()
+                .map(move |item| {
+                    item.map_err(io)
+                        .map(|(k, _)| String::from_utf8_lossy(&k[len..]).into_owned())
+                })
+                .peekable()
+        })
+        .collect();
+    std::iter::from_fn(move || {
+        // The iterator whose next id is the newest; an error comes first.
+        let mut best: Option<(usize, String)> = None;
+        for (i, it) in iters.iter_mut().enumerate() {
+            match it.peek() {
+                None => {}
+                Some(Err(_)) => return it.next(),
+                Some(Ok(id)) if best.as_ref().is_none_or(|(_, b)| id > b) => {
+                    best = Some((i, id.clone()));
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+        best.and_then(|(i, _)| iters[i].next())
+    })
+}
+
+/// The counts the counters hold.
+pub fn counted(tree: &sled::Tree) -> Result<super::Counts> {
+    let mut c = super::Counts {
+        events: read_counter(tree, EVENTS)?,
+        ..Default::default()
+    };
+    for s in STATUSES {
+        c.runs.insert(
+            status_name(s).to_string(),
+            read_counter(tree, &counter_key(s))?,
+        );
+    }
+    c.queue_depth = [RunStatus::Queued, RunStatus::Running, RunStatus::Retrying]
+        .iter()
+        .map(|s| c.status(*s))
+        .sum();
+    Ok(c)
+}
+
+/// Count everything by a full scan of the records, and check the index
+/// keys against them: (counts, problems found). O(n): for `store stats
+/// --scan` and tests.
+pub fn audit(tree: &sled::Tree) -> Result<(super::Counts, Vec<String>)> {
+    let mut c = super::Counts::default();
+    for s in STATUSES {
+        c.runs.insert(status_name(s).to_string(), 0);
+    }
+    let mut problems = Vec::new();
+    let mut expected = std::collections::BTreeSet::new();
+    for item in tree.scan_prefix(b"r/") {
+        let (k, v) = item.map_err(io)?;
+        let run: IndexedRun = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+            key: String::from_utf8_lossy(&k).into_owned(),
+            detail: e.to_string(),
+        })?;
+        *c.runs
+            .entry(status_name(run.status).to_string())
+            .or_default() += 1;
+        let ir = with_id(recipe_prefix(&run.recipe), &run.id);
+        let is = with_id(status_prefix(run.status), &run.id);
+        let iq = with_id(recipe_status_prefix(&run.recipe, run.status), &run.id);
+        if tree.get(&ir).map_err(io)?.as_deref() != Some(&[code(run.status)][..]) {
+            problems.push(format!(
+                "run {}: `ir/` does not say {}",
+                run.id,
+                status_name(run.status)
+            ));
+        }
+        for k in [&is, &iq] {
+            if !tree.contains_key(k).map_err(io)? {
+                problems.push(format!(
+                    "run {}: {} missing",
+                    run.id,
+                    String::from_utf8_lossy(&k[..3])
+                ));
+            }
+        }
+        expected.extend([ir, is, iq]);
+    }
+    for prefix in [&b"ir/"[..], b"is/", b"iq/"] {
+        for item in tree.scan_prefix(prefix) {
+            let (k, _) = item.map_err(io)?;
+            if !expected.contains(k.as_ref()) {
+                problems.push(format!("stale index key {}", String::from_utf8_lossy(&k)));
+            }
+        }
+    }
+    c.events = tree.scan_prefix(b"e/").count() as u64;
+    for item in tree.scan_prefix(b"q/") {
+        let (_, v) = item.map_err(io)?;
+        c.queue_depth += u64::from(v.as_ref() != b"p");
+    }
+    Ok((c, problems))
+}
+
+#[cfg(test)]
+#[path = "index_tests.rs"]
+mod tests;
