@@ -105,7 +105,36 @@ fn api() -> OpenApiRouter<AdminState> {
 /// The admin API's OpenAPI 3.1 document (served at `/api/openapi.json`,
 /// kept in `docs/openapi.json`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().into_openapi()
+    described(api().into_openapi())
+}
+
+/// Every response without a description gets its status's reason phrase
+/// (`OK`, `Not Found`): OpenAPI requires one, and the handlers' attributes
+/// need not repeat it.
+fn described(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            for (code, response) in op.responses.responses.iter_mut() {
+                if let utoipa::openapi::RefOr::T(r) = response {
+                    if r.description.is_empty() {
+                        r.description = StatusCode::from_bytes(code.as_bytes())
+                            .ok()
+                            .and_then(|s| s.canonical_reason())
+                            .unwrap_or("Answer")
+                            .to_string();
+                    }
+                }
+            }
+        }
+    }
+    doc
 }
 
 /// The OpenAPI document as served and committed: pretty JSON, one final newline.
@@ -119,6 +148,7 @@ pub fn openapi_json() -> String {
 
 pub fn router(state: AdminState) -> Router {
     let (api, doc) = api().split_for_parts();
+    let doc = described(doc);
     let doc = Arc::new({
         let mut text = doc.to_pretty_json().unwrap_or_default();
         text.push('\n');

@@ -298,6 +298,19 @@ fn openapi_document_in_the_repo_is_the_generated_one() {
     );
     let doc: serde_json::Value = serde_json::from_str(&generated).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
+    // OpenAPI requires a description on every response.
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            for (code, response) in op["responses"].as_object().unwrap() {
+                assert!(
+                    response["description"]
+                        .as_str()
+                        .is_some_and(|d| !d.is_empty()),
+                    "{method} {path} {code}: no description"
+                );
+            }
+        }
+    }
 }
 
 /// Every `/api` route of `src/admin/` is registered with `routes!` (and so
