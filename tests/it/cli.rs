@@ -284,6 +284,29 @@ async fn a_missing_secret_of_an_unused_connector_is_a_warning() {
     );
     assert!(!err.contains("warning: connector `billing`"), "{err}");
     assert!(err.contains("error: 2 problem(s) found"), "{err}");
+
+    // So does a recipe that only listens to its events: a trigger, a
+    // `wait_for`, a `cancel_on`.
+    for (i, uses) in [
+        "on: { connector: billing, event: invoice.paid }\nsteps:\n  - stop: { reason: paid }\n",
+        "on: { connector: zendesk, event: ticket.created }\nsteps:\n  - wait_for: { connector: billing, event: invoice.paid, key: \"{{ event.ticket.id }}\", timeout: 1h }\n",
+        "on: { connector: zendesk, event: ticket.created }\ncancel_on:\n  - { connector: billing, event: invoice.paid, key: \"{{ event.ticket.id }}\" }\nsteps:\n  - wait: 1h\n",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::remove_file(cfg.recipes.join(if i == 0 { "uses-billing.yaml" } else { "listens.yaml" }))
+            .unwrap();
+        cfg.recipe("listens", &format!("name: listens\n{uses}"));
+        let out = cfg.check();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{uses}\n{err}");
+        assert!(err.contains("error: 2 problem(s) found"), "{uses}\n{err}");
+        assert!(
+            err.contains("connector `billing`: secret `webhook_secret` is not set"),
+            "{uses}\n{err}"
+        );
+    }
 }
 
 #[test]
