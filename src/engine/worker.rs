@@ -363,7 +363,7 @@ impl WorkerHost<'_> {
         };
         match (written, made) {
             (Ok(out), Some(r)) => {
-                tracing::info!(run = %self.run.id, recipe = %self.run.recipe, step = %r.id, status = ?r.status, "step finished");
+                tracing::info!(run = %self.run.id, recipe = %self.run.recipe, step = %r.id, status = r.status.as_str(), "step finished");
                 // The walker pushes the record next; it is durable already.
                 self.saved = self.run.steps.len() + 1;
                 Some((out, r))
@@ -421,7 +421,7 @@ impl WorkerHost<'_> {
         }
         let prior = self.pending.take().filter(|p| p.id == call.path);
         let (record, attempted) = self.engine.run_call(&call, self.run, prior).await;
-        tracing::info!(run = %self.run.id, recipe = %self.run.recipe, step = %call.path, status = ?record.status, http_status = ?record.http_status, attempts = record.attempts, "step finished");
+        tracing::info!(run = %self.run.id, recipe = %self.run.recipe, step = %call.path, status = record.status.as_str(), http_status = record.http_status, duration_ms = record.duration_ms, attempts = record.attempts, "step finished");
         match attempted {
             Attempted::Done => (record, Next::Continue),
             Attempted::End(status) => (record, Next::End(status)),

@@ -166,7 +166,7 @@ async fn handle(
             tracing::error!(error = %e, "storing an event failed");
             ApiError::Unavailable("the event could not be stored; retry later".into())
         })?;
-    tracing::info!(connector = %name, event = %accepted.event_id, event_type = ?event_type, runs = accepted.runs.len(), duplicate = accepted.duplicate, "webhook accepted");
+    tracing::info!(connector = %name, event = %accepted.event_id, event_type = event_type.as_deref(), runs = accepted.runs.len(), duplicate = accepted.duplicate, "webhook accepted");
     // A recipe's `reply:` answers the sender instead of the default JSON.
     if let Some(answer) = accepted.reply.clone() {
         let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);

@@ -255,6 +255,17 @@ pub enum StepStatus {
     Skipped,
 }
 
+impl StepStatus {
+    /// The serde name (`succeeded`), as the API and the logs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+        }
+    }
+}
+
 /// What one step did.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct StepRecord {
@@ -714,6 +725,22 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod step_status_tests {
+    use super::StepStatus;
+
+    #[test]
+    fn step_status_names_are_the_serde_names() {
+        for s in [
+            StepStatus::Succeeded,
+            StepStatus::Failed,
+            StepStatus::Skipped,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -266,6 +266,18 @@ async fn json_logs_carry_ids_as_fields_and_text_logs_carry_no_colour_codes() {
                 .expect("a webhook accepted line");
             assert_eq!(accepted_line["event"], accepted["event_id"]);
             assert_eq!(accepted_line["connector"], "zendesk");
+            assert_eq!(accepted_line["event_type"], "ticket.created");
+            // Fields are values, not Debug text: numbers, and statuses by their API names.
+            for l in lines.iter().filter(|l| l["message"] == "step finished") {
+                assert!(
+                    ["succeeded", "failed", "skipped"]
+                        .contains(&l["status"].as_str().unwrap_or("")),
+                    "{l}"
+                );
+                if l.get("http_status").is_some() {
+                    assert!(l["http_status"].is_u64(), "{l}");
+                }
+            }
             for run in &runs {
                 assert!(
                     lines
