@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-100000}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
-cargo build --release --bin switchboard >&2
+[ -n "${SWITCHBOARD_BIN:-}" ] || cargo build --release --bin switchboard >&2
 BIN=${SWITCHBOARD_BIN:-target/release/switchboard}
 tmp=$(mktemp -d)
 pid=

@@ -72,7 +72,13 @@ fn probe_cost(s: &SledStore, now: i64, with_probes: bool) -> f64 {
 
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let s = SledStore::open(dir.path()).expect("open store");
+    // CACHE_MIB: another bound on sled's page cache than serve's 32 MiB.
+    let cache = std::env::var("CACHE_MIB")
+        .ok()
+        .and_then(|m| m.parse::<u64>().ok())
+        .map_or(switchboard::store::sled::CACHE_BYTES, |m| m << 20);
+    let s = SledStore::open_with_cache(dir.path(), cache).expect("open store");
+    println!("sled cache bound: {} MiB", cache >> 20);
     let now = 1_800_000_000_000i64;
     // Warm up the store and the allocator, then measure the idle baseline.
     probe_cost(&s, now, true); // warm-up
@@ -128,6 +134,11 @@ fn main() {
 
     let loaded_plain = probe_cost(&s, now + 2, false);
     let loaded_probed = probe_cost(&s, now + 2, true);
+    // Once more after those 4,000 writes: memory sled freed only when later
+    // operations advance its epochs (crossbeam-epoch) shows up here.
+    s.flush().expect("flush");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let rss_later = rss_kib();
 
     // A worker's lease with nothing due while 100,000 runs wait.
     let start = Instant::now();
@@ -153,6 +164,11 @@ fn main() {
         rss_idle / 1024,
         rss_waiting / 1024,
         (rss_waiting as f64 - rss_idle as f64) / 1024.0
+    );
+    println!(
+        "RSS after 4,000 more events: {} MiB (+{:.1} MiB over idle)",
+        rss_later / 1024,
+        (rss_later as f64 - rss_idle as f64) / 1024.0
     );
     println!(
         "store an event, 0 waiting: {base_plain:.1} µs without probes, {base_probed:.1} µs with 2 probes"

@@ -36,6 +36,11 @@ use std::sync::Mutex;
 /// do not make `/readyz` report overload. Every other entry's value is empty.
 const PARKED: &[u8] = b"p";
 
+/// sled's page cache defaults to 1 GiB and keeps what ingest wrote: 220 MiB
+/// RSS after 10 s of W1 load. Recent records are what workers read, so
+/// 32 MiB costs no throughput (BENCHMARKS.md).
+pub const CACHE_BYTES: u64 = 32 << 20;
+
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
@@ -344,15 +349,18 @@ impl SledStore {
 
     /// Open (or create) the store in `dir`. Fails if another process has it open.
     pub fn open(dir: &Path) -> Result<SledStore> {
+        SledStore::open_with_cache(dir, CACHE_BYTES)
+    }
+
+    /// [`SledStore::open`] with another bound on sled's page cache
+    /// (benchmarks compare bounds; `serve` uses [`CACHE_BYTES`]).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore> {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             // Durability comes from explicit flushes (group commit), not a timer.
             .flush_every_ms(None)
-            // sled's page cache defaults to 1 GiB and keeps what ingest wrote:
-            // 220 MiB RSS after 10 s of W1 load. Recent records are what
-            // workers read, so 32 MiB costs no throughput (BENCHMARKS.md).
-            .cache_capacity(32 << 20)
+            .cache_capacity(cache_bytes)
             .open()
             .map_err(io)?;
         let tree = db.open_tree("switchboard").map_err(io)?;
