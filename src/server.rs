@@ -4,7 +4,7 @@
 use crate::admin::{self, console::Console, AdminState};
 use crate::connector::SecretSource;
 use crate::dashboard::{self, DashboardConfig};
-use crate::engine::{scheduler, worker, Catalog, Engine, EngineConfig, LoadOptions};
+use crate::engine::{retention, scheduler, worker, Catalog, Engine, EngineConfig, LoadOptions};
 use crate::ingress::{self, IngressState};
 use crate::listener::{self, ConnectionLimits};
 use crate::secret::Secret;
@@ -33,6 +33,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Run-queue depth above which `/readyz` reports overloaded.
     pub max_queue: usize,
+    /// Delete events and their finished runs older than this (`None`: keep all).
+    pub retention: Option<Duration>,
     /// Timeouts and the connection cap of the HTTP listener.
     pub connections: ConnectionLimits,
     /// Serve `/metrics` without the admin token.
@@ -72,6 +74,7 @@ impl ServeConfig {
             public_url: None,
             shutdown_grace: Duration::from_secs(Self::DEFAULT_SHUTDOWN_GRACE_SECS),
             max_queue: Self::DEFAULT_MAX_QUEUE,
+            retention: Some(crate::engine::retention::DEFAULT_RETENTION),
             connections: ConnectionLimits::default(),
             metrics_public: false,
             demo: false,
@@ -189,6 +192,7 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         store,
         EngineConfig {
             workers: config.workers,
+            retention: config.retention,
             ..EngineConfig::default()
         },
     )
@@ -238,6 +242,7 @@ impl Prepared {
             });
         }
         let mut workers = worker::spawn(&engine, stop_rx.clone());
+        workers.extend(retention::spawn(&engine, stop_rx.clone()));
         workers.extend(scheduler::spawn(&engine, stop_rx));
         let admin_state = AdminState {
             engine: engine.clone(),

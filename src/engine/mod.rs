@@ -12,6 +12,7 @@
 mod catalog;
 pub mod dry_run;
 pub mod reply;
+pub mod retention;
 pub mod scheduler;
 mod step;
 mod timer;
@@ -42,6 +43,9 @@ pub struct EngineConfig {
     pub state_sweep: std::time::Duration,
     /// What "now" is for events, schedules and templates (`run.now`).
     pub clock: Arc<dyn Clock>,
+    /// Events (with their finished runs) older than this are deleted in
+    /// the background ([`retention`]); `None` keeps everything.
+    pub retention: Option<std::time::Duration>,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +55,7 @@ impl Default for EngineConfig {
             lease: std::time::Duration::from_secs(300),
             state_sweep: std::time::Duration::from_secs(30),
             clock: Arc::new(SystemClock),
+            retention: Some(retention::DEFAULT_RETENTION),
         }
     }
 }

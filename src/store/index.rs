@@ -230,6 +230,7 @@ pub struct IndexedRun {
     pub id: String,
     pub recipe: String,
     pub status: RunStatus,
+    /// The event it runs for (a debounced run moves to its newest event).
     #[serde(default)]
     pub event_id: String,
 }

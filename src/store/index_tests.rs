@@ -30,6 +30,8 @@ enum Op {
     Checkpoint(usize),
     Retry(usize),
     Release,
+    /// A retention chunk of 3 events, with a window of n ops.
+    Expire(i64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -47,6 +49,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..4).prop_map(Op::Checkpoint),
         1 => (0usize..8).prop_map(Op::Retry),
         1 => Just(Op::Release),
+        1 => (0i64..30).prop_map(Op::Expire),
     ]
 }
 
@@ -205,6 +208,20 @@ fn play(s: &SledStore, ops: &[Op]) {
             Op::Release => {
                 s.release_leases(now).unwrap();
                 running.clear();
+            }
+            Op::Expire(window) => {
+                let before: Vec<Run> = listed(s, &RunFilter::default())
+                    .iter()
+                    .map(|id| s.run(id).unwrap().unwrap())
+                    .collect();
+                s.expire(now - window * 7, 3).unwrap();
+                for r in before {
+                    let kept = !r.status.is_final() || r.status == RunStatus::Dead;
+                    if kept {
+                        assert!(s.run(&r.id).unwrap().is_some(), "{r:?} deleted");
+                        assert!(s.event(&r.event_id).unwrap().is_some(), "event of {r:?}");
+                    }
+                }
             }
         }
     }

@@ -12,6 +12,7 @@
 
 pub mod index;
 pub mod reopen;
+pub mod retention;
 pub mod sled;
 pub mod state;
 
@@ -561,6 +562,11 @@ pub trait Store: Send + Sync + 'static {
     /// Counts and size (see [`StoreStats`]); with `scan`, recounted from
     /// the records too and the index checked.
     fn stats(&self, scan: bool) -> Result<StoreStats>;
+    /// Retention: look at up to `max` events older than `cutoff` (ms), from
+    /// where the previous call stopped, and delete those whose runs are all
+    /// finished and not dead, with their runs, index keys and dedupe and
+    /// replay keys, in one batch (see [`retention`]).
+    fn expire(&self, cutoff: i64, max: usize) -> Result<retention::Expired>;
     /// When the earliest queue entry is due, if any.
     fn next_due(&self) -> Result<Option<i64>>;
 

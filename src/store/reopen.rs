@@ -163,6 +163,9 @@ impl Store for Reopening {
     fn stats(&self, scan: bool) -> Result<StoreStats> {
         self.with(|s| s.stats(scan))
     }
+    fn expire(&self, cutoff: i64, max: usize) -> Result<super::retention::Expired> {
+        self.with(|s| s.expire(cutoff, max))
+    }
     fn next_due(&self) -> Result<Option<i64>> {
         self.with(|s| s.next_due())
     }

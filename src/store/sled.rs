@@ -52,6 +52,8 @@ pub struct SledStore {
     state_lock: Mutex<()>,
     /// Where the next expiry sweep starts (a raw key; empty: from the start).
     sweep_from: Mutex<Vec<u8>>,
+    /// Where the next retention chunk starts (an `e/` key; empty: the oldest).
+    expire_from: Mutex<Vec<u8>>,
 }
 
 /// Reads of [`state::apply`] straight from the tree.
@@ -371,6 +373,7 @@ impl SledStore {
             lock: Mutex::new(()),
             state_lock: Mutex::new(()),
             sweep_from: Mutex::new(Vec::new()),
+            expire_from: Mutex::new(Vec::new()),
         })
     }
 
@@ -800,6 +803,12 @@ impl Store for SledStore {
             backlog: backlog as usize,
             parked: count(RunStatus::Waiting)? as usize,
         })
+    }
+
+    fn expire(&self, cutoff: i64, max: usize) -> Result<super::retention::Expired> {
+        let mut from = self.expire_from.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.guard();
+        super::retention::expire(&self.tree, &mut from, cutoff, max)
     }
 
     fn stats(&self, scan: bool) -> Result<super::StoreStats> {

@@ -999,3 +999,66 @@ async fn readyz_reports_overload_while_webhooks_are_still_accepted() {
     let runs = all_runs(&hub).await;
     assert_acked_runs_succeeded(&acked, &runs, &sink.by_key(), &["step1"]);
 }
+
+/// Poll `GET /api/store/stats` until `done` holds (or fail after `limit`).
+async fn wait_stats(hub: &Hub, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (status, stats) = hub.api("/api/store/stats").await;
+        assert_eq!(status, 200, "{stats}");
+        if done(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "still {stats} after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_finished_events_and_keeps_unfinished_runs_and_dead_letters() {
+    // Ticket 100 always fails (a dead letter after 4 attempts), ticket 200's
+    // call hangs until released (a run still running); the rest succeed.
+    let sink = Sink::start(|c, _| match c.body["ticket"].as_u64() {
+        Some(100) => Reply::status(503),
+        Some(200) => Reply::ok().held(),
+        _ => Reply::ok(),
+    })
+    .await;
+    let setup = Setup::new(&sink, RETRY, &recipe("", &["a"]));
+    let hub = setup.start(&["--retention", "1s"]).await;
+    let mut posted = Vec::new();
+    for (i, ticket) in [100, 200].into_iter().chain(1..=20).enumerate() {
+        let (status, body) = post(&hub.http, &hub.url, &event(ticket, i)).await.unwrap();
+        assert_eq!(status, 202, "{body}");
+        posted.push((ticket, body["event_id"].as_str().unwrap().to_string()));
+    }
+    // Within a few passes only the dead letter and the running run are
+    // left, each with its event.
+    let stats = wait_stats(&hub, Duration::from_secs(30), |s| {
+        s["counts"]["events"] == 2 && s["counts"]["runs"]["dead"] == 1
+    })
+    .await;
+    assert_eq!(stats["counts"]["runs"]["running"], 1, "{stats}");
+    assert_eq!(stats["counts"]["runs"]["succeeded"], 0, "{stats}");
+    let stats = assert_counters_agree_with_a_scan(&hub).await;
+    assert_eq!(stats["counts"]["events"], 2, "{stats}");
+    let (_, dead) = hub.api("/api/runs?status=dead").await;
+    let dead = &dead["items"][0];
+    assert_eq!(
+        dead["event_id"].as_str(),
+        Some(posted[0].1.as_str()),
+        "{dead}"
+    );
+    let (status, _) = hub.api(&format!("/api/events/{}", posted[0].1)).await;
+    assert_eq!(status, 200, "the dead letter's event is kept");
+    let (status, _) = hub.api(&format!("/api/events/{}", posted[5].1)).await;
+    assert_eq!(status, 404, "an old finished event is gone");
+
+    // The held call answers: its run finishes and goes at the next pass.
+    sink.release();
+    wait_stats(&hub, Duration::from_secs(30), |s| {
+        s["counts"]["events"] == 1 && s["counts"]["runs"]["running"] == 0
+    })
+    .await;
+    assert_counters_agree_with_a_scan(&hub).await;
+}

@@ -69,6 +69,9 @@ impl Store for FaultyStore {
     fn stats(&self, scan: bool) -> store::Result<store::StoreStats> {
         self.inner.stats(scan)
     }
+    fn expire(&self, cutoff: i64, max: usize) -> store::Result<store::retention::Expired> {
+        self.inner.expire(cutoff, max)
+    }
     fn lease(&self, now: i64, lease_ms: i64, max: usize) -> store::Result<Vec<Run>> {
         self.inner.lease(now, lease_ms, max)
     }

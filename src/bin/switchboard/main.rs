@@ -84,6 +84,11 @@ struct ServeArgs {
     /// Run-queue depth above which /readyz answers 503 (webhooks are still accepted).
     #[arg(long, env = "SWITCHBOARD_MAX_QUEUE", default_value_t = ServeConfig::DEFAULT_MAX_QUEUE)]
     max_queue: usize,
+    /// Delete events, with their finished runs, older than this (`30d`,
+    /// `12h`; `off` keeps everything). Unfinished runs and dead letters are
+    /// kept, with their events, until they are handled.
+    #[arg(long, env = "SWITCHBOARD_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    retention: Retention,
     /// A connection must send a complete request head within this (also the
     /// idle keep-alive timeout), e.g. `10s`.
     #[arg(long, env = "SWITCHBOARD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -215,6 +220,23 @@ fn serve_config(dirs: Dirs) -> ServeConfig {
     }
 }
 
+/// `--retention`: a duration, or `off`.
+#[derive(Clone, Copy)]
+struct Retention(Option<Duration>);
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    match s.trim() {
+        "off" | "none" => Ok(Retention(None)),
+        d => match humantime::parse_duration(d) {
+            Ok(d) if !d.is_zero() => Ok(Retention(Some(d))),
+            Ok(_) => {
+                Err("a retention of 0 would delete every event; use `off` to keep them".into())
+            }
+            Err(e) => Err(format!("{e} (expected e.g. `30d`, `12h`, or `off`)")),
+        },
+    }
+}
+
 async fn serve(args: ServeArgs) -> ExitCode {
     let listen = args.listen.clone();
     let config = ServeConfig {
@@ -223,6 +245,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         public_url: args.public_url,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         max_queue: args.max_queue,
+        retention: args.retention.0,
         metrics_public: args.metrics_public,
         demo: args.demo,
         connections: switchboard::listener::ConnectionLimits {
