@@ -2,7 +2,9 @@
 //! Prometheus text, behind the admin token.
 
 use crate::utils::*;
+use axum::http::Method;
 use prometheus_parse::{Sample, Scrape, Value as Metric};
+use serde_json::json;
 use std::process::Command;
 
 /// Scrape `/metrics` with the token and parse it with a Prometheus parser.
@@ -584,4 +586,115 @@ fn every_serve_flag_has_an_environment_variable() {
             "{flag} has no SWITCHBOARD_* variable:\n{help}"
         );
     }
+}
+
+/// Failures show in the metrics: retries, a dead letter, the breaker open
+/// (state 1) and the call it then held back.
+#[tokio::test]
+async fn metrics_count_retries_dead_letters_and_the_open_breaker() {
+    let mock = MockApi::start(vec![route(
+        Method::POST,
+        "/flaky",
+        503,
+        json!({"error": "down"}),
+    )])
+    .await;
+    let c = Config::connectors_only();
+    c.connector(
+        "flaky",
+        r#"name: flaky
+base_url: http://127.0.0.1:1
+retry: { attempts: 2, backoff: 10ms, max_backoff: 20ms }
+circuit_breaker: { failures: 2, cooldown: 1h }
+actions:
+  poke:
+    method: POST
+    path: /flaky
+"#,
+    );
+    c.recipe(
+        "poke",
+        "name: poke\non: { connector: zendesk, event: ticket.created }\nsteps:\n  - call: flaky.poke\n",
+    );
+    let hub = Hub::start(c.options().base_url("flaky", &mock.url)).await;
+    let (_, accepted) = hub
+        .post_zendesk(&ticket_event(1, "a", "a@example.com"))
+        .await;
+    let runs = hub
+        .finished_runs(accepted["event_id"].as_str().unwrap())
+        .await;
+    assert_eq!(runs[0]["status"], "dead", "{}", runs[0]);
+    // The breaker is open now: the next run's call is held back, not sent.
+    let (_, second) = hub
+        .post_zendesk(&ticket_event(2, "b", "b@example.com"))
+        .await;
+    let run_id = second["runs"][0].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, run) = hub.api(&format!("/api/runs/{run_id}")).await;
+        if run["status"] == "retrying" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{run}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        mock.calls("/flaky").len(),
+        2,
+        "no call while the breaker is open"
+    );
+
+    let (text, scrape) = scrape(&hub).await;
+    let flaky = [("connector", "flaky"), ("action", "poke")];
+    assert_eq!(
+        value(&scrape, "switchboard_step_retries_total", &flaky),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "switchboard_step_duration_seconds_count",
+            &[
+                ("connector", "flaky"),
+                ("action", "poke"),
+                ("status_class", "5xx")
+            ]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "switchboard_dead_letters_total",
+            &[("recipe", "poke")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "switchboard_runs_finished_total",
+            &[("recipe", "poke"), ("status", "dead")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "switchboard_circuit_breaker_state",
+            &[("connector", "flaky")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        value(
+            &scrape,
+            "switchboard_circuit_breaker_refusals_total",
+            &[("connector", "flaky")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_eq!(value(&scrape, "switchboard_queue_depth", &[]), Some(1.0));
 }
