@@ -360,7 +360,11 @@ fn write_path_segment(
 /// `next_business_open("...")` in a template's source.
 fn calendar_arguments(source: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for f in ["within_business_hours", "next_business_open"] {
+    for f in [
+        "within_business_hours",
+        "next_business_open",
+        "business_hours_after",
+    ] {
         for (i, _) in source.match_indices(f) {
             let rest = source[i + f.len()..].trim_start();
             let Some(rest) = rest.strip_prefix('(') else {
@@ -520,6 +524,27 @@ fn register_time(env: &mut Environment<'static>, calendars: &Arc<OnceLock<Calend
               at: Option<minijinja::Value>|
               -> Result<bool, minijinja::Error> {
             Ok(find(&name)?.is_open(at_or_now(state, at)?))
+        },
+    );
+    let find_after = lookup.clone();
+    env.add_function(
+        "business_hours_after",
+        move |state: &State,
+              name: String,
+              duration: String,
+              at: Option<minijinja::Value>|
+              -> Result<String, minijinja::Error> {
+            let cal = find_after(&name)?;
+            let ms = time::parse_duration(&duration, time::MAX_WAIT_MS).map_err(time_error)?;
+            let due = cal
+                .add_open_time(at_or_now(state, at)?, ms)
+                .ok_or_else(|| {
+                    minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("calendar `{name}` is not open for {duration} within two years"),
+                    )
+                })?;
+            Ok(time::rfc3339(&due.to_zoned(cal.zone().clone())))
         },
     );
     env.add_function(

@@ -155,6 +155,37 @@ pub struct ActionFile {
     /// step's output is the whole response body.
     #[serde(default)]
     pub output: BTreeMap<String, String>,
+    /// A successful HTTP answer that still means failure, e.g. Slack's
+    /// `200 {"ok": false, "error": "channel_not_found"}`:
+    /// `fail_when: { path: "$.ok", equals: false, reason: "$.error" }`.
+    #[serde(default)]
+    pub fail_when: Option<FailWhenFile>,
+    /// Event types of this connector's webhook that this call makes the app
+    /// send (`update_ticket` causes `ticket.updated`): `check` warns about a
+    /// recipe on such an event that calls it without an `if:` guard.
+    #[serde(default)]
+    pub causes: Vec<String>,
+}
+
+/// `fail_when:` of an action: the step fails (not retried) when the node at
+/// `path` of the JSON answer passes the one test given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailWhenFile {
+    /// JSONPath into the answer's body.
+    pub path: String,
+    /// Fails when the node equals this value.
+    #[serde(default)]
+    pub equals: Option<Value>,
+    /// Fails when the node is missing or differs from this value.
+    #[serde(default)]
+    pub not_equals: Option<Value>,
+    /// `true`: fails when the node exists (and is not null); `false`: when it does not.
+    #[serde(default)]
+    pub exists: Option<bool>,
+    /// JSONPath of the reason to put in the step's error (`$.error`).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// An action input: `{ required: false, description: ... }`; required by default.
@@ -189,6 +220,36 @@ pub struct WebhookFile {
     /// protection for schemes that sign no timestamp (GitHub, Shopify).
     #[serde(default)]
     pub dedupe_window: Option<crate::duration::HumanDuration>,
+    /// Other body shapes the app sends for the same events, read into the
+    /// one recipes use: the first entry whose `when` holds replaces the body
+    /// by its rendered `body` (templates over `body`, the body as received;
+    /// a field that renders `null` is left out). The event type and id are
+    /// then read from the result.
+    #[serde(default)]
+    pub normalize: Vec<NormalizeFile>,
+}
+
+/// One `webhook.normalize:` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NormalizeFile {
+    /// Which bodies: `{ path, equals | not_equals | exists }`.
+    pub when: WhenFile,
+    /// The body recipes see instead; every string is a template over `body`.
+    pub body: Value,
+}
+
+/// A test on one node of a JSON document: `{ path: "$.ok", equals: false }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhenFile {
+    pub path: String,
+    #[serde(default)]
+    pub equals: Option<Value>,
+    #[serde(default)]
+    pub not_equals: Option<Value>,
+    #[serde(default)]
+    pub exists: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -75,6 +75,9 @@ pub enum CallError {
     Redirect { status: u16 },
     #[error("bad response: {0}")]
     Response(String),
+    /// A success status whose body says the call failed (`fail_when:`).
+    #[error("{0}")]
+    Answer(String),
     /// Not sent: the connector's circuit breaker is open for this long.
     #[error("not called: circuit breaker open after repeated failures")]
     CircuitOpen(std::time::Duration),
@@ -338,6 +341,10 @@ impl Client {
                 }
             }
         };
+        if let Some(why) = action.fail_when.as_ref().and_then(|f| f.check(&json)) {
+            record.response_excerpt = Some(excerpt(connector, &body));
+            return Err(CallError::Answer(why));
+        }
         if action.output.is_empty() {
             if body.len() > MAX_EXCERPT_BYTES {
                 return Ok(Value::String(excerpt(connector, &body)));
@@ -484,6 +491,7 @@ fn redact_error(connector: &Connector, e: CallError) -> CallError {
             connector: c,
         },
         CallError::Response(m) => CallError::Response(connector.redact(&m)),
+        CallError::Answer(m) => CallError::Answer(connector.redact(&m)),
         other => other,
     }
 }

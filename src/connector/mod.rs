@@ -86,6 +86,71 @@ pub struct Action {
     pub inputs: BTreeMap<String, bool>,
     /// Output fields: name → JSONPath into the response body. Empty: the whole body.
     pub output: Vec<(String, JsonPath)>,
+    /// A 2xx answer that means failure (`fail_when:`).
+    pub fail_when: Option<FailWhen>,
+    /// Webhook event types this call makes the app send (`causes:`).
+    pub causes: Vec<String>,
+}
+
+/// `fail_when:` compiled: when the answer's node at `path` passes `test`,
+/// the call failed although its HTTP status is a success.
+#[derive(Debug)]
+pub struct FailWhen {
+    pub path: JsonPath,
+    pub test: ValueTest,
+    /// Where the answer says why (`$.error`).
+    pub reason: Option<JsonPath>,
+}
+
+/// The one test of a `fail_when:`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValueTest {
+    Equals(Value),
+    NotEquals(Value),
+    Exists(bool),
+}
+
+impl ValueTest {
+    /// Does the node (`None`: the path selects nothing) pass? A `null` node
+    /// counts as missing.
+    pub fn holds(&self, node: Option<&Value>) -> bool {
+        let node = node.filter(|v| !v.is_null());
+        match self {
+            ValueTest::Equals(v) => node == Some(v),
+            ValueTest::NotEquals(v) => node != Some(v),
+            ValueTest::Exists(e) => node.is_some() == *e,
+        }
+    }
+}
+
+impl FailWhen {
+    /// Why `answer` is a failure, or `None` when it is not. Used by the HTTP
+    /// runtime on a real answer and by `switchboard test` on a mock.
+    pub fn check(&self, answer: &Value) -> Option<String> {
+        let node = self.path.first(answer).filter(|v| !v.is_null());
+        if !self.test.holds(node) {
+            return None;
+        }
+        let what = match (&self.test, node) {
+            (ValueTest::Equals(v), _) => format!("is {v}"),
+            (ValueTest::NotEquals(v), Some(n)) => format!("is {n}, not {v}"),
+            (ValueTest::NotEquals(v), None) => format!("is missing, not {v}"),
+            (ValueTest::Exists(true), _) => "exists".to_string(),
+            (ValueTest::Exists(false), _) => "is missing".to_string(),
+        };
+        let mut msg = format!(
+            "a success status, but the answer says the call failed: `{}` {what}",
+            self.path.as_str()
+        );
+        if let Some(why) = self.reason.as_ref().and_then(|r| r.first(answer)) {
+            match why {
+                Value::String(s) => msg.push_str(&format!(": {s}")),
+                Value::Null => {}
+                other => msg.push_str(&format!(": {other}")),
+            }
+        }
+        Some(msg)
+    }
 }
 
 /// Where an action sends.
@@ -112,6 +177,64 @@ pub struct Webhook {
     pub event_id: Option<Field>,
     /// `dedupe_window`: refuse a body seen within it.
     pub dedupe_window: Option<Duration>,
+    /// `normalize:`: other body shapes, read into the one recipes use.
+    pub normalize: Vec<Normalize>,
+}
+
+/// One compiled `webhook.normalize:` entry.
+#[derive(Debug)]
+pub struct Normalize {
+    pub path: JsonPath,
+    pub test: ValueTest,
+    /// Over `{body}`.
+    pub body: ValueTemplate,
+}
+
+impl Webhook {
+    /// The body recipes see: `body` itself, or what the first `normalize`
+    /// entry whose `when` holds renders from it (fields rendering `null` left
+    /// out). Ingress and `switchboard test` both read events through this.
+    pub fn normalize(&self, templates: &Templates, body: Value) -> Result<Value, String> {
+        let Some(n) = self
+            .normalize
+            .iter()
+            .find(|n| n.test.holds(n.path.first(&body)))
+        else {
+            return Ok(body);
+        };
+        let ctx = serde_json::json!({ "body": body });
+        let out = templates
+            .render_value(&n.body, &ctx)
+            .map_err(|e| e.to_string())?;
+        Ok(drop_nulls(&n.body, out))
+    }
+}
+
+/// `value` (rendered from `t`) without the fields of `t`'s mappings that
+/// rendered `null`. A value one template produced (`"{{ body }}"`) is kept
+/// as it is, nulls and all.
+fn drop_nulls(t: &ValueTemplate, value: Value) -> Value {
+    match (t, value) {
+        (ValueTemplate::Object(fields), Value::Object(mut map)) => {
+            for (k, sub) in fields {
+                match map.remove(k) {
+                    None | Some(Value::Null) => {}
+                    Some(v) => {
+                        map.insert(k.clone(), drop_nulls(sub, v));
+                    }
+                }
+            }
+            Value::Object(map)
+        }
+        (ValueTemplate::Array(items), Value::Array(values)) => Value::Array(
+            items
+                .iter()
+                .zip(values)
+                .map(|(t, v)| drop_nulls(t, v))
+                .collect(),
+        ),
+        (_, other) => other,
+    }
 }
 
 /// Where a value of an inbound request is read from.
@@ -444,11 +567,51 @@ fn compile(
             };
         let event_type = field(&w.event_type, "/webhook/event_type", errors);
         let event_id = field(&w.event_id, "/webhook/event_id", errors);
+        let mut normalize = Vec::new();
+        for (i, n) in w.normalize.iter().enumerate() {
+            let p = format!("/webhook/normalize/{i}");
+            let when = &n.when;
+            let test = value_test(
+                [&when.equals, &when.not_equals],
+                when.exists,
+                &format!("{p}/when"),
+                map,
+                errors,
+            );
+            let path = JsonPath::compile(&when.path)
+                .map_err(|e| errors.push(map.error(&format!("{p}/when/path"), e)))
+                .ok();
+            let body = match templates.compile_value(&n.body) {
+                Ok(vt) => {
+                    let mut leaves = Vec::new();
+                    templates.leaves(&vt, format!("{p}/body"), &mut leaves);
+                    for (ptr, t) in leaves {
+                        for var in templates.variables(t) {
+                            if var != "body" && !var.starts_with("body.") {
+                                errors.push(map.error(
+                                    &ptr,
+                                    format!("unknown template variable `{var}`: a `normalize` body reads `body` (the body as received)"),
+                                ));
+                            }
+                        }
+                    }
+                    Some(vt)
+                }
+                Err((ptr, e)) => {
+                    errors.push(map.error(&format!("{p}/body{ptr}"), format!("template error: {e}")));
+                    None
+                }
+            };
+            if let (Some(path), Some(test), Some(body)) = (path, test, body) {
+                normalize.push(Normalize { path, test, body });
+            }
+        }
         Some(Webhook {
             verifier: verifier?,
             event_type,
             event_id,
             dedupe_window: w.dedupe_window.map(|d| d.0),
+            normalize,
         })
     });
 
@@ -577,6 +740,10 @@ fn compile_action(
             }
         },
     };
+    let fail_when = a
+        .fail_when
+        .as_ref()
+        .and_then(|f| compile_fail_when(f, &format!("{p}/fail_when"), map, errors));
     let mut output = Vec::new();
     for (k, v) in &a.output {
         match JsonPath::compile(v) {
@@ -602,7 +769,61 @@ fn compile_action(
         retry: defaults.retry.with(a.retry.as_ref()),
         inputs,
         output,
+        fail_when,
+        causes: a.causes.clone(),
     })
+}
+
+fn compile_fail_when(
+    f: &config::FailWhenFile,
+    p: &str,
+    map: &SourceMap,
+    errors: &mut Vec<LoadError>,
+) -> Option<FailWhen> {
+    let path = JsonPath::compile(&f.path)
+        .map_err(|e| errors.push(map.error(&format!("{p}/path"), e)))
+        .ok();
+    let reason = match &f.reason {
+        None => Some(None),
+        Some(r) => JsonPath::compile(r)
+            .map(Some)
+            .map_err(|e| errors.push(map.error(&format!("{p}/reason"), e)))
+            .ok(),
+    };
+    let test = value_test([&f.equals, &f.not_equals], f.exists, p, map, errors);
+    Some(FailWhen {
+        path: path?,
+        test: test?,
+        reason: reason?,
+    })
+}
+
+/// The one test of a `fail_when` / `when`: exactly one of `equals`,
+/// `not_equals`, `exists`.
+fn value_test(
+    [equals, not_equals]: [&Option<Value>; 2],
+    exists: Option<bool>,
+    p: &str,
+    map: &SourceMap,
+    errors: &mut Vec<LoadError>,
+) -> Option<ValueTest> {
+    let tests: Vec<ValueTest> = [
+        equals.clone().map(ValueTest::Equals),
+        not_equals.clone().map(ValueTest::NotEquals),
+        exists.map(ValueTest::Exists),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if tests.len() != 1 {
+        let key = p.rsplit('/').next().unwrap_or("");
+        errors.push(map.error(
+            p,
+            format!("`{key}` takes `path` and exactly one of `equals`, `not_equals`, `exists`"),
+        ));
+        return None;
+    }
+    tests.into_iter().next()
 }
 
 /// What connector templates may read: `input.NAME` (declared inputs, in
@@ -684,6 +905,96 @@ impl TplCx<'_> {
             (other, _, _) => Err(format!(
                 "unknown template variable `{other}`, expected `input.NAME` or `secrets.NAME`"
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Load one connector file; its action `a` and the errors.
+    fn load(yaml: &str) -> (Option<Arc<Action>>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.yaml"), yaml).unwrap();
+        let secrets = SecretSource::from_env(Vec::new()).with_placeholders();
+        let opts = LoadOptions {
+            secrets: &secrets,
+            allow_internal: &[],
+        };
+        let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+        let mut templates = Templates::new();
+        let c = load_dir(
+            dir.path(),
+            &mut templates,
+            &opts,
+            &mut errors,
+            &mut warnings,
+        );
+        let action = c.get("c").and_then(|c| c.actions.get("a").cloned());
+        (action, errors.iter().map(|e| e.to_string()).collect())
+    }
+
+    const HEAD: &str =
+        "name: c\nbase_url: https://x.example\nactions:\n  a:\n    method: POST\n    path: /a\n";
+
+    #[test]
+    fn fail_when_turns_a_success_answer_into_a_failure() {
+        let (a, errors) = load(&format!(
+            "{HEAD}    fail_when: {{ path: \"$.ok\", not_equals: true, reason: \"$.error\" }}\n"
+        ));
+        assert!(errors.is_empty(), "{errors:?}");
+        let a = a.unwrap();
+        let f = |v: &Value| a.fail_when.as_ref().unwrap().check(v);
+        assert_eq!(f(&json!({"ok": true, "ts": "1"})), None);
+        assert_eq!(
+            f(&json!({"ok": false, "error": "channel_not_found"})).as_deref(),
+            Some("a success status, but the answer says the call failed: `$.ok` is false, not true: channel_not_found")
+        );
+        assert_eq!(
+            f(&json!("ok")).as_deref(),
+            Some("a success status, but the answer says the call failed: `$.ok` is missing, not true")
+        );
+
+        let (a, errors) = load(&format!(
+            "{HEAD}    fail_when: {{ path: \"$.errors\", exists: true, reason: \"$.errors[0].message\" }}\n"
+        ));
+        assert!(errors.is_empty(), "{errors:?}");
+        let a = a.unwrap();
+        let f = a.fail_when.as_ref().unwrap();
+        assert_eq!(f.check(&json!({"data": 1})), None);
+        assert_eq!(f.check(&json!({"errors": null})), None);
+        assert!(f
+            .check(&json!({"errors": [{"message": "denied"}]}))
+            .unwrap()
+            .ends_with("`$.errors` exists: denied"));
+    }
+
+    #[test]
+    fn fail_when_needs_exactly_one_test_and_valid_paths() {
+        for (body, want) in [
+            (
+                "{ path: \"$.ok\" }",
+                "exactly one of `equals`, `not_equals`, `exists`",
+            ),
+            (
+                "{ path: \"$.ok\", equals: false, exists: true }",
+                "exactly one of",
+            ),
+            ("{ path: \"ok\", equals: false }", "invalid JSONPath `ok`"),
+            (
+                "{ path: \"$.ok\", equals: false, reason: \"error\" }",
+                "invalid JSONPath `error`",
+            ),
+            ("{ path: \"$.ok\", equal: false }", "unknown field `equal`"),
+        ] {
+            let (a, errors) = load(&format!("{HEAD}    fail_when: {body}\n"));
+            assert!(a.is_none(), "{body}");
+            assert!(
+                errors.iter().any(|e| e.contains(want)),
+                "{body}: {errors:?}"
+            );
         }
     }
 }

@@ -80,6 +80,7 @@ impl Catalog {
         }
         reply_warnings(&recipes, &mut warnings);
         update_warnings(&recipes, &mut warnings);
+        loop_warnings(&recipes, &mut warnings);
         Ok(Catalog::new(templates, connectors, recipes, warnings))
     }
 
@@ -220,6 +221,43 @@ impl Catalog {
 
     pub fn recipe(&self, name: &str) -> Option<&Recipe> {
         self.by_name.get(name).map(|&i| &self.recipes[i])
+    }
+}
+
+/// A recipe triggered by an event that one of its own calls makes the app
+/// send again (the action's `causes:`, e.g. `update_ticket` on
+/// `ticket.updated`), with neither a recipe `if:` nor an `if:` on that step
+/// to tell its own update apart: `check` warns that it may loop.
+fn loop_warnings(recipes: &[Recipe], warnings: &mut Vec<LoadError>) {
+    fn walk<'a>(r: &Recipe, steps: &'a [crate::recipe::steps::Step], out: &mut Vec<&'a str>) {
+        use crate::recipe::steps::StepKind;
+        for s in steps {
+            match &s.kind {
+                StepKind::Call(c)
+                    if s.condition.is_none()
+                        && c.connector.name == r.connector
+                        && c.action.causes.iter().any(|e| *e == r.event) =>
+                {
+                    out.push(&s.id)
+                }
+                StepKind::ForEach(f) if s.condition.is_none() => walk(r, &f.steps, out),
+                _ => {}
+            }
+        }
+    }
+    for r in recipes.iter().filter(|r| r.condition.is_always()) {
+        let mut unguarded = Vec::new();
+        walk(r, &r.steps, &mut unguarded);
+        for id in unguarded {
+            warnings.push(LoadError {
+                file: r.file.clone(),
+                pos: crate::yaml::Pos { line: 1, column: 1 },
+                message: format!(
+                    "warning: recipe `{}` runs on `{}` `{}` and its step `{id}` causes that event again, with no `if:` on the recipe or the step to tell its own update apart: it may loop (add a guard, e.g. skip when the update is already done)",
+                    r.name, r.connector, r.event
+                ),
+            });
+        }
     }
 }
 

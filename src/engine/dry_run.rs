@@ -117,11 +117,23 @@ impl Host for DryHost<'_> {
             call: name.clone(),
             input: call.input,
         });
+        let fail_when = call.step.action.fail_when.as_ref();
         let next = match self.mocks.get(&name) {
-            Some(Mock::Output(v)) => {
-                record.output = v.clone();
-                Next::Continue
-            }
+            // A mocked answer is checked against the action's `fail_when:`
+            // as if it were the response (Slack's `{ok: false}`).
+            Some(Mock::Output(v)) => match fail_when.and_then(|f| f.check(v)) {
+                Some(why) => {
+                    record.status = StepStatus::Failed;
+                    record.http_status = Some(200);
+                    record.output = v.clone();
+                    record.error = Some(CallError::Answer(why).to_string());
+                    Next::End(RunStatus::Failed)
+                }
+                None => {
+                    record.output = v.clone();
+                    Next::Continue
+                }
+            },
             Some(Mock::Error { status, body }) => {
                 let e = CallError::Status { status: *status };
                 let mut msg = e.to_string();

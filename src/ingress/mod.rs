@@ -141,6 +141,13 @@ async fn handle(
     if let (Some(field), Value::Object(fields)) = (webhook.verifier.secret_field(), &mut body) {
         fields.remove(field);
     }
+    let body = webhook
+        .normalize(&catalog.templates, body)
+        .map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the body could not be read into connector `{name}`'s event shape (`webhook.normalize`): {e}"
+            ))
+        })?;
     let event_type = webhook
         .event_type
         .as_ref()

@@ -215,6 +215,10 @@ pub struct WaitForFile {
     pub condition: Option<Value>,
     /// How long to wait (at most 366 d).
     pub timeout: String,
+    /// Count `timeout` in the business hours of this calendar of
+    /// `_shared.yaml` (`12h` = twelve open hours, from the next opening).
+    #[serde(default)]
+    pub calendar: Option<String>,
 }
 
 /// One `cancel_on:` entry of a recipe.

@@ -312,7 +312,7 @@ fn compile(
         .as_ref()
         .and_then(|r| reply::compile(r, &trigger, map, templates, errors));
 
-    let tests = testing::compile_tests(&file, map, connectors, shared, errors);
+    let tests = testing::compile_tests(&file, map, connectors, shared, templates, errors);
 
     let mut cx = steps::Compiler {
         map,

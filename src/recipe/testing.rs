@@ -7,6 +7,7 @@ use super::steps::call::resolve;
 use super::Story;
 use super::{Mock, RecipeTest, StateSeed};
 use crate::connector::{Connectors, Field};
+use crate::template::Templates;
 use crate::yaml::escape;
 use crate::yaml::{LoadError, SourceMap};
 use serde_json::Value;
@@ -47,6 +48,7 @@ pub(super) fn compile_tests(
     map: &SourceMap,
     connectors: &Connectors,
     shared: &super::shared::Shared,
+    templates: &Templates,
     errors: &mut Vec<LoadError>,
 ) -> Vec<RecipeTest> {
     // Step ids and `with:` names from the file, so tests are checked even
@@ -71,7 +73,19 @@ pub(super) fn compile_tests(
             ));
         }
         names.push(&t.name);
-        let event_type = test_event_type(file, t, &ptr, map, connectors, errors);
+        // The event as ingress hands it on: through the trigger connector's
+        // `webhook.normalize` (a Zendesk event-subscription body, say).
+        let event = normalized(
+            file.on.connector.as_deref(),
+            &t.event,
+            connectors,
+            templates,
+        )
+        .unwrap_or_else(|e| {
+            errors.push(map.error(&format!("{ptr}/event"), e));
+            t.event.clone()
+        });
+        let event_type = test_event_type(file, t, &event, &ptr, map, connectors, errors);
 
         let mut mocks = BTreeMap::new();
         for (call, v) in &t.mock {
@@ -165,7 +179,7 @@ pub(super) fn compile_tests(
                 state.push((seed.namespace.clone(), seed.key.clone(), seed_value));
             }
         }
-        let then = compile_story(file, t, &ptr, map, connectors, errors);
+        let then = compile_story(file, t, &ptr, map, connectors, templates, errors);
         // A run that a `stop` skips may have called something before it.
         let stops_skipped = steps.iter().any(|(_, s)| {
             s.stop
@@ -183,7 +197,7 @@ pub(super) fn compile_tests(
         }
         out.push(RecipeTest {
             name: t.name.clone(),
-            event: t.event.clone(),
+            event,
             event_type,
             mocks,
             expect_calls: t.expect_calls.clone(),
@@ -206,6 +220,7 @@ fn compile_story(
     ptr: &str,
     map: &SourceMap,
     connectors: &Connectors,
+    templates: &Templates,
     errors: &mut Vec<LoadError>,
 ) -> Vec<Story> {
     let mut out = Vec::new();
@@ -224,7 +239,7 @@ fn compile_story(
                     Err(e) => errors.push(map.error(&format!("{p}/advance"), e.0)),
                 }
             }
-            (None, Some(body)) => {
+            (None, Some(raw)) => {
                 let Some(name) = step.connector.as_ref().or(file.on.connector.as_ref()) else {
                     errors.push(map.error(
                         &p,
@@ -239,6 +254,11 @@ fn compile_story(
                     ));
                     continue;
                 };
+                let body =
+                    &normalized(Some(name), raw, connectors, templates).unwrap_or_else(|e| {
+                        errors.push(map.error(&format!("{p}/event"), e));
+                        raw.clone()
+                    });
                 let read = match c.webhook.as_ref().and_then(|w| w.event_type.as_ref()) {
                     Some(Field::Header(_)) | None => None,
                     Some(f) => f.read(|_| None, body),
@@ -297,12 +317,31 @@ fn compile_mock(v: &Value) -> Result<Mock, (&'static str, String)> {
     })
 }
 
+/// `body` through connector `name`'s `webhook.normalize`, as ingress reads it.
+fn normalized(
+    name: Option<&str>,
+    body: &Value,
+    connectors: &Connectors,
+    templates: &Templates,
+) -> Result<Value, String> {
+    match name
+        .and_then(|n| connectors.get(n))
+        .and_then(|c| c.webhook.as_ref())
+    {
+        Some(w) => w
+            .normalize(templates, body.clone())
+            .map_err(|e| format!("the event could not be read into the connector's event shape (`webhook.normalize`): {e}")),
+        None => Ok(body.clone()),
+    }
+}
+
 /// The event type a test's event arrives with, read the way ingress reads it
 /// from the trigger connector's `webhook.event_type`; `event_type:` is
 /// needed (and only allowed) where ingress reads it from a header.
 fn test_event_type(
     file: &RecipeFile,
     t: &TestFile,
+    event: &Value,
     ptr: &str,
     map: &SourceMap,
     connectors: &Connectors,
@@ -330,13 +369,10 @@ fn test_event_type(
             return given;
         }
         Some(f @ Field::Path(p)) => (
-            f.read(|_| None, &t.event),
+            f.read(|_| None, event),
             format!("`{}` of the event", p.as_str()),
         ),
-        Some(f @ Field::Value(_)) => (
-            f.read(|_| None, &t.event),
-            "its `webhook.event_type`".into(),
-        ),
+        Some(f @ Field::Value(_)) => (f.read(|_| None, event), "its `webhook.event_type`".into()),
         // Ingress reads no type, so no event of this connector starts a run.
         None => (
             None,

@@ -232,6 +232,46 @@ impl Calendar {
         None
     }
 
+    /// The instant when `ms` milliseconds of business hours have passed
+    /// since `at` (counting starts at the next opening when `at` is closed):
+    /// "12 business hours after the ticket came in". None if the calendar
+    /// does not open for that long within two years.
+    pub fn add_open_time(&self, at: Timestamp, ms: i64) -> Option<Timestamp> {
+        let mut left = ms.max(0);
+        let mut t = self.next_open(at)?;
+        let zoned = t.to_zoned(self.zone.clone());
+        let mut date = zoned.date();
+        for _ in 0..(2 * 366) {
+            if !self.holidays.contains(&date) {
+                for (start, end) in &self.week[weekday_index(date.weekday())] {
+                    let local = |time: Time| date.to_datetime(time).to_zoned(self.zone.clone());
+                    let open = local(*start).ok()?.timestamp();
+                    let close = if *end == Time::MAX {
+                        date.tomorrow()
+                            .ok()?
+                            .to_zoned(self.zone.clone())
+                            .ok()?
+                            .timestamp()
+                    } else {
+                        local(*end).ok()?.timestamp()
+                    };
+                    let from = if open > t { open } else { t };
+                    if close <= from {
+                        continue;
+                    }
+                    let span = close.as_millisecond() - from.as_millisecond();
+                    if left <= span {
+                        return Timestamp::from_millisecond(from.as_millisecond() + left).ok();
+                    }
+                    left -= span;
+                    t = close;
+                }
+            }
+            date = date.tomorrow().ok()?;
+        }
+        None
+    }
+
     /// The zone, for presenting [`Calendar::next_open`] in local time.
     pub fn zone(&self) -> &TimeZone {
         &self.zone
@@ -351,6 +391,47 @@ mod tests {
         );
         let open = at("2025-12-01T10:00:00+01:00");
         assert_eq!(c.next_open(open), Some(open));
+    }
+
+    #[test]
+    fn business_time_counts_only_open_hours() {
+        let c = eu();
+        let h = 3_600_000;
+        // Monday 10:00 + 4 h = Monday 14:00.
+        assert_eq!(
+            c.add_open_time(at("2025-12-01T10:00:00+01:00"), 4 * h),
+            Some(at("2025-12-01T14:00:00+01:00"))
+        );
+        // Monday 10:00 + 12 h: 7 h on Monday, 5 h on Tuesday → Tuesday 14:00.
+        assert_eq!(
+            c.add_open_time(at("2025-12-01T10:00:00+01:00"), 12 * h),
+            Some(at("2025-12-02T14:00:00+01:00"))
+        );
+        // Friday 16:00 + 12 h: 1 h Friday, 3 h Saturday (two ranges), 8 h Monday → Monday 17:00.
+        assert_eq!(
+            c.add_open_time(at("2025-12-05T16:00:00+01:00"), 12 * h),
+            Some(at("2025-12-08T17:00:00+01:00"))
+        );
+        // Created at night: counting starts at the next opening; the holiday is skipped.
+        assert_eq!(
+            c.add_open_time(at("2025-12-24T20:00:00+01:00"), 2 * h),
+            Some(at("2025-12-26T11:00:00+01:00"))
+        );
+        // Zero is the next opening.
+        assert_eq!(
+            c.add_open_time(at("2025-12-07T10:00:00+01:00"), 0),
+            Some(at("2025-12-08T09:00:00+01:00"))
+        );
+        // Round the clock: plain arithmetic.
+        let always = compile(
+            "always",
+            &json!({"timezone": "UTC", "hours": {"mon-sun": "00:00-24:00"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            always.add_open_time(at("2025-12-05T16:00:00Z"), 12 * h),
+            Some(at("2025-12-06T04:00:00Z"))
+        );
     }
 
     #[test]

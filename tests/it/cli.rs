@@ -104,13 +104,13 @@ fn check_reports_unknown_connectors_and_actions() {
             (
                 7,
                 11,
-                "unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `google_translate`, `hubspot`, `sendgrid`, `slack`, `stripe`, `typeform`, `wufoo`, `zendesk`",
+                "unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `google_translate`, `hubspot`, `sendgrid`, `slack`, `slack_commands`, `stripe`, `typeform`, `wufoo`, `zendesk`",
             ),
             (
                 9,
                 11,
                 "unknown action `close_ticket` of connector `zendesk`, expected one of \
-                 `add_internal_note`, `add_tags`, `public_reply`, `show_ticket`, `update_ticket`",
+                 `add_internal_note`, `add_tags`, `assign_ticket`, `count_tickets`, `create_ticket`, `public_reply`, `search_tickets`, `search_users`, `show_ticket`, `update_ticket`",
             ),
         ],
     );
@@ -316,11 +316,11 @@ fn serve_refuses_broken_files_with_the_check_message() {
         &[(
             7,
             11,
-            "unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `google_translate`, `hubspot`, `sendgrid`, `slack`, `stripe`, `typeform`, `wufoo`, `zendesk`",
+            "unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `google_translate`, `hubspot`, `sendgrid`, `slack`, `slack_commands`, `stripe`, `typeform`, `wufoo`, `zendesk`",
         )],
     );
     let line = format!(
-        "{}:7:11: unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `google_translate`, `hubspot`, `sendgrid`, `slack`, `stripe`, `typeform`, `wufoo`, `zendesk`",
+        "{}:7:11: unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `google_translate`, `hubspot`, `sendgrid`, `slack`, `slack_commands`, `stripe`, `typeform`, `wufoo`, `zendesk`",
         cfg.recipes.join("bad.yaml").display()
     );
     let mut serve = cfg.command("serve");

@@ -20,7 +20,7 @@
 //! - `fuzz`: property tests (fixed case budget) over the parsers of outside input.
 //! - `licences`: offline licence and duplicate-version check over `cargo metadata`.
 //! - `time`: calendars, time functions, schedules, durable waits, debounce, cancel_on.
-//! - `support_pack`: the support recipes of recipes/support/ (after-hours reply, SLA, dispatcher, thanks) end to end.
+//! - `support_pack`: the support recipes of recipes/support/ (after-hours reply, business-hours SLA, dispatcher, thanks, Slack `/email`) end to end; the loop warning; Zendesk actions the trimmed spec lacks.
 //! - `support_connectors`: Freshdesk, Stripe, SendGrid, Wufoo, Typeform and the `app` journey source; jobs 3, 5, 6 end to end.
 
 mod admin;

@@ -165,3 +165,50 @@ async fn internal_addresses_are_refused_unless_allowed() {
     assert!(echo.received().is_empty(), "{:?}", echo.received());
     assert_still_serving(&hub).await;
 }
+
+/// Slack answers HTTP 200 `{"ok": false}` when it refuses a message: the
+/// shipped `slack.post_message` declares `fail_when`, so the step fails
+/// with Slack's reason and is not retried (it is no outage).
+#[tokio::test]
+async fn a_200_answer_that_says_ok_false_fails_the_step() {
+    let cfg = Config::connectors_only();
+    cfg.recipe(
+        "notify",
+        r##"name: notify
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - id: post
+    call: slack.post_message
+    with: { channel: "#nowhere", text: "ticket {{ event.ticket.id }}" }
+"##,
+    );
+    let slack = MockApi::start(vec![route(
+        Method::POST,
+        "/chat.postMessage",
+        200,
+        json!({"ok": false, "error": "channel_not_found"}),
+    )])
+    .await;
+    let hub = Hub::start(cfg.options().base_url("slack", &slack.url)).await;
+    let (status, accepted) = hub
+        .post_zendesk(&ticket_event(13, "Hello", "bob@example.com"))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let runs = hub
+        .finished_runs(accepted["event_id"].as_str().unwrap())
+        .await;
+    let run = &runs[0];
+    assert_eq!(run["status"], "failed", "{run}");
+    let step = &run["steps"][0];
+    assert_eq!(step["status"], "failed");
+    assert_eq!(step["http_status"], 200);
+    assert_eq!(step["attempts"], 1, "not retried: {step}");
+    let error = step["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with(
+            "a success status, but the answer says the call failed: `$.ok` is false, not true: channel_not_found"
+        ),
+        "{error}"
+    );
+    assert_eq!(slack.calls("/chat.postMessage").len(), 1);
+}

@@ -30,6 +30,7 @@ pub const TYPEFORM_WEBHOOK_SECRET: &str = "typeform-signing-secret";
 pub const WUFOO_HANDSHAKE_KEY: &str = "wufoo-handshake-key";
 /// A Standard Webhooks secret: `whsec_` + base64 of the key bytes.
 pub const APP_WEBHOOK_SECRET: &str = "whsec_c3dpdGNoYm9hcmQtYXBwLWtleQ==";
+pub const SLACK_SIGNING_SECRET: &str = "slack-signing-secret";
 
 pub fn test_secrets() -> Vec<(String, String)> {
     [
@@ -54,6 +55,7 @@ pub fn test_secrets() -> Vec<(String, String)> {
             "GOOGLE_TRANSLATE_API_KEY",
             "AIzaSyTest-google-translate-key",
         ),
+        ("SLACK_COMMANDS_SIGNING_SECRET", SLACK_SIGNING_SECRET),
     ]
     .iter()
     .map(|(k, v)| (format!("SWITCHBOARD_SECRET_{k}"), v.to_string()))
@@ -248,14 +250,14 @@ impl Hub {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    /// Poll a run until it is finished (succeeded / failed / dead).
+    /// Poll a run until it is finished (succeeded / failed / dead / skipped / cancelled).
     pub async fn wait_run(&self, id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (_, run) = self.api(&format!("/api/runs/{id}")).await;
             if matches!(
                 run["status"].as_str(),
-                Some("succeeded" | "failed" | "dead")
+                Some("succeeded" | "failed" | "dead" | "skipped" | "cancelled")
             ) {
                 return run;
             }
@@ -631,6 +633,7 @@ pub async fn quiet_hub(mut opts: HubOptions) -> (Hub, MockApi) {
         "stripe",
         "sendgrid",
         "google_translate",
+        "slack_commands",
     ] {
         let var = format!("SWITCHBOARD_BASE_URL_{}", name.to_uppercase());
         if !opts.env.iter().any(|(k, _)| *k == var) {

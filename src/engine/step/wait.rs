@@ -54,7 +54,26 @@ pub(super) async fn execute<H: Host>(w: &mut Walker<'_, H>, step: &Step, path: &
     let templates = &w.catalog.templates;
     let until = match &step.kind {
         StepKind::Wait(s) => now + s.ms,
-        StepKind::WaitFor(f) => now + f.timeout_ms,
+        StepKind::WaitFor(f) => match &f.calendar {
+            None => now + f.timeout_ms,
+            Some(cal) => {
+                let due = jiff::Timestamp::from_millisecond(now)
+                    .ok()
+                    .and_then(|t| cal.add_open_time(t, f.timeout_ms));
+                match due {
+                    Some(t) => t.as_millisecond(),
+                    None => {
+                        let error = format!(
+                            "wait_for of recipe `{}`: calendar `{}` is not open for {} within two years",
+                            w.recipe.name,
+                            cal.name,
+                            describe_ms(f.timeout_ms)
+                        );
+                        return w.fail(path, &step.kind, Value::Null, error);
+                    }
+                }
+            }
+        },
         StepKind::WaitUntil(u) => {
             let at = templates
                 .render(&u.until, &w.ctx)

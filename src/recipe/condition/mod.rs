@@ -210,6 +210,11 @@ impl Condition {
         }
     }
 
+    /// Is this the condition of a recipe or step without `if:`?
+    pub fn is_always(&self) -> bool {
+        matches!(&self.root, Node::All(v) if v.is_empty())
+    }
+
     /// Whether the condition holds for `ctx` (the `{event, steps, vars}`
     /// object). A templated operand never holds here: use [`Condition::eval_with`].
     pub fn eval(&self, ctx: &Value) -> bool {

@@ -31,6 +31,8 @@ pub struct WaitUntilStep {
 pub struct WaitForStep {
     pub awaited: Awaited,
     pub timeout_ms: i64,
+    /// `calendar:`: the timeout counts this calendar's business hours only.
+    pub calendar: Option<std::sync::Arc<crate::time::Calendar>>,
 }
 
 /// An event a waiting run listens for (`wait_for`, `cancel_on`).
@@ -92,9 +94,21 @@ pub(super) fn compile_wait_for(
         },
         &p,
     );
+    let calendar = match &f.calendar {
+        None => Some(None),
+        Some(name) => match cx.calendars.get(name) {
+            Some(c) => Some(Some(c.clone())),
+            None => {
+                let e = crate::time::calendar::unknown(name, cx.calendars);
+                cx.error(&format!("{p}/calendar"), e.0);
+                None
+            }
+        },
+    };
     Some(WaitForStep {
         awaited: awaited?,
         timeout_ms: timeout?,
+        calendar: calendar?,
     })
 }
 
