@@ -245,7 +245,10 @@ fn loop_warnings(recipes: &[Recipe], warnings: &mut Vec<LoadError>) {
             }
         }
     }
-    for r in recipes.iter().filter(|r| r.condition.is_always()) {
+    for r in recipes
+        .iter()
+        .filter(|r| r.condition.is_always() && !r.loop_breaker)
+    {
         let mut unguarded = Vec::new();
         walk(r, &r.steps, &mut unguarded);
         for id in unguarded {

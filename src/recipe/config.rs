@@ -36,6 +36,13 @@ pub struct RecipeFile {
     /// run}` once the event is stored. Default: `202` with the event and run ids.
     #[serde(default)]
     pub reply: Option<ReplyFile>,
+    /// Stop a recipe that keeps firing for one object (it retriggers itself):
+    /// `{ key: "{{ event.ticket.id }}", max: 5, within: 10m }` — a run that
+    /// is the key's `max + 1`th within `within` ends `skipped` with the
+    /// reason "loop breaker: …" before its first step, and so does every
+    /// further one until the window has passed.
+    #[serde(default)]
+    pub loop_breaker: Option<LoopBreakerFile>,
     /// Events that cancel this recipe's waiting runs (a `wait`/`wait_for`
     /// step parks them): `[ { event, connector?, key, match?, if? } ]`.
     #[serde(default)]
@@ -47,6 +54,20 @@ pub struct RecipeFile {
     /// `switchboard test`, offline (README "Testing recipes").
     #[serde(default)]
     pub tests: Vec<TestFile>,
+}
+
+/// `loop_breaker:` of a recipe.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopBreakerFile {
+    /// Template over the run's context: the object (a ticket id).
+    pub key: String,
+    /// Runs per key allowed within the window (default 5).
+    #[serde(default)]
+    pub max: Option<u32>,
+    /// The window (default 10m).
+    #[serde(default)]
+    pub within: Option<String>,
 }
 
 /// `reply:` — what the sender of the triggering webhook gets back.

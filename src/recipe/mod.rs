@@ -35,6 +35,8 @@ pub use steps::{Step, StepKind};
 #[derive(Debug)]
 pub struct Recipe {
     pub name: String,
+    /// Has a `loop_breaker:` (its first two steps are the breaker's).
+    pub loop_breaker: bool,
     pub file: PathBuf,
     /// The trigger as the index matches it; a schedule's is
     /// ([`trigger::SCHEDULE_CONNECTOR`], the recipe's name).
@@ -327,7 +329,14 @@ fn compile(
         locals: Vec::new(),
         trigger_connector: file.on.connector.as_deref(),
     };
-    let steps = cx.steps(&file.steps, "/steps", None);
+    // `loop_breaker:` is two steps before the recipe's own: count this
+    // run for its key (a window counter, like `state: { incr }`), and stop
+    // `skipped` past `max` — recorded, replayed and tested like any step.
+    let mut steps = match &file.loop_breaker {
+        None => Vec::new(),
+        Some(b) => loop_breaker_steps(&mut cx, b),
+    };
+    steps.extend(cx.steps(&file.steps, "/steps", None));
     // `cancel_on` keys render on a waiting run: every step may have run.
     let cancel_on: Vec<_> = file
         .cancel_on
@@ -347,12 +356,14 @@ fn compile(
     if file.steps.is_empty() {
         errors.push(map.error("/steps", "a recipe needs at least one step"));
     }
+    let loop_breaker = file.loop_breaker.is_some();
     if errors.len() > before {
         return None;
     }
     let on = on?;
     Some(Recipe {
         name: file.name,
+        loop_breaker,
         file: path.to_path_buf(),
         connector: on.connector,
         event: on.event,
@@ -366,4 +377,44 @@ fn compile(
         reply,
         tests,
     })
+}
+
+/// The ids of the steps a `loop_breaker:` adds before the recipe's own.
+pub const LOOP_BREAKER_STEPS: [&str; 2] = ["loop_breaker", "loop_breaker_tripped"];
+
+/// Compile `loop_breaker:` into its two steps (errors point at `/loop_breaker`).
+fn loop_breaker_steps(
+    cx: &mut steps::Compiler<'_>,
+    b: &config::LoopBreakerFile,
+) -> Vec<steps::Step> {
+    let max = b.max.unwrap_or(5);
+    let within = b.within.clone().unwrap_or_else(|| "10m".to_string());
+    if max == 0 {
+        cx.error("/loop_breaker/max", "`max` must be at least 1");
+    }
+    let files = serde_json::json!([
+        { "id": LOOP_BREAKER_STEPS[0], "state": { "incr": format!("loop:{}", b.key), "window": within } },
+        {
+            "id": LOOP_BREAKER_STEPS[1],
+            "if": [ { "$.steps.loop_breaker.count": { "gt": max } } ],
+            "stop": {
+                "status": "skipped",
+                "reason": format!("loop breaker: run no. {{{{ steps.loop_breaker.count }}}} for key `{}` within {within} (max {max}); this recipe is paused for the key until the window has passed", b.key),
+            },
+        },
+    ]);
+    let files: Vec<config::StepFile> = match serde_json::from_value(files) {
+        Ok(f) => f,
+        Err(e) => {
+            cx.error("/loop_breaker", format!("loop_breaker: {e}"));
+            return Vec::new();
+        }
+    };
+    let mut out = cx.steps(&files, "/loop_breaker", None);
+    for s in &mut out {
+        if let steps::StepKind::Stop(stop) = &mut s.kind {
+            stop.warn = true;
+        }
+    }
+    out
 }

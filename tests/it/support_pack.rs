@@ -675,3 +675,83 @@ async fn a_zendesk_event_subscription_payload_runs_the_same_recipe() {
     assert_eq!(body["zendesk_event"], sent);
     assert!(quiet.received().is_empty(), "{:?}", quiet.received());
 }
+
+/// A recipe that keeps firing for one ticket (here: it retriggers itself
+/// with no guard) is paused for that ticket by its `loop_breaker:` once it
+/// has run `max` times within the window: later runs end `skipped` before
+/// calling anything, with the reason in `runs list` and a warning in the
+/// logs; another ticket is not affected.
+#[tokio::test]
+async fn the_loop_breaker_pauses_a_recipe_that_keeps_firing_for_one_ticket() {
+    let cfg = Config::connectors_only();
+    cfg.recipe(
+        "tag-every-update",
+        r#"
+name: tag-every-update
+on: { connector: zendesk, event: ticket.updated }
+loop_breaker: { key: "{{ event.ticket.id }}", max: 3, within: 1h }
+steps:
+  - id: tag
+    call: zendesk.add_tags
+    with: { ticket_id: "{{ event.ticket.id }}", tags: [seen] }
+"#,
+    );
+    // The breaker is a guard: no loop warning.
+    let out = cfg.check();
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("may loop"), "{text}");
+
+    let zendesk = MockApi::start(vec![route(
+        Method::PUT,
+        "/api/v2/tickets/",
+        200,
+        json!({"tags": ["seen"]}),
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hub.log");
+    let mut opts = cfg.options().base_url("zendesk", &zendesk.url);
+    opts.log_file = Some(log.clone());
+    let (hub, quiet) = quiet_hub(opts).await;
+    // What Zendesk would send after each of the recipe's own updates.
+    let mut runs = Vec::new();
+    for (n, ticket) in [(1, 8), (2, 8), (3, 8), (4, 8), (5, 8), (6, 9)] {
+        let (status, accepted) = hub
+            .post_zendesk(&json!({"type": "ticket.updated", "ticket": {"id": ticket, "n": n}}))
+            .await;
+        assert_eq!(status, 202, "{accepted}");
+        runs.push(hub.wait_run(&only_run(&accepted)).await);
+    }
+    let statuses: Vec<&str> = runs.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(
+        statuses,
+        [
+            "succeeded",
+            "succeeded",
+            "succeeded",
+            "skipped",
+            "skipped",
+            "succeeded"
+        ]
+    );
+    assert_eq!(
+        runs[3]["reason"],
+        "loop breaker: run no. 4 for key `8` within 1h (max 3); this recipe is paused for the key until the window has passed"
+    );
+    assert_eq!(zendesk.calls("/api/v2/tickets/8/tags").len(), 3);
+    assert_eq!(zendesk.calls("/api/v2/tickets/9/tags").len(), 1);
+
+    let list = hub.cli(&["runs", "list", "--status", "skipped"]);
+    let list = stdout(&list);
+    assert_eq!(
+        list.lines()
+            .filter(|l| l.contains("loop breaker: run no."))
+            .count(),
+        2,
+        "{list}"
+    );
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logs.contains("loop breaker tripped"), "{logs}");
+    assert!(quiet.received().is_empty(), "{:?}", quiet.received());
+}

@@ -36,6 +36,9 @@ pub(super) fn execute<H: Host>(
                     return w.fail(path, &step.kind, Value::Null, error);
                 }
             };
+            if stop.warn {
+                tracing::warn!(recipe = %w.recipe.name, run = %w.ctx["run"]["id"], reason = %reason, "loop breaker tripped: run skipped");
+            }
             let input = json!({"reason": reason, "status": stop.status.as_str()});
             if stop.status == StopStatus::Failed {
                 return w.fail(path, &step.kind, input, reason);

@@ -29,6 +29,8 @@ pub struct StopStep {
     /// Why; a template over the run context, shown on the run.
     pub reason: Template,
     pub status: StopStatus,
+    /// Log the stop as a warning (the loop breaker's).
+    pub warn: bool,
 }
 
 pub(super) fn compile(cx: &mut Compiler<'_>, s: &StepFile, ptr: &str) -> Option<StopStep> {
@@ -51,5 +53,6 @@ pub(super) fn compile(cx: &mut Compiler<'_>, s: &StepFile, ptr: &str) -> Option<
     Some(StopStep {
         reason: reason?,
         status: status?,
+        warn: false,
     })
 }
