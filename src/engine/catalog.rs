@@ -236,7 +236,7 @@ fn loop_warnings(recipes: &[Recipe], warnings: &mut Vec<LoadError>) {
                 StepKind::Call(c)
                     if s.condition.is_none()
                         && c.connector.name == r.connector
-                        && c.action.causes.iter().any(|e| *e == r.event) =>
+                        && c.action.causes.contains(&r.event) =>
                 {
                     out.push(&s.id)
                 }
