@@ -243,6 +243,9 @@ steps:
     with:
       ticket_id: "{{ event.ticket.id }}"
       body: "Hi Bob, we are back Monday 09:00."
+  - id: assign
+    call: zendesk.assign_ticket
+    with: { ticket_id: "{{ event.ticket.id }}", group_id: 360000010, assignee_id: 3611 }
 "#;
 
 #[tokio::test]
@@ -310,6 +313,15 @@ async fn zendesk_ticket_actions_pass_the_zendesk_spec() {
                                       "public": true}}})
     );
     assert_eq!(reply["output"], json!({"id": 35436}));
+
+    // Group and assignee (`assign_ticket`) are an UpdateTicket too.
+    let assign = step(run, "assign", 200, p);
+    assert_eq!(sent_path(assign, &zendesk), "/api/v2/tickets/7");
+    assert_eq!(
+        assign["request"]["request_body"],
+        json!({"ticket": {"group_id": 360000010, "assignee_id": 3611}})
+    );
+    assert_eq!(assign["output"]["id"], 35436);
 }
 
 const HUBSPOT_RECIPE: &str = r#"
