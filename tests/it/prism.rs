@@ -427,6 +427,14 @@ steps:
     with:
       channel: C1H9RESGL
       text: "New ticket #{{ event.ticket.id }}: {{ event.ticket.subject }}"
+  - id: blocks
+    call: slack.post_blocks
+    with:
+      channel: C1H9RESGL
+      text: "Ticket {{ event.ticket.id }} escalated"
+      blocks:
+        - type: section
+          text: { type: mrkdwn, text: "*Ticket {{ event.ticket.id }}* escalated: {{ event.ticket.subject }}" }
 "#;
 
 #[tokio::test]
@@ -455,6 +463,19 @@ async fn slack_post_message_passes_the_slack_spec() {
         post["output"],
         json!({"ok": true, "channel": "C1H9RESGL", "ts": "1503435956.000247"})
     );
+
+    // Block Kit: the blocks travel as one form field holding their JSON.
+    let blocks = step(run, "blocks", 200, p);
+    assert_eq!(sent_path(blocks, &slack), "/chat.postMessage");
+    let sent = &blocks["request"]["request_body"];
+    assert_eq!(sent["text"], "Ticket 7 escalated");
+    let parsed: Value =
+        serde_json::from_str(sent["blocks"].as_str().expect("blocks text")).unwrap();
+    assert_eq!(
+        parsed,
+        json!([{"type": "section", "text": {"type": "mrkdwn", "text": "*Ticket 7* escalated: Printer on fire"}}])
+    );
+    assert_eq!(blocks["output"]["ok"], true);
 }
 
 const SENDGRID_RECIPE: &str = r#"
