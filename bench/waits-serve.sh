@@ -7,8 +7,10 @@
 #   bench/waits-serve.sh            # N=100000, both modes
 #   N=20000 bench/waits-serve.sh    # quicker
 #
-# Needs wrk (bench/run.sh installs it). Builds the release binary. Events
-# are bench/w1/event.json, signed, sent by wrk (-t1 -c32) until N answers.
+# Needs wrk (bench/run.sh installs it). Builds the release binary unless
+# SWITCHBOARD_BIN is set. Events are bench/w1/event.json, signed, sent by
+# wrk (-t1 -c32) until N runs parked (or finished); N is approximate (a few
+# dozen more may arrive before wrk stops). RSS is read once the hub is idle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-100000}
@@ -27,12 +29,6 @@ wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-Signature-256"] = os.getenv("W1_SIG")
-local limit = tonumber(os.getenv("W1_LIMIT"))
-local count = 0
-function response(status, headers, body)
-  if status == 202 then count = count + 1 end
-  if count >= limit then wrk.thread:stop() end
-end
 LUA
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -60,11 +56,12 @@ YAML
     sleep 2
     local idle; idle=$(rss_kib "$pid")
     local start=$SECONDS
-    W1_BODY=bench/w1/event.json W1_SIG=$(cat bench/w1/event.sig) W1_LIMIT=$N \
-        wrk -t1 -c32 -d900s -s "$tmp/limit.lua" "http://127.0.0.1:$port/hooks/w1" > "$tmp/wrk-$mode" 2>&1
-    local sent=$((SECONDS - start))
-    # Every run parked (the log says so) or finished (/metrics), then let it settle.
-    for _ in $(seq 600); do
+    W1_BODY=bench/w1/event.json W1_SIG=$(cat bench/w1/event.sig) \
+        wrk -t1 -c32 -d1800s -s "$tmp/limit.lua" "http://127.0.0.1:$port/hooks/w1" > "$tmp/wrk-$mode" 2>&1 &
+    local wrk_pid=$!
+    # Until N runs parked (the log says so) or finished (/metrics); then stop
+    # the sender and let the hub settle.
+    for _ in $(seq 1800); do
         local n
         if [ "$mode" = wait ]; then
             n=$(grep -c "run waiting" "$tmp/log-$mode" || true)
@@ -75,6 +72,9 @@ YAML
         [ "${n:-0}" -ge "$N" ] && break
         sleep 1
     done
+    kill "$wrk_pid" 2>/dev/null || true
+    wait "$wrk_pid" 2>/dev/null || true
+    local sent=$((SECONDS - start))
     sleep 5
     local after; after=$(rss_kib "$pid")
     local store; store=$(du -sk "$tmp/data/store" | cut -f1)
