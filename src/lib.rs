@@ -26,6 +26,7 @@
 //! - [`sandbox`]: stand-ins for the shipped connectors' vendor APIs, served on
 //!   loopback by `serve --demo` (the offline quick start); knows nothing of the hub.
 //! - [`error`]: the one place errors become HTTP answers.
+//! - [`crash`]: crash points for the crash-safety test (debug builds only).
 //! - [`listener`]: the accept loop and per-connection limits (timeouts,
 //!   connection cap, bounded buffers, lingering close).
 //! - [`server`]: wiring for `serve` — [`server::prepare`] checks everything
@@ -51,6 +52,7 @@
 
 pub mod admin;
 pub mod connector;
+pub mod crash;
 pub mod dashboard;
 pub mod duration;
 pub mod engine;

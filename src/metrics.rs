@@ -344,7 +344,8 @@ impl Metrics {
             .inc();
     }
 
-    /// A call waited `took` for its connector's limits.
+    /// A call passed its connector's limits (`took` zero) or was sent back
+    /// to the queue for `took` because one was full.
     pub fn limit_wait(&self, connector: &str, took: Duration) {
         self.limit_waits
             .get_or_create(&ConnectorLabel {

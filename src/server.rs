@@ -35,6 +35,9 @@ pub struct ServeConfig {
     pub max_queue: usize,
     /// Delete events and their finished runs older than this (`None`: keep all).
     pub retention: Option<Duration>,
+    /// Above `max_queue`, answer webhooks 503 + `Retry-After` instead of
+    /// storing them (off by default: some senders never retry).
+    pub backpressure: bool,
     /// Timeouts and the connection cap of the HTTP listener.
     pub connections: ConnectionLimits,
     /// Serve `/metrics` without the admin token.
@@ -75,6 +78,7 @@ impl ServeConfig {
             shutdown_grace: Duration::from_secs(Self::DEFAULT_SHUTDOWN_GRACE_SECS),
             max_queue: Self::DEFAULT_MAX_QUEUE,
             retention: Some(crate::engine::retention::DEFAULT_RETENTION),
+            backpressure: false,
             connections: ConnectionLimits::default(),
             metrics_public: false,
             demo: false,
@@ -243,6 +247,13 @@ impl Prepared {
         }
         let mut workers = worker::spawn(&engine, stop_rx.clone());
         workers.extend(retention::spawn(&engine, stop_rx.clone()));
+        let backpressure = config.backpressure.then(|| {
+            let gauge = Arc::new(ingress::Backpressure::new(config.max_queue));
+            workers.push(tokio::spawn(
+                gauge.clone().sample(engine.clone(), stop_rx.clone()),
+            ));
+            gauge
+        });
         workers.extend(scheduler::spawn(&engine, stop_rx));
         let admin_state = AdminState {
             engine: engine.clone(),
@@ -259,6 +270,7 @@ impl Prepared {
             engine: engine.clone(),
             body_limit: config.body_limit,
             public_url: config.public_url.clone(),
+            backpressure,
         })
         .merge(dashboard::router(
             Console::new(admin_state.clone()),

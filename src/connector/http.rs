@@ -81,6 +81,11 @@ pub enum CallError {
     /// Not sent: the connector's circuit breaker is open for this long.
     #[error("not called: circuit breaker open after repeated failures")]
     CircuitOpen(std::time::Duration),
+    /// Not sent: the connector's rate or concurrency limit is full; try
+    /// again after this long (the run goes back to the queue, the worker
+    /// moves on).
+    #[error("not called yet: waiting for the connector's rate or concurrency limit")]
+    Limited(std::time::Duration),
 }
 
 impl CallError {
@@ -266,9 +271,13 @@ impl Client {
         breaker
             .check(Instant::now())
             .map_err(CallError::CircuitOpen)?;
-        let waited = Instant::now();
-        let _admission = connector.limits.admit().await;
-        crate::metrics::get().limit_wait(&connector.name, waited.elapsed());
+        // Never wait for a limit here: a full one sends the run back to the
+        // queue until a slot is likely free (see `Limits::try_admit`). The
+        // metric records each admission: 0, or how long the run is sent away.
+        let admitted = connector.limits.try_admit(Instant::now());
+        let held = admitted.as_ref().err().copied().unwrap_or_default();
+        crate::metrics::get().limit_wait(&connector.name, held);
+        let _admission = admitted.map_err(CallError::Limited)?;
         let pass = breaker
             .pass(Instant::now())
             .map_err(CallError::CircuitOpen)?;

@@ -294,6 +294,12 @@ pub struct Limits {
     /// The `concurrency:` the semaphore was made with (for [`Limits::usage`]).
     concurrency_max: usize,
     pub breaker: Breaker,
+    /// The latest time handed to a refused call to come back
+    /// ([`Limits::try_admit`]): refused calls get successive times one
+    /// slot's worth apart, so a thousand waiting runs come back one by one
+    /// rather than all at once. A std Mutex: nothing async happens while
+    /// it is held.
+    next_try: Mutex<Option<Instant>>,
 }
 
 /// What a connector's limits are doing now (the admin API shows it as
@@ -342,6 +348,10 @@ impl Breaker {
     }
 }
 
+/// How long a call refused by a full concurrency limit waits before it
+/// tries again, per call ahead of it (when it frees is unknown).
+const CONCURRENCY_SPACING: Duration = Duration::from_millis(50);
+
 impl Limits {
     pub fn new(
         limits: Option<&LimitsFile>,
@@ -358,6 +368,7 @@ impl Limits {
             concurrency,
             concurrency_max: limits.and_then(|l| l.concurrency).unwrap_or(0),
             breaker: Breaker::new(breaker),
+            next_try: Mutex::new(None),
         })
     }
 
@@ -377,6 +388,43 @@ impl Limits {
             concurrency_max: self.concurrency.as_ref().map(|_| self.concurrency_max),
             breaker: self.breaker.view(now),
         }
+    }
+
+    /// A concurrency permit and a rate slot now, or — without waiting —
+    /// how long until the call should try again. A worker never waits for a
+    /// limit: the run is rescheduled to that time and the worker moves on,
+    /// so a slow connector cannot hold every worker.
+    pub fn try_admit(&self, now: Instant) -> Result<Admission, Duration> {
+        let permit = match &self.concurrency {
+            Some(sem) => match sem.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    let n = sem.available_permits().max(1) as u32;
+                    return Err(self.reserve(now, CONCURRENCY_SPACING / n));
+                }
+            },
+            None => None,
+        };
+        let rate = match &self.rate {
+            Some(rate) => match rate.try_acquire() {
+                Some(slot) => Some(slot),
+                None => return Err(self.reserve(now, rate.per / rate.max.max(1) as u32)),
+            },
+            None => None,
+        };
+        Ok(Admission {
+            _permit: permit,
+            _rate: rate,
+        })
+    }
+
+    /// The next free retry time, `spacing` after the last one handed out
+    /// (or from now): how long until it.
+    fn reserve(&self, now: Instant, spacing: Duration) -> Duration {
+        let mut next = self.next_try.lock().unwrap_or_else(|p| p.into_inner());
+        let at = next.filter(|t| *t > now).unwrap_or(now) + spacing;
+        *next = Some(at);
+        at - now
     }
 
     /// Wait for a concurrency permit and a rate slot (in that order, so a

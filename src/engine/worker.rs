@@ -264,6 +264,9 @@ impl Engine {
                 record.error = Some(CallError::CircuitOpen(*wait).to_string());
                 return (record, Attempted::RetryIn(*wait));
             }
+            // Not sent: back to the queue until a slot is likely free,
+            // without holding this worker or spending an attempt.
+            Err(CallError::Limited(wait)) => return (record, Attempted::WaitSlot(*wait)),
             Err(e) => Some(describe(e, &outcome.record)),
             Ok(_) => None,
         };
@@ -421,9 +424,31 @@ impl WorkerHost<'_> {
         }
         let prior = self.pending.take().filter(|p| p.id == call.path);
         let (record, attempted) = self.engine.run_call(&call, self.run, prior).await;
-        tracing::info!(run = %self.run.id, recipe = %self.run.recipe, step = %call.path, status = record.status.as_str(), http_status = record.http_status, duration_ms = record.duration_ms, attempts = record.attempts, "step finished");
+        crate::crash::point("step.called");
+        if !matches!(attempted, Attempted::WaitSlot(_)) {
+            tracing::info!(run = %self.run.id, recipe = %self.run.recipe, step = %call.path, status = record.status.as_str(), http_status = record.http_status, duration_ms = record.duration_ms, attempts = record.attempts, "step finished");
+        }
         match attempted {
             Attempted::Done => (record, Next::Continue),
+            Attempted::WaitSlot(delay) => {
+                let previous_due = self.run.due_at;
+                let now = store::now_ms();
+                // Earlier attempts of a step being retried are kept.
+                self.run.pending = Some(record.clone()).filter(|r| r.attempts > 0);
+                self.run.status = RunStatus::Queued;
+                self.run.updated_at = now;
+                self.run.due_at = now + delay.as_millis() as i64;
+                self.run.starts = 0;
+                let written = match self.engine.store.reschedule(self.run, previous_due) {
+                    Ok(()) => self.engine.commit.sync().await,
+                    Err(e) => Err(e),
+                };
+                match written {
+                    Ok(()) => self.saved = self.run.steps.len(),
+                    Err(e) => self.store_error = Some(e),
+                }
+                (record, Next::Suspend)
+            }
             Attempted::End(status) => (record, Next::End(status)),
             Attempted::RetryIn(delay) => {
                 let previous_due = self.run.due_at;
@@ -540,6 +565,8 @@ fn empty_record(call: &Call<'_>) -> StepRecord {
 /// What one attempt of a call means for its run.
 enum Attempted {
     Done,
+    /// The connector's limit is full: queued again after this long.
+    WaitSlot(Duration),
     RetryIn(Duration),
     End(RunStatus),
 }

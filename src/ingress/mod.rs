@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Map, Value};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 /// What the webhook routes need.
@@ -29,6 +30,52 @@ pub struct IngressState {
     pub body_limit: usize,
     /// The URL senders use to reach the hub (for schemes that sign the URL), e.g. `https://hooks.example.com`.
     pub public_url: Option<String>,
+    /// `serve --backpressure`: refuse webhooks while the queue is too deep.
+    pub backpressure: Option<Arc<Backpressure>>,
+}
+
+/// Back-pressure (`serve --backpressure`): while the run queue is deeper
+/// than `--max-queue`, webhooks are answered 503 + `Retry-After` before
+/// anything is read or stored, so a sender that retries holds the backlog
+/// instead of the hub. The depth is sampled (every [`Backpressure::EVERY`])
+/// off the request path, so a request pays one atomic load.
+pub struct Backpressure {
+    max_queue: usize,
+    depth: AtomicUsize,
+}
+
+impl Backpressure {
+    /// How often the queue depth is sampled.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+    pub fn new(max_queue: usize) -> Backpressure {
+        Backpressure {
+            max_queue,
+            depth: AtomicUsize::new(0),
+        }
+    }
+
+    fn overloaded(&self) -> bool {
+        self.depth.load(AtomicOrdering::Relaxed) > self.max_queue
+    }
+
+    /// Sample the queue depth until `stop` turns true.
+    pub async fn sample(
+        self: Arc<Self>,
+        engine: Arc<Engine>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        while !*stop.borrow() {
+            let e = engine.clone();
+            if let Ok(Ok(depth)) = tokio::task::spawn_blocking(move || e.queue_depth()).await {
+                self.depth.store(depth, AtomicOrdering::Relaxed);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Self::EVERY) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
 }
 
 pub fn router(state: IngressState) -> Router {
@@ -79,6 +126,11 @@ async fn handle(
         )));
     };
 
+    if st.backpressure.as_ref().is_some_and(|b| b.overloaded()) {
+        return Err(ApiError::Unavailable(
+            "the run queue is over --max-queue; retry later".into(),
+        ));
+    }
     let too_large = || ApiError::TooLarge(st.body_limit);
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)

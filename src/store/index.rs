@@ -22,8 +22,10 @@
 //! built and applied under the store's lock (the sled backend's `lock`).
 //! Must never: change a record, or be written outside its record's batch.
 
+use super::overlay::{Batch, Overlay};
 use super::{Result, Run, RunStatus, StoreError};
 use std::collections::HashMap;
+use std::ops::Bound;
 
 /// Every status, in counter order.
 pub const STATUSES: [RunStatus; 9] = [
@@ -118,8 +120,8 @@ fn io(e: sled::Error) -> StoreError {
 }
 
 /// A u64 counter's value (absent: 0).
-pub fn read_counter(tree: &sled::Tree, key: &[u8]) -> Result<u64> {
-    Ok(tree
+pub fn read_counter(kv: &Overlay, key: &[u8]) -> Result<u64> {
+    Ok(kv
         .get(key)
         .map_err(io)?
         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -130,16 +132,16 @@ pub fn read_counter(tree: &sled::Tree, key: &[u8]) -> Result<u64> {
 /// The index changes of one batch: which runs it writes (so a second write
 /// of the same run in the batch sees the first) and the counter deltas.
 pub struct Index<'a> {
-    tree: &'a sled::Tree,
+    kv: &'a Overlay,
     written: HashMap<String, Option<RunStatus>>,
     events: i64,
     runs: [i64; 9],
 }
 
 impl<'a> Index<'a> {
-    pub fn new(tree: &'a sled::Tree) -> Index<'a> {
+    pub fn new(kv: &'a Overlay) -> Index<'a> {
         Index {
-            tree,
+            kv,
             written: HashMap::new(),
             events: 0,
             runs: [0; 9],
@@ -152,14 +154,14 @@ impl<'a> Index<'a> {
             return Ok(*s);
         }
         let v = self
-            .tree
-            .get(with_id(recipe_prefix(recipe), id))
+            .kv
+            .get(&with_id(recipe_prefix(recipe), id))
             .map_err(io)?;
         Ok(v.and_then(|v| v.first().copied()).and_then(from_code))
     }
 
     /// Write `run`'s record and its index keys into `batch`.
-    pub fn put_run(&mut self, batch: &mut sled::Batch, run: &Run, record: Vec<u8>) -> Result<()> {
+    pub fn put_run(&mut self, batch: &mut Batch, run: &Run, record: Vec<u8>) -> Result<()> {
         batch.insert(with_id(b"r/".to_vec(), &run.id), record);
         let old = self.status(&run.recipe, &run.id)?;
         if old == Some(run.status) {
@@ -181,7 +183,7 @@ impl<'a> Index<'a> {
     }
 
     /// Remove a run's record and its index keys (retention).
-    pub fn remove_run(&mut self, batch: &mut sled::Batch, recipe: &str, id: &str) -> Result<()> {
+    pub fn remove_run(&mut self, batch: &mut Batch, recipe: &str, id: &str) -> Result<()> {
         batch.remove(with_id(b"r/".to_vec(), id));
         if let Some(old) = self.status(recipe, id)? {
             self.unindex(batch, recipe, id, old);
@@ -191,7 +193,7 @@ impl<'a> Index<'a> {
         Ok(())
     }
 
-    fn unindex(&mut self, batch: &mut sled::Batch, recipe: &str, id: &str, old: RunStatus) {
+    fn unindex(&mut self, batch: &mut Batch, recipe: &str, id: &str, old: RunStatus) {
         batch.remove(with_id(status_prefix(old), id));
         batch.remove(with_id(recipe_status_prefix(recipe, old), id));
         self.runs[slot(old)] -= 1;
@@ -206,7 +208,7 @@ impl<'a> Index<'a> {
     }
 
     /// Put the changed counters' new values into `batch`.
-    pub fn commit(self, batch: &mut sled::Batch) -> Result<()> {
+    pub fn commit(self, batch: &mut Batch) -> Result<()> {
         let deltas = std::iter::once((EVENTS.to_vec(), self.events)).chain(
             STATUSES
                 .iter()
@@ -215,7 +217,7 @@ impl<'a> Index<'a> {
         );
         for (key, delta) in deltas {
             if delta != 0 {
-                let now = read_counter(self.tree, &key)?;
+                let now = read_counter(self.kv, &key)?;
                 let next = now.saturating_add_signed(delta);
                 batch.insert(key, &next.to_be_bytes());
             }
@@ -285,7 +287,7 @@ pub fn rebuild(tree: &sled::Tree) -> Result<()> {
 /// Run ids under `prefixes` (each `<prefix><run id>`), newest first, older
 /// than `before`: the listings merged by id (ids sort by time).
 pub fn newest_ids(
-    tree: &sled::Tree,
+    kv: &Overlay,
     prefixes: &[Vec<u8>],
     before: Option<&str>,
 ) -> impl Iterator<Item = Result<String>> {
@@ -297,8 +299,7 @@ pub fn newest_ids(
                 None => super::sled::prefix_end(p),
             };
             let len = p.len();
-            tree.range(p.clone()..end)
-                .rev()
+            kv.range_rev((Bound::Included(p.clone()), Bound::Excluded(end)))
                 .map(move |item| {
                     item.map_err(io)
                         .map(|(k, _)| String::from_utf8_lossy(&k[len..]).into_owned())
@@ -324,15 +325,15 @@ pub fn newest_ids(
 }
 
 /// The counts the counters hold.
-pub fn counted(tree: &sled::Tree) -> Result<super::Counts> {
+pub fn counted(kv: &Overlay) -> Result<super::Counts> {
     let mut c = super::Counts {
-        events: read_counter(tree, EVENTS)?,
+        events: read_counter(kv, EVENTS)?,
         ..Default::default()
     };
     for s in STATUSES {
         c.runs.insert(
             status_name(s).to_string(),
-            read_counter(tree, &counter_key(s))?,
+            read_counter(kv, &counter_key(s))?,
         );
     }
     c.queue_depth = [RunStatus::Queued, RunStatus::Running, RunStatus::Retrying]
@@ -345,14 +346,14 @@ pub fn counted(tree: &sled::Tree) -> Result<super::Counts> {
 /// Count everything by a full scan of the records, and check the index
 /// keys against them: (counts, problems found). O(n): for `store stats
 /// --scan` and tests.
-pub fn audit(tree: &sled::Tree) -> Result<(super::Counts, Vec<String>)> {
+pub fn audit(kv: &Overlay) -> Result<(super::Counts, Vec<String>)> {
     let mut c = super::Counts::default();
     for s in STATUSES {
         c.runs.insert(status_name(s).to_string(), 0);
     }
     let mut problems = Vec::new();
     let mut expected = std::collections::BTreeSet::new();
-    for item in tree.scan_prefix(b"r/") {
+    for item in kv.scan_prefix(b"r/") {
         let (k, v) = item.map_err(io)?;
         let run: IndexedRun = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
             key: String::from_utf8_lossy(&k).into_owned(),
@@ -364,7 +365,7 @@ pub fn audit(tree: &sled::Tree) -> Result<(super::Counts, Vec<String>)> {
         let ir = with_id(recipe_prefix(&run.recipe), &run.id);
         let is = with_id(status_prefix(run.status), &run.id);
         let iq = with_id(recipe_status_prefix(&run.recipe, run.status), &run.id);
-        if tree.get(&ir).map_err(io)?.as_deref() != Some(&[code(run.status)][..]) {
+        if kv.get(&ir).map_err(io)?.as_deref() != Some(&[code(run.status)][..]) {
             problems.push(format!(
                 "run {}: `ir/` does not say {}",
                 run.id,
@@ -372,7 +373,7 @@ pub fn audit(tree: &sled::Tree) -> Result<(super::Counts, Vec<String>)> {
             ));
         }
         for k in [&is, &iq] {
-            if !tree.contains_key(k).map_err(io)? {
+            if kv.get(k).map_err(io)?.is_none() {
                 problems.push(format!(
                     "run {}: {} missing",
                     run.id,
@@ -383,15 +384,15 @@ pub fn audit(tree: &sled::Tree) -> Result<(super::Counts, Vec<String>)> {
         expected.extend([ir, is, iq]);
     }
     for prefix in [&b"ir/"[..], b"is/", b"iq/"] {
-        for item in tree.scan_prefix(prefix) {
+        for item in kv.scan_prefix(prefix) {
             let (k, _) = item.map_err(io)?;
             if !expected.contains(k.as_ref()) {
                 problems.push(format!("stale index key {}", String::from_utf8_lossy(&k)));
             }
         }
     }
-    c.events = tree.scan_prefix(b"e/").count() as u64;
-    for item in tree.scan_prefix(b"q/") {
+    c.events = kv.scan_prefix(b"e/").count() as u64;
+    for item in kv.scan_prefix(b"q/") {
         let (_, v) = item.map_err(io)?;
         c.queue_depth += u64::from(v.as_ref() != b"p");
     }

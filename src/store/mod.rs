@@ -11,6 +11,7 @@
 //! itself.
 
 pub mod index;
+mod overlay;
 pub mod reopen;
 pub mod retention;
 pub mod sled;
@@ -650,9 +651,12 @@ impl GroupCommit {
                 while let Ok(first) = rx.recv() {
                     let mut waiters = vec![first];
                     waiters.extend(rx.try_iter());
+                    crate::crash::point("group.apply");
                     let started = std::time::Instant::now();
+                    // Applies the group's writes as one batch, then syncs once.
                     let r = store.flush().map_err(|e| e.to_string());
                     crate::metrics::get().commit(waiters.len(), started.elapsed());
+                    crate::crash::point("group.answer");
                     for w in waiters {
                         let _ = w.send(r.clone());
                     }

@@ -15,6 +15,7 @@
 //! now belongs to another event.
 
 use super::index::{Index, IndexedRun};
+use super::overlay::{Batch, Overlay};
 use super::{Result, RunStatus, StoreError};
 use std::ops::Bound;
 
@@ -56,7 +57,7 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T>
 /// Look at up to `max` events older than `cutoff` (ms), from `from` (the
 /// last key a previous chunk looked at; empty: the oldest), and delete those
 /// nothing keeps. The caller holds the store lock.
-pub fn expire(tree: &sled::Tree, from: &mut Vec<u8>, cutoff: i64, max: usize) -> Result<Expired> {
+pub fn expire(kv: &Overlay, from: &mut Vec<u8>, cutoff: i64, max: usize) -> Result<Expired> {
     let end = format!("e/{}", super::id_floor(cutoff)).into_bytes();
     let start = if from.is_empty() {
         Bound::Included(b"e/".to_vec())
@@ -64,11 +65,11 @@ pub fn expire(tree: &sled::Tree, from: &mut Vec<u8>, cutoff: i64, max: usize) ->
         Bound::Excluded(from.clone())
     };
     let mut out = Expired::default();
-    let mut batch = sled::Batch::default();
-    let mut ix = Index::new(tree);
+    let mut batch = Batch::default();
+    let mut ix = Index::new(kv);
     let mut examined = 0;
     let mut last = None;
-    for item in tree.range((start, Bound::Excluded(end))) {
+    for item in kv.range((start, Bound::Excluded(end))) {
         if examined >= max {
             break;
         }
@@ -80,7 +81,7 @@ pub fn expire(tree: &sled::Tree, from: &mut Vec<u8>, cutoff: i64, max: usize) ->
         let mut keep = false;
         for id in &event.runs {
             let rk = format!("r/{id}");
-            let Some(rv) = tree.get(rk.as_bytes()).map_err(io)? else {
+            let Some(rv) = kv.get(rk.as_bytes()).map_err(io)? else {
                 continue;
             };
             let run: IndexedRun = decode(rk.as_bytes(), &rv)?;
@@ -103,13 +104,13 @@ pub fn expire(tree: &sled::Tree, from: &mut Vec<u8>, cutoff: i64, max: usize) ->
         out.runs += runs.len();
         if let Some(d) = &event.delivery_id {
             let dk = format!("d/{}\0{d}", event.connector).into_bytes();
-            if tree.get(&dk).map_err(io)?.as_deref() == Some(event.id.as_bytes()) {
+            if kv.get(&dk).map_err(io)?.as_deref() == Some(event.id.as_bytes()) {
                 batch.remove(dk);
             }
         }
         if let Some(r) = &event.replay {
             let pk = format!("p/{}\0{}", event.connector, r.key).into_bytes();
-            let mine = tree
+            let mine = kv
                 .get(&pk)
                 .map_err(io)?
                 .is_some_and(|v| v.split(|b| *b == 0).next() == Some(event.id.as_bytes()));
@@ -128,7 +129,7 @@ pub fn expire(tree: &sled::Tree, from: &mut Vec<u8>, cutoff: i64, max: usize) ->
         last.unwrap_or_default()
     };
     ix.commit(&mut batch)?;
-    tree.apply_batch(batch).map_err(io)?;
+    kv.write(batch).map_err(io)?;
     Ok(out)
 }
 

@@ -22,6 +22,7 @@
 //! Multi-key writes go through one `Batch`, which sled applies atomically.
 
 use super::index::{self, Index};
+use super::overlay::{Batch, Overlay};
 use super::state::{self, Kv, StateEntry, StateKey, StateOp, StateOutput, Write};
 use super::{
     ConcurrencySlot, Event, Inserted, Listen, Page, Result, Retried, Run, RunFilter, RunHead,
@@ -43,7 +44,9 @@ pub const CACHE_BYTES: u64 = 32 << 20;
 
 pub struct SledStore {
     db: sled::Db,
-    tree: sled::Tree,
+    /// The tree `switchboard`, with the writes of the group not yet
+    /// flushed in front of it: every read and write goes through it.
+    kv: Overlay,
     /// Serialises read-check-write sequences (dedupe, lease, finish). A std
     /// Mutex: nothing async happens while it is held.
     lock: Mutex<()>,
@@ -56,10 +59,10 @@ pub struct SledStore {
     expire_from: Mutex<Vec<u8>>,
 }
 
-/// Reads of [`state::apply`] straight from the tree.
-struct TreeKv<'a>(&'a sled::Tree);
+/// Reads of [`state::apply`]: the tree with the group's pending writes.
+struct OverlayKv<'a>(&'a Overlay);
 
-impl Kv for TreeKv<'_> {
+impl Kv for OverlayKv<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.0.get(key).map_err(io)?.map(|v| v.to_vec()))
     }
@@ -149,14 +152,14 @@ fn cancel_key(run_id: &str) -> Vec<u8> {
 }
 
 /// List `run` under its lifetime `cancel_on` keys (into `batch`).
-fn list_cancel_keys(batch: &mut sled::Batch, run: &Run) {
+fn list_cancel_keys(batch: &mut Batch, run: &Run) {
     for c in &run.listening {
         batch.insert(correlation_key(c, &run.id), c.tag.as_bytes());
     }
 }
 
 /// Remove `run`'s lifetime `cancel_on` keys and a pending cancel request.
-fn unlist_cancel_keys(batch: &mut sled::Batch, run: &Run) {
+fn unlist_cancel_keys(batch: &mut Batch, run: &Run) {
     for c in &run.listening {
         batch.remove(correlation_key(c, &run.id));
     }
@@ -195,7 +198,7 @@ impl SledStore {
     /// one gets a cancel request (`x/`) its worker reads at the next step.
     fn match_waiting(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         ix: &mut Index<'_>,
         event_id: &str,
         probes: &[super::Correlation],
@@ -205,7 +208,7 @@ impl SledStore {
         let mut done = std::collections::HashSet::new();
         for probe in probes {
             let prefix = correlation_prefix(probe);
-            for item in self.tree.scan_prefix(&prefix) {
+            for item in self.kv.scan_prefix(&prefix) {
                 let (k, tag) = item.map_err(io)?;
                 if tag.as_ref() != probe.tag.as_bytes() {
                     continue;
@@ -229,7 +232,7 @@ impl SledStore {
                         batch.remove(queue_key(run.due_at, &id));
                         if let Some(d) = &run.debounce {
                             let key = debounce_key(&d.key);
-                            if self.tree.get(&key).map_err(io)?.as_deref() == Some(id.as_bytes()) {
+                            if self.kv.get(&key).map_err(io)?.as_deref() == Some(id.as_bytes()) {
                                 batch.remove(key);
                             }
                         }
@@ -294,7 +297,7 @@ impl SledStore {
     /// front of its key (into `batch`).
     fn release_slot(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
         ix: &mut Index<'_>,
         run: &mut Run,
         now: i64,
@@ -304,8 +307,8 @@ impl SledStore {
         };
         batch.remove(slot_key(&slot.key, slot.seq));
         for item in self
-            .tree
-            .scan_prefix(slot_prefix(&slot.key))
+            .kv
+            .scan_prefix(&slot_prefix(&slot.key))
             .take(slot.limit as usize + 1)
         {
             let (_, v) = item.map_err(io)?;
@@ -327,7 +330,7 @@ impl SledStore {
 
     /// The run a debounce key points at, if it has not started yet.
     fn pending_debounce(&self, key: &[u8]) -> Result<Option<Run>> {
-        let Some(id) = self.tree.get(key).map_err(io)? else {
+        let Some(id) = self.kv.get(key).map_err(io)? else {
             return Ok(None);
         };
         let run: Option<Run> = self.get(&[b"r/".as_slice(), &id].concat())?;
@@ -337,8 +340,8 @@ impl SledStore {
     /// Is this run among the first `limit` unfinished runs of its key?
     fn has_turn(&self, slot: &ConcurrencySlot) -> Result<bool> {
         for item in self
-            .tree
-            .scan_prefix(slot_prefix(&slot.key))
+            .kv
+            .scan_prefix(&slot_prefix(&slot.key))
             .take(slot.limit.max(1) as usize)
         {
             let (k, _) = item.map_err(io)?;
@@ -369,7 +372,7 @@ impl SledStore {
         index::rebuild(&tree)?;
         Ok(SledStore {
             db,
-            tree,
+            kv: Overlay::new(tree),
             lock: Mutex::new(()),
             state_lock: Mutex::new(()),
             sweep_from: Mutex::new(Vec::new()),
@@ -384,7 +387,7 @@ impl SledStore {
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
-        match self.tree.get(key).map_err(io)? {
+        match self.kv.get(key).map_err(io)? {
             None => Ok(None),
             Some(v) => decode(key, &v).map(Some),
         }
@@ -408,7 +411,10 @@ impl SledStore {
             }
         };
         let mut out = Vec::new();
-        for item in self.tree.range(start..end).rev() {
+        for item in self
+            .kv
+            .range_rev((Bound::Included(start), Bound::Excluded(end)))
+        {
             let (k, v) = item.map_err(io)?;
             let t: T = decode(&k, &v)?;
             if keep(&t) {
@@ -419,6 +425,16 @@ impl SledStore {
             }
         }
         Ok(out)
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // Writes never flushed were never acknowledged; still, a closing
+        // store (a CLI command, a test) keeps them, as sled keeps its own.
+        if let Err(e) = self.kv.apply() {
+            tracing::warn!(error = %e, "writes not applied when the store closed");
+        }
     }
 }
 
@@ -441,7 +457,7 @@ impl Store for SledStore {
             .as_ref()
             .map(|d| format!("d/{}\0{d}", event.connector).into_bytes());
         if let Some(k) = &dedupe_key {
-            if let Some(existing) = self.tree.get(k).map_err(io)? {
+            if let Some(existing) = self.kv.get(k).map_err(io)? {
                 return Ok((
                     Inserted::Duplicate {
                         event_id: String::from_utf8_lossy(&existing).into_owned(),
@@ -456,7 +472,7 @@ impl Store for SledStore {
             .as_ref()
             .map(|r| format!("p/{}\0{}", event.connector, r.key).into_bytes());
         if let (Some(k), Some(guard)) = (&replay_key, &event.replay) {
-            if let Some(seen) = self.tree.get(k).map_err(io)? {
+            if let Some(seen) = self.kv.get(k).map_err(io)? {
                 let seen = String::from_utf8_lossy(&seen).into_owned();
                 let (first, at) = seen.split_once('\0').unwrap_or((seen.as_str(), "0"));
                 let at: i64 = at.parse().unwrap_or(0);
@@ -473,7 +489,7 @@ impl Store for SledStore {
                 }
             }
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         if let Some(k) = dedupe_key {
             batch.insert(k, event.id.as_bytes());
         }
@@ -483,7 +499,7 @@ impl Store for SledStore {
                 format!("{}\0{}", event.id, event.received_at).into_bytes(),
             );
         }
-        let mut ix = Index::new(&self.tree);
+        let mut ix = Index::new(&self.kv);
         let mut event = std::borrow::Cow::Borrowed(event);
         for run in runs {
             let mut run = run.clone();
@@ -526,11 +542,14 @@ impl Store for SledStore {
         ix.event_added();
         let matched = self.match_waiting(&mut batch, &mut ix, &event.id, probes, now)?;
         ix.commit(&mut batch)?;
-        self.tree.apply_batch(batch).map_err(io)?;
+        self.kv.write(batch).map_err(io)?;
         Ok((Inserted::New, matched))
     }
 
     fn flush(&self) -> Result<()> {
+        // The group's writes become one sled batch, then one log flush.
+        self.kv.apply().map_err(io)?;
+        crate::crash::point("group.flush");
         self.db.flush().map(|_| ()).map_err(io)
     }
 
@@ -552,7 +571,7 @@ impl Store for SledStore {
         };
         // Through the index: only runs that match are read.
         let mut out = Vec::new();
-        for id in index::newest_ids(&self.tree, &prefixes, page.before.as_deref()) {
+        for id in index::newest_ids(&self.kv, &prefixes, page.before.as_deref()) {
             let id = id?;
             if let Some(run) = self.run(&id)? {
                 // The record decides (a checkpoint racing an expired
@@ -572,7 +591,10 @@ impl Store for SledStore {
         // Keys only: an event id carries its time, so no body is decoded.
         let from = format!("e/{}", super::id_floor(since)).into_bytes();
         let mut out = Vec::new();
-        for item in self.tree.range(from..b"e0".to_vec()).rev() {
+        for item in self
+            .kv
+            .range_rev((Bound::Included(from), Bound::Excluded(b"e0".to_vec())))
+        {
             if out.len() >= max {
                 break;
             }
@@ -588,7 +610,10 @@ impl Store for SledStore {
         // A `RunHead` picks four fields; serde skips the step records.
         let from = format!("r/{}", super::id_floor(since)).into_bytes();
         let mut out = Vec::new();
-        for item in self.tree.range(from..b"r0".to_vec()).rev() {
+        for item in self
+            .kv
+            .range_rev((Bound::Included(from), Bound::Excluded(b"r0".to_vec())))
+        {
             if out.len() >= max {
                 break;
             }
@@ -600,7 +625,7 @@ impl Store for SledStore {
 
     fn event_by_delivery(&self, connector: &str, delivery_id: &str) -> Result<Option<Event>> {
         let key = format!("d/{connector}\0{delivery_id}");
-        match self.tree.get(key.as_bytes()).map_err(io)? {
+        match self.kv.get(key.as_bytes()).map_err(io)? {
             None => Ok(None),
             Some(id) => self.event(&String::from_utf8_lossy(&id)),
         }
@@ -609,9 +634,12 @@ impl Store for SledStore {
     fn lease(&self, now: i64, lease_ms: i64, max: usize) -> Result<Vec<Run>> {
         let _g = self.guard();
         let mut out = Vec::new();
-        let mut batch = sled::Batch::default();
-        let mut ix = Index::new(&self.tree);
-        for item in self.tree.range(queue_key(0, "")..queue_key(now + 1, "")) {
+        let mut batch = Batch::default();
+        let mut ix = Index::new(&self.kv);
+        for item in self.kv.range((
+            Bound::Included(queue_key(0, "")),
+            Bound::Excluded(queue_key(now + 1, "")),
+        )) {
             if out.len() >= max {
                 break;
             }
@@ -634,7 +662,7 @@ impl Store for SledStore {
             if let Some(d) = &run.debounce {
                 // Started: later events of the key make a new run.
                 let key = debounce_key(&d.key);
-                if self.tree.get(&key).map_err(io)?.as_deref() == Some(run.id.as_bytes()) {
+                if self.kv.get(&key).map_err(io)?.as_deref() == Some(run.id.as_bytes()) {
                     batch.remove(key);
                 }
             }
@@ -657,45 +685,43 @@ impl Store for SledStore {
             }
         }
         ix.commit(&mut batch)?;
-        self.tree.apply_batch(batch).map_err(io)?;
+        self.kv.write(batch).map_err(io)?;
         Ok(out)
     }
 
     fn save_run(&self, run: &Run) -> Result<()> {
         // A checkpoint keeps the run's status (running): no index key or
         // counter changes, so no lock. Otherwise, the indexed way.
-        let ix = Index::new(&self.tree);
+        let ix = Index::new(&self.kv);
         if ix.status(&run.recipe, &run.id)? == Some(run.status) {
-            return self
-                .tree
-                .insert(format!("r/{}", run.id).into_bytes(), encode(run)?)
-                .map(|_| ())
-                .map_err(io);
+            let mut batch = Batch::default();
+            batch.insert(format!("r/{}", run.id).into_bytes(), encode(run)?);
+            return self.kv.write(batch).map_err(io);
         }
         let _g = self.guard();
-        let mut batch = sled::Batch::default();
-        let mut ix = Index::new(&self.tree);
+        let mut batch = Batch::default();
+        let mut ix = Index::new(&self.kv);
         ix.put_run(&mut batch, run, encode(run)?)?;
         ix.commit(&mut batch)?;
-        self.tree.apply_batch(batch).map_err(io)
+        self.kv.write(batch).map_err(io)
     }
 
     fn finish_run(&self, run: &Run) -> Result<()> {
         let _g = self.guard();
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         batch.remove(queue_key(run.due_at, &run.id));
         let mut finished = run.clone();
         unlist_cancel_keys(&mut batch, run);
-        let mut ix = Index::new(&self.tree);
+        let mut ix = Index::new(&self.kv);
         self.release_slot(&mut batch, &mut ix, &mut finished, run.updated_at)?;
         ix.put_run(&mut batch, &finished, encode(&finished)?)?;
         ix.commit(&mut batch)?;
-        self.tree.apply_batch(batch).map_err(io)
+        self.kv.write(batch).map_err(io)
     }
 
     fn park(&self, run: &Run, previous_due: i64) -> Result<()> {
         let _g = self.guard();
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         batch.remove(queue_key(previous_due, &run.id));
         // Marked: a parked run is not backlog (see `queue_depth`).
         batch.insert(queue_key(run.due_at, &run.id), PARKED);
@@ -704,21 +730,21 @@ impl Store for SledStore {
                 batch.insert(correlation_key(c, &run.id), c.tag.as_bytes());
             }
         }
-        let mut ix = Index::new(&self.tree);
+        let mut ix = Index::new(&self.kv);
         ix.put_run(&mut batch, run, encode(run)?)?;
         ix.commit(&mut batch)?;
-        self.tree.apply_batch(batch).map_err(io)
+        self.kv.write(batch).map_err(io)
     }
 
     fn reschedule(&self, run: &Run, previous_due: i64) -> Result<()> {
         let _g = self.guard();
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         batch.remove(queue_key(previous_due, &run.id));
         batch.insert(queue_key(run.due_at, &run.id), &[][..]);
-        let mut ix = Index::new(&self.tree);
+        let mut ix = Index::new(&self.kv);
         ix.put_run(&mut batch, run, encode(run)?)?;
         ix.commit(&mut batch)?;
-        self.tree.apply_batch(batch).map_err(io)
+        self.kv.write(batch).map_err(io)
     }
 
     fn retry_run(&self, id: &str, now: i64) -> Result<Retried> {
@@ -743,22 +769,25 @@ impl Store for SledStore {
         run.finished_at = None;
         run.updated_at = now;
         run.due_at = now;
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         batch.insert(queue_key(now, &run.id), &[][..]);
         list_cancel_keys(&mut batch, &run);
-        let mut ix = Index::new(&self.tree);
+        let mut ix = Index::new(&self.kv);
         ix.put_run(&mut batch, &run, encode(&run)?)?;
         ix.commit(&mut batch)?;
-        self.tree.apply_batch(batch).map_err(io)?;
+        self.kv.write(batch).map_err(io)?;
         Ok(Retried::Queued(Box::new(run)))
     }
 
     fn release_leases(&self, now: i64) -> Result<usize> {
         let _g = self.guard();
-        let mut batch = sled::Batch::default();
-        let mut ix = Index::new(&self.tree);
+        let mut batch = Batch::default();
+        let mut ix = Index::new(&self.kv);
         let mut n = 0;
-        for item in self.tree.range(queue_key(now + 1, "")..b"q0".to_vec()) {
+        for item in self.kv.range((
+            Bound::Included(queue_key(now + 1, "")),
+            Bound::Excluded(b"q0".to_vec()),
+        )) {
             let (k, _) = item.map_err(io)?;
             let id = String::from_utf8_lossy(&k[10..]).into_owned();
             let Some(mut run) = self.get::<Run>(format!("r/{id}").as_bytes())? else {
@@ -775,14 +804,14 @@ impl Store for SledStore {
             }
         }
         ix.commit(&mut batch)?;
-        self.tree.apply_batch(batch).map_err(io)?;
+        self.kv.write(batch).map_err(io)?;
         Ok(n)
     }
 
     fn cancel_requested(&self, run_id: &str) -> Result<Option<String>> {
         Ok(self
-            .tree
-            .get(cancel_key(run_id))
+            .kv
+            .get(&cancel_key(run_id))
             .map_err(io)?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
@@ -796,7 +825,7 @@ impl Store for SledStore {
         // parked (not backlog). So the backlog is what the counters hold
         // for the other unfinished statuses, and the parked ones are the
         // waiting runs: no scan.
-        let count = |s| index::read_counter(&self.tree, &index::counter_key(s));
+        let count = |s| index::read_counter(&self.kv, &index::counter_key(s));
         let backlog =
             count(RunStatus::Queued)? + count(RunStatus::Running)? + count(RunStatus::Retrying)?;
         Ok(crate::store::QueueCounts {
@@ -808,20 +837,20 @@ impl Store for SledStore {
     fn expire(&self, cutoff: i64, max: usize) -> Result<super::retention::Expired> {
         let mut from = self.expire_from.lock().unwrap_or_else(|p| p.into_inner());
         let _g = self.guard();
-        super::retention::expire(&self.tree, &mut from, cutoff, max)
+        super::retention::expire(&self.kv, &mut from, cutoff, max)
     }
 
     fn stats(&self, scan: bool) -> Result<super::StoreStats> {
         // A scan holds the lock: every write that changes a counter or an
         // index key waits, so the counts and the records are one snapshot.
         let _g = scan.then(|| self.guard());
-        let counts = index::counted(&self.tree)?;
+        let counts = index::counted(&self.kv)?;
         let mut state_entries = 0;
         for prefix in [&b"v/"[..], b"n/", b"a/"] {
-            state_entries += self.tree.scan_prefix(prefix).count() as u64;
+            state_entries += self.kv.scan_prefix(prefix).count() as u64;
         }
         let (scanned, problems) = if scan {
-            let (c, p) = index::audit(&self.tree)?;
+            let (c, p) = index::audit(&self.kv)?;
             (Some(c), p)
         } else {
             (None, Vec::new())
@@ -843,8 +872,8 @@ impl Store for SledStore {
     ) -> Result<StateOutput> {
         // Poisoning is harmless: a batch is applied whole or not at all.
         let _g = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (out, writes) = state::apply(op, now, &TreeKv(&self.tree))?;
-        let mut batch = sled::Batch::default();
+        let (out, writes) = state::apply(op, now, &OverlayKv(&self.kv))?;
+        let mut batch = Batch::default();
         for w in writes {
             match w {
                 Write::Put(k, v) => batch.insert(k, v),
@@ -852,7 +881,7 @@ impl Store for SledStore {
             }
         }
         if let Some(run) = checkpoint(&out) {
-            let ix = Index::new(&self.tree);
+            let ix = Index::new(&self.kv);
             if ix.status(&run.recipe, &run.id)? == Some(run.status) {
                 // A checkpoint keeps the run's status: no index change.
                 batch.insert(format!("r/{}", run.id).into_bytes(), encode(&run)?);
@@ -860,13 +889,13 @@ impl Store for SledStore {
                 // Counters change under the store lock (taken after
                 // `state_lock`, never the other way round).
                 let _g = self.guard();
-                let mut ix = Index::new(&self.tree);
+                let mut ix = Index::new(&self.kv);
                 ix.put_run(&mut batch, &run, encode(&run)?)?;
                 ix.commit(&mut batch)?;
-                return self.tree.apply_batch(batch).map_err(io).map(|()| out);
+                return self.kv.write(batch).map_err(io).map(|()| out);
             }
         }
-        self.tree.apply_batch(batch).map_err(io)?;
+        self.kv.write(batch).map_err(io)?;
         Ok(out)
     }
 
@@ -887,7 +916,7 @@ impl Store for SledStore {
             if matches!(&start, Bound::Excluded(a) if *a >= end) {
                 continue;
             }
-            for item in self.tree.range((start, Bound::Excluded(end))) {
+            for item in self.kv.range((start, Bound::Excluded(end))) {
                 let (k, v) = item.map_err(io)?;
                 if let Some(e) = state::entry(&k, &v, now)? {
                     out.push(e);
@@ -903,7 +932,7 @@ impl Store for SledStore {
     fn state_get(&self, key: &StateKey, now: i64) -> Result<Vec<StateEntry>> {
         let mut out = Vec::new();
         for raw in state::raw_keys(key) {
-            if let Some(v) = self.tree.get(&raw).map_err(io)? {
+            if let Some(v) = self.kv.get(&raw).map_err(io)? {
                 out.extend(state::entry(&raw, &v, now)?);
             }
         }
@@ -925,7 +954,7 @@ impl Store for SledStore {
             } else {
                 continue;
             };
-            for item in self.tree.range((start, Bound::Excluded(end))) {
+            for item in self.kv.range((start, Bound::Excluded(end))) {
                 if examined >= max {
                     break 'scan;
                 }
@@ -946,18 +975,18 @@ impl Store for SledStore {
         };
         drop(from);
         let _g = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut removed = 0;
         for k in expired {
             // Looked at again under the lock: a step may have renewed it.
-            if let Some(v) = self.tree.get(&k).map_err(io)? {
+            if let Some(v) = self.kv.get(&k).map_err(io)? {
                 if state::expired(&k, &v, now)? {
                     batch.remove(k);
                     removed += 1;
                 }
             }
         }
-        self.tree.apply_batch(batch).map_err(io)?;
+        self.kv.write(batch).map_err(io)?;
         Ok(Swept {
             removed,
             cycle_done,
@@ -966,22 +995,21 @@ impl Store for SledStore {
 
     fn schedule_cursor(&self, recipe: &str) -> Result<Option<i64>> {
         Ok(self
-            .tree
-            .get(cursor_key(recipe))
+            .kv
+            .get(&cursor_key(recipe))
             .map_err(io)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(i64::from_be_bytes))
     }
 
     fn set_schedule_cursor(&self, recipe: &str, slot: i64) -> Result<()> {
-        self.tree
-            .insert(cursor_key(recipe), &slot.to_be_bytes())
-            .map(|_| ())
-            .map_err(io)
+        let mut batch = Batch::default();
+        batch.insert(cursor_key(recipe), &slot.to_be_bytes()[..]);
+        self.kv.write(batch).map_err(io)
     }
 
     fn next_due(&self) -> Result<Option<i64>> {
-        match self.tree.scan_prefix(b"q/").next() {
+        match self.kv.scan_prefix(b"q/").next() {
             None => Ok(None),
             Some(item) => {
                 let (k, _) = item.map_err(io)?;
@@ -1244,7 +1272,7 @@ mod tests {
             vec![&a.id]
         );
         assert_eq!(
-            s.tree.scan_prefix(b"w/").count() + s.tree.scan_prefix(b"c/").count(),
+            s.kv.scan_prefix(b"w/").count() + s.kv.scan_prefix(b"c/").count(),
             0,
             "no correlation key is left"
         );
@@ -1438,7 +1466,7 @@ mod tests {
             }
         );
         // Expired entries are still stored until a sweep (or a read) removes them.
-        let stored = |s: &SledStore| s.tree.scan_prefix(b"v/").count();
+        let stored = |s: &SledStore| s.kv.scan_prefix(b"v/").count();
         assert_eq!(stored(&s), 24, "the read of k01 removed it");
         // Each pass looks at 10 entries at most; a full cycle removes the rest.
         let (mut removed, mut cycle) = (Vec::new(), Vec::new());
@@ -1451,7 +1479,7 @@ mod tests {
         assert_eq!(removed.iter().sum::<usize>(), 11 + 1, "{removed:?}");
         assert!(removed.iter().all(|n| *n <= 10));
         assert_eq!(stored(&s), 13);
-        assert_eq!(s.tree.scan_prefix(b"n/").count(), 0);
+        assert_eq!(s.kv.scan_prefix(b"n/").count(), 0);
     }
 
     #[test]

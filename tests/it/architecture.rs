@@ -156,6 +156,7 @@ const NEVER: &[(&str, &[&str], &str)] = &[
         ],
         "a leaf every layer records into",
     ),
+    ("crash", LAYERS, "a pure building block"),
 ];
 
 /// (outside crate, the only modules that import it).

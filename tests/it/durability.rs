@@ -1062,3 +1062,126 @@ async fn retention_deletes_old_finished_events_and_keeps_unfinished_runs_and_dea
     .await;
     assert_counters_agree_with_a_scan(&hub).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_at_its_rate_limit_holds_no_worker_and_delays_no_other_connector() {
+    const SLOW: usize = 1000;
+    const QUICK: usize = 20;
+    let sink = Sink::start(|_, _| Reply::ok()).await;
+    // `sink.a` may be called once a second; `quick.b` (same far end) has no limits.
+    let policy = format!("{RETRY}\nlimits: {{ rate: 1/1s }}");
+    let setup = Setup::new(&sink, &policy, &recipe("", &["a"]));
+    write(
+        &setup.dir.path().join("connectors/quick.yaml"),
+        "name: quick\nbase_url: http://127.0.0.1:1\nactions:\n  b:\n    inputs: { ticket: {}, seq: {} }\n    method: POST\n    path: /b\n    body: { ticket: \"{{ input.ticket }}\", seq: \"{{ input.seq }}\" }\n",
+    );
+    write(
+        &setup.dir.path().join("recipes/quick.yaml"),
+        "name: quick\non: { connector: sink, event: ticket.created }\nsteps:\n  - id: step1\n    call: quick.b\n    with: { ticket: \"{{ event.ticket.id }}\", seq: \"{{ event.seq }}\" }\n",
+    );
+    let mut opts = setup.options(&["--workers", "4"]);
+    opts.env
+        .push(("SWITCHBOARD_BASE_URL_QUICK".into(), sink.url.clone()));
+    let hub = Hub::start(opts).await;
+
+    // A thousand runs queue up behind the slow connector's limit ...
+    post_all(&hub, SLOW, 16, |i| event(i as u64, i)).await;
+    // ... then runs of the other connector arrive.
+    let quick = post_all(
+        &hub,
+        QUICK,
+        4,
+        |i| json!({"type": "ticket.created", "ticket": {"id": 100_000 + i}, "seq": i}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for a in &quick {
+        loop {
+            let (_, run) = hub.api(&format!("/api/runs/{}", a.runs[0])).await;
+            if run["status"] == "succeeded" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{run}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Every quick run finished while nearly all slow runs still wait: the
+    // slow connector's limit held no worker.
+    let slow_done = sink.calls_to("/a").len();
+    assert_eq!(sink.calls_to("/b").len(), QUICK);
+    assert!(
+        slow_done < SLOW / 10,
+        "{slow_done} slow calls made before the quick runs were done"
+    );
+    // The slow runs still wait (in the queue, not in workers), and none was
+    // called beyond its limit.
+    let window = max_in_window(&sink.calls_to("/a"), Duration::from_secs(1));
+    assert!(window <= 1, "{window} slow calls within one second");
+    let unfinished = all_runs(&hub)
+        .await
+        .values()
+        .filter(|r| r["recipe"] == "durable" && r["status"] != "succeeded")
+        .count();
+    assert!(
+        unfinished >= SLOW - SLOW / 10,
+        "{unfinished} slow runs unfinished"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_answers_503_with_retry_after_above_max_queue_and_stores_nothing_then() {
+    // Every call waits until released: the queue cannot drain.
+    let sink = Sink::start(|_, _| Reply::ok().held()).await;
+    let setup = Setup::new(&sink, RETRY, &recipe("", &["a"]));
+    let hub = setup
+        .start(&["--max-queue", "3", "--backpressure", "--workers", "2"])
+        .await;
+    let http = reqwest::Client::new();
+    let raw = |i: usize| serde_json::to_vec(&event(i as u64, i)).unwrap();
+    let mut acked = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Accepted until the sampled depth passes the bound, then refused.
+    let refused = loop {
+        let body = raw(acked.len());
+        let resp = http
+            .post(format!("{}/hooks/sink", hub.url))
+            .header("Content-Type", "application/json")
+            .header("X-Signature", hmac_hex(SIGNING_KEY, &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 503 {
+            break resp;
+        }
+        assert_eq!(resp.status(), 202);
+        let v: Value = resp.json().await.unwrap();
+        acked.push(v["event_id"].as_str().unwrap().to_string());
+        assert!(Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(acked.len() > 3, "refused at {} queued", acked.len());
+    assert_eq!(refused.headers()["retry-after"], "5");
+    // A refused delivery stored nothing: only the acknowledged events exist.
+    let (_, events) = hub.api("/api/events?limit=500").await;
+    let stored: HashSet<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(stored, acked.iter().map(String::as_str).collect());
+    // Once the queue drains, webhooks are accepted again.
+    sink.release();
+    wait_drained(&hub, Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = post(&http, &hub.url, &event(9_999, 9_999)).await.unwrap();
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(Instant::now() < deadline, "still refused after draining");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

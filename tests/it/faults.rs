@@ -164,6 +164,7 @@ async fn a_store_that_cannot_write_gets_503_and_keeps_nothing() {
         engine: engine.clone(),
         body_limit: 1 << 20,
         public_url: None,
+        backpressure: None,
     });
 
     let event = ticket_event(1, "Setup mail never came", "bob@example.com");

@@ -10,6 +10,7 @@
 //! - `browser`: the dashboard in Debian's Chromium through a small WebDriver client (`webdriver`); screenshots.
 //! - `cli`: `check` errors (located), `serve` refusing broken files, the runs/events commands.
 //! - `durability`: kill -9, SIGTERM, retries, dead letters, limits, ordering, back-pressure.
+//! - `crash`: 200 aborts at random points of the write path (debug-build crash points); nothing acknowledged lost, no recorded step repeated.
 //! - `recipe_tests`: `switchboard test` running the recipes' own `tests:` with mocked connectors.
 //! - `state`: recipe state and assignment steps (concurrency, kill -9), the `state` CLI and API.
 //! - `reply`: a recipe's `reply:` as the webhook's answer (Slack slash command), its fallback and winner.
@@ -28,6 +29,7 @@ mod architecture;
 mod browser;
 mod cli;
 mod console;
+mod crash;
 mod dashboard;
 mod durability;
 mod faults;

@@ -89,6 +89,10 @@ struct ServeArgs {
     /// kept, with their events, until they are handled.
     #[arg(long, env = "SWITCHBOARD_RETENTION", default_value = "30d", value_parser = parse_retention)]
     retention: Retention,
+    /// Answer webhooks 503 + Retry-After while the run queue is deeper than
+    /// --max-queue (off by default: some senders never retry; see README).
+    #[arg(long, env = "SWITCHBOARD_BACKPRESSURE")]
+    backpressure: bool,
     /// A connection must send a complete request head within this (also the
     /// idle keep-alive timeout), e.g. `10s`.
     #[arg(long, env = "SWITCHBOARD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -248,6 +252,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         retention: args.retention.0,
         metrics_public: args.metrics_public,
         demo: args.demo,
+        backpressure: args.backpressure,
         connections: switchboard::listener::ConnectionLimits {
             header_timeout: args.header_timeout,
             body_timeout: args.body_timeout,
