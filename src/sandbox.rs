@@ -1,6 +1,6 @@
 //! The demo sandbox: stand-ins for the vendor APIs of the shipped
-//! connectors that call out (HubSpot, Zendesk, DeepL, Slack, Freshdesk,
-//! Stripe, SendGrid), served on loopback inside
+//! connectors that call out (HubSpot, Zendesk, DeepL, Slack and its
+//! slash-command `response_url`s, Freshdesk, Stripe, SendGrid), served on loopback inside
 //! the hub's own process by `switchboard serve --demo`, so the quick start
 //! shows runs succeed without credentials or a network.
 //!
@@ -43,6 +43,7 @@ pub const CONNECTORS: &[(&str, &str)] = &[
     ("freshdesk", "/freshdesk"),
     ("stripe", "/stripe"),
     ("sendgrid", "/sendgrid"),
+    ("slack_commands", "/slack-hooks"),
 ];
 
 /// The base URL a connector uses to reach the sandbox at `origin`
@@ -74,6 +75,10 @@ pub fn router() -> Router {
             post(hubspot_enroll),
         );
     let zendesk = Router::new()
+        .route("/api/v2/tickets", post(zendesk_create))
+        .route("/api/v2/search", get(zendesk_search))
+        .route("/api/v2/search/count", get(zendesk_count))
+        .route("/api/v2/users/search", get(zendesk_users))
         .route(
             "/api/v2/tickets/{id}",
             get(zendesk_show).put(zendesk_update),
@@ -96,6 +101,8 @@ pub fn router() -> Router {
         .route("/v1/customers/search", get(stripe_customers))
         .route("/v1/subscriptions", get(stripe_subscriptions));
     let sendgrid = Router::new().route("/v3/mail/send", post(sendgrid_send));
+    // A slash command's response_url answers `ok` as text; it needs no credential.
+    let slack_hooks = Router::new().route("/commands/{team}/{id}/{token}", post(|| async { "ok" }));
     Router::new()
         .nest("/hubspot", hubspot)
         .nest("/zendesk", zendesk)
@@ -104,6 +111,7 @@ pub fn router() -> Router {
         .nest("/freshdesk", freshdesk)
         .nest("/stripe", stripe)
         .nest("/sendgrid", sendgrid)
+        .nest("/slack-hooks", slack_hooks)
         .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"error": "not found"}))) })
 }
 
@@ -330,6 +338,76 @@ async fn zendesk_tags(
         tags
     });
     Json(json!({"tags": tags})).into_response()
+}
+
+/// `POST /api/v2/tickets` with `{"ticket": {subject, comment, requester, …}}`: 201 and the ticket.
+async fn zendesk_create(
+    State(tickets): State<Tickets>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if !authorized(&headers, "Basic ") {
+        return zendesk_unauthorized();
+    }
+    let fields = body["ticket"].as_object().cloned().unwrap_or_default();
+    let ticket = tickets.with(|t| {
+        let id = 50_000 + t.len() as u64 + 1;
+        let mut ticket = new_ticket(id);
+        for (k, v) in fields {
+            if !matches!(k.as_str(), "comment" | "requester" | "id") {
+                ticket[k] = v;
+            }
+        }
+        t.insert(id, ticket.clone());
+        ticket
+    });
+    (StatusCode::CREATED, Json(json!({"ticket": ticket}))).into_response()
+}
+
+/// `GET /api/v2/search?query=type:ticket …`: the tickets written here.
+async fn zendesk_search(State(tickets): State<Tickets>, headers: HeaderMap) -> Response {
+    if !authorized(&headers, "Basic ") {
+        return zendesk_unauthorized();
+    }
+    let results: Vec<Value> = tickets.with(|t| {
+        t.values()
+            .map(|v| {
+                let mut v = v.clone();
+                v["result_type"] = json!("ticket");
+                v
+            })
+            .collect()
+    });
+    Json(json!({"results": results, "count": results.len(), "next_page": null, "previous_page": null}))
+        .into_response()
+}
+
+/// `GET /api/v2/search/count?query=…`: how many tickets were written here.
+async fn zendesk_count(State(tickets): State<Tickets>, headers: HeaderMap) -> Response {
+    if !authorized(&headers, "Basic ") {
+        return zendesk_unauthorized();
+    }
+    Json(json!({"count": tickets.with(|t| t.len())})).into_response()
+}
+
+/// `GET /api/v2/users/search?query=…`: one end user, whatever the query.
+async fn zendesk_users(headers: HeaderMap) -> Response {
+    if !authorized(&headers, "Basic ") {
+        return zendesk_unauthorized();
+    }
+    Json(json!({
+        "users": [{
+            "id": 900001,
+            "name": "Bob Smith",
+            "email": "bob@example.com",
+            "role": "end-user",
+            "locale": "en-US"
+        }],
+        "count": 1,
+        "next_page": null,
+        "previous_page": null
+    }))
+    .into_response()
 }
 
 /// `POST /v2/translate` with `{"text": [...], "target_lang": "EN-US"}`:
@@ -721,6 +799,36 @@ mod tests {
         )
         .await;
         assert_eq!((status, &z["ticket"]["priority"]), (200, &json!("high")));
+        let (status, created) = ask(
+            &app,
+            "POST",
+            "/zendesk/api/v2/tickets",
+            basic,
+            json!({"ticket": {"subject": "New", "comment": {"body": "b"}}}),
+        )
+        .await;
+        assert_eq!(
+            (status, &created["ticket"]["subject"]),
+            (201, &json!("New"))
+        );
+        let (_, count) = ask(
+            &app,
+            "GET",
+            "/zendesk/api/v2/search/count?query=type%3Aticket",
+            basic,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(count["count"], 2);
+        let (status, _) = ask(
+            &app,
+            "POST",
+            "/slack-hooks/commands/T1/B2/x",
+            None,
+            json!({"text": "t"}),
+        )
+        .await;
+        assert_eq!(status, 200);
         let (_, z) = ask(&app, "GET", "/zendesk/api/v2/tickets/5", basic, Value::Null).await;
         assert_eq!(z["ticket"]["priority"], "high", "a read sees the write");
         for (method, uri) in [
