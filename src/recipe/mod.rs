@@ -214,6 +214,7 @@ fn compile(
     // The trigger's scope: no steps yet.
     let trigger = Scope {
         steps: &[],
+        outputs: &scope::NO_OUTPUTS,
         vars: &vars,
         locals: &[],
         calendars,
@@ -252,6 +253,7 @@ fn compile(
     let debounce = file.debounce.as_ref().and_then(|d| {
         let scope = Scope {
             steps: &[],
+            outputs: &scope::NO_OUTPUTS,
             vars: &vars,
             locals: &[],
             calendars,
@@ -326,6 +328,7 @@ fn compile(
         calendars,
         shared,
         seen: Vec::new(),
+        outputs: Default::default(),
         locals: Vec::new(),
         trigger_connector: file.on.connector.as_deref(),
     };

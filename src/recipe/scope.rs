@@ -11,12 +11,22 @@ use crate::template::{Template, Templates, ValueTemplate};
 use crate::time::Calendars;
 use crate::yaml::{LoadError, SourceMap};
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Step id → the fields its action's `output:` declares, for the call steps
+/// whose action has one (an action without `output:` answers its whole
+/// response, whose fields cannot be known at load).
+pub(crate) type Outputs = BTreeMap<String, Vec<String>>;
+
+/// No step outputs (a place before any step).
+pub(crate) static NO_OUTPUTS: Outputs = BTreeMap::new();
 
 /// The names visible at one place of a recipe.
 pub(crate) struct Scope<'a> {
     /// Step ids declared before this place (document order, nested steps included).
     pub steps: &'a [String],
+    /// The output fields of those steps, where the action declares them.
+    pub outputs: &'a Outputs,
     /// The recipe's `vars:` names.
     pub vars: &'a BTreeSet<String>,
     /// Names bound by enclosing `for_each` steps (`item`, `item_index`).
@@ -33,7 +43,13 @@ impl Scope<'_> {
         let second = parts.next();
         match (root, second) {
             ("event", _) | ("run", _) => Ok(()),
-            ("steps", Some(id)) => self.check_step(id),
+            ("steps", Some(id)) => {
+                self.check_step(id)?;
+                match parts.next() {
+                    Some(field) => self.check_output(id, field),
+                    None => Ok(()),
+                }
+            }
             ("steps", None) => Ok(()),
             ("vars", Some(v)) if self.vars.contains(v) => Ok(()),
             ("vars", Some(v)) => Err(format!(
@@ -64,20 +80,54 @@ impl Scope<'_> {
         }
     }
 
-    /// Check a JSONPath of a condition: `$.steps.<id>` / `$.vars.<name>` must exist.
+    /// `steps.<id>.<field>`: when the step's action declares `output:`,
+    /// `field` must be one of them (a typo would otherwise never match).
+    fn check_output(&self, id: &str, field: &str) -> Result<(), String> {
+        let Some(fields) = self.outputs.get(id) else {
+            return Ok(());
+        };
+        if fields.iter().any(|f| f == field) {
+            return Ok(());
+        }
+        Err(format!(
+            "step `{id}` has no output `{field}`, expected one of its action's `output:` fields: {}{}",
+            list(fields.iter()),
+            hint(field, fields.iter().map(String::as_str))
+        ))
+    }
+
+    /// Check a JSONPath of a condition: its root must be `$.event`,
+    /// `$.steps`, `$.vars`, `$.run` or a loop variable, `$.steps.<id>` an
+    /// earlier step (and `$.steps.<id>.<field>` one of its outputs),
+    /// `$.vars.<name>` a var.
     pub fn check_path(&self, path: &str) -> Result<(), String> {
         let rest = path.strip_prefix('$').unwrap_or(path);
-        let segs = leading_names(rest);
-        match segs.as_slice() {
-            [] => Ok(()),
-            [root, rest @ ..] => {
-                let var = std::iter::once(root.as_str())
-                    .chain(rest.iter().map(String::as_str).take(1))
-                    .collect::<Vec<_>>()
-                    .join(".");
-                self.check_var(&var)
-            }
+        let segs = leading_names(rest, 3);
+        let Some(root) = segs.first() else {
+            return Ok(());
+        };
+        let roots = ["event", "steps", "vars", "run"];
+        if !roots.contains(&root.as_str()) && !self.locals.iter().any(|l| l == root) {
+            let all = roots
+                .iter()
+                .copied()
+                .chain(self.locals.iter().map(String::as_str));
+            return Err(format!(
+                "unknown JSONPath root `$.{root}`, expected `$.event`, `$.steps`, `$.vars` or `$.run`{}{}",
+                if self.locals.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (or a loop variable: {})",
+                        self.locals.iter().map(|l| format!("`$.{l}`")).collect::<Vec<_>>().join(", ")
+                    )
+                },
+                crate::yaml::did_you_mean(root, all)
+                    .map(|m| format!("; did you mean `$.{m}`?"))
+                    .unwrap_or_default()
+            ));
         }
+        self.check_var(&segs.join("."))
     }
 
     /// Compile a condition (`if:`, `when:`) at `ptr` and check its paths.
@@ -158,10 +208,17 @@ pub(crate) fn check_templates(
     }
 }
 
-/// The leading plain member names of a JSONPath after `$` (`.a.b` / `['a']['b']`).
-pub(crate) fn leading_names(mut rest: &str) -> Vec<String> {
+/// `; did you mean `x`?` when a candidate is near `word`, else nothing.
+fn hint<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    crate::yaml::did_you_mean(word, candidates)
+        .map(|m| format!("; did you mean `{m}`?"))
+        .unwrap_or_default()
+}
+
+/// The first `n` plain member names of a JSONPath after `$` (`.a.b` / `['a']['b']`).
+fn leading_names(mut rest: &str, n: usize) -> Vec<String> {
     let mut out = Vec::new();
-    while out.len() < 2 {
+    while out.len() < n {
         if let Some(r) = rest.strip_prefix('.') {
             let end = r
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
@@ -206,9 +263,12 @@ mod tests {
 
     #[test]
     fn leading_names_of_paths() {
-        assert_eq!(leading_names(".steps.contact.id"), vec!["steps", "contact"]);
-        assert_eq!(leading_names("['steps']['a b']"), vec!["steps", "a b"]);
-        assert_eq!(leading_names(".event"), vec!["event"]);
-        assert!(leading_names("[0]").is_empty());
+        assert_eq!(
+            leading_names(".steps.contact.id", 2),
+            vec!["steps", "contact"]
+        );
+        assert_eq!(leading_names("['steps']['a b']", 2), vec!["steps", "a b"]);
+        assert_eq!(leading_names(".event", 2), vec!["event"]);
+        assert!(leading_names("[0]", 2).is_empty());
     }
 }

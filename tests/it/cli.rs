@@ -202,6 +202,86 @@ fn check_reports_invalid_jsonpaths() {
     );
 }
 
+/// A contact search whose output a later step reads (`steps.contact.…`).
+const CONTACT: &str = "  - id: contact\n    call: hubspot.search_contact_by_email\n    with:\n      email: \"{{ event.ticket.requester.email }}\"\n";
+
+#[test]
+fn check_reports_a_step_output_the_action_does_not_produce() {
+    let fields = "`email`, `firstname`, `found`, `id`, `lastname`, `lead_status`, `lifecycle`, `owner_id`, `plan`, `revenue`";
+    check_fails(
+        &recipe(&format!(
+            "{CONTACT}  - id: tag\n    if:\n      - \"$.steps.contact.plann\": {{ equals: pro }}\n    call: zendesk.add_tags\n    with:\n      ticket_id: \"{{{{ steps.contact.lifecycl }}}}\"\n      tags: [\"{{{{ steps.contact.plan }}}}\"]\n"
+        )),
+        &[
+            (
+                12,
+                9,
+                &format!("step `contact` has no output `plann`, expected one of its action's `output:` fields: {fields}; did you mean `plan`?"),
+            ),
+            (
+                15,
+                18,
+                &format!("step `contact` has no output `lifecycl`, expected one of its action's `output:` fields: {fields}; did you mean `lifecycle`?"),
+            ),
+        ],
+    );
+}
+
+#[test]
+fn check_says_jsonpath_root_for_a_wrong_root() {
+    check_fails(
+        &format!("{HEAD}if:\n  - \"$.evnt.ticket.id\": {{ exists: true }}\n{ONE_STEP}"),
+        &[(
+            6,
+            5,
+            "unknown JSONPath root `$.evnt`, expected `$.event`, `$.steps`, `$.vars` or `$.run`; did you mean `$.event`?",
+        )],
+    );
+}
+
+/// `check --no-secrets` (a recipes repository's CI) loads connectors whose
+/// secrets are not set, and still reports the recipes' mistakes.
+#[test]
+fn check_without_secrets() {
+    let cfg = Config::shipped();
+    let without_secrets = |args: &[&str]| {
+        let mut cmd = cfg.command("check");
+        cmd.args(args);
+        for (k, _) in test_secrets() {
+            cmd.env_remove(k);
+        }
+        cmd.output().unwrap()
+    };
+    let out = without_secrets(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("secret `token` is not set"),
+        "{}",
+        stderr(&out)
+    );
+    let out = without_secrets(&["--no-secrets"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "ok: {} connector(s), {} recipe(s)\n",
+            yaml_files(&cfg.connectors),
+            yaml_files(&cfg.recipes)
+        )
+    );
+    let bad = cfg.recipe(
+        "bad",
+        &recipe("  - id: first\n    call: jira.create_issue\n"),
+    );
+    let out = without_secrets(&["--no-secrets"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with(&format!("{}:7:11: unknown connector `jira`", bad.display())),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn check_names_a_missing_secret_and_its_variable() {
     let cfg = Config::shipped();

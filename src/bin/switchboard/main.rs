@@ -122,6 +122,10 @@ enum Command {
     Check {
         #[command(flatten)]
         dirs: Dirs,
+        /// Check without the real secrets (a recipes repository's CI): a
+        /// secret that is not set is replaced by a placeholder, as `test` does.
+        #[arg(long)]
+        no_secrets: bool,
     },
     /// Run the recipes' `tests:` with mocked connectors; exit status 1 if any fails.
     ///
@@ -182,7 +186,7 @@ fn main() -> ExitCode {
     rt.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
-            Command::Check { dirs } => check(dirs),
+            Command::Check { dirs, no_secrets } => check(dirs, no_secrets),
             Command::Test(args) => test(args),
             Command::Runs { cmd } => inspect::runs(cmd).await,
             Command::Events { cmd } => inspect::events(cmd).await,
@@ -315,15 +319,18 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-fn check(dirs: Dirs) -> ExitCode {
+fn check(dirs: Dirs, no_secrets: bool) -> ExitCode {
     let config = serve_config(dirs);
-    let opts = match config.load_options() {
+    let mut opts = match config.load_options() {
         Ok(o) => o,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
+    if no_secrets {
+        opts.secrets = opts.secrets.with_placeholders();
+    }
     match Catalog::load(&opts) {
         Ok(catalog) => {
             for w in &catalog.warnings {

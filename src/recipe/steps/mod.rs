@@ -132,6 +132,8 @@ pub(crate) struct Compiler<'a> {
     pub shared: &'a super::shared::Shared,
     /// Every step id declared so far, in document order.
     pub seen: Vec<String>,
+    /// The `output:` fields of the call steps seen so far (by step id).
+    pub outputs: super::scope::Outputs,
     /// Names bound by enclosing `for_each` steps.
     pub locals: Vec<String>,
     /// The recipe's trigger connector (none for a schedule): the default
@@ -149,6 +151,7 @@ impl Compiler<'_> {
     pub fn condition(&mut self, v: &Value, ptr: &str) -> Option<Condition> {
         let scope = Scope {
             steps: &self.seen,
+            outputs: &self.outputs,
             vars: self.vars,
             locals: &self.locals,
             calendars: self.calendars,
@@ -187,6 +190,7 @@ impl Compiler<'_> {
     fn check(&mut self, t: &ValueTemplate, ptr: &str) {
         let scope = Scope {
             steps: &self.seen,
+            outputs: &self.outputs,
             vars: self.vars,
             locals: &self.locals,
             calendars: self.calendars,
@@ -205,6 +209,12 @@ impl Compiler<'_> {
                 None => format!("step{}", i + 1),
             });
             if let Some(step) = self.step(s, id.clone(), &p) {
+                if let StepKind::Call(c) = &step.kind {
+                    if !c.action.output.is_empty() && !self.outputs.contains_key(&id) {
+                        let fields = c.action.output.iter().map(|(k, _)| k.clone()).collect();
+                        self.outputs.insert(id.clone(), fields);
+                    }
+                }
                 out.push(step);
             }
             // Later steps are checked against it even when it has an error.

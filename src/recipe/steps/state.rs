@@ -334,7 +334,7 @@ mod tests {
         );
         assert_eq!(
             check("  - assign: { from: [a], skip: [ { \"$.agnt.away\": { equals: true } } ] }\n"),
-            ["4:36: unknown template variable `agnt`, expected `event`, `steps`, `vars` or `run` (or a loop variable: `agent`)"]
+            ["4:36: unknown JSONPath root `$.agnt`, expected `$.event`, `$.steps`, `$.vars` or `$.run` (or a loop variable: `$.agent`); did you mean `$.agent`?"]
         );
         assert_eq!(
             check("  - assign: { from: [a], strategy: least_loaded, load: { key: \"open:{{ agent }}\" }, skip: [ { \"$.agent.away\": { equals: true } } ] }\n"),

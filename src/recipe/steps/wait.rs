@@ -189,6 +189,7 @@ pub(crate) fn awaited(cx: &mut Compiler<'_>, f: Pattern<'_>, ptr: &str) -> Optio
     // `match` and `if` see the incoming event: `{event, vars, run}`, no steps.
     let incoming = Scope {
         steps: &[],
+        outputs: &crate::recipe::scope::NO_OUTPUTS,
         vars: cx.vars,
         locals: &[],
         calendars: cx.calendars,
