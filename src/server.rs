@@ -262,10 +262,6 @@ impl Prepared {
             metrics_public: config.metrics_public,
             files: config.load_options().ok().map(Arc::new),
         };
-        let secure_cookies = config
-            .public_url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("https://"));
         let app = ingress::router(IngressState {
             engine: engine.clone(),
             body_limit: config.body_limit,
@@ -274,7 +270,7 @@ impl Prepared {
         })
         .merge(dashboard::router(
             Console::new(admin_state.clone()),
-            DashboardConfig { secure_cookies },
+            DashboardConfig::for_public_url(config.public_url.as_deref()),
         ))
         .merge(admin::router(admin_state));
         if let Ok(addr) = listener.local_addr() {

@@ -386,6 +386,18 @@ impl Console {
             .collect()
     }
 
+    /// The loaded recipes' names, sorted (no store read).
+    pub fn recipe_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .catalog()
+            .recipes
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Every loaded recipe, by name, with its last 24 h.
     pub fn recipes(&self) -> Result<Vec<RecipeSummary>, QueryError> {
         let since = self.now_ms() - Range::Day.span_ms();

@@ -36,6 +36,25 @@ pub struct DashboardConfig {
     /// HTTPS (its `--public-url` starts with `https://`, i.e. behind a TLS
     /// proxy). Over plain HTTP a browser would not send a `Secure` cookie.
     pub secure_cookies: bool,
+    /// The origin (`https://hub.example.com`) of `--public-url`: behind a
+    /// proxy that rewrites `Host`, forms are accepted from it as well as
+    /// from the `Host` the request names.
+    pub public_origin: Option<String>,
+}
+
+impl DashboardConfig {
+    /// The configuration for a hub reached at `public_url` (its `--public-url`).
+    pub fn for_public_url(public_url: Option<&str>) -> DashboardConfig {
+        let origin = public_url.and_then(|u| {
+            let (scheme, rest) = u.split_once("://")?;
+            let host = rest.split('/').next().filter(|h| !h.is_empty())?;
+            Some(format!("{scheme}://{host}"))
+        });
+        DashboardConfig {
+            secure_cookies: public_url.is_some_and(|u| u.starts_with("https://")),
+            public_origin: origin,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -302,7 +321,9 @@ async fn require_session(State(ui): State<Ui>, mut req: Request, next: Next) -> 
         return PageError::Forbidden("You are signed out. Sign in again and retry.".into())
             .render(&ui);
     };
-    if req.method() != axum::http::Method::GET && !same_origin(req.headers()) {
+    if req.method() != axum::http::Method::GET
+        && !same_origin(req.headers(), ui.config.public_origin.as_deref())
+    {
         return PageError::Forbidden("This request came from another site.".into()).render(&ui);
     }
     req.extensions_mut().insert(session);
@@ -312,10 +333,13 @@ async fn require_session(State(ui): State<Ui>, mut req: Request, next: Next) -> 
 /// No `Origin`, or one naming the host the request was sent to. (Browsers
 /// send `Origin` on every cross-site POST; SameSite=Strict already keeps
 /// the cookie off those, and the CSRF token is the third lock.)
-fn same_origin(headers: &HeaderMap) -> bool {
+fn same_origin(headers: &HeaderMap, public_origin: Option<&str>) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
+    if public_origin.is_some_and(|p| p.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -608,6 +632,7 @@ async fn event(
 ) -> Response {
     let r = (|| {
         let e = ui.console.event(&id)?;
+        let live = e.runs.iter().any(|r| !r.status.is_final());
         let connector = ui
             .console
             .connectors()
@@ -617,7 +642,7 @@ async fn event(
             &ui,
             "event.html",
             &format!("Event {id}"),
-            context! { e, connector, live => true, ..base(&ui, &s, "events") },
+            context! { e, connector, live, ..base(&ui, &s, "events") },
         ))
     })();
     done(&ui, r)
@@ -634,7 +659,7 @@ async fn runs(
             .next
             .as_deref()
             .map(|n| page_link("/ui/runs", &q, n));
-        let recipes: Vec<String> = ui.console.recipes()?.into_iter().map(|r| r.name).collect();
+        let recipes = ui.console.recipe_names();
         let filtered = q.before.as_deref().is_some_and(|b| !b.is_empty());
         Ok(page(
             &ui,
@@ -898,6 +923,29 @@ mod tests {
             assert_eq!(safe_next(Some(bad)), "/ui/", "{bad}");
         }
         assert_eq!(safe_next(None), "/ui/");
+    }
+
+    #[test]
+    fn forms_come_from_the_host_asked_or_the_public_url() {
+        let headers = |origin: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+            h.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
+            h
+        };
+        let config = DashboardConfig::for_public_url(Some("https://hub.example.com/base"));
+        assert!(config.secure_cookies);
+        let public = config.public_origin.as_deref();
+        assert_eq!(public, Some("https://hub.example.com"));
+        assert!(same_origin(&headers("http://127.0.0.1:8080"), None));
+        assert!(same_origin(&headers("https://hub.example.com"), public));
+        assert!(!same_origin(&headers("https://hub.example.com"), None));
+        assert!(!same_origin(&headers("https://evil.example"), public));
+        assert!(
+            same_origin(&HeaderMap::new(), None),
+            "no Origin: the CSRF token decides"
+        );
+        assert!(!DashboardConfig::for_public_url(None).secure_cookies);
     }
 
     #[test]

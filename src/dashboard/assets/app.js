@@ -9,9 +9,11 @@ function main() {
   return document.getElementById("main");
 }
 
+// A reader working inside the page (typing, or moving through it with the
+// keyboard) keeps it as it is: replacing it would lose their place.
 function busy(m) {
   const active = document.activeElement;
-  return Boolean(active && m.contains(active) && active.matches("input, select, textarea, button"));
+  return Boolean(active && active !== m && m.contains(active));
 }
 
 async function refresh() {
