@@ -33,7 +33,6 @@ enum Spec {
     Zendesk,
     Slack,
     Deepl,
-    Sendgrid,
 }
 
 impl Spec {
@@ -44,7 +43,6 @@ impl Spec {
             Spec::Zendesk => "zendesk-support-tickets.prism.yaml",
             Spec::Slack => "slack-web-chat.postMessage.prism.json",
             Spec::Deepl => "deepl-translate.trimmed.yaml",
-            Spec::Sendgrid => "sendgrid-mail-send.v3.trimmed.json",
         }
     }
 }
@@ -476,78 +474,6 @@ async fn slack_post_message_passes_the_slack_spec() {
         json!([{"type": "section", "text": {"type": "mrkdwn", "text": "*Ticket 7* escalated: Printer on fire"}}])
     );
     assert_eq!(blocks["output"]["ok"], true);
-}
-
-const SENDGRID_RECIPE: &str = r#"
-name: prism-sendgrid
-on: { connector: zendesk, event: ticket.created }
-steps:
-  - id: mail
-    call: sendgrid.send_template
-    with:
-      to: "{{ event.ticket.requester.email }}"
-      to_name: "{{ event.ticket.requester.name }}"
-      from: support@example.com
-      template_id: d-0000000000000000000000000000welcome
-      data: { first_name: Bob, ticket: "{{ event.ticket.id }}" }
-      categories: [journey, welcome]
-  - id: broken
-    call: sendgrid.send_template
-    with:
-      to: "{{ event.ticket.requester.email }}"
-      from: support@example.com
-      template_id: d-0000000000000000000000000000welcome
-      categories: welcome
-"#;
-
-/// SendGrid's own spec accepts the journey's templated mail (202, no body);
-/// the same action with `categories` not a list gets the spec's 400.
-#[tokio::test]
-async fn sendgrid_send_template_passes_the_sendgrid_spec() {
-    let sendgrid = Prism::start(Spec::Sendgrid).await;
-    let recipes = recipes_dir(&[("prism-sendgrid.yaml", SENDGRID_RECIPE)]);
-    let hub = Hub::start(
-        HubOptions {
-            recipes: recipes.path().to_path_buf(),
-            ..Default::default()
-        }
-        .base_url("sendgrid", &sendgrid.url),
-    )
-    .await;
-    let runs = runs_for_ticket(&hub, "Welcome").await;
-    let p = &[&sendgrid];
-    let run = runs
-        .iter()
-        .find(|r| r["recipe"] == "prism-sendgrid")
-        .unwrap_or_else(|| panic!("no prism-sendgrid run in {runs:?}"));
-    assert_eq!(
-        run["status"],
-        "failed",
-        "{run:#}\nPrism's log:\n{}",
-        logs(p)
-    );
-    let mail = step(run, "mail", 202, p);
-    assert_eq!(sent_path(mail, &sendgrid), "/v3/mail/send");
-    assert_eq!(
-        mail["request"]["request_body"],
-        json!({"personalizations": [{"to": [{"email": "bob@example.com", "name": "Bob Smith"}],
-                                      "dynamic_template_data": {"first_name": "Bob", "ticket": 7}}],
-               "from": {"email": "support@example.com", "name": "support@example.com"},
-               "template_id": "d-0000000000000000000000000000welcome",
-               "categories": ["journey", "welcome"]})
-    );
-    let broken = &run["steps"][1];
-    assert_eq!(
-        (&broken["id"], &broken["status"], &broken["http_status"]),
-        (&json!("broken"), &json!("failed"), &json!(400)),
-        "{broken:#}\nPrism's log:\n{}",
-        logs(p)
-    );
-    assert!(
-        sendgrid.log().contains("request.body.categories"),
-        "{}",
-        sendgrid.log()
-    );
 }
 
 /// Test-only connector: a Zendesk ticket update with a status the spec's enum lacks.

@@ -2,8 +2,7 @@
 //! verified by the `token` scheme (Freshdesk's header, Wufoo's form field),
 //! Typeform's signature and Standard Webhooks from the customer's app in;
 //! Freshdesk, Stripe and SendGrid calls out, each checked at an in-process
-//! mock for method, path, query, credentials and body (SendGrid also against
-//! its spec in `prism.rs`). The recipes of jobs 3, 5 and 6
+//! mock for method, path, query, credentials and body. The recipes of jobs 3, 5 and 6
 //! (`recipes/support/`) run end to end, job 6 with a 2-second wait.
 
 use crate::utils::*;
