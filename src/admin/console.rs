@@ -21,6 +21,9 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, ToSchema};
 
+/// Most dead letters the overview counts one by one.
+pub const DEAD_LETTERS_SHOWN: usize = 1_000;
+
 /// Most records a summary reads; beyond, it says `truncated`.
 pub const MAX_SCAN: usize = 200_000;
 
@@ -75,8 +78,10 @@ pub struct Overview {
     pub runs: usize,
     /// Runs created in the window, by their status now (every status, zeros included).
     pub runs_by_status: Vec<StatusCount>,
-    /// Dead runs created in the window: they wait for a person.
+    /// Dead runs, of any age: they wait for a person. Counted up to
+    /// [`DEAD_LETTERS_SHOWN`]; beyond, `dead_letters_more` is set.
     pub dead_letters: usize,
+    pub dead_letters_more: bool,
     /// Runs waiting or in flight (the whole queue).
     pub queue_depth: usize,
     pub max_queue: usize,
@@ -333,6 +338,18 @@ impl Console {
             }
             *by_status.entry(queries::status_name(h.status)).or_default() += 1;
         }
+        // Through the store's status index: reads only dead runs.
+        let dead = self.store().runs(
+            &crate::store::Page {
+                limit: DEAD_LETTERS_SHOWN + 1,
+                before: None,
+            },
+            &crate::store::RunFilter {
+                status: Some(RunStatus::Dead),
+                recipe: None,
+                failures: false,
+            },
+        )?;
         let runs_by_status = queries::status_names()
             .iter()
             .filter_map(|name| {
@@ -349,7 +366,8 @@ impl Console {
             bucket_ms,
             events: buckets.iter().map(|b| b.events).sum(),
             runs: buckets.iter().map(|b| b.runs).sum(),
-            dead_letters: by_status.get("dead").copied().unwrap_or(0),
+            dead_letters: dead.len().min(DEAD_LETTERS_SHOWN),
+            dead_letters_more: dead.len() > DEAD_LETTERS_SHOWN,
             buckets,
             runs_by_status,
             queue_depth: self.queue_depth()?,

@@ -137,6 +137,7 @@ mod tests {
             runs: counts.iter().map(|c| c.1).sum(),
             runs_by_status: vec![],
             dead_letters: 0,
+            dead_letters_more: false,
             queue_depth: 0,
             max_queue: 1,
             connectors: vec![],

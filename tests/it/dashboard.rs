@@ -299,6 +299,10 @@ async fn the_admin_api_summarises_activity_recipes_and_the_files_on_disk() {
     assert_eq!(o["bucket_ms"], 60_000);
     assert_eq!(o["events"], 4, "{o}");
     assert_eq!(o["runs"], 3);
+    assert_eq!(
+        (o["dead_letters"].as_u64(), o["dead_letters_more"].as_bool()),
+        (Some(0), Some(false))
+    );
     let count = |s: &str| {
         o["runs_by_status"]
             .as_array()
