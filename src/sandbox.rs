@@ -1,6 +1,7 @@
 //! The demo sandbox: stand-ins for the vendor APIs of the shipped
 //! connectors that call out (HubSpot, Zendesk, DeepL, Slack and its
-//! slash-command `response_url`s, Freshdesk, Stripe, SendGrid), served on loopback inside
+//! slash-command `response_url`s, Freshdesk, Stripe, SendGrid, Google
+//! Translate), served on loopback inside
 //! the hub's own process by `switchboard serve --demo`, so the quick start
 //! shows runs succeed without credentials or a network.
 //!
@@ -44,6 +45,7 @@ pub const CONNECTORS: &[(&str, &str)] = &[
     ("stripe", "/stripe"),
     ("sendgrid", "/sendgrid"),
     ("slack_commands", "/slack-hooks"),
+    ("google_translate", "/google-translate"),
 ];
 
 /// The base URL a connector uses to reach the sandbox at `origin`
@@ -112,6 +114,12 @@ pub fn router() -> Router {
         .nest("/stripe", stripe)
         .nest("/sendgrid", sendgrid)
         .nest("/slack-hooks", slack_hooks)
+        .nest(
+            "/google-translate",
+            Router::new()
+                .route("/language/translate/v2", post(google_translate))
+                .route("/language/translate/v2/detect", post(google_detect)),
+        )
         .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({"error": "not found"}))) })
 }
 
@@ -435,6 +443,61 @@ async fn deepl_translate(headers: HeaderMap, Json(body): Json<Value>) -> Respons
         })
         .collect();
     Json(json!({"translations": translations})).into_response()
+}
+
+/// Google's answer to a request without `?key=`.
+fn google_unauthorized() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Json(json!({"error": {"code": 403, "message": "The request is missing a valid API key.", "status": "PERMISSION_DENIED"}})),
+    )
+        .into_response()
+}
+
+fn has_key(q: &HashMap<String, String>) -> bool {
+    q.get("key").is_some_and(|k| !k.is_empty())
+}
+
+/// The texts of a `q` that is one string or a list.
+fn texts(q: &Value) -> Vec<String> {
+    match q {
+        Value::Array(items) => items
+            .iter()
+            .map(|t| t.as_str().unwrap_or_default().to_string())
+            .collect(),
+        other => vec![other.as_str().unwrap_or_default().to_string()],
+    }
+}
+
+/// `POST /language/translate/v2?key=…` with `{q, target}`: every text marked, detected as `de`.
+async fn google_translate(
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+    Json(body): Json<Value>,
+) -> Response {
+    if !has_key(&q) {
+        return google_unauthorized();
+    }
+    let target = body["target"].as_str().unwrap_or("en");
+    let translations: Vec<Value> = texts(&body["q"])
+        .iter()
+        .map(|t| json!({"translatedText": format!("[{target}, demo translation] {t}"), "detectedSourceLanguage": "de"}))
+        .collect();
+    Json(json!({"data": {"translations": translations}})).into_response()
+}
+
+/// `POST /language/translate/v2/detect?key=…` with `{q}`: `de`, confidence 0.98.
+async fn google_detect(
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+    Json(body): Json<Value>,
+) -> Response {
+    if !has_key(&q) {
+        return google_unauthorized();
+    }
+    let detections: Vec<Value> = texts(&body["q"])
+        .iter()
+        .map(|_| json!([{"language": "de", "isReliable": false, "confidence": 0.98}]))
+        .collect();
+    Json(json!({"data": {"detections": detections}})).into_response()
 }
 
 /// `POST /chat.postMessage` (form): `{"ok": true, channel, ts, message}`;
@@ -829,6 +892,27 @@ mod tests {
         )
         .await;
         assert_eq!(status, 200);
+        let (status, g) = ask(
+            &app,
+            "POST",
+            "/google-translate/language/translate/v2/detect?key=k",
+            None,
+            json!({"q": "Hallo"}),
+        )
+        .await;
+        assert_eq!(
+            (status, &g["data"]["detections"][0][0]["language"]),
+            (200, &json!("de"))
+        );
+        let (status, _) = ask(
+            &app,
+            "POST",
+            "/google-translate/language/translate/v2",
+            None,
+            json!({"q": ["a"], "target": "en"}),
+        )
+        .await;
+        assert_eq!(status, 403, "no key");
         let (_, z) = ask(&app, "GET", "/zendesk/api/v2/tickets/5", basic, Value::Null).await;
         assert_eq!(z["ticket"]["priority"], "high", "a read sees the write");
         for (method, uri) in [
