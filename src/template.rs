@@ -358,6 +358,250 @@ fn write_path_segment(
 
 /// The literal first arguments of `within_business_hours("...")` and
 /// `next_business_open("...")` in a template's source.
+/// Filter names offered as "did you mean" (each checked to exist before it is offered).
+const FILTER_HINTS: &[&str] = &[
+    "abs",
+    "attr",
+    "batch",
+    "bool",
+    "capitalize",
+    "default",
+    "dictsort",
+    "escape",
+    "first",
+    "float",
+    "format",
+    "indent",
+    "int",
+    "items",
+    "join",
+    "last",
+    "length",
+    "lines",
+    "list",
+    "lower",
+    "map",
+    "max",
+    "min",
+    "reject",
+    "rejectattr",
+    "replace",
+    "reverse",
+    "round",
+    "safe",
+    "select",
+    "selectattr",
+    "slice",
+    "sort",
+    "split",
+    "string",
+    "sum",
+    "title",
+    "tojson",
+    "trim",
+    "unique",
+    "upper",
+    "urlencode",
+];
+
+/// Test names offered as "did you mean".
+const TEST_HINTS: &[&str] = &[
+    "defined",
+    "undefined",
+    "none",
+    "number",
+    "string",
+    "sequence",
+    "mapping",
+    "true",
+    "false",
+    "odd",
+    "even",
+    "divisibleby",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "in",
+    "startingwith",
+    "endingwith",
+    "filter",
+    "test",
+    "boolean",
+    "integer",
+    "float",
+    "iterable",
+];
+
+impl Templates {
+    /// Filters (`| defualt`) and tests (`is defnied`) a template names that
+    /// are not defined, as (byte offset in the source, message), for
+    /// load-time checks: minijinja would only fail on them when rendering.
+    pub fn unknown_names(&self, t: &Template) -> Vec<(usize, String)> {
+        let source = match t {
+            Template::Literal(_) => return Vec::new(),
+            Template::Text { source, .. } | Template::Typed { source, .. } => source,
+        };
+        let mut out = Vec::new();
+        for (at, name, kind) in filter_and_test_names(source) {
+            if kind == Name::Method {
+                let filter = self.has_filter(&name);
+                out.push((
+                    at,
+                    format!(
+                        "unknown template function `.{name}()`: values have no methods here{}",
+                        if filter {
+                            format!(", expected a filter: `| {name}`")
+                        } else {
+                            ", expected a filter (`| name`)".into()
+                        }
+                    ),
+                ));
+                continue;
+            }
+            let is_test = kind == Name::Test;
+            let (kind, known): (&str, fn(&Self, &str) -> bool) = if is_test {
+                ("test", Self::has_test)
+            } else {
+                ("filter", Self::has_filter)
+            };
+            if known(self, &name) {
+                continue;
+            }
+            let hints = if is_test { TEST_HINTS } else { FILTER_HINTS };
+            let near =
+                crate::yaml::did_you_mean(&name, hints.iter().copied().filter(|h| known(self, h)));
+            out.push((
+                at,
+                format!(
+                    "unknown template {kind} `{name}`{}",
+                    near.map(|n| format!("; did you mean `{n}`?"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        out
+    }
+
+    fn has_filter(&self, name: &str) -> bool {
+        !matches!(
+            self.env.render_str(&format!("{{{{ 1 | {name} }}}}"), ()),
+            Err(e) if e.kind() == ErrorKind::UnknownFilter
+        )
+    }
+
+    fn has_test(&self, name: &str) -> bool {
+        !matches!(
+            self.env.render_str(&format!("{{{{ 1 is {name} }}}}"), ()),
+            Err(e) if e.kind() == ErrorKind::UnknownTest
+        )
+    }
+}
+
+/// Where in `source` its syntax error is (byte offset), to point inside the
+/// string that holds it.
+pub fn syntax_error_offset(source: &str) -> Option<usize> {
+    let e = Environment::new().template_from_str(source).err()?;
+    e.range().map(|r| r.start).or_else(|| {
+        let line = e.line()?;
+        Some(
+            source
+                .split_inclusive('\n')
+                .take(line.saturating_sub(1))
+                .map(str::len)
+                .sum(),
+        )
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Name {
+    Filter,
+    Test,
+    /// `x.name(…)`: a method call, which our values do not have.
+    Method,
+}
+
+/// The filter names (after `|`), test names (after `is` / `is not`) and
+/// method calls (`.name(`) in the `{{ }}` and `{% %}` blocks of `source`,
+/// with their byte offsets; string literals and `{# #}` comments are skipped.
+fn filter_and_test_names(source: &str) -> Vec<(usize, String, Name)> {
+    let b = source.as_bytes();
+    let ident = |mut i: usize| -> (usize, usize) {
+        while i < b.len() && b[i] == b' ' {
+            i += 1;
+        }
+        let start = i;
+        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+            i += 1;
+        }
+        (start, i)
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut in_block = false;
+    while i < b.len() {
+        if !in_block {
+            if b[i] == b'{' && i + 1 < b.len() && (b[i + 1] == b'{' || b[i + 1] == b'%') {
+                in_block = true;
+                i += 2;
+            } else if b[i] == b'{' && i + 1 < b.len() && b[i + 1] == b'#' {
+                i = source[i..].find("#}").map_or(b.len(), |e| i + e + 2);
+            } else {
+                i += 1;
+            }
+            continue;
+        }
+        match b[i] {
+            b'}' | b'%' if i + 1 < b.len() && b[i + 1] == b'}' => {
+                in_block = false;
+                i += 2;
+            }
+            q @ (b'"' | b'\'') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'|' => {
+                let (s, e) = ident(i + 1);
+                if e > s {
+                    out.push((s, source[s..e].to_string(), Name::Filter));
+                }
+                i = e.max(i + 1);
+            }
+            b'.' if i + 1 < b.len() && (b[i + 1].is_ascii_alphabetic() || b[i + 1] == b'_') => {
+                let (s, e) = ident(i + 1);
+                // `loop.cycle(…)` and `loop.changed(…)` are the one object with methods.
+                if b.get(e) == Some(&b'(') && !source[..i].ends_with("loop") {
+                    out.push((i, source[s..e].to_string(), Name::Method));
+                }
+                i = e;
+            }
+            c if c.is_ascii_alphanumeric() || c == b'_' => {
+                let (s, e) = ident(i);
+                if &source[s..e] == "is" {
+                    let (mut ns, mut ne) = ident(e);
+                    if &source[ns..ne] == "not" {
+                        (ns, ne) = ident(ne);
+                    }
+                    if ne > ns {
+                        out.push((ns, source[ns..ne].to_string(), Name::Test));
+                    }
+                    i = ne.max(e);
+                } else {
+                    i = e;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
 fn calendar_arguments(source: &str) -> Vec<String> {
     let mut out = Vec::new();
     for f in [

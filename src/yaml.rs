@@ -59,6 +59,9 @@ pub struct SourceMap {
     values: HashMap<String, Pos>,
     /// JSON pointer of a mapping entry → where its key starts.
     keys: HashMap<String, Pos>,
+    /// The file's lines, to place an error inside a string value
+    /// ([`SourceMap::error_inside`]).
+    lines: std::sync::Arc<Vec<String>>,
 }
 
 impl SourceMap {
@@ -102,6 +105,60 @@ impl SourceMap {
         self.error_at(self.locate_key(pointer), message)
     }
 
+    /// A located error at byte `offset` of the string value at `pointer`
+    /// (whose text is `source`): inside a literal block scalar (`|`) on the
+    /// offending line and column; inside a one-line plain or quoted scalar at
+    /// its column (escapes before `offset` are not counted). Where the file
+    /// does not show the string's lines as they are (a folded scalar, a
+    /// multi-line flow scalar), at the value's start.
+    pub fn error_inside(
+        &self,
+        pointer: &str,
+        source: &str,
+        offset: usize,
+        message: impl Into<String>,
+    ) -> LoadError {
+        let start = self.locate(pointer);
+        let mut cut = offset.min(source.len());
+        while !source.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let before = &source[..cut];
+        let line_in = before.matches('\n').count();
+        let col_in = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+            .chars()
+            .count();
+        // A literal block scalar's value starts at its first content line;
+        // its lines follow at the same indentation. Accept the place only if
+        // the file shows the template's own line there.
+        let file_line = |n: usize| n.checked_sub(1).and_then(|i| self.lines.get(i));
+        let first =
+            file_line(start.line).and_then(|l| l.chars().nth(start.column.saturating_sub(1)));
+        let pos = match first {
+            Some('"' | '\'') if line_in == 0 => Pos {
+                line: start.line,
+                column: start.column + 1 + col_in,
+            },
+            Some(_) => {
+                let line = start.line + line_in;
+                let own = source.split('\n').nth(line_in).unwrap_or("");
+                let shown = file_line(line)
+                    .map(|l| l.chars().skip(start.column - 1).collect::<String>())
+                    .unwrap_or_default();
+                if shown.starts_with(own.trim_end()) {
+                    Pos {
+                        line,
+                        column: start.column + col_in,
+                    }
+                } else {
+                    start
+                }
+            }
+            None => start,
+        };
+        self.error_at(pos, message)
+    }
+
     fn error_at(&self, pos: Pos, message: impl Into<String>) -> LoadError {
         LoadError {
             file: self.file.clone(),
@@ -132,12 +189,13 @@ pub fn load<T: DeserializeOwned>(file: &Path, text: &str) -> Result<(T, SourceMa
 /// Same as [`load`], but return the raw JSON value (callers sometimes need
 /// untyped sub-trees).
 pub fn load_value(file: &Path, text: &str) -> Result<(Value, SourceMap), LoadError> {
-    let mut map = SourceMap {
-        file: file.to_path_buf(),
-        ..SourceMap::default()
-    };
     // yaml-rust2 would make a byte-order mark part of the first key.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut map = SourceMap {
+        file: file.to_path_buf(),
+        lines: std::sync::Arc::new(text.lines().map(str::to_string).collect()),
+        ..SourceMap::default()
+    };
     let root = parse(text).map_err(|(pos, message)| map.error_at(pos, message))?;
     let mut path = String::new();
     let value = emit(root, &mut path, &mut map);

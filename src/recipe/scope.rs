@@ -202,6 +202,11 @@ pub(crate) fn check_templates(
                 errors.push(map.error(&p, msg));
             }
         }
+        if let Template::Text { source, .. } | Template::Typed { source, .. } = leaf {
+            for (at, msg) in templates.unknown_names(leaf) {
+                errors.push(map.error_inside(&p, source, at, msg));
+            }
+        }
         for name in templates.unknown_calendars(leaf) {
             errors.push(map.error(&p, crate::time::calendar::unknown(&name, scope.calendars).0));
         }

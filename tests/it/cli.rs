@@ -282,6 +282,39 @@ fn check_without_secrets() {
     );
 }
 
+/// A note whose body is a literal block scalar starting on line 10.
+fn note(body: &str) -> String {
+    recipe(&format!(
+        "  - id: note\n    call: zendesk.add_internal_note\n    with:\n      ticket_id: \"1\"\n      body: |\n{body}"
+    ))
+}
+
+#[test]
+fn check_points_inside_a_block_scalar_at_a_template_syntax_error() {
+    check_fails(
+        &note("        Hello,\n        {{ event.ticket.id }}\n        {{ foo( }}\n"),
+        &[(13, 17, "template error: syntax error: unexpected `}`")],
+    );
+}
+
+#[test]
+fn check_reports_unknown_template_filters_tests_and_methods() {
+    check_fails(
+        &note(
+            "        Hello {{ event.ticket.requester.name | defualt('there') }},\n        {% if event.ticket.tags is defnied %}tagged{% endif %}\n        {{ event.ticket.subject.split() }} {{ \"a | b\" | upper }}\n",
+        ),
+        &[
+            (11, 48, "unknown template filter `defualt`; did you mean `default`?"),
+            (12, 36, "unknown template test `defnied`; did you mean `defined`?"),
+            (
+                13,
+                32,
+                "unknown template function `.split()`: values have no methods here, expected a filter: `| split`",
+            ),
+        ],
+    );
+}
+
 #[test]
 fn check_names_a_missing_secret_and_its_variable() {
     let cfg = Config::shipped();

@@ -167,7 +167,7 @@ impl Compiler<'_> {
                 Some(t)
             }
             Err(e) => {
-                self.error(ptr, format!("template error: {e}"));
+                self.template_error(ptr, source, e);
                 None
             }
         }
@@ -181,10 +181,25 @@ impl Compiler<'_> {
                 Some(t)
             }
             Err((sub, e)) => {
-                self.error(&format!("{ptr}{sub}"), format!("template error: {e}"));
+                let p = format!("{ptr}{sub}");
+                match v.pointer(&sub).and_then(Value::as_str) {
+                    Some(source) => self.template_error(&p, source, e),
+                    None => self.error(&p, format!("template error: {e}")),
+                }
                 None
             }
         }
+    }
+
+    /// A template that does not compile, at the line and column of the
+    /// error inside its string (a block scalar's own line).
+    fn template_error(&mut self, ptr: &str, source: &str, e: crate::template::TemplateError) {
+        let msg = format!("template error: {e}");
+        let err = match crate::template::syntax_error_offset(source) {
+            Some(at) => self.map.error_inside(ptr, source, at, msg),
+            None => self.map.error(ptr, msg),
+        };
+        self.errors.push(err);
     }
 
     fn check(&mut self, t: &ValueTemplate, ptr: &str) {
