@@ -377,10 +377,11 @@ impl Console {
         })
     }
 
-    /// Every loaded connector, by name.
+    /// Every loaded connector, sorted by name.
     pub fn connectors(&self) -> Vec<ConnectorView> {
         let now = std::time::Instant::now();
-        self.catalog()
+        let mut connectors = self
+            .catalog()
             .connectors
             .by_name
             .values()
@@ -401,7 +402,9 @@ impl Console {
                 }),
                 limits: c.limits.usage(now).into(),
             })
-            .collect()
+            .collect::<Vec<_>>();
+        connectors.sort_by(|a, b| a.name.cmp(&b.name));
+        connectors
     }
 
     /// The loaded recipes' names, sorted (no store read).
