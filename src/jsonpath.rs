@@ -1,8 +1,30 @@
 //! A JSONPath (RFC 9535, via jsonpath-rust) parsed once at load time and
 //! evaluated many times. Pure: no I/O.
 
+use jsonpath_rust::parser::errors::JsonPathError;
 use jsonpath_rust::parser::model::JpQuery;
 use serde_json::Value;
+
+/// A parser error in words: pest's message and the column, not its
+/// multi-line dump. The one place JSONPath errors are worded (recipes'
+/// conditions and connectors' `output:` alike).
+pub fn describe(e: &JsonPathError) -> String {
+    match e {
+        JsonPathError::PestError(pest) => {
+            let full = pest.to_string();
+            let column = full
+                .lines()
+                .next()
+                .and_then(|l| l.rsplit(':').next())
+                .and_then(|c| c.trim().parse::<usize>().ok());
+            match column {
+                Some(c) => format!("{} at column {c}", pest.variant.message()),
+                None => pest.variant.message().into_owned(),
+            }
+        }
+        other => other.to_string(),
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct JsonPath {
@@ -23,7 +45,7 @@ impl JsonPath {
                 source: source.to_string(),
                 query,
             })
-            .map_err(|e| format!("invalid JSONPath `{source}`: {e}"))
+            .map_err(|e| format!("invalid JSONPath `{source}`: {}", describe(&e)))
     }
 
     pub fn as_str(&self) -> &str {

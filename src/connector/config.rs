@@ -288,6 +288,9 @@ impl<'de> Deserialize<'de> for Rate {
     }
 }
 
+/// The methods an action may use.
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
 /// An HTTP method, any case in the file (`post` is `POST`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpMethod(pub reqwest::Method);
@@ -295,8 +298,19 @@ pub struct HttpMethod(pub reqwest::Method);
 impl<'de> Deserialize<'de> for HttpMethod {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        reqwest::Method::from_bytes(text.to_ascii_uppercase().as_bytes())
-            .map(HttpMethod)
-            .map_err(|_| D::Error::invalid_value(Unexpected::Str(&text), &"an HTTP method"))
+        let method = reqwest::Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+            .map_err(|_| D::Error::invalid_value(Unexpected::Str(&text), &"an HTTP method"))?;
+        // A well-formed token is not yet a method an API knows (`GETT`).
+        if !METHODS.contains(&method.as_str()) {
+            let upper = text.to_ascii_uppercase();
+            return Err(D::Error::custom(format!(
+                "unknown HTTP method `{text}`, expected one of {}{}",
+                METHODS.join(", "),
+                crate::yaml::did_you_mean(&upper, METHODS.iter().copied())
+                    .map(|m| format!("; did you mean `{m}`?"))
+                    .unwrap_or_default()
+            )));
+        }
+        Ok(HttpMethod(method))
     }
 }

@@ -316,6 +316,63 @@ fn check_reports_unknown_template_filters_tests_and_methods() {
 }
 
 #[test]
+fn check_suggests_the_action_and_connector_meant() {
+    let cfg = check_fails(
+        &recipe("  - call: zendesk.show_tickt\n    with: { ticket_id: \"1\" }\n"),
+        &[(
+            6,
+            11,
+            "unknown action `show_tickt` of connector `zendesk`, expected one of `add_internal_note`, `add_tags`, `assign_ticket`, `count_tickets`, `create_ticket`, `public_reply`, `search_tickets`, `search_users`, `show_ticket`, `update_ticket`; did you mean `show_ticket`?",
+        )],
+    );
+    drop(cfg);
+    let cfg = Config::shipped();
+    let file = cfg.recipe(
+        "bad",
+        &recipe("  - call: zendesks.show_ticket\n    with: { ticket_id: \"1\" }\n"),
+    );
+    let err = stderr(&cfg.check());
+    assert!(
+        err.starts_with(&format!(
+            "{}:6:11: unknown connector `zendesks`, expected one of `app`",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("`zendesk`; did you mean `zendesk`?\n"),
+        "{err}"
+    );
+}
+
+/// A method that is a well-formed token but no HTTP method, and a bad
+/// JSONPath in a connector's `output:`, get the recipe's tidy messages.
+#[test]
+fn check_reports_connector_methods_and_jsonpaths_tidily() {
+    let cfg = Config::shipped();
+    let meth = cfg.connector(
+        "meth",
+        "name: meth\nbase_url: https://meth.example.com\nactions:\n  send:\n    method: GETT\n    path: /x\n",
+    );
+    let path = cfg.connector(
+        "path",
+        "name: path\nbase_url: https://path.example.com\nactions:\n  get:\n    method: get\n    path: /y\n    output:\n      id: \"$.items[?(\"\n",
+    );
+    let out = cfg.check();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "{}:5:13: unknown HTTP method `GETT`, expected one of GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS; did you mean `GET`?\n\
+             {}:8:11: invalid JSONPath `$.items[?(`: expected atom_expr at column 11\n\
+             error: 2 problem(s) found\n",
+            meth.display(),
+            path.display()
+        )
+    );
+}
+
+#[test]
 fn check_names_a_missing_secret_and_its_variable() {
     let cfg = Config::shipped();
     // A recipe uses slack, so its missing token is an error (unused, it

@@ -62,7 +62,7 @@
 
 use std::borrow::Cow;
 
-use jsonpath_rust::parser::errors::JsonPathError;
+use crate::jsonpath::describe as jsonpath_error;
 use jsonpath_rust::parser::model::JpQuery;
 use jsonpath_rust::parser::parse_json_path;
 use jsonpath_rust::query::js_path_process;
@@ -573,24 +573,6 @@ fn regex_error(e: &regex::Error) -> String {
 
 /// A one-line description of a JSONPath parse error. pest's own message is a
 /// multi-line picture; keep what it expected and the column.
-fn jsonpath_error(e: &JsonPathError) -> String {
-    match e {
-        JsonPathError::PestError(pest) => {
-            let full = pest.to_string();
-            let column = full
-                .lines()
-                .next()
-                .and_then(|l| l.rsplit(':').next())
-                .and_then(|c| c.trim().parse::<usize>().ok());
-            match column {
-                Some(c) => format!("{} at column {c}", pest.variant.message()),
-                None => pest.variant.message().into_owned(),
-            }
-        }
-        other => other.to_string(),
-    }
-}
-
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",

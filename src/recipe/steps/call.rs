@@ -37,17 +37,26 @@ pub(crate) fn resolve(
     };
     let Some(c) = connectors.by_name.get(cname) else {
         return Err(format!(
-            "unknown connector `{cname}`, expected one of {}",
-            list(sorted(connectors.by_name.keys()).iter())
+            "unknown connector `{cname}`, expected one of {}{}",
+            list(sorted(connectors.by_name.keys()).iter()),
+            hint(cname, connectors.by_name.keys())
         ));
     };
     match c.actions.get(aname) {
         Some(a) => Ok((c.clone(), a.clone())),
         None => Err(format!(
-            "unknown action `{aname}` of connector `{cname}`, expected one of {}",
-            list(c.actions.keys())
+            "unknown action `{aname}` of connector `{cname}`, expected one of {}{}",
+            list(c.actions.keys()),
+            hint(aname, c.actions.keys())
         )),
     }
+}
+
+/// `; did you mean `x`?` when a name is within two edits of `word`.
+fn hint<'a>(word: &str, names: impl Iterator<Item = &'a String>) -> String {
+    crate::yaml::did_you_mean(word, names.map(String::as_str))
+        .map(|m| format!("; did you mean `{m}`?"))
+        .unwrap_or_default()
 }
 
 pub(super) fn compile(cx: &mut Compiler<'_>, s: &StepFile, ptr: &str) -> Option<CallStep> {
