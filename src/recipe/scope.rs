@@ -151,6 +151,14 @@ impl Scope<'_> {
             }
         };
         match Condition::compile(value) {
+            // A list stops at its first bad item: compile each item on its
+            // own, so every item's mistakes (and references) are reported.
+            Err(_) if value.as_array().is_some_and(|items| items.len() > 1) => {
+                for (i, item) in value.as_array().into_iter().flatten().enumerate() {
+                    self.condition(item, &format!("{ptr}/{i}"), map, templates, errors);
+                }
+                None
+            }
             Err(e) => {
                 errors.push(at(&format!("{ptr}{}", e.pointer), e.message));
                 None

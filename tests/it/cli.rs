@@ -372,6 +372,28 @@ fn check_reports_connector_methods_and_jsonpaths_tidily() {
     );
 }
 
+/// Every item of a condition list is checked, not only up to the first bad
+/// one; silent mismatches (`in:` a scalar, a number against a list) and a
+/// templated operand's variables are errors.
+#[test]
+fn check_reports_every_bad_condition_of_a_list() {
+    check_fails(
+        &format!(
+            "{HEAD}vars: {{ min: 3 }}\nif:\n  - \"$.event.ticket.tags\": {{ in: vip }}\n  - \"$.event.ticket.id\": {{ gt: [1, 2] }}\n  - \"$.event.ticket.id\": {{ gte: \"{{{{ vars.mni }}}}\" }}\n  - \"$.evnt.id\": {{ exists: true }}\n{ONE_STEP}"
+        ),
+        &[
+            (7, 34, "`in` expects a list, found a string"),
+            (8, 32, "`gt` expects a number or a string, found a list"),
+            (9, 33, "unknown variable `vars.mni`, expected one of the recipe's `vars:` (`min`)"),
+            (
+                10,
+                5,
+                "unknown JSONPath root `$.evnt`, expected `$.event`, `$.steps`, `$.vars` or `$.run`; did you mean `$.event`?",
+            ),
+        ],
+    );
+}
+
 #[test]
 fn check_names_a_missing_secret_and_its_variable() {
     let cfg = Config::shipped();
