@@ -221,6 +221,15 @@ steps:
         hub.items("/api/events").await.into_iter().next()
     })
     .await;
+    // Reads see a write before its group is flushed (ARCHITECTURE.md, "Write
+    // path"); a run only starts after its event is durable, so a started run
+    // is what says the slot was stored.
+    let first_run = first["runs"][0].as_str().unwrap().to_string();
+    poll(15, "the first slot's run started", || async {
+        let (_, run) = hub.api(&format!("/api/runs/{first_run}")).await;
+        (run["status"] != "queued").then_some(())
+    })
+    .await;
     hub.kill(); // SIGKILL, right after the slot was stored
     assert_eq!(first["connector"], "schedule");
     let first_slot = first["body"]["slot_ms"].as_i64().unwrap();
