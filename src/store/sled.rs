@@ -649,6 +649,11 @@ impl Store for SledStore {
             let Some(mut run) = self.get::<Run>(format!("r/{id}").as_bytes())? else {
                 continue; // a queue entry without a run: drop it
             };
+            if run.status.is_final() {
+                // Left by a worker that finished the run after its lease
+                // expired and the run was leased again: drop it.
+                continue;
+            }
             if run.status == RunStatus::Waiting {
                 // Its time came: an event can no longer wake or cancel it.
                 if let Some(p) = &run.parked {
@@ -1122,6 +1127,27 @@ mod tests {
         s.finish_run(&done).unwrap();
         assert_eq!(s.queue_depth().unwrap(), 0);
         assert_eq!(s.run(&done.id).unwrap().unwrap(), done);
+    }
+
+    #[test]
+    fn a_run_finished_after_its_lease_expired_is_not_leased_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let e = event(None);
+        let r = run(&e, 1000);
+        s.insert_event(&e, std::slice::from_ref(&r)).unwrap();
+        let first = s.lease(1000, 100, 10).unwrap();
+        // The first worker is slow: its lease expires, a second worker leases it.
+        assert_eq!(s.lease(1100, 100, 10).unwrap().len(), 1);
+        // The first worker finishes with its own copy (its due time).
+        let mut done = first[0].clone();
+        done.status = RunStatus::Succeeded;
+        s.finish_run(&done).unwrap();
+        // The second lease's queue entry is left; it must not revive the run.
+        assert!(s.lease(1300, 100, 10).unwrap().is_empty());
+        let stored = s.run(&done.id).unwrap().unwrap();
+        assert_eq!(stored.status, RunStatus::Succeeded);
+        assert_eq!(s.queue_depth().unwrap(), 0);
     }
 
     #[test]
