@@ -53,6 +53,20 @@ struct Listener {
 impl Catalog {
     /// Load and check everything; all errors are returned, not only the first.
     pub fn load(opts: &LoadOptions) -> Result<Catalog, Vec<LoadError>> {
+        let (catalog, errors) = Catalog::load_lenient(opts);
+        if errors.is_empty() {
+            Ok(catalog)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Like [`Catalog::load`], but a recipe with an error is left out instead
+    /// of failing the whole set: the catalog of every recipe that compiled,
+    /// and every error found (sorted by file and position). For `switchboard
+    /// test NAME`, which runs the named recipes even when another file is
+    /// broken; a hub serves only a catalog without errors.
+    pub fn load_lenient(opts: &LoadOptions) -> (Catalog, Vec<LoadError>) {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let mut templates = Templates::new();
@@ -72,16 +86,13 @@ impl Catalog {
         let used: std::collections::BTreeSet<&str> =
             recipes.iter().flat_map(Recipe::connectors_used).collect();
         connectors.drop_unusable(|c| used.contains(c), &mut errors, &mut warnings);
-        if !errors.is_empty() {
-            errors.sort_by(|a, b| {
-                (&a.file, a.pos.line, a.pos.column).cmp(&(&b.file, b.pos.line, b.pos.column))
-            });
-            return Err(errors);
-        }
+        errors.sort_by(|a, b| {
+            (&a.file, a.pos.line, a.pos.column).cmp(&(&b.file, b.pos.line, b.pos.column))
+        });
         reply_warnings(&recipes, &mut warnings);
         update_warnings(&recipes, &mut warnings);
         loop_warnings(&recipes, &mut warnings);
-        Ok(Catalog::new(templates, connectors, recipes, warnings))
+        (Catalog::new(templates, connectors, recipes, warnings), errors)
     }
 
     pub fn new(

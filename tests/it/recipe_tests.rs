@@ -115,6 +115,36 @@ fn names_select_recipes() {
     assert_eq!(stderr(&out), "error: no recipe named `nope`\n");
 }
 
+/// `test NAME` runs a recipe while another file is broken: the other
+/// file's error is printed, not fatal. Without names, or naming the broken
+/// recipe, it is.
+#[test]
+fn a_named_recipe_is_tested_while_another_recipe_is_broken() {
+    let cfg = Config::shipped();
+    cfg.recipe(
+        "broken",
+        "name: broken\non: { connector: zendesk, event: ticket.created }\nsteps:\n  - call: jira.create_issue\n",
+    );
+    let out = run_tests(&cfg, &["crm-enrichment"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}{}", stdout(&out));
+    assert!(err.contains("broken.yaml:4:11: unknown connector `jira`"), "{err}");
+    assert!(
+        err.contains("note: 1 problem(s) in other files; testing crm-enrichment anyway"),
+        "{err}"
+    );
+    assert!(stdout(&out).contains("ok   crm-enrichment › "), "{}", stdout(&out));
+    assert!(stdout(&out).ends_with("0 failed (1 recipe(s))\n"), "{}", stdout(&out));
+
+    for names in [&[][..], &["broken"][..], &["crm-enrichment", "broken"][..]] {
+        let out = run_tests(&cfg, names);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{names:?}: {err}");
+        assert!(err.ends_with("error: 1 problem(s) found\n"), "{names:?}: {err}");
+        assert_eq!(stdout(&out), "", "{names:?}");
+    }
+}
+
 const RECIPE: &str = r#"name: lookup
 on: { connector: zendesk, event: ticket.created }
 steps:
