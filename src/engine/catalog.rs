@@ -92,7 +92,10 @@ impl Catalog {
         reply_warnings(&recipes, &mut warnings);
         update_warnings(&recipes, &mut warnings);
         loop_warnings(&recipes, &mut warnings);
-        (Catalog::new(templates, connectors, recipes, warnings), errors)
+        (
+            Catalog::new(templates, connectors, recipes, warnings),
+            errors,
+        )
     }
 
     pub fn new(

@@ -128,19 +128,33 @@ fn a_named_recipe_is_tested_while_another_recipe_is_broken() {
     let out = run_tests(&cfg, &["crm-enrichment"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}{}", stdout(&out));
-    assert!(err.contains("broken.yaml:4:11: unknown connector `jira`"), "{err}");
+    assert!(
+        err.contains("broken.yaml:4:11: unknown connector `jira`"),
+        "{err}"
+    );
     assert!(
         err.contains("note: 1 problem(s) in other files; testing crm-enrichment anyway"),
         "{err}"
     );
-    assert!(stdout(&out).contains("ok   crm-enrichment › "), "{}", stdout(&out));
-    assert!(stdout(&out).ends_with("0 failed (1 recipe(s))\n"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("ok   crm-enrichment › "),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).ends_with("0 failed (1 recipe(s))\n"),
+        "{}",
+        stdout(&out)
+    );
 
     for names in [&[][..], &["broken"][..], &["crm-enrichment", "broken"][..]] {
         let out = run_tests(&cfg, names);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{names:?}: {err}");
-        assert!(err.ends_with("error: 1 problem(s) found\n"), "{names:?}: {err}");
+        assert!(
+            err.ends_with("error: 1 problem(s) found\n"),
+            "{names:?}: {err}"
+        );
         assert_eq!(stdout(&out), "", "{names:?}");
     }
 }
