@@ -303,7 +303,7 @@ fn a_store_without_an_index_is_indexed_when_opened() {
     }
     // As a store written before the index existed: no index keys, no counters.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::store::sled::reopened(|| sled::open(dir.path()));
         let tree = db.open_tree("switchboard").unwrap();
         for prefix in [&b"ir/"[..], b"is/", b"iq/", b"#/"] {
             for k in tree.scan_prefix(prefix).keys() {
@@ -312,7 +312,7 @@ fn a_store_without_an_index_is_indexed_when_opened() {
         }
         db.flush().unwrap();
     }
-    let s = SledStore::open(dir.path()).unwrap();
+    let s = crate::store::sled::reopened(|| SledStore::open(dir.path()));
     let stats = s.stats(true).unwrap();
     assert_eq!(stats.counts.events, 20);
     assert_eq!(stats.counts.runs_total(), 40);

@@ -1026,6 +1026,23 @@ impl Store for SledStore {
     }
 }
 
+/// Opens again a store a test just dropped: sled's background flusher
+/// holds the directory's lock for a moment after the last handle goes, so an
+/// immediate reopen can fail with `WouldBlock`. (A restarted process never
+/// meets this: the lock dies with the old process.)
+#[cfg(test)]
+pub(crate) fn reopened<T, E: std::fmt::Debug>(
+    mut open: impl FnMut() -> std::result::Result<T, E>,
+) -> T {
+    for _ in 0..200 {
+        match open() {
+            Ok(v) => return v,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(25)),
+        }
+    }
+    open().unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1088,7 +1105,7 @@ mod tests {
             );
             s.flush().unwrap();
         }
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = reopened(|| SledStore::open(dir.path()));
         assert_eq!(s.event(&e.id).unwrap().unwrap(), e);
     }
 
@@ -1413,7 +1430,7 @@ mod tests {
             assert_eq!(out, StateOutput::Count { count: 1 });
             s.flush().unwrap();
         }
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = reopened(|| SledStore::open(dir.path()));
         let saved = s.run(&r.id).unwrap().unwrap();
         assert_eq!(saved.steps[0].output, json!({"count": 1}));
         let entries = s.state_get(&key("tickets"), 2_000).unwrap();
