@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use switchboard::connector::SecretSource;
 use switchboard::engine::{worker, Catalog, Engine, EngineConfig, Incoming, LoadOptions};
 use switchboard::store::sled::SledStore;
-use switchboard::store::{
-    new_id, now_ms, Correlation, Event, Listen, Parked, Run, RunStatus, Store,
-};
+use switchboard::store::{new_id, now_ms, Event, RunStatus, Store};
+
+mod waiting;
 
 const WAITING: usize = 100_000;
 const EVENTS_PER_SEC: u64 = 1_000;
@@ -57,16 +57,6 @@ fn rss_mib() -> f64 {
         / 1024.0
 }
 
-fn corr(listen: Listen, key: &str, tag: &str) -> Correlation {
-    Correlation {
-        listen,
-        connector: "zendesk".into(),
-        event_type: "ticket.updated".into(),
-        key: key.into(),
-        tag: tag.into(),
-    }
-}
-
 fn park_many(s: &SledStore, now: i64) {
     let e = Event {
         id: new_id(now),
@@ -79,43 +69,7 @@ fn park_many(s: &SledStore, now: i64) {
         replay: None,
     };
     s.insert_event(&e, &[]).expect("event");
-    for i in 0..WAITING {
-        let until = now + 3_600_000 + i as i64;
-        let run = Run {
-            id: new_id(now),
-            event_id: e.id.clone(),
-            recipe: "sla".into(),
-            status: RunStatus::Waiting,
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-            steps: vec![],
-            error: None,
-            reason: None,
-            due_at: until,
-            pending: None,
-            round: 0,
-            concurrency: None,
-            debounce: None,
-            starts: 0,
-            listening: vec![],
-            parked: Some(Parked {
-                step: "reply".into(),
-                until,
-                since: now,
-                keys: vec![
-                    corr(Listen::Wake, &format!("ticket-{i}"), "sla\0reply"),
-                    corr(Listen::Cancel, &format!("ticket-{i}"), "sla"),
-                ],
-                woken_by: None,
-            }),
-        };
-        s.park(&run, until).expect("park");
-        if i % 10_000 == 9_999 {
-            s.flush().expect("flush");
-        }
-    }
-    s.flush().expect("flush");
+    waiting::park_waiting(s, &e, now, WAITING);
 }
 
 fn incoming(event_type: &str, body: serde_json::Value) -> Incoming {

@@ -14,7 +14,10 @@
 
 use std::time::Instant;
 use switchboard::store::sled::SledStore;
-use switchboard::store::{new_id, Correlation, Event, Listen, Parked, Run, RunStatus, Store};
+use switchboard::store::{new_id, Event, Listen, Store};
+use waiting::corr;
+
+mod waiting;
 
 const WAITING: usize = 100_000;
 const PROBES: usize = 2_000;
@@ -40,16 +43,6 @@ fn event(delivery: Option<String>, now: i64) -> Event {
         body: serde_json::json!({"ticket": {"id": 1, "status": "open"}}),
         runs: vec![],
         replay: None,
-    }
-}
-
-fn corr(listen: Listen, key: &str, tag: &str) -> Correlation {
-    Correlation {
-        listen,
-        connector: "zendesk".into(),
-        event_type: "ticket.updated".into(),
-        key: key.into(),
-        tag: tag.into(),
     }
 }
 
@@ -90,44 +83,7 @@ fn main() {
     let e = event(None, now);
     s.insert_event(&e, &[]).expect("event");
     let start = Instant::now();
-    for i in 0..WAITING {
-        let id = new_id(now);
-        let until = now + 3_600_000 + i as i64;
-        let run = Run {
-            id: id.clone(),
-            event_id: e.id.clone(),
-            recipe: "sla".into(),
-            status: RunStatus::Waiting,
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-            steps: vec![],
-            error: None,
-            reason: None,
-            due_at: until,
-            pending: None,
-            round: 0,
-            concurrency: None,
-            debounce: None,
-            starts: 0,
-            listening: vec![],
-            parked: Some(Parked {
-                step: "reply".into(),
-                until,
-                since: now,
-                keys: vec![
-                    corr(Listen::Wake, &format!("ticket-{i}"), "sla\0reply"),
-                    corr(Listen::Cancel, &format!("ticket-{i}"), "sla"),
-                ],
-                woken_by: None,
-            }),
-        };
-        s.park(&run, until).expect("park");
-        if i % 10_000 == 9_999 {
-            s.flush().expect("flush");
-        }
-    }
-    s.flush().expect("flush");
+    waiting::park_waiting(&s, &e, now, WAITING);
     let park_secs = start.elapsed().as_secs_f64();
     std::thread::sleep(std::time::Duration::from_secs(2));
     let rss_waiting = rss_kib();
