@@ -19,7 +19,9 @@
 //! it is the far end, and knows nothing of the hub.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Form, Json, Router};
@@ -67,8 +69,10 @@ impl Tickets {
     }
 }
 
-/// Every vendor's routes under its prefix.
+/// Every vendor's routes under its prefix, each behind the credential the
+/// vendor expects (answering a request without one as the vendor does).
 pub fn router() -> Router {
+    let unauthorized = StatusCode::UNAUTHORIZED;
     let hubspot = Router::new()
         .route("/crm/v3/objects/contacts/search", post(hubspot_search))
         .route("/crm/v3/objects/contacts/{id}", get(hubspot_contact))
@@ -76,6 +80,12 @@ pub fn router() -> Router {
             "/automation/v2/workflows/{workflow}/enrollments/contacts/{email}",
             post(hubspot_enroll),
         );
+    let hubspot_refusal = json!({
+        "status": "error",
+        "message": "Authentication credentials not found.",
+        "correlationId": "00000000-0000-0000-0000-000000000000",
+        "category": "INVALID_AUTHENTICATION"
+    });
     let zendesk = Router::new()
         .route("/api/v2/tickets", post(zendesk_create))
         .route("/api/v2/search", get(zendesk_search))
@@ -85,9 +95,10 @@ pub fn router() -> Router {
             "/api/v2/tickets/{id}",
             get(zendesk_show).put(zendesk_update),
         )
-        .route("/api/v2/tickets/{id}/tags", put(zendesk_tags))
-        .with_state(Tickets::default());
+        .route("/api/v2/tickets/{id}/tags", put(zendesk_tags));
+    let zendesk_refusal = json!({"error": "Couldn't authenticate you"});
     let deepl = Router::new().route("/v2/translate", post(deepl_translate));
+    let deepl_refusal = json!({"message": "Wrong endpoint. Use https://api.deepl.com"});
     let slack = Router::new().route("/chat.postMessage", post(slack_post));
     let freshdesk = Router::new()
         .route("/api/v2/tickets", post(freshdesk_create))
@@ -97,22 +108,46 @@ pub fn router() -> Router {
         )
         .route("/api/v2/tickets/{id}/reply", post(freshdesk_reply))
         .route("/api/v2/tickets/{id}/notes", post(freshdesk_note))
-        .route("/api/v2/search/tickets", get(freshdesk_search))
-        .with_state(Tickets::default());
+        .route("/api/v2/search/tickets", get(freshdesk_search));
+    let freshdesk_refusal = json!({"code": "invalid_credentials", "message": "You have to be logged in to perform this action."});
     let stripe = Router::new()
         .route("/v1/customers/search", get(stripe_customers))
         .route("/v1/subscriptions", get(stripe_subscriptions));
+    let stripe_refusal = json!({"error": {
+        "type": "invalid_request_error",
+        "message": "You did not provide an API key."
+    }});
     let sendgrid = Router::new().route("/v3/mail/send", post(sendgrid_send));
+    let sendgrid_refusal = json!({"errors": [{
+        "message": "The provided authorization grant is invalid, expired, or revoked",
+        "field": null,
+        "help": null
+    }]});
     // A slash command's response_url answers `ok` as text; it needs no credential.
     let slack_hooks = Router::new().route("/commands/{team}/{id}/{token}", post(|| async { "ok" }));
     Router::new()
-        .nest("/hubspot", hubspot)
-        .nest("/zendesk", zendesk)
-        .nest("/deepl", deepl)
-        .nest("/slack/api", slack)
-        .nest("/freshdesk", freshdesk)
-        .nest("/stripe", stripe)
-        .nest("/sendgrid", sendgrid)
+        .nest("/hubspot", guarded(hubspot, "Bearer ", (unauthorized, hubspot_refusal)))
+        .nest(
+            "/zendesk",
+            guarded(zendesk, "Basic ", (unauthorized, zendesk_refusal))
+                .with_state(Tickets::default()),
+        )
+        .nest(
+            "/deepl",
+            guarded(deepl, "DeepL-Auth-Key ", (StatusCode::FORBIDDEN, deepl_refusal)),
+        )
+        // Slack answers 200 with `ok: false`.
+        .nest(
+            "/slack/api",
+            guarded(slack, "Bearer ", (StatusCode::OK, json!({"ok": false, "error": "not_authed"}))),
+        )
+        .nest(
+            "/freshdesk",
+            guarded(freshdesk, "Basic ", (unauthorized, freshdesk_refusal))
+                .with_state(Tickets::default()),
+        )
+        .nest("/stripe", guarded(stripe, "Bearer ", (unauthorized, stripe_refusal)))
+        .nest("/sendgrid", guarded(sendgrid, "Bearer ", (unauthorized, sendgrid_refusal)))
         .nest("/slack-hooks", slack_hooks)
         .nest(
             "/google-translate",
@@ -133,25 +168,32 @@ pub async fn serve(
         .await
 }
 
-/// The credential the vendor expects, or its answer to a request without one.
-fn authorized(headers: &HeaderMap, scheme: &str) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with(scheme) && v.len() > scheme.len())
+/// `router` whose every route answers `refused` (the vendor's answer to a
+/// missing credential) unless `Authorization` holds a `scheme` credential.
+fn guarded<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    scheme: &'static str,
+    refused: (StatusCode, Value),
+) -> Router<S> {
+    router.route_layer(middleware::from_fn(move |req: Request, next: Next| {
+        let (status, body) = refused.clone();
+        async move {
+            let authorized = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(scheme) && v.len() > scheme.len());
+            match authorized {
+                true => next.run(req).await,
+                false => refusal(status, body),
+            }
+        }
+    }))
 }
 
-fn hubspot_unauthorized() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        Json(json!({
-            "status": "error",
-            "message": "Authentication credentials not found.",
-            "correlationId": "00000000-0000-0000-0000-000000000000",
-            "category": "INVALID_AUTHENTICATION"
-        })),
-    )
-        .into_response()
+/// A vendor's error answer.
+fn refusal(status: StatusCode, body: Value) -> Response {
+    (status, Json(body)).into_response()
 }
 
 /// A HubSpot contact for `email`: every address is a lead on the premium plan.
@@ -190,10 +232,7 @@ fn contact(email: &str) -> Value {
 }
 
 /// `POST /crm/v3/objects/contacts/search`: the first `EQ` filter's value is the e-mail.
-async fn hubspot_search(headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    if !authorized(&headers, "Bearer ") {
-        return hubspot_unauthorized();
-    }
+async fn hubspot_search(Json(body): Json<Value>) -> Response {
     let email = body["filterGroups"][0]["filters"][0]["value"]
         .as_str()
         .unwrap_or_default();
@@ -204,29 +243,15 @@ async fn hubspot_search(headers: HeaderMap, Json(body): Json<Value>) -> Response
 }
 
 /// `GET /crm/v3/objects/contacts/{id}`.
-async fn hubspot_contact(headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if !authorized(&headers, "Bearer ") {
-        return hubspot_unauthorized();
-    }
+async fn hubspot_contact(Path(id): Path<String>) -> Response {
     let mut c = contact(&format!("contact-{id}@example.com"));
     c["id"] = json!(id);
     Json(c).into_response()
 }
 
 /// `POST /automation/v2/workflows/{workflow}/enrollments/contacts/{email}`: 204, as HubSpot answers.
-async fn hubspot_enroll(headers: HeaderMap) -> Response {
-    if !authorized(&headers, "Bearer ") {
-        return hubspot_unauthorized();
-    }
+async fn hubspot_enroll() -> Response {
     StatusCode::NO_CONTENT.into_response()
-}
-
-fn zendesk_unauthorized() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        Json(json!({"error": "Couldn't authenticate you"})),
-    )
-        .into_response()
 }
 
 fn zendesk_not_found() -> Response {
@@ -258,12 +283,8 @@ fn new_ticket(id: u64) -> Value {
 /// `GET /api/v2/tickets/{id}`.
 async fn zendesk_show(
     State(tickets): State<Tickets>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if !authorized(&headers, "Basic ") {
-        return zendesk_unauthorized();
-    }
     let Ok(id) = id.parse::<u64>() else {
         return zendesk_not_found();
     };
@@ -275,13 +296,9 @@ async fn zendesk_show(
 /// the fields are set, a comment is added, the ticket and its audit answered.
 async fn zendesk_update(
     State(tickets): State<Tickets>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     Json(body): Json<Value>,
 ) -> Response {
-    if !authorized(&headers, "Basic ") {
-        return zendesk_unauthorized();
-    }
     let Ok(id) = id.parse::<u64>() else {
         return zendesk_not_found();
     };
@@ -324,13 +341,9 @@ async fn zendesk_update(
 /// `PUT /api/v2/tickets/{id}/tags` with `{"tags": […]}`: added to the ticket's; all answered.
 async fn zendesk_tags(
     State(tickets): State<Tickets>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     Json(body): Json<Value>,
 ) -> Response {
-    if !authorized(&headers, "Basic ") {
-        return zendesk_unauthorized();
-    }
     let Ok(id) = id.parse::<u64>() else {
         return zendesk_not_found();
     };
@@ -351,12 +364,8 @@ async fn zendesk_tags(
 /// `POST /api/v2/tickets` with `{"ticket": {subject, comment, requester, …}}`: 201 and the ticket.
 async fn zendesk_create(
     State(tickets): State<Tickets>,
-    headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if !authorized(&headers, "Basic ") {
-        return zendesk_unauthorized();
-    }
     let fields = body["ticket"].as_object().cloned().unwrap_or_default();
     let ticket = tickets.with(|t| {
         let id = 50_000 + t.len() as u64 + 1;
@@ -373,10 +382,7 @@ async fn zendesk_create(
 }
 
 /// `GET /api/v2/search?query=type:ticket …`: the tickets written here.
-async fn zendesk_search(State(tickets): State<Tickets>, headers: HeaderMap) -> Response {
-    if !authorized(&headers, "Basic ") {
-        return zendesk_unauthorized();
-    }
+async fn zendesk_search(State(tickets): State<Tickets>) -> Response {
     let results: Vec<Value> = tickets.with(|t| {
         t.values()
             .map(|v| {
@@ -391,18 +397,12 @@ async fn zendesk_search(State(tickets): State<Tickets>, headers: HeaderMap) -> R
 }
 
 /// `GET /api/v2/search/count?query=…`: how many tickets were written here.
-async fn zendesk_count(State(tickets): State<Tickets>, headers: HeaderMap) -> Response {
-    if !authorized(&headers, "Basic ") {
-        return zendesk_unauthorized();
-    }
+async fn zendesk_count(State(tickets): State<Tickets>) -> Response {
     Json(json!({"count": tickets.with(|t| t.len())})).into_response()
 }
 
 /// `GET /api/v2/users/search?query=…`: one end user, whatever the query.
-async fn zendesk_users(headers: HeaderMap) -> Response {
-    if !authorized(&headers, "Basic ") {
-        return zendesk_unauthorized();
-    }
+async fn zendesk_users() -> Response {
     Json(json!({
         "users": [{
             "id": 900001,
@@ -420,14 +420,7 @@ async fn zendesk_users(headers: HeaderMap) -> Response {
 
 /// `POST /v2/translate` with `{"text": [...], "target_lang": "EN-US"}`:
 /// every text "translated" (marked), the source language detected as DE.
-async fn deepl_translate(headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    if !authorized(&headers, "DeepL-Auth-Key ") {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(json!({"message": "Wrong endpoint. Use https://api.deepl.com"})),
-        )
-            .into_response();
-    }
+async fn deepl_translate(Json(body): Json<Value>) -> Response {
     let target = body["target_lang"].as_str().unwrap_or("EN-US");
     let texts: Vec<Value> = match &body["text"] {
         Value::Array(items) => items.clone(),
@@ -447,11 +440,10 @@ async fn deepl_translate(headers: HeaderMap, Json(body): Json<Value>) -> Respons
 
 /// Google's answer to a request without `?key=`.
 fn google_unauthorized() -> Response {
-    (
+    refusal(
         StatusCode::FORBIDDEN,
-        Json(json!({"error": {"code": 403, "message": "The request is missing a valid API key.", "status": "PERMISSION_DENIED"}})),
+        json!({"error": {"code": 403, "message": "The request is missing a valid API key.", "status": "PERMISSION_DENIED"}}),
     )
-        .into_response()
 }
 
 fn has_key(q: &HashMap<String, String>) -> bool {
@@ -502,10 +494,7 @@ async fn google_detect(
 
 /// `POST /chat.postMessage` (form): `{"ok": true, channel, ts, message}`;
 /// Slack answers 200 with `ok: false` and an error code when something is missing.
-async fn slack_post(headers: HeaderMap, Form(form): Form<HashMap<String, String>>) -> Response {
-    if !authorized(&headers, "Bearer ") {
-        return Json(json!({"ok": false, "error": "not_authed"})).into_response();
-    }
+async fn slack_post(Form(form): Form<HashMap<String, String>>) -> Response {
     let Some(channel) = form.get("channel").filter(|c| !c.is_empty()) else {
         return Json(json!({"ok": false, "error": "channel_not_found"})).into_response();
     };
@@ -517,14 +506,6 @@ async fn slack_post(headers: HeaderMap, Form(form): Form<HashMap<String, String>
         "message": {"type": "message", "text": text, "user": "U0DEMOBOT", "ts": "1736154000.000100"}
     }))
     .into_response()
-}
-
-fn freshdesk_unauthorized() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        Json(json!({"code": "invalid_credentials", "message": "You have to be logged in to perform this action."})),
-    )
-        .into_response()
 }
 
 /// A Freshdesk ticket as the API shows it (status 2 open, priority 1 low).
@@ -549,12 +530,8 @@ fn freshdesk_ticket(id: u64) -> Value {
 /// `POST /api/v2/tickets`: 201 with the new ticket.
 async fn freshdesk_create(
     State(tickets): State<Tickets>,
-    headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if !authorized(&headers, "Basic ") {
-        return freshdesk_unauthorized();
-    }
     let ticket = tickets.with(|t| {
         let id = 1000 + t.len() as u64 + 1;
         let mut ticket = freshdesk_ticket(id);
@@ -575,12 +552,8 @@ async fn freshdesk_create(
 /// `GET /api/v2/tickets/{id}`.
 async fn freshdesk_show(
     State(tickets): State<Tickets>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if !authorized(&headers, "Basic ") {
-        return freshdesk_unauthorized();
-    }
     let Ok(id) = id.parse::<u64>() else {
         return (StatusCode::NOT_FOUND, Json(json!({"code": "not_found"}))).into_response();
     };
@@ -591,13 +564,9 @@ async fn freshdesk_show(
 /// `PUT /api/v2/tickets/{id}`: the given fields set, the ticket answered.
 async fn freshdesk_update(
     State(tickets): State<Tickets>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     Json(body): Json<Value>,
 ) -> Response {
-    if !authorized(&headers, "Basic ") {
-        return freshdesk_unauthorized();
-    }
     let Ok(id) = id.parse::<u64>() else {
         return (StatusCode::NOT_FOUND, Json(json!({"code": "not_found"}))).into_response();
     };
@@ -612,10 +581,7 @@ async fn freshdesk_update(
 }
 
 /// A conversation (reply or note) on ticket `id`: 201.
-fn freshdesk_conversation(headers: &HeaderMap, id: &str, body: &Value, private: bool) -> Response {
-    if !authorized(headers, "Basic ") {
-        return freshdesk_unauthorized();
-    }
+fn freshdesk_conversation(id: &str, body: &Value, private: bool) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return (StatusCode::NOT_FOUND, Json(json!({"code": "not_found"}))).into_response();
     };
@@ -635,50 +601,30 @@ fn freshdesk_conversation(headers: &HeaderMap, id: &str, body: &Value, private: 
 
 /// `POST /api/v2/tickets/{id}/reply`.
 async fn freshdesk_reply(
-    headers: HeaderMap,
     Path(id): Path<String>,
     Json(body): Json<Value>,
 ) -> Response {
-    freshdesk_conversation(&headers, &id, &body, false)
+    freshdesk_conversation(&id, &body, false)
 }
 
 /// `POST /api/v2/tickets/{id}/notes`.
 async fn freshdesk_note(
-    headers: HeaderMap,
     Path(id): Path<String>,
     Json(body): Json<Value>,
 ) -> Response {
-    freshdesk_conversation(&headers, &id, &body, true)
+    freshdesk_conversation(&id, &body, true)
 }
 
 /// `GET /api/v2/search/tickets?query="…"`: every ticket created here.
-async fn freshdesk_search(State(tickets): State<Tickets>, headers: HeaderMap) -> Response {
-    if !authorized(&headers, "Basic ") {
-        return freshdesk_unauthorized();
-    }
+async fn freshdesk_search(State(tickets): State<Tickets>) -> Response {
     let results: Vec<Value> = tickets.with(|t| t.values().cloned().collect());
     Json(json!({"total": results.len(), "results": results})).into_response()
 }
 
-fn stripe_unauthorized() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        Json(json!({"error": {
-            "type": "invalid_request_error",
-            "message": "You did not provide an API key."
-        }})),
-    )
-        .into_response()
-}
-
 /// `GET /v1/customers/search?query=email:'…'`: one customer for any address.
 async fn stripe_customers(
-    headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
-    if !authorized(&headers, "Bearer ") {
-        return stripe_unauthorized();
-    }
     let query = q.get("query").cloned().unwrap_or_default();
     let email = query
         .strip_prefix("email:'")
@@ -709,12 +655,8 @@ async fn stripe_customers(
 
 /// `GET /v1/subscriptions?customer=…`: one active monthly subscription.
 async fn stripe_subscriptions(
-    headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
-    if !authorized(&headers, "Bearer ") {
-        return stripe_unauthorized();
-    }
     let customer = q.get("customer").cloned().unwrap_or_default();
     Json(json!({
         "object": "list",
@@ -748,19 +690,8 @@ async fn stripe_subscriptions(
 }
 
 /// `POST /v3/mail/send`: 202 with no body, as SendGrid answers.
-async fn sendgrid_send(headers: HeaderMap) -> Response {
-    if !authorized(&headers, "Bearer ") {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"errors": [{
-                "message": "The provided authorization grant is invalid, expired, or revoked",
-                "field": null,
-                "help": null
-            }]})),
-        )
-            .into_response();
-    }
-    StatusCode::ACCEPTED.into_response()
+async fn sendgrid_send() -> StatusCode {
+    StatusCode::ACCEPTED
 }
 
 #[cfg(test)]

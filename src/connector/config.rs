@@ -15,7 +15,6 @@ use std::time::Duration;
 pub struct ConnectorFile {
     /// Must equal the file name without extension.
     pub name: String,
-    #[serde(default)]
     pub description: Option<String>,
     /// Where actions are sent. Overridden by `SWITCHBOARD_BASE_URL_<NAME>` or
     /// `base_urls.<name>` in the secrets file, to point at a sandbox or mock.
@@ -25,26 +24,19 @@ pub struct ConnectorFile {
     /// secrets file. Templates read them as `{{ secrets.NAME }}`.
     #[serde(default)]
     pub secrets: Vec<String>,
-    #[serde(default)]
     pub auth: Option<AuthFile>,
     /// Default timeout of every action (default 30s).
-    #[serde(default)]
     pub timeout: Option<HumanDuration>,
     /// Retries of failed calls (connect errors, timeouts, 429, 5xx); actions may override.
-    #[serde(default)]
     pub retry: Option<RetryFile>,
     /// Limits shared by every run calling this connector.
-    #[serde(default)]
     pub limits: Option<LimitsFile>,
     /// Stop calling a failing API for a while instead of hammering it.
-    #[serde(default)]
     pub circuit_breaker: Option<BreakerFile>,
     /// Header carrying the idempotency key (`<run id>:<step id>`); `false` to send none.
-    #[serde(default)]
     pub idempotency_header: Option<IdempotencyHeader>,
     #[serde(default)]
     pub actions: BTreeMap<String, ActionFile>,
-    #[serde(default)]
     pub webhook: Option<WebhookFile>,
     /// Where an action with `url:` may send: each entry a URL (scheme, host,
     /// port and a path prefix), e.g. `https://hooks.slack.com/`. A rendered
@@ -59,16 +51,12 @@ pub struct ConnectorFile {
 #[serde(deny_unknown_fields)]
 pub struct RetryFile {
     /// Attempts in all, the first included (default 5; 1 = no retries).
-    #[serde(default)]
     pub attempts: Option<u32>,
     /// First backoff; doubles each attempt, with full jitter (default 1s).
-    #[serde(default)]
     pub backoff: Option<HumanDuration>,
     /// Cap of one backoff (default 5m).
-    #[serde(default)]
     pub max_backoff: Option<HumanDuration>,
     /// Longest `Retry-After` honoured; longer ones are cut to this (default 1h).
-    #[serde(default)]
     pub max_retry_after: Option<HumanDuration>,
 }
 
@@ -77,10 +65,8 @@ pub struct RetryFile {
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     /// At most N calls in any window of the given length: `100/10s`, `5/1s`.
-    #[serde(default)]
     pub rate: Option<Rate>,
     /// At most N calls in flight at once.
-    #[serde(default)]
     pub concurrency: Option<usize>,
 }
 
@@ -89,10 +75,8 @@ pub struct LimitsFile {
 #[serde(deny_unknown_fields)]
 pub struct BreakerFile {
     /// Consecutive retryable failures that open the breaker (default 5).
-    #[serde(default)]
     pub failures: Option<u32>,
     /// How long it stays open (default 30s).
-    #[serde(default)]
     pub cooldown: Option<HumanDuration>,
 }
 
@@ -121,7 +105,6 @@ pub enum AuthFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionFile {
-    #[serde(default)]
     pub description: Option<String>,
     /// The inputs a recipe step passes in `with:`; templates read them as `{{ input.NAME }}`.
     #[serde(default)]
@@ -129,27 +112,21 @@ pub struct ActionFile {
     /// `GET`, `POST`, … (any case).
     pub method: HttpMethod,
     /// Path appended to the base URL (template). Exactly one of `path:` and `url:`.
-    #[serde(default)]
     pub path: Option<String>,
     /// The whole URL, from the event through an input (a Slack
     /// `response_url`): `url: "{{ input.response_url }}"`. Only under the
     /// connector's `allowed_urls`; the base URL is not used.
-    #[serde(default)]
     pub url: Option<String>,
     #[serde(default)]
     pub query: BTreeMap<String, String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// JSON body; every string in it is a template.
-    #[serde(default)]
     pub body: Option<Value>,
     /// Form-encoded body (`application/x-www-form-urlencoded`); values are templates.
-    #[serde(default)]
     pub form: Option<BTreeMap<String, String>>,
-    #[serde(default)]
     pub timeout: Option<HumanDuration>,
     /// Overrides the connector's `retry:` fields given here.
-    #[serde(default)]
     pub retry: Option<RetryFile>,
     /// Output fields: name → JSONPath into the JSON response. Without it the
     /// step's output is the whole response body.
@@ -158,7 +135,6 @@ pub struct ActionFile {
     /// A successful HTTP answer that still means failure, e.g. Slack's
     /// `200 {"ok": false, "error": "channel_not_found"}`:
     /// `fail_when: { path: "$.ok", equals: false, reason: "$.error" }`.
-    #[serde(default)]
     pub fail_when: Option<FailWhenFile>,
     /// Event types of this connector's webhook that this call makes the app
     /// send (`update_ticket` causes `ticket.updated`): `check` warns about a
@@ -175,16 +151,12 @@ pub struct FailWhenFile {
     /// JSONPath into the answer's body.
     pub path: String,
     /// Fails when the node equals this value.
-    #[serde(default)]
     pub equals: Option<Value>,
     /// Fails when the node is missing or differs from this value.
-    #[serde(default)]
     pub not_equals: Option<Value>,
     /// `true`: fails when the node exists (and is not null); `false`: when it does not.
-    #[serde(default)]
     pub exists: Option<bool>,
     /// JSONPath of the reason to put in the step's error (`$.error`).
-    #[serde(default)]
     pub reason: Option<String>,
 }
 
@@ -192,9 +164,7 @@ pub struct FailWhenFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputFile {
-    #[serde(default)]
     pub required: Option<bool>,
-    #[serde(default)]
     pub description: Option<String>,
 }
 
@@ -210,15 +180,12 @@ impl InputFile {
 pub struct WebhookFile {
     pub signature: SignatureConfig,
     /// Where the event type is: `{ path: "$.type" }`, `{ header: X-GitHub-Event }` or `{ value: form.submitted }`.
-    #[serde(default)]
     pub event_type: Option<FieldSource>,
     /// Where the sender's delivery id is, when the signature scheme has no
     /// delivery-id header: `{ path: "$.id" }` or `{ header: X-Request-Id }`.
-    #[serde(default)]
     pub event_id: Option<FieldSource>,
     /// Refuse a body seen before within this window (`24h`): replay
     /// protection for schemes that sign no timestamp (GitHub, Shopify).
-    #[serde(default)]
     pub dedupe_window: Option<crate::duration::HumanDuration>,
     /// Other body shapes the app sends for the same events, read into the
     /// one recipes use: the first entry whose `when` holds replaces the body
@@ -244,11 +211,8 @@ pub struct NormalizeFile {
 #[serde(deny_unknown_fields)]
 pub struct WhenFile {
     pub path: String,
-    #[serde(default)]
     pub equals: Option<Value>,
-    #[serde(default)]
     pub not_equals: Option<Value>,
-    #[serde(default)]
     pub exists: Option<bool>,
 }
 

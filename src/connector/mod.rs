@@ -570,17 +570,13 @@ fn compile(
         let mut normalize = Vec::new();
         for (i, n) in w.normalize.iter().enumerate() {
             let p = format!("/webhook/normalize/{i}");
-            let when = &n.when;
-            let test = value_test(
-                [&when.equals, &when.not_equals],
-                when.exists,
+            let w = &n.when;
+            let when = node_test(
+                (&w.path, [&w.equals, &w.not_equals], w.exists),
                 &format!("{p}/when"),
                 map,
                 errors,
             );
-            let path = JsonPath::compile(&when.path)
-                .map_err(|e| errors.push(map.error(&format!("{p}/when/path"), e)))
-                .ok();
             let body = match templates.compile_value(&n.body) {
                 Ok(vt) => {
                     let mut leaves = Vec::new();
@@ -602,7 +598,7 @@ fn compile(
                     None
                 }
             };
-            if let (Some(path), Some(test), Some(body)) = (path, test, body) {
+            if let (Some((path, test)), Some(body)) = (when, body) {
                 normalize.push(Normalize { path, test, body });
             }
         }
@@ -780,9 +776,12 @@ fn compile_fail_when(
     map: &SourceMap,
     errors: &mut Vec<LoadError>,
 ) -> Option<FailWhen> {
-    let path = JsonPath::compile(&f.path)
-        .map_err(|e| errors.push(map.error(&format!("{p}/path"), e)))
-        .ok();
+    let test = node_test(
+        (&f.path, [&f.equals, &f.not_equals], f.exists),
+        p,
+        map,
+        errors,
+    );
     let reason = match &f.reason {
         None => Some(None),
         Some(r) => JsonPath::compile(r)
@@ -790,23 +789,25 @@ fn compile_fail_when(
             .map_err(|e| errors.push(map.error(&format!("{p}/reason"), e)))
             .ok(),
     };
-    let test = value_test([&f.equals, &f.not_equals], f.exists, p, map, errors);
+    let (path, test) = test?;
     Some(FailWhen {
-        path: path?,
-        test: test?,
+        path,
+        test,
         reason: reason?,
     })
 }
 
-/// The one test of a `fail_when` / `when`: exactly one of `equals`,
-/// `not_equals`, `exists`.
-fn value_test(
-    [equals, not_equals]: [&Option<Value>; 2],
-    exists: Option<bool>,
+/// The node and its one test of a `fail_when` / `when`: `path` and exactly
+/// one of `equals`, `not_equals`, `exists`.
+fn node_test(
+    (path, [equals, not_equals], exists): (&str, [&Option<Value>; 2], Option<bool>),
     p: &str,
     map: &SourceMap,
     errors: &mut Vec<LoadError>,
-) -> Option<ValueTest> {
+) -> Option<(JsonPath, ValueTest)> {
+    let path = JsonPath::compile(path)
+        .map_err(|e| errors.push(map.error(&format!("{p}/path"), e)))
+        .ok();
     let tests: Vec<ValueTest> = [
         equals.clone().map(ValueTest::Equals),
         not_equals.clone().map(ValueTest::NotEquals),
@@ -823,7 +824,7 @@ fn value_test(
         ));
         return None;
     }
-    tests.into_iter().next()
+    Some((path?, tests.into_iter().next()?))
 }
 
 /// What connector templates may read: `input.NAME` (declared inputs, in

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 pub struct RecipeFile {
     /// Unique among recipes; shown in runs.
     pub name: String,
-    #[serde(default)]
     pub description: Option<String>,
     /// The trigger: a connector's webhook event type.
     pub on: Trigger,
@@ -20,28 +19,24 @@ pub struct RecipeFile {
     #[serde(default)]
     pub vars: Value,
     /// Conditions over `{event, vars}`; the recipe runs only when they hold.
-    #[serde(default, rename = "if")]
+    #[serde(rename = "if")]
     pub condition: Option<Value>,
     /// Runs with the same rendered key run one after another (or `limit` at
     /// a time), in arrival order: `{ key: "{{ event.ticket.id }}", limit: 1 }`.
-    #[serde(default)]
     pub concurrency: Option<ConcurrencyFile>,
     /// A burst of events with the same rendered key makes one run, with the
     /// burst's last event, once no event came for `quiet` (at most `max`
     /// after the first): `{ key: "{{ event.ticket.id }}", quiet: 30s, max: 5m }`.
-    #[serde(default)]
     pub debounce: Option<DebounceFile>,
     /// The webhook's immediate answer to its sender (Slack slash commands,
     /// forms): `{ status, content_type, body }`, rendered over `{event, vars,
     /// run}` once the event is stored. Default: `202` with the event and run ids.
-    #[serde(default)]
     pub reply: Option<ReplyFile>,
     /// Stop a recipe that keeps firing for one object (it retriggers itself):
     /// `{ key: "{{ event.ticket.id }}", max: 5, within: 10m }` — a run that
     /// is the key's `max + 1`th within `within` ends `skipped` with the
     /// reason "loop breaker: …" before its first step, and so does every
     /// further one until the window has passed.
-    #[serde(default)]
     pub loop_breaker: Option<LoopBreakerFile>,
     /// Events that cancel this recipe's waiting runs (a `wait`/`wait_for`
     /// step parks them): `[ { event, connector?, key, match?, if? } ]`.
@@ -63,10 +58,8 @@ pub struct LoopBreakerFile {
     /// Template over the run's context: the object (a ticket id).
     pub key: String,
     /// Runs per key allowed within the window (default 5).
-    #[serde(default)]
     pub max: Option<u32>,
     /// The window (default 10m).
-    #[serde(default)]
     pub within: Option<String>,
 }
 
@@ -75,11 +68,9 @@ pub struct LoopBreakerFile {
 #[serde(deny_unknown_fields)]
 pub struct ReplyFile {
     /// HTTP status, 200-299 (default 200).
-    #[serde(default)]
     pub status: Option<u16>,
     /// Default `application/json` when `body` is a mapping or a list,
     /// `text/plain; charset=utf-8` when it is a string.
-    #[serde(default)]
     pub content_type: Option<String>,
     /// A mapping or list (sent as JSON, every string a template), or a
     /// string template (sent as text).
@@ -94,7 +85,6 @@ pub struct DebounceFile {
     /// How long no event of the key must arrive before the run starts (`30s`).
     pub quiet: String,
     /// Longest a run is put off after the burst's first event (default 10 × `quiet`).
-    #[serde(default)]
     pub max: Option<String>,
 }
 
@@ -104,7 +94,6 @@ pub struct ConcurrencyFile {
     /// Template over `{event, vars}`.
     pub key: String,
     /// Runs of one key at a time (default 1).
-    #[serde(default)]
     pub limit: Option<u32>,
 }
 
@@ -114,20 +103,15 @@ pub struct ConcurrencyFile {
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
     /// Connector whose webhook delivers the event.
-    #[serde(default)]
     pub connector: Option<String>,
     /// Event type, as the connector's `webhook.event_type` reads it.
-    #[serde(default)]
     pub event: Option<String>,
     /// A cron expression (`"0 9 * * MON-FRI"`; six fields for seconds).
-    #[serde(default)]
     pub schedule: Option<String>,
     /// tz database zone the schedule's wall-clock times are in (default `UTC`).
-    #[serde(default)]
     pub timezone: Option<String>,
     /// Slots that passed while the hub was down: `latest` (default) fires
     /// the latest of them once, `skip` fires none.
-    #[serde(default)]
     pub missed: Option<Missed>,
 }
 
@@ -155,64 +139,50 @@ pub enum Missed {
 pub struct StepFile {
     /// Later steps read this step's output as `steps.<id>`. Unique in the
     /// recipe, nested steps included.
-    #[serde(default)]
     pub id: Option<String>,
     /// Conditions over `{event, steps, vars}`; the step is skipped when they do not hold.
-    #[serde(default, rename = "if")]
+    #[serde(rename = "if")]
     pub condition: Option<Value>,
 
     /// `call: connector.action`: call a connector's action with `with:`.
-    #[serde(default)]
     pub call: Option<String>,
     /// The action's inputs; every string is a template over `{event, steps, vars, run}`.
-    #[serde(default)]
     pub with: Option<BTreeMap<String, Value>>,
 
     /// `scenario: NAME`: the named call of `recipes/_shared.yaml`, with this
     /// step's `with:` merged over the scenario's.
-    #[serde(default)]
     pub scenario: Option<String>,
 
     /// `set: { name: template, … }`: computed values, read later as `steps.<id>.<name>`.
-    #[serde(default)]
     pub set: Option<BTreeMap<String, Value>>,
 
     /// `stop: { reason, status }`: end the run here (`succeeded` or `skipped`).
-    #[serde(default)]
     pub stop: Option<StopFile>,
 
     /// `switch: [ { when: [conditions], steps: […] }, …, { else: […] } ]`:
     /// run the steps of the first case whose `when` holds.
-    #[serde(default)]
     pub switch: Option<Vec<CaseFile>>,
 
     /// `for_each: "{{ template }}"` (a list) with `steps:`: run the steps once per item.
-    #[serde(default)]
     pub for_each: Option<Value>,
     /// The steps of a `for_each`.
-    #[serde(default)]
     pub steps: Option<Vec<StepFile>>,
     /// The name the current item has in templates (default `item`); its
     /// position is `<as>_index` (0-based).
-    #[serde(default, rename = "as")]
+    #[serde(rename = "as")]
     pub as_name: Option<String>,
 
     /// `state: { get | set | set_if_absent | delete | incr: key, … }`: recipe state.
-    #[serde(default)]
     pub state: Option<StateFile>,
 
     /// `assign: { from, strategy, … }`: pick an agent.
-    #[serde(default)]
     pub assign: Option<AssignFile>,
     /// `wait: 3d`: park the run for a duration (at most 366 d).
-    #[serde(default)]
     pub wait: Option<String>,
     /// `wait_until: "{{ ... }}"`: park the run until a time (at most 366 d ahead).
-    #[serde(default)]
     pub wait_until: Option<String>,
     /// `wait_for: { event, connector?, key, match?, if?, timeout }`: park the
     /// run until a correlated event arrives, or the timeout passes.
-    #[serde(default)]
     pub wait_for: Option<WaitForFile>,
 }
 
@@ -223,22 +193,20 @@ pub struct WaitForFile {
     /// Event type awaited.
     pub event: String,
     /// Connector whose webhook sends it (default: the recipe's trigger connector).
-    #[serde(default)]
     pub connector: Option<String>,
     /// Template over this run's context: the correlation value (a ticket id).
     pub key: String,
     /// Template over the incoming event (`{event, vars, run}`) giving its
     /// correlation value; default: `key`'s template.
-    #[serde(default, rename = "match")]
+    #[serde(rename = "match")]
     pub matcher: Option<String>,
     /// Conditions over the incoming event (`{event, vars, run}`).
-    #[serde(default, rename = "if")]
+    #[serde(rename = "if")]
     pub condition: Option<Value>,
     /// How long to wait (at most 366 d).
     pub timeout: String,
     /// Count `timeout` in the business hours of this calendar of
     /// `_shared.yaml` (`12h` = twelve open hours, from the next opening).
-    #[serde(default)]
     pub calendar: Option<String>,
 }
 
@@ -247,12 +215,11 @@ pub struct WaitForFile {
 #[serde(deny_unknown_fields)]
 pub struct CancelOnFile {
     pub event: String,
-    #[serde(default)]
     pub connector: Option<String>,
     pub key: String,
-    #[serde(default, rename = "match")]
+    #[serde(rename = "match")]
     pub matcher: Option<String>,
-    #[serde(default, rename = "if")]
+    #[serde(rename = "if")]
     pub condition: Option<Value>,
 }
 
@@ -275,41 +242,22 @@ pub const KIND_KEYS: &[&str] = &[
 impl StepFile {
     /// The kind keys this step gives, with their JSON pointer suffix.
     pub fn kinds(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if self.call.is_some() {
-            out.push("call");
-        }
-        if self.scenario.is_some() {
-            out.push("scenario");
-        }
-        if self.set.is_some() {
-            out.push("set");
-        }
-        if self.stop.is_some() {
-            out.push("stop");
-        }
-        if self.for_each.is_some() {
-            out.push("for_each");
-        }
-        if self.switch.is_some() {
-            out.push("switch");
-        }
-        if self.state.is_some() {
-            out.push("state");
-        }
-        if self.assign.is_some() {
-            out.push("assign");
-        }
-        if self.wait.is_some() {
-            out.push("wait");
-        }
-        if self.wait_until.is_some() {
-            out.push("wait_until");
-        }
-        if self.wait_for.is_some() {
-            out.push("wait_for");
-        }
-        out
+        [
+            ("call", self.call.is_some()),
+            ("scenario", self.scenario.is_some()),
+            ("set", self.set.is_some()),
+            ("stop", self.stop.is_some()),
+            ("for_each", self.for_each.is_some()),
+            ("switch", self.switch.is_some()),
+            ("state", self.state.is_some()),
+            ("assign", self.assign.is_some()),
+            ("wait", self.wait.is_some()),
+            ("wait_until", self.wait_until.is_some()),
+            ("wait_for", self.wait_for.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(kind, given)| given.then_some(kind))
+        .collect()
     }
 }
 
@@ -320,7 +268,6 @@ pub struct StopFile {
     /// Why, shown on the run (a template over the run context).
     pub reason: String,
     /// How the run ends: `succeeded` (default) or `skipped`.
-    #[serde(default)]
     pub status: Option<String>,
 }
 
@@ -330,12 +277,10 @@ pub struct StopFile {
 #[serde(deny_unknown_fields)]
 pub struct CaseFile {
     /// Conditions, as in `if:`.
-    #[serde(default)]
     pub when: Option<Value>,
-    #[serde(default)]
     pub steps: Option<Vec<StepFile>>,
     /// The steps run when no case holds.
-    #[serde(default, rename = "else")]
+    #[serde(rename = "else")]
     pub otherwise: Option<Vec<StepFile>>,
 }
 
@@ -351,7 +296,6 @@ pub struct TestFile {
     /// The event type, for connectors that read it from a header
     /// (`webhook.event_type: { header: ... }`). Otherwise it is read from
     /// `event` as ingress reads it (a body path, or the connector's fixed value).
-    #[serde(default)]
     pub event_type: Option<String>,
     /// `connector.action` → the step output that action answers (it stands
     /// for the action's `output:` fields), or `{ error: { status, body } }`
@@ -366,7 +310,6 @@ pub struct TestFile {
     #[serde(default)]
     pub expect_inputs: BTreeMap<String, BTreeMap<String, Value>>,
     /// How the run must end (default `succeeded`).
-    #[serde(default)]
     pub expect_status: Option<TestStatus>,
     /// What happens after the event, in order, on the test's virtual clock:
     /// `{ advance: 12h }` moves the clock (a wait whose time came resumes),
@@ -376,7 +319,6 @@ pub struct TestFile {
     pub then: Vec<ThenFile>,
     /// The test's clock at the event (RFC 3339, e.g. `2025-12-01T09:30:00+01:00`):
     /// what `now()` and `within_business_hours` see. Default: the real time.
-    #[serde(default)]
     pub now: Option<String>,
     /// Recipe state before the event (each test starts with none):
     /// `[{ key, value }]` for values, `[{ key, count: 2, window: 24h }]` for
@@ -391,13 +333,9 @@ pub struct TestFile {
 #[serde(deny_unknown_fields)]
 pub struct StateSeedFile {
     pub key: String,
-    #[serde(default)]
     pub namespace: Option<String>,
-    #[serde(default)]
     pub value: Option<Value>,
-    #[serde(default)]
     pub count: Option<i64>,
-    #[serde(default)]
     pub window: Option<HumanDuration>,
 }
 
@@ -406,16 +344,12 @@ pub struct StateSeedFile {
 #[serde(deny_unknown_fields)]
 pub struct ThenFile {
     /// Move the virtual clock forward (`30s`, `12h`, `3d`).
-    #[serde(default)]
     pub advance: Option<String>,
     /// Deliver another event (a webhook body).
-    #[serde(default)]
     pub event: Option<Value>,
     /// Its connector (default: the recipe's trigger connector).
-    #[serde(default)]
     pub connector: Option<String>,
     /// Its event type, where the connector reads it from a header.
-    #[serde(default)]
     pub event_type: Option<String>,
 }
 
@@ -466,34 +400,24 @@ pub struct MockErrorFile {
 #[serde(deny_unknown_fields)]
 pub struct StateFile {
     /// Output `{found, value}`.
-    #[serde(default)]
     pub get: Option<String>,
     /// Output `{set: true, value}`.
-    #[serde(default)]
     pub set: Option<String>,
     /// Output `{set, value}`: `set` false when the key already held a value (`value` is that one).
-    #[serde(default)]
     pub set_if_absent: Option<String>,
     /// Output `{deleted}`.
-    #[serde(default)]
     pub delete: Option<String>,
     /// Output `{count}`.
-    #[serde(default)]
     pub incr: Option<String>,
     /// What `set` / `set_if_absent` store (templates allowed; any JSON type).
-    #[serde(default)]
     pub value: Option<Value>,
     /// The value expires this long after the write (`30m`, `24h`, `30d`).
-    #[serde(default)]
     pub ttl: Option<HumanDuration>,
     /// `incr` counts the events of this last period (`24h`) instead of keeping a total.
-    #[serde(default)]
     pub window: Option<HumanDuration>,
     /// What `incr` adds (default 1; may be negative without `window`).
-    #[serde(default)]
     pub by: Option<i64>,
     /// Default: the recipe's name. Recipes that share state name the same namespace.
-    #[serde(default)]
     pub namespace: Option<String>,
 }
 
@@ -504,17 +428,13 @@ pub struct AssignFile {
     /// The agents: a list, or a template rendering to one (`"{{ vars.agents }}"`).
     pub from: Value,
     /// `round_robin` (default) or `least_loaded`.
-    #[serde(default)]
     pub strategy: Option<String>,
     /// The rotation's key (template); default: the step's id. Steps with the same key share a rotation.
-    #[serde(default)]
     pub key: Option<String>,
     /// Default: the recipe's name.
-    #[serde(default)]
     pub namespace: Option<String>,
     /// An agent's id (template over `agent`); default: the item when it is
     /// a string or number, else its `id` field.
-    #[serde(default)]
     pub id: Option<String>,
     /// Rules (conditions over `{agent, event, steps, vars}`); an agent for whom any holds is skipped.
     #[serde(default)]
@@ -522,10 +442,8 @@ pub struct AssignFile {
     /// Each agent's load: a template over `agent` rendering to a number, or
     /// `{ key: "open:{{ agent }}", add: 1 }`, a state value per agent that
     /// the assignment increases by `add` (default 1) for the picked agent.
-    #[serde(default)]
     pub load: Option<LoadFile>,
     /// Agents whose load is at or above this are skipped.
-    #[serde(default)]
     pub capacity: Option<f64>,
 }
 
@@ -534,9 +452,5 @@ pub struct AssignFile {
 #[serde(untagged)]
 pub enum LoadFile {
     Template(String),
-    State {
-        key: String,
-        #[serde(default)]
-        add: Option<i64>,
-    },
+    State { key: String, add: Option<i64> },
 }

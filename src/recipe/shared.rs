@@ -31,20 +31,17 @@ pub const FILE: &str = "_shared.yaml";
 #[serde(deny_unknown_fields)]
 pub struct SharedFile {
     /// Constants visible to every recipe under `vars`.
-    #[serde(default)]
     pub vars: Option<Value>,
     /// Named calls: `NAME: { call: connector.action, with: {…} }`.
     #[serde(default)]
     pub scenarios: BTreeMap<String, ScenarioFile>,
     /// Business-hours calendars (README "Time, dates and business hours").
-    #[serde(default)]
     pub calendars: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioFile {
-    #[serde(default)]
     pub description: Option<String>,
     /// `connector.action`.
     pub call: String,

@@ -92,7 +92,6 @@ pub struct Timed {
     /// values (during a rotation) are all tried; one match is enough.
     pub secret: String,
     /// Allowed clock skew, both ways. Default 5 minutes.
-    #[serde(default)]
     pub tolerance: Option<HumanDuration>,
 }
 
@@ -120,19 +119,15 @@ pub struct HmacConfig {
     pub encoding: Encoding,
     /// A prefix stripped before decoding, e.g. `"sha256="`. When set (and not
     /// empty), a signature without it is rejected.
-    #[serde(default)]
     pub prefix: Option<String>,
     /// Header carrying a unix timestamp in seconds. When set, the signed
     /// payload is `"{timestamp}.{body}"` and the timestamp must be within
     /// `tolerance`.
-    #[serde(default)]
     pub timestamp_header: Option<HeaderName>,
     /// Header carrying the sender's delivery id, used to recognise
     /// redeliveries. Optional.
-    #[serde(default)]
     pub id_header: Option<HeaderName>,
     /// Allowed clock skew, both ways; only with `timestamp_header`.
-    #[serde(default)]
     pub tolerance: Option<HumanDuration>,
 }
 
@@ -212,6 +207,31 @@ pub enum Encoding {
     #[default]
     Hex,
     Base64,
+}
+
+/// A `signature:` block that parsed but cannot work with the secret values
+/// given. Raised by [`Verifier::new`], i.e. at load time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("signature scheme `{scheme}` needs at least one signing secret value, got none")]
+    NoSecrets { scheme: &'static str },
+    #[error("signing secret #{index} (counting from 1) is empty")]
+    EmptySecret { index: usize },
+    #[error("signing secret #{index} (counting from 1) is not a Standard Webhooks secret: expected base64, optionally prefixed with `whsec_`")]
+    BadStandardWebhooksSecret { index: usize },
+    #[error("`tolerance` has no effect: signature scheme `hmac` signs no timestamp (set `timestamp_header` to sign one)")]
+    ToleranceUnused,
+}
+
+impl ConfigError {
+    /// The key of the `signature:` block the error is about, so the loader
+    /// can point at it.
+    pub fn key(&self) -> &'static str {
+        match self {
+            ConfigError::ToleranceUnused => "tolerance",
+            _ => "secret",
+        }
+    }
 }
 
 /// A valid HTTP header name, kept as written so errors name it the way the

@@ -18,9 +18,7 @@ pub(super) fn verify(keys: &Keys, req: &Request<'_>) -> Result<Verified, Signatu
         .strip_prefix("sha256=")
         .ok_or_else(|| SignatureError::malformed(HEADER, "expected `sha256=<hex>`"))?;
     let candidate = decode_hex(HEADER, hex, Algorithm::Sha256)?;
-    if !keys.any_matches(Algorithm::Sha256, &[req.body], &[candidate]) {
-        return Err(SignatureError::mismatch(HEADER));
-    }
+    keys.verify(HEADER, Algorithm::Sha256, &[req.body], &[candidate])?;
     Ok(Verified {
         delivery_id: optional_header(req, DELIVERY_HEADER),
         timestamp: None,

@@ -87,9 +87,7 @@ pub(super) fn verify(
         req.body,
         ts_text.as_bytes(),
     ];
-    if !keys.any_matches(Algorithm::Sha256, &message, &[candidate]) {
-        return Err(SignatureError::mismatch(HEADER));
-    }
+    keys.verify(HEADER, Algorithm::Sha256, &message, &[candidate])?;
     Ok(Verified {
         delivery_id: None,
         timestamp: Some(timestamp_ms.div_euclid(1000)),

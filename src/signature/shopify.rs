@@ -16,9 +16,7 @@ pub(super) const WEBHOOK_ID_HEADER: &str = "X-Shopify-Webhook-Id";
 pub(super) fn verify(keys: &Keys, req: &Request<'_>) -> Result<Verified, SignatureError> {
     let value = signature_header(req, HEADER)?;
     let candidate = decode_base64(HEADER, value, Algorithm::Sha256)?;
-    if !keys.any_matches(Algorithm::Sha256, &[req.body], &[candidate]) {
-        return Err(SignatureError::mismatch(HEADER));
-    }
+    keys.verify(HEADER, Algorithm::Sha256, &[req.body], &[candidate])?;
     Ok(Verified {
         delivery_id: optional_header(req, WEBHOOK_ID_HEADER),
         timestamp: None,

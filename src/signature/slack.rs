@@ -28,9 +28,7 @@ pub(super) fn verify(
         .ok_or_else(|| SignatureError::malformed(HEADER, "expected `v0=<hex>`"))?;
     let candidate = decode_hex(HEADER, hex, Algorithm::Sha256)?;
     let message: [&[u8]; 4] = [b"v0:", ts_text.as_bytes(), b":", req.body];
-    if !keys.any_matches(Algorithm::Sha256, &message, &[candidate]) {
-        return Err(SignatureError::mismatch(HEADER));
-    }
+    keys.verify(HEADER, Algorithm::Sha256, &message, &[candidate])?;
     Ok(Verified {
         delivery_id: None,
         timestamp: Some(timestamp),

@@ -89,9 +89,7 @@ pub(super) fn verify(
     }
 
     let message: [&[u8]; 5] = [id.as_bytes(), b".", ts_text.as_bytes(), b".", req.body];
-    if !keys.any_matches(Algorithm::Sha256, &message, &candidates) {
-        return Err(SignatureError::mismatch(sig_name));
-    }
+    keys.verify(sig_name, Algorithm::Sha256, &message, &candidates)?;
     Ok(Verified {
         delivery_id: optional_header(req, id_name),
         timestamp: Some(timestamp),

@@ -59,9 +59,7 @@ pub(super) fn verify(
         return Err(SignatureError::malformed(HEADER, reason));
     }
     let message: [&[u8]; 3] = [t_text.as_bytes(), b".", req.body];
-    if !keys.any_matches(Algorithm::Sha256, &message, &candidates) {
-        return Err(SignatureError::mismatch(HEADER));
-    }
+    keys.verify(HEADER, Algorithm::Sha256, &message, &candidates)?;
     Ok(Verified {
         delivery_id: None,
         timestamp: Some(timestamp),

@@ -44,9 +44,7 @@ pub(super) fn verify(
 
     let candidate = decode_base64(HEADER, value, Algorithm::Sha256)?;
     let message: [&[u8]; 2] = [ts_text.as_bytes(), req.body];
-    if !keys.any_matches(Algorithm::Sha256, &message, &[candidate]) {
-        return Err(SignatureError::mismatch(HEADER));
-    }
+    keys.verify(HEADER, Algorithm::Sha256, &message, &[candidate])?;
     Ok(Verified {
         delivery_id: optional_header(req, INVOCATION_ID_HEADER),
         // Within the tolerance of an i64 `now`, so it fits an i64.
@@ -64,7 +62,7 @@ pub fn sign(
     invocation_id: &str,
 ) -> Vec<(&'static str, String)> {
     use base64::Engine;
-    let tag = super::mac(
+    let tag = super::primitives::mac(
         Algorithm::Sha256,
         secret.as_bytes(),
         &[timestamp.as_bytes(), body],
