@@ -18,8 +18,8 @@
 //! Never used unless asked for (`--demo`). Imports no Switchboard module:
 //! it is the far end, and knows nothing of the hub.
 
-use axum::extract::{Path, State};
 use axum::extract::Request;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -126,7 +126,10 @@ pub fn router() -> Router {
     // A slash command's response_url answers `ok` as text; it needs no credential.
     let slack_hooks = Router::new().route("/commands/{team}/{id}/{token}", post(|| async { "ok" }));
     Router::new()
-        .nest("/hubspot", guarded(hubspot, "Bearer ", (unauthorized, hubspot_refusal)))
+        .nest(
+            "/hubspot",
+            guarded(hubspot, "Bearer ", (unauthorized, hubspot_refusal)),
+        )
         .nest(
             "/zendesk",
             guarded(zendesk, "Basic ", (unauthorized, zendesk_refusal))
@@ -134,20 +137,34 @@ pub fn router() -> Router {
         )
         .nest(
             "/deepl",
-            guarded(deepl, "DeepL-Auth-Key ", (StatusCode::FORBIDDEN, deepl_refusal)),
+            guarded(
+                deepl,
+                "DeepL-Auth-Key ",
+                (StatusCode::FORBIDDEN, deepl_refusal),
+            ),
         )
         // Slack answers 200 with `ok: false`.
         .nest(
             "/slack/api",
-            guarded(slack, "Bearer ", (StatusCode::OK, json!({"ok": false, "error": "not_authed"}))),
+            guarded(
+                slack,
+                "Bearer ",
+                (StatusCode::OK, json!({"ok": false, "error": "not_authed"})),
+            ),
         )
         .nest(
             "/freshdesk",
             guarded(freshdesk, "Basic ", (unauthorized, freshdesk_refusal))
                 .with_state(Tickets::default()),
         )
-        .nest("/stripe", guarded(stripe, "Bearer ", (unauthorized, stripe_refusal)))
-        .nest("/sendgrid", guarded(sendgrid, "Bearer ", (unauthorized, sendgrid_refusal)))
+        .nest(
+            "/stripe",
+            guarded(stripe, "Bearer ", (unauthorized, stripe_refusal)),
+        )
+        .nest(
+            "/sendgrid",
+            guarded(sendgrid, "Bearer ", (unauthorized, sendgrid_refusal)),
+        )
         .nest("/slack-hooks", slack_hooks)
         .nest(
             "/google-translate",
@@ -281,10 +298,7 @@ fn new_ticket(id: u64) -> Value {
 }
 
 /// `GET /api/v2/tickets/{id}`.
-async fn zendesk_show(
-    State(tickets): State<Tickets>,
-    Path(id): Path<String>,
-) -> Response {
+async fn zendesk_show(State(tickets): State<Tickets>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return zendesk_not_found();
     };
@@ -362,10 +376,7 @@ async fn zendesk_tags(
 }
 
 /// `POST /api/v2/tickets` with `{"ticket": {subject, comment, requester, …}}`: 201 and the ticket.
-async fn zendesk_create(
-    State(tickets): State<Tickets>,
-    Json(body): Json<Value>,
-) -> Response {
+async fn zendesk_create(State(tickets): State<Tickets>, Json(body): Json<Value>) -> Response {
     let fields = body["ticket"].as_object().cloned().unwrap_or_default();
     let ticket = tickets.with(|t| {
         let id = 50_000 + t.len() as u64 + 1;
@@ -528,10 +539,7 @@ fn freshdesk_ticket(id: u64) -> Value {
 }
 
 /// `POST /api/v2/tickets`: 201 with the new ticket.
-async fn freshdesk_create(
-    State(tickets): State<Tickets>,
-    Json(body): Json<Value>,
-) -> Response {
+async fn freshdesk_create(State(tickets): State<Tickets>, Json(body): Json<Value>) -> Response {
     let ticket = tickets.with(|t| {
         let id = 1000 + t.len() as u64 + 1;
         let mut ticket = freshdesk_ticket(id);
@@ -550,10 +558,7 @@ async fn freshdesk_create(
 }
 
 /// `GET /api/v2/tickets/{id}`.
-async fn freshdesk_show(
-    State(tickets): State<Tickets>,
-    Path(id): Path<String>,
-) -> Response {
+async fn freshdesk_show(State(tickets): State<Tickets>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return (StatusCode::NOT_FOUND, Json(json!({"code": "not_found"}))).into_response();
     };
@@ -600,18 +605,12 @@ fn freshdesk_conversation(id: &str, body: &Value, private: bool) -> Response {
 }
 
 /// `POST /api/v2/tickets/{id}/reply`.
-async fn freshdesk_reply(
-    Path(id): Path<String>,
-    Json(body): Json<Value>,
-) -> Response {
+async fn freshdesk_reply(Path(id): Path<String>, Json(body): Json<Value>) -> Response {
     freshdesk_conversation(&id, &body, false)
 }
 
 /// `POST /api/v2/tickets/{id}/notes`.
-async fn freshdesk_note(
-    Path(id): Path<String>,
-    Json(body): Json<Value>,
-) -> Response {
+async fn freshdesk_note(Path(id): Path<String>, Json(body): Json<Value>) -> Response {
     freshdesk_conversation(&id, &body, true)
 }
 
