@@ -57,8 +57,8 @@ pub(super) fn verify(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{b64, run, verifier};
     use super::super::primitives::mac;
+    use super::super::test_support::{b64, run, verifier};
     use super::super::{Algorithm, Verified, Verifier};
     use serde_json::json;
 

@@ -89,7 +89,11 @@ pub(super) const BASE64: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// Decode a hex signature of a SHA-256 MAC (Stripe, GitHub, Slack).
-pub(super) fn decode_hex(header: &str, text: &str, algorithm: Algorithm) -> Result<Vec<u8>, SignatureError> {
+pub(super) fn decode_hex(
+    header: &str,
+    text: &str,
+    algorithm: Algorithm,
+) -> Result<Vec<u8>, SignatureError> {
     let bytes = hex::decode(text).map_err(|_| SignatureError::malformed(header, "not hex"))?;
     check_len(header, bytes, algorithm)
 }
@@ -137,7 +141,10 @@ pub(super) fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Opti
 
 /// A header carrying the signature: absent is `signature_missing`, unreadable
 /// is `signature_malformed`.
-pub(super) fn signature_header<'a>(req: &Request<'a>, name: &str) -> Result<&'a str, SignatureError> {
+pub(super) fn signature_header<'a>(
+    req: &Request<'a>,
+    name: &str,
+) -> Result<&'a str, SignatureError> {
     match header_text(req.headers, name) {
         Ok(Some(text)) => Ok(text),
         Ok(None) => Err(SignatureError::missing(name)),
@@ -147,7 +154,10 @@ pub(super) fn signature_header<'a>(req: &Request<'a>, name: &str) -> Result<&'a 
 
 /// A header carrying the timestamp: absent is `timestamp_missing`, unreadable
 /// is `timestamp_malformed`.
-pub(super) fn timestamp_header<'a>(req: &Request<'a>, name: &str) -> Result<&'a str, SignatureError> {
+pub(super) fn timestamp_header<'a>(
+    req: &Request<'a>,
+    name: &str,
+) -> Result<&'a str, SignatureError> {
     match header_text(req.headers, name) {
         Ok(Some(text)) => Ok(text),
         Ok(None) => Err(SignatureError::timestamp_missing(name)),
@@ -196,7 +206,12 @@ impl Tolerance {
 
     /// Accept `timestamp_ms` if it is at most the tolerance away from `now`
     /// (unix seconds) — exactly at the tolerance passes.
-    pub(super) fn check(self, header: &str, timestamp_ms: i128, now: i64) -> Result<(), SignatureError> {
+    pub(super) fn check(
+        self,
+        header: &str,
+        timestamp_ms: i128,
+        now: i64,
+    ) -> Result<(), SignatureError> {
         let age_ms = i128::from(now) * 1000 - timestamp_ms;
         if age_ms.abs() <= self.millis {
             return Ok(());
@@ -211,7 +226,12 @@ impl Tolerance {
     }
 
     /// [`Tolerance::check`] for a timestamp in unix seconds.
-    pub(super) fn check_secs(self, header: &str, timestamp: i64, now: i64) -> Result<(), SignatureError> {
+    pub(super) fn check_secs(
+        self,
+        header: &str,
+        timestamp: i64,
+        now: i64,
+    ) -> Result<(), SignatureError> {
         self.check(header, i128::from(timestamp) * 1000, now)
     }
 }

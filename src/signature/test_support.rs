@@ -2,8 +2,8 @@
 //! (the same serde path as YAML), build requests, and sign independently.
 
 use super::primitives::mac;
-use crate::secret::Secret;
 use super::*;
+use crate::secret::Secret;
 use http::{HeaderName, HeaderValue};
 
 pub const URL: &str = "https://hooks.example.com/hooks/acme?x=1";

@@ -3,8 +3,8 @@
 
 use super::primitives::{header_text, Tolerance};
 use super::test_support::*;
-use crate::secret::Secret;
 use super::*;
+use crate::secret::Secret;
 use proptest::prelude::*;
 use serde_json::json;
 
