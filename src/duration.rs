@@ -29,6 +29,23 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// In the schema of recipe and connector files: a number of seconds or text.
+impl schemars::JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration: `250ms`, `10s`, `5m`, `1h 30m`, or a number of seconds.",
+            "anyOf": [
+                { "type": "string", "examples": ["10s", "5m", "24h"] },
+                { "type": "integer", "minimum": 0 }
+            ]
+        })
+    }
+}
+
 impl serde::Serialize for HumanDuration {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(self.0).to_string())

@@ -41,6 +41,10 @@ impl From<minijinja::Error> for TemplateError {
 pub struct Templates {
     env: Environment<'static>,
     next: usize,
+    /// Template name → where it is written (`recipes/x.yaml:14:9`), set by
+    /// the compiler of the file ([`Templates::set_origin`]): a render error
+    /// says where to look.
+    origins: std::collections::HashMap<String, Arc<str>>,
     /// Business-hours calendars for `within_business_hours()` and
     /// `next_business_open()`; set once, after `_shared.yaml` loads.
     calendars: Arc<OnceLock<Calendars>>,
@@ -114,9 +118,11 @@ impl Templates {
         });
         let calendars = Arc::new(OnceLock::new());
         register_time(&mut env, &calendars);
+        env.add_function(OPT, opt);
         Templates {
             env,
             next: 0,
+            origins: Default::default(),
             calendars,
         }
     }
@@ -156,7 +162,7 @@ impl Templates {
         let name = format!("p{}", self.next);
         self.next += 1;
         self.env
-            .add_template_owned(name.clone(), source.to_string())
+            .add_template_owned(name.clone(), guard_chains(source).0)
             .map_err(TemplateError::from)?;
         Ok(Template::Text {
             name,
@@ -171,7 +177,8 @@ impl Templates {
         }
         let name = format!("t{}", self.next);
         self.next += 1;
-        if let Some(expr) = single_expression(source) {
+        let guarded = guard_chains(source).0;
+        if let Some(expr) = single_expression(&guarded) {
             // Typed: render through `tojson` and parse back; a string result
             // stays a string.
             let wrapped = format!("{{{{ ({expr}) | tojson }}}}");
@@ -183,12 +190,20 @@ impl Templates {
             }
         }
         self.env
-            .add_template_owned(name.clone(), source.to_string())
+            .add_template_owned(name.clone(), guarded)
             .map_err(TemplateError::from)?;
         Ok(Template::Text {
             name,
             source: source.to_string(),
         })
+    }
+
+    /// Say where `t` is written (`recipes/x.yaml:14:9`): its render errors end
+    /// with ` at <origin>`.
+    pub fn set_origin(&mut self, t: &Template, origin: String) {
+        if let Template::Text { name, .. } | Template::Typed { name, .. } = t {
+            self.origins.insert(name.clone(), origin.into());
+        }
     }
 
     /// Compile every string leaf of a JSON value.
@@ -228,9 +243,11 @@ impl Templates {
     pub fn render(&self, t: &Template, ctx: &Value) -> Result<Value, TemplateError> {
         match t {
             Template::Literal(s) => Ok(Value::String(s.clone())),
-            Template::Text { name, .. } => Ok(Value::String(self.render_named(name, ctx)?)),
-            Template::Typed { name, .. } => {
-                let json = self.render_named(name, ctx)?;
+            Template::Text { name, source } => {
+                Ok(Value::String(self.render_named(name, source, ctx)?))
+            }
+            Template::Typed { name, source } => {
+                let json = self.render_named(name, source, ctx)?;
                 serde_json::from_str(&json)
                     .map_err(|e| TemplateError(format!("expression did not render to JSON: {e}")))
             }
@@ -241,7 +258,7 @@ impl Templates {
     pub fn render_string(&self, t: &Template, ctx: &Value) -> Result<String, TemplateError> {
         match t {
             Template::Literal(s) => Ok(s.clone()),
-            Template::Text { name, .. } => self.render_named(name, ctx),
+            Template::Text { name, source } => self.render_named(name, source, ctx),
             Template::Typed { .. } => Ok(match self.render(t, ctx)? {
                 Value::String(s) => s,
                 Value::Null => String::new(),
@@ -269,17 +286,26 @@ impl Templates {
         })
     }
 
-    fn render_named(&self, name: &str, ctx: &Value) -> Result<String, TemplateError> {
+    fn render_named(&self, name: &str, source: &str, ctx: &Value) -> Result<String, TemplateError> {
         let t = self.env.get_template(name)?;
         let mut out = limits::Bounded::default();
-        match t.render_captured_to(ctx, &mut out) {
-            Ok(_) => String::from_utf8(out.buf)
-                .map_err(|_| TemplateError("template rendered invalid UTF-8".into())),
-            Err(_) if out.overflowed => Err(TemplateError(format!(
-                "template output larger than {MAX_RENDER_BYTES} bytes"
-            ))),
-            Err(e) => Err(e.into()),
-        }
+        let err = match t.render_captured_to(ctx, &mut out) {
+            Ok(_) => {
+                return String::from_utf8(out.buf)
+                    .map_err(|_| TemplateError("template rendered invalid UTF-8".into()))
+            }
+            Err(_) if out.overflowed => {
+                format!("template output larger than {MAX_RENDER_BYTES} bytes")
+            }
+            Err(e) if e.kind() == ErrorKind::UndefinedError => {
+                explain_undefined(source, ctx).unwrap_or_else(|| TemplateError::from(e).0)
+            }
+            Err(e) => TemplateError::from(e).0,
+        };
+        Err(TemplateError(match self.origins.get(name) {
+            Some(at) => format!("{err} at {at}"),
+            None => err,
+        }))
     }
 
     /// The variables a template reads from its context, dotted
@@ -287,10 +313,12 @@ impl Templates {
     pub fn variables(&self, t: &Template) -> BTreeSet<String> {
         match t {
             Template::Literal(_) => BTreeSet::new(),
-            Template::Text { name, .. } | Template::Typed { name, .. } => {
+            Template::Text { source, .. } | Template::Typed { source, .. } => {
                 let globals: BTreeSet<&str> = self.env.globals().map(|(n, _)| n).collect();
-                self.env
-                    .get_template(name)
+                // The author's text, not the compiled one (whose guarded
+                // chains read as `_sb_opt(a, 'b', 'c')`).
+                PLAIN
+                    .template_from_str(source)
                     .map(|t| {
                         t.undeclared_variables(true)
                             .into_iter()
@@ -325,6 +353,220 @@ impl Templates {
             }
         }
     }
+}
+
+/// An environment with no templates, to read the author's text of a
+/// template (its variables) apart from its compiled form.
+static PLAIN: std::sync::LazyLock<Environment<'static>> =
+    std::sync::LazyLock::new(Environment::new);
+
+/// The function guarded chains are compiled into ([`guard_chains`]).
+const OPT: &str = "_sb_opt";
+
+/// `_sb_opt(a, 'b', 'c')`: `a.b.c`, or undefined when any part of the way
+/// is missing or null (where `a.b.c` would fail on the missing `b`).
+fn opt(base: minijinja::Value, path: minijinja::value::Rest<minijinja::Value>) -> minijinja::Value {
+    let mut v = base;
+    for seg in path.iter() {
+        if v.is_undefined() || v.is_none() {
+            return minijinja::Value::UNDEFINED;
+        }
+        v = v.get_item(seg).unwrap_or(minijinja::Value::UNDEFINED);
+    }
+    v
+}
+
+/// Names that start no variable chain.
+const KEYWORDS: &[&str] = &[
+    "and", "or", "not", "in", "is", "if", "else", "true", "false", "none", "True", "False", "None",
+];
+
+/// Rewrite the chains authors guard with a fallback, so the fallback works
+/// when a *parent* is missing: `a.b.c | default('x')`, `a.b.c | d('x')`,
+/// `a.b.c is defined` / `is not defined` / `is undefined` become
+/// `_sb_opt(a, 'b', 'c') | default('x')` … . In SemiStrict mode (which
+/// keeps printing an undefined value an error) minijinja fails on looking
+/// up `c` in the undefined `b` before `default` is reached; Jinja2 does the
+/// same. Only chains of two lookups or more (`.name`, `[0]`, `['key']`)
+/// directly before such a guard are rewritten; every other use stays strict.
+/// Also returns the dotted chains it guarded (`a.b.c`).
+fn guard_chains(source: &str) -> (String, Vec<String>) {
+    let b = source.as_bytes();
+    let ident_start = |c: u8| c.is_ascii_alphabetic() || c == b'_';
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let ident_end = |mut i: usize| {
+        while i < b.len() && ident(b[i]) {
+            i += 1;
+        }
+        i
+    };
+    let spaces = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    let word_at = |i: usize, w: &str| {
+        source[i..].starts_with(w) && b.get(i + w.len()).is_none_or(|&c| !ident(c))
+    };
+    let mut out = String::with_capacity(source.len());
+    let mut guarded = Vec::new();
+    let (mut i, mut copied, mut in_block) = (0, 0, false);
+    // The last byte before `i` that is not white space.
+    let mut prev: u8 = b' ';
+    while i < b.len() {
+        if !in_block {
+            if b[i] == b'{' && matches!(b.get(i + 1), Some(b'{' | b'%')) {
+                in_block = true;
+                prev = b' ';
+                i += 2;
+            } else if b[i] == b'{' && b.get(i + 1) == Some(&b'#') {
+                i = source[i..].find("#}").map_or(b.len(), |e| i + e + 2);
+            } else {
+                i += 1;
+            }
+            continue;
+        }
+        let c = b[i];
+        if matches!(c, b'}' | b'%') && b.get(i + 1) == Some(&b'}') {
+            in_block = false;
+            i += 2;
+            continue;
+        }
+        if c == b'"' || c == b'\'' {
+            i += 1;
+            while i < b.len() && b[i] != c {
+                i += if b[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+            prev = c;
+            continue;
+        }
+        // Not a chain's root: inside a word, an attribute (`.name`), a filter (`| name`).
+        if !ident_start(c) || matches!(prev, b'.' | b'|') || (i > 0 && ident(b[i - 1])) {
+            if !c.is_ascii_whitespace() {
+                prev = c;
+            }
+            i += 1;
+            continue;
+        }
+        // A chain: root, then `.name`, `[digits]` or `['key']` lookups.
+        let start = i;
+        let root_end = ident_end(i);
+        let root = &source[start..root_end];
+        let mut args: Vec<String> = Vec::new();
+        let mut dotted = root.to_string();
+        let mut plain = true;
+        let mut j = root_end;
+        loop {
+            if b.get(j) == Some(&b'.') && b.get(j + 1).is_some_and(|&c| ident_start(c)) {
+                let e = ident_end(j + 1);
+                args.push(format!("'{}'", &source[j + 1..e]));
+                dotted.push_str(&source[j..e]);
+                j = e;
+            } else if b.get(j) == Some(&b'[') {
+                let inner = j + 1;
+                let close = source[inner..].find(']').map(|e| inner + e);
+                let lit = close.map(|e| source[inner..e].trim());
+                let ok = lit.is_some_and(|l| {
+                    (!l.is_empty() && l.bytes().all(|c| c.is_ascii_digit()))
+                        || (l.len() >= 2
+                            && (l.starts_with('\'') && l.ends_with('\'')
+                                || l.starts_with('"') && l.ends_with('"'))
+                            && !l[1..l.len() - 1].contains(['\'', '"', '\\']))
+                });
+                match (ok, lit, close) {
+                    (true, Some(l), Some(e)) => {
+                        args.push(l.to_string());
+                        plain = false; // not a dotted name any more
+                        j = e + 1;
+                    }
+                    _ => {
+                        args.clear(); // an expression subscript: leave the chain alone
+                        break;
+                    }
+                }
+            } else {
+                break;
+            }
+        }
+        let k = spaces(j);
+        let guard = if b.get(k) == Some(&b'|') {
+            let f = spaces(k + 1);
+            word_at(f, "default") || word_at(f, "d")
+        } else if word_at(k, "is") {
+            let mut t = spaces(k + 2);
+            if word_at(t, "not") {
+                t = spaces(t + 3);
+            }
+            word_at(t, "defined") || word_at(t, "undefined")
+        } else {
+            false
+        };
+        if guard && args.len() >= 2 && !KEYWORDS.contains(&root) && b.get(j) != Some(&b'(') {
+            out.push_str(&source[copied..start]);
+            out.push_str(&format!("{OPT}({root}, {})", args.join(", ")));
+            copied = j;
+            if plain {
+                guarded.push(dotted);
+            }
+        }
+        prev = b'a';
+        i = j.max(i + 1);
+    }
+    out.push_str(&source[copied..]);
+    (out, guarded)
+}
+
+/// Why rendering `source` over `ctx` met an undefined value, in the author's
+/// terms: the first variable it reads (in the order of the text) that `ctx`
+/// lacks, and the deepest part of it that exists — "`event.ticket.requester.name`
+/// is undefined (the event has `event.ticket` but no `requester`)". Chains
+/// read under a guard (`| default`) are not the cause and are passed over.
+fn explain_undefined(source: &str, ctx: &Value) -> Option<String> {
+    let template = PLAIN.template_from_str(source).ok()?;
+    let (_, guarded) = guard_chains(source);
+    let mut vars: Vec<String> = template
+        .undeclared_variables(true)
+        .into_iter()
+        .filter(|v| !guarded.contains(v))
+        .collect();
+    vars.sort_by_key(|v| source.find(v.as_str()).unwrap_or(usize::MAX));
+    vars.iter().find_map(|v| missing_part(v, ctx))
+}
+
+/// What of the dotted variable `var` is missing from `ctx`, if anything.
+fn missing_part(var: &str, ctx: &Value) -> Option<String> {
+    let segs: Vec<&str> = var.split('.').collect();
+    let mut cur = ctx;
+    for (i, seg) in segs.iter().enumerate() {
+        let parent = segs[..i].join(".");
+        let why = match cur {
+            Value::Object(m) => match m.get(*seg) {
+                Some(v) => {
+                    cur = v;
+                    continue;
+                }
+                // The root itself: a name the context lacks (checked at load).
+                None if i == 0 => return None,
+                None if i == 1 && parent == "event" => format!("the event has no `{seg}`"),
+                None if i == 1 && parent == "steps" => {
+                    format!("step `{seg}` has not run in this run")
+                }
+                None if segs[0] == "event" => {
+                    format!("the event has `{parent}` but no `{seg}`")
+                }
+                None => format!("`{parent}` has no `{seg}`"),
+            },
+            Value::Null => format!("`{parent}` is null"),
+            Value::Array(_) => format!("`{parent}` is a list, not a mapping"),
+            Value::String(_) => format!("`{parent}` is a string, not a mapping"),
+            Value::Number(_) => format!("`{parent}` is a number, not a mapping"),
+            Value::Bool(_) => format!("`{parent}` is a boolean, not a mapping"),
+        };
+        return Some(format!("`{var}` is undefined ({why})"));
+    }
+    None
 }
 
 /// The auto-escape mode of path templates.
@@ -958,6 +1200,121 @@ mod tests {
             render("{{ event.missing | default('x') }}", ctx).unwrap(),
             json!("x")
         );
+    }
+
+    #[test]
+    fn default_falls_back_when_a_parent_is_missing() {
+        let ctx = json!({"event": {"ticket": {"id": 7, "requester": null}}, "steps": {"a": null}});
+        for (src, want) in [
+            (
+                "{{ event.ticket.requester.name | default('there') }}",
+                json!("there"),
+            ),
+            (
+                "{{ event.ticket.assignee.name | default('x') }}",
+                json!("x"),
+            ),
+            ("{{ event.nope.deeper.name | d('x') }}", json!("x")),
+            (
+                "{{ event.ticket['requester']['name'] | default('x') }}",
+                json!("x"),
+            ),
+            ("{{ steps.a.id | default(0) }}", json!(0)),
+            ("{{ event.ticket.id | default(0) }}", json!(7)),
+            ("{{ event.ticket.requester.name is defined }}", json!(false)),
+            (
+                "{{ event.ticket.requester.name is not defined }}",
+                json!(true),
+            ),
+            ("{{ event.ticket.id is defined }}", json!(true)),
+            (
+                "{% if event.ticket.x.y is defined %}a{% else %}b{% endif %}",
+                json!("b"),
+            ),
+            (
+                "Hi {{ event.ticket.requester.name | default('there') }}!",
+                json!("Hi there!"),
+            ),
+            // A string that mentions the pattern is left as it is.
+            ("{{ 'a.b.c | default(1)' }}", json!("a.b.c | default(1)")),
+        ] {
+            assert_eq!(render(src, ctx.clone()).unwrap(), want, "{src}");
+        }
+        // Unguarded, a missing parent is still an error: printing or
+        // filtering an undefined value never becomes an empty string.
+        for src in [
+            "{{ event.ticket.assignee.name }}",
+            "Hi {{ event.ticket.requester.name }}",
+            "{{ event.ticket.assignee.name | upper }}",
+            "{{ event.ticket.assignee.name ~ 'x' }}",
+        ] {
+            assert!(render(src, ctx.clone()).is_err(), "{src}");
+        }
+    }
+
+    #[test]
+    fn guarded_chains_are_rewritten_and_nothing_else() {
+        let g = |s: &str| guard_chains(s).0;
+        assert_eq!(
+            g("{{ a.b.c | default('x') }}"),
+            "{{ _sb_opt(a, 'b', 'c') | default('x') }}"
+        );
+        assert_eq!(g("{{ a.b | default('x') }}"), "{{ a.b | default('x') }}");
+        assert_eq!(g("{{ a.b.c | upper }}"), "{{ a.b.c | upper }}");
+        assert_eq!(g("a.b.c | default(1)"), "a.b.c | default(1)");
+        assert_eq!(
+            g("{{ x and a.b[0] is not defined }}"),
+            "{{ x and _sb_opt(a, 'b', 0) is not defined }}"
+        );
+        assert_eq!(g("{{ a[k].c | default(1) }}"), "{{ a[k].c | default(1) }}");
+        assert_eq!(
+            g("{{ f(a).b.c | default(1) }}"),
+            "{{ f(a).b.c | default(1) }}"
+        );
+        assert_eq!(
+            guard_chains("{{ a.b.c | d(1) }} {{ e.f['g'] is defined }}").1,
+            vec!["a.b.c".to_string()]
+        );
+    }
+
+    #[test]
+    fn undefined_errors_say_what_is_missing_and_where() {
+        let mut t = Templates::new();
+        let c = t
+            .compile("Hello {{ event.ticket.requester.name }}")
+            .unwrap();
+        t.set_origin(&c, "recipes/x.yaml:14:9".into());
+        let ctx = json!({"event": {"ticket": {"id": 7}}, "steps": {"s": null}, "vars": {}});
+        assert_eq!(
+            t.render(&c, &ctx).unwrap_err().0,
+            "`event.ticket.requester.name` is undefined (the event has `event.ticket` but no `requester`) at recipes/x.yaml:14:9"
+        );
+        for (src, want) in [
+            (
+                "x {{ event.nope }}",
+                "`event.nope` is undefined (the event has no `nope`)",
+            ),
+            (
+                "x {{ steps.s.id }}",
+                "`steps.s.id` is undefined (`steps.s` is null)",
+            ),
+            (
+                "{{ steps.t.id }}",
+                "`steps.t.id` is undefined (step `t` has not run in this run)",
+            ),
+            (
+                "x {{ event.ticket.id.x }}",
+                "`event.ticket.id.x` is undefined (`event.ticket.id` is a number, not a mapping)",
+            ),
+            // The guarded chain is not the cause; the unguarded one is.
+            (
+                "{{ event.a.b | default(1) }} {{ event.ticket.who }}",
+                "`event.ticket.who` is undefined (the event has `event.ticket` but no `who`)",
+            ),
+        ] {
+            let c = t.compile(src).unwrap();
+            assert_eq!(t.render(&c, &ctx).unwrap_err().0, want, "{src}");
+        }
     }
 
     #[test]

@@ -95,6 +95,13 @@ impl SourceMap {
         }
     }
 
+    /// `file:line:column` of the node at `pointer` (as [`SourceMap::locate`]
+    /// finds it), for messages written later than loading (a render error).
+    pub fn place(&self, pointer: &str) -> String {
+        let pos = self.locate(pointer);
+        format!("{}:{}:{}", self.file.display(), pos.line, pos.column)
+    }
+
     /// Build a located error for a semantic problem found after loading.
     pub fn error(&self, pointer: &str, message: impl Into<String>) -> LoadError {
         self.error_at(self.locate(pointer), message)

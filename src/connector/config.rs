@@ -3,14 +3,22 @@
 
 use crate::duration::HumanDuration;
 use crate::signature::SignatureConfig;
+use schemars::JsonSchema;
 use serde::de::{Error as _, Unexpected};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// The JSON Schema (2020-12) of a connector file, generated from
+/// [`ConnectorFile`] and the types under it, the same types that parse the
+/// file (`switchboard schema connector`).
+pub fn schema() -> Value {
+    schemars::schema_for!(ConnectorFile).to_value()
+}
+
 /// `connectors/NAME.yaml`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectorFile {
     /// Must equal the file name without extension.
@@ -47,7 +55,7 @@ pub struct ConnectorFile {
 }
 
 /// `retry: { attempts: 5, backoff: 1s, max_backoff: 5m, max_retry_after: 1h }`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryFile {
     /// Attempts in all, the first included (default 5; 1 = no retries).
@@ -61,7 +69,7 @@ pub struct RetryFile {
 }
 
 /// `limits: { rate: 100/10s, concurrency: 8 }`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     /// At most N calls in any window of the given length: `100/10s`, `5/1s`.
@@ -71,7 +79,7 @@ pub struct LimitsFile {
 }
 
 /// `circuit_breaker: { failures: 5, cooldown: 30s }`; `circuit_breaker: { failures: 0 }` turns it off.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerFile {
     /// Consecutive retryable failures that open the breaker (default 5).
@@ -80,7 +88,7 @@ pub struct BreakerFile {
     pub cooldown: Option<HumanDuration>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum IdempotencyHeader {
     Enabled(bool),
@@ -88,7 +96,7 @@ pub enum IdempotencyHeader {
 }
 
 /// How requests authenticate. Values are templates over `secrets`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AuthFile {
     /// `Authorization: Bearer <token>`.
@@ -102,7 +110,7 @@ pub enum AuthFile {
 }
 
 /// One declarative HTTP call.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionFile {
     pub description: Option<String>,
@@ -145,7 +153,7 @@ pub struct ActionFile {
 
 /// `fail_when:` of an action: the step fails (not retried) when the node at
 /// `path` of the JSON answer passes the one test given.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailWhenFile {
     /// JSONPath into the answer's body.
@@ -161,7 +169,7 @@ pub struct FailWhenFile {
 }
 
 /// An action input: `{ required: false, description: ... }`; required by default.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InputFile {
     pub required: Option<bool>,
@@ -175,7 +183,7 @@ impl InputFile {
 }
 
 /// Inbound webhooks: `POST /hooks/<connector>`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookFile {
     pub signature: SignatureConfig,
@@ -197,7 +205,7 @@ pub struct WebhookFile {
 }
 
 /// One `webhook.normalize:` entry.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NormalizeFile {
     /// Which bodies: `{ path, equals | not_equals | exists }`.
@@ -207,7 +215,7 @@ pub struct NormalizeFile {
 }
 
 /// A test on one node of a JSON document: `{ path: "$.ok", equals: false }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WhenFile {
     pub path: String,
@@ -216,7 +224,7 @@ pub struct WhenFile {
     pub exists: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum FieldSource {
     Path(String),
@@ -252,6 +260,21 @@ impl<'de> Deserialize<'de> for Rate {
     }
 }
 
+impl JsonSchema for Rate {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Rate".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`CALLS/DURATION`, such as `100/10s`.",
+            "type": "string",
+            "pattern": "^ *[0-9]+ */ *[0-9]",
+            "examples": ["100/10s", "5/1s"]
+        })
+    }
+}
+
 /// The methods an action may use.
 const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
@@ -276,5 +299,32 @@ impl<'de> Deserialize<'de> for HttpMethod {
             )));
         }
         Ok(HttpMethod(method))
+    }
+}
+
+/// One of [`METHODS`], in any case: the upper-case names for completion,
+/// a case-insensitive pattern (`[Gg][Ee][Tt]`, JSON Schema has no flag) for
+/// what the loader accepts.
+impl JsonSchema for HttpMethod {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HttpMethod".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let any_case: Vec<String> = METHODS
+            .iter()
+            .map(|m| {
+                m.chars()
+                    .map(|c| format!("[{c}{}]", c.to_ascii_lowercase()))
+                    .collect()
+            })
+            .collect();
+        schemars::json_schema!({
+            "description": "An HTTP method, any case.",
+            "anyOf": [
+                { "enum": METHODS },
+                { "type": "string", "pattern": format!("^({})$", any_case.join("|")) }
+            ]
+        })
     }
 }

@@ -653,10 +653,11 @@ steps:
         assert_eq!(got.status, TestStatus::Failed);
         assert!(got.calls.is_empty(), "nothing is called");
         let e = got.error.unwrap();
+        // What is missing, and where the input is written.
         assert!(
             e.starts_with(
-                "step `step1` (zendesk.add_tags) failed: input `tags` of recipe `r`: undefined"
-            ),
+                "step `step1` (zendesk.add_tags) failed: input `tags`: `event.ticket.missing` is undefined (the event has `event.ticket` but no `missing`) at "
+            ) && e.ends_with("r.yaml:6:56"),
             "{e}"
         );
     }

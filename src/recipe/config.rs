@@ -2,12 +2,22 @@
 //! reference for recipe authors (README "Recipe files" mirrors them).
 
 use crate::duration::HumanDuration;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// The JSON Schema (2020-12) of a recipe file, generated from
+/// [`RecipeFile`] and the types under it, the same types that parse the
+/// file (`switchboard schema recipe`; editors read it through
+/// yaml-language-server). Conditions and templated values are JSON values
+/// in the types, so the schema accepts any value there; `check` reads them.
+pub fn schema() -> Value {
+    schemars::schema_for!(RecipeFile).to_value()
+}
+
 /// `recipes/NAME.yaml`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecipeFile {
     /// Unique among recipes; shown in runs.
@@ -52,7 +62,7 @@ pub struct RecipeFile {
 }
 
 /// `loop_breaker:` of a recipe.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoopBreakerFile {
     /// Template over the run's context: the object (a ticket id).
@@ -64,7 +74,7 @@ pub struct LoopBreakerFile {
 }
 
 /// `reply:` — what the sender of the triggering webhook gets back.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplyFile {
     /// HTTP status, 200-299 (default 200).
@@ -77,7 +87,7 @@ pub struct ReplyFile {
     pub body: Value,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DebounceFile {
     /// Template over `{event, vars}`.
@@ -88,7 +98,7 @@ pub struct DebounceFile {
     pub max: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConcurrencyFile {
     /// Template over `{event, vars}`.
@@ -99,7 +109,7 @@ pub struct ConcurrencyFile {
 
 /// `on:` — a webhook event (`connector` + `event`) or a schedule
 /// (`schedule` + optional `timezone` and `missed`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
     /// Connector whose webhook delivers the event.
@@ -116,7 +126,7 @@ pub struct Trigger {
 }
 
 /// What a schedule does about slots missed while the hub was down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Missed {
     #[default]
@@ -134,7 +144,7 @@ pub enum Missed {
 /// Adding a kind: an optional field here, its name in [`KIND_KEYS`], a
 /// variant in `recipe::steps::StepKind` with its compile function, and an
 /// execute function in `engine::steps`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepFile {
     /// Later steps read this step's output as `steps.<id>`. Unique in the
@@ -187,7 +197,7 @@ pub struct StepFile {
 }
 
 /// `wait_for:` of a step.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitForFile {
     /// Event type awaited.
@@ -211,7 +221,7 @@ pub struct WaitForFile {
 }
 
 /// One `cancel_on:` entry of a recipe.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelOnFile {
     pub event: String,
@@ -262,7 +272,7 @@ impl StepFile {
 }
 
 /// `stop:` — ends the run early.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StopFile {
     /// Why, shown on the run (a template over the run context).
@@ -273,7 +283,7 @@ pub struct StopFile {
 
 /// One case of a `switch:`: `when:` conditions and the `steps:` to run, or
 /// `else:` steps (last, at most one).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaseFile {
     /// Conditions, as in `if:`.
@@ -286,7 +296,7 @@ pub struct CaseFile {
 
 /// One recipe test: an event, what each action called answers, and what the
 /// run must do. Nothing leaves the process: every call is answered by `mock`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestFile {
     /// Unique in the recipe; printed as `recipe › name`.
@@ -329,7 +339,7 @@ pub struct TestFile {
 }
 
 /// One entry of a test's `state:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateSeedFile {
     pub key: String,
@@ -340,7 +350,7 @@ pub struct StateSeedFile {
 }
 
 /// One step of a test's story after its event.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ThenFile {
     /// Move the virtual clock forward (`30s`, `12h`, `3d`).
@@ -354,7 +364,7 @@ pub struct ThenFile {
 }
 
 /// How a tested run ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TestStatus {
     /// Every step succeeded or was skipped by its own `if`.
@@ -382,7 +392,7 @@ impl std::fmt::Display for TestStatus {
 }
 
 /// `mock: { connector.action: { error: ... } }`: the call fails.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MockErrorFile {
     /// HTTP status of the failed call, 400–599.
@@ -396,7 +406,7 @@ pub struct MockErrorFile {
 /// operation key, whose value is the key (a template over the run context):
 /// `get`, `set` / `set_if_absent` (with `value:`, optional `ttl:`), `delete`,
 /// `incr` (optional `by:`, `window:` for a sliding-window count, `ttl:`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateFile {
     /// Output `{found, value}`.
@@ -422,7 +432,7 @@ pub struct StateFile {
 }
 
 /// `assign:` — pick an agent (README "Assigning").
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssignFile {
     /// The agents: a list, or a template rendering to one (`"{{ vars.agents }}"`).
@@ -448,7 +458,7 @@ pub struct AssignFile {
 }
 
 /// `load:` of an `assign:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum LoadFile {
     Template(String),

@@ -19,6 +19,7 @@ use super::steps::call::resolve;
 use crate::connector::Connectors;
 use crate::time::Calendars;
 use crate::yaml::{LoadError, Pos};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -27,7 +28,13 @@ use std::path::Path;
 /// The file name, in the recipes directory.
 pub const FILE: &str = "_shared.yaml";
 
-#[derive(Debug, Default, Deserialize)]
+/// The JSON Schema of `recipes/_shared.yaml` (`switchboard schema shared`).
+pub fn schema() -> Value {
+    schemars::schema_for!(SharedFile).to_value()
+}
+
+/// `recipes/_shared.yaml`: definitions several recipes use.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SharedFile {
     /// Constants visible to every recipe under `vars`.
@@ -39,7 +46,7 @@ pub struct SharedFile {
     pub calendars: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioFile {
     pub description: Option<String>,

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::de::{Error as _, Unexpected};
 use serde::{Deserialize, Deserializer};
 
@@ -18,7 +19,7 @@ use crate::duration::HumanDuration;
 ///   scheme: github
 ///   secret: github_webhook_secret
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(tag = "scheme", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SignatureConfig {
     /// No verification: every request passes. For senders that cannot sign;
@@ -49,7 +50,7 @@ pub enum SignatureConfig {
 ///   secret: handshake_key
 ///   from: { field: HandshakeKey }   # or { header: X-Switchboard-Token } or { query: token }
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// Name of the connector secret holding the token(s). Several values
@@ -61,7 +62,7 @@ pub struct TokenConfig {
 
 /// Where a `token` scheme reads the token: one key, naming the header, the
 /// query parameter or the body field.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum TokenSource {
     /// A request header, e.g. `X-Switchboard-Token`.
@@ -85,7 +86,7 @@ impl fmt::Display for TokenSource {
 }
 
 /// The fields of a named scheme that signs a timestamp.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timed {
     /// Name of the connector secret holding the signing key(s). Several
@@ -96,7 +97,7 @@ pub struct Timed {
 }
 
 /// The fields of a named scheme that signs no timestamp.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Untimed {
     /// Name of the connector secret holding the signing key(s).
@@ -104,7 +105,7 @@ pub struct Untimed {
 }
 
 /// The generic `hmac` scheme's options.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HmacConfig {
     /// Name of the connector secret holding the signing key(s).
@@ -181,7 +182,7 @@ impl SignatureConfig {
 }
 
 /// Hash function of the generic `hmac` scheme (every named scheme is SHA-256).
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Algorithm {
     #[default]
@@ -201,7 +202,7 @@ impl Algorithm {
 }
 
 /// Text encoding of the generic `hmac` scheme's signature.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     #[default]
@@ -248,6 +249,20 @@ impl HeaderName {
 impl fmt::Display for HeaderName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl JsonSchema for HeaderName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HeaderName".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An HTTP header name.",
+            "type": "string",
+            "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+        })
     }
 }
 

@@ -180,6 +180,11 @@ const ONLY: &[(&str, &[&str])] = &[
     ("prometheus_client", &["metrics"]),
     ("utoipa", &["admin", "store", "error"]),
     ("utoipa_axum", &["admin"]),
+    // The file formats' JSON Schemas: derived on the config types only.
+    (
+        "schemars",
+        &["recipe", "connector", "signature", "duration"],
+    ),
 ];
 
 /// An inline path into an outside crate: `axum::…` (not `store::sled::…`).

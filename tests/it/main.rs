@@ -1,6 +1,7 @@
 //! Integration tests: the real `switchboard` binary over HTTP, with fake
 //! far-end APIs on 127.0.0.1. Set SWITCHBOARD_TEST_LOG=info to see the hub's logs.
 //!
+//! - `authoring`: issue 9's recipe authoring: runtime errors that name the missing part and its place, `default` over a missing parent.
 //! - `architecture`: ARCHITECTURE.md's dependency rules hold in the source's imports.
 //! - `recipes`: the shipped recipes end to end against mock APIs.
 //! - `ingress`: bad webhook input is refused and changes nothing; odd but valid input is stored as documented.
@@ -12,6 +13,7 @@
 //! - `durability`: kill -9, SIGTERM, retries, dead letters, limits, ordering, back-pressure.
 //! - `crash`: 200 aborts at random points of the write path (debug-build crash points); nothing acknowledged lost, no recorded step repeated.
 //! - `recipe_tests`: `switchboard test` running the recipes' own `tests:` with mocked connectors.
+//! - `schema`: `switchboard schema`: every shipped recipe and connector valid against the generated JSON Schemas; mistakes refused.
 //! - `state`: recipe state and assignment steps (concurrency, kill -9), the `state` CLI and API.
 //! - `reply`: a recipe's `reply:` as the webhook's answer (Slack slash command), its fallback and winner.
 //! - `prism`: shipped connector actions validated by Prism serving the vendors' real specs.
@@ -26,6 +28,7 @@
 
 mod admin;
 mod architecture;
+mod authoring;
 mod browser;
 mod cli;
 mod console;
@@ -43,6 +46,7 @@ mod prism;
 mod recipe_tests;
 mod recipes;
 mod reply;
+mod schema;
 mod state;
 mod support_connectors;
 mod support_pack;

@@ -132,6 +132,14 @@ enum Command {
     /// No call leaves the process, so no secret is needed: a secret that is
     /// not set is replaced by a placeholder.
     Test(TestArgs),
+    /// Print the JSON Schema of a file format, for editors
+    /// (`# yaml-language-server: $schema=…`) and other tools.
+    Schema {
+        /// Which files: `recipe` (recipes/NAME.yaml), `shared`
+        /// (recipes/_shared.yaml) or `connector` (connectors/NAME.yaml).
+        #[arg(value_enum)]
+        kind: SchemaKind,
+    },
     /// Inspect and retry runs.
     Runs {
         #[command(subcommand)]
@@ -158,6 +166,13 @@ enum Command {
         #[command(subcommand)]
         cmd: store::StoreCmd,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SchemaKind {
+    Recipe,
+    Shared,
+    Connector,
 }
 
 #[derive(Args)]
@@ -188,6 +203,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Check { dirs, no_secrets } => check(dirs, no_secrets),
             Command::Test(args) => test(args),
+            Command::Schema { kind } => schema(kind),
             Command::Runs { cmd } => inspect::runs(cmd).await,
             Command::Events { cmd } => inspect::events(cmd).await,
             Command::State { cmd } => state::state(cmd).await,
@@ -317,6 +333,24 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutting down");
+}
+
+fn schema(kind: SchemaKind) -> ExitCode {
+    let schema = match kind {
+        SchemaKind::Recipe => switchboard::recipe::config::schema(),
+        SchemaKind::Shared => switchboard::recipe::shared::schema(),
+        SchemaKind::Connector => switchboard::connector::config::schema(),
+    };
+    match serde_json::to_string_pretty(&schema) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn check(dirs: Dirs, no_secrets: bool) -> ExitCode {

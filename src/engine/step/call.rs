@@ -58,12 +58,7 @@ fn render<H: Host>(w: &Walker<'_, H>, call: &CallStep) -> Result<Value, (Value, 
             Ok(v) => {
                 input.insert(k.clone(), v);
             }
-            Err(e) => {
-                return Err((
-                    Value::Object(input),
-                    format!("input `{k}` of recipe `{}`: {e}", w.recipe.name),
-                ))
-            }
+            Err(e) => return Err((Value::Object(input), format!("input `{k}`: {e}"))),
         }
     }
     Ok(Value::Object(input))

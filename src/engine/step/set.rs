@@ -19,7 +19,7 @@ pub(super) fn execute<H: Host>(
                 out.insert(name.clone(), v);
             }
             Err(e) => {
-                let error = format!("value `{name}` of recipe `{}`: {e}", w.recipe.name);
+                let error = format!("value `{name}`: {e}");
                 return w.fail(path, &step.kind, Value::Null, error);
             }
         }

@@ -163,6 +163,7 @@ impl Compiler<'_> {
     pub fn template(&mut self, source: &str, ptr: &str) -> Option<Template> {
         match self.templates.compile(source) {
             Ok(t) => {
+                self.templates.set_origin(&t, self.map.place(ptr));
                 self.check(&ValueTemplate::String(t.clone()), ptr);
                 Some(t)
             }
@@ -177,6 +178,11 @@ impl Compiler<'_> {
     pub fn value_template(&mut self, v: &Value, ptr: &str) -> Option<ValueTemplate> {
         match self.templates.compile_value(v) {
             Ok(t) => {
+                let mut leaves = Vec::new();
+                self.templates.leaves(&t, ptr.to_string(), &mut leaves);
+                for (p, leaf) in leaves {
+                    self.templates.set_origin(leaf, self.map.place(&p));
+                }
                 self.check(&t, ptr);
                 Some(t)
             }
