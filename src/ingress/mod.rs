@@ -7,14 +7,15 @@
 //! signatures, nothing about recipes. Bad input is answered with a JSON error
 //! and changes nothing.
 
-use crate::connector::Field;
-use crate::engine::{Engine, Incoming};
+use crate::connector::{Connector, Field, Webhook};
+use crate::engine::{Catalog, Engine, Incoming};
 use crate::error::ApiError;
 use crate::metrics;
 use crate::signature;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -89,42 +90,37 @@ pub fn router(state: IngressState) -> Router {
 async fn receive(
     State(st): State<IngressState>,
     Path(name): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    req: Request<Body>,
 ) -> Response {
-    let known = st.engine.catalog().connectors.get(&name).is_some();
-    let resp = handle(&st, &name, method, uri, headers, body)
-        .await
-        .into_response();
-    let label = if known {
-        name.as_str()
-    } else {
-        metrics::UNKNOWN_CONNECTOR
+    let catalog = st.engine.catalog();
+    let connector = catalog.connectors.get(&name);
+    let resp = match connector.and_then(|c| Some((c, c.webhook.as_ref()?))) {
+        Some((c, webhook)) => handle(&st, catalog, c, webhook, req).await.into_response(),
+        None => ApiError::NotFound(format!("no webhook connector named `{name}`")).into_response(),
     };
+    let label = connector.map_or(metrics::UNKNOWN_CONNECTOR, |c| c.name.as_str());
     metrics::get().webhook(label, resp.status().as_u16());
     resp
 }
 
+/// One delivery to a connector with a `webhook:`.
 async fn handle(
     st: &IngressState,
-    name: &str,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    catalog: &Catalog,
+    connector: &Connector,
+    webhook: &Webhook,
+    req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let catalog = st.engine.catalog();
-    let Some((connector, webhook)) = catalog
-        .connectors
-        .get(name)
-        .and_then(|c| c.webhook.as_ref().map(|w| (c, w)))
-    else {
-        return Err(ApiError::NotFound(format!(
-            "no webhook connector named `{name}`"
-        )));
-    };
+    let name = connector.name.as_str();
+    let (
+        Parts {
+            method,
+            uri,
+            headers,
+            ..
+        },
+        body,
+    ) = req.into_parts();
 
     if st.backpressure.as_ref().is_some_and(|b| b.overloaded()) {
         return Err(ApiError::Unavailable(
@@ -252,7 +248,7 @@ async fn handle(
 /// the body within the connector's `dedupe_window`. `None`: it is not
 /// (`check` warns).
 fn replay_guard(
-    webhook: &crate::connector::Webhook,
+    webhook: &Webhook,
     verified: &signature::Verified,
     body: &[u8],
 ) -> Option<crate::store::ReplayGuard> {
