@@ -12,152 +12,112 @@ use regex::Regex;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
-/// The layers and shared modules, as the first component under `src/`
-/// (`bin` is the `switchboard` binary).
-const LAYERS: &[&str] = &[
-    "ingress",
-    "admin",
-    "dashboard",
-    "server",
-    "listener",
-    "engine",
-    "recipe",
-    "connector",
-    "store",
-];
+/// The entry points: what serves HTTP or wires the process.
+const ENTRY: &[&str] = &["ingress", "admin", "dashboard", "server", "listener"];
 
-/// (module, modules of this crate it never imports, why).
-const NEVER: &[(&str, &[&str], &str)] = &[
-    (
-        "engine",
-        &["ingress", "admin", "server", "listener", "error"],
-        "the engine knows nothing of HTTP serving",
-    ),
-    (
-        "recipe",
-        &["engine", "store", "ingress", "admin", "server", "listener"],
-        "recipes are compiled and checked, not run or stored",
-    ),
-    (
-        "connector",
-        &[
-            "recipe", "engine", "store", "ingress", "admin", "server", "listener",
-        ],
-        "connectors know nothing of recipes, runs or the store",
-    ),
-    (
-        "store",
-        &[
+/// The layers below them.
+const LAYERS: &[&str] = &["engine", "recipe", "connector", "store"];
+
+/// What a module may import of this crate's modules.
+enum Imports {
+    /// Any module but these (and the reason).
+    Never(Vec<&'static str>),
+    /// None but these.
+    Only(&'static [&'static str]),
+}
+
+/// `ENTRY` and `LAYERS` followed by `more`.
+fn entry_layers_and(more: &[&'static str]) -> Vec<&'static str> {
+    ENTRY.iter().chain(LAYERS).chain(more).copied().collect()
+}
+
+/// `ENTRY` followed by `more`.
+fn entry_and(more: &[&'static str]) -> Vec<&'static str> {
+    ENTRY.iter().chain(more).copied().collect()
+}
+
+/// (module, what it may import of this crate, why).
+fn rules() -> Vec<(&'static str, Imports, &'static str)> {
+    use Imports::{Never, Only};
+    let leaf = || Never(entry_layers_and(&[]));
+    vec![
+        (
             "engine",
+            Never(entry_and(&["error"])),
+            "the engine knows nothing of HTTP serving",
+        ),
+        (
             "recipe",
+            Never(entry_and(&["engine", "store"])),
+            "recipes are compiled and checked, not run or stored",
+        ),
+        (
             "connector",
-            "ingress",
-            "admin",
-            "server",
-            "listener",
-            "template",
-            "signature",
-            "time",
-            "error",
-        ],
-        "records are plain serde types",
-    ),
-    (
-        "signature",
-        &[
-            "engine",
-            "recipe",
-            "connector",
+            Never(entry_and(&["recipe", "engine", "store"])),
+            "connectors know nothing of recipes, runs or the store",
+        ),
+        (
             "store",
-            "ingress",
-            "admin",
-            "server",
-            "listener",
-            "template",
-            "error",
-            "yaml",
-        ],
-        "a leaf below connector and ingress (it may use secret and duration)",
-    ),
-    (
-        "ingress",
-        &["admin", "dashboard", "server"],
-        "sibling entry points",
-    ),
-    (
-        "admin",
-        &["ingress", "dashboard", "server"],
-        "sibling entry points",
-    ),
-    (
-        "dashboard",
-        &[
-            "ingress",
-            "server",
-            "listener",
-            "engine",
-            "recipe",
-            "connector",
-            "store",
-            "template",
+            Never(entry_layers_and(&[
+                "template",
+                "signature",
+                "time",
+                "error",
+            ])),
+            "records are plain serde types",
+        ),
+        (
             "signature",
-            "error",
-        ],
-        "the dashboard reads and acts only through the admin API's types (admin::console)",
-    ),
-    (
-        "error",
-        &["ingress", "admin", "engine", "server"],
-        "the HTTP answer type sits below the routes",
-    ),
-    ("template", LAYERS, "a pure building block"),
-    ("jsonpath", LAYERS, "a pure building block"),
-    ("yaml", LAYERS, "a pure building block"),
-    ("secret", LAYERS, "a pure building block"),
-    ("duration", LAYERS, "a pure building block"),
-    (
-        "sandbox",
-        &[
+            Only(&["secret", "duration"]),
+            "a leaf below connector and ingress",
+        ),
+        (
             "ingress",
+            Never(vec!["admin", "dashboard", "server"]),
+            "sibling entry points",
+        ),
+        (
             "admin",
-            "server",
-            "listener",
-            "engine",
-            "recipe",
-            "connector",
-            "store",
-            "template",
-            "signature",
-            "time",
+            Never(vec!["ingress", "dashboard", "server"]),
+            "sibling entry points",
+        ),
+        (
+            "dashboard",
+            Never(
+                LAYERS
+                    .iter()
+                    .chain(&[
+                        "ingress",
+                        "server",
+                        "listener",
+                        "template",
+                        "signature",
+                        "error",
+                    ])
+                    .copied()
+                    .collect(),
+            ),
+            "the dashboard reads and acts only through the admin API's types (admin::console)",
+        ),
+        (
             "error",
-            "yaml",
-            "secret",
-            "metrics",
-        ],
-        "the vendors' stand-in knows nothing of the hub",
-    ),
-    (
-        "metrics",
-        &[
-            "ingress",
-            "admin",
-            "server",
-            "listener",
-            "engine",
-            "recipe",
-            "connector",
-            "store",
-            "template",
-            "signature",
-            "time",
-            "error",
-            "yaml",
-            "secret",
-        ],
-        "a leaf every layer records into",
-    ),
-    ("crash", LAYERS, "a pure building block"),
-];
+            Never(vec!["ingress", "admin", "engine", "server"]),
+            "the HTTP answer type sits below the routes",
+        ),
+        ("template", leaf(), "a pure building block"),
+        ("jsonpath", leaf(), "a pure building block"),
+        ("yaml", leaf(), "a pure building block"),
+        ("secret", leaf(), "a pure building block"),
+        ("duration", leaf(), "a pure building block"),
+        ("crash", leaf(), "a pure building block"),
+        (
+            "sandbox",
+            Only(&[]),
+            "the vendors' stand-in knows nothing of the hub",
+        ),
+        ("metrics", Only(&[]), "a leaf every layer records into"),
+    ]
+}
 
 /// (outside crate, the only modules that import it).
 const ONLY: &[(&str, &[&str])] = &[
@@ -192,6 +152,9 @@ static INLINE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?:^|[^\w:])([a-z
 /// An inline path into this crate: `crate::engine`, `switchboard::engine`.
 static INTERNAL: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\b(?:crate|switchboard)::([a-z_]+)").unwrap());
+/// A renaming in a `use` statement: ` as name`.
+static RENAMED: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\s+as\s+[A-Za-z_][A-Za-z0-9_]*").unwrap());
 /// A `use` statement (possibly over several lines).
 static USES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\buse\s+([^;]*);").unwrap());
 
@@ -234,10 +197,22 @@ fn code(file: &Path) -> String {
     if file.file_name().is_some_and(|n| n == "tests.rs") {
         return String::new();
     }
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut lines = text.lines().peekable();
     let mut out = String::new();
-    for line in std::fs::read_to_string(file).unwrap().lines() {
+    while let Some(line) = lines.next() {
         if line.trim_start() == "#[cfg(test)]" {
-            break;
+            // `#[cfg(test)] mod tests;` names a file of its own: skip the
+            // two lines. An inline `mod tests { … }` ends the production code.
+            if !lines
+                .peek()
+                .is_some_and(|next| next.trim_end().ends_with(';'))
+            {
+                break;
+            }
+            lines.next();
+            out.push_str("\n\n");
+            continue;
         }
         if !line.trim_start().starts_with("//") {
             out.push_str(line);
@@ -250,6 +225,7 @@ fn code(file: &Path) -> String {
 /// What one `use` statement's text (after `use `) reaches: an outside
 /// crate, or modules of this crate (several in a `crate::{a, b}` group).
 fn used(statement: &str) -> (Option<String>, Vec<String>) {
+    let statement = RENAMED.replace_all(statement, "");
     let text: String = statement.split_whitespace().collect();
     let text = text.trim_start_matches("pub").trim_start_matches("::");
     let (first, rest) = text.split_once("::").unwrap_or((text, ""));
@@ -265,10 +241,7 @@ fn used(statement: &str) -> (Option<String>, Vec<String>) {
             (None, modules)
         }
         "self" | "super" => (None, Vec::new()),
-        other => (
-            Some(other.split(" as").next().unwrap_or(other).to_string()),
-            Vec::new(),
-        ),
+        other => (Some(other.to_string()), Vec::new()),
     }
 }
 
@@ -340,21 +313,41 @@ fn violations() -> Vec<String> {
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     files.sort();
+    let modules: std::collections::BTreeSet<String> =
+        files.iter().map(|f| module_of(&src, f)).collect();
+    let rules = rules();
     let mut found = Vec::new();
     for file in &files {
         let module = module_of(&src, file);
         let shown = file.strip_prefix(&root).unwrap().display().to_string();
         let text = code(file);
-        let never = NEVER.iter().find(|(m, _, _)| *m == module);
+        let rule = rules.iter().find(|(m, _, _)| *m == module);
         for (n, outside, target) in reaches(&text) {
             match outside {
                 None => {
-                    if let Some((_, banned, why)) = never {
-                        if banned.contains(&target.as_str()) {
+                    let target = target.as_str();
+                    match rule {
+                        Some((_, Imports::Never(banned), why))
+                            if banned.contains(&target) && target != module =>
+                        {
                             found.push(format!(
                                 "{shown}:{n}: `{module}` never imports `{target}` ({why})"
                             ));
                         }
+                        Some((_, Imports::Only(allowed), why))
+                            if modules.contains(target)
+                                && target != module
+                                && !allowed.contains(&target) =>
+                        {
+                            let only = match allowed {
+                                [] => "no module of this crate".to_string(),
+                                _ => format!("only {}", allowed.join(", ")),
+                            };
+                            found.push(format!(
+                                "{shown}:{n}: `{module}` imports {only}, not `{target}` ({why})"
+                            ));
+                        }
+                        _ => {}
                     }
                 }
                 Some(name) => {
@@ -390,15 +383,17 @@ fn the_dependency_rules_hold_in_the_source() {
 fn the_check_sees_what_a_file_reaches() {
     let text = "use axum::http::HeaderMap;\n\
                 use switchboard::store::{self, sled::SledStore};\n\
-                use crate::{engine::Engine, ingress};\n\
+                use crate::{engine::Engine, ingress as i};\n\
                 // use sled::Db;\n\
-                fn f() { let c = reqwest::Client::new(); crate::admin::x(); }\n";
+                fn f() { let c = reqwest::Client::new(); crate::admin::x(); }\n\
+                use hyper as h;\n";
     let got: Vec<(usize, Option<String>, String)> = reaches(text);
     let want = [
         (1, Some("axum"), ""),
         (2, None, "store"),
         (3, None, "engine"),
         (3, None, "ingress"),
+        (6, Some("hyper"), ""),
         (5, None, "admin"),
         (5, Some("reqwest"), ""),
     ];
