@@ -67,15 +67,7 @@ async fn sign_in_watch_a_failed_run_retry_it_and_see_it_succeed() {
     let mock = MockApi::start(note_route(422)).await;
     let cfg = Config::connectors_only();
     write(&cfg.recipes.join("note-new-tickets.yaml"), RECIPE);
-    let hub = Hub::start(
-        HubOptions {
-            connectors: cfg.connectors.clone(),
-            recipes: cfg.recipes.clone(),
-            ..HubOptions::default()
-        }
-        .base_url("zendesk", &mock.url),
-    )
-    .await;
+    let hub = Hub::start(cfg.options().base_url("zendesk", &mock.url)).await;
     let (status, first) = hub
         .post_zendesk(&ticket_event(100, "Login broken", "ann@example.com"))
         .await;

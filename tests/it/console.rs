@@ -414,13 +414,7 @@ async fn demo_quick_start_runs_succeed_against_the_sandbox() {
         ..HubOptions::default()
     })
     .await;
-    let out = Command::new(bin())
-        .args(["demo", "send", "--url", &hub.url, "--data"])
-        .arg(&hub.data)
-        .envs(test_secrets())
-        .env("SWITCHBOARD_ADMIN_TOKEN", &hub.token)
-        .output()
-        .unwrap();
+    let out = hub.demo_send();
     let printed = stdout(&out);
     assert!(out.status.success(), "{printed}{}", stderr(&out));
     assert!(printed.starts_with("sent ticket "), "{printed}");
@@ -522,13 +516,7 @@ async fn demo_runs_the_support_pack_too() {
         ..HubOptions::default()
     })
     .await;
-    let out = Command::new(bin())
-        .args(["demo", "send", "--url", &hub.url, "--data"])
-        .arg(&hub.data)
-        .envs(test_secrets())
-        .env("SWITCHBOARD_ADMIN_TOKEN", &hub.token)
-        .output()
-        .unwrap();
+    let out = hub.demo_send();
     let printed = stdout(&out);
     assert!(out.status.success(), "{printed}{}", stderr(&out));
     for recipe in [

@@ -28,15 +28,7 @@ fn failing() -> Vec<Route> {
 async fn hub_with_note_recipe(mock: &MockApi) -> (Hub, Config) {
     let cfg = Config::connectors_only();
     write(&cfg.recipes.join("note-new-tickets.yaml"), RECIPE);
-    let hub = Hub::start(
-        HubOptions {
-            connectors: cfg.connectors.clone(),
-            recipes: cfg.recipes.clone(),
-            ..HubOptions::default()
-        }
-        .base_url("zendesk", &mock.url),
-    )
-    .await;
+    let hub = Hub::start(cfg.options().base_url("zendesk", &mock.url)).await;
     (hub, cfg)
 }
 

@@ -7,7 +7,8 @@
 //! - `ingress`: bad webhook input is refused and changes nothing; odd but valid input is stored as documented.
 //! - `outbound`: failing, slow or unreachable far ends fail their step, not the hub; internal addresses.
 //! - `console`: `/metrics` (token, Prometheus text parsed), the admin API's OpenAPI document, the `serve --demo` quick start.
-//! - `admin`: the admin API's token and paging; the dashboard's sessions, CSRF and pages (`dashboard`).
+//! - `admin`: the admin API's token and paging.
+//! - `dashboard`: the dashboard's sessions, CSRF and pages over HTTP, and the admin API summaries it is drawn from.
 //! - `browser`: the dashboard in Debian's Chromium through a small WebDriver client (`webdriver`); screenshots.
 //! - `cli`: `check` errors (located), `serve` refusing broken files, the runs/events commands.
 //! - `durability`: kill -9, SIGTERM, retries, dead letters, limits, ordering, back-pressure.
@@ -25,6 +26,7 @@
 //! - `time`: calendars, time functions, schedules, durable waits, debounce, cancel_on.
 //! - `support_pack`: the support recipes of recipes/support/ (after-hours reply, business-hours SLA, dispatcher, thanks, Slack `/email`) end to end; the loop warning; Zendesk actions the trimmed spec lacks.
 //! - `support_connectors`: Freshdesk, Stripe, SendGrid, Wufoo, Typeform and the `app` journey source; jobs 3, 5, 6 end to end.
+//! - `utils`: the hub as a child process (`Hub`), signed posts, fake far ends (`MockApi`), config directories.
 
 mod admin;
 mod architecture;

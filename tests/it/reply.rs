@@ -83,25 +83,9 @@ async fn command_with(
 ) -> (u16, reqwest::header::HeaderMap, String) {
     let url = serde_urlencoded::to_string([("response_url", response_url)]).unwrap();
     let body = format!("command=%2Flookup&text={text}&user_name=ann&{url}");
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .to_string();
-    let sig = format!(
-        "v0={}",
-        hmac_hex(SIGNING, format!("v0:{ts}:{body}").as_bytes())
-    );
     let resp = hub
-        .http
-        .post(format!("{}/hooks/slackcmd", hub.url))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .header("X-Slack-Request-Timestamp", ts)
-        .header("X-Slack-Signature", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .send("slackcmd", &slack_headers(&body, SIGNING), body.as_bytes())
+        .await;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     (status, headers, resp.text().await.unwrap())

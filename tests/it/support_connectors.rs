@@ -29,29 +29,6 @@ fn b64_hmac(key: &[u8], parts: &[&[u8]]) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-/// The one run an accepted webhook started.
-fn only_run(accepted: &Value) -> String {
-    let runs = accepted["runs"].as_array().expect("runs");
-    assert_eq!(runs.len(), 1, "{accepted}");
-    runs[0].as_str().expect("run id").to_string()
-}
-
-/// Poll run `id` until its status is `status` (20 s deadline).
-async fn wait_status(hub: &Hub, id: &str, status: &str) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (_, run) = hub.api(&format!("/api/runs/{id}")).await;
-        if run["status"] == status {
-            return run;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "run {id} is not {status}: {run}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 fn basic(user: &str, password: &str) -> String {
     format!(
         "Basic {}",
@@ -555,12 +532,12 @@ async fn journey_welcomes_then_follows_up_only_users_who_stay_away() {
     )
     .await;
     let (away, active) = (only_run(&away), only_run(&active));
-    wait_status(&hub, &away, "waiting").await;
-    wait_status(&hub, &active, "waiting").await;
+    hub.wait_status(&away, "waiting").await;
+    hub.wait_status(&active, "waiting").await;
     let activity = post_app(&hub, json!({"type": "user.active", "user": {"id": "u_2"}})).await;
     assert_eq!(activity["runs"], json!([]), "{activity}");
 
-    let cancelled = wait_status(&hub, &active, "cancelled").await;
+    let cancelled = hub.wait_status(&active, "cancelled").await;
     assert!(
         cancelled["reason"]
             .as_str()

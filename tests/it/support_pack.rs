@@ -44,29 +44,6 @@ async fn slack_mock() -> MockApi {
     .await
 }
 
-/// Poll run `id` until its status is `status` (20 s deadline).
-async fn wait_status(hub: &Hub, id: &str, status: &str) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (_, run) = hub.api(&format!("/api/runs/{id}")).await;
-        if run["status"] == status {
-            return run;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "run {id} is not {status}: {run}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
-/// The one run an accepted webhook started.
-fn only_run(accepted: &Value) -> String {
-    let runs = accepted["runs"].as_array().expect("runs");
-    assert_eq!(runs.len(), 1, "{accepted}");
-    runs[0].as_str().expect("run id").to_string()
-}
-
 #[tokio::test]
 async fn after_hours_reply_names_the_requester_and_the_next_opening() {
     // The calendar opens only on the weekday three days from now (Berlin),
@@ -147,8 +124,8 @@ async fn first_reply_sla_escalates_only_tickets_without_an_agent_reply() {
     let (_, a) = hub.post_zendesk(&created(5)).await;
     let (_, b) = hub.post_zendesk(&created(6)).await;
     let (a, b) = (only_run(&a), only_run(&b));
-    wait_status(&hub, &a, "waiting").await;
-    wait_status(&hub, &b, "waiting").await;
+    hub.wait_status(&a, "waiting").await;
+    hub.wait_status(&b, "waiting").await;
     // Ticket 6: a customer comment and an internal note do not count.
     hub.post_zendesk(&updated(6, true, "end-user")).await;
     hub.post_zendesk(&updated(6, false, "agent")).await;
@@ -319,25 +296,8 @@ async fn slash_command(hub: &Hub, command: &str, text: &str) -> (u16, String, Va
         ),
     ])
     .unwrap();
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .to_string();
-    let sig = format!(
-        "v0={}",
-        hmac_hex(SLACK_SIGNING_SECRET, format!("v0:{ts}:{body}").as_bytes())
-    );
-    let resp = hub
-        .http
-        .post(format!("{}/hooks/slack_commands", hub.url))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .header("X-Slack-Request-Timestamp", ts)
-        .header("X-Slack-Signature", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let headers = slack_headers(&body, SLACK_SIGNING_SECRET);
+    let resp = hub.send("slack_commands", &headers, body.as_bytes()).await;
     let status = resp.status().as_u16();
     let event = resp
         .headers()

@@ -404,15 +404,6 @@ steps:
     }
 }
 
-/// Poll a run until its status is `status`.
-async fn wait_status(hub: &Hub, id: &str, status: &str) -> serde_json::Value {
-    poll(20, &format!("run {id} {status}"), || async {
-        let (_, run) = hub.api(&format!("/api/runs/{id}")).await;
-        (run["status"] == status).then_some(run)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_durable_wait_survives_kill_9_and_fires_once_after_restart() {
     let api = MockApi::start(slack_ok()).await;
@@ -437,7 +428,7 @@ steps:
     let (status, body) = hub.post_zendesk(&ticket_event(11, "Hi", "a@b.c")).await;
     assert_eq!(status, 202, "{body}");
     let id = body["runs"][0].as_str().unwrap().to_string();
-    let run = wait_status(&hub, &id, "waiting").await;
+    let run = hub.wait_status(&id, "waiting").await;
     assert!(run["due_at"].as_i64().unwrap() > run["created_at"].as_i64().unwrap());
     assert_eq!(run["parked"]["step"], "pause", "{run}");
     // It is listed as waiting.
@@ -485,8 +476,8 @@ async fn wait_for_resumes_on_the_matching_event_and_times_out_otherwise() {
         a["runs"][0].as_str().unwrap(),
         b["runs"][0].as_str().unwrap(),
     );
-    wait_status(&hub, a, "waiting").await;
-    wait_status(&hub, b, "waiting").await;
+    hub.wait_status(a, "waiting").await;
+    hub.wait_status(b, "waiting").await;
     // Other ticket, and the right ticket failing the `if`: no wake.
     hub.post_zendesk(&updated(3, "solved", "other")).await;
     hub.post_zendesk(&updated(1, "open", "not yet")).await;
@@ -538,11 +529,11 @@ steps:
         a["runs"][0].as_str().unwrap(),
         b["runs"][0].as_str().unwrap(),
     );
-    wait_status(&hub, a, "waiting").await;
-    wait_status(&hub, b, "waiting").await;
+    hub.wait_status(a, "waiting").await;
+    hub.wait_status(b, "waiting").await;
     hub.post_zendesk(&updated(1, "agent")).await; // the `if` does not hold
     let (_, cancel) = hub.post_zendesk(&updated(1, "customer")).await;
-    let run = wait_status(&hub, a, "cancelled").await;
+    let run = hub.wait_status(a, "cancelled").await;
     let reason = run["reason"].as_str().unwrap();
     assert!(
         reason.contains(cancel["event_id"].as_str().unwrap()),
@@ -918,7 +909,7 @@ async fn cancel_on_ends_a_running_run_at_its_next_step_boundary() {
         .post_zendesk(&serde_json::json!({"type": "ticket.updated", "ticket": {"id": 1}}))
         .await;
     hold.notify_one();
-    let run = wait_status(&hub, &a, "cancelled").await;
+    let run = hub.wait_status(&a, "cancelled").await;
     let reason = run["reason"].as_str().unwrap();
     assert!(
         reason.contains(cancel["event_id"].as_str().unwrap()),
@@ -953,14 +944,14 @@ async fn cancel_on_ends_a_retrying_run_at_once() {
         .post_zendesk(&serde_json::json!({"type": "ticket.created", "ticket": {"id": 2}}))
         .await;
     let a = a["runs"][0].as_str().unwrap().to_string();
-    wait_status(&hub, &a, "retrying").await;
+    hub.wait_status(&a, "retrying").await;
     // Another ticket's update cancels nothing.
     hub.post_zendesk(&serde_json::json!({"type": "ticket.updated", "ticket": {"id": 3}}))
         .await;
     let (_, cancel) = hub
         .post_zendesk(&serde_json::json!({"type": "ticket.updated", "ticket": {"id": 2}}))
         .await;
-    let run = wait_status(&hub, &a, "cancelled").await;
+    let run = hub.wait_status(&a, "cancelled").await;
     assert!(
         run["reason"]
             .as_str()

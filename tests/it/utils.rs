@@ -213,6 +213,19 @@ impl Hub {
         headers: &[(String, String)],
         body: &[u8],
     ) -> (u16, Value) {
+        let resp = self.send(connector, headers, body).await;
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// POST a webhook; the whole answer.
+    pub async fn send(
+        &self,
+        connector: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> reqwest::Response {
         let mut req = self
             .http
             .post(format!("{}/hooks/{connector}", self.url))
@@ -220,10 +233,7 @@ impl Hub {
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let resp = req.send().await.expect("post webhook");
-        let status = resp.status().as_u16();
-        let body = resp.json().await.unwrap_or(Value::Null);
-        (status, body)
+        req.send().await.expect("post webhook")
     }
 
     /// POST a Zendesk-signed JSON webhook.
@@ -279,6 +289,17 @@ impl Hub {
             .unwrap()
     }
 
+    /// `switchboard demo send` to this hub, with the test secrets.
+    pub fn demo_send(&self) -> std::process::Output {
+        Command::new(bin())
+            .args(["demo", "send", "--url", &self.url, "--data"])
+            .arg(&self.data)
+            .envs(test_secrets())
+            .env("SWITCHBOARD_ADMIN_TOKEN", &self.token)
+            .output()
+            .unwrap()
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -317,6 +338,25 @@ pub fn zendesk_headers_at(body: &[u8], secret: &str, ts: &str) -> Vec<(String, S
             "X-Zendesk-Webhook-Invocation-Id".into(),
             format!("inv-{}", rand::random::<u64>()),
         ),
+    ]
+}
+
+/// Headers Slack sends with a form `body`: `v0=` and the hex HMAC-SHA256
+/// of `v0:{timestamp}:{body}`.
+pub fn slack_headers(body: &str, secret: &str) -> Vec<(String, String)> {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let sig = hmac_hex(secret, format!("v0:{ts}:{body}").as_bytes());
+    vec![
+        (
+            "Content-Type".into(),
+            "application/x-www-form-urlencoded".into(),
+        ),
+        ("X-Slack-Request-Timestamp".into(), ts),
+        ("X-Slack-Signature".into(), format!("v0={sig}")),
     ]
 }
 
@@ -600,7 +640,27 @@ pub fn hmac_hex(secret: &str, body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// The one run an accepted webhook started.
+pub fn only_run(accepted: &Value) -> String {
+    let runs = accepted["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 1, "{accepted}");
+    runs[0].as_str().expect("run id").to_string()
+}
+
 impl Hub {
+    /// Poll run `id` until its status is `status` (20 s deadline).
+    pub async fn wait_status(&self, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, run) = self.api(&format!("/api/runs/{id}")).await;
+            if run["status"] == status {
+                return run;
+            }
+            assert!(Instant::now() < deadline, "run {id} is not {status}: {run}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The `items` of an admin API listing.
     pub async fn items(&self, path: &str) -> Vec<Value> {
         let (status, page) = self.api(path).await;
