@@ -106,27 +106,27 @@ fn each_operator_true_and_false() {
     }
     // Array `contains` is element equality; string `contains` never looks
     // inside an array.
-    check(
-        json!({ "$.event.ticket.tags": { "contains": "vip" } }),
-        &ctx,
-        true,
-    );
-    check(
-        json!({ "$.event.ticket.tags": { "contains": "vi" } }),
-        &ctx,
-        false,
-    );
-    check(
-        json!({ "$.event.ticket.via": { "contains": "email" } }),
-        &ctx,
-        false,
-    );
-    check(
-        json!({ "$.event.ticket.tags": { "contains": ["vip"] } }),
-        &ctx,
-        false,
-    );
-    check(json!({ "$.event": { "contains": "x" } }), &ctx, false);
+    for (cond, holds) in [
+        (
+            json!({ "$.event.ticket.tags": { "contains": "vip" } }),
+            true,
+        ),
+        (
+            json!({ "$.event.ticket.tags": { "contains": "vi" } }),
+            false,
+        ),
+        (
+            json!({ "$.event.ticket.via": { "contains": "email" } }),
+            false,
+        ),
+        (
+            json!({ "$.event.ticket.tags": { "contains": ["vip"] } }),
+            false,
+        ),
+        (json!({ "$.event": { "contains": "x" } }), false),
+    ] {
+        check(cond, &ctx, holds);
+    }
     // ISO-8601 timestamps in one format order lexicographically.
     check(
         json!({ "$.event.ticket.created": { "gt": "2024-04-30T23:59:59Z", "lt": "2024-05-02" } }),
@@ -138,26 +138,20 @@ fn each_operator_true_and_false() {
 #[test]
 fn several_operators_on_one_path_must_all_hold() {
     let ctx = ctx();
+    let lifecycle = |ops: Value| json!({ "$.steps.contact.lifecycle": ops });
+    let number = |ops: Value| json!({ "$.event.ticket.number": ops });
     check(
-        json!({ "$.steps.contact.lifecycle": { "equals": "pending", "exists": true } }),
+        lifecycle(json!({ "equals": "pending", "exists": true })),
         &ctx,
         true,
     );
     check(
-        json!({ "$.steps.contact.lifecycle": { "equals": "pending", "starts_with": "x" } }),
+        lifecycle(json!({ "equals": "pending", "starts_with": "x" })),
         &ctx,
         false,
     );
-    check(
-        json!({ "$.event.ticket.number": { "gt": 1, "lt": 5 } }),
-        &ctx,
-        false,
-    );
-    check(
-        json!({ "$.event.ticket.number": { "gt": 1, "lt": 10 } }),
-        &ctx,
-        true,
-    );
+    check(number(json!({ "gt": 1, "lt": 5 })), &ctx, false);
+    check(number(json!({ "gt": 1, "lt": 10 })), &ctx, true);
     // Several paths in one map: all hold.
     check(
         json!({ "$.event.ticket.priority": { "equals": "high" }, "$.event.ticket.status": { "equals": "closed" } }),
@@ -246,100 +240,52 @@ fn several_nodes_pass_if_any_node_passes() {
 #[test]
 fn numbers_equal_numeric_strings() {
     let ctx = ctx();
+    let id = |op: &str, operand: Value| json!({ "$.event.ticket.id": { op: operand } });
+    let contact = |op: &str, operand: Value| json!({ "$.steps.contact.id": { op: operand } });
     // The id arrives as "42"; YAML authors write 42.
-    check(json!({ "$.event.ticket.id": { "equals": 42 } }), &ctx, true);
-    check(
-        json!({ "$.event.ticket.id": { "equals": 42.0 } }),
-        &ctx,
-        true,
-    );
-    check(
-        json!({ "$.event.ticket.id": { "equals": 43 } }),
-        &ctx,
-        false,
-    );
-    check(
-        json!({ "$.event.ticket.id": { "not_equals": 42 } }),
-        &ctx,
-        false,
-    );
-    check(
-        json!({ "$.event.ticket.id": { "in": [1, 42] } }),
-        &ctx,
-        true,
-    );
+    check(id("equals", json!(42)), &ctx, true);
+    check(id("equals", json!(42.0)), &ctx, true);
+    check(id("equals", json!(43)), &ctx, false);
+    check(id("not_equals", json!(42)), &ctx, false);
+    check(id("in", json!([1, 42])), &ctx, true);
     check(
         json!({ "$.event.ticket.id": { "gt": 41.5, "lt": "100" } }),
         &ctx,
         true,
     );
     // And the other way round.
-    check(
-        json!({ "$.steps.contact.id": { "equals": "42" } }),
-        &ctx,
-        true,
-    );
-    check(
-        json!({ "$.steps.contact.id": { "equals": "42.0" } }),
-        &ctx,
-        true,
-    );
-    check(
-        json!({ "$.steps.contact.id": { "equals": "042" } }),
-        &ctx,
-        false,
-    );
-    check(
-        json!({ "$.steps.contact.id": { "equals": " 42" } }),
-        &ctx,
-        false,
-    );
-    check(
-        json!({ "$.steps.contact.id": { "equals": "4.2e1" } }),
-        &ctx,
-        true,
-    );
+    check(contact("equals", json!("42")), &ctx, true);
+    check(contact("equals", json!("42.0")), &ctx, true);
+    check(contact("equals", json!("042")), &ctx, false);
+    check(contact("equals", json!(" 42")), &ctx, false);
+    check(contact("equals", json!("4.2e1")), &ctx, true);
     // Two strings compare as strings, numerically ordered when both are numeric.
-    check(
-        json!({ "$.event.ticket.id": { "equals": "42.0" } }),
-        &ctx,
-        false,
-    );
-    check(json!({ "$.event.ticket.id": { "gt": "9" } }), &ctx, true);
-    check(json!({ "$.event.ticket.id": { "lt": "9" } }), &ctx, false);
-    // Inside arrays too.
-    check(
-        json!({ "$.event.ticket": { "contains": 1 } }),
-        &json!({ "event": { "ticket": ["1"] } }),
-        true,
-    );
-    check(
-        json!({ "$.event.ticket": { "contains": 1 } }),
-        &json!({ "event": { "ticket": [["1"], "2"] } }),
-        false,
-    );
-    check(
-        json!({ "$.event.x": { "equals": [1, { "a": "2" }] } }),
-        &json!({ "event": { "x": ["1", { "a": 2 }] } }),
-        true,
-    );
-    // Big integers compare exactly.
-    check(
-        json!({ "$.event.x": { "equals": 9007199254740993u64 } }),
-        &json!({ "event": { "x": "9007199254740992" } }),
-        false,
-    );
-    check(
-        json!({ "$.event.x": { "gt": -1 } }),
-        &json!({ "event": { "x": u64::MAX } }),
-        true,
-    );
-    // Booleans are not numbers.
-    check(
-        json!({ "$.event.x": { "equals": 1 } }),
-        &json!({ "event": { "x": true } }),
-        false,
-    );
+    check(id("equals", json!("42.0")), &ctx, false);
+    check(id("gt", json!("9")), &ctx, true);
+    check(id("lt", json!("9")), &ctx, false);
+    // Inside arrays, big integers exactly, and booleans are not numbers:
+    // (operator, operand, `event.x`, holds).
+    for (op, operand, x, holds) in [
+        ("contains", json!(1), json!(["1"]), true),
+        ("contains", json!(1), json!([["1"], "2"]), false),
+        (
+            "equals",
+            json!([1, { "a": "2" }]),
+            json!(["1", { "a": 2 }]),
+            true,
+        ),
+        (
+            "equals",
+            json!(9007199254740993u64),
+            json!("9007199254740992"),
+            false,
+        ),
+        ("gt", json!(-1), json!(u64::MAX), true),
+        ("equals", json!(1), json!(true), false),
+    ] {
+        let cond = json!({ "$.event.x": { op: operand } });
+        check(cond, &json!({ "event": { "x": x } }), holds);
+    }
 }
 
 #[test]
@@ -362,26 +308,26 @@ fn combinators_nest() {
     let mut chat = ctx.clone();
     chat["event"]["ticket"]["via"]["channel"] = json!("chat");
     check(cond, &chat, false);
-    check(
-        json!({ "not": { "not": { "$.event": { "exists": true } } } }),
-        &ctx,
-        true,
-    );
-    check(
-        json!({ "not": [ { "$.event": { "exists": true } }, { "$.nope": { "exists": true } } ] }),
-        &ctx,
-        true,
-    );
-    check(
-        json!({ "any": [ { "$.a": { "exists": true } }, { "$.b": { "exists": true } } ] }),
-        &ctx,
-        false,
-    );
-    check(
-        json!({ "all": [ { "$.event": { "exists": true } } ], "any": [ { "$.b": { "exists": false } } ] }),
-        &ctx,
-        true,
-    );
+    for (cond, holds) in [
+        (
+            json!({ "not": { "not": { "$.event": { "exists": true } } } }),
+            true,
+        ),
+        (
+            json!({ "not": [ { "$.event": { "exists": true } }, { "$.nope": { "exists": true } } ] }),
+            true,
+        ),
+        (
+            json!({ "any": [ { "$.a": { "exists": true } }, { "$.b": { "exists": true } } ] }),
+            false,
+        ),
+        (
+            json!({ "all": [ { "$.event": { "exists": true } } ], "any": [ { "$.b": { "exists": false } } ] }),
+            true,
+        ),
+    ] {
+        check(cond, &ctx, holds);
+    }
     assert!(Condition::always().eval(&ctx));
     assert!(Condition::always().eval(&Value::Null));
 }
@@ -390,41 +336,38 @@ fn combinators_nest() {
 fn filter_paths_use_rfc_9535_syntax() {
     let ctx = ctx();
     // qty 3 passes; qty "5" is a string, which RFC 9535 does not order against 2.
-    check(
-        json!({ "$.event.items[?@.qty > 2].sku": { "equals": "y" } }),
-        &ctx,
-        true,
-    );
-    check(
-        json!({ "$.event.items[?@.qty > 2].sku": { "in": ["z"] } }),
-        &ctx,
-        false,
-    );
-    check(
-        json!({ "$.event.items[?@.qty > 2]": { "exists": true } }),
-        &ctx,
-        true,
-    );
-    check(
-        json!({ "$.event.items[?@.qty > 99]": { "exists": false } }),
-        &ctx,
-        true,
-    );
-    check(
-        json!({ "$.event.items[?@.sku == 'z'].qty": { "equals": 5 } }),
-        &ctx,
-        true,
-    );
-    check(
-        json!({ "$.event.items[?match(@.sku, '[xy]')].qty": { "lt": 2 } }),
-        &ctx,
-        true,
-    );
-    check(
-        json!({ "$.event.items[?@.qty == $.steps.contact.id]": { "exists": true } }),
-        &ctx,
-        false,
-    );
+    for (cond, holds) in [
+        (
+            json!({ "$.event.items[?@.qty > 2].sku": { "equals": "y" } }),
+            true,
+        ),
+        (
+            json!({ "$.event.items[?@.qty > 2].sku": { "in": ["z"] } }),
+            false,
+        ),
+        (
+            json!({ "$.event.items[?@.qty > 2]": { "exists": true } }),
+            true,
+        ),
+        (
+            json!({ "$.event.items[?@.qty > 99]": { "exists": false } }),
+            true,
+        ),
+        (
+            json!({ "$.event.items[?@.sku == 'z'].qty": { "equals": 5 } }),
+            true,
+        ),
+        (
+            json!({ "$.event.items[?match(@.sku, '[xy]')].qty": { "lt": 2 } }),
+            true,
+        ),
+        (
+            json!({ "$.event.items[?@.qty == $.steps.contact.id]": { "exists": true } }),
+            false,
+        ),
+    ] {
+        check(cond, &ctx, holds);
+    }
 }
 
 #[test]
