@@ -489,16 +489,35 @@ mod tests {
 
     /// Dry-run the catalog's only recipe for a `ticket.created` event.
     fn dry(catalog: &Catalog, event: Value, mocks: &BTreeMap<String, Mock>) -> DryRun {
+        dry_in(catalog, &event, mocks, &mut MemoryState::default())
+    }
+
+    /// [`dry`] over recipe state kept from run to run.
+    fn dry_in(
+        catalog: &Catalog,
+        event: &Value,
+        mocks: &BTreeMap<String, Mock>,
+        state: &mut MemoryState,
+    ) -> DryRun {
+        let recipe = &catalog.recipes[0];
         run(
             catalog,
-            &catalog.recipes[0],
-            &event,
+            recipe,
+            event,
             Some("ticket.created"),
             mocks,
             0,
-            &mut MemoryState::default(),
+            state,
             &[],
         )
+    }
+
+    /// Each call's step path and rendered inputs.
+    fn inputs(got: &DryRun) -> Vec<(&str, &Value)> {
+        got.calls
+            .iter()
+            .map(|c| (c.step.as_str(), &c.input))
+            .collect()
     }
 
     const LOOKUP_AND_NOTE: &str = r#"
@@ -800,13 +819,8 @@ steps:
         );
         let got = dry(&c, flow_event("Hello", &["a", "b", "c"]), &m);
         assert_eq!(got.status, TestStatus::Succeeded, "{:?}", got.error);
-        let calls: Vec<(&str, &Value)> = got
-            .calls
-            .iter()
-            .map(|c| (c.step.as_str(), &c.input))
-            .collect();
         assert_eq!(
-            calls,
+            inputs(&got),
             [
                 ("route.case1.vip", &json!({"ticket_id": 7, "tags": ["vip"]})),
                 (
@@ -975,13 +989,8 @@ steps:
             got.records[0].output,
             json!({"mrr": 1050.0, "group": "support-de"})
         );
-        let calls: Vec<(&str, &Value)> = got
-            .calls
-            .iter()
-            .map(|c| (c.step.as_str(), &c.input))
-            .collect();
         assert_eq!(
-            calls,
+            inputs(&got),
             [
                 ("route.case1.vip", &json!({"ticket_id": 9, "tags": ["vip"]})),
                 (
@@ -1084,16 +1093,8 @@ steps:
     state: { set_if_absent: "{{ event.ticket.requester.email | default('') }}", value: true }
 "#,
         );
-        let got = run(
-            &c,
-            &c.recipes[0],
-            &json!({"type": "ticket.created", "ticket": {"id": 1, "requester": {}}}),
-            Some("ticket.created"),
-            &BTreeMap::new(),
-            0,
-            &mut MemoryState::default(),
-            &[],
-        );
+        let event = json!({"type": "ticket.created", "ticket": {"id": 1, "requester": {}}});
+        let got = dry(&c, event, &BTreeMap::new());
         assert_eq!(got.status, TestStatus::Failed);
         let e = got.error.unwrap();
         assert!(
@@ -1163,21 +1164,7 @@ steps:
         let m = mocks(json!({"hubspot.enroll_in_workflow": {"ok": true}}));
         let mut state = MemoryState::default();
         let calls: Vec<usize> = (0..3)
-            .map(|_| {
-                let e = ticket("hello");
-                run(
-                    &c,
-                    &c.recipes[0],
-                    &e,
-                    Some("ticket.created"),
-                    &m,
-                    0,
-                    &mut state,
-                    &[],
-                )
-                .calls
-                .len()
-            })
+            .map(|_| dry_in(&c, &ticket("hello"), &m, &mut state).calls.len())
             .collect();
         assert_eq!(calls, [1, 0, 0]);
 
@@ -1187,16 +1174,7 @@ steps:
         let mut state = MemoryState::default();
         let assignees: Vec<Value> = (0..4)
             .map(|_| {
-                let got = run(
-                    &c,
-                    &c.recipes[0],
-                    &ticket("x"),
-                    Some("ticket.created"),
-                    &m,
-                    0,
-                    &mut state,
-                    &[],
-                );
+                let got = dry_in(&c, &ticket("x"), &m, &mut state);
                 got.calls[0].input["fields"]["assignee_id"].clone()
             })
             .collect();
