@@ -8,7 +8,9 @@
 //! - `group.apply`: the group commit took its waiters, nothing applied yet;
 //! - `group.flush`: the group's batch is applied to sled, not yet flushed;
 //! - `group.answer`: flushed, no waiter answered yet (durable, unacknowledged);
-//! - `step.called`: a call returned, its record not yet durable.
+//! - `step.called`: a call returned, its record not yet durable;
+//! - `oauth.answered` / `oauth.persisted`: an OAuth2 token endpoint answered,
+//!   before / after the new tokens were written to the token file.
 //!
 //! `std::process::abort` ends the process at once, like `kill -9`: no
 //! destructor runs, nothing is flushed on the way out.

@@ -16,7 +16,7 @@
 //! - [`engine`]: the loaded catalog and its matching index, accepting events,
 //!   workers, and dry runs of recipe `tests:` with mocked calls (`switchboard test`).
 //! - [`recipe`]: recipe files compiled and checked; conditions (pure).
-//! - [`connector`]: connector files compiled; the outbound HTTP runtime; secrets.
+//! - [`connector`]: connector files compiled; the outbound HTTP runtime; secrets; OAuth2 tokens.
 //! - [`store`]: the `Store` trait, the sled backend, group commit, recipe
 //!   state operations (`store::state`, pure, shared by every backend).
 //! - [`time`]: the engine's clock, zones, durations, cron schedules, business-hours calendars.

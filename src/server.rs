@@ -90,7 +90,9 @@ impl ServeConfig {
             .secrets_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("secrets.yaml"));
-        let secrets = SecretSource::load(&secrets_file).map_err(|e| ServeError::Load(vec![e]))?;
+        let secrets = SecretSource::load(&secrets_file)
+            .map_err(|e| ServeError::Load(vec![e]))?
+            .with_token_dir(self.data_dir.join("oauth"));
         Ok(LoadOptions {
             connectors_dir: self.connectors_dir.clone(),
             recipes_dir: self.recipes_dir.clone(),

@@ -107,6 +107,68 @@ pub enum AuthFile {
     Header { name: String, value: String },
     /// A query parameter, e.g. `?api_key=...`.
     Query { name: String, value: String },
+    /// OAuth2: an access token from the token endpoint, sent as
+    /// `Authorization: Bearer <token>`, cached in memory and in the data
+    /// dir's token file, refreshed before it expires and once on a 401.
+    #[serde(rename = "oauth2")]
+    OAuth2 {
+        /// `client_credentials` (the app's own token) or `authorization_code`
+        /// (a user's grant, obtained once by `switchboard connect NAME` and
+        /// kept fresh with its refresh token; alias `refresh_token`).
+        grant: OAuthGrant,
+        /// The token endpoint: a URL, or a path under the base URL's origin
+        /// (`/oauth/v1/token`).
+        token_url: String,
+        /// Template over `secrets`.
+        client_id: String,
+        /// Template over `secrets`; required for `client_credentials`.
+        #[serde(default)]
+        client_secret: Option<String>,
+        /// How the client authenticates at the token endpoint: `basic`
+        /// (HTTP Basic, the default) or `body` (`client_id` and
+        /// `client_secret` form fields).
+        #[serde(default)]
+        client_auth: Option<ClientAuth>,
+        /// Scopes to ask for (sent space-separated as `scope`).
+        #[serde(default)]
+        scopes: Vec<String>,
+        /// `audience` form field (Auth0 and others).
+        #[serde(default)]
+        audience: Option<String>,
+        /// `authorization_code` only: where `switchboard connect` sends the
+        /// user to grant access.
+        #[serde(default)]
+        authorize_url: Option<String>,
+        /// `authorization_code` only: the loopback URL `connect` listens on
+        /// (default `http://127.0.0.1:8976/callback`); register it with the app.
+        #[serde(default)]
+        redirect_uri: Option<String>,
+        /// `authorization_code` only: a refresh token obtained elsewhere
+        /// (template over `secrets`), used until `connect` stores one.
+        #[serde(default)]
+        refresh_token: Option<String>,
+        /// Refresh this long before the token expires (default 60s; at
+        /// most half the token's lifetime).
+        #[serde(default)]
+        refresh_before: Option<HumanDuration>,
+    },
+}
+
+/// The OAuth2 grant a connector's tokens come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthGrant {
+    ClientCredentials,
+    #[serde(alias = "refresh_token")]
+    AuthorizationCode,
+}
+
+/// How a client authenticates at the token endpoint (RFC 6749 2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    Basic,
+    Body,
 }
 
 /// One declarative HTTP call.

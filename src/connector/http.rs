@@ -86,6 +86,11 @@ pub enum CallError {
     /// moves on).
     #[error("not called yet: waiting for the connector's rate or concurrency limit")]
     Limited(std::time::Duration),
+    /// Not sent: the connector's OAuth2 access token could not be
+    /// obtained. `retryable`: the token endpoint was unreachable, timed
+    /// out or answered 429 / 5xx.
+    #[error("OAuth2: {message}")]
+    Token { message: String, retryable: bool },
 }
 
 impl CallError {
@@ -94,6 +99,7 @@ impl CallError {
         match self {
             CallError::Timeout(_) | CallError::Connect(_) => true,
             CallError::Status { status } => *status == 429 || *status >= 500,
+            CallError::Token { retryable, .. } => *retryable,
             _ => false,
         }
     }
@@ -199,25 +205,14 @@ impl Client {
             url.set_query(None);
         }
         record.url = connector.redact(url.as_str());
-        if let Some(ip) = literal_ip(&url) {
-            if is_internal(ip) && !connector.allow_internal {
-                return Err(CallError::Internal {
-                    target: ip.to_string(),
-                    connector: connector.name.clone(),
-                });
-            }
-        }
-        let client = if connector.allow_internal {
-            &self.open
-        } else {
-            &self.guarded
-        };
+        let client = self.client_for(connector, &url)?;
 
         let mut req = client
             .request(action.method.clone(), url)
             .timeout(action.timeout);
         match &connector.auth {
-            Auth::None | Auth::Query { .. } => {}
+            // Added once the call is admitted (see `authorized`).
+            Auth::None | Auth::Query { .. } | Auth::OAuth2(_) => {}
             Auth::Bearer(t) => req = req.bearer_auth(render(t)?),
             Auth::Basic { username, password } => {
                 req = req.basic_auth(render(username)?, Some(render(password)?))
@@ -281,10 +276,83 @@ impl Client {
         let pass = breaker
             .pass(Instant::now())
             .map_err(CallError::CircuitOpen)?;
-        let result = self.exchange(req, connector, action, record).await;
+        let result = match &connector.auth {
+            Auth::OAuth2(oauth) => {
+                self.authorized(oauth, req, templates, connector, action, record, _admission)
+                    .await
+            }
+            _ => self.exchange(req, connector, action, record).await,
+        };
+        if matches!(result, Err(CallError::Limited(_))) {
+            // Not sent after all: no outcome for the breaker (a half-open
+            // probe abandoned lets the next call probe).
+            return result;
+        }
         let failed = result.as_ref().is_err_and(CallError::retryable);
         pass.record(Instant::now(), failed);
         result
+    }
+
+    /// The client for a request to `url` from `connector`: the open one if
+    /// the connector may reach internal addresses, else the guarded one
+    /// (and an internal IP literal is refused here, before any DNS).
+    pub(crate) fn client_for(
+        &self,
+        connector: &Connector,
+        url: &reqwest::Url,
+    ) -> Result<&reqwest::Client, CallError> {
+        if connector.allow_internal {
+            return Ok(&self.open);
+        }
+        if let Some(ip) = literal_ip(url) {
+            if is_internal(ip) {
+                return Err(CallError::Internal {
+                    target: ip.to_string(),
+                    connector: connector.name.clone(),
+                });
+            }
+        }
+        Ok(&self.guarded)
+    }
+
+    /// Send with the connector's OAuth2 access token. A 401 answer
+    /// forgets that token and sends once more with a new one (admitted by
+    /// the limits again, so a resend counts like any call).
+    #[allow(clippy::too_many_arguments)]
+    async fn authorized(
+        &self,
+        oauth: &super::oauth::OAuth2,
+        req: reqwest::RequestBuilder,
+        templates: &Templates,
+        connector: &Connector,
+        action: &Action,
+        record: &mut CallRecord,
+        admission: super::limits::Admission,
+    ) -> Result<Value, CallError> {
+        let token = oauth.token(self, templates, connector).await?;
+        let again = req.try_clone();
+        let result = self
+            .exchange(req.bearer_auth(token.expose()), connector, action, record)
+            .await;
+        let (Err(CallError::Status { status: 401 }), Some(again)) = (&result, again) else {
+            return result;
+        };
+        oauth.invalidate(&token);
+        drop(admission);
+        let _admission = connector
+            .limits
+            .try_admit(Instant::now())
+            .map_err(CallError::Limited)?;
+        let token = oauth.token(self, templates, connector).await?;
+        let url = record.url.clone();
+        *record = CallRecord {
+            method: record.method.clone(),
+            url,
+            request_body: record.request_body.take(),
+            ..Default::default()
+        };
+        self.exchange(again.bearer_auth(token.expose()), connector, action, record)
+            .await
     }
 
     /// Send the request and read its bounded answer.
@@ -373,20 +441,31 @@ fn transport_error(e: reqwest::Error, connector: &Connector, action: &Action) ->
     if e.is_timeout() {
         return CallError::Timeout(action.timeout);
     }
-    // The innermost cause says what happened (refused, DNS, our resolver's refusal).
+    match transport_cause(&e, connector) {
+        Ok(msg) => CallError::Connect(msg),
+        Err(internal) => internal,
+    }
+}
+
+/// The innermost cause of a transport error (refused, DNS), or the
+/// resolver's refusal of an internal address as `CallError::Internal`.
+pub(crate) fn transport_cause(
+    e: &reqwest::Error,
+    connector: &Connector,
+) -> Result<String, CallError> {
     let mut msg = e.to_string();
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(s) = src {
         if let Some(internal) = s.downcast_ref::<InternalAddress>() {
-            return CallError::Internal {
+            return Err(CallError::Internal {
                 target: internal.host.clone(),
                 connector: connector.name.clone(),
-            };
+            });
         }
         msg = s.to_string();
         src = s.source();
     }
-    CallError::Connect(msg)
+    Ok(msg)
 }
 
 /// The URL for a rendered `path`: `base_url` + `path`, refused unless its
@@ -501,6 +580,10 @@ fn redact_error(connector: &Connector, e: CallError) -> CallError {
         },
         CallError::Response(m) => CallError::Response(connector.redact(&m)),
         CallError::Answer(m) => CallError::Answer(connector.redact(&m)),
+        CallError::Token { message, retryable } => CallError::Token {
+            message: connector.redact(&message),
+            retryable,
+        },
         other => other,
     }
 }
@@ -523,9 +606,13 @@ pub fn redact_value(connector: &Connector, v: Value) -> Value {
 }
 
 impl Connector {
-    /// `text` with every form of every secret of this connector replaced by `***`.
+    /// `text` with every form of every secret of this connector replaced
+    /// by `***`, and every OAuth2 token it has held.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
+        if let Auth::OAuth2(oauth) = &self.auth {
+            out = oauth.redact(&out);
+        }
         for form in &self.redactions {
             if out.contains(form.expose()) {
                 out = out.replace(form.expose(), "***");
@@ -576,17 +663,33 @@ pub fn redaction_forms(
         if v.len() < 4 {
             continue;
         }
-        forms.push(url_encode(&v));
-        forms.push(percent_encode(&v));
-        if let Ok(json) = serde_json::to_string(&v) {
-            forms.push(json[1..json.len() - 1].to_string());
-        }
-        forms.extend(b64.iter().map(|e| e.encode(&v)));
-        forms.push(v);
+        forms.extend(forms_of(&v));
     }
     forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
     forms.dedup();
     forms.into_iter().map(crate::secret::Secret::new).collect()
+}
+
+/// The forms one secret value may come back in: URL- and form-encoded,
+/// JSON-escaped, base64 (standard and URL-safe, padded or not) and itself;
+/// longest first.
+pub(crate) fn forms_of(v: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let b64 = [
+        base64::engine::general_purpose::STANDARD,
+        base64::engine::general_purpose::URL_SAFE,
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    let mut forms = vec![url_encode(v), percent_encode(v)];
+    if let Ok(json) = serde_json::to_string(v) {
+        forms.push(json[1..json.len() - 1].to_string());
+    }
+    forms.extend(b64.iter().map(|e| e.encode(v)));
+    forms.push(v.to_string());
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    forms
 }
 
 fn url_encode(s: &str) -> String {

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod http;
 pub mod limits;
+pub mod oauth;
 pub mod secrets;
 
 use crate::jsonpath::JsonPath;
@@ -70,6 +71,8 @@ pub enum Auth {
         name: String,
         value: Template,
     },
+    /// `Authorization: Bearer` with an access token from the token endpoint.
+    OAuth2(Box<oauth::OAuth2>),
 }
 
 #[derive(Debug)]
@@ -474,6 +477,18 @@ fn compile(
                 None => Auth::None,
             }
         }
+        Some(a @ AuthFile::OAuth2 { .. }) => {
+            let at = OAuthAt {
+                name: &name,
+                base_url: &base_url,
+                timeout: file.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT),
+                file: opts.secrets.token_file(&name),
+            };
+            match compile_oauth(a, &at, &cx, templates, errors) {
+                Some(o) => Auth::OAuth2(Box::new(o)),
+                None => Auth::None,
+            }
+        }
     };
 
     let retry = limits::RetryPolicy::default().with(file.retry.as_ref());
@@ -630,6 +645,174 @@ fn compile(
         idempotency_header,
         allowed_urls,
     })
+}
+
+/// Where an `oauth2` section is compiled: its connector's name, base URL
+/// (token paths are under its origin), default timeout and token file.
+struct OAuthAt<'a> {
+    name: &'a str,
+    base_url: &'a str,
+    timeout: Duration,
+    file: Option<std::path::PathBuf>,
+}
+
+/// Compile `auth: { type: oauth2 }`, every problem at its key.
+fn compile_oauth(
+    a: &AuthFile,
+    at: &OAuthAt<'_>,
+    cx: &TplCx<'_>,
+    templates: &mut Templates,
+    errors: &mut Vec<LoadError>,
+) -> Option<oauth::OAuth2> {
+    use config::{ClientAuth, OAuthGrant};
+    let AuthFile::OAuth2 {
+        grant,
+        token_url,
+        client_id,
+        client_secret,
+        client_auth,
+        scopes,
+        audience,
+        authorize_url,
+        redirect_uri,
+        refresh_token,
+        refresh_before,
+    } = a
+    else {
+        return None;
+    };
+    let map = cx.map;
+    let before = errors.len();
+    let token_url = if token_url.starts_with('/') {
+        reqwest::Url::parse(at.base_url)
+            .ok()
+            .and_then(|b| b.join(token_url).ok())
+    } else {
+        reqwest::Url::parse(token_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+    };
+    if token_url.is_none() {
+        errors.push(map.error(
+            "/auth/token_url",
+            "invalid `token_url`, expected a URL (`https://app.example.com/oauth/token`) or a path under the base URL (`/oauth/token`)",
+        ));
+    }
+    let client_id = cx.compile(templates, client_id, "/auth/client_id", None, errors);
+    let client_secret = match client_secret {
+        Some(t) => cx
+            .compile(templates, t, "/auth/client_secret", None, errors)
+            .map(Some),
+        None => {
+            if *grant == OAuthGrant::ClientCredentials {
+                errors.push(map.error(
+                    "/auth",
+                    format!(
+                        "missing `client_secret`: the client-credentials grant authenticates the app itself; declare it in `secrets:` and add `client_secret: \"{{{{ secrets.client_secret }}}}\"` (set {})",
+                        SecretSource::env_name(at.name, "client_secret")
+                    ),
+                ));
+            } else if *client_auth == Some(ClientAuth::Basic) {
+                errors.push(map.error(
+                    "/auth/client_auth",
+                    "`client_auth: basic` needs a `client_secret` (a public client without one sends its `client_id` in the body)",
+                ));
+            }
+            Some(None)
+        }
+    };
+    for (i, s) in scopes.iter().enumerate() {
+        if s.is_empty()
+            || s.chars()
+                .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+        {
+            errors.push(map.error(
+                &format!("/auth/scopes/{i}"),
+                format!("invalid scope `{s}`: one scope per list item, without spaces or quotes"),
+            ));
+        }
+    }
+    let code_only = |key: &str, given: bool, errors: &mut Vec<LoadError>| {
+        if given && *grant == OAuthGrant::ClientCredentials {
+            errors.push(map.error(
+                &format!("/auth/{key}"),
+                format!("`{key}` is for `grant: authorization_code`; the client-credentials grant has no user to send anywhere"),
+            ));
+        }
+    };
+    code_only("authorize_url", authorize_url.is_some(), errors);
+    code_only("redirect_uri", redirect_uri.is_some(), errors);
+    code_only("refresh_token", refresh_token.is_some(), errors);
+    let authorize_url = match authorize_url {
+        None => {
+            if *grant == OAuthGrant::AuthorizationCode && refresh_token.is_none() {
+                errors.push(map.error(
+                    "/auth",
+                    "`grant: authorization_code` needs `authorize_url` (where `switchboard connect` sends you to grant access) or a `refresh_token`",
+                ));
+            }
+            None
+        }
+        Some(u) => match reqwest::Url::parse(u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Some(url)
+            }
+            _ => {
+                errors.push(map.error(
+                    "/auth/authorize_url",
+                    format!("invalid `authorize_url` `{u}`, expected e.g. https://app.example.com/oauth/authorize"),
+                ));
+                None
+            }
+        },
+    };
+    let redirect = redirect_uri
+        .as_deref()
+        .unwrap_or(oauth::DEFAULT_REDIRECT_URI);
+    let redirect_uri = match reqwest::Url::parse(redirect) {
+        Ok(u)
+            if u.scheme() == "http"
+                && matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))
+                && u.port().is_some() =>
+        {
+            Some(u)
+        }
+        _ => {
+            errors.push(map.error(
+                "/auth/redirect_uri",
+                format!("invalid `redirect_uri` `{redirect}`: `connect` listens on it, so it must be a loopback URL with a port, e.g. http://127.0.0.1:8976/callback"),
+            ));
+            None
+        }
+    };
+    let refresh_seed = match refresh_token {
+        Some(t) => cx
+            .compile(templates, t, "/auth/refresh_token", None, errors)
+            .map(Some),
+        None => Some(None),
+    };
+    let refresh_before = refresh_before
+        .map(|d| d.0)
+        .unwrap_or(oauth::DEFAULT_REFRESH_BEFORE);
+    if errors.len() > before {
+        return None;
+    }
+    Some(oauth::OAuth2::new(oauth::Settings {
+        connector: at.name.to_string(),
+        grant: *grant,
+        token_url: token_url?,
+        client_id: client_id?,
+        client_secret: client_secret?,
+        client_auth: client_auth.unwrap_or(ClientAuth::Basic),
+        scopes: scopes.clone(),
+        audience: audience.clone(),
+        authorize_url,
+        redirect_uri: redirect_uri?,
+        refresh_seed: refresh_seed?,
+        refresh_before,
+        timeout: at.timeout,
+        file: at.file.clone(),
+    }))
 }
 
 /// What actions inherit from their connector.

@@ -5,7 +5,7 @@
 use crate::secret::Secret;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A snapshot of the environment and the secrets file.
 #[derive(Debug, Default, Clone)]
@@ -17,6 +17,9 @@ pub struct SecretSource {
     /// Answer [`PLACEHOLDER`] for a secret that is not set instead of nothing
     /// (`switchboard test`, which sends no request).
     placeholders: bool,
+    /// Where OAuth2 connectors keep their tokens (`<data>/oauth`); `None`:
+    /// in memory only.
+    token_dir: Option<PathBuf>,
 }
 
 /// The value of an unset secret under [`SecretSource::with_placeholders`]:
@@ -100,6 +103,17 @@ impl SecretSource {
     pub fn with_base_url(mut self, connector: &str, url: String) -> Self {
         self.base_urls.insert(connector.to_string(), url);
         self
+    }
+
+    /// Keep OAuth2 tokens in `dir`, one file per connector.
+    pub fn with_token_dir(mut self, dir: PathBuf) -> Self {
+        self.token_dir = Some(dir);
+        self
+    }
+
+    /// The OAuth2 token file of `connector`: `<dir>/<connector>.json`.
+    pub fn token_file(&self, connector: &str) -> Option<PathBuf> {
+        Some(self.token_dir.as_ref()?.join(format!("{connector}.json")))
     }
 
     /// Fill every secret that is not set with [`PLACEHOLDER`], so connectors

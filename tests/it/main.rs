@@ -22,6 +22,7 @@
 //! - `faults`: a store that fails writes under the hub: 503 and nothing half-written.
 //! - `hardening`: hostile senders, hostile event data and careless recipes.
 //! - `fuzz`: property tests (fixed case budget) over the parsers of outside input.
+//! - `oauth`: OAuth2 connectors against a test authorization server: single-flight, expiry, `connect` with PKCE, rotation across kill -9, revocation, bad token endpoints, `check`, redaction.
 //! - `licences`: offline licence and duplicate-version check over `cargo metadata`.
 //! - `time`: calendars, time functions, schedules, durable waits, debounce, cancel_on.
 //! - `support_pack`: the support recipes of recipes/support/ (after-hours reply, business-hours SLA, dispatcher, thanks, Slack `/email`) end to end; the loop warning; Zendesk actions the trimmed spec lacks.
@@ -43,6 +44,7 @@ mod fuzz;
 mod hardening;
 mod ingress;
 mod licences;
+mod oauth;
 mod outbound;
 mod prism;
 mod recipe_tests;

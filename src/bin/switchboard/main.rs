@@ -3,6 +3,7 @@
 //! calls; `runs` and `events` ([`inspect`]) and `state` ([`state`]) call the
 //! library's admin queries and render their typed answers ([`render`]).
 
+mod connect;
 mod demo;
 mod inspect;
 mod render;
@@ -161,6 +162,9 @@ enum Command {
         #[command(subcommand)]
         cmd: demo::DemoCmd,
     },
+    /// Connect an OAuth2 connector once: open the printed URL, grant
+    /// access; the tokens are stored in <data>/oauth/NAME.json (never printed).
+    Connect(connect::ConnectArgs),
     /// What the store holds: counts and bytes on disk.
     Store {
         #[command(subcommand)]
@@ -209,6 +213,7 @@ fn main() -> ExitCode {
             Command::State { cmd } => state::state(cmd).await,
             Command::Demo { cmd } => demo::demo(cmd).await,
             Command::Store { cmd } => store::store(cmd).await,
+            Command::Connect(args) => connect::connect(args).await,
         }
     })
 }
