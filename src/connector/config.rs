@@ -155,7 +155,7 @@ pub enum AuthFile {
 }
 
 /// The OAuth2 grant a connector's tokens come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OAuthGrant {
     ClientCredentials,
@@ -164,7 +164,7 @@ pub enum OAuthGrant {
 }
 
 /// How a client authenticates at the token endpoint (RFC 6749 2.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     Basic,

@@ -775,6 +775,19 @@ fn check_locates_oauth2_problems() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The README's HubSpot example is a valid section.
+    write_crm(
+        "  type: oauth2\n  grant: authorization_code\n  authorize_url: https://app.hubspot.com/oauth/authorize\n  \
+         token_url: /oauth/v3/token\n  client_auth: body\n  client_id: 3f2a-your-app-id\n  \
+         client_secret: \"{{ secrets.client_secret }}\"\n  \
+         scopes: [crm.objects.contacts.read, crm.objects.contacts.write]\n  redirect_uri: http://localhost:8976/callback\n",
+    );
+    let out = cfg
+        .command("check")
+        .env("SWITCHBOARD_SECRET_CRM_CLIENT_SECRET", "x-secret")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
 /// The client secret and every token the server issued never reach the
