@@ -43,6 +43,20 @@ pub fn run(
     v.verify(&req, now).map_err(|e| e.check())
 }
 
+/// `at(age)` verifies a request whose signed timestamp is `age` seconds
+/// old (negative: ahead of the clock): it passes up to `tolerance` either
+/// way, and one second beyond is stale.
+#[track_caller]
+pub fn assert_window(tolerance: i64, at: impl Fn(i64) -> Result<Verified, &'static str>) {
+    for age in [-tolerance - 1, -tolerance, tolerance, tolerance + 1] {
+        let want = match age.abs() <= tolerance {
+            true => Ok(()),
+            false => Err("timestamp_stale"),
+        };
+        assert_eq!(at(age).map(|_| ()), want, "signed {age} s ago");
+    }
+}
+
 pub fn hmac256(key: &[u8], message: &[u8]) -> Vec<u8> {
     mac(Algorithm::Sha256, key, &[message]).expect("hmac accepts any key")
 }
