@@ -118,13 +118,7 @@ mod tests {
     fn plain_hex_sha256_passes() {
         let v = plain(&[SECRET]);
         let ok = run(&v, &[("x-signature", HEX256)], BODY, 0).expect("valid");
-        assert_eq!(
-            ok,
-            Verified {
-                delivery_id: None,
-                timestamp: None
-            }
-        );
+        assert_eq!(ok, Verified::new(None, None));
         assert_eq!(v.delivery_id_header(), None);
     }
 
@@ -133,13 +127,7 @@ mod tests {
         let v = full(&[SECRET]);
         let sig = format!("sha512={B64_512_TS}");
         let ok = check_full(&v, &sig, "1700000000", BODY, NOW).expect("valid");
-        assert_eq!(
-            ok,
-            Verified {
-                delivery_id: Some("d-1".into()),
-                timestamp: Some(NOW)
-            }
-        );
+        assert_eq!(ok, Verified::new(Some("d-1".into()), Some(NOW)));
         assert_eq!(v.delivery_id_header(), Some("X-Delivery"));
     }
 

@@ -19,10 +19,7 @@ pub(super) fn verify(keys: &Keys, req: &Request<'_>) -> Result<Verified, Signatu
         .ok_or_else(|| SignatureError::malformed(HEADER, "expected `sha256=<hex>`"))?;
     let candidate = decode_hex(HEADER, hex, Algorithm::Sha256)?;
     keys.verify(HEADER, Algorithm::Sha256, &[req.body], &[candidate])?;
-    Ok(Verified {
-        delivery_id: optional_header(req, DELIVERY_HEADER),
-        timestamp: None,
-    })
+    Ok(Verified::new(optional_header(req, DELIVERY_HEADER), None))
 }
 
 #[cfg(test)]

@@ -88,10 +88,7 @@ pub(super) fn verify(
         ts_text.as_bytes(),
     ];
     keys.verify(HEADER, Algorithm::Sha256, &message, &[candidate])?;
-    Ok(Verified {
-        delivery_id: None,
-        timestamp: Some(timestamp_ms.div_euclid(1000)),
-    })
+    Ok(Verified::new(None, Some(timestamp_ms.div_euclid(1000))))
 }
 
 #[cfg(test)]
@@ -157,13 +154,7 @@ mod tests {
     #[test]
     fn valid_signature_passes() {
         let ok = signed(&v(&[SECRET]), SIG, "1700000000000", BODY, NOW).expect("valid");
-        assert_eq!(
-            ok,
-            Verified {
-                delivery_id: None,
-                timestamp: Some(NOW)
-            }
-        );
+        assert_eq!(ok, Verified::new(None, Some(NOW)));
         assert_eq!(v(&[SECRET]).delivery_id_header(), None);
         // Already-decoded URL signs the same.
         let pairs = [

@@ -88,6 +88,15 @@ pub struct Verified {
     pub timestamp: Option<i64>,
 }
 
+impl Verified {
+    fn new(delivery_id: Option<String>, timestamp: Option<i64>) -> Verified {
+        Verified {
+            delivery_id,
+            timestamp,
+        }
+    }
+}
+
 /// Which way a stale timestamp is off; part of the error message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skew {

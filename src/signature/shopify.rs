@@ -17,10 +17,7 @@ pub(super) fn verify(keys: &Keys, req: &Request<'_>) -> Result<Verified, Signatu
     let value = signature_header(req, HEADER)?;
     let candidate = decode_base64(HEADER, value, Algorithm::Sha256)?;
     keys.verify(HEADER, Algorithm::Sha256, &[req.body], &[candidate])?;
-    Ok(Verified {
-        delivery_id: optional_header(req, WEBHOOK_ID_HEADER),
-        timestamp: None,
-    })
+    Ok(Verified::new(optional_header(req, WEBHOOK_ID_HEADER), None))
 }
 
 #[cfg(test)]
@@ -53,13 +50,7 @@ mod tests {
     #[test]
     fn valid_signature_passes() {
         let ok = check(&v(&[SECRET]), SIG, BODY).expect("valid");
-        assert_eq!(
-            ok,
-            Verified {
-                delivery_id: Some(ID.into()),
-                timestamp: None
-            }
-        );
+        assert_eq!(ok, Verified::new(Some(ID.into()), None));
         assert_eq!(
             v(&[SECRET]).delivery_id_header(),
             Some("X-Shopify-Webhook-Id")

@@ -29,10 +29,7 @@ pub(super) fn verify(
     let candidate = decode_hex(HEADER, hex, Algorithm::Sha256)?;
     let message: [&[u8]; 4] = [b"v0:", ts_text.as_bytes(), b":", req.body];
     keys.verify(HEADER, Algorithm::Sha256, &message, &[candidate])?;
-    Ok(Verified {
-        delivery_id: None,
-        timestamp: Some(timestamp),
-    })
+    Ok(Verified::new(None, Some(timestamp)))
 }
 
 #[cfg(test)]
@@ -78,13 +75,7 @@ mod tests {
     #[test]
     fn documented_example_passes() {
         let ok = check(&v(&[SECRET]), SIG, "1531420618", BODY, TS).expect("valid");
-        assert_eq!(
-            ok,
-            Verified {
-                delivery_id: None,
-                timestamp: Some(TS)
-            }
-        );
+        assert_eq!(ok, Verified::new(None, Some(TS)));
         assert_eq!(v(&[SECRET]).delivery_id_header(), None);
     }
 

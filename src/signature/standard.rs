@@ -90,10 +90,10 @@ pub(super) fn verify(
 
     let message: [&[u8]; 5] = [id.as_bytes(), b".", ts_text.as_bytes(), b".", req.body];
     keys.verify(sig_name, Algorithm::Sha256, &message, &candidates)?;
-    Ok(Verified {
-        delivery_id: optional_header(req, id_name),
-        timestamp: Some(timestamp),
-    })
+    Ok(Verified::new(
+        optional_header(req, id_name),
+        Some(timestamp),
+    ))
 }
 
 #[cfg(test)]

@@ -60,10 +60,7 @@ pub(super) fn verify(
     }
     let message: [&[u8]; 3] = [t_text.as_bytes(), b".", req.body];
     keys.verify(HEADER, Algorithm::Sha256, &message, &candidates)?;
-    Ok(Verified {
-        delivery_id: None,
-        timestamp: Some(timestamp),
-    })
+    Ok(Verified::new(None, Some(timestamp)))
 }
 
 #[cfg(test)]
@@ -100,13 +97,7 @@ mod tests {
     #[test]
     fn valid_signature_passes() {
         let ok = check(&v(&[SECRET]), &format!("t={TS},v1={SIG}"), BODY, TS).expect("valid");
-        assert_eq!(
-            ok,
-            Verified {
-                delivery_id: None,
-                timestamp: Some(TS)
-            }
-        );
+        assert_eq!(ok, Verified::new(None, Some(TS)));
         assert_eq!(v(&[SECRET]).delivery_id_header(), None);
         // Upper-case hex and spaces after commas are tolerated.
         let loose = format!("t={TS}, v1={}, v0=abc", SIG.to_uppercase());

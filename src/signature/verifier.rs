@@ -121,10 +121,7 @@ impl Verifier {
     pub fn verify(&self, req: &Request<'_>, now: i64) -> Result<Verified, SignatureError> {
         let (keys, tolerance) = (&self.keys, self.tolerance);
         match &self.config {
-            SignatureConfig::None {} => Ok(Verified {
-                delivery_id: None,
-                timestamp: None,
-            }),
+            SignatureConfig::None {} => Ok(Verified::new(None, None)),
             SignatureConfig::StandardWebhooks(_) => standard::verify(keys, tolerance, req, now),
             SignatureConfig::Stripe(_) => stripe::verify(keys, tolerance, req, now),
             SignatureConfig::Github(_) => github::verify(keys, req),
