@@ -23,6 +23,7 @@ pub fn schema() -> Value {
 pub struct ConnectorFile {
     /// Must equal the file name without extension.
     pub name: String,
+    /// What the connector talks to, for people reading it.
     pub description: Option<String>,
     /// Where actions are sent. Overridden by `SWITCHBOARD_BASE_URL_<NAME>` or
     /// `base_urls.<name>` in the secrets file, to point at a sandbox or mock.
@@ -32,6 +33,7 @@ pub struct ConnectorFile {
     /// secrets file. Templates read them as `{{ secrets.NAME }}`.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// How requests authenticate (`type: bearer | basic | header | query`).
     pub auth: Option<AuthFile>,
     /// Default timeout of every action (default 30s).
     pub timeout: Option<HumanDuration>,
@@ -43,8 +45,10 @@ pub struct ConnectorFile {
     pub circuit_breaker: Option<BreakerFile>,
     /// Header carrying the idempotency key (`<run id>:<step id>`); `false` to send none.
     pub idempotency_header: Option<IdempotencyHeader>,
+    /// The calls recipes make: `call: <connector>.<action>`.
     #[serde(default)]
     pub actions: BTreeMap<String, ActionFile>,
+    /// Receiving this app's webhooks at `POST /hooks/<connector>`.
     pub webhook: Option<WebhookFile>,
     /// Where an action with `url:` may send: each entry a URL (scheme, host,
     /// port and a path prefix), e.g. `https://hooks.slack.com/`. A rendered
@@ -175,6 +179,7 @@ pub enum ClientAuth {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionFile {
+    /// What the call does, for people reading it.
     pub description: Option<String>,
     /// The inputs a recipe step passes in `with:`; templates read them as `{{ input.NAME }}`.
     #[serde(default)]
@@ -187,14 +192,17 @@ pub struct ActionFile {
     /// `response_url`): `url: "{{ input.response_url }}"`. Only under the
     /// connector's `allowed_urls`; the base URL is not used.
     pub url: Option<String>,
+    /// Query parameters; values are templates.
     #[serde(default)]
     pub query: BTreeMap<String, String>,
+    /// Request headers; values are templates.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// JSON body; every string in it is a template.
     pub body: Option<Value>,
     /// Form-encoded body (`application/x-www-form-urlencoded`); values are templates.
     pub form: Option<BTreeMap<String, String>>,
+    /// This action's timeout (default: the connector's).
     pub timeout: Option<HumanDuration>,
     /// Overrides the connector's `retry:` fields given here.
     pub retry: Option<RetryFile>,
@@ -234,7 +242,9 @@ pub struct FailWhenFile {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InputFile {
+    /// Must a step give it (default true)?
     pub required: Option<bool>,
+    /// What the input is, for recipe authors.
     pub description: Option<String>,
 }
 
@@ -248,6 +258,7 @@ impl InputFile {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookFile {
+    /// How requests are verified: `{ scheme: github | stripe | slack | zendesk | hmac | token | …, secret: … }`.
     pub signature: SignatureConfig,
     /// Where the event type is: `{ path: "$.type" }`, `{ header: X-GitHub-Event }` or `{ value: form.submitted }`.
     pub event_type: Option<FieldSource>,

@@ -55,6 +55,8 @@ pub struct DryRun {
 /// The dry run's side of the executor: calls answered by mocks, records in memory.
 struct DryHost<'a> {
     mocks: &'a BTreeMap<String, Mock>,
+    /// Calls answered so far by each mock (its key), for `sequence` mocks.
+    used: BTreeMap<String, usize>,
     out: DryRun,
     /// Recipe state of this test, in memory (no store is touched).
     state: &'a mut MemoryState,
@@ -118,44 +120,77 @@ impl Host for DryHost<'_> {
             input: call.input,
         });
         let fail_when = call.step.action.fail_when.as_ref();
-        let next = match self.mocks.get(&name) {
-            // A mocked answer is checked against the action's `fail_when:`
-            // as if it were the response (Slack's `{ok: false}`).
-            Some(Mock::Output(v)) => match fail_when.and_then(|f| f.check(v)) {
-                Some(why) => {
-                    record.status = StepStatus::Failed;
-                    record.http_status = Some(200);
-                    record.output = v.clone();
-                    record.error = Some(CallError::Answer(why).to_string());
-                    Next::End(RunStatus::Failed)
+        // The step's own mock (by its id: the path's last part, `each[1].note`
+        // → `note`), else the action's; a `sequence` gives its next answer.
+        let id = call.path.rsplit('.').next().unwrap_or(call.path);
+        let mocks = self.mocks;
+        let found = [id, name.as_str()]
+            .into_iter()
+            .find_map(|k| mocks.get(k).map(|m| (k.to_string(), m)));
+        let mut exhausted = None;
+        let answer = match found {
+            Some((key, Mock::Sequence(items))) => {
+                let n = self.used.entry(key.clone()).or_insert(0);
+                *n += 1;
+                let got = items.get(*n - 1);
+                if got.is_none() {
+                    exhausted = Some(format!(
+                        "mock `{key}` has {} answer(s) in its `sequence`, and this is call {} of it",
+                        items.len(),
+                        n
+                    ));
                 }
-                None => {
-                    record.output = v.clone();
-                    Next::Continue
-                }
-            },
-            Some(Mock::Error { status, body }) => {
-                let e = CallError::Status { status: *status };
-                let mut msg = e.to_string();
-                if !body.is_empty() {
-                    msg.push_str(&format!(": {body}"));
-                }
-                if e.retryable() {
-                    msg.push_str(
+                got
+            }
+            Some((_, m)) => Some(m),
+            None => None,
+        };
+        let next = match (answer, exhausted) {
+            (None, Some(why)) => {
+                record.status = StepStatus::Failed;
+                record.error = Some(why);
+                Next::End(RunStatus::Failed)
+            }
+            (answer, _) => match answer {
+                // A mocked answer is checked against the action's `fail_when:`
+                // as if it were the response (Slack's `{ok: false}`).
+                Some(Mock::Output(v)) => match fail_when.and_then(|f| f.check(v)) {
+                    Some(why) => {
+                        record.status = StepStatus::Failed;
+                        record.http_status = Some(200);
+                        record.output = v.clone();
+                        record.error = Some(CallError::Answer(why).to_string());
+                        Next::End(RunStatus::Failed)
+                    }
+                    None => {
+                        record.output = v.clone();
+                        Next::Continue
+                    }
+                },
+                Some(Mock::Error { status, body }) => {
+                    let e = CallError::Status { status: *status };
+                    let mut msg = e.to_string();
+                    if !body.is_empty() {
+                        msg.push_str(&format!(": {body}"));
+                    }
+                    if e.retryable() {
+                        msg.push_str(
                         " (the hub would retry this call and make the run dead if it kept failing)",
                     );
+                    }
+                    record.status = StepStatus::Failed;
+                    record.http_status = Some(*status);
+                    record.error = Some(msg);
+                    Next::End(RunStatus::Failed)
                 }
-                record.status = StepStatus::Failed;
-                record.http_status = Some(*status);
-                record.error = Some(msg);
-                Next::End(RunStatus::Failed)
-            }
-            None => {
-                self.out.unmocked = Some(self.out.calls.len() - 1);
-                record.status = StepStatus::Failed;
-                record.error = Some(format!("`{name}` has no mock"));
-                Next::End(RunStatus::Failed)
-            }
+                // A sequence holds no sequence (compile refuses it).
+                Some(Mock::Sequence(_)) | None => {
+                    self.out.unmocked = Some(self.out.calls.len() - 1);
+                    record.status = StepStatus::Failed;
+                    record.error = Some(format!("`{name}` has no mock"));
+                    Next::End(RunStatus::Failed)
+                }
+            },
         };
         std::future::ready((record, next))
     }
@@ -200,6 +235,7 @@ pub fn run(
         parked: None,
         events: BTreeMap::new(),
         mocks,
+        used: BTreeMap::new(),
         out: DryRun {
             status: TestStatus::Skipped,
             calls: Vec::new(),
@@ -739,6 +775,72 @@ tests:
         );
     }
 
+    const EACH_THEN_NOTE: &str = r#"
+name: r
+on: { connector: zendesk, event: ticket.created }
+steps:
+  - id: each
+    for_each: "{{ event.ticket.related }}"
+    steps:
+      - id: tag
+        call: zendesk.add_tags
+        with: { ticket_id: "{{ item }}", tags: [a] }
+  - id: again
+    call: zendesk.add_tags
+    with: { ticket_id: "{{ event.ticket.id }}", tags: ["{{ steps.each[1].tags[0] }}"] }
+"#;
+
+    #[test]
+    fn a_step_mock_wins_over_the_action_mock_and_a_sequence_answers_in_order() {
+        let diffs = check(&format!(
+            "{EACH_THEN_NOTE}{}",
+            r#"
+tests:
+  - name: per step, in order
+    event: { type: ticket.created, ticket: { id: 7, related: [1, 2] } }
+    mock:
+      tag: { sequence: [ { tags: [first] }, { tags: [second] } ] }
+      zendesk.add_tags: { tags: [action] }
+    expect_calls: [zendesk.add_tags, zendesk.add_tags, zendesk.add_tags]
+    expect_inputs:
+      again: { tags: [second] }
+"#
+        ));
+        assert_eq!(diffs, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_sequence_can_fail_a_call_and_runs_out_loudly() {
+        let diffs = check(&format!(
+            "{EACH_THEN_NOTE}{}",
+            r#"
+tests:
+  - name: the second call fails
+    event: { type: ticket.created, ticket: { id: 7, related: [1, 2] } }
+    mock:
+      tag: { sequence: [ { tags: [x] }, { error: { status: 404, body: gone } } ] }
+    expect_calls: [zendesk.add_tags, zendesk.add_tags]
+    expect_status: failed
+"#
+        ));
+        assert_eq!(diffs, Vec::<String>::new());
+        let diffs = check(&format!(
+            "{EACH_THEN_NOTE}{}",
+            r#"
+tests:
+  - name: one answer for three calls
+    event: { type: ticket.created, ticket: { id: 7, related: [1, 2] } }
+    mock:
+      zendesk.add_tags: { sequence: [ { tags: [x] } ] }
+    expect_calls: [zendesk.add_tags, zendesk.add_tags]
+"#
+        ));
+        assert_eq!(
+            diffs,
+            ["status: expected succeeded, got failed: step `each[1].tag` (zendesk.add_tags) failed: mock `zendesk.add_tags` has 1 answer(s) in its `sequence`, and this is call 2 of it"]
+        );
+    }
+
     #[test]
     fn a_missing_mock_is_reported_once() {
         let diffs = check(&format!(
@@ -927,6 +1029,7 @@ steps:
             state: &mut state,
             now: 0,
             mocks: &m,
+            used: BTreeMap::new(),
             parked: None,
             events: BTreeMap::new(),
             out: DryRun {

@@ -22,6 +22,7 @@ pub fn schema() -> Value {
 pub struct RecipeFile {
     /// Unique among recipes; shown in runs.
     pub name: String,
+    /// What the recipe is for, for people reading it.
     pub description: Option<String>,
     /// The trigger: a connector's webhook event type.
     pub on: Trigger,
@@ -224,11 +225,16 @@ pub struct WaitForFile {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelOnFile {
+    /// Event type that cancels.
     pub event: String,
+    /// Connector whose webhook sends it (default: the recipe's trigger connector).
     pub connector: Option<String>,
+    /// Template over this run's context: the correlation value (a ticket id).
     pub key: String,
+    /// Template over the incoming event giving its correlation value; default: `key`'s template.
     #[serde(rename = "match")]
     pub matcher: Option<String>,
+    /// Conditions over the incoming event (`{event, vars, run}`).
     #[serde(rename = "if")]
     pub condition: Option<Value>,
 }
@@ -288,6 +294,7 @@ pub struct StopFile {
 pub struct CaseFile {
     /// Conditions, as in `if:`.
     pub when: Option<Value>,
+    /// The steps run when `when` holds.
     pub steps: Option<Vec<StepFile>>,
     /// The steps run when no case holds.
     #[serde(rename = "else")]
@@ -342,10 +349,15 @@ pub struct TestFile {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateSeedFile {
+    /// The state key (as a `state:` step would render it).
     pub key: String,
+    /// Default: the recipe's name.
     pub namespace: Option<String>,
+    /// A value (with neither `count` nor `window`).
     pub value: Option<Value>,
+    /// A window counter holding this many events at the test's clock (with `window`).
     pub count: Option<i64>,
+    /// The counter's window (`24h`).
     pub window: Option<HumanDuration>,
 }
 
@@ -462,5 +474,10 @@ pub struct AssignFile {
 #[serde(untagged)]
 pub enum LoadFile {
     Template(String),
-    State { key: String, add: Option<i64> },
+    State {
+        /// State key of an agent's load (template over `agent`).
+        key: String,
+        /// What the assignment adds to the picked agent's load (default 1).
+        add: Option<i64>,
+    },
 }

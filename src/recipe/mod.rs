@@ -102,7 +102,7 @@ pub struct RecipeTest {
     /// The event type ingress would read for this event (`None`: it would
     /// read none, so no recipe runs).
     pub event_type: Option<String>,
-    /// `connector.action` → what the call answers.
+    /// `connector.action`, or a step id (which wins), → what the call answers.
     pub mocks: BTreeMap<String, Mock>,
     pub expect_calls: Vec<String>,
     /// Step id → input name → the exact rendered value.
@@ -147,6 +147,9 @@ pub enum Mock {
     Output(Value),
     /// The call fails with this HTTP status; `body` is the answer's text.
     Error { status: u16, body: String },
+    /// `{ sequence: [a, b, …] }`: the first call gets `a`, the second `b`, …;
+    /// a call after the last answer fails (each item an output or an error).
+    Sequence(Vec<Mock>),
 }
 
 /// Load every recipe in `dir`, checking it against `connectors`.

@@ -88,16 +88,61 @@ pub(super) fn compile_tests(
         let event_type = test_event_type(file, t, &event, &ptr, map, connectors, errors);
 
         let mut mocks = BTreeMap::new();
-        for (call, v) in &t.mock {
-            let p = format!("{ptr}/mock/{}", escape(call));
-            if let Err(msg) = resolve(call, connectors) {
-                errors.push(map.error_at_key(&p, msg));
-            }
+        for (key, v) in &t.mock {
+            let p = format!("{ptr}/mock/{}", escape(key));
+            // `connector.action`, or the id of a step that calls one.
+            let call = if key.contains('.') {
+                Some(key.clone())
+            } else {
+                match steps.iter().find(|(id, _)| id == key) {
+                    Some((_, s)) => match (&s.call, scenario(s)) {
+                        (Some(c), _) => Some(c.clone()),
+                        (None, Some(sc)) => Some(sc.call.clone()),
+                        (None, None) => {
+                            errors.push(map.error_at_key(
+                                &p,
+                                format!("step `{key}` calls nothing, so it has nothing to mock: a mock is for a `connector.action` or the id of a step that calls one"),
+                            ));
+                            None
+                        }
+                    },
+                    None => {
+                        let callers = steps
+                            .iter()
+                            .filter(|(_, s)| s.call.is_some() || scenario(s).is_some())
+                            .map(|(id, _)| id);
+                        let near =
+                            crate::yaml::did_you_mean(key, steps.iter().map(|(id, _)| id.as_str()))
+                                .map(|m| format!("; did you mean `{m}`?"))
+                                .unwrap_or_default();
+                        errors.push(map.error_at_key(
+                            &p,
+                            format!(
+                                "unknown mock `{key}`: expected a `connector.action` or the id of a step that calls one: {}{near}",
+                                list(callers)
+                            ),
+                        ));
+                        None
+                    }
+                }
+            };
+            let action = match call.as_deref().map(|c| resolve(c, connectors)) {
+                Some(Ok((_, a))) => Some(a),
+                Some(Err(msg)) => {
+                    errors.push(map.error_at_key(&p, msg));
+                    None
+                }
+                None => None,
+            };
             match compile_mock(v) {
                 Ok(m) => {
-                    mocks.insert(call.clone(), m);
+                    if let Some(a) = &action {
+                        let name = call.as_deref().unwrap_or_default();
+                        check_shape(&m, &p, name, a, map, errors);
+                    }
+                    mocks.insert(key.clone(), m);
                 }
-                Err((sub, msg)) => errors.push(map.error(&format!("{p}/error{sub}"), msg)),
+                Err((sub, msg)) => errors.push(map.error(&format!("{p}{sub}"), msg)),
             }
         }
         for (j, call) in t.expect_calls.iter().enumerate() {
@@ -285,9 +330,94 @@ fn compile_story(
     out
 }
 
-/// A mock's value: `{ error: { status, body } }` is a failed call, anything
-/// else the step's output. An error's pointer is relative to `error`.
-fn compile_mock(v: &Value) -> Result<Mock, (&'static str, String)> {
+/// Each output a mock answers must be a mapping of the action's `output:`
+/// fields (some may be left out: "not found"), when the action declares
+/// them; an action without `output:` answers its whole response.
+fn check_shape(
+    m: &Mock,
+    ptr: &str,
+    call: &str,
+    action: &crate::connector::Action,
+    map: &SourceMap,
+    errors: &mut Vec<LoadError>,
+) {
+    if action.output.is_empty() {
+        return;
+    }
+    let fields: Vec<&str> = action.output.iter().map(|(k, _)| k.as_str()).collect();
+    // A mocked answer is also the body `fail_when:` reads (Slack's
+    // `{ ok: false, error: channel_not_found }`): its fields are allowed too.
+    let read_by_fail_when: Vec<&str> = action
+        .fail_when
+        .iter()
+        .flat_map(|f| std::iter::once(&f.path).chain(&f.reason))
+        .filter_map(|p| {
+            let rest = p.as_str().strip_prefix("$.")?;
+            Some(rest.split(['.', '[']).next().unwrap_or(rest))
+        })
+        .collect();
+    let expected = fields
+        .iter()
+        .map(|f| format!("`{f}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match m {
+        Mock::Error { .. } => {}
+        Mock::Sequence(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_shape(item, &format!("{ptr}/sequence/{i}"), call, action, map, errors);
+            }
+        }
+        Mock::Output(Value::Object(o)) => {
+            let known = |k: &&String| {
+                fields.contains(&k.as_str()) || read_by_fail_when.contains(&k.as_str())
+            };
+            for k in o.keys().filter(|k| !known(k)) {
+                let near = crate::yaml::did_you_mean(k, fields.iter().copied())
+                    .map(|m| format!("; did you mean `{m}`?"))
+                    .unwrap_or_default();
+                errors.push(map.error_at_key(
+                    &format!("{ptr}/{}", escape(k)),
+                    format!("`{call}` has no output `{k}`, expected one of its action's `output:` fields: {expected}{near}"),
+                ));
+            }
+        }
+        Mock::Output(_) => errors.push(map.error(
+            ptr,
+            format!("the output of `{call}` is a mapping of its action's `output:` fields ({expected}), not a single value"),
+        )),
+    }
+}
+
+/// A mock's value: `{ sequence: [...] }` answers each call with the next
+/// item, `{ error: { status, body } }` is a failed call, anything else the
+/// step's output. The pointer of an error is relative to the value.
+fn compile_mock(v: &Value) -> Result<Mock, (String, String)> {
+    let only = |key: &str| match v.as_object() {
+        Some(o) if o.len() == 1 => o.get(key),
+        _ => None,
+    };
+    if let Some(seq) = only("sequence") {
+        let Some(items) = seq.as_array().filter(|a| !a.is_empty()) else {
+            return Err((
+                "/sequence".into(),
+                "a `sequence` is a list of answers, one per call, in order".into(),
+            ));
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match compile_answer(item) {
+                Ok(m) => out.push(m),
+                Err((sub, msg)) => return Err((format!("/sequence/{i}{sub}"), msg)),
+            }
+        }
+        return Ok(Mock::Sequence(out));
+    }
+    compile_answer(v)
+}
+
+/// One answer: `{ error: { status, body } }` or an output.
+fn compile_answer(v: &Value) -> Result<Mock, (String, String)> {
     let error = match v.as_object() {
         Some(o) if o.len() == 1 => o.get("error").filter(|e| e.is_object()),
         _ => None,
@@ -296,10 +426,10 @@ fn compile_mock(v: &Value) -> Result<Mock, (&'static str, String)> {
         return Ok(Mock::Output(v.clone()));
     };
     let e: MockErrorFile =
-        serde_json::from_value(error.clone()).map_err(|e| ("", e.to_string()))?;
+        serde_json::from_value(error.clone()).map_err(|e| ("/error".into(), e.to_string()))?;
     if !(400..=599).contains(&e.status) {
         return Err((
-            "/status",
+            "/error/status".into(),
             format!(
                 "mocked error status {} is not an HTTP error, expected 400-599",
                 e.status
@@ -424,8 +554,25 @@ mod tests {
             compile_mock(&json!({"error": {"status": 302}}))
                 .unwrap_err()
                 .0,
-            "/status"
+            "/error/status"
         );
+        assert_eq!(
+            compile_mock(&json!({"sequence": [{"id": 1}, {"error": {"status": 503}}]})),
+            Ok(Mock::Sequence(vec![
+                Mock::Output(json!({"id": 1})),
+                Mock::Error {
+                    status: 503,
+                    body: String::new()
+                }
+            ]))
+        );
+        assert_eq!(
+            compile_mock(&json!({"sequence": [{}, {"error": {"status": 1}}]}))
+                .unwrap_err()
+                .0,
+            "/sequence/1/error/status"
+        );
+        assert!(compile_mock(&json!({"sequence": []})).is_err());
         assert!(compile_mock(&json!({"error": {"code": 500}})).is_err());
     }
 }

@@ -228,6 +228,30 @@ fn check_reports_a_step_output_the_action_does_not_produce() {
 }
 
 #[test]
+fn check_reports_mocks_that_do_not_fit_the_recipe() {
+    let fields = "`email`, `firstname`, `found`, `id`, `lastname`, `lead_status`, `lifecycle`, `owner_id`, `plan`, `revenue`";
+    check_fails(
+        &recipe(&format!(
+            "{CONTACT}  - id: totals\n    set: {{ n: 1 }}\ntests:\n  - name: t\n    event: {{ type: ticket.created, ticket: {{ id: 1, requester: {{ email: a@b.c }} }} }}\n    mock:\n      contct: {{ id: \"1\" }}\n      totals: {{ n: 1 }}\n      contact: {{ sequence: [ {{ plann: pro }}, 7 ] }}\n    expect_calls: [hubspot.search_contact_by_email]\n"
+        )),
+        &[
+            (16, 7, "unknown mock `contct`: expected a `connector.action` or the id of a step that calls one: `contact`; did you mean `contact`?"),
+            (17, 7, "step `totals` calls nothing, so it has nothing to mock: a mock is for a `connector.action` or the id of a step that calls one"),
+            (
+                18,
+                32,
+                &format!("`hubspot.search_contact_by_email` has no output `plann`, expected one of its action's `output:` fields: {fields}; did you mean `plan`?"),
+            ),
+            (
+                18,
+                46,
+                &format!("the output of `hubspot.search_contact_by_email` is a mapping of its action's `output:` fields ({fields}), not a single value"),
+            ),
+        ],
+    );
+}
+
+#[test]
 fn check_says_jsonpath_root_for_a_wrong_root() {
     check_fails(
         &format!("{HEAD}if:\n  - \"$.evnt.ticket.id\": {{ exists: true }}\n{ONE_STEP}"),

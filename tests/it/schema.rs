@@ -130,3 +130,28 @@ fn the_schemas_refuse_what_the_loader_refuses() {
         assert!(connector.check(f, &bad).is_err(), "{bad}");
     }
 }
+
+/// README's "File reference" is what `switchboard docs` prints (generated
+/// from the types' doc comments). `SWITCHBOARD_UPDATE_DOCS=1 cargo test
+/// --test it schema::` rewrites it.
+#[test]
+fn the_readme_file_reference_is_generated_from_the_types() {
+    let out = command(&["docs"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let generated = stdout(&out);
+    assert!(generated.contains("#### `StepFile`") && generated.contains("#### `ActionFile`"));
+    let path = repo().join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let (start, end) = ("<!-- reference:start -->\n", "<!-- reference:end -->");
+    let from = readme.find(start).expect("README has the start marker") + start.len();
+    let to = readme.find(end).expect("README has the end marker");
+    if std::env::var_os("SWITCHBOARD_UPDATE_DOCS").is_some() {
+        let text = format!("{}{generated}{}", &readme[..from], &readme[to..]);
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    assert!(
+        readme[from..to] == generated,
+        "README.md's File reference differs from `switchboard docs`: run SWITCHBOARD_UPDATE_DOCS=1 cargo test --test it schema::"
+    );
+}

@@ -5,6 +5,7 @@
 
 mod connect;
 mod demo;
+mod docs;
 mod inspect;
 mod render;
 mod state;
@@ -141,6 +142,9 @@ enum Command {
         #[arg(value_enum)]
         kind: SchemaKind,
     },
+    /// Print the field reference of the file formats (Markdown), generated
+    /// from the same types and doc comments as `schema`: README's "File reference".
+    Docs,
     /// Inspect and retry runs.
     Runs {
         #[command(subcommand)]
@@ -208,6 +212,10 @@ fn main() -> ExitCode {
             Command::Check { dirs, no_secrets } => check(dirs, no_secrets),
             Command::Test(args) => test(args),
             Command::Schema { kind } => schema(kind),
+            Command::Docs => {
+                print!("{}", docs::reference());
+                ExitCode::SUCCESS
+            }
             Command::Runs { cmd } => inspect::runs(cmd).await,
             Command::Events { cmd } => inspect::events(cmd).await,
             Command::State { cmd } => state::state(cmd).await,
