@@ -53,6 +53,8 @@ struct AuthState {
     expire_after: Option<u32>,
     /// The API refuses every token (a grant without the scope it needs).
     reject_all: bool,
+    /// The user clicks "deny" on the consent screen.
+    deny: bool,
     /// Token endpoint latency (so concurrent callers overlap).
     latency: Duration,
     /// `expires_in` of issued tokens.
@@ -82,6 +84,7 @@ impl AuthServer {
             api_tokens_seen: HashSet::new(),
             expire_after: None,
             reject_all: false,
+            deny: false,
             latency: Duration::ZERO,
             expires_in: 3600,
             n: 0,
@@ -261,6 +264,13 @@ async fn authorize(
     if !ok || !redirect.starts_with("http://127.0.0.1:") {
         return (StatusCode::BAD_REQUEST, "bad authorization request").into_response();
     }
+    let state_param = q.get("state").cloned().unwrap_or_default();
+    if state.lock().unwrap().deny {
+        let location = format!(
+            "{redirect}?error=access_denied&error_description=The+user+denied+access&state={state_param}"
+        );
+        return (StatusCode::FOUND, [("location", location)]).into_response();
+    }
     let code = format!("code-{}", rand::random::<u64>());
     state.lock().unwrap().codes.insert(
         code.clone(),
@@ -269,7 +279,6 @@ async fn authorize(
             redirect.clone(),
         ),
     );
-    let state_param = q.get("state").cloned().unwrap_or_default();
     let location = format!("{redirect}?code={code}&state={state_param}");
     (StatusCode::FOUND, [("location", location)]).into_response()
 }
@@ -485,7 +494,8 @@ async fn connect(
     assert_eq!(approved.status(), 302);
     let back = approved.headers()["location"].to_str().unwrap().to_string();
     let page = browser.get(&back).send().await.unwrap();
-    assert_eq!(page.status(), 200);
+    let expected = if server.with(|s| s.deny) { 400 } else { 200 };
+    assert_eq!(page.status(), expected);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -857,4 +867,24 @@ async fn no_token_or_client_secret_reaches_logs_store_or_api() {
             assert!(!found, "{name} holds `{s}`");
         }
     }
+}
+
+/// A user who denies access on the consent screen: `connect` says so,
+/// exits 1 and stores nothing; nothing is asked of the token endpoint.
+#[tokio::test]
+async fn connect_refused_by_the_user_stores_nothing() {
+    let server = AuthServer::start().await;
+    server.with(|s| s.deny = true);
+    let cfg = config(&server, &AUTHORIZATION_CODE.replace("URL", &server.url));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = connect(&cfg, &data, &server).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("the app refused the authorization (access_denied: The user denied access); not connected"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!data.join("oauth/crm.json").exists());
+    assert_eq!(server.requests("authorization_code"), 0);
 }
