@@ -119,6 +119,7 @@ impl Templates {
         let calendars = Arc::new(OnceLock::new());
         register_time(&mut env, &calendars);
         env.add_function(OPT, opt);
+        env.add_filter("detect_language", language::detect_language);
         Templates {
             env,
             next: 0,
@@ -1161,6 +1162,178 @@ mod limits {
     }
 }
 
+/// `detect_language`: offline language identification (whatlang's trigram
+/// profiles, compiled into the binary), so a recipe asks a translation API
+/// only for text that needs it. Pure: no I/O, bounded input.
+mod language {
+    use minijinja::value::{Kwargs, Value};
+    use minijinja::{Error, ErrorKind};
+    use whatlang::Lang;
+
+    /// Only the first characters are looked at: enough for a reliable guess,
+    /// and the cost of a call stays bounded whatever the ticket's length.
+    pub const MAX_CHARS: usize = 4096;
+
+    /// The ISO 639-1 code of each language whatlang knows (its own codes are ISO 639-3).
+    fn iso639_1(lang: Lang) -> &'static str {
+        match lang {
+            Lang::Epo => "eo",
+            Lang::Eng => "en",
+            Lang::Rus => "ru",
+            Lang::Cmn => "zh",
+            Lang::Spa => "es",
+            Lang::Por => "pt",
+            Lang::Ita => "it",
+            Lang::Ben => "bn",
+            Lang::Fra => "fr",
+            Lang::Deu => "de",
+            Lang::Ukr => "uk",
+            Lang::Kat => "ka",
+            Lang::Ara => "ar",
+            Lang::Hin => "hi",
+            Lang::Jpn => "ja",
+            Lang::Heb => "he",
+            Lang::Yid => "yi",
+            Lang::Pol => "pl",
+            Lang::Amh => "am",
+            Lang::Jav => "jv",
+            Lang::Kor => "ko",
+            Lang::Nob => "nb",
+            Lang::Dan => "da",
+            Lang::Swe => "sv",
+            Lang::Fin => "fi",
+            Lang::Tur => "tr",
+            Lang::Nld => "nl",
+            Lang::Hun => "hu",
+            Lang::Ces => "cs",
+            Lang::Ell => "el",
+            Lang::Bul => "bg",
+            Lang::Bel => "be",
+            Lang::Mar => "mr",
+            Lang::Kan => "kn",
+            Lang::Ron => "ro",
+            Lang::Slv => "sl",
+            Lang::Hrv => "hr",
+            Lang::Srp => "sr",
+            Lang::Mkd => "mk",
+            Lang::Lit => "lt",
+            Lang::Lav => "lv",
+            Lang::Est => "et",
+            Lang::Tam => "ta",
+            Lang::Vie => "vi",
+            Lang::Urd => "ur",
+            Lang::Tha => "th",
+            Lang::Guj => "gu",
+            Lang::Uzb => "uz",
+            Lang::Pan => "pa",
+            Lang::Aze => "az",
+            Lang::Ind => "id",
+            Lang::Tel => "te",
+            Lang::Pes => "fa",
+            Lang::Mal => "ml",
+            Lang::Ori => "or",
+            Lang::Mya => "my",
+            Lang::Nep => "ne",
+            Lang::Sin => "si",
+            Lang::Khm => "km",
+            Lang::Tuk => "tk",
+            Lang::Aka => "ak",
+            Lang::Zul => "zu",
+            Lang::Sna => "sn",
+            Lang::Afr => "af",
+            Lang::Lat => "la",
+            Lang::Slk => "sk",
+            Lang::Cat => "ca",
+            Lang::Tgl => "tl",
+            Lang::Hye => "hy",
+            Lang::Cym => "cy",
+        }
+    }
+
+    /// A language by its ISO 639-1 or 639-3 code, any case, a region or
+    /// script suffix ignored (`de`, `deu`, `de-AT`, `pt_BR`, `zh-Hant`).
+    pub fn by_code(code: &str) -> Option<Lang> {
+        let base = code
+            .split(['-', '_'])
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        Lang::all()
+            .iter()
+            .copied()
+            .find(|l| iso639_1(*l) == base || l.code() == base)
+    }
+
+    /// `{{ text | detect_language }}` → `{code, iso639_3, name, confidence,
+    /// reliable}`; `code` is ISO 639-1 (`de`), `confidence` 0 to 1,
+    /// `reliable` whatlang's own verdict (confidence above 0.9). Text with
+    /// no letters to go by gives `code: "und"` (undetermined), confidence 0.
+    /// `only=['en', 'de', 'fr']` restricts the guess to those languages
+    /// (ISO 639-1 or 639-3 codes); an unknown code is an error naming it.
+    pub fn detect_language(text: &Value, kwargs: Kwargs) -> Result<Value, Error> {
+        let only: Option<Vec<String>> = kwargs.get("only")?;
+        kwargs.assert_all_used()?;
+        let detector = match only {
+            None => whatlang::Detector::new(),
+            Some(codes) => {
+                let mut langs = Vec::new();
+                for code in &codes {
+                    langs.push(by_code(code).ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::InvalidOperation,
+                            format!(
+                                "detect_language: unknown language code `{code}` in `only` (ISO 639-1 or 639-3 codes of the {} languages detected, e.g. en, de, fr, pt, zh)",
+                                Lang::all().len()
+                            ),
+                        )
+                    })?);
+                }
+                whatlang::Detector::with_allowlist(langs)
+            }
+        };
+        let text = match text.as_str() {
+            Some(s) => s.to_string(),
+            None if text.is_undefined() || text.is_none() => String::new(),
+            None => text.to_string(),
+        };
+        let head: String = text.chars().take(MAX_CHARS).collect();
+        let out = match detector.detect(&head) {
+            Some(info) => serde_json::json!({
+                "code": iso639_1(info.lang()),
+                "iso639_3": info.lang().code(),
+                "name": info.lang().eng_name(),
+                // Two decimals: enough to compare with a threshold, stable to print.
+                "confidence": (info.confidence() * 100.0).round() / 100.0,
+                "reliable": info.is_reliable(),
+            }),
+            None => serde_json::json!({
+                "code": "und", "iso639_3": "und", "name": "Undetermined",
+                "confidence": 0.0, "reliable": false,
+            }),
+        };
+        Ok(Value::from_serialize(&out))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn every_language_has_a_two_letter_code_found_again_by_it() {
+            for &l in Lang::all() {
+                let code = iso639_1(l);
+                assert_eq!(code.len(), 2, "{l:?}");
+                assert_eq!(by_code(code), Some(l), "{code}");
+                assert_eq!(by_code(l.code()), Some(l), "{}", l.code());
+            }
+            assert_eq!(by_code("de-AT"), Some(Lang::Deu));
+            assert_eq!(by_code("pt_BR"), Some(Lang::Por));
+            assert_eq!(by_code("xx-Klingon"), None);
+            assert_eq!(by_code(""), None);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1505,5 +1678,50 @@ mod tests {
             .unwrap();
         let out = t.render_value(&v, &json!({"n": 5})).unwrap();
         assert_eq!(out, json!({"a": [5, 1, true], "b": {"c": "n=5"}}));
+    }
+
+    #[test]
+    fn detect_language_names_the_language_and_its_confidence() {
+        let ctx = json!({
+            "de": "Ich kann mich seit gestern nicht mehr anmelden, das Passwort wird nicht akzeptiert.",
+            "en": "I cannot log in since yesterday, my password is not accepted.",
+            "ja": "昨日からログインできません。パスワードが受け付けられません。",
+            "digits": "12345 !!",
+        });
+        let de = render("{{ de | detect_language }}", ctx.clone()).unwrap();
+        assert_eq!(
+            (&de["code"], &de["iso639_3"], &de["name"]),
+            (&json!("de"), &json!("deu"), &json!("German"))
+        );
+        assert!(de["confidence"].as_f64().unwrap() > 0.5, "{de}");
+        assert_eq!(
+            render("{{ (en | detect_language).code }}", ctx.clone()).unwrap(),
+            json!("en")
+        );
+        assert_eq!(
+            render("{{ (ja | detect_language).code }}", ctx.clone()).unwrap(),
+            json!("ja")
+        );
+        // Nothing to go by: undetermined, confidence 0; a missing value too.
+        let und = render("{{ digits | detect_language }}", ctx.clone()).unwrap();
+        assert_eq!(
+            und,
+            json!({"code": "und", "iso639_3": "und", "name": "Undetermined", "confidence": 0.0, "reliable": false})
+        );
+        assert_eq!(
+            render("{{ (nothing | detect_language).code }}", ctx.clone()).unwrap(),
+            json!("und")
+        );
+        // `only`: the guess among the listed languages, by 639-1 or 639-3 code.
+        assert_eq!(
+            render(
+                "{{ (de | detect_language(only=['en', 'deu'])).code }}",
+                ctx.clone()
+            )
+            .unwrap(),
+            json!("de")
+        );
+        let e = render("{{ de | detect_language(only=['en', 'xx']) }}", ctx).unwrap_err();
+        assert!(e.0.contains("unknown language code `xx`"), "{e}");
     }
 }

@@ -275,6 +275,10 @@ pub struct WebhookFile {
     /// then read from the result.
     #[serde(default)]
     pub normalize: Vec<NormalizeFile>,
+    /// Template over `event`: the object an event is about
+    /// (`"{{ event.ticket.id }}"`), the default key of recipes' loop breakers.
+    #[serde(default)]
+    pub object_key: Option<String>,
 }
 
 /// One `webhook.normalize:` entry.

@@ -182,6 +182,9 @@ pub struct Webhook {
     pub dedupe_window: Option<Duration>,
     /// `normalize:`: other body shapes, read into the one recipes use.
     pub normalize: Vec<Normalize>,
+    /// `object_key:` (template source over `event`): the default key of a
+    /// recipe's loop breaker; compiled by the recipe, in its own context.
+    pub object_key: Option<String>,
 }
 
 /// One compiled `webhook.normalize:` entry.
@@ -617,12 +620,30 @@ fn compile(
                 normalize.push(Normalize { path, test, body });
             }
         }
+        // Compiled again by each recipe whose loop breaker uses it; checked
+        // here so a mistake points at the connector file.
+        if let Some(key) = &w.object_key {
+            match templates.compile(key) {
+                Ok(t) => {
+                    for var in templates.variables(&t) {
+                        if var != "event" && !var.starts_with("event.") {
+                            errors.push(map.error(
+                                "/webhook/object_key",
+                                format!("unknown template variable `{var}`: `object_key` reads `event` (the event as recipes see it)"),
+                            ));
+                        }
+                    }
+                }
+                Err(e) => errors.push(map.error("/webhook/object_key", format!("template error: {e}"))),
+            }
+        }
         Some(Webhook {
             verifier: verifier?,
             event_type,
             event_id,
             dedupe_window: w.dedupe_window.map(|d| d.0),
             normalize,
+            object_key: w.object_key.clone(),
         })
     });
 

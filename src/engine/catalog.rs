@@ -259,18 +259,24 @@ fn loop_warnings(recipes: &[Recipe], warnings: &mut Vec<LoadError>) {
             }
         }
     }
+    use crate::recipe::{LoopBreaker, LOOP_BREAKER_MAX, LOOP_BREAKER_WITHIN};
     for r in recipes
         .iter()
-        .filter(|r| r.condition.is_always() && !r.loop_breaker)
+        .filter(|r| r.condition.is_always() && r.loop_breaker != LoopBreaker::Declared)
     {
         let mut unguarded = Vec::new();
         walk(r, &r.steps, &mut unguarded);
+        let breaker = match r.loop_breaker {
+            LoopBreaker::Default => format!("; the default loop breaker pauses it for an object after {LOOP_BREAKER_MAX} runs within {LOOP_BREAKER_WITHIN}"),
+            LoopBreaker::Off => "; its loop breaker is off".to_string(),
+            _ => format!("; no loop breaker: connector `{}` declares no `webhook.object_key`, so add `loop_breaker: {{ key: … }}`", r.connector),
+        };
         for id in unguarded {
             warnings.push(LoadError {
                 file: r.file.clone(),
                 pos: crate::yaml::Pos { line: 1, column: 1 },
                 message: format!(
-                    "warning: recipe `{}` runs on `{}` `{}` and its step `{id}` causes that event again, with no `if:` on the recipe or the step to tell its own update apart: it may loop (add a guard, e.g. skip when the update is already done)",
+                    "warning: recipe `{}` runs on `{}` `{}` and its step `{id}` causes that event again, with no `if:` on the recipe or the step to tell its own update apart: it may loop (add a guard, e.g. skip when the update is already done){breaker}",
                     r.name, r.connector, r.event
                 ),
             });

@@ -47,8 +47,10 @@ pub struct RecipeFile {
     /// `{ key: "{{ event.ticket.id }}", max: 5, within: 10m }` — a run that
     /// is the key's `max + 1`th within `within` ends `skipped` with the
     /// reason "loop breaker: …" before its first step, and so does every
-    /// further one until the window has passed.
-    pub loop_breaker: Option<LoopBreakerFile>,
+    /// further one until the window has passed. On by default (5 in 10m,
+    /// the connector's `webhook.object_key`) for a recipe that calls an
+    /// action causing its own trigger event; `loop_breaker: off` turns it off.
+    pub loop_breaker: Option<LoopBreakerSetting>,
     /// Events that cancel this recipe's waiting runs (a `wait`/`wait_for`
     /// step parks them): `[ { event, connector?, key, match?, if? } ]`.
     #[serde(default)]
@@ -62,12 +64,66 @@ pub struct RecipeFile {
     pub tests: Vec<TestFile>,
 }
 
-/// `loop_breaker:` of a recipe.
+/// `loop_breaker:` of a recipe: `off`, or the breaker's settings.
+#[derive(Debug)]
+pub enum LoopBreakerSetting {
+    Off,
+    On(LoopBreakerFile),
+}
+
+impl<'de> Deserialize<'de> for LoopBreakerSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LoopBreakerSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`off` or a mapping `{ key, max, within }`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "off" => Ok(LoopBreakerSetting::Off),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                match v {
+                    false => Ok(LoopBreakerSetting::Off),
+                    true => Err(E::invalid_value(serde::de::Unexpected::Bool(v), &self)),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                LoopBreakerFile::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(LoopBreakerSetting::On)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for LoopBreakerSetting {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "LoopBreakerSetting".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let file = generator.subschema_for::<LoopBreakerFile>();
+        schemars::json_schema!({
+            "description": "`off` (or `false`): no loop breaker, not even the default one; or the breaker's settings.",
+            "oneOf": [ { "const": "off" }, { "const": false }, file ]
+        })
+    }
+}
+
+/// `loop_breaker: { key, max, within }`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoopBreakerFile {
-    /// Template over the run's context: the object (a ticket id).
-    pub key: String,
+    /// Template over the run's context: the object (a ticket id). Default:
+    /// the trigger connector's `webhook.object_key`.
+    pub key: Option<String>,
     /// Runs per key allowed within the window (default 5).
     pub max: Option<u32>,
     /// The window (default 10m).

@@ -35,8 +35,9 @@ pub use steps::{Step, StepKind};
 #[derive(Debug)]
 pub struct Recipe {
     pub name: String,
-    /// Has a `loop_breaker:` (its first two steps are the breaker's).
-    pub loop_breaker: bool,
+    /// Its loop breaker: declared, on by default, off, or none (with
+    /// `Declared` and `Default` its first two steps are the breaker's).
+    pub loop_breaker: LoopBreaker,
     pub file: PathBuf,
     /// The trigger as the index matches it; a schedule's is
     /// ([`trigger::SCHEDULE_CONNECTOR`], the recipe's name).
@@ -338,11 +339,53 @@ fn compile(
     // `loop_breaker:` is two steps before the recipe's own: count this
     // run for its key (a window counter, like `state: { incr }`), and stop
     // `skipped` past `max` — recorded, replayed and tested like any step.
+    // A declared breaker comes first, so the recipe's steps may read it; the
+    // default one is compiled after them, once they show the recipe can loop.
+    let object_key = file
+        .on
+        .connector
+        .as_deref()
+        .and_then(|c| connectors.get(c))
+        .and_then(|c| c.webhook.as_ref())
+        .and_then(|w| w.object_key.clone());
     let mut steps = match &file.loop_breaker {
-        None => Vec::new(),
-        Some(b) => loop_breaker_steps(&mut cx, b),
+        Some(config::LoopBreakerSetting::On(b)) => {
+            let key = b.key.clone().or_else(|| object_key.clone());
+            match key {
+                Some(key) => loop_breaker_steps(&mut cx, &key, b.max, b.within.as_deref(), false),
+                None => {
+                    cx.error(
+                        "/loop_breaker",
+                        format!(
+                            "`loop_breaker` needs a `key`: connector `{}` declares no `webhook.object_key` to default to",
+                            file.on.connector.as_deref().unwrap_or_default()
+                        ),
+                    );
+                    Vec::new()
+                }
+            }
+        }
+        _ => Vec::new(),
     };
     steps.extend(cx.steps(&file.steps, "/steps", None));
+    let loops = match (&file.on.connector, &file.on.event) {
+        (Some(c), Some(e)) => can_loop(&steps, c, e),
+        _ => false,
+    };
+    let loop_breaker = match &file.loop_breaker {
+        Some(config::LoopBreakerSetting::On(_)) => LoopBreaker::Declared,
+        Some(config::LoopBreakerSetting::Off) => LoopBreaker::Off,
+        None if !loops => LoopBreaker::None,
+        None => match &object_key {
+            Some(key) => {
+                let mut breaker = loop_breaker_steps(&mut cx, key, None, None, true);
+                breaker.append(&mut steps);
+                steps = breaker;
+                LoopBreaker::Default
+            }
+            None => LoopBreaker::None,
+        },
+    };
     // `cancel_on` keys render on a waiting run: every step may have run.
     let cancel_on: Vec<_> = file
         .cancel_on
@@ -362,7 +405,6 @@ fn compile(
     if file.steps.is_empty() {
         errors.push(map.error("/steps", "a recipe needs at least one step"));
     }
-    let loop_breaker = file.loop_breaker.is_some();
     if errors.len() > before {
         return None;
     }
@@ -385,27 +427,68 @@ fn compile(
     })
 }
 
+/// A recipe's protection against firing for one object again and again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopBreaker {
+    /// `loop_breaker: { … }` in the file.
+    Declared,
+    /// None in the file, but the recipe can retrigger itself (a call causes
+    /// its trigger event) and its connector has a `webhook.object_key`:
+    /// [`LOOP_BREAKER_MAX`] runs per key within [`LOOP_BREAKER_WITHIN`].
+    Default,
+    /// `loop_breaker: off`.
+    Off,
+    /// The recipe cannot retrigger itself, or there is no key to count by.
+    None,
+}
+
 /// The ids of the steps a `loop_breaker:` adds before the recipe's own.
 pub const LOOP_BREAKER_STEPS: [&str; 2] = ["loop_breaker", "loop_breaker_tripped"];
+/// Runs per key a loop breaker allows within its window, unless set.
+pub const LOOP_BREAKER_MAX: u32 = 5;
+/// A loop breaker's window, unless set.
+pub const LOOP_BREAKER_WITHIN: &str = "10m";
 
-/// Compile `loop_breaker:` into its two steps (errors point at `/loop_breaker`).
+/// Can a run of a recipe on `connector` `event` make the app send that event
+/// again? A call anywhere in its steps (any branch, any `if:`) to an action
+/// of that connector whose `causes:` names the event.
+fn can_loop(steps: &[Step], connector: &str, event: &str) -> bool {
+    let mut all = Vec::new();
+    for s in steps {
+        s.walk(&mut all);
+    }
+    all.iter().any(|s| {
+        matches!(&s.kind, StepKind::Call(c)
+            if c.connector.name == connector && c.action.causes.iter().any(|e| e == event))
+    })
+}
+
+/// Compile a loop breaker into its two steps (errors point at `/loop_breaker`).
 fn loop_breaker_steps(
     cx: &mut steps::Compiler<'_>,
-    b: &config::LoopBreakerFile,
+    key: &str,
+    max: Option<u32>,
+    within: Option<&str>,
+    default: bool,
 ) -> Vec<steps::Step> {
-    let max = b.max.unwrap_or(5);
-    let within = b.within.clone().unwrap_or_else(|| "10m".to_string());
+    let max = max.unwrap_or(LOOP_BREAKER_MAX);
+    let within = within.unwrap_or(LOOP_BREAKER_WITHIN).to_string();
     if max == 0 {
         cx.error("/loop_breaker/max", "`max` must be at least 1");
     }
+    let how = if default {
+        " (the default loop breaker: set `loop_breaker:` to change it, or `loop_breaker: off`)"
+    } else {
+        ""
+    };
     let files = serde_json::json!([
-        { "id": LOOP_BREAKER_STEPS[0], "state": { "incr": format!("loop:{}", b.key), "window": within } },
+        { "id": LOOP_BREAKER_STEPS[0], "state": { "incr": format!("loop:{key}"), "window": within } },
         {
             "id": LOOP_BREAKER_STEPS[1],
             "if": [ { "$.steps.loop_breaker.count": { "gt": max } } ],
             "stop": {
                 "status": "skipped",
-                "reason": format!("loop breaker: run no. {{{{ steps.loop_breaker.count }}}} for key `{}` within {within} (max {max}); this recipe is paused for the key until the window has passed", b.key),
+                "reason": format!("loop breaker: run no. {{{{ steps.loop_breaker.count }}}} for key `{key}` within {within} (max {max}); this recipe is paused for the key until the window has passed{how}"),
             },
         },
     ]);

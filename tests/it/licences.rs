@@ -27,11 +27,15 @@ const ALLOWED: &[&str] = &[
 
 /// Crates in two versions today, pulled in by different dependencies.
 /// (`parking_lot`, its core and `redox_syscall`: sled pins parking_lot 0.11,
-/// prometheus-client needs 0.12; both are small and sled's will go with it.)
+/// prometheus-client needs 0.12; both are small and sled's will go with it.
+/// `hashbrown` and its hasher `foldhash`: whatlang 0.18 pins hashbrown 0.15
+/// beside indexmap's newer one.)
 const DUPLICATES_ALLOWED: &[&str] = &[
     "base64",
     "cpufeatures",
+    "foldhash",
     "getrandom",
+    "hashbrown",
     "parking_lot",
     "parking_lot_core",
     "redox_syscall",

@@ -192,6 +192,8 @@ fn support_recipes_pass_check_and_their_tests_offline() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
     for recipe in [
+        "resend-confirmation",
+        "translate-and-route",
         "after-hours-reply",
         "first-reply-sla",
         "repeat-contact-escalation",
@@ -713,5 +715,321 @@ steps:
     );
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(logs.contains("loop breaker tripped"), "{logs}");
+    assert!(quiet.received().is_empty(), "{:?}", quiet.received());
+}
+
+/// Without any `loop_breaker:`, a recipe whose call causes its own trigger
+/// event gets the default breaker (5 runs per ticket within 10 minutes, the
+/// ticket from the connector's `webhook.object_key`): the 6th run for one
+/// ticket ends `skipped` before calling anything, says so in `runs list` and
+/// the logs, and `check` says the default breaker covers it. A recipe with
+/// `loop_breaker: off` keeps running, and one that cannot loop has no breaker.
+#[tokio::test]
+async fn the_default_loop_breaker_pauses_a_recipe_that_can_loop_unless_turned_off() {
+    let cfg = Config::connectors_only();
+    let looping = r#"
+name: tag-every-update
+on: { connector: zendesk, event: ticket.updated }
+steps:
+  - id: tag
+    call: zendesk.add_tags
+    with: { ticket_id: "{{ event.ticket.id }}", tags: [seen] }
+"#;
+    cfg.recipe("tag-every-update", looping);
+    cfg.recipe(
+        "tag-without-breaker",
+        &looping
+            .replace("tag-every-update", "tag-without-breaker")
+            .replace("steps:\n", "loop_breaker: off\nsteps:\n"),
+    );
+    cfg.recipe(
+        "post-every-update",
+        r##"
+name: post-every-update
+on: { connector: zendesk, event: ticket.updated }
+steps:
+  - id: post
+    call: slack.post_message
+    with: { channel: "#x", text: "ticket {{ event.ticket.id }} updated" }
+"##,
+    );
+    let out = cfg.check();
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("may loop")).collect();
+    assert_eq!(warnings.len(), 2, "{text}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("tag-every-update.yaml:1:1")
+                && w.ends_with(
+                    "the default loop breaker pauses it for an object after 5 runs within 10m"
+                )),
+        "{text}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("tag-without-breaker.yaml:1:1")
+                && w.ends_with("its loop breaker is off")),
+        "{text}"
+    );
+
+    let zendesk = MockApi::start(vec![route(
+        Method::PUT,
+        "/api/v2/tickets/",
+        200,
+        json!({"tags": ["seen"]}),
+    )])
+    .await;
+    let slack = slack_mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hub.log");
+    let mut opts = cfg
+        .options()
+        .base_url("zendesk", &zendesk.url)
+        .base_url("slack", &slack.url);
+    opts.log_file = Some(log.clone());
+    let (hub, quiet) = quiet_hub(opts).await;
+    // What Zendesk would send after each of the recipes' own updates: 7 for
+    // ticket 8, then one for ticket 9.
+    let mut by_recipe: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    for (n, ticket) in (1..=8).zip([8, 8, 8, 8, 8, 8, 8, 9]) {
+        let (status, accepted) = hub
+            .post_zendesk(&json!({"type": "ticket.updated", "ticket": {"id": ticket, "n": n}}))
+            .await;
+        assert_eq!(status, 202, "{accepted}");
+        for id in accepted["runs"].as_array().expect("runs") {
+            let run = hub.wait_run(id.as_str().unwrap()).await;
+            by_recipe
+                .entry(run["recipe"].as_str().unwrap().to_string())
+                .or_default()
+                .push(run);
+        }
+    }
+    let statuses = |recipe: &str| -> Vec<String> {
+        by_recipe[recipe]
+            .iter()
+            .map(|r| r["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let ok = "succeeded".to_string();
+    let skipped = "skipped".to_string();
+    assert_eq!(
+        statuses("tag-every-update"),
+        [&ok, &ok, &ok, &ok, &ok, &skipped, &skipped, &ok].map(String::clone)
+    );
+    assert_eq!(statuses("tag-without-breaker"), vec![ok.clone(); 8]);
+    assert_eq!(statuses("post-every-update"), vec![ok.clone(); 8]);
+    let paused = &by_recipe["tag-every-update"][5];
+    assert_eq!(
+        paused["reason"],
+        "loop breaker: run no. 6 for key `8` within 10m (max 5); this recipe is paused for the key until the window has passed (the default loop breaker: set `loop_breaker:` to change it, or `loop_breaker: off`)"
+    );
+    // Only the paused runs made no call: 5 + 7 tag calls for ticket 8.
+    assert_eq!(zendesk.calls("/api/v2/tickets/8/tags").len(), 5 + 7);
+    assert_eq!(zendesk.calls("/api/v2/tickets/9/tags").len(), 2);
+    // A recipe that cannot loop carries no breaker steps.
+    let steps: Vec<&str> = by_recipe["post-every-update"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["post"]);
+
+    let list = stdout(&hub.cli(&["runs", "list", "--status", "skipped"]));
+    assert_eq!(
+        list.lines()
+            .filter(|l| l.contains("tag-every-update") && l.contains("loop breaker: run no."))
+            .count(),
+        2,
+        "{list}"
+    );
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logs.contains("loop breaker tripped"), "{logs}");
+    assert!(quiet.received().is_empty(), "{:?}", quiet.received());
+}
+
+/// Tier 1 (`strategy: least_loaded`) asks Zendesk how many unsolved tickets
+/// each available agent has (one search count per agent) and assigns the one
+/// with the fewest; when the loads change, so does the pick.
+#[tokio::test]
+async fn dispatcher_assigns_tier_one_to_the_agent_with_the_fewest_open_tickets() {
+    use std::sync::{Arc, Mutex};
+    type Loads = Arc<Mutex<std::collections::HashMap<u64, u64>>>;
+    type Assigned = Arc<Mutex<Vec<(String, Value)>>>;
+    let loads: Loads = Arc::new(Mutex::new([(3641, 5), (3642, 1), (3643, 3)].into()));
+    let assigned: Assigned = Arc::default();
+    // A Zendesk whose search count answers each agent's own load.
+    let app = axum::Router::new()
+        .route(
+            "/api/v2/search/count",
+            axum::routing::get(
+                |axum::extract::State((loads, _)): axum::extract::State<(Loads, Assigned)>,
+                 axum::extract::Query(q): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >| async move {
+                    let query = q.get("query").cloned().unwrap_or_default();
+                    let id: u64 = query
+                        .split_whitespace()
+                        .find_map(|t| t.strip_prefix("assignee:"))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or_else(|| panic!("no assignee in {query}"));
+                    assert!(
+                        query.starts_with("type:ticket ") && query.ends_with(" status<solved"),
+                        "{query}"
+                    );
+                    let n = loads.lock().unwrap()[&id];
+                    axum::Json(json!({"count": n}))
+                },
+            ),
+        )
+        .route(
+            "/api/v2/tickets/{id}",
+            axum::routing::put(
+                |axum::extract::State((_, assigned)): axum::extract::State<(Loads, Assigned)>,
+                 axum::extract::Path(id): axum::extract::Path<String>,
+                 axum::Json(body): axum::Json<Value>| async move {
+                    assigned.lock().unwrap().push((id, body["ticket"].clone()));
+                    axum::Json(json!({"ticket": {"id": 1}}))
+                },
+            ),
+        )
+        .with_state((loads.clone(), assigned.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let cfg = recipes_with("dispatcher", |t| t, "");
+    let (hub, quiet) = quiet_hub(cfg.options().base_url("zendesk", &url)).await;
+    let ticket = |id: u64| {
+        json!({"type": "ticket.created", "ticket": {"id": id, "subject": "Question",
+               "tags": "", "locale": "en", "priority": "normal", "assignee_id": ""}})
+    };
+    let (_, accepted) = hub.post_zendesk(&ticket(1)).await;
+    let run = hub.wait_run(&only_run(&accepted)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    // Ivo has 1 open ticket, Jo 3, Hana 5.
+    loads.lock().unwrap().insert(3642, 6);
+    let (_, accepted) = hub.post_zendesk(&ticket(2)).await;
+    let run = hub.wait_run(&only_run(&accepted)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        *assigned.lock().unwrap(),
+        vec![
+            (
+                "1".to_string(),
+                json!({"group_id": 360000013, "assignee_id": 3642})
+            ),
+            (
+                "2".to_string(),
+                json!({"group_id": 360000013, "assignee_id": 3643})
+            ),
+        ]
+    );
+    let least = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "pick_agent.case0.least")
+        .unwrap_or_else(|| panic!("no step least in {run:#}"));
+    assert_eq!(least["output"]["load"].as_f64(), Some(3.0), "{least:#}");
+    assert!(quiet.received().is_empty(), "{:?}", quiet.received());
+}
+
+/// Jobs 1 and 2 through the hub: an English "confirm my account" ticket
+/// enrolls the pending HubSpot contact and leaves a note, and is not
+/// translated (its language is detected in the hub, no DeepL call); a
+/// German ticket is translated, tagged and routed to the German group.
+#[tokio::test]
+async fn confirmation_and_translation_jobs_run_through_the_hub() {
+    let cfg = recipes_with("resend-confirmation", |t| t, "");
+    let text = std::fs::read_to_string(support().join("translate-and-route.yaml")).unwrap();
+    cfg.recipe("translate-and-route", &text);
+    let hubspot = MockApi::start(vec![
+        route(
+            Method::POST,
+            "/crm/v3/objects/contacts/search",
+            200,
+            json!({"total": 1, "results": [{"id": "42", "properties": {"email": "ann@example.com", "lifecyclestage": "subscriber"}}]}),
+        ),
+        route(Method::POST, "/automation/v2/workflows/", 200, json!({})),
+    ])
+    .await;
+    let deepl = MockApi::start(vec![route(
+        Method::POST,
+        "/v2/translate",
+        200,
+        json!({"translations": [
+            {"detected_source_language": "DE", "text": "Forgot password"},
+            {"detected_source_language": "DE", "text": "I have not been able to log in since yesterday."}]}),
+    )])
+    .await;
+    let zendesk = zendesk_mock().await;
+    let (hub, quiet) = quiet_hub(
+        cfg.options()
+            .base_url("hubspot", &hubspot.url)
+            .base_url("deepl", &deepl.url)
+            .base_url("zendesk", &zendesk.url),
+    )
+    .await;
+
+    let english = json!({"type": "ticket.created", "ticket": {"id": 51,
+        "subject": "Please confirm my account",
+        "description": "Hello, the confirmation e-mail never arrived. Can you send it again?",
+        "requester": {"email": "ann@example.com", "name": "Ann"}}});
+    let (status, accepted) = hub.post_zendesk(&english).await;
+    assert_eq!(status, 202, "{accepted}");
+    let mut runs = Vec::new();
+    for id in accepted["runs"].as_array().unwrap() {
+        runs.push(hub.wait_run(id.as_str().unwrap()).await);
+    }
+    let by = |runs: &[Value], name: &str| -> Value {
+        runs.iter()
+            .find(|r| r["recipe"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} run in {runs:?}"))
+    };
+    assert_eq!(by(&runs, "resend-confirmation")["status"], "succeeded");
+    let skipped = by(&runs, "translate-and-route");
+    assert_eq!(skipped["status"], "skipped", "{skipped}");
+    assert_eq!(
+        skipped["reason"],
+        "written in English (confidence 1.0): no translation needed"
+    );
+    let enrolled = hubspot.calls("/automation/v2/workflows/1234567/enrollments/contacts/");
+    assert_eq!(enrolled.len(), 1, "{:?}", hubspot.received());
+    let note = zendesk.calls("/api/v2/tickets/51");
+    assert_eq!(note.len(), 1, "{:?}", zendesk.received());
+    assert_eq!(
+        note[0].json()["ticket"]["comment"]["body"],
+        "Switchboard: ann@example.com was still subscriber in HubSpot; the confirmation e-mail was sent again (workflow 1234567)."
+    );
+
+    let german = json!({"type": "ticket.created", "ticket": {"id": 52,
+        "subject": "Passwort vergessen",
+        "description": "Ich kann mich seit gestern nicht mehr anmelden.",
+        "requester": {"email": "jan@example.de", "name": "Jan"}}});
+    let (_, accepted) = hub.post_zendesk(&german).await;
+    let run = hub.wait_run(&only_run(&accepted)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(deepl.calls("/v2/translate").len(), 1);
+    assert_eq!(
+        deepl.calls("/v2/translate")[0].json(),
+        json!({"text": ["Passwort vergessen", "Ich kann mich seit gestern nicht mehr anmelden."], "target_lang": "EN-US"})
+    );
+    let calls: Vec<Value> = zendesk
+        .calls("/api/v2/tickets/52")
+        .iter()
+        .map(|c| c.json())
+        .collect();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(calls[0]["ticket"]["comment"]["body"]
+        .as_str()
+        .unwrap()
+        .starts_with("Translated from German (`de`, detected with confidence"));
+    assert_eq!(calls[1], json!({"tags": ["lang_de", "translated"]}));
+    assert_eq!(calls[2], json!({"ticket": {"group_id": 360000011}}));
     assert!(quiet.received().is_empty(), "{:?}", quiet.received());
 }
