@@ -277,7 +277,6 @@ pub struct WebhookFile {
     pub normalize: Vec<NormalizeFile>,
     /// Template over `event`: the object an event is about
     /// (`"{{ event.ticket.id }}"`), the default key of recipes' loop breakers.
-    #[serde(default)]
     pub object_key: Option<String>,
 }
 
