@@ -93,11 +93,14 @@ fn render_type(name: &str, s: &Value, out: &mut String) {
                 }
                 let _ = writeln!(out);
                 if a.get("properties").is_some() {
+                    // A blank line first: Markdown starts a table only after one.
+                    let _ = writeln!(out);
                     let mut sub = String::new();
                     table(a, &mut sub);
-                    for line in sub.lines() {
+                    for line in sub.lines().filter(|l| !l.is_empty()) {
                         let _ = writeln!(out, "  {line}");
                     }
+                    let _ = writeln!(out);
                 }
             }
             let _ = writeln!(out);
