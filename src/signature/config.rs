@@ -164,19 +164,27 @@ impl SignatureConfig {
         }
     }
 
-    /// The configured clock skew, where the scheme has the option.
-    pub(super) fn tolerance(&self) -> Option<HumanDuration> {
+    /// The fields of a named scheme that signs a timestamp.
+    pub(super) fn timed(&self) -> Option<&Timed> {
         match self {
             SignatureConfig::StandardWebhooks(t)
             | SignatureConfig::Stripe(t)
             | SignatureConfig::Slack(t)
             | SignatureConfig::Zendesk(t)
-            | SignatureConfig::HubspotV3(t) => t.tolerance,
-            SignatureConfig::Hmac(h) => h.tolerance,
+            | SignatureConfig::HubspotV3(t) => Some(t),
             SignatureConfig::None {}
             | SignatureConfig::Github(_)
             | SignatureConfig::Shopify(_)
+            | SignatureConfig::Hmac(_)
             | SignatureConfig::Token(_) => None,
+        }
+    }
+
+    /// The configured clock skew, where the scheme has the option.
+    pub(super) fn tolerance(&self) -> Option<HumanDuration> {
+        match self {
+            SignatureConfig::Hmac(h) => h.tolerance,
+            other => other.timed().and_then(|t| t.tolerance),
         }
     }
 }

@@ -82,16 +82,8 @@ impl Verifier {
     /// Does this scheme sign a timestamp (so a captured delivery goes stale)?
     pub fn signs_timestamp(&self) -> bool {
         match &self.config {
-            SignatureConfig::StandardWebhooks(_)
-            | SignatureConfig::Stripe(_)
-            | SignatureConfig::Slack(_)
-            | SignatureConfig::Zendesk(_)
-            | SignatureConfig::HubspotV3(_) => true,
             SignatureConfig::Hmac(h) => h.timestamp_header.is_some(),
-            SignatureConfig::None {}
-            | SignatureConfig::Github(_)
-            | SignatureConfig::Shopify(_)
-            | SignatureConfig::Token(_) => false,
+            other => other.timed().is_some(),
         }
     }
 
