@@ -65,6 +65,7 @@ fn fill(store: &SledStore, now: i64) {
             parked: None,
             starts: 0,
             listening: vec![],
+            version: None,
         };
         let mut event = event;
         event.runs = vec![run.id.clone()];

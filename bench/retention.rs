@@ -62,6 +62,7 @@ fn put(s: &SledStore, body: &Value, i: i64) {
         parked: None,
         starts: 1,
         listening: vec![],
+        version: None,
     };
     e.runs.push(r.id.clone());
     s.insert_event(&e, std::slice::from_ref(&r))

@@ -38,6 +38,7 @@ pub fn park_waiting(s: &SledStore, e: &Event, now: i64, n: usize) {
             debounce: None,
             starts: 0,
             listening: vec![],
+            version: None,
             parked: Some(Parked {
                 step: "reply".into(),
                 until,

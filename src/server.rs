@@ -4,7 +4,9 @@
 use crate::admin::{self, console::Console, AdminState};
 use crate::connector::SecretSource;
 use crate::dashboard::{self, DashboardConfig};
-use crate::engine::{retention, scheduler, worker, Catalog, Engine, EngineConfig, LoadOptions};
+use crate::engine::{
+    reload, retention, scheduler, worker, Catalog, Engine, EngineConfig, LoadOptions,
+};
 use crate::ingress::{self, IngressState};
 use crate::listener::{self, ConnectionLimits};
 use crate::secret::Secret;
@@ -45,6 +47,9 @@ pub struct ServeConfig {
     /// Start the demo sandbox ([`crate::sandbox`]) and point the shipped
     /// connectors at it; without a secrets file, use the demo secrets.
     pub demo: bool,
+    /// How often to look for changed connector and recipe files and reload
+    /// them (`None`: only on SIGHUP or `POST /api/catalog/reload`).
+    pub watch: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +67,7 @@ impl ServeConfig {
     pub const DEFAULT_WORKERS: usize = crate::engine::DEFAULT_WORKERS;
     pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
     pub const DEFAULT_MAX_QUEUE: usize = 10_000;
+    pub const DEFAULT_WATCH: Duration = Duration::from_secs(1);
 
     /// A configuration with every default, for these directories.
     pub fn new(data_dir: PathBuf, connectors_dir: PathBuf, recipes_dir: PathBuf) -> ServeConfig {
@@ -82,6 +88,7 @@ impl ServeConfig {
             connections: ConnectionLimits::default(),
             metrics_public: false,
             demo: false,
+            watch: Some(Self::DEFAULT_WATCH),
         }
     }
 
@@ -105,6 +112,8 @@ impl ServeConfig {
 /// A hub ready to serve: catalog loaded and checked, store open, token set.
 pub struct Prepared {
     config: ServeConfig,
+    /// What the catalog was loaded from, for reloads.
+    files: LoadOptions,
     engine: Arc<Engine>,
     token: Secret,
     /// The demo sandbox's port, bound (`--demo`).
@@ -152,6 +161,7 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         None
     };
     let catalog = Catalog::load(&opts).map_err(ServeError::Load)?;
+    let files = opts.clone();
     for w in &catalog.warnings {
         tracing::warn!("{w}");
     }
@@ -205,6 +215,7 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
     .map_err(ServeError::Setup)?;
     Ok(Prepared {
         config,
+        files,
         engine,
         token,
         sandbox,
@@ -229,6 +240,7 @@ impl Prepared {
     ) -> Result<(), ServeError> {
         let Prepared {
             config,
+            files,
             engine,
             token,
             sandbox,
@@ -256,13 +268,30 @@ impl Prepared {
             ));
             gauge
         });
-        workers.extend(scheduler::spawn(&engine, stop_rx));
+        workers.extend(scheduler::spawn(&engine, stop_rx.clone()));
+        // SIGHUP reads the secrets file again, except in the demo (its
+        // sandbox URLs are set on the secrets loaded at start).
+        let secrets_file = (!config.demo).then(|| {
+            config
+                .secrets_file
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("secrets.yaml"))
+        });
+        workers.push(reload::spawn(
+            &engine,
+            reload::ReloadConfig {
+                files: files.clone(),
+                watch: config.watch,
+                secrets_file,
+            },
+            stop_rx,
+        ));
         let admin_state = AdminState {
             engine: engine.clone(),
             token,
             max_queue: config.max_queue,
             metrics_public: config.metrics_public,
-            files: config.load_options().ok().map(Arc::new),
+            files: Some(Arc::new(files)),
         };
         let app = ingress::router(IngressState {
             engine: engine.clone(),

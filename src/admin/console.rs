@@ -227,6 +227,50 @@ pub struct FileCheck {
     pub checked: bool,
 }
 
+/// `GET /api/catalog`: the connectors and recipes the hub runs, and
+/// whether the files on disk are those (see README "Changing recipes
+/// while the hub runs").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CatalogView {
+    /// Version of the files loaded (a hash of the connector and recipe files).
+    pub version: String,
+    /// When they were loaded (ms).
+    pub loaded_at: i64,
+    /// Reloads that replaced the catalog since the hub started.
+    pub reloads: u64,
+    /// True when the last reload failed: the hub runs the last good files,
+    /// not those on disk.
+    pub stale: bool,
+    /// Since when the failing files are on disk (ms), when stale.
+    pub stale_since: Option<i64>,
+    /// `file:line:column: message` of the failing files, when stale.
+    pub errors: Vec<String>,
+    /// Each loaded recipe with its version (what `runs show` names).
+    pub recipes: Vec<RecipeVersion>,
+    /// Recipe versions replaced by a reload and kept for the unfinished
+    /// runs that started with them (`name@version`).
+    pub kept: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecipeVersion {
+    pub name: String,
+    pub version: String,
+}
+
+/// `POST /api/catalog/reload`: what a reload did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReloadAnswer {
+    /// `installed` (the files are in use), `unchanged`, or `failed` (the
+    /// last good files stay; `errors` says why).
+    pub outcome: String,
+    /// The files version that was loaded or that failed.
+    pub version: String,
+    /// Recipes whose version changed, added or removed.
+    pub changed: Vec<String>,
+    pub errors: Vec<String>,
+}
+
 /// The admin API as typed calls over one hub.
 #[derive(Clone)]
 pub struct Console {
@@ -252,13 +296,13 @@ impl Console {
         &**self.state.engine.store()
     }
 
-    fn catalog(&self) -> &Catalog {
+    fn catalog(&self) -> Arc<Catalog> {
         self.state.engine.catalog()
     }
 
     pub fn events(&self, q: &EventsQuery) -> Result<Listing<Event>, QueryError> {
-        let connectors: Vec<&str> = self
-            .catalog()
+        let catalog = self.catalog();
+        let connectors: Vec<&str> = catalog
             .connectors
             .by_name
             .keys()
@@ -487,6 +531,102 @@ impl Console {
             yaml,
             yaml_error,
         })
+    }
+
+    /// The loaded catalog, and whether the last reload failed.
+    pub fn catalog_view(&self) -> CatalogView {
+        let catalogs = self.state.engine.catalogs();
+        let status = catalogs.status();
+        let mut recipes: Vec<RecipeVersion> = self
+            .catalog()
+            .recipes
+            .iter()
+            .map(|r| RecipeVersion {
+                name: r.name.clone(),
+                version: r.version.clone(),
+            })
+            .collect();
+        recipes.sort_by(|a, b| a.name.cmp(&b.name));
+        CatalogView {
+            version: status.version,
+            loaded_at: status.loaded_at,
+            reloads: status.reloads,
+            stale: status.stale.is_some(),
+            stale_since: status.stale.as_ref().map(|s| s.since),
+            errors: status.stale.map(|s| s.errors).unwrap_or_default(),
+            recipes,
+            kept: catalogs.kept(),
+        }
+    }
+
+    /// Load the files now (as SIGHUP does, without reading secrets again).
+    pub async fn reload(&self) -> ReloadAnswer {
+        use crate::engine::reload::Reloaded;
+        let Some(opts) = self.state.files.clone() else {
+            return ReloadAnswer {
+                outcome: "failed".into(),
+                version: String::new(),
+                changed: Vec::new(),
+                errors: vec!["this hub does not know its files".into()],
+            };
+        };
+        match self.state.engine.reload(&opts, true).await {
+            Ok(Reloaded::Installed { version, changed }) => ReloadAnswer {
+                outcome: "installed".into(),
+                version,
+                changed,
+                errors: Vec::new(),
+            },
+            Ok(Reloaded::Unchanged { version }) => ReloadAnswer {
+                outcome: "unchanged".into(),
+                version,
+                changed: Vec::new(),
+                errors: Vec::new(),
+            },
+            Ok(Reloaded::Failed { files, errors }) => ReloadAnswer {
+                outcome: "failed".into(),
+                version: files,
+                changed: Vec::new(),
+                errors,
+            },
+            Err(e) => ReloadAnswer {
+                outcome: "failed".into(),
+                version: String::new(),
+                changed: Vec::new(),
+                errors: vec![e],
+            },
+        }
+    }
+
+    /// What `q.recipe` as its file is on disk now would have done for the
+    /// stored events (see [`super::replay`]): the files are loaded with
+    /// placeholder secrets (no call is made), off the async threads.
+    pub async fn replay(
+        &self,
+        q: super::replay::ReplayQuery,
+    ) -> Result<super::replay::ReplayPage, super::replay::ReplayError> {
+        use super::replay::{self, ReplayError, StoreHistory};
+        let Some(opts) = self.state.files.clone() else {
+            return Err(ReplayError::Bad("this hub does not know its files".into()));
+        };
+        let store = self.state.engine.store().clone();
+        let now = self.now_ms();
+        tokio::task::spawn_blocking(move || {
+            let mut opts = (*opts).clone();
+            opts.secrets = opts.secrets.with_placeholders();
+            let (catalog, errors) = Catalog::load_lenient(&opts);
+            if catalog.recipe(&q.recipe).is_none() && !errors.is_empty() {
+                let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                return Err(ReplayError::Bad(format!(
+                    "no recipe `{}` loads from the files on disk: {}",
+                    q.recipe,
+                    list.join("; ")
+                )));
+            }
+            replay::replay(&StoreHistory(&*store), &catalog, &q, now)
+        })
+        .await
+        .unwrap_or_else(|e| Err(ReplayError::Source(format!("the replay stopped: {e}"))))
     }
 
     /// Load the connector and recipe files as `switchboard check` would

@@ -10,6 +10,7 @@
 
 pub mod console;
 pub mod queries;
+pub mod replay;
 pub mod state;
 
 use crate::engine::Engine;
@@ -24,7 +25,8 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use console::{
-    ConnectorView, Console, FileCheck, Overview, RangeQuery, RecipeDetail, RecipeSummary,
+    CatalogView, ConnectorView, Console, FileCheck, Overview, RangeQuery, RecipeDetail,
+    RecipeSummary, ReloadAnswer,
 };
 use queries::{EventView, EventsQuery, Listing, QueryError, RetriedRuns, RunsQuery};
 use serde::{Deserialize, Serialize};
@@ -64,7 +66,7 @@ pub struct AdminState {
         (name = "runs", description = "Recipe runs, their step records, retries"),
         (name = "state", description = "Recipe state: values, window counters, rotations"),
         (name = "hub", description = "The hub itself: queue, overview, connectors, files"),
-        (name = "recipes", description = "Loaded recipes and their last 24 hours")
+        (name = "recipes", description = "Loaded recipes, their last 24 hours, and replays of stored events")
     )
 )]
 struct ApiDoc;
@@ -98,6 +100,9 @@ fn api() -> OpenApiRouter<AdminState> {
         .routes(routes!(recipes))
         .routes(routes!(recipe))
         .routes(routes!(check))
+        .routes(routes!(catalog))
+        .routes(routes!(reload))
+        .routes(routes!(replay_recipe))
         .routes(routes!(store_stats))
         .merge(state::api())
 }
@@ -209,6 +214,7 @@ async fn require_token(
 
 /// Ready unless the run queue is deeper than `max_queue` (then 503, so a
 /// load balancer can steer new work elsewhere; webhooks are still accepted).
+/// `catalog.status` is `stale` while the files on disk failed to reload.
 async fn ready(State(st): State<AdminState>) -> Result<Response, ApiError> {
     if let Err(e) = st.engine.store().healthy() {
         let body = json!({"status": "store_unavailable", "store": e.to_string()});
@@ -223,7 +229,19 @@ async fn ready(State(st): State<AdminState>) -> Result<Response, ApiError> {
     } else {
         (StatusCode::OK, "ready")
     };
-    let body = json!({"status": status, "queue_depth": depth, "max_queue": st.max_queue});
+    // A stale catalog does not make the hub unready: it serves the last
+    // good files. It is said here, for a person or a probe that reads it.
+    let catalog = st.engine.catalogs().status();
+    let body = json!({
+        "status": status,
+        "queue_depth": depth,
+        "max_queue": st.max_queue,
+        "catalog": {
+            "version": catalog.version,
+            "status": if catalog.stale.is_some() { "stale" } else { "current" },
+            "errors": catalog.stale.map(|s| s.errors).unwrap_or_default(),
+        },
+    });
     Ok((code, Json(body)).into_response())
 }
 
@@ -395,4 +413,47 @@ async fn recipe(
     responses((status = 200, body = FileCheck), (status = 401, body = ErrorBody)))]
 async fn check(State(st): State<AdminState>) -> Json<FileCheck> {
     Json(Console::new(st).check_files().await)
+}
+
+/// The loaded catalog: its version, each recipe's version, versions kept
+/// for unfinished runs, and whether the last reload failed (`stale`, with
+/// the errors).
+#[utoipa::path(get, path = "/api/catalog", tag = "hub",
+    responses((status = 200, body = CatalogView), (status = 401, body = ErrorBody)))]
+async fn catalog(State(st): State<AdminState>) -> Json<CatalogView> {
+    Json(Console::new(st).catalog_view())
+}
+
+/// Load the connector and recipe files now, as SIGHUP does: if they check,
+/// new events use them; if not, the last good files stay (`failed`, with
+/// the errors; the catalog is then `stale`).
+#[utoipa::path(post, path = "/api/catalog/reload", tag = "hub",
+    responses((status = 200, body = ReloadAnswer), (status = 401, body = ErrorBody)))]
+async fn reload(State(st): State<AdminState>) -> Json<ReloadAnswer> {
+    Json(Console::new(st).reload().await)
+}
+
+impl From<replay::ReplayError> for ApiError {
+    fn from(e: replay::ReplayError) -> Self {
+        match e {
+            replay::ReplayError::NoRecipe(_) => ApiError::NotFound(e.to_string()),
+            replay::ReplayError::Query(q) => q.into(),
+            replay::ReplayError::Bad(m) => ApiError::BadRequest(m),
+            replay::ReplayError::Source(m) => ApiError::Unavailable(m),
+        }
+    }
+}
+
+/// What a recipe as its file is on disk now would have done for stored
+/// events, against what ran: a dry run (no call is made, nothing is
+/// written) answering calls from the original runs' records. One page of
+/// events, newest first.
+#[utoipa::path(get, path = "/api/replay", tag = "recipes", params(replay::ReplayQuery),
+    responses((status = 200, body = replay::ReplayPage), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn replay_recipe(
+    State(st): State<AdminState>,
+    Query(q): Query<replay::ReplayQuery>,
+) -> Result<Json<replay::ReplayPage>, ApiError> {
+    Ok(Json(Console::new(st).replay(q).await?))
 }

@@ -24,6 +24,10 @@ pub struct LoadOptions {
 
 #[derive(Debug)]
 pub struct Catalog {
+    /// What it was loaded from: [`files_version`] of the directories, taken
+    /// before they were read (so a change during the load shows as a
+    /// difference on the next look, never the reverse).
+    pub version: String,
     pub templates: Templates,
     pub connectors: Connectors,
     pub recipes: Vec<Recipe>,
@@ -67,6 +71,7 @@ impl Catalog {
     /// test NAME`, which runs the named recipes even when another file is
     /// broken; a hub serves only a catalog without errors.
     pub fn load_lenient(opts: &LoadOptions) -> (Catalog, Vec<LoadError>) {
+        let version = files_version(opts);
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let mut templates = Templates::new();
@@ -92,10 +97,9 @@ impl Catalog {
         reply_warnings(&recipes, &mut warnings);
         update_warnings(&recipes, &mut warnings);
         loop_warnings(&recipes, &mut warnings);
-        (
-            Catalog::new(templates, connectors, recipes, warnings),
-            errors,
-        )
+        let mut catalog = Catalog::new(templates, connectors, recipes, warnings);
+        catalog.version = version;
+        (catalog, errors)
     }
 
     pub fn new(
@@ -142,6 +146,7 @@ impl Catalog {
                 .push(i);
         }
         Catalog {
+            version: String::new(),
             templates,
             connectors,
             recipes,
@@ -236,6 +241,44 @@ impl Catalog {
     pub fn recipe(&self, name: &str) -> Option<&Recipe> {
         self.by_name.get(name).map(|&i| &self.recipes[i])
     }
+}
+
+/// The version of the files a catalog loads: the first 12 hex digits of a
+/// SHA-256 over the name and text of every `.yaml`/`.yml` file of the
+/// connectors and recipes directories (the files `Catalog::load` reads;
+/// not secrets). Reading ~20 small files costs well under a millisecond,
+/// so the hub's file watcher compares this instead of trusting mtimes,
+/// which miss two saves within the filesystem's time granularity.
+pub fn files_version(opts: &LoadOptions) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for dir in [&opts.connectors_dir, &opts.recipes_dir] {
+        h.update(b"dir\0");
+        let mut paths: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+                .collect(),
+            Err(e) => {
+                h.update(e.to_string().as_bytes());
+                Vec::new()
+            }
+        };
+        paths.sort();
+        for p in paths {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            h.update(name.unwrap_or_default().as_bytes());
+            h.update(b"\0");
+            match std::fs::read(&p) {
+                Ok(bytes) => {
+                    h.update((bytes.len() as u64).to_be_bytes());
+                    h.update(&bytes);
+                }
+                Err(e) => h.update(e.to_string().as_bytes()),
+            }
+        }
+    }
+    hex::encode(h.finalize())[..12].to_string()
 }
 
 /// A recipe triggered by an event that one of its own calls makes the app

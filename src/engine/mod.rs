@@ -11,6 +11,8 @@
 
 mod catalog;
 pub mod dry_run;
+pub mod reload;
+pub mod replay;
 pub mod reply;
 pub mod retention;
 pub mod scheduler;
@@ -18,7 +20,7 @@ mod step;
 mod timer;
 pub mod worker;
 
-pub use catalog::{Catalog, LoadOptions};
+pub use catalog::{files_version, Catalog, LoadOptions};
 
 use crate::connector::http::Client;
 use crate::recipe::Recipe;
@@ -86,13 +88,16 @@ pub struct Accepted {
 }
 
 pub struct Engine {
-    catalog: Arc<Catalog>,
+    /// The current catalog and the replaced ones runs still need ([`reload`]).
+    catalogs: reload::Catalogs,
     store: Arc<dyn Store>,
     commit: GroupCommit,
     client: Client,
     /// Wakes idle workers when new runs are queued or an earlier due time
     /// is stored ([`timer`]).
     wake: Notify,
+    /// Wakes the scheduler when a reload installed a catalog.
+    reloaded: Notify,
     timer: timer::Timer,
     /// Held while an event takes its ids and is stored. A std Mutex: nothing
     /// async happens while it is held.
@@ -121,19 +126,22 @@ impl Engine {
         Ok(Arc::new(Engine {
             handoff,
             handoff_rx: tokio::sync::Mutex::new(handoff_rx),
-            catalog: Arc::new(catalog),
+            catalogs: reload::Catalogs::new(catalog, config.clock.now_ms()),
             store,
             commit,
             client,
             wake: Notify::new(),
+            reloaded: Notify::new(),
             timer: timer::Timer::default(),
             ingest_order: std::sync::Mutex::new(()),
             config,
         }))
     }
 
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
+    /// The catalog new events are matched against now (a reload may
+    /// replace it at any time: read it once per use).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalogs.current()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -153,7 +161,9 @@ impl Engine {
         let mut ctx = Catalog::trigger_context(incoming.body, now);
         let mut runs = Vec::new();
         let mut replier: Option<&Recipe> = None;
-        let catalog = &self.catalog;
+        // One catalog for the whole event, whatever a reload does meanwhile.
+        let snapshot = self.catalog();
+        let catalog = &*snapshot;
         catalog.triggered(
             &incoming.connector,
             incoming.event_type.as_deref(),
@@ -235,6 +245,7 @@ impl Engine {
                     parked: None,
                     starts: 0,
                     listening,
+                    version: Some(r.version.clone()),
                 });
             },
         );
@@ -311,7 +322,7 @@ impl Engine {
                 reply_run
             };
             accepted.reply = Some(reply::answer(
-                self,
+                &catalog.templates,
                 r,
                 reply,
                 &event.body,
@@ -417,7 +428,7 @@ impl Engine {
     pub fn metrics_snapshot(&self) -> Result<crate::metrics::Snapshot, StoreError> {
         let counts = self.store.queue_counts()?;
         let breakers = self
-            .catalog
+            .catalog()
             .connectors
             .by_name
             .iter()

@@ -27,7 +27,7 @@ pub const EVENT_HEADER: &str = "X-Switchboard-Event";
 
 /// Render `recipe`'s reply for the accepted event (or its fallback).
 pub(super) fn answer(
-    engine: &Engine,
+    templates: &crate::template::Templates,
     recipe: &Recipe,
     reply: &Reply,
     event: &Value,
@@ -41,7 +41,6 @@ pub(super) fn answer(
         "steps": {},
         "run": { "id": run_id, "event_id": accepted.event_id, "recipe": recipe.name, "now": now },
     });
-    let templates = &engine.catalog.templates;
     let body = templates.render_value(&reply.body, &ctx).and_then(|v| {
         Ok(match v {
             Value::String(s) if !reply.json => s.into_bytes(),

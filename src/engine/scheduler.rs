@@ -23,23 +23,37 @@ use tokio::sync::watch;
 /// clock is noticed without waiting for a far slot).
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 
-/// Start the scheduler if any recipe has a schedule; it stops when `shutdown` turns true.
+/// Start the scheduler; it stops when `shutdown` turns true. It looks at
+/// the catalog each round, so a reload that adds, changes or removes a
+/// schedule takes effect within one round (at most [`MAX_SLEEP`]; a reload
+/// wakes it at once).
 pub fn spawn(
     engine: &Arc<Engine>,
     shutdown: watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let any = engine.catalog.recipes.iter().any(|r| r.schedule.is_some());
     let engine = engine.clone();
-    any.then(|| tokio::spawn(async move { engine.schedule(shutdown).await }))
+    Some(tokio::spawn(async move { engine.schedule(shutdown).await }))
 }
 
 impl Engine {
-    async fn schedule(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        // (recipe, schedule, last slot handled)
-        let mut entries: Vec<(String, Schedule, i64)> = Vec::new();
+    /// The schedule entries of the current catalog: `(recipe, schedule,
+    /// last slot handled)`, keeping the cursors already in `entries`.
+    fn schedule_entries(
+        &self,
+        entries: &[(String, Schedule, i64)],
+    ) -> Vec<(String, Schedule, i64)> {
         let start = self.now_ms();
-        for r in &self.catalog.recipes {
+        let mut out = Vec::new();
+        for r in &self.catalog().recipes {
             let Some(t) = &r.schedule else { continue };
+            if let Some((_, _, cursor)) = entries.iter().find(|(n, s, _)| {
+                *n == r.name
+                    && s.pattern == t.schedule.pattern
+                    && s.zone_name == t.schedule.zone_name
+            }) {
+                out.push((r.name.clone(), t.schedule.clone(), *cursor));
+                continue;
+            }
             let stored = match self.store.schedule_cursor(&r.name) {
                 Ok(c) => c,
                 Err(e) => {
@@ -58,9 +72,20 @@ impl Engine {
                     tracing::warn!(recipe = %r.name, error = %e, "cannot write the schedule cursor");
                 }
             }
-            entries.push((r.name.clone(), t.schedule.clone(), cursor));
+            out.push((r.name.clone(), t.schedule.clone(), cursor));
         }
+        out
+    }
+
+    async fn schedule(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut entries = self.schedule_entries(&[]);
+        let mut version = self.catalog().version.clone();
         while !*shutdown.borrow() {
+            let loaded = self.catalog().version.clone();
+            if loaded != version {
+                entries = self.schedule_entries(&entries);
+                version = loaded;
+            }
             let now = self.now_ms();
             for (name, schedule, cursor) in &mut entries {
                 let Some(slot) = schedule.latest_at_or_before(now) else {
@@ -92,6 +117,7 @@ impl Engine {
             let until = next.clamp(now + 1, now + MAX_SLEEP.as_millis() as i64);
             tokio::select! {
                 _ = self.sleep_until(until) => {}
+                _ = self.reloaded.notified() => {}
                 _ = shutdown.changed() => {}
             }
         }

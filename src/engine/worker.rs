@@ -146,7 +146,18 @@ impl Engine {
         mut run: Run,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(), store::StoreError> {
-        let Some(recipe) = self.catalog.recipe(&run.recipe) else {
+        // The catalog with the version of the recipe the run started with
+        // (see `reload`): a run never mixes two versions' steps.
+        let catalog = match self.catalogs.for_run(&mut run) {
+            Ok(c) => c,
+            Err(gone) => {
+                tracing::error!(run = %run.id, recipe = %run.recipe, "{}", gone.message);
+                return self
+                    .finish(&mut run, RunStatus::Failed, Some(gone.message))
+                    .await;
+            }
+        };
+        let Some(recipe) = catalog.recipe(&run.recipe) else {
             let msg = format!("recipe `{}` is not loaded", run.recipe);
             return self.finish(&mut run, RunStatus::Failed, Some(msg)).await;
         };
@@ -167,15 +178,14 @@ impl Engine {
         let ctx = step::context(recipe, &run.id, &run.event_id, event.body, self.now_ms());
         let mut host = WorkerHost {
             engine: self,
+            catalog: &catalog,
             pending: run.pending.take(),
             saved: run.steps.len(),
             run: &mut run,
             shutdown,
             store_error: None,
         };
-        let outcome = Walker::new(&self.catalog, recipe, &mut host, ctx)
-            .run()
-            .await;
+        let outcome = Walker::new(&catalog, recipe, &mut host, ctx).run().await;
         if outcome == Outcome::Suspended && host.store_error.is_none() {
             // Shutting down between steps: what ran is recorded before the exit.
             if let Err(e) = host.checkpoint().await {
@@ -228,6 +238,7 @@ impl Engine {
     /// attempts when the step is being retried.
     async fn run_call(
         &self,
+        catalog: &super::Catalog,
         call: &Call<'_>,
         run: &Run,
         prior: Option<StepRecord>,
@@ -249,7 +260,7 @@ impl Engine {
             attempts: 0,
             history: Vec::new(),
         });
-        let templates = &self.catalog.templates;
+        let templates = &catalog.templates;
         record.input = redact_value(connector, call.input.clone());
         let key = format!("{}:{}", run.id, call.path);
         let outcome = self
@@ -330,6 +341,8 @@ impl Engine {
 /// made durable before each call and with the run's end.
 struct WorkerHost<'a> {
     engine: &'a Engine,
+    /// The catalog of the run's recipe version (its templates render the steps).
+    catalog: &'a super::Catalog,
     run: &'a mut Run,
     shutdown: &'a watch::Receiver<bool>,
     /// The record of the call being retried (its attempts so far).
@@ -423,7 +436,10 @@ impl WorkerHost<'_> {
             return (empty_record(&call), Next::Suspend);
         }
         let prior = self.pending.take().filter(|p| p.id == call.path);
-        let (record, attempted) = self.engine.run_call(&call, self.run, prior).await;
+        let (record, attempted) = self
+            .engine
+            .run_call(self.catalog, &call, self.run, prior)
+            .await;
         crate::crash::point("step.called");
         if !matches!(attempted, Attempted::WaitSlot(_)) {
             tracing::info!(run = %self.run.id, recipe = %self.run.recipe, step = %call.path, status = record.status.as_str(), http_status = record.http_status, duration_ms = record.duration_ms, attempts = record.attempts, "step finished");

@@ -35,6 +35,10 @@ pub use steps::{Step, StepKind};
 #[derive(Debug)]
 pub struct Recipe {
     pub name: String,
+    /// What this recipe was compiled from: the first 12 hex digits of the
+    /// SHA-256 of its file and of `_shared.yaml` ([`version_of`]). A run
+    /// stores it and keeps executing this version's steps after a reload.
+    pub version: String,
     /// Its loop breaker: declared, on by default, off, or none (with
     /// `Declared` and `Default` its first two steps are the breaker's).
     pub loop_breaker: LoopBreaker,
@@ -163,7 +167,12 @@ pub fn load_dir(
     let mut out: Vec<Recipe> = Vec::new();
     let shared = shared::load(dir, connectors, errors);
     templates.set_calendars(shared.calendars.clone());
-    for (path, text) in crate::yaml::read_dir(dir, errors) {
+    let files = crate::yaml::read_dir(dir, errors);
+    let shared_text = files
+        .iter()
+        .find(|(p, _)| p.file_name().is_some_and(|n| n == shared::FILE))
+        .map_or("", |(_, t)| t.as_str());
+    for (path, text) in &files {
         // `_shared.yaml` and other `_` files hold definitions, not recipes.
         if path
             .file_name()
@@ -172,7 +181,7 @@ pub fn load_dir(
         {
             continue;
         }
-        match crate::yaml::load::<RecipeFile>(&path, &text) {
+        match crate::yaml::load::<RecipeFile>(path, text) {
             Err(e) => errors.push(e),
             Ok((file, map)) => {
                 if out.iter().any(|r| r.name == file.name) {
@@ -180,14 +189,29 @@ pub fn load_dir(
                         .push(map.error("/name", format!("duplicate recipe name `{}`", file.name)));
                     continue;
                 }
-                if let Some(r) = compile(file, &path, &map, connectors, &shared, templates, errors)
+                if let Some(mut r) =
+                    compile(file, path, &map, connectors, &shared, templates, errors)
                 {
+                    r.version = version_of(text, shared_text);
                     out.push(r);
                 }
             }
         }
     }
     out
+}
+
+/// A recipe's version: the first 12 hex digits of the SHA-256 of its
+/// file's text and `_shared.yaml`'s (whose vars and scenarios it compiles
+/// in). Connectors are not part of it: a run keeps its recipe's steps, and
+/// calls them through the connectors loaded now.
+pub fn version_of(recipe_text: &str, shared_text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((recipe_text.len() as u64).to_be_bytes());
+    h.update(recipe_text.as_bytes());
+    h.update(shared_text.as_bytes());
+    hex::encode(h.finalize())[..12].to_string()
 }
 
 fn compile(
@@ -411,6 +435,8 @@ fn compile(
     let on = on?;
     Some(Recipe {
         name: file.name,
+        // Set by `load_dir`, which has the file's text.
+        version: String::new(),
         loop_breaker,
         file: path.to_path_buf(),
         connector: on.connector,

@@ -96,6 +96,7 @@ fn run_of(event: &Event, recipe: &str, now: i64, kind: u8) -> Run {
         parked: None,
         starts: 0,
         listening: vec![],
+        version: None,
     }
 }
 

@@ -160,6 +160,11 @@ pub struct Run {
     /// retrying (then it ends at its next step boundary, see `x/`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listening: Vec<Correlation>,
+    /// The version of its recipe the run started with (`Recipe::version`):
+    /// after a reload it goes on with that version's steps, never a mix.
+    /// `None`: a run stored before versions existed (it runs the loaded one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// Executions a run may begin without reaching a checkpoint: a third

@@ -41,6 +41,7 @@ fn run(e: &Event, at: i64) -> Run {
         parked: None,
         starts: 0,
         listening: vec![],
+        version: None,
     }
 }
 

@@ -1082,6 +1082,7 @@ mod tests {
             parked: None,
             starts: 0,
             listening: vec![],
+            version: None,
         }
     }
 

@@ -699,9 +699,22 @@ async fn runs_and_events_commands_online_and_offline() {
 
     // Through the admin API of the running hub.
     let show = ok(hub.cli(&["runs", "show", &run_id]));
+    // The run names the version of its recipe it ran (the catalog's).
+    let (_, catalog) = hub.api("/api/catalog").await;
+    let version = catalog["recipes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "resend-confirmation")
+        .unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(version.len(), 12, "{catalog}");
+    assert_eq!(run["version"], version.as_str(), "{run}");
     assert!(
         show.starts_with(&format!(
-            "run     {run_id}\nrecipe  resend-confirmation\nevent   {event_id}\nstatus  succeeded\n"
+            "run     {run_id}\nrecipe  resend-confirmation (version {version})\nevent   {event_id}\nstatus  succeeded\n"
         )),
         "{show}"
     );

@@ -16,6 +16,8 @@
 //! - `recipe_tests`: `switchboard test` running the recipes' own `tests:` with mocked connectors.
 //! - `schema`: `switchboard schema`: every shipped recipe and connector valid against the generated JSON Schemas; mistakes refused.
 //! - `state`: recipe state and assignment steps (concurrency, kill -9), the `state` CLI and API.
+//! - `reload`: SIGHUP and file-change reloads mid-traffic (no event lost, no run mixing versions), a broken edit (stale), a parked run's version gone after a restart.
+//! - `replay`: `switchboard replay` and `/api/replay` over stored events (verdicts, changed inputs, would-call, paging); nothing sent or written.
 //! - `reply`: a recipe's `reply:` as the webhook's answer (Slack slash command), its fallback and winner.
 //! - `prism`: shipped connector actions validated by Prism serving the vendors' real specs.
 //! - `flow`: set, switch, for_each and stop through the binary; kill -9 inside a loop.
@@ -49,6 +51,8 @@ mod outbound;
 mod prism;
 mod recipe_tests;
 mod recipes;
+mod reload;
+mod replay;
 mod reply;
 mod schema;
 mod state;

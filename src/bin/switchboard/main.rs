@@ -8,6 +8,7 @@ mod demo;
 mod docs;
 mod inspect;
 mod render;
+mod replay;
 mod state;
 mod store;
 
@@ -114,6 +115,27 @@ struct ServeArgs {
     /// secrets unless --secrets is given). Then try `switchboard demo send`.
     #[arg(long, env = "SWITCHBOARD_DEMO")]
     demo: bool,
+    /// How often to look for changed connector and recipe files (e.g. `1s`);
+    /// a change that passes `check` is used for new events, one that fails
+    /// is logged and the hub keeps the last good files. `off`: reload only
+    /// on SIGHUP.
+    #[arg(long, env = "SWITCHBOARD_WATCH", default_value = "1s", value_parser = parse_watch)]
+    watch: Watch,
+}
+
+/// `--watch`: an interval, or `off`.
+#[derive(Clone, Copy)]
+struct Watch(Option<Duration>);
+
+fn parse_watch(s: &str) -> Result<Watch, String> {
+    match s.trim() {
+        "off" | "none" => Ok(Watch(None)),
+        d => match humantime::parse_duration(d) {
+            Ok(d) if !d.is_zero() => Ok(Watch(Some(d))),
+            Ok(_) => Err("use `off` to not watch the files".into()),
+            Err(e) => Err(format!("{e} (expected e.g. `1s`, or `off`)")),
+        },
+    }
 }
 
 #[derive(Subcommand)]
@@ -169,6 +191,10 @@ enum Command {
     /// Connect an OAuth2 connector once: open the printed URL, grant
     /// access; the tokens are stored in <data>/oauth/NAME.json (never printed).
     Connect(connect::ConnectArgs),
+    /// What a recipe as its file is now would have done for stored events,
+    /// against what ran: a dry run (no call leaves the process, nothing is
+    /// written), calls answered from the original runs' records.
+    Replay(replay::ReplayArgs),
     /// What the store holds: counts and bytes on disk.
     Store {
         #[command(subcommand)]
@@ -222,6 +248,7 @@ fn main() -> ExitCode {
             Command::Demo { cmd } => demo::demo(cmd).await,
             Command::Store { cmd } => store::store(cmd).await,
             Command::Connect(args) => connect::connect(args).await,
+            Command::Replay(args) => replay::replay(args).await,
         }
     })
 }
@@ -285,6 +312,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         retention: args.retention.0,
         metrics_public: args.metrics_public,
         demo: args.demo,
+        watch: args.watch.0,
         backpressure: args.backpressure,
         connections: switchboard::listener::ConnectionLimits {
             header_timeout: args.header_timeout,

@@ -58,9 +58,10 @@ pub fn events(list: &Listing<Event>) -> String {
 
 pub fn run(r: &Run) -> String {
     let mut out = format!(
-        "run     {}\nrecipe  {}\nevent   {}\nstatus  {}\ncreated {}\n",
+        "run     {}\nrecipe  {} (version {})\nevent   {}\nstatus  {}\ncreated {}\n",
         r.id,
         r.recipe,
+        r.version.as_deref().unwrap_or("-"),
         r.event_id,
         name(r.status),
         time(r.created_at)
