@@ -179,7 +179,13 @@ impl Catalogs {
         if let Some(c) = kept {
             return Ok(c);
         }
-        let started = !run.steps.is_empty() || run.pending.is_some() || run.parked.is_some();
+        // Begun before: a record, a pending retry, a wait, or an earlier
+        // execution that may have made a call it did not get to record
+        // (leasing counts starts: this execution is the first if it is 1).
+        let started = !run.steps.is_empty()
+            || run.pending.is_some()
+            || run.parked.is_some()
+            || run.starts > 1;
         match current.recipe(&run.recipe) {
             Some(r) if !started => {
                 tracing::info!(run = %run.id, recipe = %run.recipe, from = %version, to = %r.version,

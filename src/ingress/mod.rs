@@ -95,7 +95,7 @@ async fn receive(
     let catalog = st.engine.catalog();
     let connector = catalog.connectors.get(&name);
     let resp = match connector.and_then(|c| Some((c, c.webhook.as_ref()?))) {
-        Some((c, webhook)) => handle(&st, catalog, c, webhook, req).await.into_response(),
+        Some((c, webhook)) => handle(&st, &catalog, c, webhook, req).await.into_response(),
         None => ApiError::NotFound(format!("no webhook connector named `{name}`")).into_response(),
     };
     let label = connector.map_or(metrics::UNKNOWN_CONNECTOR, |c| c.name.as_str());
