@@ -6,6 +6,7 @@
 #
 #   bench/waits-serve.sh            # N=100000, both modes
 #   N=20000 bench/waits-serve.sh    # quicker
+#   MODES=wait bench/waits-serve.sh # one mode only
 #
 # Needs wrk (bench/run.sh installs it). Builds the release binary unless
 # SWITCHBOARD_BIN is set. Events are bench/w1/event.json, signed, sent by
@@ -84,5 +85,10 @@ YAML
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
 }
 
-run_mode wait 18931
-run_mode done 18932
+for mode in ${MODES:-wait done}; do
+    case $mode in
+    wait) run_mode wait 18931 ;;
+    done) run_mode done 18932 ;;
+    *) echo "unknown mode $mode (wait, done)" >&2; exit 1 ;;
+    esac
+done

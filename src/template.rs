@@ -45,6 +45,17 @@ pub struct Templates {
     /// the compiler of the file ([`Templates::set_origin`]): a render error
     /// says where to look.
     origins: std::collections::HashMap<String, Arc<str>>,
+    /// The registered template of each distinct source, by kind (`t`:
+    /// [`Templates::compile`], `p`: [`Templates::compile_path`]) and source,
+    /// and for a later template of the same source, the name it renders
+    /// through: a source repeated across recipes ("{{ event.ticket.id }}")
+    /// is compiled and registered with minijinja once, while each use keeps
+    /// its own name (and origin). minijinja keeps ~12 KiB per template (its
+    /// instruction buffers are allocated for 256 instructions and never
+    /// shrunk), which made templates the largest cost of a loaded recipe
+    /// (BENCHMARKS.md, "10,000 loaded recipes").
+    registered: std::collections::HashMap<(char, String), (String, bool)>,
+    aliases: std::collections::HashMap<String, String>,
     /// Business-hours calendars for `within_business_hours()` and
     /// `next_business_open()`; set once, after `_shared.yaml` loads.
     calendars: Arc<OnceLock<Calendars>>,
@@ -124,6 +135,8 @@ impl Templates {
             env,
             next: 0,
             origins: Default::default(),
+            registered: Default::default(),
+            aliases: Default::default(),
             calendars,
         }
     }
@@ -162,9 +175,15 @@ impl Templates {
         }
         let name = format!("p{}", self.next);
         self.next += 1;
-        self.env
-            .add_template_owned(name.clone(), guard_chains(source).0)
-            .map_err(TemplateError::from)?;
+        if let Some((first, _)) = self.registered.get(&('p', source.to_string())) {
+            self.aliases.insert(name.clone(), first.clone());
+        } else {
+            self.env
+                .add_template_owned(name.clone(), guard_chains(source).0)
+                .map_err(TemplateError::from)?;
+            self.registered
+                .insert(('p', source.to_string()), (name.clone(), false));
+        }
         Ok(Template::Text {
             name,
             source: source.to_string(),
@@ -178,12 +197,24 @@ impl Templates {
         }
         let name = format!("t{}", self.next);
         self.next += 1;
+        if let Some((first, typed)) = self.registered.get(&('t', source.to_string())) {
+            let (first, typed) = (first.clone(), *typed);
+            self.aliases.insert(name.clone(), first);
+            let source = source.to_string();
+            return Ok(if typed {
+                Template::Typed { name, source }
+            } else {
+                Template::Text { name, source }
+            });
+        }
         let guarded = guard_chains(source).0;
         if let Some(expr) = single_expression(&guarded) {
             // Typed: render through `tojson` and parse back; a string result
             // stays a string.
             let wrapped = format!("{{{{ ({expr}) | tojson }}}}");
             if self.env.add_template_owned(name.clone(), wrapped).is_ok() {
+                self.registered
+                    .insert(('t', source.to_string()), (name.clone(), true));
                 return Ok(Template::Typed {
                     name,
                     source: source.to_string(),
@@ -193,6 +224,8 @@ impl Templates {
         self.env
             .add_template_owned(name.clone(), guarded)
             .map_err(TemplateError::from)?;
+        self.registered
+            .insert(('t', source.to_string()), (name.clone(), false));
         Ok(Template::Text {
             name,
             source: source.to_string(),
@@ -288,7 +321,9 @@ impl Templates {
     }
 
     fn render_named(&self, name: &str, source: &str, ctx: &Value) -> Result<String, TemplateError> {
-        let t = self.env.get_template(name)?;
+        let t = self
+            .env
+            .get_template(self.aliases.get(name).map_or(name, String::as_str))?;
         let mut out = limits::Bounded::default();
         let err = match t.render_captured_to(ctx, &mut out) {
             Ok(_) => {
@@ -1357,6 +1392,35 @@ mod tests {
         ] {
             assert_eq!(render(src, ctx.clone()).unwrap(), want, "{src}");
         }
+    }
+
+    /// A source repeated across recipes is registered with minijinja once
+    /// (it keeps ~12 KiB per template), each use keeping its own name and
+    /// origin; a path template of the same text is another template, since
+    /// it escapes what it prints.
+    #[test]
+    fn a_repeated_source_is_registered_once() {
+        let mut t = Templates::new();
+        let a = t.compile("{{ event.id }}").unwrap();
+        let b = t.compile("{{ event.id }}").unwrap();
+        let text = t.compile("/x/{{ event.id }}").unwrap();
+        let path = t.compile_path("/x/{{ event.id }}").unwrap();
+        let path2 = t.compile_path("/x/{{ event.id }}").unwrap();
+        assert_eq!(t.env.templates().count(), 3);
+        let ctx = json!({"event": {"id": "a/b"}});
+        assert_eq!(t.render(&a, &ctx).unwrap(), json!("a/b"));
+        assert_eq!(t.render(&b, &ctx).unwrap(), json!("a/b"));
+        assert_eq!(t.render_string(&text, &ctx).unwrap(), "/x/a/b");
+        assert_eq!(t.render_string(&path, &ctx).unwrap(), "/x/a%2Fb");
+        assert_eq!(t.render_string(&path2, &ctx).unwrap(), "/x/a%2Fb");
+        let miss = t.compile("hi {{ event.missing }}").unwrap();
+        let miss2 = t.compile("hi {{ event.missing }}").unwrap();
+        t.set_origin(&miss, "recipes/a.yaml:1:1".into());
+        t.set_origin(&miss2, "recipes/b.yaml:2:2".into());
+        let e = t.render(&miss, &ctx).unwrap_err().0;
+        assert!(e.ends_with("at recipes/a.yaml:1:1"), "{e}");
+        let e = t.render(&miss2, &ctx).unwrap_err().0;
+        assert!(e.ends_with("at recipes/b.yaml:2:2"), "{e}");
     }
 
     #[test]

@@ -165,6 +165,9 @@ pub fn load_dir(
     errors: &mut Vec<LoadError>,
 ) -> Vec<Recipe> {
     let mut out: Vec<Recipe> = Vec::new();
+    // Names taken so far: a set, since 10,000 recipes made the scan of
+    // `out` per file 50 million comparisons.
+    let mut names = std::collections::HashSet::new();
     let shared = shared::load(dir, connectors, errors);
     templates.set_calendars(shared.calendars.clone());
     let files = crate::yaml::read_dir(dir, errors);
@@ -184,7 +187,7 @@ pub fn load_dir(
         match crate::yaml::load::<RecipeFile>(path, text) {
             Err(e) => errors.push(e),
             Ok((file, map)) => {
-                if out.iter().any(|r| r.name == file.name) {
+                if names.contains(&file.name) {
                     errors
                         .push(map.error("/name", format!("duplicate recipe name `{}`", file.name)));
                     continue;
@@ -193,6 +196,7 @@ pub fn load_dir(
                     compile(file, path, &map, connectors, &shared, templates, errors)
                 {
                     r.version = version_of(text, shared_text);
+                    names.insert(r.name.clone());
                     out.push(r);
                 }
             }

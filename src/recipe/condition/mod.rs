@@ -168,7 +168,8 @@ enum Op {
         element: Value,
         text: Option<String>,
     },
-    Matches(Regex),
+    /// Shared by every condition with the same pattern ([`regex`]).
+    Matches(Arc<Regex>),
     Exists(bool),
     /// The operand is a number or a string (checked at compile time).
     Compare(Cmp, Value),
@@ -496,17 +497,12 @@ fn compile_op(name: &str, operand: &Value, pointer: &str) -> Result<Op, Conditio
             text: scalar_text(operand).map(Cow::into_owned),
         },
         "matches" => match operand {
-            Value::String(pattern) => Op::Matches(
-                RegexBuilder::new(pattern)
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .build()
-                    .map_err(|e| {
-                        ConditionError::new(
-                            pointer,
-                            format!("invalid regex `{pattern}`: {}", regex_error(&e)),
-                        )
-                    })?,
-            ),
+            Value::String(pattern) => Op::Matches(regex(pattern).map_err(|e| {
+                ConditionError::new(
+                    pointer,
+                    format!("invalid regex `{pattern}`: {}", regex_error(&e)),
+                )
+            })?),
             _ => return Err(expects("a regex string")),
         },
         "exists" => match operand {
@@ -547,6 +543,40 @@ fn compile_op(name: &str, operand: &Value, pointer: &str) -> Result<Op, Conditio
             return Err(ConditionError::new(pointer, message));
         }
     })
+}
+
+/// The compiled regex of a `matches` pattern, shared with every other
+/// condition of the process that uses the same pattern.
+///
+/// A compiled `Regex` holds its automata (NFAs, DFAs, a literal
+/// prefilter: ~30 KiB for `(?i)(setup|confirm)`) and a cache pool; 10,000
+/// recipes with the same condition would otherwise hold 10,000 copies
+/// (BENCHMARKS.md, "10,000 loaded recipes"). Entries are weak: a pattern's
+/// regex is freed with the last condition using it (a reloaded catalog
+/// shares what the old one compiled while both are alive). A regex does no
+/// I/O and is `Sync`, so sharing it across recipes and threads is sound.
+fn regex(pattern: &str) -> Result<Arc<Regex>, regex::Error> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock, Weak};
+    static SHARED: OnceLock<Mutex<HashMap<String, Weak<Regex>>>> = OnceLock::new();
+    let shared = SHARED.get_or_init(Default::default);
+    // A panic while holding the lock leaves a map of valid entries.
+    let mut map = shared.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(re) = map.get(pattern).and_then(Weak::upgrade) {
+        return Ok(re);
+    }
+    let re = Arc::new(
+        RegexBuilder::new(pattern)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()?,
+    );
+    // Drop the entries of freed regexes as the map doubles, so reloads do
+    // not grow it without bound.
+    if map.len() >= 64 && map.len().is_power_of_two() {
+        map.retain(|_, w| w.strong_count() > 0);
+    }
+    map.insert(pattern.to_owned(), Arc::downgrade(&re));
+    Ok(re)
 }
 
 /// A one-line description of a regex error. The regex crate's message is a

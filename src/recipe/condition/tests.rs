@@ -593,3 +593,44 @@ proptest! {
         }
     }
 }
+
+/// The regex of a `matches` pattern is compiled once however many
+/// conditions use it (10,000 recipes with one pattern held 10,000 copies),
+/// and freed with the last of them.
+#[test]
+fn conditions_with_the_same_pattern_share_one_regex() {
+    fn regex_of(c: &Condition) -> Arc<Regex> {
+        match &c.root {
+            Node::All(items) => match &items[0] {
+                Node::Path(p) => match &p.ops[0] {
+                    Op::Matches(re) => re.clone(),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+    let pattern = "(?i)(shared-pattern-test|confirm)";
+    let cond = json!([{ "$.event.subject": { "matches": pattern } }]);
+    let a = Condition::compile(&cond).unwrap();
+    let b = Condition::compile(&cond).unwrap();
+    assert!(Arc::ptr_eq(&regex_of(&a), &regex_of(&b)));
+    let other = Condition::compile(
+        &json!([{ "$.event.subject": { "matches": "(?i)other-pattern-test" } }]),
+    )
+    .unwrap();
+    assert!(!Arc::ptr_eq(&regex_of(&a), &regex_of(&other)));
+    // Both still match what their own pattern says.
+    let ctx = json!({"event": {"subject": "Please CONFIRM"}});
+    assert!(a.eval(&ctx) && b.eval(&ctx) && !other.eval(&ctx));
+    // Freed with the last condition using it: a later compile builds a new one.
+    let weak = Arc::downgrade(&regex_of(&a));
+    drop((a, b));
+    assert!(
+        weak.upgrade().is_none(),
+        "the regex outlived its conditions"
+    );
+    let c = Condition::compile(&cond).unwrap();
+    assert!(c.eval(&ctx));
+}
