@@ -10,7 +10,7 @@ use crate::engine::{
 use crate::ingress::{self, IngressState};
 use crate::listener::{self, ConnectionLimits};
 use crate::secret::Secret;
-use crate::store::{reopen::Reopening, sled::SledStore, Store};
+use crate::store::{pg::PgStore, reopen::Reopening, sled::SledStore, Backend, Store};
 use crate::yaml::LoadError;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -50,6 +50,9 @@ pub struct ServeConfig {
     /// How often to look for changed connector and recipe files and reload
     /// them (`None`: only on SIGHUP or `POST /api/catalog/reload`).
     pub watch: Option<Duration>,
+    /// `--store`: a `postgres://` URL or a sled directory (`None`: sled in
+    /// `<data_dir>/store`).
+    pub store: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +87,7 @@ impl ServeConfig {
             shutdown_grace: Duration::from_secs(Self::DEFAULT_SHUTDOWN_GRACE_SECS),
             max_queue: Self::DEFAULT_MAX_QUEUE,
             retention: Some(crate::engine::retention::DEFAULT_RETENTION),
+            store: None,
             backpressure: false,
             connections: ConnectionLimits::default(),
             metrics_public: false,
@@ -168,35 +172,14 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| {
         ServeError::Setup(format!("cannot create {}: {e}", config.data_dir.display()))
     })?;
-    let store = SledStore::open(&config.data_dir.join("store")).map_err(|e| {
-        ServeError::Setup(format!(
-            "cannot open the store in {}: {e} (is another switchboard running on it?)",
-            config.data_dir.display()
-        ))
-    })?;
-    // One node owns a sled store, so every lease found at start-up is stale.
-    let released = store
-        .release_leases(crate::store::now_ms())
-        .map_err(|e| ServeError::Setup(e.to_string()))?;
-    if released > 0 {
-        tracing::info!(
-            runs = released,
-            "resuming runs interrupted by the last stop"
-        );
-    }
-    // After a write error (a full disk) the store reopens itself once space is back.
     // The data dir and the store's files, created just now, are private.
+    let store = open_store(&Backend::parse(config.store.as_deref(), &config.data_dir))?;
     make_private(&config.data_dir).map_err(|e| {
         ServeError::Setup(format!(
             "cannot make {} private: {e}",
             config.data_dir.display()
         ))
     })?;
-    let store_dir = config.data_dir.join("store");
-    let store: Arc<dyn Store> = Arc::new(Reopening::new(
-        Arc::new(store),
-        Box::new(move || Ok(Arc::new(SledStore::open(&store_dir)?) as Arc<dyn Store>)),
-    ));
     let token = admin_token(&config)?;
     tracing::info!(
         connectors = catalog.connectors.by_name.len(),
@@ -220,6 +203,51 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         token,
         sandbox,
     })
+}
+
+/// Open the store `serve` runs on, its stale leases released.
+fn open_store(backend: &Backend) -> Result<Arc<dyn Store>, ServeError> {
+    let released_by = |store: &dyn Store| -> Result<(), ServeError> {
+        let released = store
+            .release_leases(crate::store::now_ms())
+            .map_err(|e| ServeError::Setup(e.to_string()))?;
+        if released > 0 {
+            tracing::info!(runs = released, "resuming runs interrupted by the last stop");
+        }
+        Ok(())
+    };
+    match backend {
+        Backend::Sled(dir) => {
+            let store = SledStore::open(dir).map_err(|e| {
+                ServeError::Setup(format!(
+                    "cannot open the store in {}: {e} (is another switchboard running on it?)",
+                    dir.display()
+                ))
+            })?;
+            // One node owns a sled store, so every lease found at start-up is stale.
+            released_by(&store)?;
+            // After a write error (a full disk) the store reopens itself once space is back.
+            let dir = dir.clone();
+            Ok(Arc::new(Reopening::new(
+                Arc::new(store),
+                Box::new(move || Ok(Arc::new(SledStore::open(&dir)?) as Arc<dyn Store>)),
+            )))
+        }
+        Backend::Postgres(url) => {
+            // Migrations are applied here; the pool reconnects by itself, so
+            // no `Reopening` around it. Only leases of nodes that are gone
+            // are released: other nodes may be running.
+            let store = PgStore::open(url).map_err(|e| {
+                ServeError::Setup(format!(
+                    "cannot open the store at {}: {e}",
+                    backend.describe()
+                ))
+            })?;
+            tracing::info!(store = %backend.describe(), node = store.node_id(), "PostgreSQL store");
+            released_by(&store)?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// Load, then run the hub on `listener` until `shutdown` completes.

@@ -1,7 +1,8 @@
 //! Durable state: events, runs with their step records, and the run queue.
 //!
-//! [`Store`] is a trait so a PostgreSQL backend can follow the embedded
-//! [`sled`](self::sled) one. Backends write; [`GroupCommit`] makes writes
+//! [`Store`] is a trait with two backends: the embedded [`sled`](self::sled)
+//! store (the default, one node) and [`pg`] (PostgreSQL, several nodes on
+//! one database), chosen by [`Backend`]. Backends write; [`GroupCommit`] makes writes
 //! durable, sharing one flush among every request waiting at the same time.
 //! This module knows nothing about HTTP, recipes or connectors: records are
 //! plain serde types.
@@ -10,8 +11,11 @@
 //! the lease's expiry time, so a run whose worker died comes due again by
 //! itself.
 
+#[cfg(test)]
+mod conformance;
 pub mod index;
 mod overlay;
+pub mod pg;
 pub mod reopen;
 pub mod retention;
 pub mod sled;
@@ -608,6 +612,33 @@ pub trait Store: Send + Sync + 'static {
     /// Remove expired values and counters, looking at most at `max` entries
     /// from where the previous sweep stopped.
     fn sweep_state(&self, now: i64, max: usize) -> Result<Swept>;
+}
+
+/// Where the store lives: `serve --store` / `SWITCHBOARD_STORE`, either a
+/// `postgres://` URL or a directory for sled (default: `<data>/store`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Sled(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Backend {
+    /// `spec` as given (`None`: sled in `<data_dir>/store`).
+    pub fn parse(spec: Option<&str>, data_dir: &std::path::Path) -> Backend {
+        match spec.map(str::trim).filter(|s| !s.is_empty()) {
+            None => Backend::Sled(data_dir.join("store")),
+            Some(s) if pg::is_url(s) => Backend::Postgres(s.to_string()),
+            Some(s) => Backend::Sled(std::path::PathBuf::from(s)),
+        }
+    }
+
+    /// Where it is, for messages: the directory, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Sled(dir) => dir.display().to_string(),
+            Backend::Postgres(url) => pg::redact_url(url),
+        }
+    }
 }
 
 /// Retry every failed or dead run of `recipe`; returns the ids queued again.

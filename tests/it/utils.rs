@@ -62,6 +62,92 @@ pub fn test_secrets() -> Vec<(String, String)> {
     .collect()
 }
 
+/// The PostgreSQL database the tests use (trust auth on the machine's server).
+pub fn test_pg() -> String {
+    std::env::var("SWITCHBOARD_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A schema of its own in the test database; `url` connects to it.
+pub struct PgSchema {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgSchema {
+    /// The schema named `name` (created if missing), marked with this
+    /// process's id so a later test process drops it once we are gone.
+    pub fn named(name: &str) -> PgSchema {
+        let mut c = postgres::Client::connect(&test_pg(), postgres::NoTls)
+            .expect("PostgreSQL at 127.0.0.1:5432, database test (SWITCHBOARD_TEST_PG)");
+        drop_schemas_of_finished_runs(&mut c);
+        c.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {name}; COMMENT ON SCHEMA {name} IS 'switchboard test pid {}'",
+            std::process::id()
+        ))
+        .unwrap();
+        let base = test_pg();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        PgSchema {
+            name: name.to_string(),
+            url: format!("{base}{sep}options=-csearch_path%3D{name}"),
+        }
+    }
+
+    /// A fresh schema, dropped with this value.
+    pub fn fresh() -> PgSchema {
+        use rand::Rng;
+        let n: u64 = rand::rng().random();
+        PgSchema::named(&format!("sbt_{n:016x}"))
+    }
+
+    pub fn drop_now(&self) {
+        if let Ok(mut c) = postgres::Client::connect(&test_pg(), postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+        }
+    }
+}
+
+/// Drop test schemas whose test process has ended (a schema that lives as
+/// long as a data dir cannot be dropped by a value: hubs restart on it).
+fn drop_schemas_of_finished_runs(c: &mut postgres::Client) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let rows = c
+            .query(
+                "SELECT nspname, obj_description(oid, 'pg_namespace') FROM pg_namespace
+                 WHERE nspname LIKE 'sbt\\_%'",
+                &[],
+            )
+            .unwrap_or_default();
+        for r in rows {
+            let (name, comment): (String, Option<String>) = (r.get(0), r.get(1));
+            let pid = comment
+                .as_deref()
+                .and_then(|c| c.strip_prefix("switchboard test pid "))
+                .and_then(|p| p.parse::<u32>().ok());
+            let gone = pid.is_none_or(|p| !Path::new(&format!("/proc/{p}")).exists());
+            if gone {
+                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"));
+            }
+        }
+    });
+}
+
+/// `--store` for a hub: with `SWITCHBOARD_TEST_STORE=postgres` every hub
+/// of the suite runs on PostgreSQL, in a schema named after its data dir
+/// (so a restarted hub finds its store again, as with sled); unset, sled.
+fn store_for(opts: &HubOptions, data: &Path) -> Option<String> {
+    if opts.args.iter().any(|a| a == "--store")
+        || std::env::var("SWITCHBOARD_TEST_STORE").as_deref() != Ok("postgres")
+    {
+        return None;
+    }
+    use sha2::Digest;
+    let h = hex::encode(&Sha256::digest(data.to_string_lossy().as_bytes())[..8]);
+    Some(PgSchema::named(&format!("sbt_{h}")).url)
+}
+
 /// How to start a hub.
 #[derive(Clone)]
 pub struct HubOptions {
@@ -131,6 +217,7 @@ impl Hub {
             }
         };
         let token = "test-admin-token".to_string();
+        let store = store_for(&opts, &data);
         let mut cmd = match opts.nofile {
             None => Command::new(bin()),
             Some(n) => {
@@ -154,7 +241,9 @@ impl Hub {
                 &[]
             })
             .args(&opts.args)
+            .args(store.iter().flat_map(|url| ["--store", url.as_str()]))
             .env_remove("SWITCHBOARD_ALLOW_INTERNAL")
+            .env_remove("SWITCHBOARD_STORE")
             .env("SWITCHBOARD_ADMIN_TOKEN", &token)
             .env(
                 "SWITCHBOARD_LOG",

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use switchboard::admin::queries::{self, PageQuery, RetriedRuns, RunsQuery};
 use switchboard::server;
-use switchboard::store::{self, sled::SledStore, Store};
+use switchboard::store::{self, pg::PgStore, sled::SledStore, Backend, Store};
 
 #[derive(Subcommand)]
 pub enum RunsCmd {
@@ -93,6 +93,10 @@ impl PageArgs {
 pub struct Source {
     #[arg(long, env = "SWITCHBOARD_DATA", default_value = "data")]
     pub data: PathBuf,
+    /// The store a hub runs on (`serve --store`): a `postgres://` URL is
+    /// read directly, also while hubs run on it.
+    #[arg(long, env = "SWITCHBOARD_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     /// Admin API of a running hub; used when the store is held by it.
     #[arg(long, env = "SWITCHBOARD_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
@@ -213,21 +217,31 @@ pub(crate) enum Hub<'a> {
 
 impl<'a> Hub<'a> {
     pub(crate) fn open(src: &'a Source) -> Hub<'a> {
-        match open_store(&src.data) {
+        match open_store(&src.data, src.store.as_deref()) {
             Some(store) => Hub::Store(store),
             None => Hub::Api(Api { src }),
         }
     }
 }
 
-fn open_store(data: &Path) -> Option<Box<dyn Store>> {
-    let dir = data.join("store");
-    if !dir.exists() {
-        return None;
+fn open_store(data: &Path, store: Option<&str>) -> Option<Box<dyn Store>> {
+    match Backend::parse(store, data) {
+        Backend::Postgres(url) => match PgStore::open(&url) {
+            Ok(s) => Some(Box::new(s)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                None
+            }
+        },
+        Backend::Sled(dir) => {
+            if !dir.exists() {
+                return None;
+            }
+            SledStore::open(&dir)
+                .ok()
+                .map(|s| Box::new(s) as Box<dyn Store>)
+        }
     }
-    SledStore::open(&dir)
-        .ok()
-        .map(|s| Box::new(s) as Box<dyn Store>)
 }
 
 /// The admin API of a running hub.

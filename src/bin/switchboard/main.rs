@@ -69,6 +69,11 @@ struct Dirs {
 struct ServeArgs {
     #[command(flatten)]
     dirs: Dirs,
+    /// Where events and runs are stored: a `postgres://user@host/db` URL
+    /// (several nodes may share it; migrations are applied at start) or a
+    /// directory for the embedded store (default: <data>/store).
+    #[arg(long, env = "SWITCHBOARD_STORE", hide_env_values = true)]
+    store: Option<String>,
     /// Address and port of the webhooks, the admin API and /metrics (`127.0.0.1:0`: any free port).
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = ServeConfig::DEFAULT_LISTEN)]
     listen: String,
@@ -314,6 +319,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         demo: args.demo,
         watch: args.watch.0,
         backpressure: args.backpressure,
+        store: args.store,
         connections: switchboard::listener::ConnectionLimits {
             header_timeout: args.header_timeout,
             body_timeout: args.body_timeout,

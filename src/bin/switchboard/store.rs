@@ -8,7 +8,7 @@ use crate::render;
 use clap::Subcommand;
 use serde::Serialize;
 use std::process::ExitCode;
-use switchboard::store::StoreStats;
+use switchboard::store::{pg, pg::PgStore, Backend, StoreStats};
 
 #[derive(Subcommand)]
 pub enum StoreCmd {
@@ -24,6 +24,15 @@ pub enum StoreCmd {
         #[arg(long)]
         scan: bool,
     },
+    /// Create or upgrade the PostgreSQL schema (`serve` does it at start too).
+    ///
+    /// Applies the numbered migrations the database lacks, in order, each in
+    /// its own transaction; nodes starting at once take turns.
+    Migrate {
+        /// The database: `postgres://user@host/db`.
+        #[arg(long, env = "SWITCHBOARD_STORE", hide_env_values = true)]
+        store: String,
+    },
 }
 
 #[derive(Serialize)]
@@ -33,6 +42,27 @@ struct ScanQuery {
 
 pub async fn store(cmd: StoreCmd) -> ExitCode {
     match cmd {
+        StoreCmd::Migrate { store } => {
+            let Backend::Postgres(url) = Backend::parse(Some(&store), std::path::Path::new("")) else {
+                eprintln!("error: --store must be a postgres:// URL (sled needs no migration)");
+                return ExitCode::FAILURE;
+            };
+            match PgStore::migrate(&url) {
+                Ok(applied) if applied.is_empty() => {
+                    println!("schema up to date (version {})", pg::schema::MIGRATIONS.len());
+                    ExitCode::SUCCESS
+                }
+                Ok(applied) => {
+                    let v: Vec<String> = applied.iter().map(|v| v.to_string()).collect();
+                    println!("applied migrations {}", v.join(", "));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         StoreCmd::Stats { src, scan } => {
             let answer: Result<StoreStats, String> = match Hub::open(&src) {
                 Hub::Store(s) => s.stats(scan).map_err(|e| e.to_string()),

@@ -1,0 +1,830 @@
+//! The behaviour every backend must show, written once over `&dyn Store`
+//! and run against each: sled in a temp dir, PostgreSQL in a schema of its
+//! own (created for the test, dropped after it) of the `test` database at
+//! 127.0.0.1:5432 (`SWITCHBOARD_TEST_PG` overrides the URL), so the tests
+//! run in parallel. The `matrix!` at the bottom names each test once and
+//! makes one `#[test]` per backend; `pg_nodes` adds what only several nodes
+//! on one database can show (two `PgStore`s are two nodes).
+
+use super::state::{StateKey, StateOp, StateOutput};
+use super::{
+    new_id, Correlation, Event, Inserted, Listen, Page, Parked, ReplayGuard, Retried, Run,
+    RunStatus, StepRecord, StepStatus, Store,
+};
+use serde_json::json;
+use std::sync::Arc;
+
+/// A place a store lives in for one test; opened again to check durability.
+pub(crate) trait Backend {
+    fn open(&self) -> Arc<dyn Store>;
+}
+
+pub(crate) struct Sled(tempfile::TempDir);
+
+impl Sled {
+    pub(crate) fn new() -> Sled {
+        Sled(tempfile::tempdir().unwrap())
+    }
+}
+
+impl Backend for Sled {
+    fn open(&self) -> Arc<dyn Store> {
+        let dir = self.0.path().to_path_buf();
+        Arc::new(super::sled::reopened(|| super::sled::SledStore::open(&dir)))
+    }
+}
+
+/// A schema of its own in the test database, dropped with this value.
+pub(crate) struct Pg {
+    pub(crate) url: String,
+    admin: String,
+    schema: String,
+}
+
+impl Pg {
+    pub(crate) fn new() -> Pg {
+        let admin = std::env::var("SWITCHBOARD_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("sbt_{}", new_id(super::now_ms()).to_lowercase());
+        let mut c = postgres::Client::connect(&admin, postgres::NoTls)
+            .expect("PostgreSQL at 127.0.0.1:5432, database test (SWITCHBOARD_TEST_PG)");
+        c.batch_execute(&format!("CREATE SCHEMA {schema}")).unwrap();
+        let sep = if admin.contains('?') { '&' } else { '?' };
+        Pg {
+            url: format!("{admin}{sep}options=-csearch_path%3D{schema}"),
+            admin,
+            schema,
+        }
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema));
+        }
+    }
+}
+
+impl Backend for Pg {
+    fn open(&self) -> Arc<dyn Store> {
+        Arc::new(super::pg::PgStore::open(&self.url).unwrap())
+    }
+}
+
+fn event(delivery: Option<&str>) -> Event {
+    Event {
+        id: new_id(1000),
+        connector: "zendesk".into(),
+        event_type: Some("ticket.created".into()),
+        delivery_id: delivery.map(str::to_string),
+        received_at: 1000,
+        body: json!({"a": 1, "nul": "a\u{0}b"}),
+        runs: vec![],
+        replay: None,
+    }
+}
+
+fn run(event: &Event, due: i64) -> Run {
+    Run {
+        id: new_id(1000),
+        event_id: event.id.clone(),
+        recipe: "r".into(),
+        status: RunStatus::Queued,
+        created_at: 1000,
+        updated_at: 1000,
+        finished_at: None,
+        steps: vec![],
+        error: None,
+        reason: None,
+        due_at: due,
+        pending: None,
+        round: 0,
+        concurrency: None,
+        debounce: None,
+        parked: None,
+        starts: 0,
+        listening: vec![],
+    }
+}
+
+fn step(id: &str, status: StepStatus) -> StepRecord {
+    StepRecord {
+        id: id.into(),
+        call: "c.a".into(),
+        status,
+        input: json!({}),
+        request: None,
+        http_status: Some(200),
+        output: json!({}),
+        error: None,
+        started_at: 0,
+        duration_ms: 1,
+        attempts: 3,
+        history: vec![],
+    }
+}
+
+fn insert(s: &dyn Store, e: &Event, runs: &[Run]) {
+    let mut e = e.clone();
+    e.runs = runs.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(s.insert_event(&e, runs).unwrap(), Inserted::New);
+}
+
+fn dedupes_by_delivery_id_and_survives_reopen(b: &dyn Backend) {
+    let e = event(Some("d1"));
+    {
+        let s = b.open();
+        assert_eq!(s.insert_event(&e, &[]).unwrap(), Inserted::New);
+        let again = event(Some("d1"));
+        assert_eq!(
+            s.insert_event(&again, &[]).unwrap(),
+            Inserted::Duplicate {
+                event_id: e.id.clone()
+            }
+        );
+        assert!(s.event(&again.id).unwrap().is_none(), "a duplicate is not stored");
+        // Another connector's same id, and events without an id, are new.
+        let mut other = event(Some("d1"));
+        other.connector = "hubspot".into();
+        assert_eq!(s.insert_event(&other, &[]).unwrap(), Inserted::New);
+        assert_eq!(s.insert_event(&event(None), &[]).unwrap(), Inserted::New);
+        assert_eq!(s.insert_event(&event(None), &[]).unwrap(), Inserted::New);
+        s.flush().unwrap();
+    }
+    let s = b.open();
+    assert_eq!(s.event(&e.id).unwrap().unwrap(), e);
+    assert_eq!(s.event_by_delivery("zendesk", "d1").unwrap().unwrap(), e);
+    assert_eq!(s.stats(false).unwrap().counts.events, 4);
+}
+
+fn a_replay_inside_its_window_is_a_duplicate(b: &dyn Backend) {
+    let s = b.open();
+    let guarded = |at: i64| {
+        let mut e = event(None);
+        e.id = new_id(at);
+        e.received_at = at;
+        e.replay = Some(ReplayGuard {
+            key: "body:abc".into(),
+            window_ms: Some(1_000),
+        });
+        e
+    };
+    let first = guarded(10_000);
+    assert_eq!(s.insert_event(&first, &[]).unwrap(), Inserted::New);
+    assert_eq!(
+        s.insert_event(&guarded(10_500), &[]).unwrap(),
+        Inserted::Duplicate {
+            event_id: first.id.clone()
+        }
+    );
+    let later = guarded(11_000);
+    assert_eq!(s.insert_event(&later, &[]).unwrap(), Inserted::New);
+    assert_eq!(
+        s.insert_event(&guarded(11_999), &[]).unwrap(),
+        Inserted::Duplicate { event_id: later.id }
+    );
+}
+
+fn queue_leases_expire_and_finish_dequeues(b: &dyn Backend) {
+    let s = b.open();
+    let e = event(None);
+    let r = run(&e, 1000);
+    insert(&*s, &e, std::slice::from_ref(&r));
+    assert_eq!(s.queue_depth().unwrap(), 1);
+    assert_eq!(s.next_due().unwrap(), Some(1000));
+    assert!(s.lease(999, 100, 10).unwrap().is_empty(), "not due yet");
+    let leased = s.lease(1000, 100, 10).unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!((leased[0].status, leased[0].starts), (RunStatus::Running, 1));
+    assert!(s.lease(1050, 100, 10).unwrap().is_empty(), "leased");
+    let again = s.lease(1100, 100, 10).unwrap();
+    assert_eq!(again.len(), 1, "the lease expired: due again");
+    assert_eq!(again[0].starts, 2);
+    let mut done = again[0].clone();
+    done.status = RunStatus::Succeeded;
+    done.steps.push(step("a", StepStatus::Succeeded));
+    s.finish_run(&done).unwrap();
+    assert_eq!(s.queue_depth().unwrap(), 0);
+    assert_eq!(s.next_due().unwrap(), None);
+    assert_eq!(s.run(&done.id).unwrap().unwrap(), done);
+    let stats = s.stats(true).unwrap();
+    assert_eq!(stats.counts.status(RunStatus::Succeeded), 1);
+    assert_eq!(stats.scanned.as_ref(), Some(&stats.counts));
+    assert!(stats.problems.is_empty(), "{:?}", stats.problems);
+}
+
+fn a_run_finished_after_its_lease_expired_is_not_leased_again(b: &dyn Backend) {
+    let s = b.open();
+    let e = event(None);
+    insert(&*s, &e, &[run(&e, 1000)]);
+    let first = s.lease(1000, 100, 10).unwrap();
+    assert_eq!(s.lease(1100, 100, 10).unwrap().len(), 1);
+    let mut done = first[0].clone();
+    done.status = RunStatus::Succeeded;
+    s.finish_run(&done).unwrap();
+    assert!(s.lease(1300, 100, 10).unwrap().is_empty());
+    assert_eq!(
+        s.run(&done.id).unwrap().unwrap().status,
+        RunStatus::Succeeded
+    );
+    assert_eq!(s.queue_depth().unwrap(), 0);
+}
+
+fn retry_run_requeues_only_failures_and_resumes_at_the_failed_step(b: &dyn Backend) {
+    let s = b.open();
+    let e = event(None);
+    let r = run(&e, 10);
+    insert(&*s, &e, std::slice::from_ref(&r));
+    assert_eq!(
+        s.retry_run(&r.id, 20).unwrap(),
+        Retried::NotFailed(RunStatus::Queued)
+    );
+    assert_eq!(s.retry_run("nope", 20).unwrap(), Retried::NotFound);
+    let mut leased = s.lease(10, 1000, 1).unwrap().remove(0);
+    leased.steps = vec![
+        step("s", StepStatus::Succeeded),
+        step("t", StepStatus::Failed),
+    ];
+    leased.status = RunStatus::Dead;
+    s.finish_run(&leased).unwrap();
+    assert_eq!(s.queue_depth().unwrap(), 0);
+    let failures = s
+        .runs(
+            &Page {
+                limit: 10,
+                before: None,
+            },
+            &super::RunFilter {
+                failures: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(failures.len(), 1);
+    let Retried::Queued(again) = s.retry_run(&r.id, 30).unwrap() else {
+        panic!()
+    };
+    assert_eq!(again.steps.len(), 1, "the completed step is kept");
+    assert_eq!(again.pending.as_ref().unwrap().attempts, 3, "history kept");
+    assert_eq!(
+        (again.status, again.round, again.due_at),
+        (RunStatus::Queued, 1, 30)
+    );
+    assert_eq!(s.lease(30, 1000, 5).unwrap().len(), 1);
+}
+
+fn corr(listen: Listen, key: &str, tag: &str) -> Correlation {
+    Correlation {
+        listen,
+        connector: "zendesk".into(),
+        event_type: "ticket.updated".into(),
+        key: key.into(),
+        tag: tag.into(),
+    }
+}
+
+/// Park a fresh run of `e` listed under `keys`, waiting until `until`.
+fn parked(s: &dyn Store, e: &Event, keys: Vec<Correlation>, until: i64) -> Run {
+    let r = run(e, 10);
+    s.insert_event(e, std::slice::from_ref(&r)).unwrap();
+    let mut leased = s.lease(10, 1000, 10).unwrap().remove(0);
+    assert_eq!(leased.id, r.id);
+    let prev = leased.due_at;
+    leased.status = RunStatus::Waiting;
+    leased.due_at = until;
+    leased.parked = Some(Parked {
+        step: "wait".into(),
+        until,
+        since: 10,
+        keys,
+        woken_by: None,
+    });
+    s.park(&leased, prev).unwrap();
+    leased
+}
+
+fn a_matching_event_wakes_or_cancels_waiting_runs_in_its_batch(b: &dyn Backend) {
+    use Listen::{Cancel, Wake};
+    let s = b.open();
+    let a = parked(
+        &*s,
+        &event(None),
+        vec![corr(Wake, "42", "r\0w"), corr(Cancel, "42", "r")],
+        5000,
+    );
+    let bb = parked(
+        &*s,
+        &event(None),
+        vec![corr(Wake, "43", "r\0w"), corr(Cancel, "43", "r")],
+        5000,
+    );
+    assert_eq!(s.lease(100, 1000, 10).unwrap().len(), 0, "waiting, not due");
+    assert_eq!(s.queue_depth().unwrap(), 0, "waiting runs are not backlog");
+    assert_eq!(s.queue_counts().unwrap().parked, 2);
+    let (_, m) = s
+        .insert_event_matching(
+            &event(Some("x1")),
+            &[],
+            &[corr(Wake, "44", "r\0w"), corr(Wake, "42", "q\0w")],
+            100,
+        )
+        .unwrap();
+    assert_eq!(m, super::Matched::default(), "another key or tag matches nothing");
+    let hit = event(Some("x2"));
+    let (_, m) = s
+        .insert_event_matching(&hit, &[], &[corr(Wake, "42", "r\0w")], 200)
+        .unwrap();
+    assert_eq!(m.woken, vec![a.id.clone()]);
+    let woke = s.run(&a.id).unwrap().unwrap();
+    assert_eq!((woke.status, woke.due_at), (RunStatus::Queued, 200));
+    assert_eq!(s.queue_depth().unwrap(), 1, "the woken run is backlog again");
+    assert_eq!(woke.parked.unwrap().woken_by, Some(hit.id.clone()));
+    let (_, m) = s
+        .insert_event_matching(&event(Some("x3")), &[], &[corr(Cancel, "42", "r")], 300)
+        .unwrap();
+    assert!(m.cancelled.is_empty(), "its cancel key went with the wake");
+    let (ins, m) = s
+        .insert_event_matching(&event(Some("x2")), &[], &[corr(Cancel, "43", "r")], 300)
+        .unwrap();
+    assert!(matches!(ins, Inserted::Duplicate { .. }));
+    assert!(m.cancelled.is_empty(), "a duplicate delivery matches nothing");
+    let (_, m) = s
+        .insert_event_matching(&event(Some("x4")), &[], &[corr(Cancel, "43", "r")], 400)
+        .unwrap();
+    assert_eq!(m.cancelled, vec![bb.id.clone()]);
+    let gone = s.run(&bb.id).unwrap().unwrap();
+    assert_eq!(gone.status, RunStatus::Cancelled);
+    assert!(gone.reason.unwrap().contains("cancelled by event"));
+    let leased = s.lease(10_000, 1000, 10).unwrap();
+    assert_eq!(leased.iter().map(|r| &r.id).collect::<Vec<_>>(), vec![&a.id]);
+    // No key is left: the same events again match nothing.
+    let (_, m) = s
+        .insert_event_matching(
+            &event(Some("x5")),
+            &[],
+            &[corr(Wake, "42", "r\0w"), corr(Cancel, "43", "r"), corr(Wake, "43", "r\0w")],
+            500,
+        )
+        .unwrap();
+    assert_eq!(m, super::Matched::default());
+}
+
+fn a_timed_out_wait_is_no_longer_listed(b: &dyn Backend) {
+    let s = b.open();
+    let a = parked(&*s, &event(None), vec![corr(Listen::Wake, "42", "r\0w")], 500);
+    let leased = s.lease(500, 1000, 10).unwrap();
+    assert_eq!(leased[0].id, a.id);
+    assert_eq!(leased[0].status, RunStatus::Running);
+    let (_, m) = s
+        .insert_event_matching(&event(Some("x")), &[], &[corr(Listen::Wake, "42", "r\0w")], 600)
+        .unwrap();
+    assert!(m.woken.is_empty(), "the timer won; the event does not wake it again");
+}
+
+fn a_running_run_is_asked_to_stop_by_a_cancelling_event(b: &dyn Backend) {
+    let s = b.open();
+    let e = event(None);
+    let mut r = run(&e, 10);
+    r.listening = vec![corr(Listen::Cancel, "7", "r")];
+    insert(&*s, &e, std::slice::from_ref(&r));
+    let leased = s.lease(10, 1000, 1).unwrap().remove(0);
+    assert_eq!(s.cancel_requested(&r.id).unwrap(), None);
+    let (_, m) = s
+        .insert_event_matching(&event(Some("c")), &[], &[corr(Listen::Cancel, "7", "r")], 20)
+        .unwrap();
+    assert_eq!(m.cancelling, vec![r.id.clone()]);
+    assert!(s.cancel_requested(&r.id).unwrap().is_some());
+    let mut done = leased;
+    done.status = RunStatus::Cancelled;
+    s.finish_run(&done).unwrap();
+    assert_eq!(s.cancel_requested(&r.id).unwrap(), None, "removed with the finish");
+}
+
+fn a_concurrency_key_runs_its_runs_one_at_a_time_in_order(b: &dyn Backend) {
+    let s = b.open();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let e = event(None);
+        let mut r = run(&e, 10);
+        r.concurrency = Some(super::ConcurrencySlot {
+            key: "r\0ticket-1".into(),
+            limit: 1,
+            seq: 0,
+        });
+        insert(&*s, &e, std::slice::from_ref(&r));
+        ids.push(r.id);
+    }
+    let leased = s.lease(10, 60_000, 10).unwrap();
+    assert_eq!(leased.iter().map(|r| &r.id).collect::<Vec<_>>(), vec![&ids[0]]);
+    assert!(s.lease(20, 60_000, 10).unwrap().is_empty(), "the others wait their turn");
+    let mut done = leased[0].clone();
+    done.status = RunStatus::Succeeded;
+    done.updated_at = 30;
+    s.finish_run(&done).unwrap();
+    // Finishing makes the next one due at once, not at its lease's end.
+    let next = s.lease(30, 60_000, 10).unwrap();
+    assert_eq!(next.iter().map(|r| &r.id).collect::<Vec<_>>(), vec![&ids[1]]);
+}
+
+fn a_debounced_burst_is_one_run_with_the_newest_event(b: &dyn Backend) {
+    let s = b.open();
+    let slot = |first_at| super::DebounceSlot {
+        key: "r\0ticket-9".into(),
+        quiet_ms: 100,
+        max_ms: 1_000,
+        first_at,
+        events: 0,
+    };
+    let e1 = event(None);
+    let mut r1 = run(&e1, 1_100);
+    r1.debounce = Some(slot(1_000));
+    insert(&*s, &e1, std::slice::from_ref(&r1));
+    let mut e2 = event(None);
+    e2.id = new_id(1_050);
+    let mut r2 = run(&e2, 1_150);
+    r2.debounce = Some(slot(1_050));
+    e2.runs = vec![r2.id.clone()];
+    assert_eq!(s.insert_event(&e2, std::slice::from_ref(&r2)).unwrap(), Inserted::New);
+    assert!(s.run(&r2.id).unwrap().is_none(), "no second run");
+    let stored = s.event(&e2.id).unwrap().unwrap();
+    assert_eq!(stored.runs, vec![r1.id.clone()], "the event lists the pending run");
+    let pending = s.run(&r1.id).unwrap().unwrap();
+    assert_eq!((pending.event_id.as_str(), pending.due_at), (e2.id.as_str(), 1_150));
+    assert_eq!(pending.debounce.unwrap().events, 2);
+    let leased = s.lease(1_150, 60_000, 10).unwrap();
+    assert_eq!(leased.len(), 1);
+    // Started: the next event of the key makes a new run.
+    let mut e3 = event(None);
+    e3.id = new_id(1_200);
+    let mut r3 = run(&e3, 1_300);
+    r3.debounce = Some(slot(1_200));
+    insert(&*s, &e3, std::slice::from_ref(&r3));
+    assert!(s.run(&r3.id).unwrap().is_some());
+}
+
+fn pages_newest_first(b: &dyn Backend) {
+    let s = b.open();
+    let mut ids = vec![];
+    for i in 0..5 {
+        let mut e = event(None);
+        e.id = new_id(1000 + i);
+        s.insert_event(&e, &[]).unwrap();
+        ids.push(e.id);
+    }
+    let page = |before: Option<String>| {
+        s.events(&Page { limit: 2, before })
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(page(None), vec![ids[4].clone(), ids[3].clone()]);
+    assert_eq!(page(Some(ids[3].clone())), vec![ids[2].clone(), ids[1].clone()]);
+    assert_eq!(s.event_times(0, 3).unwrap().len(), 3);
+}
+
+fn retention_deletes_old_finished_events_and_keeps_unfinished_runs(b: &dyn Backend) {
+    let s = b.open();
+    let old = |i: i64, d: &str| {
+        let mut e = event(Some(d));
+        e.id = new_id(1_000 + i);
+        e.received_at = 1_000 + i;
+        e
+    };
+    let (e1, e2) = (old(0, "old-1"), old(1, "old-2"));
+    let r1 = run(&e1, 1_000);
+    let r2 = run(&e2, 1_000);
+    insert(&*s, &e1, std::slice::from_ref(&r1));
+    insert(&*s, &e2, std::slice::from_ref(&r2));
+    let mut done = s.lease(1_000, 100, 10).unwrap();
+    done.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut finished = done.remove(0);
+    assert_eq!(finished.id, r1.id);
+    finished.status = RunStatus::Succeeded;
+    s.finish_run(&finished).unwrap();
+    let mut total = super::retention::Expired::default();
+    // Ids are monotonic in the process (`new_id`): those made "at 1,000"
+    // after other tests' sort at their time, so the cutoff is in an hour.
+    let cutoff = super::now_ms() + 3_600_000;
+    loop {
+        let x = s.expire(cutoff, 1).unwrap();
+        total.events += x.events;
+        total.runs += x.runs;
+        total.kept += x.kept;
+        if x.cycle_done {
+            break;
+        }
+    }
+    assert_eq!((total.events, total.runs, total.kept), (1, 1, 1));
+    assert!(s.event(&e1.id).unwrap().is_none() && s.run(&r1.id).unwrap().is_none());
+    assert!(s.event(&e2.id).unwrap().is_some(), "its run is not finished");
+    // The dedupe key went with the event: the delivery is new again.
+    assert_eq!(s.insert_event(&old(5, "old-1"), &[]).unwrap(), Inserted::New);
+}
+
+fn key(k: &str) -> StateKey {
+    StateKey::new("ns", k).unwrap()
+}
+
+fn op_incr(k: &str, window_ms: Option<i64>) -> StateOp {
+    StateOp::Incr {
+        key: key(k),
+        by: 1,
+        window_ms,
+        ttl_ms: None,
+    }
+}
+
+fn state_change_and_checkpoint_are_one_write(b: &dyn Backend) {
+    let e = event(None);
+    let r = run(&e, 10);
+    {
+        let s = b.open();
+        insert(&*s, &e, std::slice::from_ref(&r));
+        let out = s
+            .apply_state(&op_incr("tickets", Some(86_400_000)), 1_000, &mut |out| {
+                let mut run = r.clone();
+                let mut rec = step("count", StepStatus::Succeeded);
+                rec.output = out.to_json();
+                run.steps.push(rec);
+                Some(run)
+            })
+            .unwrap();
+        assert_eq!(out, StateOutput::Count { count: 1 });
+        s.flush().unwrap();
+    }
+    let s = b.open();
+    let saved = s.run(&r.id).unwrap().unwrap();
+    assert_eq!(saved.steps[0].output, json!({"count": 1}));
+    let entries = s.state_get(&key("tickets"), 2_000).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].value, json!(1));
+}
+
+fn concurrent_increments_lose_nothing(b: &dyn Backend) {
+    let s = b.open();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for _ in 0..40 {
+                    s.apply_state(&op_incr("plain", None), 5, &mut |_| None)
+                        .unwrap();
+                    s.apply_state(&op_incr("window", Some(60_000)), 5, &mut |_| None)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let read = StateOp::Incr {
+        key: key("window"),
+        by: 0,
+        window_ms: Some(60_000),
+        ttl_ms: None,
+    };
+    assert_eq!(
+        s.apply_state(&read, 5, &mut |_| None).unwrap(),
+        StateOutput::Count { count: 320 }
+    );
+    assert_eq!(
+        s.apply_state(&StateOp::Get(key("plain")), 5, &mut |_| None)
+            .unwrap(),
+        StateOutput::Value {
+            found: true,
+            value: json!(320)
+        }
+    );
+}
+
+fn round_robin_hands_out_consecutive_slots(b: &dyn Backend) {
+    let s = b.open();
+    let assign = StateOp::Assign(super::state::Assign {
+        rotation: key("rr"),
+        agents: vec!["a".into(), "b".into(), "c".into()],
+        skipped: vec![None, None, None],
+        strategy: super::state::Strategy::RoundRobin,
+        loads: None,
+        capacity: None,
+    });
+    let picks: Vec<String> = (0..6)
+        .map(|_| match s.apply_state(&assign, 5, &mut |_| None).unwrap() {
+            StateOutput::Assigned { index, .. } => index.to_string(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(picks, ["0", "1", "2", "0", "1", "2"]);
+}
+
+fn expired_state_is_hidden_then_swept_in_bounded_passes(b: &dyn Backend) {
+    let s = b.open();
+    for i in 0..25 {
+        let set = StateOp::Set {
+            key: key(&format!("k{i:02}")),
+            value: json!(i),
+            ttl_ms: (i % 2 == 1).then_some(1_000),
+        };
+        s.apply_state(&set, 0, &mut |_| None).unwrap();
+    }
+    s.apply_state(&op_incr("c", Some(10_000)), 0, &mut |_| None)
+        .unwrap();
+    assert_eq!(s.state_entries(None, None, 100, 999).unwrap().len(), 26);
+    assert_eq!(s.state_entries(None, None, 100, 1_000).unwrap().len(), 14);
+    assert_eq!(
+        s.apply_state(&StateOp::Get(key("k01")), 1_000, &mut |_| None)
+            .unwrap(),
+        StateOutput::Value {
+            found: false,
+            value: serde_json::Value::Null
+        }
+    );
+    assert_eq!(s.stats(false).unwrap().state_entries, 25, "the read of k01 removed it");
+    let (mut removed, mut cycle) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let swept = s.sweep_state(20_000, 10).unwrap();
+        removed.push(swept.removed);
+        cycle.push(swept.cycle_done);
+    }
+    assert_eq!(cycle, [false, false, true]);
+    assert_eq!(removed.iter().sum::<usize>(), 11 + 1, "{removed:?}");
+    assert_eq!(s.stats(false).unwrap().state_entries, 13);
+}
+
+fn state_lists_by_namespace_in_pages(b: &dyn Backend) {
+    let s = b.open();
+    for ns in ["a", "b"] {
+        for k in ["x", "y", "z"] {
+            let set = StateOp::Set {
+                key: StateKey::new(ns, k).unwrap(),
+                value: json!(k),
+                ttl_ms: None,
+            };
+            s.apply_state(&set, 0, &mut |_| None).unwrap();
+        }
+    }
+    let counter = StateOp::Incr {
+        key: StateKey::new("b", "x").unwrap(),
+        by: 1,
+        window_ms: Some(1_000),
+        ttl_ms: None,
+    };
+    s.apply_state(&counter, 0, &mut |_| None).unwrap();
+    let names: Vec<String> = s
+        .state_entries(Some("b"), None, 100, 0)
+        .unwrap()
+        .iter()
+        .map(|e| format!("{:?}:{}", e.kind, e.key))
+        .collect();
+    assert_eq!(names, ["Counter:x", "Value:x", "Value:y", "Value:z"]);
+    let mut all = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = s.state_entries(None, after.as_deref(), 3, 0).unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(super::state::parse_cursor(&last.cursor).unwrap());
+        all.extend(page);
+    }
+    assert_eq!(all.len(), 7);
+    let deleted = s
+        .apply_state(&StateOp::Delete(StateKey::new("b", "x").unwrap()), 0, &mut |_| None)
+        .unwrap();
+    assert_eq!(deleted, StateOutput::Deleted { deleted: true });
+    assert_eq!(s.state_entries(Some("b"), None, 100, 0).unwrap().len(), 2);
+}
+
+fn schedule_cursors_are_kept(b: &dyn Backend) {
+    let s = b.open();
+    assert_eq!(s.schedule_cursor("daily").unwrap(), None);
+    s.set_schedule_cursor("daily", 1_700_000_000_000).unwrap();
+    s.set_schedule_cursor("daily", 1_700_000_060_000).unwrap();
+    s.flush().unwrap();
+    drop(s);
+    assert_eq!(b.open().schedule_cursor("daily").unwrap(), Some(1_700_000_060_000));
+}
+
+macro_rules! matrix {
+    ($($name:ident),* $(,)?) => {
+        mod sled_backend {
+            $( #[test] fn $name() { super::$name(&super::Sled::new()); } )*
+        }
+        mod pg_backend {
+            $( #[test] fn $name() { super::$name(&super::Pg::new()); } )*
+        }
+    };
+}
+
+matrix!(
+    dedupes_by_delivery_id_and_survives_reopen,
+    a_replay_inside_its_window_is_a_duplicate,
+    queue_leases_expire_and_finish_dequeues,
+    a_run_finished_after_its_lease_expired_is_not_leased_again,
+    retry_run_requeues_only_failures_and_resumes_at_the_failed_step,
+    a_matching_event_wakes_or_cancels_waiting_runs_in_its_batch,
+    a_timed_out_wait_is_no_longer_listed,
+    a_running_run_is_asked_to_stop_by_a_cancelling_event,
+    a_concurrency_key_runs_its_runs_one_at_a_time_in_order,
+    a_debounced_burst_is_one_run_with_the_newest_event,
+    pages_newest_first,
+    retention_deletes_old_finished_events_and_keeps_unfinished_runs,
+    state_change_and_checkpoint_are_one_write,
+    concurrent_increments_lose_nothing,
+    round_robin_hands_out_consecutive_slots,
+    expired_state_is_hidden_then_swept_in_bounded_passes,
+    state_lists_by_namespace_in_pages,
+    schedule_cursors_are_kept,
+);
+
+/// Several nodes on one database: two `PgStore`s are two nodes.
+mod pg_nodes {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn concurrent_duplicate_deliveries_on_two_nodes_store_one_event() {
+        let db = Pg::new();
+        let nodes = [db.open(), db.open()];
+        let answers: Vec<Inserted> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|t| {
+                    let s = nodes[t % 2].clone();
+                    scope.spawn(move || {
+                        (0..25)
+                            .map(|_| {
+                                let e = event(Some("same"));
+                                let r = run(&e, 10);
+                                s.insert_event(&e, &[r]).unwrap()
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let new = answers.iter().filter(|a| **a == Inserted::New).count();
+        assert_eq!(new, 1, "{answers:?}");
+        let first = nodes[0].event_by_delivery("zendesk", "same").unwrap().unwrap();
+        for a in answers.iter().filter(|a| **a != Inserted::New) {
+            assert_eq!(*a, Inserted::Duplicate { event_id: first.id.clone() });
+        }
+        let stats = nodes[1].stats(false).unwrap();
+        assert_eq!((stats.counts.events, stats.counts.runs_total()), (1, 1));
+    }
+
+    #[test]
+    fn two_nodes_leasing_at_once_never_take_the_same_run() {
+        let db = Pg::new();
+        let nodes = [db.open(), db.open()];
+        let mut all = Vec::new();
+        for _ in 0..200 {
+            let e = event(None);
+            let r = run(&e, 10);
+            all.push(r.id.clone());
+            insert(&*nodes[0], &e, &[r]);
+        }
+        let leased: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|t| {
+                    let s = nodes[t % 2].clone();
+                    scope.spawn(move || {
+                        let mut got = Vec::new();
+                        loop {
+                            let batch = s.lease(10, 60_000, 3).unwrap();
+                            if batch.is_empty() {
+                                return got;
+                            }
+                            got.extend(batch.into_iter().map(|r| r.id));
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(leased.len(), all.len(), "each run leased exactly once");
+        let unique: HashSet<_> = leased.iter().collect();
+        assert_eq!(unique.len(), all.len());
+    }
+
+    #[test]
+    fn runs_leased_by_a_node_that_is_gone_come_due_at_once_and_a_live_nodes_do_not() {
+        let db = Pg::new();
+        let (a, b) = (db.open(), db.open());
+        for _ in 0..3 {
+            let e = event(None);
+            insert(&*a, &e, &[run(&e, 10)]);
+        }
+        assert_eq!(a.lease(10, 3_600_000, 2).unwrap().len(), 2);
+        assert_eq!(b.lease(10, 3_600_000, 1).unwrap().len(), 1);
+        // Both alive: nothing is released, nothing is due.
+        assert_eq!(b.release_leases(20).unwrap(), 0);
+        assert!(b.lease(20, 3_600_000, 10).unwrap().is_empty());
+        // Node a stops (its connections close, as when the process is killed).
+        drop(a);
+        assert_eq!(b.release_leases(30).unwrap(), 2, "a's two leases");
+        let resumed = b.lease(30, 3_600_000, 10).unwrap();
+        assert_eq!(resumed.len(), 2);
+        assert!(resumed.iter().all(|r| r.starts == 2), "a start counted again");
+    }
+}

@@ -1,0 +1,1334 @@
+//! The PostgreSQL store: several stateless `switchboard serve` nodes on one
+//! database, each a full node (ingest, workers, schedules, retention).
+//!
+//! Same [`Store`] trait, same atomicity as sled, with the database doing
+//! what sled's process-wide locks do (schema: `schema.rs`, ARCHITECTURE.md):
+//! - **accept**: event + runs + queue columns + keys in one transaction;
+//!   dedupe is the unique `(connector, delivery_id)` of `sb_events`, so two
+//!   nodes storing one delivery conflict and the second answers the first's id;
+//! - **queue and leases**: the queue is `sb_runs.due_at`; `lease` takes due
+//!   rows `FOR UPDATE SKIP LOCKED` (no run is handed to two nodes) and moves
+//!   them to the lease's end, naming the node (`leased_by`). A node is alive
+//!   while it holds its advisory lock `(CLASS, lock_key)` on a connection of
+//!   its own; a run leased by a node that is not alive (killed, cut off) is
+//!   made due again at once by the next `lease` anywhere;
+//! - **serialised keys**: concurrency keys, debounce keys and recipe state
+//!   keys take transaction advisory locks (a hash of the key), state keys in
+//!   sorted order, so concurrent increments on any nodes are never lost;
+//! - **group commit**: sessions commit with `synchronous_commit = off`
+//!   (visible at once, durable later); [`Store::flush`] is one synchronous
+//!   commit, which makes the whole WAL up to it durable — every commit this
+//!   node made before. Nothing is acknowledged before a flush, as on sled.
+//!
+//! Must never: acknowledge through a path that skips `flush`, or hand one
+//! run to two workers while both nodes are alive.
+
+mod pool;
+pub mod schema;
+
+use self::pool::{blocking, Pool, Tx};
+use super::state::{self, Kv, StateEntry, StateKey, StateOp, StateOutput, Write};
+use super::{
+    Correlation, Counts, Event, Inserted, Listen, Matched, Page, QueueCounts, Result, Retried,
+    Run, RunFilter, RunHead, RunStatus, StepStatus, Store, StoreError, StoreStats, Swept,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Connections per node: workers, ingest and the group commit share them.
+pub const POOL_SIZE: usize = 16;
+
+/// How often a node looks for runs leased by nodes that are gone.
+const REAP_EVERY_MS: i64 = 1_000;
+
+/// Is `spec` a PostgreSQL connection URL?
+pub fn is_url(spec: &str) -> bool {
+    spec.starts_with("postgres://") || spec.starts_with("postgresql://")
+}
+
+/// `url` with its password (if any) replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// A database error as one line: SQLSTATE and message for server errors.
+pub(crate) fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("postgres: {} ({})", db.message(), db.code().code()),
+        None => format!("postgres: {e}"),
+    }
+}
+
+/// What went wrong inside a transaction: the database (maybe worth a
+/// retry: a deadlock or serialisation failure), or the store's own error.
+enum Fail {
+    Pg(postgres::Error),
+    Store(StoreError),
+    /// Something changed under the transaction: run it again.
+    Retry,
+}
+
+impl From<postgres::Error> for Fail {
+    fn from(e: postgres::Error) -> Fail {
+        Fail::Pg(e)
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Fail {
+        Fail::Store(e)
+    }
+}
+
+impl From<Fail> for StoreError {
+    fn from(f: Fail) -> StoreError {
+        match f {
+            Fail::Pg(e) => StoreError::Io(describe(&e)),
+            Fail::Store(e) => e,
+            Fail::Retry => StoreError::Io("postgres: a transaction kept conflicting".into()),
+        }
+    }
+}
+
+type R<T> = std::result::Result<T, Fail>;
+
+fn retryable(f: &Fail) -> bool {
+    use postgres::error::SqlState;
+    match f {
+        Fail::Retry => true,
+        Fail::Pg(e) => e.code().is_some_and(|c| {
+            *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        }),
+        Fail::Store(_) => false,
+    }
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Io(e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt {
+        key: what.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+fn status_name(s: RunStatus) -> &'static str {
+    super::index::status_name(s)
+}
+
+/// A 64-bit advisory lock key for `(kind, key)`.
+fn lock_key(kind: &[u8], key: &[u8]) -> i64 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(kind);
+    h.update([0]);
+    h.update(key);
+    let d = h.finalize();
+    i64::from_be_bytes(d[..8].try_into().unwrap_or([0; 8]))
+}
+
+fn kind_code(l: Listen) -> i8 {
+    match l {
+        Listen::Wake => b'w' as i8,
+        Listen::Cancel => b'c' as i8,
+    }
+}
+
+/// Where a run's queue entry goes with a write.
+#[derive(Clone, Copy)]
+enum Queue {
+    /// No entry (finished).
+    Off,
+    /// Due at this time.
+    At(i64),
+    /// Parked by a wait until this time (not backlog).
+    Parked(i64),
+}
+
+const PUT_RUN: &str = "INSERT INTO sb_runs (id, event_id, recipe, status, created_at, due_at, parked, leased_by, record)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     ON CONFLICT (id) DO UPDATE SET event_id = EXCLUDED.event_id, status = EXCLUDED.status,
+       due_at = EXCLUDED.due_at, parked = EXCLUDED.parked, leased_by = EXCLUDED.leased_by,
+       record = EXCLUDED.record";
+const GET_RUN_FOR_UPDATE: &str = "SELECT record FROM sb_runs WHERE id = $1 FOR UPDATE";
+const GET_RUN_SKIP_LOCKED: &str = "SELECT record FROM sb_runs WHERE id = $1 FOR UPDATE SKIP LOCKED";
+const LISTEN: &str = "INSERT INTO sb_listen (kind, connector, event_type, key, run_id, tag)
+     VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (kind, connector, event_type, key, run_id) DO UPDATE SET tag = EXCLUDED.tag";
+const UNLISTEN: &str = "DELETE FROM sb_listen WHERE kind = $1 AND connector = $2 AND event_type = $3 AND key = $4 AND run_id = $5";
+const ADVISORY: &str = "SELECT pg_advisory_xact_lock($1)";
+const REAP: &str = "UPDATE sb_runs r SET due_at = $1
+     WHERE r.status = 'running' AND r.due_at > $1 AND r.leased_by IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM sb_nodes n JOIN pg_locks l
+         ON l.locktype = 'advisory' AND l.classid = 21314::oid AND l.objid = n.lock_key::oid
+        AND l.objsubid = 2 AND l.granted
+        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       WHERE n.id = r.leased_by)";
+
+/// This node: its id (in `leased_by`) and the liveness lock held by a
+/// thread on a connection of its own, re-taken after the connection breaks.
+struct Node {
+    id: String,
+    stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    alive: Arc<AtomicBool>,
+}
+
+fn register(pool: &Pool, id: &str) -> std::result::Result<postgres::Client, postgres::Error> {
+    let mut c = pool.connect()?;
+    loop {
+        let key: i32 = rand::random_range(1..i32::MAX);
+        let locked: bool = c
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&schema::CLASS, &key])?
+            .get(0);
+        if locked {
+            c.execute(
+                "INSERT INTO sb_nodes (id, lock_key) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET lock_key = EXCLUDED.lock_key",
+                &[&id, &key],
+            )?;
+            return Ok(c);
+        }
+    }
+}
+
+impl Node {
+    fn start(pool: &Pool) -> Result<Node> {
+        let id = super::new_id(super::now_ms());
+        let client = register(pool, &id).map_err(|e| StoreError::Io(describe(&e)))?;
+        let alive = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let keeper = Pool::new(pool.config().clone(), 1);
+        let (tid, talive) = (id.clone(), alive.clone());
+        let thread = std::thread::Builder::new()
+            .name("pg-node".into())
+            .spawn(move || {
+                let mut client = Some(client);
+                loop {
+                    match rx.recv_timeout(Duration::from_secs(1)) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => break,
+                    }
+                    let ok = client
+                        .as_mut()
+                        .is_some_and(|c| c.is_valid(Duration::from_secs(5)).is_ok());
+                    if ok {
+                        continue;
+                    }
+                    talive.store(false, Ordering::SeqCst);
+                    client = None;
+                    match register(&keeper, &tid) {
+                        Ok(c) => {
+                            tracing::warn!(node = %tid, "PostgreSQL reachable again: node lock re-taken");
+                            client = Some(c);
+                            talive.store(true, Ordering::SeqCst);
+                        }
+                        Err(e) => tracing::warn!(node = %tid, error = %describe(&e), "node lock lost; retrying"),
+                    }
+                }
+                if let Some(mut c) = client {
+                    // A clean stop: its leases are stale at once.
+                    let _ = c.execute("DELETE FROM sb_nodes WHERE id = $1", &[&tid]);
+                }
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the node thread: {e}")))?;
+        Ok(Node {
+            id,
+            stop: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            alive,
+        })
+    }
+
+    fn stop(&self) {
+        self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub struct PgStore {
+    pool: Pool,
+    node: Node,
+    /// Wall-clock ms of the last look for runs of dead nodes.
+    last_reap: AtomicI64,
+    /// Where the next retention chunk starts (an event id; empty: the oldest).
+    expire_from: Mutex<String>,
+    /// Where the next state sweep starts (a raw key; empty: the start).
+    sweep_from: Mutex<Vec<u8>>,
+}
+
+impl PgStore {
+    /// Connect to `url`, apply missing migrations and register this node.
+    pub fn open(url: &str) -> Result<PgStore> {
+        let config = postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Io(format!("bad PostgreSQL URL: {e}")))?;
+        let pool = Pool::new(config, POOL_SIZE);
+        blocking(|| -> Result<PgStore> {
+            let mut c = pool.connect().map_err(|e| StoreError::Io(describe(&e)))?;
+            let applied = schema::migrate(&mut c).map_err(StoreError::Io)?;
+            if !applied.is_empty() {
+                tracing::info!(versions = ?applied, "PostgreSQL schema migrated");
+            }
+            drop(c);
+            let node = Node::start(&pool)?;
+            Ok(PgStore {
+                pool,
+                node,
+                last_reap: AtomicI64::new(0),
+                expire_from: Mutex::new(String::new()),
+                sweep_from: Mutex::new(Vec::new()),
+            })
+        })
+    }
+
+    /// Apply the missing migrations only (`switchboard store migrate`).
+    pub fn migrate(url: &str) -> Result<Vec<i32>> {
+        let config = postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Io(format!("bad PostgreSQL URL: {e}")))?;
+        blocking(|| {
+            let mut c = Pool::new(config, 1)
+                .connect()
+                .map_err(|e| StoreError::Io(describe(&e)))?;
+            schema::migrate(&mut c).map_err(StoreError::Io)
+        })
+    }
+
+    /// This node's id (what `leased_by` names).
+    pub fn node_id(&self) -> &str {
+        &self.node.id
+    }
+
+    /// Run `f` in a transaction, again after a deadlock or serialisation
+    /// failure; `f` returns whether to commit (else it rolls back).
+    fn tx<T: Send>(&self, mut f: impl FnMut(&mut Tx<'_>) -> R<(T, bool)> + Send) -> Result<T> {
+        blocking(|| {
+            let mut conn = self.pool.get().map_err(|e| StoreError::Io(describe(&e)))?;
+            let mut tries = 0;
+            loop {
+                let r = (|| {
+                    let mut tx = conn.begin()?;
+                    let (v, commit) = f(&mut tx)?;
+                    if commit {
+                        tx.commit()?;
+                    }
+                    Ok(v)
+                })();
+                match r {
+                    Err(f) if retryable(&f) && tries < 5 => tries += 1,
+                    r => return r.map_err(StoreError::from),
+                }
+            }
+        })
+    }
+
+    /// One statement outside a transaction.
+    fn query(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>> {
+        blocking(|| {
+            let mut conn = self.pool.get().map_err(|e| StoreError::Io(describe(&e)))?;
+            let st = conn.stmt(sql).map_err(|e| StoreError::Io(describe(&e)))?;
+            conn.client
+                .query(&st, params)
+                .map_err(|e| StoreError::Io(describe(&e)))
+        })
+    }
+
+    fn put_run(&self, tx: &mut Tx<'_>, run: &Run, queue: Queue) -> R<()> {
+        let (due, parked) = match queue {
+            Queue::Off => (None, false),
+            Queue::At(t) => (Some(t), false),
+            Queue::Parked(t) => (Some(t), true),
+        };
+        let leased_by = (run.status == RunStatus::Running).then_some(self.node.id.as_str());
+        tx.execute(
+            PUT_RUN,
+            &[
+                &run.id,
+                &run.event_id,
+                &run.recipe,
+                &status_name(run.status),
+                &run.created_at,
+                &due,
+                &parked,
+                &leased_by,
+                &encode(run)?,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn list(tx: &mut Tx<'_>, c: &Correlation, run_id: &str) -> R<()> {
+        tx.execute(
+            LISTEN,
+            &[
+                &kind_code(c.listen),
+                &c.connector.as_bytes(),
+                &c.event_type.as_bytes(),
+                &c.key.as_bytes(),
+                &run_id,
+                &c.tag.as_bytes(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn unlist(tx: &mut Tx<'_>, c: &Correlation, run_id: &str) -> R<()> {
+        tx.execute(
+            UNLISTEN,
+            &[
+                &kind_code(c.listen),
+                &c.connector.as_bytes(),
+                &c.event_type.as_bytes(),
+                &c.key.as_bytes(),
+                &run_id,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn list_cancel_keys(tx: &mut Tx<'_>, run: &Run) -> R<()> {
+        for c in &run.listening {
+            Self::list(tx, c, &run.id)?;
+        }
+        Ok(())
+    }
+
+    fn unlist_cancel_keys(tx: &mut Tx<'_>, run: &Run) -> R<()> {
+        for c in &run.listening {
+            Self::unlist(tx, c, &run.id)?;
+        }
+        tx.execute("DELETE FROM sb_cancel WHERE run_id = $1", &[&run.id])?;
+        Ok(())
+    }
+
+    /// Free a finishing run's concurrency slot and make the runs now at the
+    /// front of its key due. Under the key's advisory lock, which `lease`
+    /// takes before it looks at the key's turn; a front run locked by a
+    /// lease in progress is skipped (that lease sees the freed slot).
+    fn release_slot(&self, tx: &mut Tx<'_>, run: &mut Run, now: i64) -> R<()> {
+        let Some(slot) = run.concurrency.take() else {
+            return Ok(());
+        };
+        let key = slot.key.as_bytes();
+        tx.execute(ADVISORY, &[&lock_key(b"k", key)])?;
+        tx.execute(
+            "DELETE FROM sb_slots WHERE key = $1 AND seq = $2",
+            &[&key, &(slot.seq as i64)],
+        )?;
+        let front = tx.query(
+            "SELECT run_id FROM sb_slots WHERE key = $1 ORDER BY seq LIMIT $2",
+            &[&key, &(slot.limit as i64 + 1)],
+        )?;
+        for row in front {
+            let id: String = row.get(0);
+            if id == run.id {
+                continue;
+            }
+            let Some(row) = tx.query_opt(GET_RUN_SKIP_LOCKED, &[&id])? else {
+                continue;
+            };
+            let mut next: Run = decode(&id, row.get(0))?;
+            if next.status == RunStatus::Queued && next.due_at > now {
+                next.due_at = now;
+                self.put_run(tx, &next, Queue::At(now))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Is this run among the first `limit` unfinished runs of its key? Takes
+    /// the key's advisory lock (see [`PgStore::release_slot`]).
+    fn has_turn(tx: &mut Tx<'_>, slot: &super::ConcurrencySlot) -> R<bool> {
+        let key = slot.key.as_bytes();
+        tx.execute(ADVISORY, &[&lock_key(b"k", key)])?;
+        let rows = tx.query(
+            "SELECT seq FROM sb_slots WHERE key = $1 ORDER BY seq LIMIT $2",
+            &[&key, &(slot.limit.max(1) as i64)],
+        )?;
+        Ok(rows.iter().any(|r| r.get::<_, i64>(0) == slot.seq as i64))
+    }
+
+    /// Wake or cancel the runs listed under `probes`, as sled's `match_waiting`.
+    fn match_waiting(
+        &self,
+        tx: &mut Tx<'_>,
+        event_id: &str,
+        probes: &[Correlation],
+        now: i64,
+    ) -> R<Matched> {
+        let mut matched = Matched::default();
+        let mut done = HashSet::new();
+        for probe in probes {
+            let rows = tx.query(
+                "SELECT run_id, tag FROM sb_listen
+                 WHERE kind = $1 AND connector = $2 AND event_type = $3 AND key = $4
+                 ORDER BY run_id",
+                &[
+                    &kind_code(probe.listen),
+                    &probe.connector.as_bytes(),
+                    &probe.event_type.as_bytes(),
+                    &probe.key.as_bytes(),
+                ],
+            )?;
+            for row in rows {
+                let id: String = row.get(0);
+                let tag: &[u8] = row.get(1);
+                if tag != probe.tag.as_bytes() || !done.insert(id.clone()) {
+                    continue;
+                }
+                let Some(r) = tx.query_opt(GET_RUN_FOR_UPDATE, &[&id])? else {
+                    Self::unlist(tx, probe, &id)?; // a stale entry
+                    continue;
+                };
+                let mut run: Run = decode(&id, r.get(0))?;
+                let reason = format!(
+                    "cancelled by event {event_id} ({} {})",
+                    probe.connector, probe.event_type
+                );
+                match (run.status, probe.listen) {
+                    (RunStatus::Waiting, _) => {}
+                    (RunStatus::Queued | RunStatus::Retrying, Listen::Cancel) => {
+                        if let Some(d) = &run.debounce {
+                            tx.execute(
+                                "DELETE FROM sb_debounce WHERE key = $1 AND run_id = $2",
+                                &[&d.key.as_bytes(), &id],
+                            )?;
+                        }
+                        Self::unlist_cancel_keys(tx, &run)?;
+                        run.status = RunStatus::Cancelled;
+                        run.finished_at = Some(now);
+                        run.updated_at = now;
+                        run.reason = Some(reason);
+                        self.release_slot(tx, &mut run, now)?;
+                        self.put_run(tx, &run, Queue::Off)?;
+                        matched.cancelled.push(id);
+                        continue;
+                    }
+                    (RunStatus::Running, Listen::Cancel) => {
+                        tx.execute(
+                            "INSERT INTO sb_cancel (run_id, reason) VALUES ($1, $2)
+                             ON CONFLICT (run_id) DO UPDATE SET reason = EXCLUDED.reason",
+                            &[&id, &reason],
+                        )?;
+                        matched.cancelling.push(id);
+                        continue;
+                    }
+                    _ => {
+                        Self::unlist(tx, probe, &id)?;
+                        continue;
+                    }
+                }
+                let Some(mut parked) = run.parked.take() else {
+                    Self::unlist(tx, probe, &id)?;
+                    continue;
+                };
+                for c in &parked.keys {
+                    Self::unlist(tx, c, &id)?;
+                }
+                run.updated_at = now;
+                match probe.listen {
+                    Listen::Wake => {
+                        parked.keys.clear();
+                        parked.woken_by = Some(event_id.to_string());
+                        run.parked = Some(parked);
+                        run.status = RunStatus::Queued;
+                        run.due_at = now;
+                        Self::list_cancel_keys(tx, &run)?;
+                        self.put_run(tx, &run, Queue::At(now))?;
+                        matched.woken.push(id);
+                    }
+                    Listen::Cancel => {
+                        run.status = RunStatus::Cancelled;
+                        run.finished_at = Some(now);
+                        run.reason = Some(reason);
+                        Self::unlist_cancel_keys(tx, &run)?;
+                        self.release_slot(tx, &mut run, now)?;
+                        self.put_run(tx, &run, Queue::Off)?;
+                        matched.cancelled.push(id);
+                    }
+                }
+            }
+        }
+        Ok(matched)
+    }
+
+    /// Make runs leased by nodes that are gone due at `now` (at most every
+    /// [`REAP_EVERY_MS`] per node).
+    fn reap(&self, now: i64, force: bool) -> Result<usize> {
+        let wall = super::now_ms();
+        let last = self.last_reap.load(Ordering::Relaxed);
+        if !force && wall - last < REAP_EVERY_MS {
+            return Ok(0);
+        }
+        self.last_reap.store(wall, Ordering::Relaxed);
+        let n = self.tx(|tx| Ok((tx.execute(REAP, &[&now])?, true)))?;
+        if n > 0 {
+            tracing::warn!(runs = n, "runs leased by a node that is gone are due again");
+        }
+        Ok(n as usize)
+    }
+
+    /// [`Store::apply_state`] on one connection: lock and read (blocking),
+    /// decide (here: `checkpoint` need not be `Send`), write and commit.
+    fn apply_state_on(
+        &self,
+        conn: &mut pool::Conn,
+        op: &StateOp,
+        now: i64,
+        locks: &[i64],
+        raw: Vec<Vec<u8>>,
+        checkpoint: &mut dyn FnMut(&StateOutput) -> Option<Run>,
+    ) -> Result<StateOutput> {
+        let mut tx = blocking(|| conn.begin()).map_err(|e| StoreError::Io(describe(&e)))?;
+        let fetched = blocking(|| -> R<HashMap<Vec<u8>, Vec<u8>>> {
+            for l in locks {
+                tx.execute(ADVISORY, &[l])?;
+            }
+            let rows = tx.query("SELECT key, value FROM sb_state WHERE key = ANY($1)", &[&raw])?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        });
+        let decided = fetched.map_err(StoreError::from).and_then(|fetched| {
+            let kv = Fetched(fetched, raw.iter().cloned().collect());
+            let (out, writes) = state::apply(op, now, &kv)?;
+            let run = checkpoint(&out);
+            Ok((out, writes, run))
+        });
+        let (out, writes, run) = match decided {
+            Ok(d) => d,
+            Err(e) => {
+                blocking(move || drop(tx)); // rolls back
+                return Err(e);
+            }
+        };
+        blocking(move || -> R<StateOutput> {
+            for w in &writes {
+                match w {
+                    Write::Put(k, v) => tx.execute(
+                        "INSERT INTO sb_state (key, value) VALUES ($1, $2)
+                         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                        &[k, v],
+                    )?,
+                    Write::Remove(k) => tx.execute("DELETE FROM sb_state WHERE key = $1", &[k])?,
+                };
+            }
+            if let Some(run) = &run {
+                let leased_by =
+                    (run.status == RunStatus::Running).then_some(self.node.id.as_str());
+                tx.execute(
+                    "UPDATE sb_runs SET status = $2, leased_by = $3, record = $4 WHERE id = $1",
+                    &[&run.id, &status_name(run.status), &leased_by, &encode(run)?],
+                )?;
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .map_err(StoreError::from)
+    }
+
+    fn counts(&self) -> Result<Counts> {
+        let rows = self.query("SELECT status, count(*) FROM sb_runs GROUP BY status", &[])?;
+        let mut runs: BTreeMap<String, u64> = super::index::STATUSES
+            .iter()
+            .map(|s| (status_name(*s).to_string(), 0))
+            .collect();
+        for r in rows {
+            let s: String = r.get(0);
+            let n: i64 = r.get(1);
+            runs.insert(s, n as u64);
+        }
+        let events: i64 = self.query("SELECT count(*) FROM sb_events", &[])?[0].get(0);
+        let queue_depth = ["queued", "running", "retrying"]
+            .iter()
+            .map(|s| runs.get(*s).copied().unwrap_or(0))
+            .sum();
+        Ok(Counts {
+            events: events as u64,
+            runs,
+            queue_depth,
+        })
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // The clients' own runtimes must not be dropped on a runtime thread.
+        blocking(|| {
+            self.node.stop();
+            self.pool.close();
+        });
+    }
+}
+
+/// The keys a state operation reads, of every kind: fetched in one query
+/// before `state::apply` decides (it may read nothing else).
+fn state_keys(op: &StateOp) -> Vec<&StateKey> {
+    match op {
+        StateOp::Get(k) | StateOp::Delete(k) => vec![k],
+        StateOp::Set { key, .. }
+        | StateOp::SetIfAbsent { key, .. }
+        | StateOp::Incr { key, .. } => vec![key],
+        StateOp::Assign(a) => {
+            let mut keys = vec![&a.rotation];
+            if let Some(state::Loads::Keys { keys: loads, .. }) = &a.loads {
+                keys.extend(loads.iter());
+            }
+            keys
+        }
+    }
+}
+
+/// The values fetched for one state operation.
+struct Fetched(HashMap<Vec<u8>, Vec<u8>>, HashSet<Vec<u8>>);
+
+impl Kv for Fetched {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if !self.1.contains(key) {
+            return Err(StoreError::Io(format!(
+                "state key {} was not locked for this operation",
+                String::from_utf8_lossy(key).replace('\0', "/")
+            )));
+        }
+        Ok(self.0.get(key).cloned())
+    }
+}
+
+impl Store for PgStore {
+    fn insert_event(&self, event: &Event, runs: &[Run]) -> Result<Inserted> {
+        self.insert_event_matching(event, runs, &[], 0)
+            .map(|(i, _)| i)
+    }
+
+    fn insert_event_matching(
+        &self,
+        event: &Event,
+        runs: &[Run],
+        probes: &[Correlation],
+        now: i64,
+    ) -> Result<(Inserted, Matched)> {
+        self.tx(|tx| {
+            let delivery = event.delivery_id.as_deref().map(str::as_bytes);
+            // Claims the delivery id: a concurrent transaction with the
+            // same id waits here for this one, then conflicts.
+            let claimed = tx.query_opt(
+                "INSERT INTO sb_events (id, connector, delivery_id, received_at, record)
+                 VALUES ($1, $2, $3, $4, '')
+                 ON CONFLICT (connector, delivery_id) DO NOTHING RETURNING id",
+                &[&event.id, &event.connector, &delivery, &event.received_at],
+            )?;
+            if claimed.is_none() {
+                let first = tx.query_opt(
+                    "SELECT id FROM sb_events WHERE connector = $1 AND delivery_id = $2",
+                    &[&event.connector, &delivery],
+                )?;
+                let Some(first) = first else {
+                    // Deleted by retention in between: try again.
+                    return Err(Fail::Retry);
+                };
+                let dup = Inserted::Duplicate {
+                    event_id: first.get(0),
+                };
+                return Ok(((dup, Matched::default()), false));
+            }
+            if let Some(guard) = &event.replay {
+                let fresh = tx.query_opt(
+                    "INSERT INTO sb_replay (connector, key, event_id, received_at)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (connector, key) DO NOTHING RETURNING 1",
+                    &[&event.connector, &guard.key, &event.id, &event.received_at],
+                )?;
+                if fresh.is_none() {
+                    let seen = tx.query_opt(
+                        "SELECT event_id, received_at FROM sb_replay
+                         WHERE connector = $1 AND key = $2 FOR UPDATE",
+                        &[&event.connector, &guard.key],
+                    )?;
+                    if let Some(seen) = seen {
+                        let (first, at): (String, i64) = (seen.get(0), seen.get(1));
+                        if guard
+                            .window_ms
+                            .is_none_or(|w| event.received_at.saturating_sub(at) < w)
+                        {
+                            let dup = Inserted::Duplicate { event_id: first };
+                            return Ok(((dup, Matched::default()), false));
+                        }
+                    }
+                    tx.execute(
+                        "UPDATE sb_replay SET event_id = $3, received_at = $4
+                         WHERE connector = $1 AND key = $2",
+                        &[&event.connector, &guard.key, &event.id, &event.received_at],
+                    )?;
+                }
+            }
+            let mut event = std::borrow::Cow::Borrowed(event);
+            for run in runs {
+                let mut run = run.clone();
+                if let Some(d) = &mut run.debounce {
+                    let key = d.key.as_bytes();
+                    tx.execute(ADVISORY, &[&lock_key(b"b", key)])?;
+                    let pending = tx.query_opt(
+                        "SELECT r.record FROM sb_debounce b JOIN sb_runs r ON r.id = b.run_id
+                         WHERE b.key = $1 FOR UPDATE OF r",
+                        &[&key],
+                    )?;
+                    let pending: Option<Run> = match pending {
+                        Some(row) => Some(decode("debounced run", row.get(0))?),
+                        None => None,
+                    };
+                    if let Some(mut p) = pending
+                        .filter(|r| r.status == RunStatus::Queued && r.debounce.is_some())
+                    {
+                        // The burst goes on: the pending run takes this event.
+                        let first = p.debounce.as_ref().map_or(d.first_at, |x| x.first_at);
+                        let due = (d.first_at + d.quiet_ms).min(first + d.max_ms);
+                        p.due_at = due;
+                        p.event_id = event.id.clone();
+                        p.updated_at = d.first_at;
+                        if let Some(pd) = &mut p.debounce {
+                            pd.events += 1;
+                        }
+                        self.put_run(tx, &p, Queue::At(due))?;
+                        for id in &mut event.to_mut().runs {
+                            if *id == run.id {
+                                id.clone_from(&p.id);
+                            }
+                        }
+                        continue;
+                    }
+                    d.events = 1;
+                    tx.execute(
+                        "INSERT INTO sb_debounce (key, run_id) VALUES ($1, $2)
+                         ON CONFLICT (key) DO UPDATE SET run_id = EXCLUDED.run_id",
+                        &[&key, &run.id],
+                    )?;
+                }
+                if let Some(slot) = &mut run.concurrency {
+                    // Arrival order within the key: a sequence of the database.
+                    let seq: i64 = tx
+                        .query_opt(
+                            "INSERT INTO sb_slots (key, seq, run_id)
+                             VALUES ($1, nextval('sb_slot_seq'), $2) RETURNING seq",
+                            &[&slot.key.as_bytes(), &run.id],
+                        )?
+                        .map_or(0, |r| r.get(0));
+                    slot.seq = seq as u64;
+                }
+                Self::list_cancel_keys(tx, &run)?;
+                self.put_run(tx, &run, Queue::At(run.due_at))?;
+            }
+            tx.execute(
+                "UPDATE sb_events SET record = $2 WHERE id = $1",
+                &[&event.id, &encode(&*event)?],
+            )?;
+            let matched = self.match_waiting(tx, &event.id, probes, now)?;
+            Ok(((Inserted::New, matched), true))
+        })
+    }
+
+    fn park(&self, run: &Run, _previous_due: i64) -> Result<()> {
+        self.tx(|tx| {
+            if let Some(p) = &run.parked {
+                for c in &p.keys {
+                    Self::list(tx, c, &run.id)?;
+                }
+            }
+            self.put_run(tx, run, Queue::Parked(run.due_at))?;
+            Ok(((), true))
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        // One synchronous commit: the WAL up to it — every asynchronous
+        // commit this node made before — is on disk when it returns.
+        let sql = format!(
+            "BEGIN; SET LOCAL synchronous_commit TO on;
+             INSERT INTO sb_nodes (id, lock_key, commits) VALUES ('{id}', 0, 1)
+             ON CONFLICT (id) DO UPDATE SET commits = sb_nodes.commits + 1;
+             COMMIT",
+            id = self.node.id // an id we made: [0-9A-Z] only
+        );
+        crate::crash::point("group.flush");
+        blocking(|| {
+            let mut conn = self.pool.get().map_err(|e| StoreError::Io(describe(&e)))?;
+            let r = conn.client.batch_execute(&sql);
+            if r.is_err() && !conn.client.is_closed() {
+                let _ = conn.client.batch_execute("ROLLBACK");
+            }
+            r.map_err(|e| StoreError::Io(describe(&e)))
+        })
+    }
+
+    fn healthy(&self) -> Result<()> {
+        self.query("SELECT 1", &[])?;
+        if !self.node.alive.load(Ordering::SeqCst) {
+            return Err(StoreError::Io(
+                "this node lost its PostgreSQL liveness lock (reconnecting)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn event(&self, id: &str) -> Result<Option<Event>> {
+        let rows = self.query("SELECT record FROM sb_events WHERE id = $1", &[&id])?;
+        rows.first()
+            .map(|r| decode(id, r.get(0)))
+            .transpose()
+    }
+
+    fn events(&self, page: &Page) -> Result<Vec<Event>> {
+        let rows = self.query(
+            "SELECT id, record FROM sb_events WHERE ($1::text IS NULL OR id < $1)
+             ORDER BY id DESC LIMIT $2",
+            &[&page.before, &(page.limit.max(1) as i64)],
+        )?;
+        rows.iter().map(|r| decode(r.get(0), r.get(1))).collect()
+    }
+
+    fn run(&self, id: &str) -> Result<Option<Run>> {
+        let rows = self.query("SELECT record FROM sb_runs WHERE id = $1", &[&id])?;
+        rows.first()
+            .map(|r| decode(id, r.get(0)))
+            .transpose()
+    }
+
+    fn runs(&self, page: &Page, filter: &RunFilter) -> Result<Vec<Run>> {
+        let status = filter.status.map(status_name);
+        let rows = self.query(
+            "SELECT id, record FROM sb_runs
+             WHERE ($1::text IS NULL OR id < $1)
+               AND ($2::text IS NULL OR status = $2)
+               AND ($3::text IS NULL OR recipe = $3)
+               AND (NOT $4 OR status IN ('failed', 'dead'))
+             ORDER BY id DESC LIMIT $5",
+            &[
+                &page.before,
+                &status,
+                &filter.recipe,
+                &filter.failures,
+                &(page.limit.max(1) as i64),
+            ],
+        )?;
+        rows.iter().map(|r| decode(r.get(0), r.get(1))).collect()
+    }
+
+    fn event_times(&self, since: i64, max: usize) -> Result<Vec<i64>> {
+        let rows = self.query(
+            "SELECT received_at FROM sb_events WHERE id >= $1 ORDER BY id DESC LIMIT $2",
+            &[&super::id_floor(since), &(max as i64)],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn run_heads(&self, since: i64, max: usize) -> Result<Vec<RunHead>> {
+        let rows = self.query(
+            "SELECT id, record FROM sb_runs WHERE id >= $1 ORDER BY id DESC LIMIT $2",
+            &[&super::id_floor(since), &(max as i64)],
+        )?;
+        rows.iter().map(|r| decode(r.get(0), r.get(1))).collect()
+    }
+
+    fn event_by_delivery(&self, connector: &str, delivery_id: &str) -> Result<Option<Event>> {
+        let rows = self.query(
+            "SELECT id, record FROM sb_events WHERE connector = $1 AND delivery_id = $2",
+            &[&connector, &delivery_id.as_bytes()],
+        )?;
+        rows.first()
+            .map(|r| decode(r.get(0), r.get(1)))
+            .transpose()
+    }
+
+    fn lease(&self, now: i64, lease_ms: i64, max: usize) -> Result<Vec<Run>> {
+        self.reap(now, false)?;
+        self.tx(|tx| {
+            let mut out = Vec::new();
+            let rows = tx.query(
+                "SELECT id, record FROM sb_runs WHERE due_at <= $1
+                 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+                &[&now, &(max as i64)],
+            )?;
+            for row in rows {
+                let id: &str = row.get(0);
+                let mut run: Run = decode(id, row.get(1))?;
+                if run.status.is_final() {
+                    // Left by a worker that finished after its lease expired.
+                    tx.execute("UPDATE sb_runs SET due_at = NULL WHERE id = $1", &[&id])?;
+                    continue;
+                }
+                if run.status == RunStatus::Waiting {
+                    // Its time came: an event can no longer wake or cancel it.
+                    if let Some(p) = &run.parked {
+                        for c in &p.keys {
+                            Self::unlist(tx, c, &run.id)?;
+                        }
+                    }
+                    Self::list_cancel_keys(tx, &run)?;
+                }
+                if let Some(d) = &run.debounce {
+                    // Started: later events of the key make a new run.
+                    tx.execute(
+                        "DELETE FROM sb_debounce WHERE key = $1 AND run_id = $2",
+                        &[&d.key.as_bytes(), &run.id],
+                    )?;
+                }
+                let turn = match &run.concurrency {
+                    Some(slot) => Self::has_turn(tx, slot)?,
+                    None => true,
+                };
+                if turn {
+                    run.status = RunStatus::Running;
+                    run.starts += 1;
+                }
+                // Not its turn: parked until a run ahead of it finishes
+                // (which makes it due); the lease time is the safety net.
+                run.due_at = now + lease_ms;
+                run.updated_at = now;
+                self.put_run(tx, &run, Queue::At(run.due_at))?;
+                if turn {
+                    out.push(run);
+                }
+            }
+            Ok((out, true))
+        })
+    }
+
+    fn save_run(&self, run: &Run) -> Result<()> {
+        // A checkpoint: the queue entry (due_at) is unchanged.
+        let leased_by = (run.status == RunStatus::Running).then_some(self.node.id.as_str());
+        let record = encode(run)?;
+        self.query(
+            "UPDATE sb_runs SET status = $2, leased_by = $3, record = $4 WHERE id = $1",
+            &[&run.id, &status_name(run.status), &leased_by, &record],
+        )?;
+        Ok(())
+    }
+
+    fn finish_run(&self, run: &Run) -> Result<()> {
+        self.tx(|tx| {
+            let mut finished = run.clone();
+            Self::unlist_cancel_keys(tx, run)?;
+            self.release_slot(tx, &mut finished, run.updated_at)?;
+            self.put_run(tx, &finished, Queue::Off)?;
+            Ok(((), true))
+        })
+    }
+
+    fn reschedule(&self, run: &Run, _previous_due: i64) -> Result<()> {
+        self.tx(|tx| {
+            self.put_run(tx, run, Queue::At(run.due_at))?;
+            Ok(((), true))
+        })
+    }
+
+    fn retry_run(&self, id: &str, now: i64) -> Result<Retried> {
+        self.tx(|tx| {
+            let Some(row) = tx.query_opt(GET_RUN_FOR_UPDATE, &[&id])? else {
+                return Ok((Retried::NotFound, false));
+            };
+            let mut run: Run = decode(id, row.get(0))?;
+            if !run.status.is_failure() {
+                return Ok((Retried::NotFailed(run.status), false));
+            }
+            if run
+                .steps
+                .last()
+                .is_some_and(|s| s.status == StepStatus::Failed)
+            {
+                run.pending = run.steps.pop();
+            }
+            run.round += 1;
+            run.starts = 0;
+            run.status = RunStatus::Queued;
+            run.error = None;
+            run.finished_at = None;
+            run.updated_at = now;
+            run.due_at = now;
+            Self::list_cancel_keys(tx, &run)?;
+            self.put_run(tx, &run, Queue::At(now))?;
+            Ok((Retried::Queued(Box::new(run)), true))
+        })
+    }
+
+    fn release_leases(&self, now: i64) -> Result<usize> {
+        // Several nodes share the queue: only leases of nodes that are gone
+        // are stale (this node's previous process among them).
+        self.reap(now, true)
+    }
+
+    fn cancel_requested(&self, run_id: &str) -> Result<Option<String>> {
+        let rows = self.query("SELECT reason FROM sb_cancel WHERE run_id = $1", &[&run_id])?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    fn queue_depth(&self) -> Result<usize> {
+        Ok(self.queue_counts()?.backlog)
+    }
+
+    fn queue_counts(&self) -> Result<QueueCounts> {
+        let rows = self.query(
+            "SELECT count(*) FILTER (WHERE NOT parked), count(*) FILTER (WHERE parked)
+             FROM sb_runs WHERE due_at IS NOT NULL",
+            &[],
+        )?;
+        let (backlog, parked): (i64, i64) = (rows[0].get(0), rows[0].get(1));
+        Ok(QueueCounts {
+            backlog: backlog as usize,
+            parked: parked as usize,
+        })
+    }
+
+    fn stats(&self, scan: bool) -> Result<StoreStats> {
+        let counts = self.counts()?;
+        let state_entries: i64 = self.query("SELECT count(*) FROM sb_state", &[])?[0].get(0);
+        let bytes: i64 = self.query(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+             WHERE c.relkind = 'r' AND c.relname LIKE 'sb\\_%'
+               AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())",
+            &[],
+        )?[0]
+            .get(0);
+        let (scanned, problems) = if scan {
+            // Counts are queries over the records themselves; what can
+            // still be wrong is the queue: an unfinished run without an
+            // entry, or a finished run with one.
+            let mut problems = Vec::new();
+            for r in self.query(
+                "SELECT id, status, due_at IS NULL FROM sb_runs
+                 WHERE (due_at IS NULL) = (status IN ('queued', 'running', 'retrying', 'waiting'))
+                 ORDER BY id LIMIT 100",
+                &[],
+            )? {
+                let (id, status, off): (String, String, bool) = (r.get(0), r.get(1), r.get(2));
+                problems.push(if off {
+                    format!("run {id} is {status} but not in the queue")
+                } else {
+                    format!("run {id} is {status} but still in the queue")
+                });
+            }
+            (Some(self.counts()?), problems)
+        } else {
+            (None, Vec::new())
+        };
+        Ok(StoreStats {
+            counts,
+            state_entries: state_entries as u64,
+            bytes_on_disk: bytes as u64,
+            scanned,
+            problems,
+        })
+    }
+
+    fn expire(&self, cutoff: i64, max: usize) -> Result<super::retention::Expired> {
+        let mut from = self.expire_from.lock().unwrap_or_else(|p| p.into_inner());
+        let end = super::id_floor(cutoff);
+        let start = from.clone();
+        let (out, last) = self.tx(|tx| {
+            let mut out = super::retention::Expired::default();
+            let rows = tx.query(
+                "SELECT id, record FROM sb_events WHERE id > $1 AND id < $2
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+                &[&start, &end, &(max as i64)],
+            )?;
+            let examined = rows.len();
+            let mut last = String::new();
+            for row in rows {
+                let id: String = row.get(0);
+                last.clone_from(&id);
+                let event: Event = decode(&id, row.get(1))?;
+                let mut runs = Vec::new();
+                let mut keep = false;
+                for rid in &event.runs {
+                    let Some(r) = tx.query_opt(GET_RUN_FOR_UPDATE, &[rid])? else {
+                        continue;
+                    };
+                    let run: Run = decode(rid, r.get(0))?;
+                    if run.event_id != event.id {
+                        continue; // a debounced run that took a newer event
+                    }
+                    if !run.status.is_final() || run.status == RunStatus::Dead {
+                        keep = true;
+                        break;
+                    }
+                    runs.push(run.id);
+                }
+                if keep {
+                    out.kept += 1;
+                    continue;
+                }
+                for rid in &runs {
+                    tx.execute("DELETE FROM sb_runs WHERE id = $1", &[rid])?;
+                }
+                out.runs += runs.len();
+                if let Some(r) = &event.replay {
+                    tx.execute(
+                        "DELETE FROM sb_replay WHERE connector = $1 AND key = $2 AND event_id = $3",
+                        &[&event.connector, &r.key, &event.id],
+                    )?;
+                }
+                tx.execute("DELETE FROM sb_events WHERE id = $1", &[&id])?;
+                out.events += 1;
+            }
+            out.cycle_done = examined < max;
+            Ok(((out, last), true))
+        })?;
+        *from = if out.cycle_done { String::new() } else { last };
+        Ok(out)
+    }
+
+    fn next_due(&self) -> Result<Option<i64>> {
+        let rows = self.query(
+            "SELECT due_at FROM sb_runs WHERE due_at IS NOT NULL ORDER BY due_at LIMIT 1",
+            &[],
+        )?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    fn schedule_cursor(&self, recipe: &str) -> Result<Option<i64>> {
+        let rows = self.query("SELECT slot FROM sb_cursors WHERE recipe = $1", &[&recipe])?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    fn set_schedule_cursor(&self, recipe: &str, slot: i64) -> Result<()> {
+        self.query(
+            "INSERT INTO sb_cursors (recipe, slot) VALUES ($1, $2)
+             ON CONFLICT (recipe) DO UPDATE SET slot = EXCLUDED.slot",
+            &[&recipe, &slot],
+        )?;
+        Ok(())
+    }
+
+    fn apply_state(
+        &self,
+        op: &StateOp,
+        now: i64,
+        checkpoint: &mut dyn FnMut(&StateOutput) -> Option<Run>,
+    ) -> Result<StateOutput> {
+        // Lock the operation's keys (sorted: no deadlock between two
+        // operations), read them, decide here, then write and commit —
+        // the state change and the run's checkpoint in one transaction.
+        let mut keys: Vec<&StateKey> = state_keys(op);
+        keys.sort_by(|a, b| (&a.namespace, &a.key).cmp(&(&b.namespace, &b.key)));
+        keys.dedup();
+        let mut locks: Vec<i64> = keys
+            .iter()
+            .map(|k| lock_key(b"s", format!("{}\0{}", k.namespace, k.key).as_bytes()))
+            .collect();
+        locks.sort_unstable();
+        locks.dedup();
+        let raw: Vec<Vec<u8>> = keys.iter().flat_map(|k| state::raw_keys(k)).collect();
+        let mut conn = blocking(|| self.pool.get().map_err(|e| StoreError::Io(describe(&e))))?;
+        let r = self.apply_state_on(&mut conn, op, now, &locks, raw, checkpoint);
+        // A broken connection closes its client: only ever off a runtime thread.
+        blocking(move || drop(conn));
+        r
+    }
+
+    fn state_entries(
+        &self,
+        namespace: Option<&str>,
+        after: Option<&[u8]>,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<StateEntry>> {
+        let mut out = Vec::new();
+        for prefix in state::list_prefixes(namespace) {
+            let end = super::sled::prefix_end(&prefix);
+            let (start, inclusive) = match after {
+                Some(a) if a >= prefix.as_slice() => (a.to_vec(), false),
+                _ => (prefix.clone(), true),
+            };
+            if start >= end {
+                continue;
+            }
+            let mut from = start;
+            let mut incl = inclusive;
+            loop {
+                let rows = self.query(
+                    "SELECT key, value FROM sb_state
+                     WHERE (key > $1 OR ($2 AND key = $1)) AND key < $3
+                     ORDER BY key LIMIT 500",
+                    &[&from, &incl, &end],
+                )?;
+                let n = rows.len();
+                for r in rows {
+                    let (k, v): (Vec<u8>, Vec<u8>) = (r.get(0), r.get(1));
+                    if let Some(e) = state::entry(&k, &v, now)? {
+                        out.push(e);
+                        if out.len() >= limit.max(1) {
+                            return Ok(out);
+                        }
+                    }
+                    from = k;
+                }
+                incl = false;
+                if n < 500 {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn state_get(&self, key: &StateKey, now: i64) -> Result<Vec<StateEntry>> {
+        let raw = state::raw_keys(key);
+        let rows = self.query(
+            "SELECT key, value FROM sb_state WHERE key = ANY($1) ORDER BY key",
+            &[&raw],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (k, v): (Vec<u8>, Vec<u8>) = (r.get(0), r.get(1));
+            out.extend(state::entry(&k, &v, now)?);
+        }
+        Ok(out)
+    }
+
+    fn sweep_state(&self, now: i64, max: usize) -> Result<Swept> {
+        let mut from = self.sweep_from.lock().unwrap_or_else(|p| p.into_inner());
+        // Values and counters expire; rotations do not.
+        let rows = self.query(
+            "SELECT key, value FROM sb_state
+             WHERE key > $1 AND (substring(key from 1 for 2) IN ('\\x6e2f'::bytea, '\\x762f'::bytea))
+             ORDER BY key LIMIT $2",
+            &[&*from, &(max as i64)],
+        )?;
+        let examined = rows.len();
+        let mut removed = 0;
+        let mut last = Vec::new();
+        for r in rows {
+            let (k, v): (Vec<u8>, Vec<u8>) = (r.get(0), r.get(1));
+            if state::expired(&k, &v, now)? {
+                // Removed only if unchanged since read: a step may have renewed it.
+                let n = self.query(
+                    "DELETE FROM sb_state WHERE key = $1 AND value = $2 RETURNING 1",
+                    &[&k, &v],
+                )?;
+                removed += n.len();
+            }
+            last = k;
+        }
+        let cycle_done = examined < max;
+        *from = if cycle_done { Vec::new() } else { last };
+        Ok(Swept {
+            removed,
+            cycle_done,
+        })
+    }
+}
+
