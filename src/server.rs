@@ -243,7 +243,7 @@ fn open_store(backend: &Backend) -> Result<Arc<dyn Store>, ServeError> {
                     backend.describe()
                 ))
             })?;
-            tracing::info!(store = %backend.describe(), node = store.node_id(), "PostgreSQL store");
+            tracing::info!(store = %backend.describe(), node = %store.node_id(), "PostgreSQL store");
             released_by(&store)?;
             Ok(Arc::new(store))
         }

@@ -1185,3 +1185,7 @@ async fn backpressure_answers_503_with_retry_after_above_max_queue_and_stores_no
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Several nodes on one PostgreSQL: the same sink and helpers.
+#[path = "nodes.rs"]
+mod nodes;

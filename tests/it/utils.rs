@@ -78,14 +78,16 @@ impl PgSchema {
     /// The schema named `name` (created if missing), marked with this
     /// process's id so a later test process drops it once we are gone.
     pub fn named(name: &str) -> PgSchema {
-        let mut c = postgres::Client::connect(&test_pg(), postgres::NoTls)
-            .expect("PostgreSQL at 127.0.0.1:5432, database test (SWITCHBOARD_TEST_PG)");
-        drop_schemas_of_finished_runs(&mut c);
-        c.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {name}; COMMENT ON SCHEMA {name} IS 'switchboard test pid {}'",
-            std::process::id()
-        ))
-        .unwrap();
+        off_runtime(|| {
+            let mut c = postgres::Client::connect(&test_pg(), postgres::NoTls)
+                .expect("PostgreSQL at 127.0.0.1:5432, database test (SWITCHBOARD_TEST_PG)");
+            drop_schemas_of_finished_runs(&mut c);
+            c.batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {name}; COMMENT ON SCHEMA {name} IS 'switchboard test pid {}'",
+                std::process::id()
+            ))
+            .unwrap();
+        });
         let base = test_pg();
         let sep = if base.contains('?') { '&' } else { '?' };
         PgSchema {
@@ -102,10 +104,18 @@ impl PgSchema {
     }
 
     pub fn drop_now(&self) {
-        if let Ok(mut c) = postgres::Client::connect(&test_pg(), postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
-        }
+        off_runtime(|| {
+            if let Ok(mut c) = postgres::Client::connect(&test_pg(), postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+            }
+        });
     }
+}
+
+/// The blocking PostgreSQL client runs a runtime of its own: never on a
+/// test's runtime thread.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().unwrap())
 }
 
 /// Drop test schemas whose test process has ended (a schema that lives as

@@ -180,9 +180,13 @@ const REAP: &str = "UPDATE sb_runs r SET due_at = $1
        WHERE n.id = r.leased_by)";
 
 /// This node: its id (in `leased_by`) and the liveness lock held by a
-/// thread on a connection of its own, re-taken after the connection breaks.
+/// thread on a connection of its own. When that connection breaks (the
+/// database restarted, the network cut) the lock is gone and other nodes may
+/// take this node's leases; so the node comes back under a **new id**, and
+/// its former leases — runs its workers may have dropped when a write failed
+/// during the outage — come due for every node, this one included.
 struct Node {
-    id: String,
+    id: Arc<Mutex<Arc<str>>>,
     stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     alive: Arc<AtomicBool>,
@@ -208,8 +212,9 @@ fn register(pool: &Pool, id: &str) -> std::result::Result<postgres::Client, post
 
 impl Node {
     fn start(pool: &Pool) -> Result<Node> {
-        let id = super::new_id(super::now_ms());
-        let client = register(pool, &id).map_err(|e| StoreError::Io(describe(&e)))?;
+        let first = super::new_id(super::now_ms());
+        let client = register(pool, &first).map_err(|e| StoreError::Io(describe(&e)))?;
+        let id: Arc<Mutex<Arc<str>>> = Arc::new(Mutex::new(Arc::from(first.as_str())));
         let alive = Arc::new(AtomicBool::new(true));
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let keeper = Pool::new(pool.config().clone(), 1);
@@ -231,18 +236,21 @@ impl Node {
                     }
                     talive.store(false, Ordering::SeqCst);
                     client = None;
-                    match register(&keeper, &tid) {
+                    let new = super::new_id(super::now_ms());
+                    match register(&keeper, &new) {
                         Ok(c) => {
-                            tracing::warn!(node = %tid, "PostgreSQL reachable again: node lock re-taken");
+                            tracing::warn!(node = %new, "PostgreSQL reachable again: node lock re-taken under a new id");
+                            *tid.lock().unwrap_or_else(|p| p.into_inner()) = Arc::from(new.as_str());
                             client = Some(c);
                             talive.store(true, Ordering::SeqCst);
                         }
-                        Err(e) => tracing::warn!(node = %tid, error = %describe(&e), "node lock lost; retrying"),
+                        Err(e) => tracing::warn!(error = %describe(&e), "node lock lost; retrying"),
                     }
                 }
                 if let Some(mut c) = client {
                     // A clean stop: its leases are stale at once.
-                    let _ = c.execute("DELETE FROM sb_nodes WHERE id = $1", &[&tid]);
+                    let id = tid.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let _ = c.execute("DELETE FROM sb_nodes WHERE id = $1", &[&&*id]);
                 }
             })
             .map_err(|e| StoreError::Io(format!("cannot start the node thread: {e}")))?;
@@ -252,6 +260,10 @@ impl Node {
             thread: Mutex::new(Some(thread)),
             alive,
         })
+    }
+
+    fn id(&self) -> Arc<str> {
+        self.id.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn stop(&self) {
@@ -310,8 +322,8 @@ impl PgStore {
     }
 
     /// This node's id (what `leased_by` names).
-    pub fn node_id(&self) -> &str {
-        &self.node.id
+    pub fn node_id(&self) -> String {
+        self.node.id().to_string()
     }
 
     /// Run `f` in a transaction, again after a deadlock or serialisation
@@ -329,6 +341,9 @@ impl PgStore {
                     }
                     Ok(v)
                 })();
+                if let Err(Fail::Pg(e)) = &r {
+                    conn.saw(e);
+                }
                 match r {
                     Err(f) if retryable(&f) && tries < 5 => tries += 1,
                     r => return r.map_err(StoreError::from),
@@ -345,10 +360,13 @@ impl PgStore {
     ) -> Result<Vec<postgres::Row>> {
         blocking(|| {
             let mut conn = self.pool.get().map_err(|e| StoreError::Io(describe(&e)))?;
-            let st = conn.stmt(sql).map_err(|e| StoreError::Io(describe(&e)))?;
-            conn.client
-                .query(&st, params)
-                .map_err(|e| StoreError::Io(describe(&e)))
+            let r = conn
+                .stmt(sql)
+                .and_then(|st| conn.client.query(&st, params));
+            r.map_err(|e| {
+                conn.saw(&e);
+                StoreError::Io(describe(&e))
+            })
         })
     }
 
@@ -358,7 +376,8 @@ impl PgStore {
             Queue::At(t) => (Some(t), false),
             Queue::Parked(t) => (Some(t), true),
         };
-        let leased_by = (run.status == RunStatus::Running).then_some(self.node.id.as_str());
+        let node = self.node.id();
+        let leased_by = (run.status == RunStatus::Running).then_some(&*node);
         tx.execute(
             PUT_RUN,
             &[
@@ -598,7 +617,34 @@ impl PgStore {
         raw: Vec<Vec<u8>>,
         checkpoint: &mut dyn FnMut(&StateOutput) -> Option<Run>,
     ) -> Result<StateOutput> {
-        let mut tx = blocking(|| conn.begin()).map_err(|e| StoreError::Io(describe(&e)))?;
+        let broken = std::cell::Cell::new(false);
+        let r = self.apply_state_tx(conn, op, now, locks, raw, checkpoint, &broken);
+        if broken.get() {
+            conn.broken = true;
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_state_tx(
+        &self,
+        conn: &mut pool::Conn,
+        op: &StateOp,
+        now: i64,
+        locks: &[i64],
+        raw: Vec<Vec<u8>>,
+        checkpoint: &mut dyn FnMut(&StateOutput) -> Option<Run>,
+        broken: &std::cell::Cell<bool>,
+    ) -> Result<StateOutput> {
+        let seen = |f: Fail| -> StoreError {
+            if let Fail::Pg(e) = &f {
+                if pool::breaks(e) {
+                    broken.set(true);
+                }
+            }
+            f.into()
+        };
+        let mut tx = blocking(|| conn.begin()).map_err(|e| seen(Fail::Pg(e)))?;
         let fetched = blocking(|| -> R<HashMap<Vec<u8>, Vec<u8>>> {
             for l in locks {
                 tx.execute(ADVISORY, &[l])?;
@@ -606,7 +652,7 @@ impl PgStore {
             let rows = tx.query("SELECT key, value FROM sb_state WHERE key = ANY($1)", &[&raw])?;
             Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
         });
-        let decided = fetched.map_err(StoreError::from).and_then(|fetched| {
+        let decided = fetched.map_err(seen).and_then(|fetched| {
             let kv = Fetched(fetched, raw.iter().cloned().collect());
             let (out, writes) = state::apply(op, now, &kv)?;
             let run = checkpoint(&out);
@@ -631,8 +677,8 @@ impl PgStore {
                 };
             }
             if let Some(run) = &run {
-                let leased_by =
-                    (run.status == RunStatus::Running).then_some(self.node.id.as_str());
+                let node = self.node.id();
+                let leased_by = (run.status == RunStatus::Running).then_some(&*node);
                 tx.execute(
                     "UPDATE sb_runs SET status = $2, leased_by = $3, record = $4 WHERE id = $1",
                     &[&run.id, &status_name(run.status), &leased_by, &encode(run)?],
@@ -641,7 +687,7 @@ impl PgStore {
             tx.commit()?;
             Ok(out)
         })
-        .map_err(StoreError::from)
+        .map_err(seen)
     }
 
     fn counts(&self) -> Result<Counts> {
@@ -862,14 +908,17 @@ impl Store for PgStore {
              INSERT INTO sb_nodes (id, lock_key, commits) VALUES ('{id}', 0, 1)
              ON CONFLICT (id) DO UPDATE SET commits = sb_nodes.commits + 1;
              COMMIT",
-            id = self.node.id // an id we made: [0-9A-Z] only
+            id = self.node.id() // an id we made: [0-9A-Z] only
         );
         crate::crash::point("group.flush");
         blocking(|| {
             let mut conn = self.pool.get().map_err(|e| StoreError::Io(describe(&e)))?;
             let r = conn.client.batch_execute(&sql);
-            if r.is_err() && !conn.client.is_closed() {
-                let _ = conn.client.batch_execute("ROLLBACK");
+            if let Err(e) = &r {
+                conn.saw(e);
+                if !conn.broken {
+                    let _ = conn.client.batch_execute("ROLLBACK");
+                }
             }
             r.map_err(|e| StoreError::Io(describe(&e)))
         })
@@ -1010,7 +1059,8 @@ impl Store for PgStore {
 
     fn save_run(&self, run: &Run) -> Result<()> {
         // A checkpoint: the queue entry (due_at) is unchanged.
-        let leased_by = (run.status == RunStatus::Running).then_some(self.node.id.as_str());
+        let node = self.node.id();
+        let leased_by = (run.status == RunStatus::Running).then_some(&*node);
         let record = encode(run)?;
         self.query(
             "UPDATE sb_runs SET status = $2, leased_by = $3, record = $4 WHERE id = $1",

@@ -42,9 +42,29 @@ pub fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 pub struct Conn {
     pub client: Client,
     stmts: HashMap<&'static str, Statement>,
+    /// An error said the connection is gone: not back into the pool. (The
+    /// blocking client's `is_closed` stays false after its socket died.)
+    pub broken: bool,
+}
+
+/// Does this error mean the connection cannot be used again? I/O errors,
+/// and the server's "connection exception" (08) and "operator
+/// intervention" (57: shutdown, terminated) classes.
+pub fn breaks(e: &postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(c) => c.code().starts_with("08") || c.code().starts_with("57"),
+    }
 }
 
 impl Conn {
+    /// Note `e`: a connection it broke is closed instead of reused.
+    pub fn saw(&mut self, e: &postgres::Error) {
+        if breaks(e) {
+            self.broken = true;
+        }
+    }
+
     /// Begin a transaction; its queries share this connection's cache.
     pub fn begin(&mut self) -> Result<Tx<'_>, postgres::Error> {
         Ok(Tx {
@@ -181,6 +201,7 @@ impl Pool {
                         conn: Some(Conn {
                             client,
                             stmts: HashMap::new(),
+                            broken: false,
                         }),
                     }),
                     Err(e) => {
@@ -218,7 +239,7 @@ impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         let mut st = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
-        if conn.client.is_closed() {
+        if conn.broken || conn.client.is_closed() {
             st.open -= 1;
         } else {
             st.idle.push(conn);
