@@ -17,7 +17,7 @@
 //!   workers, and dry runs of recipe `tests:` with mocked calls (`switchboard test`).
 //! - [`recipe`]: recipe files compiled and checked; conditions (pure).
 //! - [`connector`]: connector files compiled; the outbound HTTP runtime; secrets; OAuth2 tokens.
-//! - [`store`]: the `Store` trait, the sled backend, group commit, recipe
+//! - [`store`]: the `Store` trait, the sled and PostgreSQL backends, group commit, recipe
 //!   state operations (`store::state`, pure, shared by every backend).
 //! - [`time`]: the engine's clock, zones, durations, cron schedules, business-hours calendars.
 //! - [`template`], [`jsonpath`], [`yaml`], [`secret`], [`duration`]: shared, pure building blocks.
@@ -38,7 +38,7 @@
 //! - The dashboard reads and acts only through the admin API's types, never
 //!   the store or the engine.
 //! - Only `ingress`, `admin`, `dashboard`, `error`, `listener` and `sandbox` use axum; only `connector`
-//!   (and the CLI's admin client) use reqwest; only `store` uses sled. These
+//!   (and the CLI's admin client) use reqwest; only `store` uses sled or the PostgreSQL driver. These
 //!   and the other rules of ARCHITECTURE.md are checked by
 //!   `tests/it/architecture.rs`.
 //! - Conditions and templates do no I/O.

@@ -212,7 +212,10 @@ fn open_store(backend: &Backend) -> Result<Arc<dyn Store>, ServeError> {
             .release_leases(crate::store::now_ms())
             .map_err(|e| ServeError::Setup(e.to_string()))?;
         if released > 0 {
-            tracing::info!(runs = released, "resuming runs interrupted by the last stop");
+            tracing::info!(
+                runs = released,
+                "resuming runs interrupted by the last stop"
+            );
         }
         Ok(())
     };

@@ -45,7 +45,7 @@ impl Pg {
     pub(crate) fn new() -> Pg {
         let admin = std::env::var("SWITCHBOARD_TEST_PG")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let schema = format!("sbt_{}", new_id(super::now_ms()).to_lowercase());
+        let schema = format!("sbt_{:016x}", rand::random::<u64>());
         let mut c = postgres::Client::connect(&admin, postgres::NoTls)
             .expect("PostgreSQL at 127.0.0.1:5432, database test (SWITCHBOARD_TEST_PG)");
         c.batch_execute(&format!("CREATE SCHEMA {schema}")).unwrap();
@@ -143,7 +143,10 @@ fn dedupes_by_delivery_id_and_survives_reopen(b: &dyn Backend) {
                 event_id: e.id.clone()
             }
         );
-        assert!(s.event(&again.id).unwrap().is_none(), "a duplicate is not stored");
+        assert!(
+            s.event(&again.id).unwrap().is_none(),
+            "a duplicate is not stored"
+        );
         // Another connector's same id, and events without an id, are new.
         let mut other = event(Some("d1"));
         other.connector = "hubspot".into();
@@ -196,7 +199,10 @@ fn queue_leases_expire_and_finish_dequeues(b: &dyn Backend) {
     assert!(s.lease(999, 100, 10).unwrap().is_empty(), "not due yet");
     let leased = s.lease(1000, 100, 10).unwrap();
     assert_eq!(leased.len(), 1);
-    assert_eq!((leased[0].status, leased[0].starts), (RunStatus::Running, 1));
+    assert_eq!(
+        (leased[0].status, leased[0].starts),
+        (RunStatus::Running, 1)
+    );
     assert!(s.lease(1050, 100, 10).unwrap().is_empty(), "leased");
     let again = s.lease(1100, 100, 10).unwrap();
     assert_eq!(again.len(), 1, "the lease expired: due again");
@@ -330,7 +336,11 @@ fn a_matching_event_wakes_or_cancels_waiting_runs_in_its_batch(b: &dyn Backend) 
             100,
         )
         .unwrap();
-    assert_eq!(m, super::Matched::default(), "another key or tag matches nothing");
+    assert_eq!(
+        m,
+        super::Matched::default(),
+        "another key or tag matches nothing"
+    );
     let hit = event(Some("x2"));
     let (_, m) = s
         .insert_event_matching(&hit, &[], &[corr(Wake, "42", "r\0w")], 200)
@@ -338,7 +348,11 @@ fn a_matching_event_wakes_or_cancels_waiting_runs_in_its_batch(b: &dyn Backend) 
     assert_eq!(m.woken, vec![a.id.clone()]);
     let woke = s.run(&a.id).unwrap().unwrap();
     assert_eq!((woke.status, woke.due_at), (RunStatus::Queued, 200));
-    assert_eq!(s.queue_depth().unwrap(), 1, "the woken run is backlog again");
+    assert_eq!(
+        s.queue_depth().unwrap(),
+        1,
+        "the woken run is backlog again"
+    );
     assert_eq!(woke.parked.unwrap().woken_by, Some(hit.id.clone()));
     let (_, m) = s
         .insert_event_matching(&event(Some("x3")), &[], &[corr(Cancel, "42", "r")], 300)
@@ -348,7 +362,10 @@ fn a_matching_event_wakes_or_cancels_waiting_runs_in_its_batch(b: &dyn Backend) 
         .insert_event_matching(&event(Some("x2")), &[], &[corr(Cancel, "43", "r")], 300)
         .unwrap();
     assert!(matches!(ins, Inserted::Duplicate { .. }));
-    assert!(m.cancelled.is_empty(), "a duplicate delivery matches nothing");
+    assert!(
+        m.cancelled.is_empty(),
+        "a duplicate delivery matches nothing"
+    );
     let (_, m) = s
         .insert_event_matching(&event(Some("x4")), &[], &[corr(Cancel, "43", "r")], 400)
         .unwrap();
@@ -357,13 +374,20 @@ fn a_matching_event_wakes_or_cancels_waiting_runs_in_its_batch(b: &dyn Backend) 
     assert_eq!(gone.status, RunStatus::Cancelled);
     assert!(gone.reason.unwrap().contains("cancelled by event"));
     let leased = s.lease(10_000, 1000, 10).unwrap();
-    assert_eq!(leased.iter().map(|r| &r.id).collect::<Vec<_>>(), vec![&a.id]);
+    assert_eq!(
+        leased.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        vec![&a.id]
+    );
     // No key is left: the same events again match nothing.
     let (_, m) = s
         .insert_event_matching(
             &event(Some("x5")),
             &[],
-            &[corr(Wake, "42", "r\0w"), corr(Cancel, "43", "r"), corr(Wake, "43", "r\0w")],
+            &[
+                corr(Wake, "42", "r\0w"),
+                corr(Cancel, "43", "r"),
+                corr(Wake, "43", "r\0w"),
+            ],
             500,
         )
         .unwrap();
@@ -372,14 +396,27 @@ fn a_matching_event_wakes_or_cancels_waiting_runs_in_its_batch(b: &dyn Backend) 
 
 fn a_timed_out_wait_is_no_longer_listed(b: &dyn Backend) {
     let s = b.open();
-    let a = parked(&*s, &event(None), vec![corr(Listen::Wake, "42", "r\0w")], 500);
+    let a = parked(
+        &*s,
+        &event(None),
+        vec![corr(Listen::Wake, "42", "r\0w")],
+        500,
+    );
     let leased = s.lease(500, 1000, 10).unwrap();
     assert_eq!(leased[0].id, a.id);
     assert_eq!(leased[0].status, RunStatus::Running);
     let (_, m) = s
-        .insert_event_matching(&event(Some("x")), &[], &[corr(Listen::Wake, "42", "r\0w")], 600)
+        .insert_event_matching(
+            &event(Some("x")),
+            &[],
+            &[corr(Listen::Wake, "42", "r\0w")],
+            600,
+        )
         .unwrap();
-    assert!(m.woken.is_empty(), "the timer won; the event does not wake it again");
+    assert!(
+        m.woken.is_empty(),
+        "the timer won; the event does not wake it again"
+    );
 }
 
 fn a_running_run_is_asked_to_stop_by_a_cancelling_event(b: &dyn Backend) {
@@ -391,14 +428,23 @@ fn a_running_run_is_asked_to_stop_by_a_cancelling_event(b: &dyn Backend) {
     let leased = s.lease(10, 1000, 1).unwrap().remove(0);
     assert_eq!(s.cancel_requested(&r.id).unwrap(), None);
     let (_, m) = s
-        .insert_event_matching(&event(Some("c")), &[], &[corr(Listen::Cancel, "7", "r")], 20)
+        .insert_event_matching(
+            &event(Some("c")),
+            &[],
+            &[corr(Listen::Cancel, "7", "r")],
+            20,
+        )
         .unwrap();
     assert_eq!(m.cancelling, vec![r.id.clone()]);
     assert!(s.cancel_requested(&r.id).unwrap().is_some());
     let mut done = leased;
     done.status = RunStatus::Cancelled;
     s.finish_run(&done).unwrap();
-    assert_eq!(s.cancel_requested(&r.id).unwrap(), None, "removed with the finish");
+    assert_eq!(
+        s.cancel_requested(&r.id).unwrap(),
+        None,
+        "removed with the finish"
+    );
 }
 
 fn a_concurrency_key_runs_its_runs_one_at_a_time_in_order(b: &dyn Backend) {
@@ -416,15 +462,24 @@ fn a_concurrency_key_runs_its_runs_one_at_a_time_in_order(b: &dyn Backend) {
         ids.push(r.id);
     }
     let leased = s.lease(10, 60_000, 10).unwrap();
-    assert_eq!(leased.iter().map(|r| &r.id).collect::<Vec<_>>(), vec![&ids[0]]);
-    assert!(s.lease(20, 60_000, 10).unwrap().is_empty(), "the others wait their turn");
+    assert_eq!(
+        leased.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        vec![&ids[0]]
+    );
+    assert!(
+        s.lease(20, 60_000, 10).unwrap().is_empty(),
+        "the others wait their turn"
+    );
     let mut done = leased[0].clone();
     done.status = RunStatus::Succeeded;
     done.updated_at = 30;
     s.finish_run(&done).unwrap();
     // Finishing makes the next one due at once, not at its lease's end.
     let next = s.lease(30, 60_000, 10).unwrap();
-    assert_eq!(next.iter().map(|r| &r.id).collect::<Vec<_>>(), vec![&ids[1]]);
+    assert_eq!(
+        next.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        vec![&ids[1]]
+    );
 }
 
 fn a_debounced_burst_is_one_run_with_the_newest_event(b: &dyn Backend) {
@@ -445,12 +500,22 @@ fn a_debounced_burst_is_one_run_with_the_newest_event(b: &dyn Backend) {
     let mut r2 = run(&e2, 1_150);
     r2.debounce = Some(slot(1_050));
     e2.runs = vec![r2.id.clone()];
-    assert_eq!(s.insert_event(&e2, std::slice::from_ref(&r2)).unwrap(), Inserted::New);
+    assert_eq!(
+        s.insert_event(&e2, std::slice::from_ref(&r2)).unwrap(),
+        Inserted::New
+    );
     assert!(s.run(&r2.id).unwrap().is_none(), "no second run");
     let stored = s.event(&e2.id).unwrap().unwrap();
-    assert_eq!(stored.runs, vec![r1.id.clone()], "the event lists the pending run");
+    assert_eq!(
+        stored.runs,
+        vec![r1.id.clone()],
+        "the event lists the pending run"
+    );
     let pending = s.run(&r1.id).unwrap().unwrap();
-    assert_eq!((pending.event_id.as_str(), pending.due_at), (e2.id.as_str(), 1_150));
+    assert_eq!(
+        (pending.event_id.as_str(), pending.due_at),
+        (e2.id.as_str(), 1_150)
+    );
     assert_eq!(pending.debounce.unwrap().events, 2);
     let leased = s.lease(1_150, 60_000, 10).unwrap();
     assert_eq!(leased.len(), 1);
@@ -480,7 +545,10 @@ fn pages_newest_first(b: &dyn Backend) {
             .collect::<Vec<_>>()
     };
     assert_eq!(page(None), vec![ids[4].clone(), ids[3].clone()]);
-    assert_eq!(page(Some(ids[3].clone())), vec![ids[2].clone(), ids[1].clone()]);
+    assert_eq!(
+        page(Some(ids[3].clone())),
+        vec![ids[2].clone(), ids[1].clone()]
+    );
     assert_eq!(s.event_times(0, 3).unwrap().len(), 3);
 }
 
@@ -518,9 +586,15 @@ fn retention_deletes_old_finished_events_and_keeps_unfinished_runs(b: &dyn Backe
     }
     assert_eq!((total.events, total.runs, total.kept), (1, 1, 1));
     assert!(s.event(&e1.id).unwrap().is_none() && s.run(&r1.id).unwrap().is_none());
-    assert!(s.event(&e2.id).unwrap().is_some(), "its run is not finished");
+    assert!(
+        s.event(&e2.id).unwrap().is_some(),
+        "its run is not finished"
+    );
     // The dedupe key went with the event: the delivery is new again.
-    assert_eq!(s.insert_event(&old(5, "old-1"), &[]).unwrap(), Inserted::New);
+    assert_eq!(
+        s.insert_event(&old(5, "old-1"), &[]).unwrap(),
+        Inserted::New
+    );
 }
 
 fn key(k: &str) -> StateKey {
@@ -611,10 +685,12 @@ fn round_robin_hands_out_consecutive_slots(b: &dyn Backend) {
         capacity: None,
     });
     let picks: Vec<String> = (0..6)
-        .map(|_| match s.apply_state(&assign, 5, &mut |_| None).unwrap() {
-            StateOutput::Assigned { index, .. } => index.to_string(),
-            other => panic!("{other:?}"),
-        })
+        .map(
+            |_| match s.apply_state(&assign, 5, &mut |_| None).unwrap() {
+                StateOutput::Assigned { index, .. } => index.to_string(),
+                other => panic!("{other:?}"),
+            },
+        )
         .collect();
     assert_eq!(picks, ["0", "1", "2", "0", "1", "2"]);
 }
@@ -641,7 +717,11 @@ fn expired_state_is_hidden_then_swept_in_bounded_passes(b: &dyn Backend) {
             value: serde_json::Value::Null
         }
     );
-    assert_eq!(s.stats(false).unwrap().state_entries, 25, "the read of k01 removed it");
+    assert_eq!(
+        s.stats(false).unwrap().state_entries,
+        25,
+        "the read of k01 removed it"
+    );
     let (mut removed, mut cycle) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let swept = s.sweep_state(20_000, 10).unwrap();
@@ -689,7 +769,11 @@ fn state_lists_by_namespace_in_pages(b: &dyn Backend) {
     }
     assert_eq!(all.len(), 7);
     let deleted = s
-        .apply_state(&StateOp::Delete(StateKey::new("b", "x").unwrap()), 0, &mut |_| None)
+        .apply_state(
+            &StateOp::Delete(StateKey::new("b", "x").unwrap()),
+            0,
+            &mut |_| None,
+        )
         .unwrap();
     assert_eq!(deleted, StateOutput::Deleted { deleted: true });
     assert_eq!(s.state_entries(Some("b"), None, 100, 0).unwrap().len(), 2);
@@ -702,7 +786,10 @@ fn schedule_cursors_are_kept(b: &dyn Backend) {
     s.set_schedule_cursor("daily", 1_700_000_060_000).unwrap();
     s.flush().unwrap();
     drop(s);
-    assert_eq!(b.open().schedule_cursor("daily").unwrap(), Some(1_700_000_060_000));
+    assert_eq!(
+        b.open().schedule_cursor("daily").unwrap(),
+        Some(1_700_000_060_000)
+    );
 }
 
 macro_rules! matrix {
@@ -761,13 +848,24 @@ mod pg_nodes {
                     })
                 })
                 .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
         });
         let new = answers.iter().filter(|a| **a == Inserted::New).count();
         assert_eq!(new, 1, "{answers:?}");
-        let first = nodes[0].event_by_delivery("zendesk", "same").unwrap().unwrap();
+        let first = nodes[0]
+            .event_by_delivery("zendesk", "same")
+            .unwrap()
+            .unwrap();
         for a in answers.iter().filter(|a| **a != Inserted::New) {
-            assert_eq!(*a, Inserted::Duplicate { event_id: first.id.clone() });
+            assert_eq!(
+                *a,
+                Inserted::Duplicate {
+                    event_id: first.id.clone()
+                }
+            );
         }
         let stats = nodes[1].stats(false).unwrap();
         assert_eq!((stats.counts.events, stats.counts.runs_total()), (1, 1));
@@ -800,7 +898,10 @@ mod pg_nodes {
                     })
                 })
                 .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
         });
         assert_eq!(leased.len(), all.len(), "each run leased exactly once");
         let unique: HashSet<_> = leased.iter().collect();
@@ -825,6 +926,9 @@ mod pg_nodes {
         assert_eq!(b.release_leases(30).unwrap(), 2, "a's two leases");
         let resumed = b.lease(30, 3_600_000, 10).unwrap();
         assert_eq!(resumed.len(), 2);
-        assert!(resumed.iter().all(|r| r.starts == 2), "a start counted again");
+        assert!(
+            resumed.iter().all(|r| r.starts == 2),
+            "a start counted again"
+        );
     }
 }

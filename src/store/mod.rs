@@ -13,6 +13,7 @@
 
 #[cfg(test)]
 mod conformance;
+pub mod copy;
 pub mod index;
 mod overlay;
 pub mod pg;

@@ -1026,6 +1026,36 @@ impl Store for SledStore {
     }
 }
 
+/// Raw reads for `switchboard store copy` (a sled store moved to PostgreSQL).
+impl SledStore {
+    /// Every recipe state entry as stored: its raw key and record.
+    pub fn state_raw(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for prefix in [&b"v/"[..], b"n/", b"a/"] {
+            for item in self.kv.scan_prefix(prefix) {
+                let (k, v) = item.map_err(io)?;
+                out.push((k.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every schedule cursor: (recipe, last slot handled).
+    pub fn schedule_cursors(&self) -> Result<Vec<(String, i64)>> {
+        let mut out = Vec::new();
+        for item in self.kv.scan_prefix(b"s/") {
+            let (k, v) = item.map_err(io)?;
+            if let Ok(b) = <[u8; 8]>::try_from(v.as_ref()) {
+                out.push((
+                    String::from_utf8_lossy(&k[2..]).into_owned(),
+                    i64::from_be_bytes(b),
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Opens again a store a test just dropped: sled's background flusher
 /// holds the directory's lock for a moment after the last handle goes, so an
 /// immediate reopen can fail with `WouldBlock`. (A restarted process never

@@ -95,7 +95,13 @@ async fn a_thousand_duplicate_deliveries_across_three_nodes_store_one_event() {
 /// One wave of load: `per_node` events to each node, `seq` from `from`;
 /// node `victim` is killed (kill -9) once `kill_at` of its own were
 /// acknowledged. The acknowledged events of every node.
-async fn wave(nodes: &mut [Hub], per_node: usize, from: usize, victim: usize, kill_at: usize) -> Vec<Acked> {
+async fn wave(
+    nodes: &mut [Hub],
+    per_node: usize,
+    from: usize,
+    victim: usize,
+    kill_at: usize,
+) -> Vec<Acked> {
     static FROM: AtomicUsize = AtomicUsize::new(0);
     FROM.store(from, Ordering::SeqCst);
     let body: fn(usize) -> Value = |i| {
@@ -215,7 +221,11 @@ steps:
         let total = tickets.len();
         tickets.sort();
         tickets.dedup();
-        assert_eq!(tickets.len(), total, "{path}: a slot acted twice: {calls:?}");
+        assert_eq!(
+            tickets.len(),
+            total,
+            "{path}: a slot acted twice: {calls:?}"
+        );
         assert_eq!(keys.len(), total, "{path}: a key repeated");
     }
     drop(nodes);
@@ -268,7 +278,9 @@ impl Proxy {
 async fn postgres_cut_off_under_load_answers_503_loses_nothing_and_recovers_without_restart() {
     let db = PgSchema::fresh();
     let proxy = Proxy::start().await;
-    let url = db.url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let url = db
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
     let sink = Sink::start(|_, _| Reply::ok()).await;
     let setup = Setup::new(&sink, RETRY, &recipe("", &["a"]));
     let hub = node(&setup, &url, "n1", &[]).await;

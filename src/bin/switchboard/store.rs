@@ -8,7 +8,7 @@ use crate::render;
 use clap::Subcommand;
 use serde::Serialize;
 use std::process::ExitCode;
-use switchboard::store::{pg, pg::PgStore, Backend, StoreStats};
+use switchboard::store::{pg, pg::PgStore, sled::SledStore, Backend, StoreStats};
 
 #[derive(Subcommand)]
 pub enum StoreCmd {
@@ -23,6 +23,20 @@ pub enum StoreCmd {
         /// Recount by a full scan of the records (slow on a big store).
         #[arg(long)]
         scan: bool,
+    },
+    /// Copy a stopped hub's embedded store into an empty PostgreSQL database.
+    ///
+    /// Events, runs with their queue (waiting runs keep their time and keys,
+    /// runs a stopped hub had leased are due at once), recipe state, schedule
+    /// cursors; then both sides are counted and must agree (exit status 1 if
+    /// not). Stop the hub first: the embedded store has one owner.
+    Copy {
+        /// The data directory (or its `store` directory) of the embedded store.
+        #[arg(long, default_value = "data")]
+        from: std::path::PathBuf,
+        /// The database: `postgres://user@host/db` (migrated if needed).
+        #[arg(long)]
+        to: String,
     },
     /// Create or upgrade the PostgreSQL schema (`serve` does it at start too).
     ///
@@ -42,14 +56,19 @@ struct ScanQuery {
 
 pub async fn store(cmd: StoreCmd) -> ExitCode {
     match cmd {
+        StoreCmd::Copy { from, to } => copy(&from, &to),
         StoreCmd::Migrate { store } => {
-            let Backend::Postgres(url) = Backend::parse(Some(&store), std::path::Path::new("")) else {
+            let Backend::Postgres(url) = Backend::parse(Some(&store), std::path::Path::new(""))
+            else {
                 eprintln!("error: --store must be a postgres:// URL (sled needs no migration)");
                 return ExitCode::FAILURE;
             };
             match PgStore::migrate(&url) {
                 Ok(applied) if applied.is_empty() => {
-                    println!("schema up to date (version {})", pg::schema::MIGRATIONS.len());
+                    println!(
+                        "schema up to date (version {})",
+                        pg::schema::MIGRATIONS.len()
+                    );
                     ExitCode::SUCCESS
                 }
                 Ok(applied) => {
@@ -80,6 +99,59 @@ pub async fn store(cmd: StoreCmd) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             code
+        }
+    }
+}
+
+fn copy(from: &std::path::Path, to: &str) -> ExitCode {
+    let Backend::Postgres(url) = Backend::parse(Some(to), std::path::Path::new("")) else {
+        eprintln!("error: --to must be a postgres:// URL");
+        return ExitCode::FAILURE;
+    };
+    let dir = if from.join("store").is_dir() {
+        from.join("store")
+    } else {
+        from.to_path_buf()
+    };
+    if !dir.join("conf").exists() {
+        eprintln!("error: no embedded store in {}", from.display());
+        return ExitCode::FAILURE;
+    }
+    let source = match SledStore::open(&dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "error: cannot open {}: {e} (is a hub still running on it?)",
+                dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let target = match PgStore::open(&url) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let now = switchboard::store::now_ms();
+    match switchboard::store::copy::sled_to_pg(&source, &target, now, |n| {
+        eprintln!("{n} events copied");
+    }) {
+        Ok(c) => {
+            println!(
+                "copied {} events, {} runs ({} unfinished), {} state entries, {} schedule cursors; counts verified",
+                c.counts.events,
+                c.counts.runs_total(),
+                c.counts.queue_depth + c.counts.status(switchboard::store::RunStatus::Waiting),
+                c.state_entries,
+                c.schedule_cursors
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -29,8 +29,8 @@ pub mod schema;
 use self::pool::{blocking, Pool, Tx};
 use super::state::{self, Kv, StateEntry, StateKey, StateOp, StateOutput, Write};
 use super::{
-    Correlation, Counts, Event, Inserted, Listen, Matched, Page, QueueCounts, Result, Retried,
-    Run, RunFilter, RunHead, RunStatus, StepStatus, Store, StoreError, StoreStats, Swept,
+    Correlation, Counts, Event, Inserted, Listen, Matched, Page, QueueCounts, Result, Retried, Run,
+    RunFilter, RunHead, RunStatus, StepStatus, Store, StoreError, StoreStats, Swept,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
@@ -192,12 +192,21 @@ struct Node {
     alive: Arc<AtomicBool>,
 }
 
+/// A new node id: random (not a time-ordered store id, whose generator's
+/// state it would move), `[0-9A-F]` only (it is inlined into `flush`'s SQL).
+fn node_name() -> String {
+    format!("{:016X}", rand::random::<u64>())
+}
+
 fn register(pool: &Pool, id: &str) -> std::result::Result<postgres::Client, postgres::Error> {
     let mut c = pool.connect()?;
     loop {
         let key: i32 = rand::random_range(1..i32::MAX);
         let locked: bool = c
-            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&schema::CLASS, &key])?
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&schema::CLASS, &key],
+            )?
             .get(0);
         if locked {
             c.execute(
@@ -212,7 +221,7 @@ fn register(pool: &Pool, id: &str) -> std::result::Result<postgres::Client, post
 
 impl Node {
     fn start(pool: &Pool) -> Result<Node> {
-        let first = super::new_id(super::now_ms());
+        let first = node_name();
         let client = register(pool, &first).map_err(|e| StoreError::Io(describe(&e)))?;
         let id: Arc<Mutex<Arc<str>>> = Arc::new(Mutex::new(Arc::from(first.as_str())));
         let alive = Arc::new(AtomicBool::new(true));
@@ -223,11 +232,10 @@ impl Node {
             .name("pg-node".into())
             .spawn(move || {
                 let mut client = Some(client);
-                loop {
-                    match rx.recv_timeout(Duration::from_secs(1)) {
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                        _ => break,
-                    }
+                // Every second until told to stop (a message, or the store dropped).
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(Duration::from_secs(1))
+                {
                     let ok = client
                         .as_mut()
                         .is_some_and(|c| c.is_valid(Duration::from_secs(5)).is_ok());
@@ -236,7 +244,7 @@ impl Node {
                     }
                     talive.store(false, Ordering::SeqCst);
                     client = None;
-                    let new = super::new_id(super::now_ms());
+                    let new = node_name();
                     match register(&keeper, &new) {
                         Ok(c) => {
                             tracing::warn!(node = %new, "PostgreSQL reachable again: node lock re-taken under a new id");
@@ -326,6 +334,115 @@ impl PgStore {
         self.node.id().to_string()
     }
 
+    /// `store copy`: write `event` and those of `runs` not stored yet as they
+    /// are, with the queue rows each run's status implies (a `running` run of
+    /// a stopped store is due at `now`, its lease being stale), `cancels`
+    /// (`(run id, reason)`: cancel requests of running runs) and its replay
+    /// key. An event whose delivery id is taken (an older copy of a
+    /// delivery retention let through again) is stored without the id.
+    pub fn import(
+        &self,
+        event: &Event,
+        runs: &[Run],
+        cancels: &[(String, String)],
+        now: i64,
+    ) -> Result<()> {
+        self.tx(|tx| {
+            let delivery = event.delivery_id.as_deref().map(str::as_bytes);
+            let record = encode(event)?;
+            let stored = tx.query_opt(
+                "INSERT INTO sb_events (id, connector, delivery_id, received_at, record)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (connector, delivery_id) DO NOTHING RETURNING id",
+                &[&event.id, &event.connector, &delivery, &event.received_at, &record],
+            )?;
+            if stored.is_none() {
+                tx.execute(
+                    "INSERT INTO sb_events (id, connector, delivery_id, received_at, record)
+                     VALUES ($1, $2, NULL, $3, $4)",
+                    &[&event.id, &event.connector, &event.received_at, &record],
+                )?;
+            }
+            if let Some(r) = &event.replay {
+                tx.execute(
+                    "INSERT INTO sb_replay (connector, key, event_id, received_at)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (connector, key) DO NOTHING",
+                    &[&event.connector, &r.key, &event.id, &event.received_at],
+                )?;
+            }
+            for run in runs {
+                let (due, parked) = match run.status {
+                    s if s.is_final() => (None, false),
+                    RunStatus::Waiting => (Some(run.due_at), true),
+                    RunStatus::Running => (Some(run.due_at.min(now)), false),
+                    _ => (Some(run.due_at), false),
+                };
+                let n = tx.execute(
+                    "INSERT INTO sb_runs (id, event_id, recipe, status, created_at, due_at, parked, leased_by, record)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8) ON CONFLICT (id) DO NOTHING",
+                    &[
+                        &run.id,
+                        &run.event_id,
+                        &run.recipe,
+                        &status_name(run.status),
+                        &run.created_at,
+                        &due,
+                        &parked,
+                        &encode(run)?,
+                    ],
+                )?;
+                if n == 0 || run.status.is_final() {
+                    continue;
+                }
+                if let Some(slot) = &run.concurrency {
+                    tx.execute(
+                        "INSERT INTO sb_slots (key, seq, run_id) VALUES ($1, $2, $3)",
+                        &[&slot.key.as_bytes(), &(slot.seq as i64), &run.id],
+                    )?;
+                }
+                if let (Some(d), RunStatus::Queued) = (&run.debounce, run.status) {
+                    tx.execute(
+                        "INSERT INTO sb_debounce (key, run_id) VALUES ($1, $2)
+                         ON CONFLICT (key) DO NOTHING",
+                        &[&d.key.as_bytes(), &run.id],
+                    )?;
+                }
+                Self::list_cancel_keys(tx, run)?;
+                if let (Some(p), RunStatus::Waiting) = (&run.parked, run.status) {
+                    for c in &p.keys {
+                        Self::list(tx, c, &run.id)?;
+                    }
+                }
+            }
+            for (id, reason) in cancels {
+                tx.execute(
+                    "INSERT INTO sb_cancel (run_id, reason) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[id, reason],
+                )?;
+            }
+            Ok(((), true))
+        })
+    }
+
+    /// `store copy`: recipe state entries as stored (raw keys and records),
+    /// then the concurrency sequence moved past every copied slot.
+    pub fn import_state(&self, raw: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+        self.tx(|tx| {
+            for (k, v) in raw {
+                tx.execute(
+                    "INSERT INTO sb_state (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    &[k, v],
+                )?;
+            }
+            tx.query(
+                "SELECT setval('sb_slot_seq', greatest((SELECT max(seq) FROM sb_slots), 1))",
+                &[],
+            )?;
+            Ok(((), true))
+        })
+    }
+
     /// Run `f` in a transaction, again after a deadlock or serialisation
     /// failure; `f` returns whether to commit (else it rolls back).
     fn tx<T: Send>(&self, mut f: impl FnMut(&mut Tx<'_>) -> R<(T, bool)> + Send) -> Result<T> {
@@ -360,9 +477,7 @@ impl PgStore {
     ) -> Result<Vec<postgres::Row>> {
         blocking(|| {
             let mut conn = self.pool.get().map_err(|e| StoreError::Io(describe(&e)))?;
-            let r = conn
-                .stmt(sql)
-                .and_then(|st| conn.client.query(&st, params));
+            let r = conn.stmt(sql).and_then(|st| conn.client.query(&st, params));
             r.map_err(|e| {
                 conn.saw(&e);
                 StoreError::Io(describe(&e))
@@ -649,7 +764,10 @@ impl PgStore {
             for l in locks {
                 tx.execute(ADVISORY, &[l])?;
             }
-            let rows = tx.query("SELECT key, value FROM sb_state WHERE key = ANY($1)", &[&raw])?;
+            let rows = tx.query(
+                "SELECT key, value FROM sb_state WHERE key = ANY($1)",
+                &[&raw],
+            )?;
             Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
         });
         let decided = fetched.map_err(seen).and_then(|fetched| {
@@ -729,9 +847,9 @@ impl Drop for PgStore {
 fn state_keys(op: &StateOp) -> Vec<&StateKey> {
     match op {
         StateOp::Get(k) | StateOp::Delete(k) => vec![k],
-        StateOp::Set { key, .. }
-        | StateOp::SetIfAbsent { key, .. }
-        | StateOp::Incr { key, .. } => vec![key],
+        StateOp::Set { key, .. } | StateOp::SetIfAbsent { key, .. } | StateOp::Incr { key, .. } => {
+            vec![key]
+        }
         StateOp::Assign(a) => {
             let mut keys = vec![&a.rotation];
             if let Some(state::Loads::Keys { keys: loads, .. }) = &a.loads {
@@ -838,8 +956,8 @@ impl Store for PgStore {
                         Some(row) => Some(decode("debounced run", row.get(0))?),
                         None => None,
                     };
-                    if let Some(mut p) = pending
-                        .filter(|r| r.status == RunStatus::Queued && r.debounce.is_some())
+                    if let Some(mut p) =
+                        pending.filter(|r| r.status == RunStatus::Queued && r.debounce.is_some())
                     {
                         // The burst goes on: the pending run takes this event.
                         let first = p.debounce.as_ref().map_or(d.first_at, |x| x.first_at);
@@ -908,7 +1026,7 @@ impl Store for PgStore {
              INSERT INTO sb_nodes (id, lock_key, commits) VALUES ('{id}', 0, 1)
              ON CONFLICT (id) DO UPDATE SET commits = sb_nodes.commits + 1;
              COMMIT",
-            id = self.node.id() // an id we made: [0-9A-Z] only
+            id = self.node.id() // `node_name`: [0-9A-F] only
         );
         crate::crash::point("group.flush");
         blocking(|| {
@@ -936,9 +1054,7 @@ impl Store for PgStore {
 
     fn event(&self, id: &str) -> Result<Option<Event>> {
         let rows = self.query("SELECT record FROM sb_events WHERE id = $1", &[&id])?;
-        rows.first()
-            .map(|r| decode(id, r.get(0)))
-            .transpose()
+        rows.first().map(|r| decode(id, r.get(0))).transpose()
     }
 
     fn events(&self, page: &Page) -> Result<Vec<Event>> {
@@ -952,9 +1068,7 @@ impl Store for PgStore {
 
     fn run(&self, id: &str) -> Result<Option<Run>> {
         let rows = self.query("SELECT record FROM sb_runs WHERE id = $1", &[&id])?;
-        rows.first()
-            .map(|r| decode(id, r.get(0)))
-            .transpose()
+        rows.first().map(|r| decode(id, r.get(0))).transpose()
     }
 
     fn runs(&self, page: &Page, filter: &RunFilter) -> Result<Vec<Run>> {
@@ -998,9 +1112,7 @@ impl Store for PgStore {
             "SELECT id, record FROM sb_events WHERE connector = $1 AND delivery_id = $2",
             &[&connector, &delivery_id.as_bytes()],
         )?;
-        rows.first()
-            .map(|r| decode(r.get(0), r.get(1)))
-            .transpose()
+        rows.first().map(|r| decode(r.get(0), r.get(1))).transpose()
     }
 
     fn lease(&self, now: i64, lease_ms: i64, max: usize) -> Result<Vec<Run>> {
@@ -1171,7 +1283,8 @@ impl Store for PgStore {
                     format!("run {id} is {status} but still in the queue")
                 });
             }
-            (Some(self.counts()?), problems)
+            // The counts above are already a count of the records themselves.
+            (Some(counts.clone()), problems)
         } else {
             (None, Vec::new())
         };
@@ -1381,4 +1494,3 @@ impl Store for PgStore {
         })
     }
 }
-

@@ -25,9 +25,7 @@ use std::time::Duration;
 pub fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         Ok(_) => std::thread::scope(|s| match s.spawn(f).join() {
             Ok(v) => v,
             Err(p) => std::panic::resume_unwind(p),
@@ -119,7 +117,11 @@ impl Tx<'_> {
         self.tx.query_opt(&st, params)
     }
 
-    pub fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, postgres::Error> {
+    pub fn execute(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<u64, postgres::Error> {
         let st = prepared(&mut self.tx, self.stmts, sql)?;
         self.tx.execute(&st, params)
     }

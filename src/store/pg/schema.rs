@@ -14,7 +14,8 @@ use postgres::Client;
 pub const CLASS: i32 = 0x5342;
 
 /// `(version, what it does, SQL)`, in order.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "events, runs and their queue, keys, state, nodes", V1)];
+pub const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "events, runs and their queue, keys, state, nodes", V1)];
 
 const V1: &str = r#"
 -- One row per accepted delivery. The unique (connector, delivery_id) is the
