@@ -105,6 +105,7 @@ fn run(event: &Event, due: i64) -> Run {
         parked: None,
         starts: 0,
         listening: vec![],
+        version: None,
     }
 }
 

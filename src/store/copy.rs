@@ -135,6 +135,7 @@ mod tests {
             parked: None,
             starts: 0,
             listening: vec![],
+            version: None,
         }
     }
 
