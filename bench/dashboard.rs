@@ -43,6 +43,7 @@ fn fill(store: &SledStore, now: i64) {
                            "requester": {"email": format!("c{i}@example.com"), "name": "Customer"}}
             }),
             runs: vec![],
+            origin: Default::default(),
             replay: None,
         };
         let failed = i % 10 == 0;

@@ -41,6 +41,7 @@ fn put(s: &SledStore, body: &Value, i: i64) {
         received_at: now,
         body: body.clone(),
         runs: vec![],
+        origin: Default::default(),
         replay: None,
     };
     let mut r = Run {

@@ -66,6 +66,7 @@ fn park_many(s: &SledStore, now: i64) {
         received_at: now,
         body: serde_json::json!({"ticket": {"id": 1}}),
         runs: vec![],
+        origin: Default::default(),
         replay: None,
     };
     s.insert_event(&e, &[]).expect("event");
@@ -78,6 +79,7 @@ fn incoming(event_type: &str, body: serde_json::Value) -> Incoming {
         event_type: Some(event_type.into()),
         delivery_id: None,
         body,
+        origin: Default::default(),
         replay: None,
     }
 }

@@ -42,6 +42,7 @@ fn event(delivery: Option<String>, now: i64) -> Event {
         received_at: now,
         body: serde_json::json!({"ticket": {"id": 1, "status": "open"}}),
         runs: vec![],
+        origin: Default::default(),
         replay: None,
     }
 }

@@ -5,7 +5,7 @@ use crate::admin::{self, console::Console, AdminState};
 use crate::connector::SecretSource;
 use crate::dashboard::{self, DashboardConfig};
 use crate::engine::{
-    reload, retention, scheduler, worker, Catalog, Engine, EngineConfig, LoadOptions,
+    poller, reload, retention, scheduler, worker, Catalog, Engine, EngineConfig, LoadOptions,
 };
 use crate::ingress::{self, IngressState};
 use crate::listener::{self, ConnectionLimits};
@@ -53,6 +53,9 @@ pub struct ServeConfig {
     /// `--store`: a `postgres://` URL or a sled directory (`None`: sled in
     /// `<data_dir>/store`).
     pub store: Option<String>,
+    /// Polls (`CONNECTOR.POLL`) whose first run turns every item it finds
+    /// into an event (`--backfill`).
+    pub backfill: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +96,7 @@ impl ServeConfig {
             metrics_public: false,
             demo: false,
             watch: Some(Self::DEFAULT_WATCH),
+            backfill: Vec::new(),
         }
     }
 
@@ -192,6 +196,7 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         EngineConfig {
             workers: config.workers,
             retention: config.retention,
+            backfill: config.backfill.clone(),
             ..EngineConfig::default()
         },
     )
@@ -317,6 +322,8 @@ impl Prepared {
             },
             stop_rx,
         ));
+        workers.extend(poller::spawn(&engine, stop_rx.clone()));
+        workers.extend(scheduler::spawn(&engine, stop_rx));
         let admin_state = AdminState {
             engine: engine.clone(),
             token,

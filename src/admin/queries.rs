@@ -111,6 +111,8 @@ pub struct EventView {
     pub event_type: Option<String>,
     pub delivery_id: Option<String>,
     pub received_at: i64,
+    /// How it reached the hub: `webhook`, `schedule` or `poll`.
+    pub origin: crate::store::Origin,
     pub body: Value,
     pub runs: Vec<RunSummary>,
 }
@@ -312,6 +314,7 @@ pub fn event(store: &dyn Store, id: &str) -> Result<EventView, QueryError> {
         event_type: event.event_type,
         delivery_id: event.delivery_id,
         received_at: event.received_at,
+        origin: event.origin,
         body: event.body,
         runs,
     })
@@ -472,6 +475,7 @@ mod tests {
             received_at: 1,
             body: serde_json::json!({"a": 1}),
             runs: vec![],
+            origin: Default::default(),
             replay: None,
         };
         let view = EventView {
@@ -480,6 +484,7 @@ mod tests {
             event_type: Some("t".into()),
             delivery_id: None,
             received_at: 1,
+            origin: Default::default(),
             body: serde_json::json!({"a": 1}),
             runs: vec![],
         };

@@ -56,6 +56,149 @@ pub struct ConnectorFile {
     /// path under its path; anything else is refused before sending.
     #[serde(default)]
     pub allowed_urls: Vec<String>,
+    /// Polling triggers: for an app that cannot push, call one of the
+    /// actions every so often and turn each new item of its answer into an
+    /// event of this connector (see [`PollFile`]). A poll runs only while a
+    /// loaded recipe triggers on its event.
+    #[serde(default)]
+    pub polls: BTreeMap<String, PollFile>,
+}
+
+/// One polling trigger, `polls.NAME`:
+///
+/// ```yaml
+/// polls:
+///   new_responses:
+///     action: list_responses            # an action of this connector
+///     every: 5m                         # how often (at least 1s)
+///     jitter: 30s                       # a fixed offset in [0, jitter) per poll
+///     with: { since: "{{ cursor }}" }   # the action's inputs: templates over cursor, page
+///     items: "$.items[*]"               # where the items are in the answer
+///     id: "$.token"                     # an item's identity: JSONPath, list of them, or `hash`
+///     event: { type: form_response }    # the event each new item becomes
+///     cursor: { item: "$.submitted_at", initial: "{{ now() }}" }
+///     pages: { token: "$.next", max: 10 }
+///     first_run: now                    # now | all | { latest: N }
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollFile {
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The action to call (its name in `actions:`).
+    pub action: String,
+    /// The interval: one poll per slot of this length (at least 1s).
+    pub every: HumanDuration,
+    /// Spreads polls: each poll's slots are offset by a fixed amount in
+    /// `[0, jitter)` derived from its name (the same on every node and
+    /// across restarts). At most `every`. Default: none.
+    #[serde(default)]
+    pub jitter: Option<HumanDuration>,
+    /// The action's inputs; every string is a template over `cursor` (the
+    /// poll's stored position, undefined until it has one unless
+    /// `cursor.initial` is given) and `page` (the next-page token of
+    /// `pages.token`; undefined on the first page). `now()` is the poll's time.
+    #[serde(default)]
+    pub with: BTreeMap<String, Value>,
+    /// JSONPath of the items in the answer: `$.items[*]`, or `$.items` (a
+    /// path selecting one list means its elements).
+    pub items: String,
+    /// An item's identity, which dedupes it (the event's delivery id):
+    /// a JSONPath into the item (`$.id`), a list of them joined by `:`
+    /// (`["$.id", "$.updated_at"]`: an update is a new item), or `hash`
+    /// (SHA-256 of the item's JSON).
+    pub id: PollIdFile,
+    /// The event each new item becomes. Default: type = the poll's name,
+    /// body = the item.
+    #[serde(default)]
+    pub event: Option<PollEventFile>,
+    /// Where the poll resumes: a high-water mark or the answer's position token.
+    #[serde(default)]
+    pub cursor: Option<CursorFile>,
+    /// Follow more pages within one poll, up to a bound.
+    #[serde(default)]
+    pub pages: Option<PagesFile>,
+    /// What the first poll (no stored state) does with what it finds:
+    /// `now` (default: nothing old becomes an event), `all`, or
+    /// `{ latest: N }`. `serve --backfill CONNECTOR.POLL` makes it `all`.
+    #[serde(default)]
+    pub first_run: Option<FirstRunFile>,
+}
+
+/// `id:` of a poll.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PollIdFile {
+    /// `$.id`, or the word `hash`.
+    One(String),
+    /// Several JSONPaths, joined by `:`.
+    Many(Vec<String>),
+}
+
+/// `event:` of a poll.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollEventFile {
+    /// The event type (default: the poll's name); recipes trigger on it
+    /// with `on: { connector, event }`.
+    #[serde(default, rename = "type")]
+    pub event_type: Option<String>,
+    /// The event body, every string a template over `item` (default: the
+    /// item itself), e.g. `{ ticket: "{{ item }}" }` to give polled items
+    /// the shape the app's webhooks send, so one recipe serves both.
+    #[serde(default)]
+    pub body: Option<Value>,
+}
+
+/// `cursor:` of a poll: exactly one of `item` and `response`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CursorFile {
+    /// JSONPath into each item: the cursor becomes the highest value seen
+    /// (a high-water mark such as `$.updated_at`); items below it are old.
+    #[serde(default)]
+    pub item: Option<String>,
+    /// JSONPath into the answer: its value is the next position
+    /// (Zendesk's `$.after_cursor`, `$.end_time`).
+    #[serde(default)]
+    pub response: Option<String>,
+    /// Template: the cursor before the first poll (e.g. `"{{ now() }}"`).
+    #[serde(default)]
+    pub initial: Option<String>,
+    /// Template: the cursor before the first poll of a backfill
+    /// (`serve --backfill`), e.g. `"0"`; default: undefined.
+    #[serde(default)]
+    pub backfill: Option<String>,
+}
+
+/// `pages:` of a poll.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagesFile {
+    /// JSONPath of the next page's token in the answer, read by templates
+    /// as `page`; missing, null or empty: the last page.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// JSONPath that is `true` on the last page (`$.end_of_stream`).
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Most pages in one poll (default 10, at most 100); the rest waits
+    /// for the next poll, from the cursor.
+    #[serde(default)]
+    pub max: Option<u32>,
+}
+
+/// `first_run:` of a poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum FirstRunFile {
+    /// Items found by the first poll are only remembered as seen.
+    Now,
+    /// Every item found by the first poll is an event.
+    All,
+    /// The last N items of the first poll (in the answer's order; with
+    /// `cursor.item`, the N highest) are events.
+    Latest(u32),
 }
 
 /// `retry: { attempts: 5, backoff: 1s, max_backoff: 5m, max_retry_after: 1h }`.

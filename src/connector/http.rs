@@ -9,7 +9,7 @@
 //! rebinding cannot slip past).
 
 use super::{Action, Auth, Body, Connector, Connectors, Target};
-use crate::template::Templates;
+use crate::template::{Template, Templates};
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -105,6 +105,14 @@ impl CallError {
     }
 }
 
+/// What a call answers: the action's output (fields, or the body up to an
+/// excerpt's size), or the whole JSON body (a poll's page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Output,
+    Whole,
+}
+
 pub struct CallOutcome {
     pub record: CallRecord,
     pub result: Result<Value, CallError>,
@@ -144,6 +152,49 @@ impl Client {
         input: &Value,
         idempotency_key: &str,
     ) -> CallOutcome {
+        self.call_as(
+            templates,
+            connector,
+            action,
+            input,
+            idempotency_key,
+            Answer::Output,
+        )
+        .await
+    }
+
+    /// Render and send one action like [`Client::call`], through the same
+    /// limits, breaker and guards, but answer the whole JSON body (redacted,
+    /// up to [`MAX_RESPONSE_BYTES`]) instead of the action's output fields:
+    /// a poll reads its items, cursor and next page from it.
+    pub async fn fetch(
+        &self,
+        templates: &Templates,
+        connector: &Connector,
+        action: &Action,
+        input: &Value,
+        idempotency_key: &str,
+    ) -> CallOutcome {
+        self.call_as(
+            templates,
+            connector,
+            action,
+            input,
+            idempotency_key,
+            Answer::Whole,
+        )
+        .await
+    }
+
+    async fn call_as(
+        &self,
+        templates: &Templates,
+        connector: &Connector,
+        action: &Action,
+        input: &Value,
+        idempotency_key: &str,
+        answer: Answer,
+    ) -> CallOutcome {
         let mut record = CallRecord {
             method: action.method.to_string(),
             ..Default::default()
@@ -156,6 +207,7 @@ impl Client {
                 input,
                 idempotency_key,
                 &mut record,
+                answer,
             )
             .await;
         let result = result.map_err(|e| redact_error(connector, e));
@@ -170,6 +222,7 @@ impl Client {
         input: &Value,
         idempotency_key: &str,
         record: &mut CallRecord,
+        answer: Answer,
     ) -> Result<Value, CallError> {
         for (name, required) in &action.inputs {
             if *required && input.get(name).is_none() {
@@ -195,6 +248,23 @@ impl Client {
         {
             let mut q = url.query_pairs_mut();
             for (k, t) in &action.query {
+                // A single expression rendering `null` leaves the parameter
+                // out (`{{ input.page | default(none) }}`: an optional one).
+                if let Template::Typed { .. } = t {
+                    let v = templates
+                        .render(t, &ctx)
+                        .map_err(|e| CallError::Render(e.to_string()))?;
+                    match v {
+                        Value::Null => {}
+                        Value::String(s) => {
+                            q.append_pair(k, &s);
+                        }
+                        other => {
+                            q.append_pair(k, &other.to_string());
+                        }
+                    }
+                    continue;
+                }
                 q.append_pair(k, &render(t)?);
             }
             if let Auth::Query { name, value } = &connector.auth {
@@ -278,10 +348,10 @@ impl Client {
             .map_err(CallError::CircuitOpen)?;
         let result = match &connector.auth {
             Auth::OAuth2(oauth) => {
-                self.authorized(oauth, req, templates, connector, action, record, _admission)
+                self.authorized(oauth, req, templates, connector, action, record, _admission, answer)
                     .await
             }
-            _ => self.exchange(req, connector, action, record).await,
+            _ => self.exchange(req, connector, action, record, answer).await,
         };
         if matches!(result, Err(CallError::Limited(_))) {
             // Not sent after all: no outcome for the breaker (a half-open
@@ -328,11 +398,12 @@ impl Client {
         action: &Action,
         record: &mut CallRecord,
         admission: super::limits::Admission,
+        answer: Answer,
     ) -> Result<Value, CallError> {
         let token = oauth.token(self, templates, connector).await?;
         let again = req.try_clone();
         let result = self
-            .exchange(req.bearer_auth(token.expose()), connector, action, record)
+            .exchange(req.bearer_auth(token.expose()), connector, action, record, answer)
             .await;
         let (Err(CallError::Status { status: 401 }), Some(again)) = (&result, again) else {
             return result;
@@ -351,7 +422,7 @@ impl Client {
             request_body: record.request_body.take(),
             ..Default::default()
         };
-        self.exchange(again.bearer_auth(token.expose()), connector, action, record)
+        self.exchange(again.bearer_auth(token.expose()), connector, action, record, answer)
             .await
     }
 
@@ -362,6 +433,7 @@ impl Client {
         connector: &Connector,
         action: &Action,
         record: &mut CallRecord,
+        answer: Answer,
     ) -> Result<Value, CallError> {
         let mut resp = req
             .send()
@@ -411,7 +483,9 @@ impl Client {
         } else {
             match serde_json::from_slice(&body) {
                 Ok(v) => v,
-                Err(_) if action.output.is_empty() => Value::String(excerpt(connector, &body)),
+                Err(_) if action.output.is_empty() && answer == Answer::Output => {
+                    Value::String(excerpt(connector, &body))
+                }
                 Err(e) => {
                     record.response_excerpt = Some(excerpt(connector, &body));
                     return Err(CallError::Response(format!("expected a JSON body: {e}")));
@@ -421,6 +495,9 @@ impl Client {
         if let Some(why) = action.fail_when.as_ref().and_then(|f| f.check(&json)) {
             record.response_excerpt = Some(excerpt(connector, &body));
             return Err(CallError::Answer(why));
+        }
+        if answer == Answer::Whole {
+            return Ok(redact_value(connector, json));
         }
         if action.output.is_empty() {
             if body.len() > MAX_EXCERPT_BYTES {

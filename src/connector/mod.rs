@@ -11,6 +11,7 @@ pub mod config;
 pub mod http;
 pub mod limits;
 pub mod oauth;
+pub mod poll;
 pub mod secrets;
 
 use crate::jsonpath::JsonPath;
@@ -53,6 +54,15 @@ pub struct Connector {
     pub idempotency_header: Option<String>,
     /// Where `url:` actions may send (parsed at load).
     pub allowed_urls: Vec<reqwest::Url>,
+    /// Polling triggers, by name (`polls:`).
+    pub polls: BTreeMap<String, Arc<poll::Poll>>,
+}
+
+impl Connector {
+    /// Does this connector make events of `event_type` by a poll?
+    pub fn poll_for(&self, event_type: &str) -> Option<&Arc<poll::Poll>> {
+        self.polls.values().find(|p| p.event_type == event_type)
+    }
 }
 
 #[derive(Debug)]
@@ -539,6 +549,8 @@ fn compile(
         }
     }
 
+    let polls = poll::compile_all(&name, &file.polls, &actions, &cx, templates, errors);
+
     let webhook = file.webhook.as_ref().and_then(|w| {
         let secret_values: Vec<Secret> = match w.signature.secret() {
             None => Vec::new(),
@@ -665,6 +677,7 @@ fn compile(
         limits,
         idempotency_header,
         allowed_urls,
+        polls,
     })
 }
 

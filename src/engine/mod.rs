@@ -11,6 +11,7 @@
 
 mod catalog;
 pub mod dry_run;
+pub mod poller;
 pub mod reload;
 pub mod replay;
 pub mod reply;
@@ -48,6 +49,9 @@ pub struct EngineConfig {
     /// Events (with their finished runs) older than this are deleted in
     /// the background ([`retention`]); `None` keeps everything.
     pub retention: Option<std::time::Duration>,
+    /// Polls (`CONNECTOR.POLL`) whose first run takes every item it finds
+    /// (`serve --backfill`), whatever their `first_run:`.
+    pub backfill: Vec<String>,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +62,7 @@ impl Default for EngineConfig {
             state_sweep: std::time::Duration::from_secs(30),
             clock: Arc::new(SystemClock),
             retention: Some(retention::DEFAULT_RETENTION),
+            backfill: Vec::new(),
         }
     }
 }
@@ -72,6 +77,8 @@ pub struct Incoming {
     /// Refuses a replay of this delivery (from the signature, or the
     /// connector's `dedupe_window`).
     pub replay: Option<crate::store::ReplayGuard>,
+    /// How it reached the hub (a webhook, a schedule slot, a poll).
+    pub origin: crate::store::Origin,
 }
 
 /// What [`Engine::accept`] did.
@@ -281,6 +288,7 @@ impl Engine {
             body: ctx["event"].take(),
             runs: Vec::new(),
             replay: incoming.replay,
+            origin: incoming.origin,
         };
         // Ids are taken and the event stored under one lock, so the order of
         // event ids is the order the store gives runs within a concurrency

@@ -142,6 +142,7 @@ impl Engine {
                 event_type: Some(name.to_string()),
                 delivery_id: Some(format!("{name}@{slot}")),
                 body,
+                origin: crate::store::Origin::Schedule,
                 replay: None,
             })
             .await

@@ -215,6 +215,7 @@ async fn handle(
             delivery_id,
             body,
             replay,
+            origin: crate::store::Origin::Webhook,
         })
         .await
         .map_err(|e| {

@@ -164,14 +164,16 @@ pub struct ConcurrencyFile {
     pub limit: Option<u32>,
 }
 
-/// `on:` — a webhook event (`connector` + `event`) or a schedule
-/// (`schedule` + optional `timezone` and `missed`).
+/// `on:` — a connector's event (`connector` + `event`: pushed to its
+/// webhook or found by one of its `polls:`) or a schedule (`schedule` +
+/// optional `timezone` and `missed`).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
-    /// Connector whose webhook delivers the event.
+    /// Connector whose webhook delivers the event, or whose poll finds it.
     pub connector: Option<String>,
-    /// Event type, as the connector's `webhook.event_type` reads it.
+    /// Event type, as the connector's `webhook.event_type` reads it (or a
+    /// poll's `event.type`, by default the poll's name).
     pub event: Option<String>,
     /// A cron expression (`"0 9 * * MON-FRI"`; six fields for seconds).
     pub schedule: Option<String>,

@@ -1,5 +1,5 @@
-//! A recipe's trigger (`on:`): a connector's webhook event, or a cron
-//! schedule.
+//! A recipe's trigger (`on:`): a connector's event (pushed to its webhook,
+//! or found by one of its `polls:`), or a cron schedule.
 //!
 //! A schedule is matched like any event: each slot becomes an event of the
 //! pseudo-connector [`SCHEDULE_CONNECTOR`] whose event type is the recipe's
@@ -112,13 +112,35 @@ pub fn compile(
                 ),
             ));
         }
-        Some(c) if c.webhook.is_none() => errors.push(map.error(
-            "/on/connector",
-            format!(
-                "connector `{}` has no `webhook:` section, so it sends no events",
-                c.name
-            ),
-        )),
+        // A connector without a webhook makes only its polls' events.
+        Some(c) if c.webhook.is_none() && c.poll_for(event).is_none() => {
+            if c.polls.is_empty() {
+                errors.push(map.error(
+                    "/on/connector",
+                    format!(
+                        "connector `{}` has no `webhook:` section and no `polls:`, so it sends no events",
+                        c.name
+                    ),
+                ))
+            } else {
+                let types: Vec<&str> = c.polls.values().map(|p| p.event_type.as_str()).collect();
+                let hint = crate::yaml::did_you_mean(event, types.iter().copied())
+                    .map(|t| format!("; did you mean `{t}`?"))
+                    .unwrap_or_default();
+                errors.push(map.error(
+                    "/on/event",
+                    format!(
+                        "connector `{}` has no `webhook:` section; its polls make {} events{hint}",
+                        c.name,
+                        types
+                            .iter()
+                            .map(|t| format!("`{t}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ))
+            }
+        }
         Some(_) => {}
     }
     Some(Compiled {

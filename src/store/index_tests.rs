@@ -120,6 +120,7 @@ fn play(s: &SledStore, ops: &[Op]) {
                     received_at: now,
                     body: json!({}),
                     runs: vec![],
+                    origin: Default::default(),
                     replay: None,
                 };
                 let runs: Vec<Run> = runs

@@ -56,6 +56,34 @@ pub struct Event {
     /// Refuses a replay of this delivery (see [`ReplayGuard`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayGuard>,
+    /// How the event reached the hub.
+    #[serde(default)]
+    pub origin: Origin,
+}
+
+/// How an event reached the hub.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Sent to `POST /hooks/{connector}` (events stored before polls existed too).
+    #[default]
+    Webhook,
+    /// A slot of an `on: { schedule }` recipe.
+    Schedule,
+    /// An item a connector's poll found (`polls:`); its delivery id is
+    /// `<poll>/<item id>`.
+    Poll,
+}
+
+impl Origin {
+    /// The serde name, as the API and the CLI spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Webhook => "webhook",
+            Origin::Schedule => "schedule",
+            Origin::Poll => "poll",
+        }
+    }
 }
 
 /// What makes a second copy of a signed delivery a replay: a hash of what

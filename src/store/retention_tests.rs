@@ -14,6 +14,7 @@ fn event(at: i64, delivery: &str) -> Event {
         received_at: at,
         body: json!({"big": "x".repeat(1000)}),
         runs: vec![],
+        origin: Default::default(),
         replay: Some(ReplayGuard {
             key: format!("sig-{delivery}"),
             window_ms: None,

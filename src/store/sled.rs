@@ -1088,6 +1088,7 @@ mod tests {
             received_at: 1000,
             body: json!({"a": 1}),
             runs: vec![],
+            origin: Default::default(),
             replay: None,
         }
     }

@@ -820,6 +820,7 @@ async fn a_parked_run_wakes_a_worker_at_its_due_time_on_virtual_time() {
                     event_type: Some("ticket.created".into()),
                     delivery_id: None,
                     body,
+                    origin: Default::default(),
                     replay: None,
                 })
                 .await

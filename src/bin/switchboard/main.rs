@@ -101,6 +101,11 @@ struct ServeArgs {
     /// --max-queue (off by default: some senders never retry; see README).
     #[arg(long, env = "SWITCHBOARD_BACKPRESSURE")]
     backpressure: bool,
+    /// Make the first run of this poll (`CONNECTOR.POLL`) turn every item
+    /// it finds into an event, instead of its `first_run:` (repeatable).
+    /// A poll that has run before is not changed.
+    #[arg(long = "backfill", value_name = "CONNECTOR.POLL")]
+    backfill: Vec<String>,
     /// A connection must send a complete request head within this (also the
     /// idle keep-alive timeout), e.g. `10s`.
     #[arg(long, env = "SWITCHBOARD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -320,6 +325,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         watch: args.watch.0,
         backpressure: args.backpressure,
         store: args.store,
+        backfill: args.backfill,
         connections: switchboard::listener::ConnectionLimits {
             header_timeout: args.header_timeout,
             body_timeout: args.body_timeout,

@@ -42,9 +42,10 @@ pub fn events(list: &Listing<Event>) -> String {
     let mut out = String::new();
     for e in &list.items {
         out += &format!(
-            "{}  {:<10} {:<24} {}  runs:{}\n",
+            "{}  {:<10} {:<8} {:<24} {}  runs:{}\n",
             e.id,
             e.connector,
+            e.origin.as_str(),
             or_dash(&e.event_type),
             time(e.received_at),
             e.runs.len()
@@ -115,9 +116,10 @@ pub fn run(r: &Run) -> String {
 
 pub fn event(e: &EventView) -> String {
     let mut out = format!(
-        "event     {}\nconnector {}\ntype      {}\ndelivery  {}\nreceived  {}\n",
+        "event     {}\nconnector {}\norigin    {}\ntype      {}\ndelivery  {}\nreceived  {}\n",
         e.id,
         e.connector,
+        e.origin.as_str(),
         or_dash(&e.event_type),
         or_dash(&e.delivery_id),
         time(e.received_at)

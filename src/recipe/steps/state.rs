@@ -79,6 +79,8 @@ pub(super) fn namespace(
         Some(format!("it is longer than {MAX_KEY_BYTES} bytes"))
     } else if ns.contains('\0') {
         Some("it contains a NUL character".to_string())
+    } else if ns.starts_with("switchboard:") {
+        Some("namespaces starting with `switchboard:` are the hub's own (polls keep their cursors there)".to_string())
     } else {
         None
     };
