@@ -206,10 +206,13 @@ impl Poll {
     /// Equal is not older: an API's "since" is often inclusive, and the
     /// identity dedupes the item seen at the mark.
     pub fn is_old(&self, item: &Value, cursor: Option<&Value>) -> bool {
-        let (Some(Cursor {
-            from: CursorFrom::Item(p),
-            ..
-        }), Some(mark)) = (&self.cursor, cursor)
+        let (
+            Some(Cursor {
+                from: CursorFrom::Item(p),
+                ..
+            }),
+            Some(mark),
+        ) = (&self.cursor, cursor)
         else {
             return false;
         };
@@ -517,9 +520,7 @@ fn compile(
         Some(c) => {
             let cp = format!("{p}/cursor");
             let from = match (&c.item, &c.response) {
-                (Some(i), None) => {
-                    jp(i, format!("{cp}/item"), errors).map(CursorFrom::Item)
-                }
+                (Some(i), None) => jp(i, format!("{cp}/item"), errors).map(CursorFrom::Item),
                 (None, Some(r)) => {
                     jp(r, format!("{cp}/response"), errors).map(CursorFrom::Response)
                 }

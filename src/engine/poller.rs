@@ -144,7 +144,10 @@ pub fn active(engine: &Engine) -> Vec<Arc<Poll>> {
 }
 
 /// Start one task per active poll; each stops when `shutdown` turns true.
-pub fn spawn(engine: &Arc<Engine>, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn(
+    engine: &Arc<Engine>,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let polls = active(engine);
     for name in &engine.config.backfill {
         if !polls.iter().any(|p| &p.full_name() == name) {
@@ -162,7 +165,11 @@ pub fn spawn(engine: &Arc<Engine>, shutdown: watch::Receiver<bool>) -> Vec<tokio
 }
 
 /// The stored state of `poll`, if it ever ran.
-pub fn state(store: &dyn crate::store::Store, poll: &str, now: i64) -> Result<Option<PollState>, StoreError> {
+pub fn state(
+    store: &dyn crate::store::Store,
+    poll: &str,
+    now: i64,
+) -> Result<Option<PollState>, StoreError> {
     let key = state_key(poll);
     let entries = store.state_get(&key, now)?;
     Ok(entries
@@ -308,11 +315,24 @@ impl Engine {
             let key = format!("poll:{name}@{slot}:{n}");
             let outcome = self
                 .client
-                .fetch(&self.catalog.templates, self.poll_connector(poll)?, &poll.action, &input, &key)
+                .fetch(
+                    &self.catalog.templates,
+                    self.poll_connector(poll)?,
+                    &poll.action,
+                    &input,
+                    &key,
+                )
                 .await;
             let answer = match outcome.result {
                 Ok(a) => a,
-                Err(e) => return Err(call_failure(e, outcome.record.retry_after.as_deref(), poll, n)),
+                Err(e) => {
+                    return Err(call_failure(
+                        e,
+                        outcome.record.retry_after.as_deref(),
+                        poll,
+                        n,
+                    ))
+                }
             };
             let items = match poll.items(&answer) {
                 Items::Found(items) => {
@@ -362,7 +382,11 @@ impl Engine {
             }
         }
         if first {
-            let mode = if backfill { FirstRun::All } else { poll.first_run };
+            let mode = if backfill {
+                FirstRun::All
+            } else {
+                poll.first_run
+            };
             let values: Vec<Value> = found.iter().map(|(_, v)| v.clone()).collect();
             let chosen = poll.first_run_events(&values, mode);
             let mut seen = Vec::new();
@@ -401,8 +425,15 @@ impl Engine {
 
     /// The cursor before the first poll: `cursor.initial` (or
     /// `cursor.backfill` when backfilling), rendered now.
-    fn initial_cursor(&self, poll: &Poll, backfill: bool, now: i64) -> Result<Option<Value>, Failure> {
-        let Some(c) = &poll.cursor else { return Ok(None) };
+    fn initial_cursor(
+        &self,
+        poll: &Poll,
+        backfill: bool,
+        now: i64,
+    ) -> Result<Option<Value>, Failure> {
+        let Some(c) = &poll.cursor else {
+            return Ok(None);
+        };
         let t = if backfill { &c.backfill } else { &c.initial };
         let Some(t) = t else { return Ok(None) };
         let which = if backfill { "backfill" } else { "initial" };
@@ -472,7 +503,9 @@ impl Engine {
                 .catalog
                 .templates
                 .render_value(t, &json!({ "item": item }))
-                .map_err(|e| Failure::fatal(format!("`event.body` did not render for item `{id}`: {e}")))?,
+                .map_err(|e| {
+                    Failure::fatal(format!("`event.body` did not render for item `{id}`: {e}"))
+                })?,
         };
         let accepted = self
             .accept(Incoming {
@@ -502,7 +535,12 @@ fn call_failure(e: CallError, retry_after: Option<&str>, poll: &Poll, page: u32)
         _ => Retry::No,
     };
     Failure {
-        error: format!("page {}: {}.{}: {e}", page + 1, poll.connector, poll.action.name),
+        error: format!(
+            "page {}: {}.{}: {e}",
+            page + 1,
+            poll.connector,
+            poll.action.name
+        ),
         retry,
     }
 }

@@ -104,13 +104,13 @@ fn check_reports_unknown_connectors_and_actions() {
             (
                 7,
                 11,
-                "unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `google_translate`, `hubspot`, `sendgrid`, `slack`, `slack_commands`, `stripe`, `typeform`, `wufoo`, `zendesk`",
+                "unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `google_translate`, `hubspot`, `sendgrid`, `slack`, `slack_commands`, `stripe`, `typeform`, `typeform_responses`, `wufoo`, `zendesk`",
             ),
             (
                 9,
                 11,
                 "unknown action `close_ticket` of connector `zendesk`, expected one of \
-                 `add_internal_note`, `add_tags`, `assign_ticket`, `count_tickets`, `create_ticket`, `public_reply`, `search_tickets`, `search_users`, `show_ticket`, `update_ticket`",
+                 `add_internal_note`, `add_tags`, `assign_ticket`, `count_tickets`, `create_ticket`, `incremental_tickets`, `public_reply`, `search_tickets`, `search_users`, `show_ticket`, `update_ticket`",
             ),
         ],
     );
@@ -346,7 +346,7 @@ fn check_suggests_the_action_and_connector_meant() {
         &[(
             6,
             11,
-            "unknown action `show_tickt` of connector `zendesk`, expected one of `add_internal_note`, `add_tags`, `assign_ticket`, `count_tickets`, `create_ticket`, `public_reply`, `search_tickets`, `search_users`, `show_ticket`, `update_ticket`; did you mean `show_ticket`?",
+            "unknown action `show_tickt` of connector `zendesk`, expected one of `add_internal_note`, `add_tags`, `assign_ticket`, `count_tickets`, `create_ticket`, `incremental_tickets`, `public_reply`, `search_tickets`, `search_users`, `show_ticket`, `update_ticket`; did you mean `show_ticket`?",
         )],
     );
     drop(cfg);
@@ -532,11 +532,11 @@ fn serve_refuses_broken_files_with_the_check_message() {
         &[(
             7,
             11,
-            "unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `google_translate`, `hubspot`, `sendgrid`, `slack`, `slack_commands`, `stripe`, `typeform`, `wufoo`, `zendesk`",
+            "unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `google_translate`, `hubspot`, `sendgrid`, `slack`, `slack_commands`, `stripe`, `typeform`, `typeform_responses`, `wufoo`, `zendesk`",
         )],
     );
     let line = format!(
-        "{}:7:11: unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `google_translate`, `hubspot`, `sendgrid`, `slack`, `slack_commands`, `stripe`, `typeform`, `wufoo`, `zendesk`",
+        "{}:7:11: unknown connector `jira`, expected one of `app`, `deepl`, `freshdesk`, `google_translate`, `hubspot`, `sendgrid`, `slack`, `slack_commands`, `stripe`, `typeform`, `typeform_responses`, `wufoo`, `zendesk`",
         cfg.recipes.join("bad.yaml").display()
     );
     let mut serve = cfg.command("serve");
@@ -763,14 +763,14 @@ async fn runs_and_events_commands_online_and_offline() {
     let events = ok(hub.cli(&["events", "list"]));
     assert_eq!(events.lines().count(), 1, "{events}");
     assert!(
-        events.starts_with(&format!("{event_id}  zendesk    ticket.created           ")),
+        events.starts_with(&format!("{event_id}  zendesk    webhook  ticket.created           ")),
         "{events}"
     );
     assert!(events.ends_with("  runs:2\n"), "{events}");
     let shown = ok(hub.cli(&["events", "show", &event_id]));
     assert!(
         shown.starts_with(&format!(
-            "event     {event_id}\nconnector zendesk\ntype      ticket.created\ndelivery  inv-"
+            "event     {event_id}\nconnector zendesk\norigin    webhook\ntype      ticket.created\ndelivery  inv-"
         )),
         "{shown}"
     );

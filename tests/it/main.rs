@@ -26,6 +26,7 @@
 //! - `fuzz`: property tests (fixed case budget) over the parsers of outside input.
 //! - `oauth`: OAuth2 connectors against a test authorization server: single-flight, expiry, `connect` with PKCE, rotation across kill -9, revocation, bad token endpoints, `check`, redaction.
 //! - `licences`: offline licence and duplicate-version check over `cargo metadata`.
+//! - `polls`: polling triggers (Zendesk, Typeform) on virtual time and through the binary; bad poll input.
 //! - `time`: calendars, time functions, schedules, durable waits, debounce, cancel_on.
 //! - `support_pack`: the support recipes of recipes/support/ (after-hours reply, business-hours SLA, dispatcher, thanks, Slack `/email`) end to end; the loop warning; Zendesk actions the trimmed spec lacks.
 //! - `support_connectors`: Freshdesk, Stripe, SendGrid, Wufoo, Typeform and the `app` journey source; jobs 3, 5, 6 end to end.
@@ -48,6 +49,7 @@ mod ingress;
 mod licences;
 mod oauth;
 mod outbound;
+mod polls;
 mod prism;
 mod recipe_tests;
 mod recipes;

@@ -49,6 +49,8 @@ pub fn test_secrets() -> Vec<(String, String)> {
         ("STRIPE_WEBHOOK_SECRET", "whsec_stripe-test"),
         ("SENDGRID_API_KEY", "SG.test-key.0000"),
         ("TYPEFORM_WEBHOOK_SECRET", TYPEFORM_WEBHOOK_SECRET),
+        ("TYPEFORM_RESPONSES_API_TOKEN", "tfp_test_token_123"),
+        ("TYPEFORM_RESPONSES_FORM_ID", "f0rm1D"),
         ("WUFOO_HANDSHAKE_KEY", WUFOO_HANDSHAKE_KEY),
         ("APP_WEBHOOK_SECRET", APP_WEBHOOK_SECRET),
         (

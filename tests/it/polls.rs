@@ -1,0 +1,639 @@
+//! Polling triggers: the shipped Zendesk and Typeform polls against
+//! in-process vendor mocks that check every request (method, path, query,
+//! headers) and keep state like the vendor; once-per-interval on virtual
+//! time (and across a restart inside a slot); a failing poll keeps its
+//! place; bad input outcomes; `check` errors with positions; and the real
+//! binary end to end (items → events → runs, kill and restart → no replay).
+
+use crate::utils::*;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchboard::connector::SecretSource;
+use switchboard::engine::poller::{self, PollState};
+use switchboard::engine::{worker, Catalog, Engine, EngineConfig, LoadOptions};
+use switchboard::store::{sled::SledStore, Origin, Store};
+use switchboard::time::VirtualClock;
+
+/// 2030-01-01T00:00:00Z: far from the OS clock, which nothing may read.
+const T0: i64 = 1_893_456_000_000;
+const TYPEFORM_TOKEN: &str = "tfp_test_token_123";
+const FORM_ID: &str = "f0rm1D";
+
+/// Poll `f` every 20 ms until it gives `Some`, or fail after `secs`.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(t) = f().await {
+            return t;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------- Zendesk mock
+
+/// Zendesk's Incremental Ticket Export (cursor based), as documented:
+/// `GET /api/v2/incremental/tickets/cursor.json` with basic auth
+/// `email/token:API_TOKEN`; the first request carries `start_time` (Unix
+/// seconds), every later one `cursor` (the previous `after_cursor`), never
+/// both; `per_page` at most 1000. Answers `tickets` oldest change first,
+/// `after_cursor`, `end_of_stream`. Anything else is a 400 and a violation.
+#[derive(Default)]
+struct ZendeskInner {
+    /// (changed at, Unix s; the ticket), in change order.
+    changes: Vec<(i64, Value)>,
+    /// Every request's query.
+    requests: Vec<HashMap<String, String>>,
+    violations: Vec<String>,
+    /// Answer this status instead (a failing API).
+    fail: Option<u16>,
+}
+
+#[derive(Clone)]
+struct Zendesk {
+    inner: Arc<Mutex<ZendeskInner>>,
+    url: String,
+}
+
+impl Zendesk {
+    async fn start() -> Zendesk {
+        let inner = Arc::new(Mutex::new(ZendeskInner::default()));
+        let app = axum::Router::new()
+            .fallback(zendesk_handle)
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Zendesk { inner, url }
+    }
+
+    /// Ticket `id` changed at `at_ms`.
+    fn change(&self, id: u64, subject: &str, at_ms: i64) {
+        let at = at_ms / 1000;
+        let ts = jiff::Timestamp::from_second(at).unwrap().to_string();
+        self.inner.lock().unwrap().changes.push((
+            at,
+            json!({"id": id, "subject": subject, "status": "open", "updated_at": ts, "generated_timestamp": at}),
+        ));
+    }
+
+    fn requests(&self) -> Vec<HashMap<String, String>> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+
+    fn violations(&self) -> Vec<String> {
+        self.inner.lock().unwrap().violations.clone()
+    }
+}
+
+async fn zendesk_handle(
+    State(inner): State<Arc<Mutex<ZendeskInner>>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let mut g = inner.lock().unwrap();
+    g.requests.push(q.clone());
+    let mut bad = Vec::new();
+    if method != axum::http::Method::GET {
+        bad.push(format!("method {method}"));
+    }
+    if uri.path() != "/api/v2/incremental/tickets/cursor.json" {
+        bad.push(format!("path {}", uri.path()));
+    }
+    use base64::Engine as _;
+    let want = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode("agent@example.com/token:zd-api-token-123")
+    );
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(want.as_str()) {
+        drop(g);
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "Couldn't authenticate you"})),
+        )
+            .into_response();
+    }
+    let per_page: usize = match q.get("per_page").map(|p| p.parse::<usize>()) {
+        None => 1000,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => {
+            bad.push(format!("per_page {:?}", q.get("per_page")));
+            1000
+        }
+    };
+    let start = match (q.get("start_time"), q.get("cursor")) {
+        (Some(s), None) => match s.parse::<i64>() {
+            Ok(t) => g
+                .changes
+                .iter()
+                .position(|(at, _)| *at >= t)
+                .unwrap_or(g.changes.len()),
+            Err(_) => {
+                bad.push(format!("start_time {s:?} is not Unix seconds"));
+                0
+            }
+        },
+        (None, Some(c)) => match c.strip_prefix("cur-").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) if n <= g.changes.len() => n,
+            _ => {
+                bad.push(format!("unknown cursor {c:?}"));
+                0
+            }
+        },
+        (Some(_), Some(_)) => {
+            bad.push("both start_time and cursor".into());
+            0
+        }
+        (None, None) => {
+            bad.push("neither start_time nor cursor".into());
+            0
+        }
+    };
+    if let Some(extra) = q
+        .keys()
+        .find(|k| !["start_time", "cursor", "per_page"].contains(&k.as_str()))
+    {
+        bad.push(format!("unknown parameter {extra}"));
+    }
+    if !bad.is_empty() {
+        g.violations.extend(bad.clone());
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "InvalidValue", "description": bad.join("; ")})),
+        )
+            .into_response();
+    }
+    if let Some(s) = g.fail {
+        return (
+            StatusCode::from_u16(s).unwrap(),
+            axum::Json(json!({"error": "failing"})),
+        )
+            .into_response();
+    }
+    let end = (start + per_page).min(g.changes.len());
+    let tickets: Vec<Value> = g.changes[start..end]
+        .iter()
+        .map(|(_, t)| t.clone())
+        .collect();
+    axum::Json(json!({
+        "tickets": tickets,
+        "after_cursor": format!("cur-{end}"),
+        "after_url": format!("/api/v2/incremental/tickets/cursor.json?cursor=cur-{end}"),
+        "before_cursor": format!("cur-{start}"),
+        "end_of_stream": end == g.changes.len(),
+    }))
+    .into_response()
+}
+
+// --------------------------------------------------------------- Typeform mock
+
+/// Typeform's Responses API: `GET /forms/{form_id}/responses` with
+/// `Authorization: Bearer <token>`; `since` (RFC 3339 or Unix seconds,
+/// inclusive), `completed`, `sort=submitted_at,asc`, `page_size` ≤ 1000.
+#[derive(Default)]
+struct TypeformInner {
+    /// (submitted at, ms; the response item).
+    responses: Vec<(i64, Value)>,
+    requests: Vec<HashMap<String, String>>,
+    violations: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Typeform {
+    inner: Arc<Mutex<TypeformInner>>,
+    url: String,
+}
+
+impl Typeform {
+    async fn start() -> Typeform {
+        let inner = Arc::new(Mutex::new(TypeformInner::default()));
+        let app = axum::Router::new()
+            .fallback(typeform_handle)
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Typeform { inner, url }
+    }
+
+    fn submit(&self, token: &str, email: &str, at_ms: i64) {
+        let ts = jiff::Timestamp::from_millisecond(at_ms - at_ms % 1000)
+            .unwrap()
+            .to_string();
+        self.inner.lock().unwrap().responses.push((
+            at_ms - at_ms % 1000,
+            json!({
+                "landing_id": token, "token": token, "response_id": token,
+                "landed_at": ts, "submitted_at": ts,
+                "answers": [{"field": {"id": "f1", "ref": "email", "type": "email"}, "type": "email", "email": email}],
+                "hidden": {}, "calculated": {"score": 0}
+            }),
+        ));
+    }
+
+    fn requests(&self) -> Vec<HashMap<String, String>> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+
+    fn violations(&self) -> Vec<String> {
+        self.inner.lock().unwrap().violations.clone()
+    }
+}
+
+async fn typeform_handle(
+    State(inner): State<Arc<Mutex<TypeformInner>>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let mut g = inner.lock().unwrap();
+    g.requests.push(q.clone());
+    let mut bad = Vec::new();
+    if method != axum::http::Method::GET {
+        bad.push(format!("method {method}"));
+    }
+    if uri.path() != format!("/forms/{FORM_ID}/responses") {
+        bad.push(format!("path {}", uri.path()));
+    }
+    if headers.get("authorization").and_then(|v| v.to_str().ok())
+        != Some(format!("Bearer {TYPEFORM_TOKEN}").as_str())
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"code": "AUTHENTICATION_FAILED"})),
+        )
+            .into_response();
+    }
+    let since = match q.get("since") {
+        None => i64::MIN,
+        Some(s) => match (s.parse::<jiff::Timestamp>(), s.parse::<i64>()) {
+            (Ok(t), _) => t.as_millisecond(),
+            (_, Ok(secs)) => secs * 1000,
+            _ => {
+                bad.push(format!("since {s:?}"));
+                0
+            }
+        },
+    };
+    if q.get("sort").map(String::as_str) != Some("submitted_at,asc") {
+        bad.push(format!("sort {:?}", q.get("sort")));
+    }
+    if q.get("completed").map(String::as_str) != Some("true") {
+        bad.push(format!("completed {:?}", q.get("completed")));
+    }
+    let page_size = q.get("page_size").and_then(|p| p.parse::<usize>().ok());
+    if !page_size.is_some_and(|n| (1..=1000).contains(&n)) {
+        bad.push(format!("page_size {:?}", q.get("page_size")));
+    }
+    if !bad.is_empty() {
+        g.violations.extend(bad.clone());
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"code": "VALIDATION_ERROR", "description": bad.join("; ")})),
+        )
+            .into_response();
+    }
+    let mut items: Vec<&(i64, Value)> = g.responses.iter().filter(|(at, _)| *at >= since).collect();
+    items.sort_by_key(|(at, _)| *at);
+    let items: Vec<Value> = items
+        .into_iter()
+        .take(page_size.unwrap_or(25))
+        .map(|(_, v)| v.clone())
+        .collect();
+    axum::Json(json!({"total_items": items.len(), "page_count": 1, "items": items})).into_response()
+}
+
+// ------------------------------------------------------------------ recipes
+
+const ON_TICKETS: &str = r#"name: on-tickets
+on: { connector: zendesk, event: tickets_updated }
+steps:
+  - call: slack.post_message
+    with: { channel: C1, text: "ticket {{ event.ticket.id }}: {{ event.ticket.subject }}" }
+"#;
+
+const ON_RESPONSES: &str = r#"name: on-responses
+on: { connector: typeform_responses, event: form_response }
+steps:
+  - call: slack.post_message
+    with: { channel: C1, text: "response {{ event.form_response.token }} from {{ event.form_response.answers[0].email }}" }
+"#;
+
+fn slack_ok() -> Vec<Route> {
+    vec![route(
+        axum::http::Method::POST,
+        "/chat.postMessage",
+        200,
+        json!({"ok": true, "channel": "C1", "ts": "1.0"}),
+    )]
+}
+
+fn slack_texts(api: &MockApi) -> Vec<String> {
+    let mut t: Vec<String> = api
+        .calls("/chat.postMessage")
+        .iter()
+        .map(|r| {
+            let form: HashMap<String, String> = serde_urlencoded::from_bytes(&r.body).unwrap();
+            form["text"].clone()
+        })
+        .collect();
+    t.sort();
+    t
+}
+
+/// The shipped connectors (vendors at the mocks) and `recipes`, on a store in `dir`.
+struct Rig {
+    cfg: Config,
+    env: Vec<(String, String)>,
+}
+
+impl Rig {
+    fn new(recipes: &[(&str, &str)], base_urls: &[(&str, &str)]) -> Rig {
+        let cfg = Config::connectors_only();
+        for (name, yaml) in recipes {
+            cfg.recipe(name, yaml);
+        }
+        let mut env = test_secrets();
+        env.push((
+            "SWITCHBOARD_SECRET_TYPEFORM_RESPONSES_API_TOKEN".into(),
+            TYPEFORM_TOKEN.into(),
+        ));
+        env.push((
+            "SWITCHBOARD_SECRET_TYPEFORM_RESPONSES_FORM_ID".into(),
+            FORM_ID.into(),
+        ));
+        for (c, url) in base_urls {
+            env.push((
+                format!("SWITCHBOARD_BASE_URL_{}", c.to_uppercase()),
+                url.to_string(),
+            ));
+        }
+        Rig { cfg, env }
+    }
+
+    fn catalog(&self) -> Catalog {
+        Catalog::load(&LoadOptions {
+            connectors_dir: self.cfg.connectors.clone(),
+            recipes_dir: self.cfg.recipes.clone(),
+            secrets: SecretSource::from_env(self.env.clone()),
+            allow_internal: vec!["*".into()],
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}",
+                e.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })
+    }
+}
+
+/// An engine on a virtual clock with its workers and polls running.
+struct Running {
+    engine: Arc<Engine>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(catalog: Catalog, store: Arc<dyn Store>, clock: &VirtualClock) -> Running {
+        let engine = Engine::new(
+            catalog,
+            store,
+            EngineConfig {
+                workers: 2,
+                clock: Arc::new(clock.clone()),
+                ..EngineConfig::default()
+            },
+        )
+        .unwrap();
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let mut tasks = worker::spawn(&engine, shutdown.clone());
+        tasks.extend(poller::spawn(&engine, shutdown));
+        Running {
+            engine,
+            stop,
+            tasks,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+    }
+
+    fn state(&self, poll: &str) -> Option<PollState> {
+        poller::state(&**self.engine.store(), poll, self.engine.now_ms()).unwrap()
+    }
+
+    /// Wait until `poll` has succeeded `n` polls after `since` (its `last_success` moved).
+    async fn polled(&self, poll: &str, at_least: i64) -> PollState {
+        eventually(
+            20,
+            &format!("{poll} polled at or after {at_least}"),
+            || async {
+                self.state(poll)
+                    .filter(|s| s.last_success.is_some_and(|t| t >= at_least))
+            },
+        )
+        .await
+    }
+}
+
+/// Every event of the store, oldest first.
+fn events(store: &dyn Store) -> Vec<switchboard::store::Event> {
+    let mut e = store
+        .events(&switchboard::store::Page {
+            limit: 500,
+            before: None,
+        })
+        .unwrap();
+    e.reverse();
+    e
+}
+
+/// Zendesk's and Typeform's polls on virtual time: the first run's rules,
+/// one request per interval, new items → events → runs, seen items never
+/// again, and a restart inside a slot polls nothing.
+#[tokio::test]
+async fn shipped_polls_turn_new_items_into_events_once_per_interval_on_virtual_time() {
+    let zendesk = Zendesk::start().await;
+    let typeform = Typeform::start().await;
+    let slack = MockApi::start(slack_ok()).await;
+    let rig = Rig::new(
+        &[("on-tickets", ON_TICKETS), ("on-responses", ON_RESPONSES)],
+        &[
+            ("zendesk", &zendesk.url),
+            ("typeform_responses", &typeform.url),
+            ("slack", &slack.url),
+        ],
+    );
+    // Both polls run every 5 minutes with up to 30 s of jitter; T0 is on a
+    // 5-minute boundary, so S = T0 + 30 s is inside the slot that starts at
+    // T0 + offset for both, and the next slots start before S + 5 min.
+    let catalog = rig.catalog();
+    for (c, p) in [
+        ("zendesk", "tickets_updated"),
+        ("typeform_responses", "responses"),
+    ] {
+        let poll = &catalog.connectors.get(c).unwrap().polls[p];
+        assert_eq!(poll.every_ms, 300_000);
+        assert!((0..30_000).contains(&poll.offset_ms), "{}", poll.offset_ms);
+        assert_eq!(poll.slot_at_or_before(T0 + 30_000), T0 + poll.offset_ms);
+    }
+    let s = T0 + 30_000;
+    // History: an old change (before the first poll's start) and one 30 s
+    // before it (inside Zendesk's export window, a minute back).
+    zendesk.change(1, "old", s - 3_600_000);
+    zendesk.change(2, "recent", s - 30_000);
+    typeform.submit("tok-old", "old@example.com", s - 600_000);
+    typeform.submit("tok-at-start", "start@example.com", s);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let clock = VirtualClock::at(s);
+    let hub = Running::start(catalog, store.clone(), &clock);
+    let zd = hub.polled("zendesk.tickets_updated", s).await;
+    let tf = hub.polled("typeform_responses.responses", s).await;
+    // Zendesk: the first request starts a minute back (Unix seconds).
+    let first = &zendesk.requests()[0];
+    assert_eq!(
+        first.get("start_time"),
+        Some(&((s / 1000 - 60).to_string())),
+        "{first:?}"
+    );
+    assert_eq!(first.get("cursor"), None);
+    assert_eq!(zd.cursor, Some(json!("cur-2")), "{zd:?}");
+    assert_eq!((zd.last_items, zd.last_new), (1, 1), "{zd:?}");
+    // Typeform: `first_run: now`, since = now; the response at the start is only seen.
+    assert_eq!(
+        typeform.requests()[0].get("since"),
+        Some(&"2030-01-01T00:00:30Z".to_string())
+    );
+    assert_eq!((tf.last_items, tf.last_new), (1, 0), "{tf:?}");
+    assert_eq!(tf.seen, vec!["tok-at-start".to_string()]);
+    assert_eq!(tf.cursor, Some(json!("2030-01-01T00:00:30Z")));
+
+    let evs = eventually(20, "the first ticket's event", || async {
+        let e = events(&*store);
+        (e.len() == 1).then_some(e)
+    })
+    .await;
+    assert_eq!(evs[0].connector, "zendesk");
+    assert_eq!(evs[0].origin, Origin::Poll);
+    assert_eq!(evs[0].event_type.as_deref(), Some("tickets_updated"));
+    let ts2 = jiff::Timestamp::from_second((s - 30_000) / 1000).unwrap();
+    assert_eq!(
+        evs[0].delivery_id.as_deref(),
+        Some(format!("tickets_updated/2:{ts2}").as_str())
+    );
+    assert_eq!(evs[0].body["ticket"]["subject"], "recent");
+
+    eventually(20, "the first ticket's run", || async {
+        (slack_texts(&slack) == ["ticket 2: recent"]).then_some(())
+    })
+    .await;
+    // A minute later: the same slot, nothing is asked.
+    clock.advance(60_000);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(zendesk.requests().len(), 1);
+    assert_eq!(typeform.requests().len(), 1);
+
+    // New items, then the next slot (5 minutes on).
+    zendesk.change(3, "new ticket", s + 90_000);
+    zendesk.change(2, "recent, edited", s + 100_000);
+    typeform.submit("tok-new", "new@example.com", s + 120_000);
+    clock.set(s + 300_000);
+    let zd = hub.polled("zendesk.tickets_updated", s + 300_000).await;
+    let tf = hub
+        .polled("typeform_responses.responses", s + 300_000)
+        .await;
+    assert_eq!(zendesk.requests().len(), 2);
+    assert_eq!(
+        zendesk.requests()[1].get("cursor"),
+        Some(&"cur-2".to_string())
+    );
+    assert_eq!(zendesk.requests()[1].get("start_time"), None);
+    assert_eq!((zd.last_items, zd.last_new, zd.events), (2, 2, 3), "{zd:?}");
+    // `since` is the high-water mark: the response at it comes back and is
+    // not an event (the first run only saw it).
+    assert_eq!(
+        typeform.requests()[1].get("since"),
+        Some(&"2030-01-01T00:00:30Z".to_string())
+    );
+    assert_eq!((tf.last_items, tf.last_new), (2, 1), "{tf:?}");
+
+    // Every event's run called Slack once (before the clock moves on: a
+    // jump past a lease's end would hand a run in flight to a second worker).
+    let texts = eventually(20, "every event's run", || async {
+        let t = slack_texts(&slack);
+        (t.len() == 4).then_some(t)
+    })
+    .await;
+    // One more slot with nothing new: the newest response comes back (since
+    // is inclusive) and is not an event again.
+    clock.set(s + 600_000);
+    let tf = hub
+        .polled("typeform_responses.responses", s + 600_000)
+        .await;
+    assert_eq!((tf.last_items, tf.last_new, tf.events), (1, 0, 1), "{tf:?}");
+    assert_eq!(
+        texts,
+        vec![
+            "response tok-new from new@example.com",
+            "ticket 2: recent",
+            "ticket 2: recent, edited",
+            "ticket 3: new ticket",
+        ]
+    );
+    hub.polled("zendesk.tickets_updated", s + 600_000).await;
+    hub.stop().await;
+    let (zd_requests, tf_requests) = (zendesk.requests().len(), typeform.requests().len());
+    assert_eq!((zd_requests, tf_requests), (3, 3));
+
+    // A restart inside the same slot polls nothing: the slot was claimed.
+    let hub = Running::start(rig.catalog(), store.clone(), &clock);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(zendesk.requests().len(), zd_requests);
+    assert_eq!(typeform.requests().len(), tf_requests);
+    // The next slot does, from the stored cursor; nothing seen fires again.
+    clock.set(s + 900_000);
+    hub.polled("zendesk.tickets_updated", s + 900_000).await;
+    hub.polled("typeform_responses.responses", s + 900_000)
+        .await;
+    assert_eq!(
+        zendesk.requests().last().unwrap().get("cursor"),
+        Some(&"cur-4".to_string())
+    );
+    hub.stop().await;
+    assert_eq!(events(&*store).len(), 4);
+    assert_eq!(slack_texts(&slack).len(), 4);
+    assert!(
+        zendesk.violations().is_empty(),
+        "{:?}",
+        zendesk.violations()
+    );
+    assert!(
+        typeform.violations().is_empty(),
+        "{:?}",
+        typeform.violations()
+    );
+}
