@@ -217,7 +217,7 @@ fn shared_definitions_are_checked_where_they_are_written_and_used() {
             &format!("{HEAD}  - set: {{ a: 1 }}\n"),
             Some("scenarios:\n  x: { call: zendesk.nope }\n")
         ),
-        ["_shared:2:14: unknown action `nope` of connector `zendesk`, expected one of `add_internal_note`, `add_tags`, `assign_ticket`, `count_tickets`, `create_ticket`, `public_reply`, `search_tickets`, `search_users`, `show_ticket`, `update_ticket`"]
+        ["_shared:2:14: unknown action `nope` of connector `zendesk`, expected one of `add_internal_note`, `add_tags`, `assign_ticket`, `count_tickets`, `create_ticket`, `incremental_tickets`, `public_reply`, `search_tickets`, `search_users`, `show_ticket`, `update_ticket`"]
     );
 }
 
