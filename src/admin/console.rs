@@ -451,6 +451,12 @@ impl Console {
         connectors
     }
 
+    /// Every poll of the loaded connectors with its status, and any other
+    /// poll with a stored status.
+    pub fn polls(&self) -> Result<Vec<queries::PollView>, QueryError> {
+        queries::polls(self.store(), Some(self.catalog()), self.now_ms())
+    }
+
     /// The loaded recipes' names, sorted (no store read).
     pub fn recipe_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self

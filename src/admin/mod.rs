@@ -97,6 +97,7 @@ fn api() -> OpenApiRouter<AdminState> {
         .routes(routes!(queue))
         .routes(routes!(overview))
         .routes(routes!(connectors))
+        .routes(routes!(polls))
         .routes(routes!(recipes))
         .routes(routes!(recipe))
         .routes(routes!(check))
@@ -388,6 +389,14 @@ async fn overview(
     responses((status = 200, body = Vec<ConnectorView>), (status = 401, body = ErrorBody)))]
 async fn connectors(State(st): State<AdminState>) -> Json<Vec<ConnectorView>> {
     Json(Console::new(st).connectors())
+}
+
+/// Each connector poll: interval, whether a recipe runs it, next slot,
+/// cursor, last success, last error, failures, warning.
+#[utoipa::path(get, path = "/api/polls", tag = "hub",
+    responses((status = 200, body = Vec<queries::PollView>), (status = 401, body = ErrorBody)))]
+async fn polls(State(st): State<AdminState>) -> Result<Json<Vec<queries::PollView>>, ApiError> {
+    Ok(Json(Console::new(st).polls()?))
 }
 
 /// Each loaded recipe: trigger, last run, runs and success rate over 24 h.

@@ -494,3 +494,116 @@ mod tests {
         );
     }
 }
+
+/// A connector's poll and how it is doing (`GET /api/polls`,
+/// `switchboard polls`). What the files say (interval, event, whether a
+/// recipe runs it) is known only to a hub that loaded them; the status is
+/// what the poll stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PollView {
+    /// `<connector>.<poll>`.
+    pub name: String,
+    pub connector: String,
+    /// The event type its items become (unknown without the files).
+    #[serde(default)]
+    pub event_type: Option<String>,
+    /// Its interval, ms.
+    #[serde(default)]
+    pub every_ms: Option<i64>,
+    /// A loaded recipe triggers on its event, so it runs.
+    #[serde(default)]
+    pub active: Option<bool>,
+    /// When its next slot starts (ms), if it runs.
+    #[serde(default)]
+    pub next_due: Option<i64>,
+    /// Its first run is done.
+    pub started: bool,
+    /// Where the next poll resumes.
+    #[serde(default)]
+    pub cursor: Option<Value>,
+    #[serde(default)]
+    pub last_attempt: Option<i64>,
+    #[serde(default)]
+    pub last_success: Option<i64>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub last_error_at: Option<i64>,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+    /// Something that works but deserves a look (the items path selected nothing).
+    #[serde(default)]
+    pub warning: Option<String>,
+    /// Events it made, in all.
+    pub events: u64,
+    /// Items the last successful poll found, and how many were new.
+    pub last_items: u64,
+    pub last_new: u64,
+}
+
+/// Every poll: those of `catalog` (when a hub has the files) with their
+/// stored status, and any other poll with a stored status.
+pub fn polls(
+    store: &dyn Store,
+    catalog: Option<&crate::engine::Catalog>,
+    now: i64,
+) -> Result<Vec<PollView>, QueryError> {
+    use crate::engine::poller::{self, PollState};
+    let mut out: std::collections::BTreeMap<String, PollView> = Default::default();
+    let view = |name: &str, st: &PollState| {
+        let connector = name.split('.').next().unwrap_or("").to_string();
+        PollView {
+            name: name.to_string(),
+            connector,
+            event_type: None,
+            every_ms: None,
+            active: None,
+            next_due: None,
+            started: st.started,
+            cursor: st.cursor.clone(),
+            last_attempt: st.last_attempt,
+            last_success: st.last_success,
+            last_error: st.last_error.clone(),
+            last_error_at: st.last_error_at,
+            failures: st.failures,
+            warning: st.warning.clone(),
+            events: st.events,
+            last_items: st.last_items,
+            last_new: st.last_new,
+        }
+    };
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let entries = store.state_entries(Some(poller::NAMESPACE), after.as_deref(), 500, now)?;
+        for e in &entries {
+            // `<connector>.<poll>@<slot>` are slot claims, not states.
+            if e.key.contains('@') {
+                continue;
+            }
+            if let Ok(st) = serde_json::from_value::<PollState>(e.value.clone()) {
+                out.insert(e.key.clone(), view(&e.key, &st));
+            }
+        }
+        match entries.last().and_then(|l| hex::decode(&l.cursor).ok()) {
+            Some(cursor) if entries.len() >= 500 => after = Some(cursor),
+            _ => break,
+        }
+    }
+    if let Some(catalog) = catalog {
+        let active = poller::active(catalog);
+        for c in catalog.connectors.by_name.values() {
+            for p in c.polls.values() {
+                let name = p.full_name();
+                let v = out
+                    .entry(name.clone())
+                    .or_insert_with(|| view(&name, &PollState::default()));
+                let runs = active.iter().any(|a| a.full_name() == name);
+                v.event_type = Some(p.event_type.clone());
+                v.every_ms = Some(p.every_ms);
+                v.active = Some(runs);
+                v.next_due = runs.then(|| p.slot_at_or_before(now) + p.every_ms);
+            }
+        }
+    }
+    Ok(out.into_values().collect())
+}

@@ -125,12 +125,11 @@ impl From<StoreError> for Failure {
 }
 
 /// The polls that run: those a loaded recipe triggers on.
-pub fn active(engine: &Engine) -> Vec<Arc<Poll>> {
+pub fn active(catalog: &super::Catalog) -> Vec<Arc<Poll>> {
     let mut out = Vec::new();
-    for c in engine.catalog.connectors.by_name.values() {
+    for c in catalog.connectors.by_name.values() {
         for p in c.polls.values() {
-            if engine
-                .catalog
+            if catalog
                 .recipes
                 .iter()
                 .any(|r| r.connector == c.name && r.event == p.event_type && r.schedule.is_none())
@@ -148,7 +147,7 @@ pub fn spawn(
     engine: &Arc<Engine>,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let polls = active(engine);
+    let polls = active(&engine.catalog);
     for name in &engine.config.backfill {
         if !polls.iter().any(|p| &p.full_name() == name) {
             tracing::warn!(poll = %name, "--backfill names no running poll (CONNECTOR.POLL of a poll a recipe triggers on)");
@@ -204,7 +203,9 @@ impl Engine {
                     }
                 }
             }
-            let next = poll.slot_at_or_before(self.now_ms()) + poll.every_ms;
+            // From the slot handled, not from now: a clock that moved on
+            // while this slot was polled must not skip the next one.
+            let next = slot + poll.every_ms;
             tokio::select! {
                 _ = self.sleep_until(next) => {}
                 _ = shutdown.changed() => {}

@@ -637,3 +637,316 @@ async fn shipped_polls_turn_new_items_into_events_once_per_interval_on_virtual_t
         typeform.violations()
     );
 }
+
+const FEED: &str = r#"name: feed
+base_url: https://feed.example
+actions:
+  list:
+    method: GET
+    path: /items
+    inputs: { since: {} }
+    query: { since: "{{ input.since }}" }
+polls:
+  items:
+    action: list
+    every: 1m
+    with: { since: "{{ cursor }}" }
+    items: "$.items[*]"
+    id: "$.id"
+    cursor: { item: "$.n", initial: "{{ 0 }}" }
+    first_run: all
+"#;
+
+const ON_FEED: &str = r#"name: on-feed
+on: { connector: feed, event: items }
+steps:
+  - id: seen
+    set: { id: "{{ event.id }}" }
+"#;
+
+fn feed_answer(status: u16, body: Value) -> Vec<Route> {
+    vec![route(axum::http::Method::GET, "/items", status, body)]
+}
+
+/// A poll's bad input and failures on virtual time: an items path that
+/// selects nothing is a warning (the poll succeeds), an item without an id
+/// fails the poll naming the path and stores nothing, a 503 is tried again
+/// within the slot, and the cursor stays where it was until a poll succeeds;
+/// items below the high-water mark are skipped, the one at it dedupes.
+#[tokio::test]
+async fn bad_answers_and_failures_keep_the_polls_place() {
+    let api = MockApi::start(feed_answer(200, json!({"results": []}))).await;
+    let rig = Rig::new(&[("on-feed", ON_FEED)], &[("feed", &api.url)]);
+    rig.cfg.connector("feed", FEED);
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let clock = VirtualClock::at(T0);
+    let hub = Running::start(rig.catalog(), store.clone(), &clock);
+
+    // 1. `$.items[*]` selects nothing (the answer has `results`): a warning, not an error.
+    let st = hub.polled("feed.items", T0).await;
+    assert_eq!(st.last_error, None);
+    assert!(
+        st.warning.as_deref().unwrap().contains("`items: $.items[*]` selects nothing"),
+        "{st:?}"
+    );
+    assert_eq!(api.calls("/items")[0].query.as_deref(), Some("since=0"));
+
+    // 2. An item without an id: the poll fails, naming the path; nothing is stored.
+    api.set_routes(feed_answer(200, json!({"items": [{"id": "a", "n": 1}, {"n": 2}]})));
+    clock.advance(60_000);
+    let st = eventually(20, "the second poll fails", || async {
+        hub.state("feed.items").filter(|s| s.failures == 1)
+    })
+    .await;
+    assert_eq!(
+        st.last_error.as_deref(),
+        Some("item 1 of `$.items[*]` has no id at `$.id`")
+    );
+    assert_eq!(st.cursor, Some(json!(0)));
+    assert_eq!(st.last_success, Some(T0));
+    assert!(events(&*store).is_empty());
+
+    // 3. A 503 is tried again within the slot, after the backoff (on the
+    // engine's clock); meanwhile the API recovers.
+    api.set_routes(feed_answer(503, json!({"error": "busy"})));
+    clock.advance(60_000);
+    let st = eventually(20, "the third poll fails", || async {
+        hub.state("feed.items").filter(|s| s.failures == 2)
+    })
+    .await;
+    assert_eq!(st.last_error.as_deref(), Some("page 1: feed.list: HTTP 503"));
+    api.set_routes(feed_answer(
+        200,
+        json!({"items": [{"id": "a", "n": 1}, {"id": "b", "n": 2}]}),
+    ));
+    let calls = api.calls("/items").len();
+    clock.advance(1_000);
+    let st = hub.polled("feed.items", T0 + 121_000).await;
+    assert_eq!(api.calls("/items").len(), calls + 1);
+    assert_eq!((st.failures, st.last_error.as_ref()), (0, None));
+    assert_eq!(st.cursor, Some(json!(2)));
+    assert_eq!((st.last_items, st.last_new, st.events), (2, 2, 2));
+    assert_eq!(st.warning, None);
+
+    // 4. From the mark on: `a` is below it (skipped), `b` at it (a duplicate), `c` new.
+    api.set_routes(feed_answer(
+        200,
+        json!({"items": [{"id": "a", "n": 1}, {"id": "b", "n": 2}, {"id": "c", "n": 3}]}),
+    ));
+    clock.set(T0 + 180_000);
+    let st = hub.polled("feed.items", T0 + 180_000).await;
+    assert_eq!(api.calls("/items").last().unwrap().query.as_deref(), Some("since=2"));
+    assert_eq!((st.last_items, st.last_new, st.events), (3, 1, 3), "{st:?}");
+    let ids: Vec<String> = events(&*store)
+        .iter()
+        .map(|e| e.delivery_id.clone().unwrap())
+        .collect();
+    assert_eq!(ids, ["items/a", "items/b", "items/c"]);
+    hub.stop().await;
+}
+
+/// A cursor that renders empty sends nothing: the poll fails with the reason.
+#[tokio::test]
+async fn a_cursor_that_renders_empty_sends_nothing() {
+    let api = MockApi::start(feed_answer(200, json!({"items": []}))).await;
+    let rig = Rig::new(&[("on-feed", ON_FEED)], &[("feed", &api.url)]);
+    rig.cfg
+        .connector("feed", &FEED.replace(r#"initial: "{{ 0 }}""#, r#"initial: "{{ '' }}""#));
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let clock = VirtualClock::at(T0);
+    let hub = Running::start(rig.catalog(), store.clone(), &clock);
+    let st = eventually(20, "the poll fails", || async {
+        hub.state("feed.items").filter(|s| s.failures == 1)
+    })
+    .await;
+    assert_eq!(
+        st.last_error.as_deref(),
+        Some("`cursor.initial` rendered empty: the poll is not sent (it would ask for everything)")
+    );
+    assert!(!st.started);
+    hub.stop().await;
+
+    // A `with:` value reading the cursor that renders empty: the same.
+    rig.cfg.connector(
+        "feed",
+        &FEED.replace(r#"since: "{{ cursor }}""#, r#"since: "{{ cursor.x | default('') }}""#),
+    );
+    let hub = Running::start(rig.catalog(), store.clone(), &clock);
+    clock.advance(60_000);
+    let st = eventually(20, "the poll fails again", || async {
+        hub.state("feed.items").filter(|s| s.failures == 2)
+    })
+    .await;
+    assert_eq!(
+        st.last_error.as_deref(),
+        Some("input `since` rendered empty from the cursor or page: the poll is not sent (it would ask for everything)")
+    );
+    hub.stop().await;
+    assert!(api.calls("/items").is_empty());
+}
+
+/// `check` reports a bad `polls:` section at the offending key.
+#[test]
+fn bad_polls_are_check_errors_with_positions() {
+    let cfg = Config::connectors_only();
+    let file = cfg.connector(
+        "feed",
+        r#"name: feed
+base_url: https://feed.example
+actions:
+  list:
+    method: GET
+    path: /items
+    inputs: { since: {} }
+    query: { since: "{{ input.since }}" }
+polls:
+  items:
+    action: lst
+    every: 500ms
+    with: { sinc: "{{ cursor }}" }
+    items: "items[*]"
+    id: "$.id"
+  more:
+    action: list
+    every: 1m
+    jitter: 2m
+    with: { since: "{{ event.x }}" }
+    items: "$.items"
+    id: ["$.id", "$..["]
+    cursor: { item: "$.n", response: "$.next" }
+    pages: { max: 500 }
+    first_run: { latest: 0 }
+"#,
+    );
+    let out = cfg.check();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let f = file.display();
+    for want in [
+        format!("{f}:11:13: poll `items`: unknown action `lst` of connector `feed`; did you mean `list`?"),
+        format!("{f}:12:12: `every` must be at least 1s, got 500ms"),
+        format!("{f}:14:12: invalid JSONPath `items[*]`: expected it to start with `$`"),
+        format!("{f}:19:13: `jitter` must not be longer than `every`"),
+        format!("{f}:20:20: unknown template variable `event.x`: a poll's `with:` reads `cursor` and `page`"),
+        format!("{f}:22:18: invalid JSONPath `$..[`: expected selector at column 5"),
+        format!("{f}:23:13: `cursor` takes exactly one of `item`"),
+        format!("{f}:24:12: `pages` needs `token`"),
+        format!("{f}:24:19: `pages.max` must be 1 to 100, got 500"),
+        format!("{f}:25:26: `latest` must be at least 1"),
+    ] {
+        assert!(err.contains(&want), "wanted: {want}\n{err}");
+    }
+
+    // A recipe is checked against the polls' events.
+    let cfg = Config::connectors_only();
+    cfg.connector("feed", FEED);
+    let file = cfg.recipe("on-feed", &ON_FEED.replace("event: items", "event: itemz"));
+    let out = cfg.check();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let want = format!(
+        "{}:2:31: connector `feed` has no `webhook:` section; its polls make `items` events; did you mean `items`?",
+        file.display()
+    );
+    assert!(stderr(&out).contains(&want), "wanted: {want}\n{}", stderr(&out));
+}
+
+/// Through the real binary: a poll every second against a mock on
+/// 127.0.0.1 turns items into events (origin `poll`) and runs; `polls`
+/// shows its status; after a kill -9 and a restart on the same store the
+/// items seen before start nothing (no cursor here: the event dedupe alone
+/// is the seen-set), and only the new one runs.
+#[tokio::test]
+async fn the_binary_polls_and_a_restart_replays_nothing() {
+    let items = |ids: &[&str]| {
+        let list: Vec<Value> = ids.iter().map(|i| json!({"id": i, "text": format!("item {i}")})).collect();
+        let mut routes = vec![route(axum::http::Method::GET, "/items", 200, json!({"items": list}))];
+        routes.extend(slack_ok());
+        routes
+    };
+    let api = MockApi::start(items(&["a", "b"])).await;
+    let cfg = Config::connectors_only();
+    cfg.connector(
+        "feed",
+        r#"name: feed
+base_url: https://feed.example
+actions:
+  list:
+    method: GET
+    path: /items
+polls:
+  items:
+    action: list
+    every: 1s
+    items: "$.items"
+    id: "$.id"
+    first_run: all
+"#,
+    );
+    cfg.recipe(
+        "relay",
+        r#"name: relay
+on: { connector: feed, event: items }
+steps:
+  - call: slack.post_message
+    with: { channel: C1, text: "{{ event.text }}" }
+"#,
+    );
+    let data = cfg.dir.path().join("data");
+    let opts = HubOptions {
+        data: Some(data.clone()),
+        ..cfg.options().base_url("feed", &api.url).base_url("slack", &api.url)
+    };
+    let mut hub = Hub::start(opts.clone()).await;
+    let events = eventually(30, "two polled events", || async {
+        let e = hub.items("/api/events").await;
+        (e.len() == 2).then_some(e)
+    })
+    .await;
+    for e in &events {
+        assert_eq!(e["connector"], "feed");
+        assert_eq!(e["origin"], "poll");
+        assert_eq!(e["event_type"], "items");
+        let run = hub.wait_run(e["runs"][0].as_str().unwrap()).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+    let (status, polls) = hub.api("/api/polls").await;
+    assert_eq!(status, 200, "{polls}");
+    let feed = polls.as_array().unwrap().iter().find(|p| p["name"] == "feed.items").unwrap().clone();
+    assert_eq!(feed["active"], true, "{feed}");
+    assert_eq!(feed["every_ms"], 1000);
+    assert_eq!(feed["started"], true);
+    assert!(feed["last_success"].is_i64() && feed["next_due"].is_i64(), "{feed}");
+    let text = hub.cli(&["polls"]);
+    let text = stdout(&text);
+    assert!(text.starts_with("feed.items  runs\n  event items, every 1s\n  next due"), "{text}");
+
+    // Several polls of the same two items later, kill -9; then a third item.
+    eventually(30, "more polls of the same items", || async {
+        (api.calls("/items").len() >= 3).then_some(())
+    })
+    .await;
+    hub.kill();
+    api.set_routes(items(&["a", "b", "c"]));
+    let hub = Hub::start(opts).await;
+    eventually(30, "the new item's run", || async {
+        let e = hub.items("/api/events").await;
+        (e.len() == 3).then_some(())
+    })
+    .await;
+    let calls = api.calls("/items").len();
+    eventually(30, "polls after the new item", || async {
+        (api.calls("/items").len() >= calls + 2).then_some(())
+    })
+    .await;
+    let events = hub.items("/api/events").await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    for e in &events {
+        hub.wait_run(e["runs"][0].as_str().unwrap()).await;
+    }
+    let mut texts = slack_texts(&api);
+    texts.dedup();
+    assert_eq!(texts, ["item a", "item b", "item c"]);
+    assert_eq!(slack_texts(&api).len(), 3, "a seen item ran again");
+}

@@ -1,4 +1,4 @@
-//! `switchboard runs ...` and `switchboard events ...`.
+//! `switchboard runs ...`, `switchboard events ...` and `switchboard polls`.
 //!
 //! When no hub holds the store, the library's admin queries run on it
 //! directly; otherwise the same queries are asked of the running hub's admin
@@ -185,6 +185,16 @@ pub async fn events(cmd: EventsCmd) -> ExitCode {
             print(&src, answer, render::event)
         }
     }
+}
+
+/// `switchboard polls`: from the running hub (with what its files say), or
+/// from the store alone (the stored status of each poll that ran).
+pub async fn polls(src: Source) -> ExitCode {
+    let answer = match Hub::open(&src) {
+        Hub::Store(s) => queries::polls(&*s, None, store::now_ms()).map_err(|e| e.to_string()),
+        Hub::Api(api) => api.get(&["api", "polls"], &()).await,
+    };
+    print(&src, answer, render::polls)
 }
 
 /// The answer as JSON or text, or the error; the exit status.

@@ -104,7 +104,7 @@ struct ServeArgs {
     /// Make the first run of this poll (`CONNECTOR.POLL`) turn every item
     /// it finds into an event, instead of its `first_run:` (repeatable).
     /// A poll that has run before is not changed.
-    #[arg(long = "backfill", value_name = "CONNECTOR.POLL")]
+    #[arg(long = "backfill", env = "SWITCHBOARD_BACKFILL", value_delimiter = ',', value_name = "CONNECTOR.POLL")]
     backfill: Vec<String>,
     /// A connection must send a complete request head within this (also the
     /// idle keep-alive timeout), e.g. `10s`.
@@ -187,6 +187,11 @@ enum Command {
         #[command(subcommand)]
         cmd: EventsCmd,
     },
+    /// Connector polls: next slot, cursor, last success, last error.
+    Polls {
+        #[command(flatten)]
+        src: inspect::Source,
+    },
     /// Inspect and edit recipe state (values, window counters, rotations).
     State {
         #[command(subcommand)]
@@ -254,6 +259,7 @@ fn main() -> ExitCode {
             }
             Command::Runs { cmd } => inspect::runs(cmd).await,
             Command::Events { cmd } => inspect::events(cmd).await,
+            Command::Polls { src } => inspect::polls(src).await,
             Command::State { cmd } => state::state(cmd).await,
             Command::Demo { cmd } => demo::demo(cmd).await,
             Command::Store { cmd } => store::store(cmd).await,

@@ -5,7 +5,7 @@ use crate::state::{Deleted, Entries};
 use serde::Serialize;
 use serde_json::Value;
 use std::time::Duration;
-use switchboard::admin::queries::{EventView, Listing, RetriedRuns};
+use switchboard::admin::queries::{EventView, Listing, PollView, RetriedRuns};
 use switchboard::admin::state::StatePage;
 use switchboard::store::state::StateEntry;
 use switchboard::store::{Event, Run, RunStatus};
@@ -128,6 +128,53 @@ pub fn event(e: &EventView) -> String {
         out += &format!("run       {}  {}  {}\n", r.id, r.recipe, name(r.status));
     }
     out += &format!("body      {}\n", pretty(&e.body));
+    out
+}
+
+pub fn polls(polls: &Vec<PollView>) -> String {
+    let mut out = String::new();
+    for p in polls {
+        let runs = match p.active {
+            Some(true) => "runs".to_string(),
+            Some(false) => "idle (no recipe triggers on it)".to_string(),
+            None => "status from the store".to_string(),
+        };
+        out += &format!("{}  {}\n", p.name, runs);
+        if let Some(e) = &p.event_type {
+            let every = p
+                .every_ms
+                .map(|ms| humantime::format_duration(Duration::from_millis(ms as u64)).to_string())
+                .unwrap_or_default();
+            out += &format!("  event {e}, every {every}\n");
+        }
+        if let Some(due) = p.next_due {
+            out += &format!("  next due      {}\n", time(due));
+        }
+        out += &format!(
+            "  last success  {}\n",
+            p.last_success.map(time).unwrap_or_else(|| "never".into())
+        );
+        if let Some(e) = &p.last_error {
+            out += &format!(
+                "  last error    {}  {e} ({} failure(s) since the last success)\n",
+                p.last_error_at.map(time).unwrap_or_default(),
+                p.failures
+            );
+        }
+        if let Some(w) = &p.warning {
+            out += &format!("  warning       {w}\n");
+        }
+        if let Some(c) = &p.cursor {
+            out += &format!("  cursor        {c}\n");
+        }
+        out += &format!(
+            "  events        {} (last poll: {} item(s), {} new)\n",
+            p.events, p.last_items, p.last_new
+        );
+    }
+    if polls.is_empty() {
+        out += "no polls\n";
+    }
     out
 }
 
