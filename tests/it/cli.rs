@@ -763,7 +763,9 @@ async fn runs_and_events_commands_online_and_offline() {
     let events = ok(hub.cli(&["events", "list"]));
     assert_eq!(events.lines().count(), 1, "{events}");
     assert!(
-        events.starts_with(&format!("{event_id}  zendesk    webhook  ticket.created           ")),
+        events.starts_with(&format!(
+            "{event_id}  zendesk    webhook  ticket.created           "
+        )),
         "{events}"
     );
     assert!(events.ends_with("  runs:2\n"), "{events}");

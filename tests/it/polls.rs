@@ -687,13 +687,19 @@ async fn bad_answers_and_failures_keep_the_polls_place() {
     let st = hub.polled("feed.items", T0).await;
     assert_eq!(st.last_error, None);
     assert!(
-        st.warning.as_deref().unwrap().contains("`items: $.items[*]` selects nothing"),
+        st.warning
+            .as_deref()
+            .unwrap()
+            .contains("`items: $.items[*]` selects nothing"),
         "{st:?}"
     );
     assert_eq!(api.calls("/items")[0].query.as_deref(), Some("since=0"));
 
     // 2. An item without an id: the poll fails, naming the path; nothing is stored.
-    api.set_routes(feed_answer(200, json!({"items": [{"id": "a", "n": 1}, {"n": 2}]})));
+    api.set_routes(feed_answer(
+        200,
+        json!({"items": [{"id": "a", "n": 1}, {"n": 2}]}),
+    ));
     clock.advance(60_000);
     let st = eventually(20, "the second poll fails", || async {
         hub.state("feed.items").filter(|s| s.failures == 1)
@@ -715,7 +721,10 @@ async fn bad_answers_and_failures_keep_the_polls_place() {
         hub.state("feed.items").filter(|s| s.failures == 2)
     })
     .await;
-    assert_eq!(st.last_error.as_deref(), Some("page 1: feed.list: HTTP 503"));
+    assert_eq!(
+        st.last_error.as_deref(),
+        Some("page 1: feed.list: HTTP 503")
+    );
     api.set_routes(feed_answer(
         200,
         json!({"items": [{"id": "a", "n": 1}, {"id": "b", "n": 2}]}),
@@ -736,7 +745,10 @@ async fn bad_answers_and_failures_keep_the_polls_place() {
     ));
     clock.set(T0 + 180_000);
     let st = hub.polled("feed.items", T0 + 180_000).await;
-    assert_eq!(api.calls("/items").last().unwrap().query.as_deref(), Some("since=2"));
+    assert_eq!(
+        api.calls("/items").last().unwrap().query.as_deref(),
+        Some("since=2")
+    );
     assert_eq!((st.last_items, st.last_new, st.events), (3, 1, 3), "{st:?}");
     let ids: Vec<String> = events(&*store)
         .iter()
@@ -751,8 +763,10 @@ async fn bad_answers_and_failures_keep_the_polls_place() {
 async fn a_cursor_that_renders_empty_sends_nothing() {
     let api = MockApi::start(feed_answer(200, json!({"items": []}))).await;
     let rig = Rig::new(&[("on-feed", ON_FEED)], &[("feed", &api.url)]);
-    rig.cfg
-        .connector("feed", &FEED.replace(r#"initial: "{{ 0 }}""#, r#"initial: "{{ '' }}""#));
+    rig.cfg.connector(
+        "feed",
+        &FEED.replace(r#"initial: "{{ 0 }}""#, r#"initial: "{{ '' }}""#),
+    );
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
     let clock = VirtualClock::at(T0);
@@ -771,7 +785,10 @@ async fn a_cursor_that_renders_empty_sends_nothing() {
     // A `with:` value reading the cursor that renders empty: the same.
     rig.cfg.connector(
         "feed",
-        &FEED.replace(r#"since: "{{ cursor }}""#, r#"since: "{{ cursor.x | default('') }}""#),
+        &FEED.replace(
+            r#"since: "{{ cursor }}""#,
+            r#"since: "{{ cursor.x | default('') }}""#,
+        ),
     );
     let hub = Running::start(rig.catalog(), store.clone(), &clock);
     clock.advance(60_000);
@@ -849,7 +866,11 @@ polls:
         "{}:2:31: connector `feed` has no `webhook:` section; its polls make `items` events; did you mean `items`?",
         file.display()
     );
-    assert!(stderr(&out).contains(&want), "wanted: {want}\n{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&want),
+        "wanted: {want}\n{}",
+        stderr(&out)
+    );
 }
 
 /// Through the real binary: a poll every second against a mock on
@@ -860,8 +881,16 @@ polls:
 #[tokio::test]
 async fn the_binary_polls_and_a_restart_replays_nothing() {
     let items = |ids: &[&str]| {
-        let list: Vec<Value> = ids.iter().map(|i| json!({"id": i, "text": format!("item {i}")})).collect();
-        let mut routes = vec![route(axum::http::Method::GET, "/items", 200, json!({"items": list}))];
+        let list: Vec<Value> = ids
+            .iter()
+            .map(|i| json!({"id": i, "text": format!("item {i}")}))
+            .collect();
+        let mut routes = vec![route(
+            axum::http::Method::GET,
+            "/items",
+            200,
+            json!({"items": list}),
+        )];
         routes.extend(slack_ok());
         routes
     };
@@ -896,7 +925,10 @@ steps:
     let data = cfg.dir.path().join("data");
     let opts = HubOptions {
         data: Some(data.clone()),
-        ..cfg.options().base_url("feed", &api.url).base_url("slack", &api.url)
+        ..cfg
+            .options()
+            .base_url("feed", &api.url)
+            .base_url("slack", &api.url)
     };
     let mut hub = Hub::start(opts.clone()).await;
     let events = eventually(30, "two polled events", || async {
@@ -913,14 +945,26 @@ steps:
     }
     let (status, polls) = hub.api("/api/polls").await;
     assert_eq!(status, 200, "{polls}");
-    let feed = polls.as_array().unwrap().iter().find(|p| p["name"] == "feed.items").unwrap().clone();
+    let feed = polls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "feed.items")
+        .unwrap()
+        .clone();
     assert_eq!(feed["active"], true, "{feed}");
     assert_eq!(feed["every_ms"], 1000);
     assert_eq!(feed["started"], true);
-    assert!(feed["last_success"].is_i64() && feed["next_due"].is_i64(), "{feed}");
+    assert!(
+        feed["last_success"].is_i64() && feed["next_due"].is_i64(),
+        "{feed}"
+    );
     let text = hub.cli(&["polls"]);
     let text = stdout(&text);
-    assert!(text.starts_with("feed.items  runs\n  event items, every 1s\n  next due"), "{text}");
+    assert!(
+        text.starts_with("feed.items  runs\n  event items, every 1s\n  next due"),
+        "{text}"
+    );
 
     // Several polls of the same two items later, kill -9; then a third item.
     eventually(30, "more polls of the same items", || async {

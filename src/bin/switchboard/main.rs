@@ -104,7 +104,12 @@ struct ServeArgs {
     /// Make the first run of this poll (`CONNECTOR.POLL`) turn every item
     /// it finds into an event, instead of its `first_run:` (repeatable).
     /// A poll that has run before is not changed.
-    #[arg(long = "backfill", env = "SWITCHBOARD_BACKFILL", value_delimiter = ',', value_name = "CONNECTOR.POLL")]
+    #[arg(
+        long = "backfill",
+        env = "SWITCHBOARD_BACKFILL",
+        value_delimiter = ',',
+        value_name = "CONNECTOR.POLL"
+    )]
     backfill: Vec<String>,
     /// A connection must send a complete request head within this (also the
     /// idle keep-alive timeout), e.g. `10s`.
