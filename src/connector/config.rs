@@ -80,10 +80,9 @@ pub struct ConnectorFile {
 ///     pages: { token: "$.next", max: 10 }
 ///     first_run: now                    # now | all | { latest: N }
 /// ```
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PollFile {
-    #[serde(default)]
     pub description: Option<String>,
     /// The action to call (its name in `actions:`).
     pub action: String,
@@ -92,7 +91,6 @@ pub struct PollFile {
     /// Spreads polls: each poll's slots are offset by a fixed amount in
     /// `[0, jitter)` derived from its name (the same on every node and
     /// across restarts). At most `every`. Default: none.
-    #[serde(default)]
     pub jitter: Option<HumanDuration>,
     /// The action's inputs; every string is a template over `cursor` (the
     /// poll's stored position, undefined until it has one unless
@@ -110,23 +108,19 @@ pub struct PollFile {
     pub id: PollIdFile,
     /// The event each new item becomes. Default: type = the poll's name,
     /// body = the item.
-    #[serde(default)]
     pub event: Option<PollEventFile>,
     /// Where the poll resumes: a high-water mark or the answer's position token.
-    #[serde(default)]
     pub cursor: Option<CursorFile>,
     /// Follow more pages within one poll, up to a bound.
-    #[serde(default)]
     pub pages: Option<PagesFile>,
     /// What the first poll (no stored state) does with what it finds:
     /// `now` (default: nothing old becomes an event), `all`, or
     /// `{ latest: N }`. `serve --backfill CONNECTOR.POLL` makes it `all`.
-    #[serde(default)]
     pub first_run: Option<FirstRunFile>,
 }
 
 /// `id:` of a poll.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum PollIdFile {
     /// `$.id`, or the word `hash`.
@@ -136,60 +130,52 @@ pub enum PollIdFile {
 }
 
 /// `event:` of a poll.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PollEventFile {
     /// The event type (default: the poll's name); recipes trigger on it
     /// with `on: { connector, event }`.
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     pub event_type: Option<String>,
     /// The event body, every string a template over `item` (default: the
     /// item itself), e.g. `{ ticket: "{{ item }}" }` to give polled items
     /// the shape the app's webhooks send, so one recipe serves both.
-    #[serde(default)]
     pub body: Option<Value>,
 }
 
 /// `cursor:` of a poll: exactly one of `item` and `response`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CursorFile {
     /// JSONPath into each item: the cursor becomes the highest value seen
     /// (a high-water mark such as `$.updated_at`); items below it are old.
-    #[serde(default)]
     pub item: Option<String>,
     /// JSONPath into the answer: its value is the next position
     /// (Zendesk's `$.after_cursor`, `$.end_time`).
-    #[serde(default)]
     pub response: Option<String>,
     /// Template: the cursor before the first poll (e.g. `"{{ now() }}"`).
-    #[serde(default)]
     pub initial: Option<String>,
     /// Template: the cursor before the first poll of a backfill
     /// (`serve --backfill`), e.g. `"0"`; default: undefined.
-    #[serde(default)]
     pub backfill: Option<String>,
 }
 
 /// `pages:` of a poll.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PagesFile {
     /// JSONPath of the next page's token in the answer, read by templates
     /// as `page`; missing, null or empty: the last page.
-    #[serde(default)]
     pub token: Option<String>,
     /// JSONPath that is `true` on the last page (`$.end_of_stream`).
-    #[serde(default)]
     pub until: Option<String>,
     /// Most pages in one poll (default 10, at most 100); the rest waits
     /// for the next poll, from the cursor.
-    #[serde(default)]
     pub max: Option<u32>,
 }
 
 /// `first_run:` of a poll.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum FirstRunFile {
     /// Items found by the first poll are only remembered as seen.
