@@ -320,7 +320,7 @@ impl Prepared {
                 watch: config.watch,
                 secrets_file,
             },
-            stop_rx,
+            stop_rx.clone(),
         ));
         workers.extend(poller::spawn(&engine, stop_rx.clone()));
         workers.extend(scheduler::spawn(&engine, stop_rx));

@@ -454,7 +454,7 @@ impl Console {
     /// Every poll of the loaded connectors with its status, and any other
     /// poll with a stored status.
     pub fn polls(&self) -> Result<Vec<queries::PollView>, QueryError> {
-        queries::polls(self.store(), Some(self.catalog()), self.now_ms())
+        queries::polls(self.store(), Some(&self.catalog()), self.now_ms())
     }
 
     /// The loaded recipes' names, sorted (no store read).

@@ -348,8 +348,10 @@ impl Client {
             .map_err(CallError::CircuitOpen)?;
         let result = match &connector.auth {
             Auth::OAuth2(oauth) => {
-                self.authorized(oauth, req, templates, connector, action, record, _admission, answer)
-                    .await
+                self.authorized(
+                    oauth, req, templates, connector, action, record, _admission, answer,
+                )
+                .await
             }
             _ => self.exchange(req, connector, action, record, answer).await,
         };
@@ -403,7 +405,13 @@ impl Client {
         let token = oauth.token(self, templates, connector).await?;
         let again = req.try_clone();
         let result = self
-            .exchange(req.bearer_auth(token.expose()), connector, action, record, answer)
+            .exchange(
+                req.bearer_auth(token.expose()),
+                connector,
+                action,
+                record,
+                answer,
+            )
             .await;
         let (Err(CallError::Status { status: 401 }), Some(again)) = (&result, again) else {
             return result;
@@ -422,8 +430,14 @@ impl Client {
             request_body: record.request_body.take(),
             ..Default::default()
         };
-        self.exchange(again.bearer_auth(token.expose()), connector, action, record, answer)
-            .await
+        self.exchange(
+            again.bearer_auth(token.expose()),
+            connector,
+            action,
+            record,
+            answer,
+        )
+        .await
     }
 
     /// Send the request and read its bounded answer.

@@ -124,6 +124,19 @@ impl From<StoreError> for Failure {
     }
 }
 
+/// A running poll and the catalog it was compiled in.
+struct Polling {
+    poll: Arc<Poll>,
+    catalog: Arc<super::Catalog>,
+}
+
+impl std::ops::Deref for Polling {
+    type Target = Poll;
+    fn deref(&self) -> &Poll {
+        &self.poll
+    }
+}
+
 /// The polls that run: those a loaded recipe triggers on.
 pub fn active(catalog: &super::Catalog) -> Vec<Arc<Poll>> {
     let mut out = Vec::new();
@@ -147,7 +160,10 @@ pub fn spawn(
     engine: &Arc<Engine>,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let polls = active(&engine.catalog);
+    // Polls run with the catalog they were started from (their templates
+    // live in its registry); a reload does not change them until a restart.
+    let catalog = engine.catalog();
+    let polls = active(&catalog);
     for name in &engine.config.backfill {
         if !polls.iter().any(|p| &p.full_name() == name) {
             tracing::warn!(poll = %name, "--backfill names no running poll (CONNECTOR.POLL of a poll a recipe triggers on)");
@@ -158,7 +174,11 @@ pub fn spawn(
         .map(|p| {
             let engine = engine.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move { engine.run_poll(p, shutdown).await })
+            let polling = Polling {
+                poll: p,
+                catalog: catalog.clone(),
+            };
+            tokio::spawn(async move { engine.run_poll(polling, shutdown).await })
         })
         .collect()
 }
@@ -185,7 +205,7 @@ fn state_key(poll: &str) -> StateKey {
 }
 
 impl Engine {
-    async fn run_poll(self: Arc<Self>, poll: Arc<Poll>, mut shutdown: watch::Receiver<bool>) {
+    async fn run_poll(self: Arc<Self>, poll: Polling, mut shutdown: watch::Receiver<bool>) {
         let name = poll.full_name();
         let mut handled: Option<i64> = None;
         while !*shutdown.borrow() {
@@ -228,7 +248,7 @@ impl Engine {
     }
 
     /// Poll slot `slot`, trying again within it after retryable failures.
-    async fn poll_slot(&self, poll: &Poll, slot: i64, shutdown: &mut watch::Receiver<bool>) {
+    async fn poll_slot(&self, poll: &Polling, slot: i64, shutdown: &mut watch::Receiver<bool>) {
         let name = poll.full_name();
         let policy = poll.action.retry;
         let mut attempt = 0u32;
@@ -293,7 +313,7 @@ impl Engine {
 
     /// One poll: every page up to `pages.max`, each page's new items
     /// accepted as events before the cursor after it is stored.
-    async fn poll_once(&self, poll: &Poll, slot: i64) -> Result<(), Failure> {
+    async fn poll_once(&self, poll: &Polling, slot: i64) -> Result<(), Failure> {
         let name = poll.full_name();
         let mut st = self.load_state(poll)?;
         let first = !st.started;
@@ -317,7 +337,7 @@ impl Engine {
             let outcome = self
                 .client
                 .fetch(
-                    &self.catalog.templates,
+                    &poll.catalog.templates,
                     self.poll_connector(poll)?,
                     &poll.action,
                     &input,
@@ -417,8 +437,11 @@ impl Engine {
         Ok(())
     }
 
-    fn poll_connector(&self, poll: &Poll) -> Result<&crate::connector::Connector, Failure> {
-        self.catalog
+    fn poll_connector<'a>(
+        &self,
+        poll: &'a Polling,
+    ) -> Result<&'a crate::connector::Connector, Failure> {
+        poll.catalog
             .connectors
             .get(&poll.connector)
             .ok_or_else(|| Failure::fatal(format!("connector `{}` is not loaded", poll.connector)))
@@ -428,7 +451,7 @@ impl Engine {
     /// `cursor.backfill` when backfilling), rendered now.
     fn initial_cursor(
         &self,
-        poll: &Poll,
+        poll: &Polling,
         backfill: bool,
         now: i64,
     ) -> Result<Option<Value>, Failure> {
@@ -438,7 +461,7 @@ impl Engine {
         let t = if backfill { &c.backfill } else { &c.initial };
         let Some(t) = t else { return Ok(None) };
         let which = if backfill { "backfill" } else { "initial" };
-        let v = self
+        let v = poll
             .catalog
             .templates
             .render(t, &json!({"run": {"now": now}}))
@@ -457,7 +480,7 @@ impl Engine {
     /// page that renders empty is an error (nothing is sent).
     fn poll_input(
         &self,
-        poll: &Poll,
+        poll: &Polling,
         cursor: Option<&Value>,
         page: Option<&Value>,
         now: i64,
@@ -473,7 +496,7 @@ impl Engine {
         let ctx = Value::Object(ctx);
         let mut input = Map::new();
         for (k, t) in &poll.with {
-            let v = self.catalog.templates.render_value(t, &ctx).map_err(|e| {
+            let v = poll.catalog.templates.render_value(t, &ctx).map_err(|e| {
                 let hint = if cursor.is_none() {
                     " (the poll has no cursor yet: give it `cursor.initial`, or write `cursor | default(...)`)"
                 } else {
@@ -497,10 +520,10 @@ impl Engine {
     }
 
     /// Accept one item as an event; true if it was new.
-    async fn accept_item(&self, poll: &Poll, id: &str, item: Value) -> Result<bool, Failure> {
+    async fn accept_item(&self, poll: &Polling, id: &str, item: Value) -> Result<bool, Failure> {
         let body = match &poll.body {
             None => item,
-            Some(t) => self
+            Some(t) => poll
                 .catalog
                 .templates
                 .render_value(t, &json!({ "item": item }))

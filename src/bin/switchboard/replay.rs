@@ -119,6 +119,7 @@ impl History for ApiHistory<'_> {
                 body: v.body,
                 runs: v.runs.into_iter().map(|r| r.id).collect(),
                 replay: None,
+                origin: v.origin,
             })),
             Err(e) if e.starts_with("no event") => Ok(None),
             Err(e) => Err(e),
