@@ -214,6 +214,7 @@ impl Client {
         CallOutcome { record, result }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         templates: &Templates,

@@ -317,8 +317,8 @@ impl Engine {
         let name = poll.full_name();
         let mut st = self.load_state(poll)?;
         let first = !st.started;
-        let backfill = first && self.config.backfill.iter().any(|b| *b == name);
-        if !first && self.config.backfill.iter().any(|b| *b == name) {
+        let backfill = first && self.config.backfill.contains(&name);
+        if !first && self.config.backfill.contains(&name) {
             tracing::warn!(poll = %name, "--backfill applies to a poll's first run only; this poll has run before (delete its state to start over: switchboard state delete {NAMESPACE} {name})");
         }
         let now = self.now_ms();

@@ -82,6 +82,7 @@ fn event(delivery: Option<&str>) -> Event {
         body: json!({"a": 1, "nul": "a\u{0}b"}),
         runs: vec![],
         replay: None,
+        origin: Default::default(),
     }
 }
 

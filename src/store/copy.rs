@@ -112,6 +112,7 @@ mod tests {
             body: json!({"n": n}),
             runs: vec![],
             replay: None,
+            origin: Default::default(),
         }
     }
 
