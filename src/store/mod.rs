@@ -396,6 +396,28 @@ impl RunFilter {
     }
 }
 
+impl Run {
+    /// What [`Store::retry_run`] does to a failed or dead run, on every
+    /// backend: its failed step becomes `pending` again (keeping its
+    /// attempt history), and the run is queued due at `now` in a new round.
+    pub fn requeue_for_retry(&mut self, now: i64) {
+        if self
+            .steps
+            .last()
+            .is_some_and(|s| s.status == StepStatus::Failed)
+        {
+            self.pending = self.steps.pop();
+        }
+        self.round += 1;
+        self.starts = 0;
+        self.status = RunStatus::Queued;
+        self.error = None;
+        self.finished_at = None;
+        self.updated_at = now;
+        self.due_at = now;
+    }
+}
+
 /// Result of [`Store::retry_run`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Retried {

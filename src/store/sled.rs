@@ -26,7 +26,7 @@ use super::overlay::{Batch, Overlay};
 use super::state::{self, Kv, StateEntry, StateKey, StateOp, StateOutput, Write};
 use super::{
     ConcurrencySlot, Event, Inserted, Listen, Page, Result, Retried, Run, RunFilter, RunHead,
-    RunStatus, StepStatus, Store, StoreError, Swept,
+    RunStatus, Store, StoreError, Swept,
 };
 use std::ops::Bound;
 use std::path::Path;
@@ -760,20 +760,7 @@ impl Store for SledStore {
         if !run.status.is_failure() {
             return Ok(Retried::NotFailed(run.status));
         }
-        if run
-            .steps
-            .last()
-            .is_some_and(|s| s.status == StepStatus::Failed)
-        {
-            run.pending = run.steps.pop();
-        }
-        run.round += 1;
-        run.starts = 0;
-        run.status = RunStatus::Queued;
-        run.error = None;
-        run.finished_at = None;
-        run.updated_at = now;
-        run.due_at = now;
+        run.requeue_for_retry(now);
         let mut batch = Batch::default();
         batch.insert(queue_key(now, &run.id), &[][..]);
         list_cancel_keys(&mut batch, &run);
@@ -1076,7 +1063,7 @@ pub(crate) fn reopened<T, E: std::fmt::Debug>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{new_id, StepRecord};
+    use crate::store::{new_id, StepRecord, StepStatus};
     use serde_json::json;
 
     fn event(delivery: Option<&str>) -> Event {

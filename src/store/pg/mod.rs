@@ -30,7 +30,7 @@ use self::pool::{blocking, Pool, Tx};
 use super::state::{self, Kv, StateEntry, StateKey, StateOp, StateOutput, Write};
 use super::{
     Correlation, Counts, Event, Inserted, Listen, Matched, Page, QueueCounts, Result, Retried, Run,
-    RunFilter, RunHead, RunStatus, StepStatus, Store, StoreError, StoreStats, Swept,
+    RunFilter, RunHead, RunStatus, Store, StoreError, StoreStats, Swept,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
@@ -1207,20 +1207,7 @@ impl Store for PgStore {
             if !run.status.is_failure() {
                 return Ok((Retried::NotFailed(run.status), false));
             }
-            if run
-                .steps
-                .last()
-                .is_some_and(|s| s.status == StepStatus::Failed)
-            {
-                run.pending = run.steps.pop();
-            }
-            run.round += 1;
-            run.starts = 0;
-            run.status = RunStatus::Queued;
-            run.error = None;
-            run.finished_at = None;
-            run.updated_at = now;
-            run.due_at = now;
+            run.requeue_for_retry(now);
             Self::list_cancel_keys(tx, &run)?;
             self.put_run(tx, &run, Queue::At(now))?;
             Ok((Retried::Queued(Box::new(run)), true))
