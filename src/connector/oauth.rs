@@ -45,23 +45,7 @@ const KNOWN_TOKENS: usize = 8;
 
 /// A compiled `auth: { type: oauth2 }`.
 pub struct OAuth2 {
-    pub connector: String,
-    pub grant: OAuthGrant,
-    pub token_url: reqwest::Url,
-    pub client_id: Template,
-    pub client_secret: Option<Template>,
-    pub client_auth: ClientAuth,
-    pub scopes: Vec<String>,
-    pub audience: Option<String>,
-    pub authorize_url: Option<reqwest::Url>,
-    pub redirect_uri: reqwest::Url,
-    /// A refresh token from the secrets, used until a stored one exists.
-    pub refresh_seed: Option<Template>,
-    pub refresh_before: Duration,
-    /// Timeout of one token request (the connector's default timeout).
-    pub timeout: Duration,
-    /// The token file; `None`: tokens live in memory only.
-    pub file: Option<PathBuf>,
+    pub settings: Settings,
     data: Mutex<Data>,
     /// Held while a new token is obtained: single flight.
     gate: tokio::sync::Mutex<()>,
@@ -70,9 +54,9 @@ pub struct OAuth2 {
 impl std::fmt::Debug for OAuth2 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OAuth2")
-            .field("connector", &self.connector)
-            .field("grant", &self.grant)
-            .field("token_url", &self.token_url.as_str())
+            .field("connector", &self.settings.connector)
+            .field("grant", &self.settings.grant)
+            .field("token_url", &self.settings.token_url.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -195,29 +179,19 @@ pub struct Settings {
     pub audience: Option<String>,
     pub authorize_url: Option<reqwest::Url>,
     pub redirect_uri: reqwest::Url,
+    /// A refresh token from the secrets, used until a stored one exists.
     pub refresh_seed: Option<Template>,
     pub refresh_before: Duration,
+    /// Timeout of one token request (the connector's default timeout).
     pub timeout: Duration,
+    /// The token file; `None`: tokens live in memory only.
     pub file: Option<PathBuf>,
 }
 
 impl OAuth2 {
-    pub fn new(s: Settings) -> OAuth2 {
+    pub fn new(settings: Settings) -> OAuth2 {
         OAuth2 {
-            connector: s.connector,
-            grant: s.grant,
-            token_url: s.token_url,
-            client_id: s.client_id,
-            client_secret: s.client_secret,
-            client_auth: s.client_auth,
-            scopes: s.scopes,
-            audience: s.audience,
-            authorize_url: s.authorize_url,
-            redirect_uri: s.redirect_uri,
-            refresh_seed: s.refresh_seed,
-            refresh_before: s.refresh_before,
-            timeout: s.timeout,
-            file: s.file,
+            settings,
             data: Mutex::new(Data::default()),
             gate: tokio::sync::Mutex::new(()),
         }
@@ -239,7 +213,7 @@ impl OAuth2 {
             None => true,
             Some(exp) => {
                 let life = (exp - t.obtained_at).max(0);
-                let margin = (self.refresh_before.as_millis() as i64).min(life / 2);
+                let margin = (self.settings.refresh_before.as_millis() as i64).min(life / 2);
                 now < exp - margin
             }
         }
@@ -285,12 +259,12 @@ impl OAuth2 {
 
     /// Read the token file (nothing if there is none or it is unreadable).
     fn read_file(&self) -> Option<Tokens> {
-        let path = self.file.as_ref()?;
+        let path = self.settings.file.as_ref()?;
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
-                tracing::warn!(connector = %self.connector, file = %path.display(), error = %e, "cannot read the OAuth2 token file");
+                tracing::warn!(connector = %self.settings.connector, file = %path.display(), error = %e, "cannot read the OAuth2 token file");
                 return None;
             }
         };
@@ -298,7 +272,7 @@ impl OAuth2 {
             Ok(f) => Some(f.into()),
             Err(e) => {
                 // serde_json's message names a position, never the content.
-                tracing::warn!(connector = %self.connector, file = %path.display(), error = %e, "the OAuth2 token file is not valid; ignoring it");
+                tracing::warn!(connector = %self.settings.connector, file = %path.display(), error = %e, "the OAuth2 token file is not valid; ignoring it");
                 None
             }
         }
@@ -379,8 +353,8 @@ impl OAuth2 {
             .and_then(|p| p.refresh.as_ref())
             .is_some_and(|old| Some(old) != tokens.refresh.as_ref());
         tracing::info!(
-            connector = %self.connector,
-            grant = ?self.grant,
+            connector = %self.settings.connector,
+            grant = ?self.settings.grant,
             expires_in_s = tokens.expires_at.map(|e| (e - tokens.obtained_at) / 1000),
             rotated,
             "OAuth2 access token obtained"
@@ -398,7 +372,7 @@ impl OAuth2 {
             d.tokens = Some(tokens.clone());
             d.refused = None;
         }
-        let Some(path) = self.file.clone() else {
+        let Some(path) = self.settings.file.clone() else {
             return;
         };
         let text = match serde_json::to_vec_pretty(&TokenFile::from(&tokens)) {
@@ -410,7 +384,7 @@ impl OAuth2 {
         match written {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(
-                connector = %self.connector,
+                connector = %self.settings.connector,
                 error = %e,
                 "could not store the OAuth2 tokens; they are used from memory, and a restart may need `switchboard connect` again"
             ),
@@ -422,13 +396,13 @@ impl OAuth2 {
     /// file changed: `switchboard connect` ran while the hub was up).
     fn grant_form(&self, templates: &Templates, connector: &Connector) -> Result<Grant, CallError> {
         let mut fields = vec![];
-        match self.grant {
+        match self.settings.grant {
             OAuthGrant::ClientCredentials => {
                 fields.push(("grant_type".into(), "client_credentials".into()));
-                if !self.scopes.is_empty() {
-                    fields.push(("scope".into(), self.scopes.join(" ")));
+                if !self.settings.scopes.is_empty() {
+                    fields.push(("scope".into(), self.settings.scopes.join(" ")));
                 }
-                if let Some(a) = &self.audience {
+                if let Some(a) = &self.settings.audience {
                     fields.push(("audience".into(), a.clone()));
                 }
                 Ok(Grant::Request(Form {
@@ -455,13 +429,13 @@ impl OAuth2 {
                 let held = self.data().tokens.as_ref().and_then(|t| t.refresh.clone());
                 let refresh = match held {
                     Some(r) => r,
-                    None => match &self.refresh_seed {
+                    None => match &self.settings.refresh_seed {
                         Some(t) => Secret::new(render(templates, connector, t)?),
                         None => {
                             return Err(token_error(
                                 format!(
                                     "connector `{}` is not connected: run `switchboard connect {}` once",
-                                    self.connector, self.connector
+                                    self.settings.connector, self.settings.connector
                                 ),
                                 false,
                             ))
@@ -489,8 +463,8 @@ impl OAuth2 {
         templates: &Templates,
         connector: &Connector,
     ) -> Result<(String, Option<Secret>), CallError> {
-        let id = render(templates, connector, &self.client_id)?;
-        let secret = match &self.client_secret {
+        let id = render(templates, connector, &self.settings.client_id)?;
+        let secret = match &self.settings.client_secret {
             Some(t) => Some(Secret::new(render(templates, connector, t)?)),
             None => None,
         };
@@ -508,12 +482,12 @@ impl OAuth2 {
     ) -> Result<Tokens, Refusal> {
         let (id, secret) = self.credentials(templates, connector)?;
         let mut fields = form.fields;
-        let http = client.client_for(connector, &self.token_url)?;
+        let http = client.client_for(connector, &self.settings.token_url)?;
         let mut req = http
-            .post(self.token_url.clone())
-            .timeout(self.timeout)
+            .post(self.settings.token_url.clone())
+            .timeout(self.settings.timeout)
             .header(reqwest::header::ACCEPT, "application/json");
-        match (self.client_auth, &secret) {
+        match (self.settings.client_auth, &secret) {
             (ClientAuth::Basic, Some(s)) => {
                 // RFC 6749 2.3.1: both form-encoded, then Basic.
                 req = req.basic_auth(form_encode(&id), Some(form_encode(s.expose())));
@@ -545,13 +519,13 @@ impl OAuth2 {
         connector: &Connector,
         req: reqwest::RequestBuilder,
     ) -> Result<(u16, String, Vec<u8>), Refusal> {
-        let url = self.token_url.as_str();
+        let url = self.settings.token_url.as_str();
         let mut resp = req.send().await.map_err(|e| {
             if e.is_timeout() {
                 return Refusal::Other(token_error(
                     format!(
                         "the token endpoint {url} did not answer within {:?}",
-                        self.timeout
+                        self.settings.timeout
                     ),
                     true,
                 ));
@@ -603,8 +577,8 @@ impl OAuth2 {
         (status, content_type, body): (u16, String, Vec<u8>),
         refresh: bool,
     ) -> Result<Tokens, Refusal> {
-        let url = self.token_url.as_str();
-        let name = &self.connector;
+        let url = self.settings.token_url.as_str();
+        let name = &self.settings.connector;
         let html = content_type.contains("html")
             || body
                 .iter()
@@ -682,16 +656,16 @@ impl OAuth2 {
         state: &str,
         challenge: &str,
     ) -> Option<reqwest::Url> {
-        let mut url = self.authorize_url.clone()?;
+        let mut url = self.settings.authorize_url.clone()?;
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("response_type", "code")
                 .append_pair("client_id", client_id)
                 .append_pair("redirect_uri", redirect_uri.as_str());
-            if !self.scopes.is_empty() {
-                q.append_pair("scope", &self.scopes.join(" "));
+            if !self.settings.scopes.is_empty() {
+                q.append_pair("scope", &self.settings.scopes.join(" "));
             }
-            if let Some(a) = &self.audience {
+            if let Some(a) = &self.settings.audience {
                 q.append_pair("audience", a);
             }
             q.append_pair("state", state)
@@ -715,19 +689,19 @@ impl OAuth2 {
         wait: Duration,
         show: impl FnOnce(&reqwest::Url, &reqwest::Url),
     ) -> Result<Connected, String> {
-        if self.grant != OAuthGrant::AuthorizationCode {
+        if self.settings.grant != OAuthGrant::AuthorizationCode {
             return Err(format!(
                 "connector `{}` uses the client-credentials grant: it needs no `connect`",
-                self.connector
+                self.settings.connector
             ));
         }
-        if self.authorize_url.is_none() {
+        if self.settings.authorize_url.is_none() {
             return Err(format!(
                 "connector `{}` has no `authorize_url`: `connect` cannot send you to the app",
-                self.connector
+                self.settings.connector
             ));
         }
-        let mut redirect = self.redirect_uri.clone();
+        let mut redirect = self.settings.redirect_uri.clone();
         if let Some(p) = port {
             let _ = redirect.set_port(Some(p));
         }
@@ -777,7 +751,7 @@ impl OAuth2 {
             Err(Refusal::Other(e)) => return Err(connector.redact(&e.to_string())),
         };
         let summary = Connected {
-            file: self.file.clone(),
+            file: self.settings.file.clone(),
             expires_in: tokens
                 .expires_at
                 .map(|e| Duration::from_millis((e - tokens.obtained_at).max(0) as u64)),
@@ -785,6 +759,7 @@ impl OAuth2 {
             scope: tokens.scope.clone(),
         };
         let path = self
+            .settings
             .file
             .clone()
             .ok_or("no token file to store the tokens in")?;
