@@ -72,7 +72,7 @@ impl Backend for Pg {
     }
 }
 
-fn event(delivery: Option<&str>) -> Event {
+pub(super) fn event(delivery: Option<&str>) -> Event {
     Event {
         id: new_id(1000),
         connector: "zendesk".into(),
@@ -86,7 +86,7 @@ fn event(delivery: Option<&str>) -> Event {
     }
 }
 
-fn run(event: &Event, due: i64) -> Run {
+pub(super) fn run(event: &Event, due: i64) -> Run {
     Run {
         id: new_id(1000),
         event_id: event.id.clone(),
@@ -312,7 +312,7 @@ fn parked(s: &dyn Store, e: &Event, keys: Vec<Correlation>, until: i64) -> Run {
     leased
 }
 
-fn a_matching_event_wakes_or_cancels_waiting_runs_in_its_batch(b: &dyn Backend) {
+pub(super) fn a_matching_event_wakes_or_cancels_waiting_runs_in_its_batch(b: &dyn Backend) {
     use Listen::{Cancel, Wake};
     let s = b.open();
     let a = parked(
@@ -554,49 +554,126 @@ fn pages_newest_first(b: &dyn Backend) {
     assert_eq!(s.event_times(0, 3).unwrap().len(), 3);
 }
 
-fn retention_deletes_old_finished_events_and_keeps_unfinished_runs(b: &dyn Backend) {
+/// A delivery at `at` with a replay key of its own (`sig-<delivery>`).
+fn delivery(at: i64, delivery: &str) -> Event {
+    let mut e = event(Some(delivery));
+    e.id = new_id(at);
+    e.received_at = at;
+    e.replay = Some(ReplayGuard {
+        key: format!("sig-{delivery}"),
+        window_ms: None,
+    });
+    e
+}
+
+/// [`delivery`] with one run, stored, then leased and finished as `status`
+/// (`None`: left queued).
+fn stored(s: &dyn Store, at: i64, d: &str, status: Option<RunStatus>) -> (Event, Run) {
+    let e = delivery(at, d);
+    let r = run(&e, at);
+    insert(s, &e, std::slice::from_ref(&r));
+    if let Some(status) = status {
+        // (An older queued run may be leased too: it stays unfinished.)
+        let mut leased = s.lease(at, 1_000_000, 10).unwrap();
+        leased.retain(|l| l.id == r.id);
+        let mut leased = leased.remove(0);
+        leased.status = status;
+        leased.finished_at = Some(at);
+        s.finish_run(&leased).unwrap();
+    }
+    (e, r)
+}
+
+fn retention_takes_old_finished_events_with_their_runs_and_keys_in_chunks(b: &dyn Backend) {
     let s = b.open();
-    let old = |i: i64, d: &str| {
-        let mut e = event(Some(d));
-        e.id = new_id(1_000 + i);
-        e.received_at = 1_000 + i;
-        e
-    };
-    let (e1, e2) = (old(0, "old-1"), old(1, "old-2"));
-    let r1 = run(&e1, 1_000);
-    let r2 = run(&e2, 1_000);
-    insert(&*s, &e1, std::slice::from_ref(&r1));
-    insert(&*s, &e2, std::slice::from_ref(&r2));
-    let mut done = s.lease(1_000, 100, 10).unwrap();
-    done.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut finished = done.remove(0);
-    assert_eq!(finished.id, r1.id);
-    finished.status = RunStatus::Succeeded;
-    s.finish_run(&finished).unwrap();
-    let mut total = super::retention::Expired::default();
-    // Ids are monotonic in the process (`new_id`): those made "at 1,000"
-    // after other tests' sort at their time, so the cutoff is in an hour.
-    let cutoff = super::now_ms() + 3_600_000;
+    let day = 86_400_000;
+    let mut old = Vec::new();
+    for i in 0..10 {
+        let at = super::now_ms();
+        old.push(stored(
+            &*s,
+            at,
+            &format!("old{i}"),
+            Some(RunStatus::Succeeded),
+        ));
+    }
+    let failed = stored(&*s, super::now_ms(), "failed", Some(RunStatus::Failed));
+    let dead = stored(&*s, super::now_ms(), "dead", Some(RunStatus::Dead));
+    let queued = stored(&*s, super::now_ms(), "queued", None);
+    // Ids are monotonic in the process (`new_id`), so the window is placed
+    // after the newest id made: whatever time other tests' ids carry.
+    let t0 = super::id_time(&queued.0.id).unwrap();
+    let young = stored(&*s, t0 + 2 * day, "young", Some(RunStatus::Succeeded));
+
+    // A window of one day, 4 events a chunk: the cursor carries on.
+    let cutoff = t0 + 2 * day - day / 2;
+    let mut chunks = Vec::new();
     loop {
-        let x = s.expire(cutoff, 1).unwrap();
-        total.events += x.events;
-        total.runs += x.runs;
-        total.kept += x.kept;
+        let x = s.expire(cutoff, 4).unwrap();
+        chunks.push(x);
         if x.cycle_done {
             break;
         }
     }
-    assert_eq!((total.events, total.runs, total.kept), (1, 1, 1));
-    assert!(s.event(&e1.id).unwrap().is_none() && s.run(&r1.id).unwrap().is_none());
-    assert!(
-        s.event(&e2.id).unwrap().is_some(),
-        "its run is not finished"
-    );
-    // The dedupe key went with the event: the delivery is new again.
-    assert_eq!(
-        s.insert_event(&old(5, "old-1"), &[]).unwrap(),
-        Inserted::New
-    );
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    assert!(chunks.iter().all(|c| c.events <= 4));
+    assert_eq!(chunks.iter().map(|c| c.events).sum::<usize>(), 11);
+    assert_eq!(chunks.iter().map(|c| c.runs).sum::<usize>(), 11);
+    assert_eq!(chunks.iter().map(|c| c.kept).sum::<usize>(), 2);
+
+    for (e, r) in old.iter().chain([&failed]) {
+        assert!(s.event(&e.id).unwrap().is_none());
+        assert!(s.run(&r.id).unwrap().is_none());
+    }
+    for (e, r) in [&dead, &queued, &young] {
+        assert!(s.event(&e.id).unwrap().is_some());
+        assert!(s.run(&r.id).unwrap().is_some());
+    }
+    let stats = s.stats(true).unwrap();
+    assert_eq!(stats.problems, Vec::<String>::new());
+    assert_eq!(Some(&stats.counts), stats.scanned.as_ref());
+    assert_eq!(stats.counts.events, 3);
+    assert_eq!(stats.counts.status(RunStatus::Dead), 1);
+    let listed = s
+        .runs(
+            &Page {
+                limit: 50,
+                before: None,
+            },
+            &super::RunFilter {
+                recipe: Some("r".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+
+    // Their dedupe and replay keys went too: the same delivery is new now
+    // (the window is past every sender's retries); the kept ones still refuse.
+    let at = t0 + 2 * day;
+    let again = delivery(at, "old3");
+    assert_eq!(s.insert_event(&again, &[]).unwrap(), Inserted::New);
+    let mut replayed = delivery(at, "other");
+    replayed.replay = Some(ReplayGuard {
+        key: "sig-old4".into(),
+        window_ms: None,
+    });
+    assert_eq!(s.insert_event(&replayed, &[]).unwrap(), Inserted::New);
+    assert!(matches!(
+        s.insert_event(&delivery(at, "dead"), &[]).unwrap(),
+        Inserted::Duplicate { .. }
+    ));
+
+    // The dead letter is handled (retried, then succeeds): the next pass takes it.
+    s.retry_run(&dead.1.id, at).unwrap();
+    let mut leased = s.lease(at, 1_000, 5).unwrap();
+    leased.retain(|r| r.id == dead.1.id);
+    let mut r = leased.remove(0);
+    r.status = RunStatus::Succeeded;
+    s.finish_run(&r).unwrap();
+    let x = s.expire(cutoff, 100).unwrap();
+    assert_eq!((x.events, x.kept, x.cycle_done), (1, 1, true));
+    assert!(s.event(&dead.0.id).unwrap().is_none());
 }
 
 fn key(k: &str) -> StateKey {
@@ -732,6 +809,7 @@ fn expired_state_is_hidden_then_swept_in_bounded_passes(b: &dyn Backend) {
     }
     assert_eq!(cycle, [false, false, true]);
     assert_eq!(removed.iter().sum::<usize>(), 11 + 1, "{removed:?}");
+    assert!(removed.iter().all(|n| *n <= 10));
     assert_eq!(s.stats(false).unwrap().state_entries, 13);
 }
 
@@ -817,7 +895,7 @@ matrix!(
     a_concurrency_key_runs_its_runs_one_at_a_time_in_order,
     a_debounced_burst_is_one_run_with_the_newest_event,
     pages_newest_first,
-    retention_deletes_old_finished_events_and_keeps_unfinished_runs,
+    retention_takes_old_finished_events_with_their_runs_and_keys_in_chunks,
     state_change_and_checkpoint_are_one_write,
     concurrent_increments_lose_nothing,
     round_robin_hands_out_consecutive_slots,

@@ -97,47 +97,13 @@ pub fn sled_to_pg(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::conformance::Pg;
+    use crate::store::conformance::{self, Pg};
     use crate::store::state::{StateKey, StateOp};
-    use crate::store::{new_id, Correlation, Event, Listen, Parked, Run, RunStatus};
+    use crate::store::{Correlation, Event, Listen, Parked, RunStatus};
     use serde_json::json;
 
     fn event(n: usize) -> Event {
-        Event {
-            id: new_id(1000),
-            connector: "zendesk".into(),
-            event_type: Some("ticket.updated".into()),
-            delivery_id: Some(format!("d{n}")),
-            received_at: 1000,
-            body: json!({"n": n}),
-            runs: vec![],
-            replay: None,
-            origin: Default::default(),
-        }
-    }
-
-    fn run(e: &Event) -> Run {
-        Run {
-            id: new_id(1000),
-            event_id: e.id.clone(),
-            recipe: "r".into(),
-            status: RunStatus::Queued,
-            created_at: 1000,
-            updated_at: 1000,
-            finished_at: None,
-            steps: vec![],
-            error: None,
-            reason: None,
-            due_at: 1000,
-            pending: None,
-            round: 0,
-            concurrency: None,
-            debounce: None,
-            parked: None,
-            starts: 0,
-            listening: vec![],
-            version: None,
-        }
+        conformance::event(Some(&format!("d{n}")))
     }
 
     #[test]
@@ -155,7 +121,7 @@ mod tests {
         let mut waiting = String::new();
         for n in 0..1200 {
             let mut e = event(n);
-            let r = run(&e);
+            let r = conformance::run(&e, 1000);
             e.runs = vec![r.id.clone()];
             sled.insert_event(&e, std::slice::from_ref(&r)).unwrap();
             if n % 3 == 0 {

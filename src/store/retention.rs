@@ -132,7 +132,3 @@ pub fn expire(kv: &Overlay, from: &mut Vec<u8>, cutoff: i64, max: usize) -> Resu
     kv.write(batch).map_err(io)?;
     Ok(out)
 }
-
-#[cfg(test)]
-#[path = "retention_tests.rs"]
-mod tests;
