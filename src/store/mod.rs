@@ -416,6 +416,102 @@ impl Run {
         self.updated_at = now;
         self.due_at = now;
     }
+
+    /// What [`Store::lease`] does to a due run, on every backend: it runs
+    /// (one start more) if `turn` (its concurrency key lets it), else it only
+    /// moves to the lease's end — a run ahead of it finishing makes it due
+    /// again, and the lease time is the safety net.
+    pub(crate) fn lease_until(&mut self, now: i64, lease_ms: i64, turn: bool) {
+        if turn {
+            self.status = RunStatus::Running;
+            self.starts += 1;
+        }
+        self.due_at = now + lease_ms;
+        self.updated_at = now;
+    }
+
+    /// Is this the debounced run of its key that has not started (the one a
+    /// newer event of the key folds into)?
+    pub(crate) fn debounce_pending(&self) -> bool {
+        self.status == RunStatus::Queued && self.debounce.is_some()
+    }
+
+    /// A pending debounced run takes a newer event of its key (`d`: that
+    /// event's slot), on every backend: due after the quiet time, at most
+    /// `max_ms` after the burst began.
+    pub(crate) fn absorb(&mut self, event_id: &str, d: &DebounceSlot) {
+        let first = self.debounce.as_ref().map_or(d.first_at, |x| x.first_at);
+        self.due_at = (d.first_at + d.quiet_ms).min(first + d.max_ms);
+        self.event_id = event_id.to_string();
+        self.updated_at = d.first_at;
+        if let Some(pd) = &mut self.debounce {
+            pd.events += 1;
+        }
+    }
+
+    /// What event `event_id`, matching `probe`, does to this run listed
+    /// under it, on every backend (the run is changed as the answer says;
+    /// the caller writes it and its keys): a waiting run wakes or ends, a
+    /// queued or retrying one ends, a running one is asked to stop.
+    pub(crate) fn hear(&mut self, probe: &Correlation, event_id: &str, now: i64) -> Heard {
+        let reason = || {
+            format!(
+                "cancelled by event {event_id} ({} {})",
+                probe.connector, probe.event_type
+            )
+        };
+        match (self.status, probe.listen) {
+            (RunStatus::Waiting, _) => {}
+            (RunStatus::Queued | RunStatus::Retrying, Listen::Cancel) => {
+                self.cancel(reason(), now);
+                return Heard::Cancelled { keys: Vec::new() };
+            }
+            (RunStatus::Running, Listen::Cancel) => return Heard::Cancelling(reason()),
+            _ => return Heard::Stale,
+        }
+        let Some(mut parked) = self.parked.take() else {
+            return Heard::Stale;
+        };
+        let keys = std::mem::take(&mut parked.keys);
+        self.updated_at = now;
+        match probe.listen {
+            Listen::Wake => {
+                parked.woken_by = Some(event_id.to_string());
+                self.parked = Some(parked);
+                self.status = RunStatus::Queued;
+                self.due_at = now;
+                Heard::Woken { keys }
+            }
+            Listen::Cancel => {
+                self.cancel(reason(), now);
+                Heard::Cancelled { keys }
+            }
+        }
+    }
+
+    fn cancel(&mut self, reason: String, now: i64) {
+        self.status = RunStatus::Cancelled;
+        self.finished_at = Some(now);
+        self.updated_at = now;
+        self.reason = Some(reason);
+    }
+}
+
+/// What [`Run::hear`] made of a run, for its backend to write.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Heard {
+    /// It was waiting: queued, due now. Unlist `keys` (its park keys), list
+    /// its lifetime cancel keys again.
+    Woken { keys: Vec<Correlation> },
+    /// It ends now (it was waiting, queued or retrying): off the queue, its
+    /// debounce key, cancel keys and `keys` (park keys) unlisted, its
+    /// concurrency slot freed.
+    Cancelled { keys: Vec<Correlation> },
+    /// It is executing: its worker ends it at the next step boundary, for
+    /// this reason.
+    Cancelling(String),
+    /// Finished, or a wake key of a run not waiting: drop the listing.
+    Stale,
 }
 
 /// Result of [`Store::retry_run`].

@@ -25,7 +25,7 @@ use super::index::{self, Index};
 use super::overlay::{Batch, Overlay};
 use super::state::{self, Kv, StateEntry, StateKey, StateOp, StateOutput, Write};
 use super::{
-    ConcurrencySlot, Event, Inserted, Listen, Page, Result, Retried, Run, RunFilter, RunHead,
+    ConcurrencySlot, Event, Heard, Inserted, Page, Result, Retried, Run, RunFilter, RunHead,
     RunStatus, Store, StoreError, Swept,
 };
 use std::ops::Bound;
@@ -221,71 +221,39 @@ impl SledStore {
                     batch.remove(k); // a stale entry
                     continue;
                 };
-                let reason = format!(
-                    "cancelled by event {event_id} ({} {})",
-                    probe.connector, probe.event_type
-                );
-                match (run.status, probe.listen) {
-                    (RunStatus::Waiting, _) => {}
-                    // Not executing: it ends now, its queue entry with it.
-                    (RunStatus::Queued | RunStatus::Retrying, Listen::Cancel) => {
-                        batch.remove(queue_key(run.due_at, &id));
-                        if let Some(d) = &run.debounce {
-                            let key = debounce_key(&d.key);
-                            if self.kv.get(&key).map_err(io)?.as_deref() == Some(id.as_bytes()) {
-                                batch.remove(key);
-                            }
-                        }
-                        unlist_cancel_keys(batch, &run);
-                        run.status = RunStatus::Cancelled;
-                        run.finished_at = Some(now);
-                        run.updated_at = now;
-                        run.reason = Some(reason);
-                        self.release_slot(batch, ix, &mut run, now)?;
-                        ix.put_run(batch, &run, encode(&run)?)?;
-                        matched.cancelled.push(id);
+                let due = run.due_at;
+                let (keys, woken) = match run.hear(probe, event_id, now) {
+                    Heard::Stale => {
+                        batch.remove(k);
                         continue;
                     }
-                    // Executing: its worker ends it at the next step boundary.
-                    (RunStatus::Running, Listen::Cancel) => {
+                    Heard::Cancelling(reason) => {
                         batch.insert(cancel_key(&id), reason.into_bytes());
                         matched.cancelling.push(id);
                         continue;
                     }
-                    _ => {
-                        batch.remove(k); // finished, or a wake key of a run not waiting
-                        continue;
-                    }
-                }
-                let Some(mut parked) = run.parked.take() else {
-                    batch.remove(k);
-                    continue;
+                    Heard::Woken { keys } => (keys, true),
+                    Heard::Cancelled { keys } => (keys, false),
                 };
-                for c in &parked.keys {
+                for c in &keys {
                     batch.remove(correlation_key(c, &id));
                 }
-                batch.remove(queue_key(run.due_at, &id));
-                run.updated_at = now;
-                match probe.listen {
-                    Listen::Wake => {
-                        parked.keys.clear();
-                        parked.woken_by = Some(event_id.to_string());
-                        run.parked = Some(parked);
-                        run.status = RunStatus::Queued;
-                        run.due_at = now;
-                        batch.insert(queue_key(now, &id), &[][..]);
-                        // Back to its lifetime keys (a park key may have been one).
-                        list_cancel_keys(batch, &run);
-                        matched.woken.push(id.clone());
+                batch.remove(queue_key(due, &id));
+                if woken {
+                    batch.insert(queue_key(now, &id), &[][..]);
+                    // Back to its lifetime keys (a park key may have been one).
+                    list_cancel_keys(batch, &run);
+                    matched.woken.push(id);
+                } else {
+                    if let Some(d) = &run.debounce {
+                        let key = debounce_key(&d.key);
+                        if self.kv.get(&key).map_err(io)?.as_deref() == Some(id.as_bytes()) {
+                            batch.remove(key);
+                        }
                     }
-                    Listen::Cancel => {
-                        run.status = RunStatus::Cancelled;
-                        run.finished_at = Some(now);
-                        run.reason = Some(reason);
-                        unlist_cancel_keys(batch, &run);
-                        self.release_slot(batch, ix, &mut run, now)?;
-                        matched.cancelled.push(id.clone());
-                    }
+                    unlist_cancel_keys(batch, &run);
+                    self.release_slot(batch, ix, &mut run, now)?;
+                    matched.cancelled.push(id);
                 }
                 ix.put_run(batch, &run, encode(&run)?)?;
             }
@@ -334,7 +302,7 @@ impl SledStore {
             return Ok(None);
         };
         let run: Option<Run> = self.get(&[b"r/".as_slice(), &id].concat())?;
-        Ok(run.filter(|r| r.status == RunStatus::Queued && r.debounce.is_some()))
+        Ok(run.filter(Run::debounce_pending))
     }
 
     /// Is this run among the first `limit` unfinished runs of its key?
@@ -505,19 +473,11 @@ impl Store for SledStore {
             let mut run = run.clone();
             if let Some(d) = &mut run.debounce {
                 let key = debounce_key(&d.key);
-                if let Some(pending) = self.pending_debounce(&key)? {
+                if let Some(mut p) = self.pending_debounce(&key)? {
                     // The burst goes on: the pending run takes this event.
-                    let mut p = pending;
-                    let first = p.debounce.as_ref().map_or(d.first_at, |x| x.first_at);
-                    let due = (d.first_at + d.quiet_ms).min(first + d.max_ms);
                     batch.remove(queue_key(p.due_at, &p.id));
-                    batch.insert(queue_key(due, &p.id), &[][..]);
-                    p.due_at = due;
-                    p.event_id = event.id.clone();
-                    p.updated_at = d.first_at;
-                    if let Some(pd) = &mut p.debounce {
-                        pd.events += 1;
-                    }
+                    p.absorb(&event.id, d);
+                    batch.insert(queue_key(p.due_at, &p.id), &[][..]);
                     ix.put_run(&mut batch, &p, encode(&p)?)?;
                     for id in &mut event.to_mut().runs {
                         if *id == run.id {
@@ -675,14 +635,7 @@ impl Store for SledStore {
                 Some(slot) => self.has_turn(slot)?,
                 None => true,
             };
-            if turn {
-                run.status = RunStatus::Running;
-                run.starts += 1;
-            }
-            // Not its turn: park it until a run ahead of it finishes (which
-            // makes it due again); the lease time is the safety net.
-            run.due_at = now + lease_ms;
-            run.updated_at = now;
+            run.lease_until(now, lease_ms, turn);
             batch.insert(queue_key(run.due_at, &run.id), &[][..]);
             ix.put_run(&mut batch, &run, encode(&run)?)?;
             if turn {

@@ -29,8 +29,8 @@ pub mod schema;
 use self::pool::{blocking, Pool, Tx};
 use super::state::{self, Kv, StateEntry, StateKey, StateOp, StateOutput, Write};
 use super::{
-    Correlation, Counts, Event, Inserted, Listen, Matched, Page, QueueCounts, Result, Retried, Run,
-    RunFilter, RunHead, RunStatus, Store, StoreError, StoreStats, Swept,
+    Correlation, Counts, Event, Heard, Inserted, Listen, Matched, Page, QueueCounts, Result,
+    Retried, Run, RunFilter, RunHead, RunStatus, Store, StoreError, StoreStats, Swept,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
@@ -634,66 +634,34 @@ impl PgStore {
                     continue;
                 };
                 let mut run: Run = decode(&id, r.get(0))?;
-                let reason = format!(
-                    "cancelled by event {event_id} ({} {})",
-                    probe.connector, probe.event_type
-                );
-                match (run.status, probe.listen) {
-                    (RunStatus::Waiting, _) => {}
-                    (RunStatus::Queued | RunStatus::Retrying, Listen::Cancel) => {
-                        if let Some(d) = &run.debounce {
-                            tx.execute(
-                                "DELETE FROM sb_debounce WHERE key = $1 AND run_id = $2",
-                                &[&d.key.as_bytes(), &id],
-                            )?;
-                        }
-                        Self::unlist_cancel_keys(tx, &run)?;
-                        run.status = RunStatus::Cancelled;
-                        run.finished_at = Some(now);
-                        run.updated_at = now;
-                        run.reason = Some(reason);
-                        self.release_slot(tx, &mut run, now)?;
-                        self.put_run(tx, &run, Queue::Off)?;
-                        matched.cancelled.push(id);
-                        continue;
-                    }
-                    (RunStatus::Running, Listen::Cancel) => {
+                match run.hear(probe, event_id, now) {
+                    Heard::Stale => Self::unlist(tx, probe, &id)?,
+                    Heard::Cancelling(reason) => {
                         tx.execute(
                             "INSERT INTO sb_cancel (run_id, reason) VALUES ($1, $2)
                              ON CONFLICT (run_id) DO UPDATE SET reason = EXCLUDED.reason",
                             &[&id, &reason],
                         )?;
                         matched.cancelling.push(id);
-                        continue;
                     }
-                    _ => {
-                        Self::unlist(tx, probe, &id)?;
-                        continue;
-                    }
-                }
-                let Some(mut parked) = run.parked.take() else {
-                    Self::unlist(tx, probe, &id)?;
-                    continue;
-                };
-                for c in &parked.keys {
-                    Self::unlist(tx, c, &id)?;
-                }
-                run.updated_at = now;
-                match probe.listen {
-                    Listen::Wake => {
-                        parked.keys.clear();
-                        parked.woken_by = Some(event_id.to_string());
-                        run.parked = Some(parked);
-                        run.status = RunStatus::Queued;
-                        run.due_at = now;
+                    Heard::Woken { keys } => {
+                        for c in &keys {
+                            Self::unlist(tx, c, &id)?;
+                        }
                         Self::list_cancel_keys(tx, &run)?;
                         self.put_run(tx, &run, Queue::At(now))?;
                         matched.woken.push(id);
                     }
-                    Listen::Cancel => {
-                        run.status = RunStatus::Cancelled;
-                        run.finished_at = Some(now);
-                        run.reason = Some(reason);
+                    Heard::Cancelled { keys } => {
+                        for c in &keys {
+                            Self::unlist(tx, c, &id)?;
+                        }
+                        if let Some(d) = &run.debounce {
+                            tx.execute(
+                                "DELETE FROM sb_debounce WHERE key = $1 AND run_id = $2",
+                                &[&d.key.as_bytes(), &id],
+                            )?;
+                        }
                         Self::unlist_cancel_keys(tx, &run)?;
                         self.release_slot(tx, &mut run, now)?;
                         self.put_run(tx, &run, Queue::Off)?;
@@ -956,19 +924,10 @@ impl Store for PgStore {
                         Some(row) => Some(decode("debounced run", row.get(0))?),
                         None => None,
                     };
-                    if let Some(mut p) =
-                        pending.filter(|r| r.status == RunStatus::Queued && r.debounce.is_some())
-                    {
+                    if let Some(mut p) = pending.filter(Run::debounce_pending) {
                         // The burst goes on: the pending run takes this event.
-                        let first = p.debounce.as_ref().map_or(d.first_at, |x| x.first_at);
-                        let due = (d.first_at + d.quiet_ms).min(first + d.max_ms);
-                        p.due_at = due;
-                        p.event_id = event.id.clone();
-                        p.updated_at = d.first_at;
-                        if let Some(pd) = &mut p.debounce {
-                            pd.events += 1;
-                        }
-                        self.put_run(tx, &p, Queue::At(due))?;
+                        p.absorb(&event.id, d);
+                        self.put_run(tx, &p, Queue::At(p.due_at))?;
                         for id in &mut event.to_mut().runs {
                             if *id == run.id {
                                 id.clone_from(&p.id);
@@ -1152,14 +1111,7 @@ impl Store for PgStore {
                     Some(slot) => Self::has_turn(tx, slot)?,
                     None => true,
                 };
-                if turn {
-                    run.status = RunStatus::Running;
-                    run.starts += 1;
-                }
-                // Not its turn: parked until a run ahead of it finishes
-                // (which makes it due); the lease time is the safety net.
-                run.due_at = now + lease_ms;
-                run.updated_at = now;
+                run.lease_until(now, lease_ms, turn);
                 self.put_run(tx, &run, Queue::At(run.due_at))?;
                 if turn {
                     out.push(run);
