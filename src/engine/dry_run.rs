@@ -12,7 +12,7 @@
 //! Invariant: no I/O. This module never sees the HTTP client (the engine owns
 //! it; a dry run takes only the [`Catalog`]), so no test can reach an API.
 
-use super::step::{self, Host, Next, Outcome, Walker};
+use super::step::{self, Host, Next, Outcome};
 use super::Catalog;
 use crate::connector::http::{redact_value, CallError};
 use crate::recipe::{Mock, Recipe, RecipeTest, StateSeed, Story, TestStatus};
@@ -73,12 +73,8 @@ impl Host for DryHost<'_> {
         &self.out.records
     }
 
-    fn push(&mut self, record: StepRecord) {
-        self.out.records.push(record);
-    }
-
-    fn record_mut(&mut self, index: usize) -> Option<&mut StepRecord> {
-        self.out.records.get_mut(index)
+    fn records_mut(&mut self) -> &mut Vec<StepRecord> {
+        &mut self.out.records
     }
 
     fn parked(&self) -> Option<&Parked> {
@@ -260,7 +256,7 @@ pub fn run(
     let outcome = loop {
         host.now = now;
         let ctx = step::context(recipe, DRY_RUN_ID, DRY_RUN_ID, event.clone(), now);
-        let outcome = walk(catalog, recipe, &mut host, ctx);
+        let outcome = step::walk_at_once(catalog, recipe, &mut host, ctx, "dry run");
         if outcome != Outcome::Suspended || host.parked.is_none() {
             break outcome;
         }
@@ -299,21 +295,6 @@ pub fn run(
         }
     }
     host.out
-}
-
-/// Walk the run from its first step, replaying what is recorded.
-fn walk(catalog: &Catalog, recipe: &Recipe, host: &mut DryHost<'_>, ctx: Value) -> Outcome {
-    let mut walk = Walker::new(catalog, recipe, host, ctx);
-    // The dry host answers every call at once: the walk completes
-    // within one poll, no runtime needed.
-    let fut = std::pin::pin!(walk.run());
-    match fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
-        std::task::Poll::Ready(o) => o,
-        std::task::Poll::Pending => Outcome::Failed {
-            status: RunStatus::Failed,
-            error: "the dry run waited on something outside the process".into(),
-        },
-    }
 }
 
 /// How the story went for a parked run.
@@ -1044,16 +1025,7 @@ steps:
         // The event changed since: no tags (the `else` branch now) and a spam
         // subject (the first case now). Replay still follows the records.
         let ctx = step::context(r, DRY_RUN_ID, DRY_RUN_ID, flow_event("spam", &[]), 0);
-        let outcome = {
-            let mut walk = Walker::new(&c, r, &mut host, ctx);
-            let fut = std::pin::pin!(walk.run());
-            let std::task::Poll::Ready(outcome) =
-                fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-            else {
-                panic!("pending")
-            };
-            outcome
-        };
+        let outcome = step::walk_at_once(&c, r, &mut host, ctx, "dry run");
         assert_eq!(
             outcome,
             Outcome::Stopped {

@@ -18,7 +18,7 @@
 //! event and a run, never the HTTP client or the store, so nothing is
 //! written and no call leaves the process.
 
-use super::step::{self, Host, Next, Outcome, Walker};
+use super::step::{self, Host, Next, Outcome};
 use super::Catalog;
 use crate::connector::http::redact_value;
 use crate::store::state::{MemoryState, StateOp, StateOutput};
@@ -88,7 +88,7 @@ pub fn replay(catalog: &Catalog, recipe: &str, event: &Event, original: Option<&
     let outcome = loop {
         host.now = now;
         let ctx = step::context(recipe, run_id, &event.id, event.body.clone(), now);
-        let outcome = walk(catalog, recipe, &mut host, ctx);
+        let outcome = step::walk_at_once(catalog, recipe, &mut host, ctx, "replay");
         let Some(parked) = host
             .parked
             .clone()
@@ -131,24 +131,6 @@ pub fn replay(catalog: &Catalog, recipe: &str, event: &Event, original: Option<&
     out
 }
 
-fn walk(
-    catalog: &Catalog,
-    recipe: &crate::recipe::Recipe,
-    host: &mut ReplayHost<'_>,
-    ctx: Value,
-) -> Outcome {
-    let mut walk = Walker::new(catalog, recipe, host, ctx);
-    // The replay host answers at once: one poll completes the walk.
-    let fut = std::pin::pin!(walk.run());
-    match fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
-        std::task::Poll::Ready(o) => o,
-        std::task::Poll::Pending => Outcome::Failed {
-            status: RunStatus::Failed,
-            error: "the replay waited on something outside the process".into(),
-        },
-    }
-}
-
 /// Answers from the original run's records; records in memory.
 struct ReplayHost<'a> {
     recorded: &'a BTreeMap<&'a str, &'a StepRecord>,
@@ -165,12 +147,8 @@ impl Host for ReplayHost<'_> {
         &self.out.records
     }
 
-    fn push(&mut self, record: StepRecord) {
-        self.out.records.push(record);
-    }
-
-    fn record_mut(&mut self, index: usize) -> Option<&mut StepRecord> {
-        self.out.records.get_mut(index)
+    fn records_mut(&mut self) -> &mut Vec<StepRecord> {
+        &mut self.out.records
     }
 
     fn call(&mut self, call: step::Call<'_>) -> impl Future<Output = (StepRecord, Next)> + Send {

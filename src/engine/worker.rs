@@ -496,12 +496,8 @@ impl Host for WorkerHost<'_> {
         &self.run.steps
     }
 
-    fn push(&mut self, record: StepRecord) {
-        self.run.steps.push(record);
-    }
-
-    fn record_mut(&mut self, index: usize) -> Option<&mut StepRecord> {
-        self.run.steps.get_mut(index)
+    fn records_mut(&mut self) -> &mut Vec<StepRecord> {
+        &mut self.run.steps
     }
 
     fn interrupted(&self) -> bool {

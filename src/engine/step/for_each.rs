@@ -65,7 +65,7 @@ pub(super) async fn execute<H: Host>(
     }
     unbind(w, each, &index_name);
     let out = Value::Array(outputs);
-    if let Some(r) = w.host.record_mut(index) {
+    if let Some(r) = w.host.records_mut().get_mut(index) {
         r.output = out.clone();
     }
     w.set_output(step, out);

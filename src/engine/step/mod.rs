@@ -47,12 +47,11 @@ use std::pin::Pin;
 pub(crate) trait Host: Send {
     /// The run's records so far, oldest first.
     fn records(&self) -> &[StepRecord];
-    /// Append a record. The worker makes it durable before its next call
-    /// (or with the run's end), so a record of a control step costs no
-    /// write of its own.
-    fn push(&mut self, record: StepRecord);
-    /// A recorded step, to complete it (a `for_each`'s output once its items ran).
-    fn record_mut(&mut self, index: usize) -> Option<&mut StepRecord>;
+    /// The same, to append a record (the worker makes it durable before
+    /// its next call or with the run's end, so a record of a control step
+    /// costs no write of its own) or complete one (a `for_each`'s output
+    /// once its items ran).
+    fn records_mut(&mut self) -> &mut Vec<StepRecord>;
     /// Stop between steps (shutdown): the run is left to resume later.
     fn interrupted(&self) -> bool {
         false
@@ -130,6 +129,27 @@ pub(crate) enum Flow {
 }
 
 type BoxFlow<'s> = Pin<Box<dyn Future<Output = Flow> + Send + 's>>;
+
+/// Walk `recipe` with a host that answers everything at once (the dry
+/// run, replay): the walk completes within one poll, no runtime needed.
+/// `what` names the walk in the error if it ever waited.
+pub(crate) fn walk_at_once<H: Host>(
+    catalog: &Catalog,
+    recipe: &Recipe,
+    host: &mut H,
+    ctx: Value,
+    what: &str,
+) -> Outcome {
+    let mut walk = Walker::new(catalog, recipe, host, ctx);
+    let fut = std::pin::pin!(walk.run());
+    match fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(o) => o,
+        std::task::Poll::Pending => Outcome::Failed {
+            status: RunStatus::Failed,
+            error: format!("the {what} waited on something outside the process"),
+        },
+    }
+}
 
 /// Walks one run's step tree.
 pub(crate) struct Walker<'a, H: Host> {
@@ -292,7 +312,7 @@ impl<'a, H: Host> Walker<'a, H> {
     pub(crate) fn push_record(&mut self, record: StepRecord) -> usize {
         let i = self.host.records().len();
         self.index.insert(record.id.clone(), i);
-        self.host.push(record);
+        self.host.records_mut().push(record);
         i
     }
 
@@ -306,7 +326,7 @@ impl<'a, H: Host> Walker<'a, H> {
         error: String,
     ) -> Flow {
         let i = self.push(path, kind, StepStatus::Failed, input, Value::Null);
-        if let Some(r) = self.host.record_mut(i) {
+        if let Some(r) = self.host.records_mut().get_mut(i) {
             r.error = Some(error.clone());
         }
         Flow::Halt(Outcome::Failed {
