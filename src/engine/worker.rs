@@ -417,16 +417,9 @@ impl WorkerHost<'_> {
         self.run.updated_at = now;
         self.run.parked = Some(parked);
         self.run.starts = 0;
-        let written = match self.engine.store.park(self.run, previous_due) {
-            Ok(()) => self.engine.commit.sync().await,
-            Err(e) => Err(e),
-        };
-        match written {
-            Ok(()) => {
-                self.saved = self.run.steps.len();
-                self.engine.queued_at(self.run.due_at);
-            }
-            Err(e) => self.store_error = Some(e),
+        let written = self.engine.store.park(self.run, previous_due);
+        if self.synced(written).await {
+            self.engine.queued_at(self.run.due_at);
         }
     }
 
@@ -447,47 +440,58 @@ impl WorkerHost<'_> {
         match attempted {
             Attempted::Done => (record, Next::Continue),
             Attempted::WaitSlot(delay) => {
-                let previous_due = self.run.due_at;
-                let now = store::now_ms();
                 // Earlier attempts of a step being retried are kept.
-                self.run.pending = Some(record.clone()).filter(|r| r.attempts > 0);
-                self.run.status = RunStatus::Queued;
-                self.run.updated_at = now;
-                self.run.due_at = now + delay.as_millis() as i64;
-                self.run.starts = 0;
-                let written = match self.engine.store.reschedule(self.run, previous_due) {
-                    Ok(()) => self.engine.commit.sync().await,
-                    Err(e) => Err(e),
-                };
-                match written {
-                    Ok(()) => self.saved = self.run.steps.len(),
-                    Err(e) => self.store_error = Some(e),
-                }
+                let pending = Some(record.clone()).filter(|r| r.attempts > 0);
+                let now = store::now_ms();
+                self.requeue(RunStatus::Queued, now, delay, pending).await;
                 (record, Next::Suspend)
             }
             Attempted::End(status) => (record, Next::End(status)),
             Attempted::RetryIn(delay) => {
-                let previous_due = self.run.due_at;
                 let now = self.engine.now_ms();
-                self.run.pending = Some(record.clone());
-                self.run.status = RunStatus::Retrying;
-                self.run.updated_at = now;
-                self.run.due_at = now + delay.as_millis() as i64;
-                self.run.starts = 0;
-                let written = match self.engine.store.reschedule(self.run, previous_due) {
-                    Ok(()) => self.engine.commit.sync().await,
-                    Err(e) => Err(e),
-                };
-                match written {
-                    Ok(()) => {
-                        self.saved = self.run.steps.len();
-                        self.engine.queued_at(self.run.due_at);
-                    }
-                    Err(e) => self.store_error = Some(e),
+                let pending = Some(record.clone());
+                if self.requeue(RunStatus::Retrying, now, delay, pending).await {
+                    self.engine.queued_at(self.run.due_at);
                 }
                 (record, Next::Suspend)
             }
         }
+    }
+
+    /// Store the run `status` again, due `delay` after `now`, with the
+    /// step to take up again (`pending`) and its records so far: one write.
+    /// `false`: the store failed (kept in `store_error`).
+    async fn requeue(
+        &mut self,
+        status: RunStatus,
+        now: i64,
+        delay: Duration,
+        pending: Option<StepRecord>,
+    ) -> bool {
+        let previous_due = self.run.due_at;
+        self.run.pending = pending;
+        self.run.status = status;
+        self.run.updated_at = now;
+        self.run.due_at = now + delay.as_millis() as i64;
+        self.run.starts = 0;
+        let written = self.engine.store.reschedule(self.run, previous_due);
+        self.synced(written).await
+    }
+
+    /// After a write of the run, wait for its group commit: then its
+    /// records so far are durable. `false`: the store failed (kept in
+    /// `store_error`).
+    async fn synced(&mut self, written: Result<(), store::StoreError>) -> bool {
+        let synced = match written {
+            Ok(()) => self.engine.commit.sync().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = synced {
+            self.store_error = Some(e);
+            return false;
+        }
+        self.saved = self.run.steps.len();
+        true
     }
 }
 
