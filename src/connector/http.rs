@@ -105,12 +105,27 @@ impl CallError {
     }
 }
 
-/// What a call answers: the action's output (fields, or the body up to an
-/// excerpt's size), or the whole JSON body (a poll's page).
+/// What a call answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
+pub enum Answer {
+    /// The action's output (fields, or the body up to an excerpt's size):
+    /// a step's call.
     Output,
+    /// The whole JSON body (redacted, up to [`MAX_RESPONSE_BYTES`]): a poll
+    /// reads its items, cursor and next page from it.
     Whole,
+}
+
+/// One action to render and send ([`Client::call`]).
+#[derive(Clone, Copy)]
+pub struct Request<'a> {
+    pub templates: &'a Templates,
+    pub connector: &'a Connector,
+    pub action: &'a Action,
+    pub input: &'a Value,
+    /// Stable across retries of the same step.
+    pub idempotency_key: &'a str,
+    pub answer: Answer,
 }
 
 pub struct CallOutcome {
@@ -143,88 +158,27 @@ impl Client {
         })
     }
 
-    /// Render and send one action. `idempotency_key` is stable across retries of the same step.
-    pub async fn call(
-        &self,
-        templates: &Templates,
-        connector: &Connector,
-        action: &Action,
-        input: &Value,
-        idempotency_key: &str,
-    ) -> CallOutcome {
-        self.call_as(
-            templates,
-            connector,
-            action,
-            input,
-            idempotency_key,
-            Answer::Output,
-        )
-        .await
-    }
-
-    /// Render and send one action like [`Client::call`], through the same
-    /// limits, breaker and guards, but answer the whole JSON body (redacted,
-    /// up to [`MAX_RESPONSE_BYTES`]) instead of the action's output fields:
-    /// a poll reads its items, cursor and next page from it.
-    pub async fn fetch(
-        &self,
-        templates: &Templates,
-        connector: &Connector,
-        action: &Action,
-        input: &Value,
-        idempotency_key: &str,
-    ) -> CallOutcome {
-        self.call_as(
-            templates,
-            connector,
-            action,
-            input,
-            idempotency_key,
-            Answer::Whole,
-        )
-        .await
-    }
-
-    async fn call_as(
-        &self,
-        templates: &Templates,
-        connector: &Connector,
-        action: &Action,
-        input: &Value,
-        idempotency_key: &str,
-        answer: Answer,
-    ) -> CallOutcome {
+    /// Render and send one action, through the connector's limits,
+    /// breaker and guards.
+    pub async fn call(&self, r: Request<'_>) -> CallOutcome {
         let mut record = CallRecord {
-            method: action.method.to_string(),
+            method: r.action.method.to_string(),
             ..Default::default()
         };
-        let result = self
-            .send(
-                templates,
-                connector,
-                action,
-                input,
-                idempotency_key,
-                &mut record,
-                answer,
-            )
-            .await;
-        let result = result.map_err(|e| redact_error(connector, e));
+        let result = self.send(&r, &mut record).await;
+        let result = result.map_err(|e| redact_error(r.connector, e));
         CallOutcome { record, result }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn send(
-        &self,
-        templates: &Templates,
-        connector: &Connector,
-        action: &Action,
-        input: &Value,
-        idempotency_key: &str,
-        record: &mut CallRecord,
-        answer: Answer,
-    ) -> Result<Value, CallError> {
+    async fn send(&self, r: &Request<'_>, record: &mut CallRecord) -> Result<Value, CallError> {
+        let Request {
+            templates,
+            connector,
+            action,
+            input,
+            idempotency_key,
+            ..
+        } = *r;
         for (name, required) in &action.inputs {
             if *required && input.get(name).is_none() {
                 return Err(CallError::MissingInput(name.clone()));
@@ -348,13 +302,8 @@ impl Client {
             .pass(Instant::now())
             .map_err(CallError::CircuitOpen)?;
         let result = match &connector.auth {
-            Auth::OAuth2(oauth) => {
-                self.authorized(
-                    oauth, req, templates, connector, action, record, _admission, answer,
-                )
-                .await
-            }
-            _ => self.exchange(req, connector, action, record, answer).await,
+            Auth::OAuth2(oauth) => self.authorized(oauth, req, r, record, _admission).await,
+            _ => self.exchange(req, r, record).await,
         };
         if matches!(result, Err(CallError::Limited(_))) {
             // Not sent after all: no outcome for the breaker (a half-open
@@ -391,28 +340,19 @@ impl Client {
     /// Send with the connector's OAuth2 access token. A 401 answer
     /// forgets that token and sends once more with a new one (admitted by
     /// the limits again, so a resend counts like any call).
-    #[allow(clippy::too_many_arguments)]
     async fn authorized(
         &self,
         oauth: &super::oauth::OAuth2,
         req: reqwest::RequestBuilder,
-        templates: &Templates,
-        connector: &Connector,
-        action: &Action,
+        r: &Request<'_>,
         record: &mut CallRecord,
         admission: super::limits::Admission,
-        answer: Answer,
     ) -> Result<Value, CallError> {
+        let (templates, connector) = (r.templates, r.connector);
         let token = oauth.token(self, templates, connector).await?;
         let again = req.try_clone();
         let result = self
-            .exchange(
-                req.bearer_auth(token.expose()),
-                connector,
-                action,
-                record,
-                answer,
-            )
+            .exchange(req.bearer_auth(token.expose()), r, record)
             .await;
         let (Err(CallError::Status { status: 401 }), Some(again)) = (&result, again) else {
             return result;
@@ -431,25 +371,18 @@ impl Client {
             request_body: record.request_body.take(),
             ..Default::default()
         };
-        self.exchange(
-            again.bearer_auth(token.expose()),
-            connector,
-            action,
-            record,
-            answer,
-        )
-        .await
+        self.exchange(again.bearer_auth(token.expose()), r, record)
+            .await
     }
 
     /// Send the request and read its bounded answer.
     async fn exchange(
         &self,
         req: reqwest::RequestBuilder,
-        connector: &Connector,
-        action: &Action,
+        r: &Request<'_>,
         record: &mut CallRecord,
-        answer: Answer,
     ) -> Result<Value, CallError> {
+        let (connector, action, answer) = (r.connector, r.action, r.answer);
         let mut resp = req
             .send()
             .await

@@ -33,7 +33,7 @@
 //! the same cursor.
 
 use super::{Engine, Incoming};
-use crate::connector::http::CallError;
+use crate::connector::http::{Answer, CallError, Request};
 use crate::connector::limits::parse_retry_after;
 use crate::connector::poll::{FirstRun, Items, Poll};
 use crate::store::state::{StateKey, StateOp, StateOutput};
@@ -336,13 +336,14 @@ impl Engine {
             let key = format!("poll:{name}@{slot}:{n}");
             let outcome = self
                 .client
-                .fetch(
-                    &poll.catalog.templates,
-                    self.poll_connector(poll)?,
-                    &poll.action,
-                    &input,
-                    &key,
-                )
+                .call(Request {
+                    templates: &poll.catalog.templates,
+                    connector: self.poll_connector(poll)?,
+                    action: &poll.action,
+                    input: &input,
+                    idempotency_key: &key,
+                    answer: Answer::Whole,
+                })
                 .await;
             let answer = match outcome.result {
                 Ok(a) => a,

@@ -8,7 +8,7 @@
 
 use super::step::{self, Call, Host, Next, Outcome, Walker};
 use super::Engine;
-use crate::connector::http::{redact_value, CallError};
+use crate::connector::http::{redact_value, Answer, CallError, Request};
 use crate::connector::limits::parse_retry_after;
 use crate::store::state::{StateOp, StateOutput};
 use crate::store::{self, Attempt, Run, RunStatus, StepRecord, StepStatus};
@@ -265,7 +265,14 @@ impl Engine {
         let key = format!("{}:{}", run.id, call.path);
         let outcome = self
             .client
-            .call(templates, connector, action, &call.input, &key)
+            .call(Request {
+                templates,
+                connector,
+                action,
+                input: &call.input,
+                idempotency_key: &key,
+                answer: Answer::Output,
+            })
             .await;
         let elapsed = clock.elapsed().as_millis() as u64;
         let error = match &outcome.result {
