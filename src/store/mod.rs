@@ -599,7 +599,10 @@ pub trait Store: Send + Sync + 'static {
     /// not started is not stored: that pending run takes this event instead
     /// (due `quiet_ms` from now, at most `first_at + max_ms`), and the stored
     /// event lists the pending run's id in place of the new one.
-    fn insert_event(&self, event: &Event, runs: &[Run]) -> Result<Inserted>;
+    fn insert_event(&self, event: &Event, runs: &[Run]) -> Result<Inserted> {
+        self.insert_event_matching(event, runs, &[], 0)
+            .map(|(i, _)| i)
+    }
     /// [`Store::insert_event`], and in the same atomic batch: every waiting
     /// run listed under one of `probes` (same listen kind, connector, event
     /// type, key and tag) is woken (queued now, `parked.woken_by` = this

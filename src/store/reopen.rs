@@ -94,9 +94,6 @@ impl Store for Reopening {
     fn healthy(&self) -> Result<()> {
         self.with(|s| s.healthy())
     }
-    fn insert_event(&self, event: &Event, runs: &[Run]) -> Result<Inserted> {
-        self.with(|s| s.insert_event(event, runs))
-    }
     fn insert_event_matching(
         &self,
         event: &Event,

@@ -407,11 +407,6 @@ impl Drop for SledStore {
 }
 
 impl Store for SledStore {
-    fn insert_event(&self, event: &Event, runs: &[Run]) -> Result<Inserted> {
-        self.insert_event_matching(event, runs, &[], 0)
-            .map(|(i, _)| i)
-    }
-
     fn insert_event_matching(
         &self,
         event: &Event,

@@ -844,11 +844,6 @@ impl Kv for Fetched {
 }
 
 impl Store for PgStore {
-    fn insert_event(&self, event: &Event, runs: &[Run]) -> Result<Inserted> {
-        self.insert_event_matching(event, runs, &[], 0)
-            .map(|(i, _)| i)
-    }
-
     fn insert_event_matching(
         &self,
         event: &Event,
