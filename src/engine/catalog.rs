@@ -327,21 +327,33 @@ fn loop_warnings(recipes: &[Recipe], warnings: &mut Vec<LoadError>) {
     }
 }
 
-/// Recipes on one trigger that each declare a `reply:`: when several match
-/// one event, the first by name answers; `check` says so at the others.
-fn reply_warnings(recipes: &[Recipe], warnings: &mut Vec<LoadError>) {
+/// The recipes that share a trigger (connector and event) with another,
+/// each trigger's by name.
+fn sharing_a_trigger<'a>(
+    recipes: impl Iterator<Item = &'a Recipe>,
+) -> Vec<((&'a str, &'a str), Vec<&'a Recipe>)> {
     let mut by_trigger: HashMap<(&str, &str), Vec<&Recipe>> = HashMap::new();
-    for r in recipes.iter().filter(|r| r.reply.is_some()) {
+    for r in recipes {
         by_trigger
             .entry((&r.connector, &r.event))
             .or_default()
             .push(r);
     }
-    for ((connector, event), mut rs) in by_trigger {
-        if rs.len() < 2 {
-            continue;
-        }
-        rs.sort_by(|a, b| a.name.cmp(&b.name));
+    by_trigger
+        .into_iter()
+        .filter(|(_, rs)| rs.len() >= 2)
+        .map(|(trigger, mut rs)| {
+            rs.sort_by(|a, b| a.name.cmp(&b.name));
+            (trigger, rs)
+        })
+        .collect()
+}
+
+/// Recipes on one trigger that each declare a `reply:`: when several match
+/// one event, the first by name answers; `check` says so at the others.
+fn reply_warnings(recipes: &[Recipe], warnings: &mut Vec<LoadError>) {
+    let replying = recipes.iter().filter(|r| r.reply.is_some());
+    for ((connector, event), rs) in sharing_a_trigger(replying) {
         for r in &rs[1..] {
             if let Some(reply) = &r.reply {
                 warnings.push(LoadError {
@@ -396,18 +408,7 @@ fn fields_set(c: &crate::recipe::steps::CallStep) -> BTreeSet<String> {
 /// different recipes), so whichever call comes last wins. `check` warns at
 /// the later recipe's step (by name).
 fn update_warnings(recipes: &[Recipe], warnings: &mut Vec<LoadError>) {
-    let mut by_trigger: HashMap<(&str, &str), Vec<&Recipe>> = HashMap::new();
-    for r in recipes {
-        by_trigger
-            .entry((&r.connector, &r.event))
-            .or_default()
-            .push(r);
-    }
-    for ((connector, event), mut rs) in by_trigger {
-        if rs.len() < 2 {
-            continue;
-        }
-        rs.sort_by(|a, b| a.name.cmp(&b.name));
+    for ((connector, event), rs) in sharing_a_trigger(recipes.iter()) {
         // action name → the recipes calling it so far, with what they set
         let mut first: HashMap<String, Vec<(&Recipe, BTreeSet<String>)>> = HashMap::new();
         for r in rs {

@@ -316,6 +316,20 @@ impl<'a, H: Host> Walker<'a, H> {
         i
     }
 
+    /// Record a step that succeeded without a call, and make its output
+    /// visible to later steps.
+    pub(crate) fn succeed(&mut self, step: &Step, path: &str, input: Value, output: Value) -> Flow {
+        self.push(
+            path,
+            &step.kind,
+            StepStatus::Succeeded,
+            input,
+            output.clone(),
+        );
+        self.set_output(step, output);
+        Flow::Next
+    }
+
     /// End the run as failed at a step that made no call (an input, a
     /// value or a list that does not render), recording why.
     pub(crate) fn fail(

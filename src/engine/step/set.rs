@@ -3,7 +3,6 @@
 use super::{Flow, Host, Walker};
 use crate::recipe::steps::SetStep;
 use crate::recipe::Step;
-use crate::store::StepStatus;
 use serde_json::{Map, Value};
 
 pub(super) fn execute<H: Host>(
@@ -24,14 +23,5 @@ pub(super) fn execute<H: Host>(
             }
         }
     }
-    let out = Value::Object(out);
-    w.push(
-        path,
-        &step.kind,
-        StepStatus::Succeeded,
-        Value::Null,
-        out.clone(),
-    );
-    w.set_output(step, out);
-    Flow::Next
+    w.succeed(step, path, Value::Null, Value::Object(out))
 }

@@ -12,7 +12,7 @@
 
 use super::{Flow, Host, Outcome, Walker};
 use crate::recipe::{Step, StepKind};
-use crate::store::{Correlation, Listen, Parked, StepStatus};
+use crate::store::{Correlation, Listen, Parked};
 use crate::time::{describe_ms, MAX_WAIT_MS};
 use serde_json::{json, Value};
 
@@ -38,15 +38,7 @@ pub(super) async fn execute<H: Host>(w: &mut Walker<'_, H>, step: &Step, path: &
             };
             w.host.unpark();
             let input = json!({"since": p.since, "until": p.until});
-            w.push(
-                path,
-                &step.kind,
-                StepStatus::Succeeded,
-                input,
-                output.clone(),
-            );
-            w.set_output(step, output);
-            return Flow::Next;
+            return w.succeed(step, path, input, output);
         }
         // Leased before its time (a lease released at start-up): park again.
         return park(w, p).await;
@@ -101,15 +93,7 @@ pub(super) async fn execute<H: Host>(w: &mut Walker<'_, H>, step: &Step, path: &
         // A time already past: nothing to wait for.
         let output = json!({"until": until, "woke_at": now});
         let input = json!({"since": now, "until": until});
-        w.push(
-            path,
-            &step.kind,
-            StepStatus::Succeeded,
-            input,
-            output.clone(),
-        );
-        w.set_output(step, output);
-        return Flow::Next;
+        return w.succeed(step, path, input, output);
     }
     let mut keys = Vec::new();
     if let StepKind::WaitFor(f) = &step.kind {
