@@ -597,7 +597,7 @@ pub fn polls(
                 let v = out
                     .entry(name.clone())
                     .or_insert_with(|| view(&name, &PollState::default()));
-                let runs = active.iter().any(|a| a.full_name() == name);
+                let runs = active.iter().any(|(_, a)| a.full_name() == name);
                 v.event_type = Some(p.event_type.clone());
                 v.every_ms = Some(p.every_ms);
                 v.active = Some(runs);

@@ -36,6 +36,7 @@ use super::{Engine, Incoming};
 use crate::connector::http::{Answer, CallError, Request};
 use crate::connector::limits::parse_retry_after;
 use crate::connector::poll::{FirstRun, Items, Poll};
+use crate::connector::Connector;
 use crate::store::state::{StateKey, StateOp, StateOutput};
 use crate::store::{Origin, StoreError};
 use serde::{Deserialize, Serialize};
@@ -127,6 +128,8 @@ impl From<StoreError> for Failure {
 /// A running poll and the catalog it was compiled in.
 struct Polling {
     poll: Arc<Poll>,
+    /// The connector the poll belongs to (base URL, auth, limits).
+    source: Arc<Connector>,
     catalog: Arc<super::Catalog>,
 }
 
@@ -137,8 +140,8 @@ impl std::ops::Deref for Polling {
     }
 }
 
-/// The polls that run: those a loaded recipe triggers on.
-pub fn active(catalog: &super::Catalog) -> Vec<Arc<Poll>> {
+/// The polls that run (those a loaded recipe triggers on), each with its connector.
+pub fn active(catalog: &super::Catalog) -> Vec<(Arc<Connector>, Arc<Poll>)> {
     let mut out = Vec::new();
     for c in catalog.connectors.by_name.values() {
         for p in c.polls.values() {
@@ -147,11 +150,11 @@ pub fn active(catalog: &super::Catalog) -> Vec<Arc<Poll>> {
                 .iter()
                 .any(|r| r.connector == c.name && r.event == p.event_type && r.schedule.is_none())
             {
-                out.push(p.clone());
+                out.push((c.clone(), p.clone()));
             }
         }
     }
-    out.sort_by_key(|p| p.full_name());
+    out.sort_by_key(|(_, p)| p.full_name());
     out
 }
 
@@ -165,17 +168,18 @@ pub fn spawn(
     let catalog = engine.catalog();
     let polls = active(&catalog);
     for name in &engine.config.backfill {
-        if !polls.iter().any(|p| &p.full_name() == name) {
+        if !polls.iter().any(|(_, p)| &p.full_name() == name) {
             tracing::warn!(poll = %name, "--backfill names no running poll (CONNECTOR.POLL of a poll a recipe triggers on)");
         }
     }
     polls
         .into_iter()
-        .map(|p| {
+        .map(|(source, poll)| {
             let engine = engine.clone();
             let shutdown = shutdown.clone();
             let polling = Polling {
-                poll: p,
+                poll,
+                source,
                 catalog: catalog.clone(),
             };
             tokio::spawn(async move { engine.run_poll(polling, shutdown).await })
@@ -338,7 +342,7 @@ impl Engine {
                 .client
                 .call(Request {
                     templates: &poll.catalog.templates,
-                    connector: self.poll_connector(poll)?,
+                    connector: &poll.source,
                     action: &poll.action,
                     input: &input,
                     idempotency_key: &key,
@@ -436,16 +440,6 @@ impl Engine {
         self.sync().await?;
         tracing::info!(poll = %name, items = items_total, new = new_total, "polled");
         Ok(())
-    }
-
-    fn poll_connector<'a>(
-        &self,
-        poll: &'a Polling,
-    ) -> Result<&'a crate::connector::Connector, Failure> {
-        poll.catalog
-            .connectors
-            .get(&poll.connector)
-            .ok_or_else(|| Failure::fatal(format!("connector `{}` is not loaded", poll.connector)))
     }
 
     /// The cursor before the first poll: `cursor.initial` (or
