@@ -2,13 +2,13 @@
 //! sequence of store operations (a property test), and listings through the
 //! index equal listings by filtering every record.
 
+use crate::store::conformance;
 use crate::store::sled::SledStore;
 use crate::store::{
     new_id, ConcurrencySlot, Correlation, DebounceSlot, Event, Listen, Page, Parked, Run,
     RunFilter, RunStatus, Store,
 };
 use proptest::prelude::*;
-use serde_json::json;
 
 const RECIPES: [&str; 3] = ["a", "b", "c"];
 
@@ -67,37 +67,21 @@ fn corr(listen: Listen, key: u8, recipe: &str) -> Correlation {
 }
 
 fn run_of(event: &Event, recipe: &str, now: i64, kind: u8) -> Run {
-    Run {
-        id: new_id(now),
-        event_id: event.id.clone(),
-        recipe: recipe.into(),
-        status: RunStatus::Queued,
-        created_at: now,
-        updated_at: now,
-        finished_at: None,
-        steps: vec![],
-        error: None,
-        reason: None,
-        due_at: if kind == 1 { now + 50 } else { now },
-        pending: None,
-        round: 0,
-        concurrency: (kind == 2).then(|| ConcurrencySlot {
-            key: format!("{recipe}\0k"),
-            limit: 1,
-            seq: 0,
-        }),
-        debounce: (kind == 1).then(|| DebounceSlot {
-            key: format!("{recipe}\0d"),
-            quiet_ms: 50,
-            max_ms: 500,
-            first_at: now,
-            events: 0,
-        }),
-        parked: None,
-        starts: 0,
-        listening: vec![],
-        version: None,
-    }
+    let mut r = conformance::run(event, if kind == 1 { now + 50 } else { now });
+    r.recipe = recipe.into();
+    r.concurrency = (kind == 2).then(|| ConcurrencySlot {
+        key: format!("{recipe}\0k"),
+        limit: 1,
+        seq: 0,
+    });
+    r.debounce = (kind == 1).then(|| DebounceSlot {
+        key: format!("{recipe}\0d"),
+        quiet_ms: 50,
+        max_ms: 500,
+        first_at: now,
+        events: 0,
+    });
+    r
 }
 
 /// Apply `ops`; the store's own lease/finish rules decide what each does.
@@ -112,17 +96,9 @@ fn play(s: &SledStore, ops: &[Op]) {
                 runs,
                 probe,
             } => {
-                let mut e = Event {
-                    id: new_id(now),
-                    connector: "zendesk".into(),
-                    event_type: Some("ticket.updated".into()),
-                    delivery_id: delivery.map(|d| format!("d{d}")),
-                    received_at: now,
-                    body: json!({}),
-                    runs: vec![],
-                    origin: Default::default(),
-                    replay: None,
-                };
+                let mut e = conformance::event(delivery.map(|d| format!("d{d}")).as_deref());
+                e.id = new_id(now);
+                e.received_at = now;
                 let runs: Vec<Run> = runs
                     .iter()
                     .map(|(r, kind)| run_of(&e, RECIPES[*r], now, *kind))

@@ -99,6 +99,15 @@ pub struct ReplayGuard {
     pub window_ms: Option<i64>,
 }
 
+impl ReplayGuard {
+    /// Is an event received at `received_at` a replay of the one with the
+    /// same key received at `seen_at`? (Every backend asks this.)
+    pub(crate) fn replays(&self, received_at: i64, seen_at: i64) -> bool {
+        self.window_ms
+            .is_none_or(|w| received_at.saturating_sub(seen_at) < w)
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {

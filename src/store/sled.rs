@@ -439,10 +439,7 @@ impl Store for SledStore {
                 let seen = String::from_utf8_lossy(&seen).into_owned();
                 let (first, at) = seen.split_once('\0').unwrap_or((seen.as_str(), "0"));
                 let at: i64 = at.parse().unwrap_or(0);
-                if guard
-                    .window_ms
-                    .is_none_or(|w| event.received_at.saturating_sub(at) < w)
-                {
+                if guard.replays(event.received_at, at) {
                     return Ok((
                         Inserted::Duplicate {
                             event_id: first.to_string(),

@@ -889,10 +889,7 @@ impl Store for PgStore {
                     )?;
                     if let Some(seen) = seen {
                         let (first, at): (String, i64) = (seen.get(0), seen.get(1));
-                        if guard
-                            .window_ms
-                            .is_none_or(|w| event.received_at.saturating_sub(at) < w)
-                        {
+                        if guard.replays(event.received_at, at) {
                             let dup = Inserted::Duplicate { event_id: first };
                             return Ok(((dup, Matched::default()), false));
                         }
