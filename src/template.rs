@@ -15,7 +15,7 @@
 //! This module does no I/O and knows nothing about recipes or HTTP.
 
 use crate::time::{self, Calendars};
-use crate::yaml::escape;
+use crate::yaml::{escape, LoadError, SourceMap};
 use minijinja::{Environment, ErrorKind, State, UndefinedBehavior};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -237,6 +237,91 @@ impl Templates {
     pub fn set_origin(&mut self, t: &Template, origin: String) {
         if let Template::Text { name, .. } | Template::Typed { name, .. } = t {
             self.origins.insert(name.clone(), origin.into());
+        }
+    }
+
+    /// Compile `source`, written at JSON pointer `ptr` of the file `map`
+    /// describes, the way every template of a file is compiled: a syntax
+    /// error, or a filter, test or method minijinja would fail on only when
+    /// rendering, is an error at its own line and column (inside a `|`
+    /// block scalar too), and a render error ends with where it is written.
+    pub fn compile_at(
+        &mut self,
+        source: &str,
+        map: &SourceMap,
+        ptr: &str,
+        errors: &mut Vec<LoadError>,
+    ) -> Option<Template> {
+        match self.compile(source) {
+            Ok(t) => {
+                self.locate(&t, map, ptr, errors);
+                Some(t)
+            }
+            Err(e) => {
+                errors.push(compile_error(map, ptr, source, "template error", &e));
+                None
+            }
+        }
+    }
+
+    /// [`Templates::compile_path`] as [`Templates::compile_at`] compiles.
+    pub fn compile_path_at(
+        &mut self,
+        source: &str,
+        map: &SourceMap,
+        ptr: &str,
+        errors: &mut Vec<LoadError>,
+    ) -> Option<Template> {
+        match self.compile_path(source) {
+            Ok(t) => {
+                self.locate(&t, map, ptr, errors);
+                Some(t)
+            }
+            Err(e) => {
+                errors.push(compile_error(map, ptr, source, "path", &e));
+                None
+            }
+        }
+    }
+
+    /// Every string leaf of `value` (at `ptr`) as [`Templates::compile_at`]
+    /// compiles one.
+    pub fn compile_value_at(
+        &mut self,
+        value: &Value,
+        map: &SourceMap,
+        ptr: &str,
+        errors: &mut Vec<LoadError>,
+    ) -> Option<ValueTemplate> {
+        match self.compile_value(value) {
+            Ok(t) => {
+                let mut leaves = Vec::new();
+                self.leaves(&t, ptr.to_string(), &mut leaves);
+                let leaves: Vec<(String, Template)> =
+                    leaves.into_iter().map(|(p, l)| (p, l.clone())).collect();
+                for (p, leaf) in leaves {
+                    self.locate(&leaf, map, &p, errors);
+                }
+                Some(t)
+            }
+            Err((sub, e)) => {
+                let p = format!("{ptr}{sub}");
+                let source = value.pointer(&sub).and_then(Value::as_str).unwrap_or("");
+                errors.push(compile_error(map, &p, source, "template error", &e));
+                None
+            }
+        }
+    }
+
+    /// Give `t` its origin (`file:line:column` of `ptr`) and report the
+    /// names it uses that are not defined, each at its own place.
+    fn locate(&mut self, t: &Template, map: &SourceMap, ptr: &str, errors: &mut Vec<LoadError>) {
+        let (Template::Text { source, .. } | Template::Typed { source, .. }) = t else {
+            return;
+        };
+        self.set_origin(t, map.place(ptr));
+        for (at, msg) in self.unknown_names(t) {
+            errors.push(map.error_inside(ptr, source, at, msg));
         }
     }
 
@@ -634,84 +719,14 @@ fn write_path_segment(
     Ok(())
 }
 
-/// The literal first arguments of `within_business_hours("...")` and
-/// `next_business_open("...")` in a template's source.
-/// Filter names offered as "did you mean" (each checked to exist before it is offered).
-const FILTER_HINTS: &[&str] = &[
-    "abs",
-    "attr",
-    "batch",
-    "bool",
-    "capitalize",
-    "default",
-    "dictsort",
-    "escape",
-    "first",
-    "float",
-    "format",
-    "indent",
-    "int",
-    "items",
-    "join",
-    "last",
-    "length",
-    "lines",
-    "list",
-    "lower",
-    "map",
-    "max",
-    "min",
-    "reject",
-    "rejectattr",
-    "replace",
-    "reverse",
-    "round",
-    "safe",
-    "select",
-    "selectattr",
-    "slice",
-    "sort",
-    "split",
-    "string",
-    "sum",
-    "title",
-    "tojson",
-    "trim",
-    "unique",
-    "upper",
-    "urlencode",
-];
-
-/// Test names offered as "did you mean".
-const TEST_HINTS: &[&str] = &[
-    "defined",
-    "undefined",
-    "none",
-    "number",
-    "string",
-    "sequence",
-    "mapping",
-    "true",
-    "false",
-    "odd",
-    "even",
-    "divisibleby",
-    "eq",
-    "ne",
-    "lt",
-    "le",
-    "gt",
-    "ge",
-    "in",
-    "startingwith",
-    "endingwith",
-    "filter",
-    "test",
-    "boolean",
-    "integer",
-    "float",
-    "iterable",
-];
+/// Names of `kind` offered as "did you mean" (each checked to exist
+/// before it is offered): the reference's (not their aliases).
+fn hints(kind: reference::Kind) -> impl Iterator<Item = &'static str> {
+    reference::REFERENCE
+        .iter()
+        .filter(move |e| e.kind == kind)
+        .map(|e| e.name)
+}
 
 impl Templates {
     /// Filters (`| defualt`) and tests (`is defnied`) a template names that
@@ -748,9 +763,12 @@ impl Templates {
             if known(self, &name) {
                 continue;
             }
-            let hints = if is_test { TEST_HINTS } else { FILTER_HINTS };
-            let near =
-                crate::yaml::did_you_mean(&name, hints.iter().copied().filter(|h| known(self, h)));
+            let kind_of = if is_test {
+                reference::Kind::Test
+            } else {
+                reference::Kind::Filter
+            };
+            let near = crate::yaml::did_you_mean(&name, hints(kind_of).filter(|h| known(self, h)));
             out.push((
                 at,
                 format!(
@@ -775,6 +793,22 @@ impl Templates {
             self.env.render_str(&format!("{{{{ 1 is {name} }}}}"), ()),
             Err(e) if e.kind() == ErrorKind::UnknownTest
         )
+    }
+}
+
+/// `what: e` at the place of the syntax error inside `source` (the string
+/// at `ptr`), or at the string when the error has no place.
+fn compile_error(
+    map: &SourceMap,
+    ptr: &str,
+    source: &str,
+    what: &str,
+    e: &TemplateError,
+) -> LoadError {
+    let msg = format!("{what}: {e}");
+    match syntax_error_offset(source) {
+        Some(at) => map.error_inside(ptr, source, at, msg),
+        None => map.error(ptr, msg),
     }
 }
 
@@ -1097,6 +1131,165 @@ fn single_expression(source: &str) -> Option<&str> {
     Some(inner.trim())
 }
 
+/// Every filter, test and function a template may use, with what it
+/// gives: the list `switchboard docs` writes into the README, and the
+/// names `check` offers as "did you mean". A test holds it equal to what
+/// the registry answers to (each entry is registered; each name this file
+/// registers and each global function is listed), so it cannot drift.
+pub mod reference {
+    /// What a name is in a template.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Kind {
+        /// `x | name(…)`
+        Filter,
+        /// `x is name`
+        Test,
+        /// `name(…)`
+        Function,
+    }
+
+    /// Where the README lists an entry.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Group {
+        /// The "Templates" section.
+        General,
+        /// "Time, dates and business hours".
+        Time,
+    }
+
+    /// One filter, test or function.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Entry {
+        pub name: &'static str,
+        /// Other names of the same thing.
+        pub aliases: &'static [&'static str],
+        pub kind: Kind,
+        pub group: Group,
+        /// How it is written.
+        pub usage: &'static str,
+        pub gives: &'static str,
+    }
+
+    const fn e(
+        name: &'static str,
+        aliases: &'static [&'static str],
+        kind: Kind,
+        group: Group,
+        usage: &'static str,
+        gives: &'static str,
+    ) -> Entry {
+        Entry {
+            name,
+            aliases,
+            kind,
+            group,
+            usage,
+            gives,
+        }
+    }
+
+    use Group::{General as G, Time as T};
+    use Kind::{Filter as F, Function as Fun, Test as Te};
+
+    pub const REFERENCE: &[Entry] = &[
+        // Filters: minijinja's own (builtins), then ours.
+        e("default", &["d"], F, G, "x | default('there')", "`x`, or the fallback when `x` is missing (a missing or null parent counts: `a.b.c`); `default('there', true)` also when `x` is null, false or empty"),
+        e("lower", &[], F, G, "x | lower", "the text in lower case"),
+        e("upper", &[], F, G, "x | upper", "the text in upper case"),
+        e("title", &[], F, G, "x | title", "Each Word Capitalised"),
+        e("capitalize", &[], F, G, "x | capitalize", "The first letter upper case, the rest lower case"),
+        e("trim", &[], F, G, "x | trim / trim('-')", "the text without surrounding whitespace (or those characters)"),
+        e("replace", &[], F, G, "x | replace('a', 'b')", "the text with every `a` replaced by `b`"),
+        e("split", &[], F, G, "x | split(',')", "a list of the parts (split on whitespace without an argument)"),
+        e("lines", &[], F, G, "x | lines", "a list of the text's lines"),
+        e("join", &[], F, G, "list | join(', ')", "the items as one text, separated"),
+        e("length", &["count"], F, G, "x | length", "the number of items, keys or characters"),
+        e("first", &[], F, G, "list | first", "the first item"),
+        e("last", &[], F, G, "list | last", "the last item"),
+        e("min", &[], F, G, "list | min", "the smallest item"),
+        e("max", &[], F, G, "list | max", "the largest item"),
+        e("sum", &[], F, G, "list | sum / sum(attribute='n')", "the sum of the items (or of an attribute of each)"),
+        e("sort", &[], F, G, "list | sort / sort(attribute='name', reverse=true)", "the items sorted"),
+        e("reverse", &[], F, G, "x | reverse", "the items (or characters) in reverse order"),
+        e("unique", &[], F, G, "list | unique", "the items without repeats"),
+        e("list", &[], F, G, "x | list", "a list of the items (of a text: its characters; of a mapping: its keys)"),
+        e("items", &[], F, G, "mapping | items", "a list of `[key, value]` pairs"),
+        e("dictsort", &[], F, G, "mapping | dictsort", "`[key, value]` pairs sorted by key"),
+        e("map", &[], F, G, "list | map(attribute='email') / map('upper')", "each item's attribute, or each item through a filter"),
+        e("select", &[], F, G, "list | select('odd')", "the items that pass a test (truthy ones without an argument)"),
+        e("reject", &[], F, G, "list | reject('none')", "the items that fail a test"),
+        e("selectattr", &[], F, G, "list | selectattr('vip')", "the items whose attribute passes a test (is truthy)"),
+        e("rejectattr", &[], F, G, "list | rejectattr('closed')", "the items whose attribute fails a test"),
+        e("groupby", &[], F, G, "list | groupby('team')", "the items grouped by an attribute: `[{grouper, list}]`"),
+        e("batch", &[], F, G, "list | batch(3)", "the items in lists of that many"),
+        e("slice", &[], F, G, "list | slice(3)", "the items split into that many lists"),
+        e("chain", &[], F, G, "a | chain(b)", "one list of both lists' items"),
+        e("zip", &[], F, G, "a | zip(b)", "a list of pairs of the lists' items"),
+        e("attr", &[], F, G, "x | attr('name')", "the attribute of that name"),
+        e("int", &[], F, G, "x | int", "a whole number (from a numeric text too)"),
+        e("float", &[], F, G, "x | float", "a number with decimals"),
+        e("round", &[], F, G, "x | round / round(2)", "the number rounded (to that many decimals)"),
+        e("abs", &[], F, G, "x | abs", "the number without its sign"),
+        e("bool", &[], F, G, "x | bool", "`true` or `false`"),
+        e("string", &[], F, G, "x | string", "the value as text"),
+        e("format", &[], F, G, "'%s-%d' | format(a, 1)", "printf-style formatting"),
+        e("indent", &[], F, G, "x | indent(2)", "the text with every line but the first indented"),
+        e("tojson", &[], F, G, "x | tojson", "the value as JSON text"),
+        e("pprint", &[], F, G, "x | pprint", "the value as readable text, for debugging"),
+        e("urlencode", &[], F, G, "x | urlencode", "the text (or a mapping as `a=1&b=2`) percent-encoded for a URL"),
+        e("escape", &["e"], F, G, "x | escape", "the text HTML-escaped (templates do not escape on their own)"),
+        e("safe", &[], F, G, "x | safe", "the text marked as not to be escaped"),
+        e("detect_language", &[], F, G, "text | detect_language / detect_language(only=['en', 'de'])", "`{code, iso639_3, name, confidence, reliable}` of the text's language, offline (see below)"),
+        e("in_tz", &[], F, T, "x | in_tz(\"Europe/Berlin\")", "the same instant in that zone's local time"),
+        e("weekday", &[], F, T, "x | weekday", "`Monday` … `Sunday`, in the value's own offset (use after `in_tz`)"),
+        e("format_date", &[], F, T, "x | format_date(\"%A %H:%M\", \"Europe/Berlin\")", "strftime formatting; the zone is optional"),
+        e("parse_date", &[], F, T, "x | parse_date / parse_date(\"%d.%m.%Y %H:%M %z\")", "a date read from text, as RFC 3339 UTC"),
+        e("date_add", &[], F, T, "x | date_add(\"3d\") / date_add(\"-2h\")", "arithmetic; days are calendar days in the value's zone"),
+        e("timestamp_ms", &[], F, T, "x | timestamp_ms", "milliseconds since 1970, for numeric comparisons"),
+        // Tests.
+        e("defined", &[], Te, G, "x is defined", "`x` exists (a missing parent counts as missing: `a.b.c is defined`)"),
+        e("undefined", &[], Te, G, "x is undefined", "`x` does not exist"),
+        e("none", &[], Te, G, "x is none", "`x` is null"),
+        e("true", &[], Te, G, "x is true", "`x` is `true`"),
+        e("false", &[], Te, G, "x is false", "`x` is `false`"),
+        e("boolean", &[], Te, G, "x is boolean", "`x` is `true` or `false`"),
+        e("number", &[], Te, G, "x is number", "`x` is a number"),
+        e("integer", &["int"], Te, G, "x is integer", "`x` is a whole number"),
+        e("float", &[], Te, G, "x is float", "`x` is a number with decimals"),
+        e("string", &[], Te, G, "x is string", "`x` is a text"),
+        e("sequence", &[], Te, G, "x is sequence", "`x` is a list"),
+        e("mapping", &[], Te, G, "x is mapping", "`x` is a mapping"),
+        e("iterable", &[], Te, G, "x is iterable", "`x` can be looped over"),
+        e("odd", &[], Te, G, "x is odd", "`x` is an odd number"),
+        e("even", &[], Te, G, "x is even", "`x` is an even number"),
+        e("divisibleby", &[], Te, G, "x is divisibleby(3)", "`x` divides evenly"),
+        e("eq", &["equalto", "=="], Te, G, "x is eq(1)", "`x` equals the argument (for `select`)"),
+        e("ne", &["!="], Te, G, "x is ne(1)", "`x` does not equal the argument"),
+        e("lt", &["lessthan", "<"], Te, G, "x is lt(5)", "`x` is less"),
+        e("le", &["<="], Te, G, "x is le(5)", "`x` is less or equal"),
+        e("gt", &["greaterthan", ">"], Te, G, "x is gt(5)", "`x` is greater"),
+        e("ge", &[">="], Te, G, "x is ge(5)", "`x` is greater or equal"),
+        e("in", &[], Te, G, "x is in(['a', 'b'])", "`x` is one of the items"),
+        e("startingwith", &[], Te, G, "x is startingwith('ACME-')", "the text starts so"),
+        e("endingwith", &[], Te, G, "x is endingwith('.com')", "the text ends so"),
+        e("lower", &[], Te, G, "x is lower", "the text is all lower case"),
+        e("upper", &[], Te, G, "x is upper", "the text is all upper case"),
+        e("sameas", &[], Te, G, "x is sameas(y)", "`x` is the very same object"),
+        e("safe", &["escaped"], Te, G, "x is safe", "`x` is marked safe"),
+        e("filter", &[], Te, G, "'upper' is filter", "a filter of that name exists"),
+        e("test", &[], Te, G, "'odd' is test", "a test of that name exists"),
+        // Functions.
+        e("range", &[], Fun, G, "range(3) / range(1, 10, 2)", "a list of numbers"),
+        e("dict", &[], Fun, G, "dict(a=1, b=2)", "a mapping"),
+        e("namespace", &[], Fun, G, "namespace(total=0)", "an object whose attributes `{% set ns.total = … %}` can change inside a loop"),
+        e("debug", &[], Fun, G, "debug()", "the template's context as text, for debugging"),
+        e("now", &[], Fun, T, "now()", "the run's clock (`run.now`) in UTC; `switchboard test` pins it with `now:`"),
+        e("within_business_hours", &[], Fun, T, "within_business_hours(\"support-eu\", at?)", "`true` while the calendar is open (at `at`, default now)"),
+        e("next_business_open", &[], Fun, T, "next_business_open(\"support-eu\", at?)", "when it next opens (now, if open), in the calendar's zone"),
+        e("business_hours_after", &[], Fun, T, "business_hours_after(\"support-eu\", \"12h\", at?)", "when that much business time has passed since `at` (default now), counting from the next opening, in the calendar's zone: \"due by …\""),
+    ];
+}
+
 /// Memory bounds for rendering (see `Templates::new`).
 mod limits {
     use minijinja::value::{Kwargs, Rest, Value};
@@ -1398,6 +1591,71 @@ mod tests {
     /// (it keeps ~12 KiB per template), each use keeping its own name and
     /// origin; a path template of the same text is another template, since
     /// it escapes what it prints.
+    /// The reference is what the registry answers to: every entry (and
+    /// alias) is registered as its kind, every global function is listed,
+    /// and so is every name this file registers itself.
+    #[test]
+    fn the_reference_lists_what_is_registered() {
+        use reference::{Kind, REFERENCE};
+        let t = Templates::new();
+        let globals: Vec<&str> = t.env.globals().map(|(n, _)| n).collect();
+        for e in REFERENCE {
+            for name in std::iter::once(e.name).chain(e.aliases.iter().copied()) {
+                let registered = match e.kind {
+                    Kind::Filter => t.has_filter(name),
+                    Kind::Test => t.has_test(name),
+                    Kind::Function => globals.contains(&name),
+                };
+                assert!(
+                    registered,
+                    "{:?} `{name}` is listed but not registered",
+                    e.kind
+                );
+            }
+        }
+        let listed = |kind: Kind, name: &str| {
+            REFERENCE
+                .iter()
+                .any(|e| e.kind == kind && (e.name == name || e.aliases.contains(&name)))
+        };
+        for g in globals.iter().filter(|g| **g != OPT) {
+            assert!(
+                listed(Kind::Function, g),
+                "function `{g}` is not in the reference"
+            );
+        }
+        // This file's own registrations (`add_filter`, `add_function`,
+        // `add_test` with a literal name), and the builtins `guard!` wraps.
+        let source = include_str!("template.rs");
+        let own = regex::Regex::new(r#"add_(filter|function|test)\(\s*"([a-z_0-9]+)""#).unwrap();
+        let mut seen = 0;
+        for c in own.captures_iter(source) {
+            let kind = match &c[1] {
+                "filter" => Kind::Filter,
+                "test" => Kind::Test,
+                _ => Kind::Function,
+            };
+            assert!(
+                listed(kind, &c[2]),
+                "`{}` is registered but not in the reference",
+                &c[2]
+            );
+            seen += 1;
+        }
+        assert!(seen >= 10, "the scan finds the registrations ({seen})");
+        let guarded = source
+            .split("guard!(\n")
+            .nth(1)
+            .and_then(|rest| rest.split(");").next())
+            .unwrap();
+        for name in guarded.split([',', ' ', '\n']).filter(|n| !n.is_empty()) {
+            assert!(
+                listed(Kind::Filter, name),
+                "`{name}` is wrapped but not in the reference"
+            );
+        }
+    }
+
     #[test]
     fn a_repeated_source_is_registered_once() {
         let mut t = Templates::new();

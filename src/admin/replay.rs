@@ -50,6 +50,9 @@ pub struct ReplayQuery {
     /// Events received this long ago or later (`7d`, `12h`), or since a time
     /// (RFC 3339, `YYYY-MM-DDTHH:MM` in UTC, or ms). Default `7d`.
     pub since: Option<String>,
+    /// Only events received before this time (RFC 3339, `YYYY-MM-DDTHH:MM`
+    /// in UTC, or ms); default: up to now.
+    pub until: Option<String>,
     /// Exactly these events (ids separated by commas; at most 500); no paging.
     pub events: Option<String>,
     /// Events looked at per page (default 50, at most 500).
@@ -209,6 +212,7 @@ pub fn replay(
                 before: q.before.clone(),
                 connector: Some(recipe.connector.clone()),
                 since: Some(since.to_string()),
+                until: q.until.clone().filter(|u| !u.trim().is_empty()),
                 ..EventsQuery::default()
             })
             .map_err(ReplayError::Source)?;

@@ -607,8 +607,8 @@ fn compile(
                 map,
                 errors,
             );
-            let body = match templates.compile_value(&n.body) {
-                Ok(vt) => {
+            let body = match templates.compile_value_at(&n.body, map, &format!("{p}/body"), errors) {
+                Some(vt) => {
                     let mut leaves = Vec::new();
                     templates.leaves(&vt, format!("{p}/body"), &mut leaves);
                     for (ptr, t) in leaves {
@@ -623,10 +623,7 @@ fn compile(
                     }
                     Some(vt)
                 }
-                Err((ptr, e)) => {
-                    errors.push(map.error(&format!("{p}/body{ptr}"), format!("template error: {e}")));
-                    None
-                }
+                None => None,
             };
             if let (Some((path, test)), Some(body)) = (when, body) {
                 normalize.push(Normalize { path, test, body });
@@ -635,18 +632,15 @@ fn compile(
         // Compiled again by each recipe whose loop breaker uses it; checked
         // here so a mistake points at the connector file.
         if let Some(key) = &w.object_key {
-            match templates.compile(key) {
-                Ok(t) => {
-                    for var in templates.variables(&t) {
-                        if var != "event" && !var.starts_with("event.") {
-                            errors.push(map.error(
-                                "/webhook/object_key",
-                                format!("unknown template variable `{var}`: `object_key` reads `event` (the event as recipes see it)"),
-                            ));
-                        }
+            if let Some(t) = templates.compile_at(key, map, "/webhook/object_key", errors) {
+                for var in templates.variables(&t) {
+                    if var != "event" && !var.starts_with("event.") {
+                        errors.push(map.error(
+                            "/webhook/object_key",
+                            format!("unknown template variable `{var}`: `object_key` reads `event` (the event as recipes see it)"),
+                        ));
                     }
                 }
-                Err(e) => errors.push(map.error("/webhook/object_key", format!("template error: {e}"))),
             }
         }
         Some(Webhook {
@@ -938,8 +932,8 @@ fn compile_action(
             Body::None
         }
         (None, Some(fields)) => Body::Form(pairs(fields, "form", templates, errors)),
-        (Some(v), None) => match templates.compile_value(v) {
-            Ok(vt) => {
+        (Some(v), None) => match templates.compile_value_at(v, map, &format!("{p}/body"), errors) {
+            Some(vt) => {
                 let mut leaves = Vec::new();
                 templates.leaves(&vt, format!("{p}/body"), &mut leaves);
                 for (ptr, t) in leaves {
@@ -947,10 +941,7 @@ fn compile_action(
                 }
                 Body::Json(vt)
             }
-            Err((ptr, e)) => {
-                errors.push(map.error(&format!("{p}/body{ptr}"), format!("template error: {e}")));
-                Body::None
-            }
+            None => Body::None,
         },
     };
     let fail_when = a
@@ -1060,16 +1051,9 @@ impl TplCx<'_> {
         inputs: Option<&BTreeMap<String, bool>>,
         errors: &mut Vec<LoadError>,
     ) -> Option<Template> {
-        match templates.compile(src) {
-            Err(e) => {
-                errors.push(self.map.error(ptr, format!("template error: {e}")));
-                None
-            }
-            Ok(t) => {
-                self.check(templates, &t, ptr, inputs, errors);
-                Some(t)
-            }
-        }
+        let t = templates.compile_at(src, self.map, ptr, errors)?;
+        self.check(templates, &t, ptr, inputs, errors);
+        Some(t)
     }
 
     /// A URL path: starts with `/`, prints values as encoded segments.
@@ -1081,16 +1065,9 @@ impl TplCx<'_> {
         inputs: &BTreeMap<String, bool>,
         errors: &mut Vec<LoadError>,
     ) -> Option<Template> {
-        match templates.compile_path(src) {
-            Err(e) => {
-                errors.push(self.map.error(ptr, format!("path: {e}")));
-                None
-            }
-            Ok(t) => {
-                self.check(templates, &t, ptr, Some(inputs), errors);
-                Some(t)
-            }
-        }
+        let t = templates.compile_path_at(src, self.map, ptr, errors)?;
+        self.check(templates, &t, ptr, Some(inputs), errors);
+        Some(t)
     }
 
     fn check(
@@ -1134,6 +1111,12 @@ mod tests {
 
     /// Load one connector file; its action `a` and the errors.
     fn load(yaml: &str) -> (Option<Arc<Action>>, Vec<String>) {
+        let (a, errors, _) = load_templates(yaml);
+        (a, errors)
+    }
+
+    /// As [`load`], with the templates the action's templates are in.
+    fn load_templates(yaml: &str) -> (Option<Arc<Action>>, Vec<String>, Templates) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("c.yaml"), yaml).unwrap();
         let secrets = SecretSource::from_env(Vec::new()).with_placeholders();
@@ -1151,11 +1134,50 @@ mod tests {
             &mut warnings,
         );
         let action = c.get("c").and_then(|c| c.actions.get("a").cloned());
-        (action, errors.iter().map(|e| e.to_string()).collect())
+        (
+            action,
+            errors.iter().map(|e| e.to_string()).collect(),
+            templates,
+        )
     }
 
     const HEAD: &str =
         "name: c\nbase_url: https://x.example\nactions:\n  a:\n    method: POST\n    path: /a\n";
+
+    /// Connector templates are compiled as recipe templates are: a mistake
+    /// at its line and column inside a block scalar, and a render error
+    /// that ends with where the template is written.
+    #[test]
+    fn templates_are_located_at_check_and_when_rendering() {
+        let inputs = "    inputs: { name: { required: false } }\n";
+        let (_, errors) = load(&format!(
+            "{HEAD}{inputs}    headers: {{ X-Name: \"{{{{ input.name | lowr }}}}\" }}\n    body:\n      text: |\n        Hello\n        {{{{ input.name | defualt('x') }}}}\n        {{{{ input.name( }}}}\n"
+        ));
+        let errors: Vec<String> = errors
+            .iter()
+            .map(|e| e.split_once("c.yaml:").unwrap().1.to_string())
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "8:41: unknown template filter `lowr`; did you mean `lower`?",
+                "13:24: template error: syntax error: unexpected `}`",
+            ]
+        );
+        let (a, errors, templates) = load_templates(&format!(
+            "{HEAD}{inputs}    body:\n      text: |\n        Hello\n        {{{{ input.name.first }}}}\n"
+        ));
+        assert!(errors.is_empty(), "{errors:?}");
+        let a = a.unwrap();
+        let Body::Json(body) = &a.body else {
+            panic!("a JSON body")
+        };
+        let err = templates
+            .render_value(body, &json!({"input": {}}))
+            .unwrap_err()
+            .0;
+        assert!(err.ends_with("c.yaml:10:9"), "{err}");
+    }
 
     #[test]
     fn fail_when_turns_a_success_answer_into_a_failure() {

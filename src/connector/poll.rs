@@ -438,31 +438,26 @@ fn compile(
                 continue;
             }
         }
-        match templates.compile_value(v) {
-            Ok(vt) => {
-                let mut leaves = Vec::new();
-                templates.leaves(&vt, ptr.clone(), &mut leaves);
-                let mut reads_position = false;
-                for (lp, t) in leaves {
-                    for var in templates.variables(t) {
-                        let root = var.split('.').next().unwrap_or("");
-                        match root {
-                            "cursor" | "page" => reads_position = true,
-                            _ => errors.push(map.error(
-                                &lp,
-                                format!("unknown template variable `{var}`: a poll's `with:` reads `cursor` and `page`"),
-                            )),
-                        }
+        if let Some(vt) = templates.compile_value_at(v, map, &ptr, errors) {
+            let mut leaves = Vec::new();
+            templates.leaves(&vt, ptr.clone(), &mut leaves);
+            let mut reads_position = false;
+            for (lp, t) in leaves {
+                for var in templates.variables(t) {
+                    let root = var.split('.').next().unwrap_or("");
+                    match root {
+                        "cursor" | "page" => reads_position = true,
+                        _ => errors.push(map.error(
+                            &lp,
+                            format!("unknown template variable `{var}`: a poll's `with:` reads `cursor` and `page`"),
+                        )),
                     }
                 }
-                if reads_position {
-                    positional.push(k.clone());
-                }
-                with.push((k.clone(), vt));
             }
-            Err((sub, e)) => {
-                errors.push(map.error(&format!("{ptr}{sub}"), format!("template error: {e}")))
+            if reads_position {
+                positional.push(k.clone());
             }
+            with.push((k.clone(), vt));
         }
     }
     if let Some(a) = &action {
@@ -489,8 +484,8 @@ fn compile(
     }
     let body = match f.event.as_ref().and_then(|e| e.body.as_ref()) {
         None => None,
-        Some(b) => match templates.compile_value(b) {
-            Ok(vt) => {
+        Some(b) => match templates.compile_value_at(b, map, &format!("{p}/event/body"), errors) {
+            Some(vt) => {
                 let mut leaves = Vec::new();
                 templates.leaves(&vt, format!("{p}/event/body"), &mut leaves);
                 for (lp, t) in leaves {
@@ -505,13 +500,7 @@ fn compile(
                 }
                 Some(vt)
             }
-            Err((sub, e)) => {
-                errors.push(map.error(
-                    &format!("{p}/event/body{sub}"),
-                    format!("template error: {e}"),
-                ));
-                None
-            }
+            None => None,
         },
     };
 
@@ -535,12 +524,9 @@ fn compile(
             let mut tpl = |src: &Option<String>, key: &str, errors: &mut Vec<LoadError>| {
                 let Some(src) = src else { return Some(None) };
                 let ptr = format!("{cp}/{key}");
-                match templates.compile(src) {
-                    Err(e) => {
-                        errors.push(map.error(&ptr, format!("template error: {e}")));
-                        None
-                    }
-                    Ok(t) => {
+                match templates.compile_at(src, map, &ptr, errors) {
+                    None => None,
+                    Some(t) => {
                         for var in templates.variables(&t) {
                             errors.push(map.error(
                                 &ptr,

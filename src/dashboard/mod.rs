@@ -81,6 +81,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("confirm.html", include_str!("templates/confirm.html")),
     ("recipes.html", include_str!("templates/recipes.html")),
     ("recipe.html", include_str!("templates/recipe.html")),
+    ("replay.html", include_str!("templates/replay.html")),
 ];
 const CSS: &str = include_str!("assets/app.css");
 const JS: &str = include_str!("assets/app.js");
@@ -106,6 +107,7 @@ pub fn router(console: Console, config: DashboardConfig) -> Router {
             "/ui/recipes/{name}/retry",
             get(confirm_retry_recipe).post(retry_recipe),
         )
+        .route("/ui/replay", get(replay))
         .route("/ui/logout", axum::routing::post(logout))
         .route_layer(middleware::from_fn_with_state(ui.clone(), require_session));
     Router::new()
@@ -153,6 +155,25 @@ fn environment() -> Environment<'static> {
             esc(&label),
             esc(&text)
         ))
+    });
+    // A replay's verdict and step changes, written out, coloured by kind.
+    env.add_filter("verdict", |v: String| {
+        let (text, class) = match v.as_str() {
+            "unchanged" => ("unchanged", "succeeded"),
+            "changed" => ("changed", "retrying"),
+            "new_run" => ("new run", "queued"),
+            "no_longer_starts" => ("no longer starts", "failed"),
+            other => (other, "skipped"),
+        };
+        minijinja::Value::from_safe_string(badge_as(text, class))
+    });
+    env.add_filter("change", |c: String| match c.as_str() {
+        "would_call" => "would call (no recorded answer: not made)".to_string(),
+        "added" => "added".into(),
+        "removed" => "no longer runs".into(),
+        "inputs" => "other inputs".into(),
+        "call" => "another call".into(),
+        other => other.replace('_', " "),
     });
     env.add_filter("breaker", |b: minijinja::Value| {
         let field = |k: &str| {
@@ -434,6 +455,7 @@ fn base(ui: &Ui, s: &Session, key: &str) -> minijinja::Value {
             context! { key => "events", href => "/ui/events", label => "Events" },
             context! { key => "runs", href => "/ui/runs", label => "Runs" },
             context! { key => "recipes", href => "/ui/recipes", label => "Recipes & connectors" },
+            context! { key => "replay", href => "/ui/replay", label => "Replay" },
         ],
     }
 }
@@ -887,6 +909,82 @@ async fn retry_recipe(
             retried.retried.len()
         ))
         .into_response())
+    })();
+    done(&ui, r)
+}
+
+/// The replay form: every field optional, so the bare page is the form.
+#[derive(Deserialize, serde::Serialize, Default, Clone)]
+struct ReplayForm {
+    recipe: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    before: Option<String>,
+}
+
+impl From<crate::admin::replay::ReplayError> for PageError {
+    fn from(e: crate::admin::replay::ReplayError) -> Self {
+        use crate::admin::replay::ReplayError;
+        match e {
+            ReplayError::NoRecipe(_) => PageError::NotFound(e.to_string()),
+            ReplayError::Query(q) => q.into(),
+            ReplayError::Bad(m) => PageError::BadRequest(m),
+            ReplayError::Source(m) => PageError::Internal(m),
+        }
+    }
+}
+
+/// Replay: pick a recipe and a time range; each event's verdict and the
+/// steps that differ, as `GET /api/replay` answers (`Console::replay`).
+async fn replay(
+    State(ui): State<Ui>,
+    axum::Extension(s): axum::Extension<Session>,
+    Query(f): Query<ReplayForm>,
+) -> Response {
+    let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+    let answer = match given(&f.recipe) {
+        None => None,
+        Some(recipe) => Some(
+            ui.console
+                .replay(crate::admin::replay::ReplayQuery {
+                    recipe,
+                    since: given(&f.since),
+                    until: given(&f.until),
+                    events: None,
+                    limit: None,
+                    before: given(&f.before),
+                })
+                .await,
+        ),
+    };
+    let r = (|| {
+        let r = answer.transpose()?;
+        let older = r
+            .as_ref()
+            .and_then(|r| r.next.as_deref())
+            .map(|n| page_link("/ui/replay", &f, n));
+        let first = ReplayForm {
+            before: None,
+            ..f.clone()
+        };
+        let newest = format!(
+            "/ui/replay?{}",
+            serde_urlencoded::to_string(&first).unwrap_or_default()
+        );
+        let changed = r.as_ref().map_or(0, |r| {
+            r.items
+                .iter()
+                .filter(|i| i.verdict != crate::admin::replay::Verdict::Unchanged)
+                .count()
+        });
+        Ok(page(
+            &ui,
+            "replay.html",
+            "Replay",
+            context! {
+            r, q => f, older, newest, changed,
+            recipes => ui.console.recipe_names(), ..base(&ui, &s, "replay") },
+        ))
     })();
     done(&ui, r)
 }

@@ -86,7 +86,13 @@ impl Catalog {
             &mut errors,
             &mut warnings,
         );
-        let recipes = recipe::load_dir(&opts.recipes_dir, &connectors, &mut templates, &mut errors);
+        let recipes = recipe::load_dir(
+            &opts.recipes_dir,
+            &connectors,
+            &mut templates,
+            &mut errors,
+            &mut warnings,
+        );
         // A missing secret stops the hub only if a recipe needs the connector.
         let used: std::collections::BTreeSet<&str> =
             recipes.iter().flat_map(Recipe::connectors_used).collect();
@@ -283,21 +289,26 @@ pub fn files_version(opts: &LoadOptions) -> String {
 
 /// A recipe triggered by an event that one of its own calls makes the app
 /// send again (the action's `causes:`, e.g. `update_ticket` on
-/// `ticket.updated`), with neither a recipe `if:` nor an `if:` on that step
-/// to tell its own update apart: `check` warns that it may loop.
+/// `ticket.updated`), with neither a recipe `if:` nor a guard on the way to
+/// that step — its own `if:`, or an enclosing step's, or the `when:` of the
+/// `switch` case it is in (an `else` case guards nothing) — to tell its own
+/// update apart: `check` warns, at the step, that it may loop.
 fn loop_warnings(recipes: &[Recipe], warnings: &mut Vec<LoadError>) {
-    fn walk<'a>(r: &Recipe, steps: &'a [crate::recipe::steps::Step], out: &mut Vec<&'a str>) {
-        use crate::recipe::steps::StepKind;
-        for s in steps {
+    use crate::recipe::steps::{Step, StepKind};
+    fn walk<'a>(r: &Recipe, steps: &'a [Step], out: &mut Vec<&'a Step>) {
+        for s in steps.iter().filter(|s| s.condition.is_none()) {
             match &s.kind {
                 StepKind::Call(c)
-                    if s.condition.is_none()
-                        && c.connector.name == r.connector
-                        && c.action.causes.contains(&r.event) =>
+                    if c.connector.name == r.connector && c.action.causes.contains(&r.event) =>
                 {
-                    out.push(&s.id)
+                    out.push(s)
                 }
-                StepKind::ForEach(f) if s.condition.is_none() => walk(r, &f.steps, out),
+                StepKind::ForEach(f) => walk(r, &f.steps, out),
+                StepKind::Switch(sw) => {
+                    for case in sw.cases.iter().filter(|c| c.when.is_none()) {
+                        walk(r, &case.steps, out);
+                    }
+                }
                 _ => {}
             }
         }
@@ -314,13 +325,13 @@ fn loop_warnings(recipes: &[Recipe], warnings: &mut Vec<LoadError>) {
             LoopBreaker::Off => "; its loop breaker is off".to_string(),
             _ => format!("; no loop breaker: connector `{}` declares no `webhook.object_key`, so add `loop_breaker: {{ key: … }}`", r.connector),
         };
-        for id in unguarded {
+        for step in unguarded {
             warnings.push(LoadError {
                 file: r.file.clone(),
-                pos: crate::yaml::Pos { line: 1, column: 1 },
+                pos: step.at,
                 message: format!(
-                    "warning: recipe `{}` runs on `{}` `{}` and its step `{id}` causes that event again, with no `if:` on the recipe or the step to tell its own update apart: it may loop (add a guard, e.g. skip when the update is already done){breaker}",
-                    r.name, r.connector, r.event
+                    "warning: recipe `{}` runs on `{}` `{}` and its step `{}` causes that event again, with no `if:` on the recipe or the step (nor a `switch` case's `when:`) to tell its own update apart: it may loop (add a guard, e.g. skip when the update is already done){breaker}",
+                    r.name, r.connector, r.event, step.id
                 ),
             });
         }

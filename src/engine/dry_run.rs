@@ -116,11 +116,12 @@ impl Host for DryHost<'_> {
             input: call.input,
         });
         let fail_when = call.step.action.fail_when.as_ref();
-        // The step's own mock (by its id: the path's last part, `each[1].note`
-        // → `note`), else the action's; a `sequence` gives its next answer.
+        // This instance's mock (by its path, `each[1].note`), else the
+        // step's (by its id: the path's last part, `note`), else the
+        // action's; a `sequence` gives its next answer.
         let id = call.path.rsplit('.').next().unwrap_or(call.path);
         let mocks = self.mocks;
-        let found = [id, name.as_str()]
+        let found = [call.path, id, name.as_str()]
             .into_iter()
             .find_map(|k| mocks.get(k).map(|m| (k.to_string(), m)));
         let mut exhausted = None;
@@ -788,6 +789,56 @@ tests:
 "#
         ));
         assert_eq!(diffs, Vec::<String>::new());
+    }
+
+    /// One loop item's call mocked by its path (`each[1].tag`): it wins
+    /// over the step's and the action's mocks for that item only; a path
+    /// naming no step of the recipe is a `check` error.
+    #[test]
+    fn a_loop_item_can_be_mocked_by_its_path() {
+        let c = catalog(&format!(
+            "{EACH_THEN_NOTE}{}",
+            r#"
+tests:
+  - name: per item
+    event: { type: ticket.created, ticket: { id: 7, related: [1, 2, 3] } }
+    mock:
+      each[1].tag: { tags: [second] }
+      tag: { tags: [other] }
+      zendesk.add_tags: { tags: [action] }
+    expect_calls: [zendesk.add_tags, zendesk.add_tags, zendesk.add_tags, zendesk.add_tags]
+    expect_inputs:
+      again: { tags: [second] }
+  - name: the second item fails
+    event: { type: ticket.created, ticket: { id: 7, related: [1, 2, 3] } }
+    mock:
+      each[1].tag: { error: { status: 404, body: gone } }
+      zendesk.add_tags: { tags: [x] }
+    expect_calls: [zendesk.add_tags, zendesk.add_tags]
+    expect_status: failed
+"#
+        ));
+        let r = &c.recipes[0];
+        assert_eq!(r.tests.len(), 2);
+        for t in &r.tests {
+            assert_eq!(run_test(&c, r, t), Vec::<String>::new(), "{}", t.name);
+        }
+        let errors = crate::recipe::steps::tests::errors(&format!(
+            "{EACH_THEN_NOTE}{}",
+            r#"
+tests:
+  - name: a loop that is not there
+    event: { type: ticket.created, ticket: { id: 7, related: [1] } }
+    mock:
+      eahc[0].tag: { tags: [x] }
+    expect_calls: [zendesk.add_tags]
+"#
+        ));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].ends_with("mock `eahc[0].tag`: no step `eahc` in this recipe; a path names its loops' and switches' step ids, as `runs show` prints it (`each[1].tag`)"),
+            "{errors:?}"
+        );
     }
 
     #[test]

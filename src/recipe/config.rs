@@ -372,10 +372,14 @@ pub struct TestFile {
     /// (`webhook.event_type: { header: ... }`). Otherwise it is read from
     /// `event` as ingress reads it (a body path, or the connector's fixed value).
     pub event_type: Option<String>,
-    /// `connector.action` → the step output that action answers (it stands
-    /// for the action's `output:` fields), or `{ error: { status, body } }`
-    /// to make the call fail with that HTTP status. A call without a mock
-    /// fails the test, naming the call.
+    /// What a call answers, keyed by `connector.action`, by the id of a
+    /// step that calls one (every call of that step), or by one instance's
+    /// path (`each[1].tag`: the second item of loop `each`); the most
+    /// precise key wins. A value is the step output (it stands for the
+    /// action's `output:` fields), `{ error: { status, body } }` to make the
+    /// call fail with that HTTP status, or `{ sequence: [...] }` to answer
+    /// successive calls in order. A call without a mock fails the test,
+    /// naming the call.
     #[serde(default)]
     pub mock: BTreeMap<String, Value>,
     /// Every `connector.action` called, in order (`[]` when none is).

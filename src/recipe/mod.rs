@@ -157,12 +157,14 @@ pub enum Mock {
     Sequence(Vec<Mock>),
 }
 
-/// Load every recipe in `dir`, checking it against `connectors`.
+/// Load every recipe in `dir`, checking it against `connectors`. Notes that
+/// are not errors (a field read `check` could not check) go to `warnings`.
 pub fn load_dir(
     dir: &Path,
     connectors: &Connectors,
     templates: &mut Templates,
     errors: &mut Vec<LoadError>,
+    warnings: &mut Vec<LoadError>,
 ) -> Vec<Recipe> {
     let mut out: Vec<Recipe> = Vec::new();
     // Names taken so far: a set, since 10,000 recipes made the scan of
@@ -192,9 +194,8 @@ pub fn load_dir(
                         .push(map.error("/name", format!("duplicate recipe name `{}`", file.name)));
                     continue;
                 }
-                if let Some(mut r) =
-                    compile(file, path, &map, connectors, &shared, templates, errors)
-                {
+                let found = (connectors, &shared, &mut *templates);
+                if let Some(mut r) = compile(file, path, &map, found, errors, warnings) {
                     r.version = version_of(text, shared_text);
                     names.insert(r.name.clone());
                     out.push(r);
@@ -222,10 +223,9 @@ fn compile(
     file: RecipeFile,
     path: &Path,
     map: &SourceMap,
-    connectors: &Connectors,
-    shared: &shared::Shared,
-    templates: &mut Templates,
+    (connectors, shared, templates): (&Connectors, &shared::Shared, &mut Templates),
     errors: &mut Vec<LoadError>,
+    warnings: &mut Vec<LoadError>,
 ) -> Option<Recipe> {
     let calendars = &shared.calendars;
     let before = errors.len();
@@ -263,23 +263,10 @@ fn compile(
         if c.limit == Some(0) {
             errors.push(map.error("/concurrency/limit", "`limit` must be at least 1"));
         }
-        match templates.compile(&c.key) {
-            Ok(t) => {
-                check_templates(
-                    &ValueTemplate::String(t.clone()),
-                    "/concurrency/key",
-                    &trigger,
-                    templates,
-                    map,
-                    errors,
-                );
-                Some((t, c.limit.unwrap_or(1)))
-            }
-            Err(e) => {
-                errors.push(map.error("/concurrency/key", format!("template error: {e}")));
-                None
-            }
-        }
+        let t = templates.compile_at(&c.key, map, "/concurrency/key", errors)?;
+        let key = ValueTemplate::String(t.clone());
+        check_templates(&key, "/concurrency/key", &trigger, templates, map, errors);
+        Some((t, c.limit.unwrap_or(1)))
     });
 
     let debounce = file.debounce.as_ref().and_then(|d| {
@@ -290,23 +277,11 @@ fn compile(
             locals: &[],
             calendars,
         };
-        let key = match templates.compile(&d.key) {
-            Ok(t) => {
-                check_templates(
-                    &ValueTemplate::String(t.clone()),
-                    "/debounce/key",
-                    &scope,
-                    templates,
-                    map,
-                    errors,
-                );
-                Some(t)
-            }
-            Err(e) => {
-                errors.push(map.error("/debounce/key", format!("template error: {e}")));
-                None
-            }
-        };
+        let key = templates.compile_at(&d.key, map, "/debounce/key", errors);
+        if let Some(t) = &key {
+            let t = ValueTemplate::String(t.clone());
+            check_templates(&t, "/debounce/key", &scope, templates, map, errors);
+        }
         let max = crate::time::MAX_WAIT_MS;
         let quiet = crate::time::parse_duration(&d.quiet, max)
             .map_err(|e| errors.push(map.error("/debounce/quiet", e.0)))
@@ -363,6 +338,7 @@ fn compile(
         outputs: Default::default(),
         locals: Vec::new(),
         trigger_connector: file.on.connector.as_deref(),
+        notes: Vec::new(),
     };
     // `loop_breaker:` is two steps before the recipe's own: count this
     // run for its key (a window counter, like `state: { incr }`), and stop
@@ -430,6 +406,7 @@ fn compile(
             steps::wait::awaited(&mut cx, pattern, &format!("/cancel_on/{i}"))
         })
         .collect();
+    warnings.extend(cx.notes.drain(..).map(|(_, note)| note));
     if file.steps.is_empty() {
         errors.push(map.error("/steps", "a recipe needs at least one step"));
     }

@@ -62,16 +62,10 @@ pub(super) fn compile(
             ));
         }
     }
-    let body = match templates.compile_value(&r.body) {
-        Ok(t) => {
-            check_templates(&t, "/reply/body", scope, templates, map, errors);
-            Some(t)
-        }
-        Err((sub, e)) => {
-            errors.push(map.error(&format!("/reply/body{sub}"), format!("template error: {e}")));
-            None
-        }
-    };
+    let body = templates.compile_value_at(&r.body, map, "/reply/body", errors);
+    if let Some(t) = &body {
+        check_templates(t, "/reply/body", scope, templates, map, errors);
+    }
     if errors.len() > before {
         return None;
     }

@@ -13,10 +13,18 @@ use crate::yaml::{LoadError, SourceMap};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Step id → the fields its action's `output:` declares, for the call steps
-/// whose action has one (an action without `output:` answers its whole
-/// response, whose fields cannot be known at load).
-pub(crate) type Outputs = BTreeMap<String, Vec<String>>;
+/// Step id → what its call answers, for the call steps seen so far.
+pub(crate) type Outputs = BTreeMap<String, Output>;
+
+/// What a call step's output is made of.
+#[derive(Debug, Clone)]
+pub(crate) enum Output {
+    /// The fields its action's `output:` declares.
+    Fields(Vec<String>),
+    /// The whole response of an action (`connector.action`) without
+    /// `output:`, whose fields cannot be known at load.
+    Whole(String),
+}
 
 /// No step outputs (a place before any step).
 pub(crate) static NO_OUTPUTS: Outputs = BTreeMap::new();
@@ -52,9 +60,13 @@ impl Scope<'_> {
             }
             ("steps", None) => Ok(()),
             ("vars", Some(v)) if self.vars.contains(v) => Ok(()),
+            ("vars", Some(v)) if self.vars.is_empty() => Err(format!(
+                "unknown variable `vars.{v}`: the recipe declares no `vars:` (nor does `_shared.yaml`)"
+            )),
             ("vars", Some(v)) => Err(format!(
-                "unknown variable `vars.{v}`, expected one of the recipe's `vars:` ({})",
-                list(self.vars.iter())
+                "unknown variable `vars.{v}`, expected one of the recipe's `vars:` ({}){}",
+                list(self.vars.iter()),
+                hint(v, self.vars.iter().map(String::as_str))
             )),
             ("vars", None) => Ok(()),
             (local, _) if self.locals.iter().any(|l| l == local) => Ok(()),
@@ -83,7 +95,7 @@ impl Scope<'_> {
     /// `steps.<id>.<field>`: when the step's action declares `output:`,
     /// `field` must be one of them (a typo would otherwise never match).
     fn check_output(&self, id: &str, field: &str) -> Result<(), String> {
-        let Some(fields) = self.outputs.get(id) else {
+        let Some(Output::Fields(fields)) = self.outputs.get(id) else {
             return Ok(());
         };
         if fields.iter().any(|f| f == field) {
@@ -94,6 +106,32 @@ impl Scope<'_> {
             list(fields.iter()),
             hint(field, fields.iter().map(String::as_str))
         ))
+    }
+
+    /// When `var` (`steps.contact.plan`) reads a field of a step whose
+    /// action has no `output:`, so that [`Scope::check_var`] could not check
+    /// the field: the note saying so, as `(step id, message)`.
+    pub fn unchecked_field(&self, var: &str) -> Option<(String, String)> {
+        let mut parts = var.split('.');
+        let (Some("steps"), Some(id), Some(field)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let Some(Output::Whole(action)) = self.outputs.get(id) else {
+            return None;
+        };
+        Some((
+            id.to_string(),
+            format!(
+                "note: `steps.{id}.{field}` is not checked: step `{id}` calls `{action}`, whose action declares no `output:`, so the step's output is the whole response (declare `output:` fields on the action to have every field a recipe reads checked)"
+            ),
+        ))
+    }
+
+    /// [`Scope::unchecked_field`] for a condition's JSONPath (`$.steps.contact.plan`).
+    pub fn unchecked_path(&self, path: &str) -> Option<(String, String)> {
+        let rest = path.strip_prefix('$').unwrap_or(path);
+        self.unchecked_field(&leading_names(rest, 3).join("."))
     }
 
     /// Check a JSONPath of a condition: its root must be `$.event`,
@@ -168,10 +206,11 @@ impl Scope<'_> {
                     errors.push(map.error(&format!("{ptr}{p}"), msg));
                 }
                 // Templated operands (`gte: "{{ vars.min }}"`): compiled
-                // here, their variables checked like any template's.
-                for (p, msg) in c.bind_templates(templates) {
-                    errors.push(map.error(&format!("{ptr}{p}"), msg));
-                }
+                // here as every template is, their variables checked like
+                // any template's.
+                c.bind_templates(|source, p| {
+                    templates.compile_at(source, map, &format!("{ptr}{p}"), errors)
+                });
                 for (p, t) in c.templates() {
                     check_templates(
                         &ValueTemplate::String(t),
@@ -193,7 +232,9 @@ impl Scope<'_> {
     }
 }
 
-/// Check every variable the string leaves of `t` read against `scope`.
+/// Check every variable the string leaves of `t` read against `scope`
+/// (the names it uses were checked when it compiled,
+/// [`Templates::compile_at`]).
 pub(crate) fn check_templates(
     t: &ValueTemplate,
     ptr: &str,
@@ -208,11 +249,6 @@ pub(crate) fn check_templates(
         for var in templates.variables(leaf) {
             if let Err(msg) = scope.check_var(&var) {
                 errors.push(map.error(&p, msg));
-            }
-        }
-        if let Template::Text { source, .. } | Template::Typed { source, .. } = leaf {
-            for (at, msg) in templates.unknown_names(leaf) {
-                errors.push(map.error_inside(&p, source, at, msg));
             }
         }
         for name in templates.unknown_calendars(leaf) {

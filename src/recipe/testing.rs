@@ -90,10 +90,27 @@ pub(super) fn compile_tests(
         let mut mocks = BTreeMap::new();
         for (key, v) in &t.mock {
             let p = format!("{ptr}/mock/{}", escape(key));
-            // `connector.action`, or the id of a step that calls one.
-            let call = if key.contains('.') {
+            // `connector.action`, the id of a step that calls one, or the
+            // path of one instance of such a step (`each[1].tag`).
+            let (step_key, path_ok) = match mock_path(key) {
+                Some(ids) => {
+                    let unknown = ids.iter().find(|id| !steps.iter().any(|(s, _)| s == *id));
+                    if let Some(id) = unknown {
+                        errors.push(map.error_at_key(
+                            &p,
+                            format!("mock `{key}`: no step `{id}` in this recipe; a path names its loops' and switches' step ids, as `runs show` prints it (`each[1].tag`)"),
+                        ));
+                    }
+                    (ids.last().copied().unwrap_or_default(), unknown.is_none())
+                }
+                None => (key.as_str(), true),
+            };
+            let call = if !path_ok {
+                None
+            } else if step_key.contains('.') {
                 Some(key.clone())
             } else {
+                let key = step_key;
                 match steps.iter().find(|(id, _)| id == key) {
                     Some((_, s)) => match (&s.call, scenario(s)) {
                         (Some(c), _) => Some(c.clone()),
@@ -387,6 +404,27 @@ fn check_shape(
             format!("the output of `{call}` is a mapping of its action's `output:` fields ({expected}), not a single value"),
         )),
     }
+}
+
+/// The step ids in a mock key that is a step instance's path
+/// (`each[1].tag` → `each`, `tag`; `route.case1.note` → `route`, `note`),
+/// or `None` for a `connector.action` or a step id. A path names a loop
+/// item (`[N]`), so a key without one is not taken for a path.
+pub(crate) fn mock_path(key: &str) -> Option<Vec<&str>> {
+    if !key.contains('[') {
+        return None;
+    }
+    let ids = key
+        .split('.')
+        .filter(|seg| {
+            let case = seg
+                .strip_prefix("case")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+            !(case || *seg == "else")
+        })
+        .map(|seg| seg.split('[').next().unwrap_or(seg))
+        .collect();
+    Some(ids)
 }
 
 /// A mock's value: `{ sequence: [...] }` answers each call with the next

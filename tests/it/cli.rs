@@ -227,6 +227,32 @@ fn check_reports_a_step_output_the_action_does_not_produce() {
     );
 }
 
+/// An action without `output:` answers its whole response: a field read of
+/// its step cannot be checked, and `check` says so once per step (at the
+/// first read), as a note — the recipe still passes.
+#[test]
+fn check_notes_once_that_a_step_without_output_fields_is_not_checked() {
+    let cfg = Config::shipped();
+    let file = cfg.recipe(
+        "enroll",
+        &recipe(
+            "  - id: enroll\n    call: hubspot.enroll_in_workflow\n    with: { workflow_id: 7, email: a@b.c }\n  - id: tag\n    if:\n      - \"$.steps.enroll.statuss\": { equals: ok }\n    call: zendesk.add_tags\n    with:\n      ticket_id: \"{{ steps.enroll.id }}\"\n      tags: [\"{{ steps.enroll.id }}\"]\n",
+        ),
+    );
+    let out = cfg.check();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let notes: Vec<&str> = err.lines().filter(|l| l.contains(": note: ")).collect();
+    assert_eq!(
+        notes,
+        [format!(
+            "{}:11:9: note: `steps.enroll.statuss` is not checked: step `enroll` calls `hubspot.enroll_in_workflow`, whose action declares no `output:`, so the step's output is the whole response (declare `output:` fields on the action to have every field a recipe reads checked)",
+            file.display()
+        )],
+        "{err}"
+    );
+}
+
 #[test]
 fn check_reports_mocks_that_do_not_fit_the_recipe() {
     let fields = "`email`, `firstname`, `found`, `id`, `lastname`, `lead_status`, `lifecycle`, `owner_id`, `plan`, `revenue`";
@@ -339,6 +365,23 @@ fn check_reports_unknown_template_filters_tests_and_methods() {
     );
 }
 
+/// Templates outside steps — a condition's templated operand, the
+/// concurrency key, the reply — are checked as step inputs are: each
+/// mistake at its own line and column, inside a block scalar too.
+#[test]
+fn check_points_inside_templates_outside_steps() {
+    check_fails(
+        &format!(
+            "{HEAD}vars: {{ min: 3 }}\nif:\n  - \"$.event.ticket.id\": {{ gte: \"{{{{ vars.min | defualt(1) }}}}\" }}\nconcurrency: {{ key: \"{{{{ event.ticket.id | lowr }}}}\" }}\nreply:\n  body: |\n    ok\n    {{{{ event.ticket.id | tojsn }}}}\n{ONE_STEP}"
+        ),
+        &[
+            (7, 48, "unknown template filter `defualt`; did you mean `default`?"),
+            (8, 43, "unknown template filter `lowr`; did you mean `lower`?"),
+            (12, 26, "unknown template filter `tojsn`; did you mean `tojson`?"),
+        ],
+    );
+}
+
 #[test]
 fn check_suggests_the_action_and_connector_meant() {
     let cfg = check_fails(
@@ -408,7 +451,7 @@ fn check_reports_every_bad_condition_of_a_list() {
         &[
             (7, 34, "`in` expects a list, found a string"),
             (8, 32, "`gt` expects a number or a string, found a list"),
-            (9, 33, "unknown variable `vars.mni`, expected one of the recipe's `vars:` (`min`)"),
+            (9, 33, "unknown variable `vars.mni`, expected one of the recipe's `vars:` (`min`); did you mean `min`?"),
             (
                 10,
                 5,

@@ -407,3 +407,94 @@ async fn the_admin_api_summarises_activity_recipes_and_the_files_on_disk() {
         "{check}"
     );
 }
+
+/// The replay page: pick a recipe and a time range, see per event what the
+/// recipe as its file is now would have done against what ran — the same
+/// answer as `GET /api/replay` and `switchboard replay`. A GET (it changes
+/// nothing), behind the session like every page; nothing is sent.
+#[tokio::test]
+async fn the_replay_page_shows_what_a_changed_recipe_would_have_done() {
+    let mock = MockApi::start(vec![route(
+        Method::PUT,
+        "/api/v2/tickets/",
+        200,
+        json!({"ticket": {"id": 7}}),
+    )])
+    .await;
+    let (hub, cfg) = hub_with_note_recipe(&mock).await;
+    let (_, accepted) = hub
+        .post_zendesk(&ticket_event(7, "Hello", "a@example.com"))
+        .await;
+    let run_id = accepted["runs"][0].as_str().unwrap().to_string();
+    assert_eq!(hub.wait_run(&run_id).await["status"], "succeeded");
+    let sent = mock.received().len();
+    // The change on disk (not reloaded): another body, and a tag step.
+    write(
+        &cfg.recipes.join("note-new-tickets.yaml"),
+        &format!(
+            "{}  - id: tag\n    call: zendesk.add_tags\n    with: {{ ticket_id: \"{{{{ event.ticket.id }}}}\", tags: [noted] }}\n",
+            RECIPE.replace("body: \"seen\"", "body: \"seen twice\"")
+        ),
+    );
+
+    let http = client();
+    let url = format!("{}/ui/replay", hub.url);
+    let (status, _, location) = get(&http, &format!("{url}?recipe=note-new-tickets"), None).await;
+    assert_eq!(status, 303, "signed out: the sign-in page");
+    assert!(location.unwrap().starts_with("/ui/login?next="));
+
+    let cookie = sign_in(&hub, &http).await;
+    let (status, form, _) = get(&http, &url, Some(&cookie)).await;
+    assert_eq!(status, 200);
+    assert!(
+        form.contains("<option>note-new-tickets</option>")
+            && form.contains(r#"aria-current="page">Replay</a>"#),
+        "{form}"
+    );
+
+    let (status, page, _) = get(
+        &http,
+        &format!("{url}?recipe=note-new-tickets&since=1h"),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let event_id = accepted["event_id"].as_str().unwrap();
+    for want in [
+        format!("href=\"/ui/events/{event_id}\""),
+        format!("href=\"/ui/runs/{run_id}\""),
+        "changed</span>".to_string(),
+        "other inputs".to_string(),
+        "&quot;seen&quot;".to_string(),
+        "&quot;seen twice&quot;".to_string(),
+        "would call (no recorded answer: not made)".to_string(),
+        "zendesk.add_tags".to_string(),
+        "1 with a difference".to_string(),
+    ] {
+        assert!(page.contains(&want), "{want}: {page}");
+    }
+    assert_eq!(mock.received().len(), sent, "a replay sends nothing");
+
+    // A range before the event: nothing to compare.
+    let (status, page, _) = get(
+        &http,
+        &format!("{url}?recipe=note-new-tickets&since=30d&until=2020-01-01T00:00"),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(page.contains("neither ran nor would run"), "{page}");
+    assert!(!page.contains(event_id), "{page}");
+
+    // An unknown recipe, a time that is not one: said plainly.
+    let (status, page, _) = get(&http, &format!("{url}?recipe=nope"), Some(&cookie)).await;
+    assert_eq!(status, 404);
+    assert!(page.contains("no recipe named `nope`"), "{page}");
+    let (status, _, _) = get(
+        &http,
+        &format!("{url}?recipe=note-new-tickets&since=yesterday"),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(status, 400);
+}

@@ -131,27 +131,47 @@ fn the_schemas_refuse_what_the_loader_refuses() {
     }
 }
 
-/// README's "File reference" is what `switchboard docs` prints (generated
-/// from the types' doc comments). `SWITCHBOARD_UPDATE_DOCS=1 cargo test
-/// --test it schema::` rewrites it.
+/// README's generated parts — the File reference, the condition operators,
+/// the template filters, tests and functions — are what `switchboard docs`
+/// prints (from the types' doc comments and the code's own lists), each
+/// between its markers. `SWITCHBOARD_UPDATE_DOCS=1 cargo test --test it
+/// schema::` rewrites them.
 #[test]
-fn the_readme_file_reference_is_generated_from_the_types() {
+fn the_readme_reference_parts_are_generated_from_the_code() {
     let out = command(&["docs"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let generated = stdout(&out);
-    assert!(generated.contains("#### `StepFile`") && generated.contains("#### `ActionFile`"));
+    let part = |text: &str, name: &str| -> Option<(usize, usize)> {
+        let start = format!("<!-- {name}:start -->\n");
+        let from = text.find(&start)? + start.len();
+        let to = text[from..].find(&format!("<!-- {name}:end -->"))? + from;
+        Some((from, to))
+    };
+    let names = ["operators", "template-names", "time-functions", "reference"];
     let path = repo().join("README.md");
-    let readme = std::fs::read_to_string(&path).unwrap();
-    let (start, end) = ("<!-- reference:start -->\n", "<!-- reference:end -->");
-    let from = readme.find(start).expect("README has the start marker") + start.len();
-    let to = readme.find(end).expect("README has the end marker");
+    let mut readme = std::fs::read_to_string(&path).unwrap();
+    let mut differ = Vec::new();
+    for name in names {
+        let (f, t) = part(&generated, name).unwrap_or_else(|| panic!("docs prints `{name}`"));
+        let want = &generated[f..t];
+        assert!(want.lines().count() > 10, "{name}: {want}");
+        let (from, to) =
+            part(&readme, name).unwrap_or_else(|| panic!("README has the markers of `{name}`"));
+        if readme[from..to] != *want {
+            differ.push(name);
+            readme = format!("{}{want}{}", &readme[..from], &readme[to..]);
+        }
+    }
+    assert!(generated.contains("#### `StepFile`") && generated.contains("#### `ActionFile`"));
+    assert!(
+        generated.contains("| `starts_with` |") && generated.contains("`x \\| default('there')`")
+    );
     if std::env::var_os("SWITCHBOARD_UPDATE_DOCS").is_some() {
-        let text = format!("{}{generated}{}", &readme[..from], &readme[to..]);
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, readme).unwrap();
         return;
     }
     assert!(
-        readme[from..to] == generated,
-        "README.md's File reference differs from `switchboard docs`: run SWITCHBOARD_UPDATE_DOCS=1 cargo test --test it schema::"
+        differ.is_empty(),
+        "README.md's {differ:?} differ from `switchboard docs`: run SWITCHBOARD_UPDATE_DOCS=1 cargo test --test it schema::"
     );
 }

@@ -454,7 +454,48 @@ steps:
     let warnings: Vec<&str> = text.lines().filter(|l| l.contains("may loop")).collect();
     assert_eq!(warnings.len(), 1, "{text}");
     assert!(
-        warnings[0].contains("tag-every-update.yaml:1:1: warning: recipe `tag-every-update` runs on `zendesk` `ticket.updated` and its step `tag` causes that event again"),
+        warnings[0].contains("tag-every-update.yaml:5:5: warning: recipe `tag-every-update` runs on `zendesk` `ticket.updated` and its step `tag` causes that event again"),
+        "{text}"
+    );
+
+    // Inside a `for_each` and a `switch`'s `else:`, the step is found and
+    // pointed at; a case's `when:` and an enclosing step's `if:` guard it.
+    cfg.recipe(
+        "tag-every-update",
+        r##"
+name: tag-every-update
+on: { connector: zendesk, event: ticket.updated }
+steps:
+  - id: route
+    switch:
+      - when: [ { "$.event.ticket.status": { equals: new } } ]
+        steps:
+          - id: in_case
+            call: zendesk.add_tags
+            with: { ticket_id: "{{ event.ticket.id }}", tags: [a] }
+      - else:
+          - id: each
+            for_each: "{{ event.ticket.related }}"
+            steps:
+              - id: in_else
+                call: zendesk.add_tags
+                with: { ticket_id: "{{ item }}", tags: [b] }
+  - id: guarded_loop
+    if: [ { "$.event.ticket.status": { equals: open } } ]
+    for_each: "{{ event.ticket.related }}"
+    steps:
+      - id: under_if
+        call: zendesk.add_tags
+        with: { ticket_id: "{{ item }}", tags: [c] }
+"##,
+    );
+    let out = cfg.check();
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("may loop")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(
+        warnings[0].contains("tag-every-update.yaml:16:17: warning: recipe `tag-every-update` runs on `zendesk` `ticket.updated` and its step `in_else` causes that event again"),
         "{text}"
     );
 
@@ -761,7 +802,7 @@ steps:
     assert!(
         warnings
             .iter()
-            .any(|w| w.contains("tag-every-update.yaml:1:1")
+            .any(|w| w.contains("tag-every-update.yaml:5:5")
                 && w.ends_with(
                     "the default loop breaker pauses it for an object after 5 runs within 10m"
                 )),
@@ -770,7 +811,7 @@ steps:
     assert!(
         warnings
             .iter()
-            .any(|w| w.contains("tag-without-breaker.yaml:1:1")
+            .any(|w| w.contains("tag-without-breaker.yaml:6:5")
                 && w.ends_with("its loop breaker is off")),
         "{text}"
     );

@@ -1,12 +1,83 @@
-//! `switchboard docs`: the field reference of the file formats, as
-//! Markdown tables, rendered from the JSON Schemas that `switchboard schema`
-//! prints — so from the serde types that parse the files and their doc
-//! comments. README.md's "File reference" section is this text (a test
-//! compares them; `SWITCHBOARD_UPDATE_DOCS=1` rewrites it).
+//! `switchboard docs`: README.md's generated parts, as Markdown tables —
+//! the field reference of the file formats, rendered from the JSON Schemas
+//! that `switchboard schema` prints (so from the serde types that parse the
+//! files and their doc comments), the condition operators from the list the
+//! condition compiler accepts, and the template filters, tests and
+//! functions from the list the template registry is checked against. Each
+//! part is in README.md between its markers (a test compares them;
+//! `SWITCHBOARD_UPDATE_DOCS=1` rewrites them).
 
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use switchboard::template::reference::{Group, Kind, REFERENCE};
+
+/// Every generated part of README.md, each between its markers
+/// (`<!-- NAME:start -->` … `<!-- NAME:end -->`): the condition operators,
+/// the template filters, tests and functions (general, then time), and the
+/// file reference. A test holds the README's parts equal to these.
+pub fn all() -> String {
+    let mut out = String::new();
+    for (name, text) in [
+        ("operators", operators()),
+        ("template-names", template_names(Group::General)),
+        ("time-functions", template_names(Group::Time)),
+        ("reference", reference()),
+    ] {
+        let _ = write!(out, "<!-- {name}:start -->\n{text}<!-- {name}:end -->\n");
+    }
+    out
+}
+
+/// The condition operators, from the list the compiler accepts.
+fn operators() -> String {
+    let mut out = String::from("| operator | operand | holds when the value… |\n|---|---|---|\n");
+    for op in switchboard::recipe::condition::OPERATORS {
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} |",
+            op.name,
+            cell(op.operand),
+            cell(op.holds)
+        );
+    }
+    out
+}
+
+/// The filters, tests and functions of one group, from the list the
+/// template registry is checked against.
+fn template_names(group: Group) -> String {
+    let rows = REFERENCE.iter().filter(|e| e.group == group);
+    let mut out = String::new();
+    if group == Group::Time {
+        out.push_str("| function / filter | gives |\n|---|---|\n");
+        for e in rows {
+            let _ = writeln!(out, "| `{}` | {} |", cell(e.usage), cell(e.gives));
+        }
+        return out;
+    }
+    out.push_str("| written | kind | gives |\n|---|---|---|\n");
+    for e in rows {
+        let kind = match e.kind {
+            Kind::Filter => "filter",
+            Kind::Test => "test",
+            Kind::Function => "function",
+        };
+        let also = if e.aliases.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = e.aliases.iter().map(|a| format!("`{a}`")).collect();
+            format!(" (also {})", names.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "| `{}` | {kind}{also} | {} |",
+            cell(e.usage),
+            cell(e.gives)
+        );
+    }
+    out
+}
 
 /// The reference: one section per file format, one table per type.
 pub fn reference() -> String {

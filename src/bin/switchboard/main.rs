@@ -179,8 +179,10 @@ enum Command {
         #[arg(value_enum)]
         kind: SchemaKind,
     },
-    /// Print the field reference of the file formats (Markdown), generated
-    /// from the same types and doc comments as `schema`: README's "File reference".
+    /// Print README's generated parts (Markdown, each between its markers):
+    /// the field reference of the file formats (from the same types and doc
+    /// comments as `schema`), the condition operators and the template
+    /// filters, tests and functions (from the lists the code checks against).
     Docs,
     /// Inspect and retry runs.
     Runs {
@@ -259,7 +261,7 @@ fn main() -> ExitCode {
             Command::Test(args) => test(args),
             Command::Schema { kind } => schema(kind),
             Command::Docs => {
-                print!("{}", docs::reference());
+                print!("{}", docs::all());
                 ExitCode::SUCCESS
             }
             Command::Runs { cmd } => inspect::runs(cmd).await,

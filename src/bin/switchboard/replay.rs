@@ -1,4 +1,4 @@
-//! `switchboard replay --recipe NAME [--since 7d | --events ID…]`: what the
+//! `switchboard replay --recipe NAME [--since 7d [--until T] | --events ID…]`: what the
 //! recipe as its file is in `--recipes` would have done for stored events,
 //! against what ran (`switchboard::admin::replay`).
 //!
@@ -28,6 +28,9 @@ pub struct ReplayArgs {
     /// Events received this long ago or later (`7d`, `12h`), or since a time.
     #[arg(long, default_value = "7d", conflicts_with = "events")]
     since: String,
+    /// Only events received before this time (RFC 3339, `YYYY-MM-DDTHH:MM` in UTC, or ms).
+    #[arg(long, conflicts_with = "events")]
+    until: Option<String>,
     /// Exactly these events (ids), instead of --since.
     #[arg(long, num_args = 1..)]
     events: Vec<String>,
@@ -73,6 +76,7 @@ pub async fn replay(args: ReplayArgs) -> ExitCode {
     let q = ReplayQuery {
         recipe: args.recipe.clone(),
         since: Some(args.since.clone()),
+        until: args.until.clone(),
         events: (!args.events.is_empty()).then(|| args.events.join(",")),
         limit: Some(args.limit),
         before: args.before.clone(),

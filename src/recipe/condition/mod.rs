@@ -82,20 +82,91 @@ const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// overflowing the stack; real conditions nest a few levels.
 const MAX_DEPTH: usize = 64;
 
-const OPERATORS: [&str; 12] = [
-    "equals",
-    "not_equals",
-    "in",
-    "contains",
-    "matches",
-    "exists",
-    "gt",
-    "gte",
-    "lt",
-    "lte",
-    "starts_with",
-    "ends_with",
+/// One condition operator: the list [`OPERATORS`] is what the compiler
+/// accepts (a name not in it is refused before any other check), what
+/// `check`'s messages offer, and what `switchboard docs` writes into the
+/// README — so the three cannot disagree.
+#[derive(Debug, Clone, Copy)]
+pub struct Operator {
+    pub name: &'static str,
+    /// The operand it takes.
+    pub operand: &'static str,
+    /// When it holds, said of the value the JSONPath selects.
+    pub holds: &'static str,
+}
+
+/// Every operator (the README lists them in this order).
+pub const OPERATORS: &[Operator] = &[
+    Operator {
+        name: "equals",
+        operand: "any value",
+        holds: "equals the operand (a number equals a numeric string: `42` = `\"42\"`)",
+    },
+    Operator {
+        name: "not_equals",
+        operand: "any value",
+        holds: "does not equal the operand; also holds when the path selects nothing",
+    },
+    Operator {
+        name: "in",
+        operand: "a list",
+        holds: "equals one of the listed values",
+    },
+    Operator {
+        name: "contains",
+        operand: "a value",
+        holds: "is a string containing the operand as a substring, or a list containing it as an element",
+    },
+    Operator {
+        name: "matches",
+        operand: "a regular expression (fixed, not a template)",
+        holds: "matches it ([Rust regex syntax](https://docs.rs/regex); `(?i)` for case-insensitive)",
+    },
+    Operator {
+        name: "exists",
+        operand: "`true` or `false` (fixed)",
+        holds: "`true`: the path selects something; `false`: it selects nothing",
+    },
+    Operator {
+        name: "gt",
+        operand: "a number or a string",
+        holds: "is greater than the operand (numerically when both are numbers or numeric strings)",
+    },
+    Operator {
+        name: "gte",
+        operand: "a number or a string",
+        holds: "is greater than or equal to the operand",
+    },
+    Operator {
+        name: "lt",
+        operand: "a number or a string",
+        holds: "is less than the operand",
+    },
+    Operator {
+        name: "lte",
+        operand: "a number or a string",
+        holds: "is less than or equal to the operand",
+    },
+    Operator {
+        name: "starts_with",
+        operand: "a string",
+        holds: "is a string starting with the operand",
+    },
+    Operator {
+        name: "ends_with",
+        operand: "a string",
+        holds: "is a string ending with the operand",
+    },
 ];
+
+/// The operators' names, in [`OPERATORS`] order.
+fn operator_names() -> Vec<&'static str> {
+    OPERATORS.iter().map(|o| o.name).collect()
+}
+
+fn is_operator(name: &str) -> bool {
+    OPERATORS.iter().any(|o| o.name == name)
+}
 
 /// A compiled condition tree.
 #[derive(Debug, Clone)]
@@ -228,10 +299,9 @@ impl Condition {
         self.root.eval(ctx, Some(templates))
     }
 
-    /// Compile the templated operands into `templates`; returns
-    /// `(pointer, message)` for each that does not compile.
-    pub fn bind_templates(&mut self, templates: &mut Templates) -> Vec<(String, String)> {
-        let mut errors = Vec::new();
+    /// Compile the templated operands with `compile(source, pointer)`
+    /// (the loader's, which reports what does not compile at its place).
+    pub fn bind_templates(&mut self, mut compile: impl FnMut(&str, &str) -> Option<Template>) {
         self.root.visit_ops(&mut |op| {
             if let Op::Templated {
                 pointer,
@@ -240,13 +310,9 @@ impl Condition {
                 ..
             } = op
             {
-                match templates.compile(source) {
-                    Ok(t) => *template = Some(t),
-                    Err(e) => errors.push((pointer.clone(), format!("template error: {e}"))),
-                }
+                *template = compile(source, pointer);
             }
         });
-        errors
     }
 
     /// The bound templated operands, as `(pointer, template)`, so the loader
@@ -406,7 +472,7 @@ fn unknown_key_message(key: &str) -> String {
     let hint = match key {
         "and" => Some("`all`".to_owned()),
         "or" => Some("`any`".to_owned()),
-        k if OPERATORS.contains(&k) => {
+        k if is_operator(k) => {
             return format!("{base}; `{k}` is an operator and belongs under a JSONPath, e.g. {{\"$.event.x\": {{{k}: ...}}}}");
         }
         k if ["event", "steps", "vars"].iter().any(|root| {
@@ -475,7 +541,7 @@ fn compile_op(name: &str, operand: &Value, pointer: &str) -> Result<Op, Conditio
                     format!("`{name}` takes a fixed operand, not a template"),
                 ));
             }
-            if OPERATORS.contains(&name) {
+            if is_operator(name) {
                 return Ok(Op::Templated {
                     name: name.to_string(),
                     pointer: pointer.to_string(),
@@ -484,6 +550,17 @@ fn compile_op(name: &str, operand: &Value, pointer: &str) -> Result<Op, Conditio
                 });
             }
         }
+    }
+    if !is_operator(name) {
+        let names = operator_names();
+        let mut message = format!(
+            "unknown operator `{name}`, expected one of {}",
+            names.join(", ")
+        );
+        if let Some(s) = suggest(name, &names) {
+            message.push_str(&format!(" (did you mean `{s}`?)"));
+        }
+        return Err(ConditionError::new(pointer, message));
     }
     Ok(match name {
         "equals" => Op::Equals(operand.clone()),
@@ -532,15 +609,12 @@ fn compile_op(name: &str, operand: &Value, pointer: &str) -> Result<Op, Conditio
                 Op::EndsWith(text)
             }
         }
+        // `is_operator` let it through: an operator listed without an arm.
         _ => {
-            let mut message = format!(
-                "unknown operator `{name}`, expected one of {}",
-                OPERATORS.join(", ")
-            );
-            if let Some(s) = suggest(name, &OPERATORS) {
-                message.push_str(&format!(" (did you mean `{s}`?)"));
-            }
-            return Err(ConditionError::new(pointer, message));
+            return Err(ConditionError::new(
+                pointer,
+                format!("operator `{name}` is listed but not implemented"),
+            ))
         }
     })
 }

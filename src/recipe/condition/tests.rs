@@ -487,7 +487,7 @@ fn arb_tree() -> impl Strategy<Value = Value> {
         Just("all".to_owned()),
         Just("any".to_owned()),
         Just("not".to_owned()),
-        proptest::sample::select(OPERATORS.to_vec()).prop_map(str::to_owned),
+        proptest::sample::select(operator_names()).prop_map(str::to_owned),
         "\\$[.a-z0-9*\\[\\]?@<>=!'\"(), :$-]{0,16}",
         "\\$\\.(event|steps|vars)(\\.[a-z]{1,3}|\\[[0-9*:-]{1,4}\\]|\\[\\?@\\.[a-z] [<>=!]=? [0-9'a]+\\])*",
         ".{0,8}",
@@ -555,7 +555,7 @@ fn arb_condition() -> impl Strategy<Value = Value> {
             proptest::sample::select(vec!["gt", "gte", "lt", "lte", "starts_with", "ends_with"]),
             text
         ),
-        (proptest::sample::select(OPERATORS.to_vec()), arb_tree()),
+        (proptest::sample::select(operator_names()), arb_tree()),
     ];
     let leaf = (path, op_operand).prop_map(|(p, (o, v))| json!({ p: { o: v } }));
     leaf.prop_recursive(3, 16, 3, |inner| {
@@ -633,4 +633,27 @@ fn conditions_with_the_same_pattern_share_one_regex() {
     );
     let c = Condition::compile(&cond).unwrap();
     assert!(c.eval(&ctx));
+}
+
+/// The list is the compiler's: every operator in it compiles (with some
+/// operand), and a name not in it is refused naming the list.
+#[test]
+fn every_listed_operator_is_implemented() {
+    let operands = [json!("x"), json!(1), json!([1]), json!(true)];
+    for op in OPERATORS {
+        assert!(
+            operands.iter().any(|v| compile_op(op.name, v, "").is_ok()),
+            "`{}` is listed but does not compile",
+            op.name
+        );
+    }
+    let e = compile_op("equal", &json!(1), "").unwrap_err();
+    assert!(
+        e.message.starts_with(&format!(
+            "unknown operator `equal`, expected one of {}",
+            operator_names().join(", ")
+        )),
+        "{}",
+        e.message
+    );
 }

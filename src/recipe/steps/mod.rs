@@ -31,7 +31,7 @@ pub use wait::{Awaited, WaitForStep, WaitStep, WaitUntilStep};
 
 use super::condition::Condition;
 use super::config::{self, StepFile};
-use super::scope::{check_templates, Scope};
+use super::scope::{check_templates, Output, Scope};
 use crate::connector::Connectors;
 use crate::template::{Template, Templates, ValueTemplate};
 use crate::time::Calendars;
@@ -139,6 +139,9 @@ pub(crate) struct Compiler<'a> {
     /// The recipe's trigger connector (none for a schedule): the default
     /// connector of `wait_for` and `cancel_on`.
     pub trigger_connector: Option<&'a str>,
+    /// Notes for `check` (not errors): a field read of a step whose action
+    /// has no `output:`, once per step (its id, the note at the first read).
+    pub notes: Vec<(String, LoadError)>,
 }
 
 impl Compiler<'_> {
@@ -156,56 +159,50 @@ impl Compiler<'_> {
             locals: &self.locals,
             calendars: self.calendars,
         };
-        scope.condition(v, ptr, self.map, self.templates, self.errors)
+        let mut c = scope.condition(v, ptr, self.map, self.templates, self.errors)?;
+        let mut unchecked = Vec::new();
+        for (p, path) in c.paths() {
+            if let Some(n) = scope.unchecked_path(&path) {
+                unchecked.push((n, self.map.error_at_key(&format!("{ptr}{p}"), "")));
+            }
+        }
+        for (p, t) in c.templates() {
+            for var in self.templates.variables(&t) {
+                if let Some(n) = scope.unchecked_field(&var) {
+                    unchecked.push((n, self.map.error(&format!("{ptr}{p}"), "")));
+                }
+            }
+        }
+        for ((id, message), at) in unchecked {
+            self.note(id, LoadError { message, ..at });
+        }
+        Some(c)
+    }
+
+    /// Keep `note` about step `id` unless one was kept already: `check`
+    /// says it once per step.
+    fn note(&mut self, id: String, note: LoadError) {
+        if !self.notes.iter().any(|(n, _)| *n == id) {
+            self.notes.push((id, note));
+        }
     }
 
     /// Compile a template string at `ptr`, checking its references.
     pub fn template(&mut self, source: &str, ptr: &str) -> Option<Template> {
-        match self.templates.compile(source) {
-            Ok(t) => {
-                self.templates.set_origin(&t, self.map.place(ptr));
-                self.check(&ValueTemplate::String(t.clone()), ptr);
-                Some(t)
-            }
-            Err(e) => {
-                self.template_error(ptr, source, e);
-                None
-            }
-        }
+        let t = self
+            .templates
+            .compile_at(source, self.map, ptr, self.errors)?;
+        self.check(&ValueTemplate::String(t.clone()), ptr);
+        Some(t)
     }
 
     /// Compile every string leaf of `v` at `ptr`, checking their references.
     pub fn value_template(&mut self, v: &Value, ptr: &str) -> Option<ValueTemplate> {
-        match self.templates.compile_value(v) {
-            Ok(t) => {
-                let mut leaves = Vec::new();
-                self.templates.leaves(&t, ptr.to_string(), &mut leaves);
-                for (p, leaf) in leaves {
-                    self.templates.set_origin(leaf, self.map.place(&p));
-                }
-                self.check(&t, ptr);
-                Some(t)
-            }
-            Err((sub, e)) => {
-                let p = format!("{ptr}{sub}");
-                match v.pointer(&sub).and_then(Value::as_str) {
-                    Some(source) => self.template_error(&p, source, e),
-                    None => self.error(&p, format!("template error: {e}")),
-                }
-                None
-            }
-        }
-    }
-
-    /// A template that does not compile, at the line and column of the
-    /// error inside its string (a block scalar's own line).
-    fn template_error(&mut self, ptr: &str, source: &str, e: crate::template::TemplateError) {
-        let msg = format!("template error: {e}");
-        let err = match crate::template::syntax_error_offset(source) {
-            Some(at) => self.map.error_inside(ptr, source, at, msg),
-            None => self.map.error(ptr, msg),
-        };
-        self.errors.push(err);
+        let t = self
+            .templates
+            .compile_value_at(v, self.map, ptr, self.errors)?;
+        self.check(&t, ptr);
+        Some(t)
     }
 
     fn check(&mut self, t: &ValueTemplate, ptr: &str) {
@@ -217,6 +214,19 @@ impl Compiler<'_> {
             calendars: self.calendars,
         };
         check_templates(t, ptr, &scope, self.templates, self.map, self.errors);
+        let mut leaves = Vec::new();
+        self.templates.leaves(t, ptr.to_string(), &mut leaves);
+        let mut unchecked = Vec::new();
+        for (p, leaf) in leaves {
+            for var in self.templates.variables(leaf) {
+                if let Some((id, message)) = scope.unchecked_field(&var) {
+                    unchecked.push((id, self.map.error(&p, message)));
+                }
+            }
+        }
+        for (id, note) in unchecked {
+            self.note(id, note);
+        }
     }
 
     /// Compile a list of sibling steps at `ptr` (`/steps`, `/steps/2/steps`).
@@ -231,9 +241,13 @@ impl Compiler<'_> {
             });
             if let Some(step) = self.step(s, id.clone(), &p) {
                 if let StepKind::Call(c) = &step.kind {
-                    if !c.action.output.is_empty() && !self.outputs.contains_key(&id) {
-                        let fields = c.action.output.iter().map(|(k, _)| k.clone()).collect();
-                        self.outputs.insert(id.clone(), fields);
+                    if !self.outputs.contains_key(&id) {
+                        let output = if c.action.output.is_empty() {
+                            Output::Whole(c.name())
+                        } else {
+                            Output::Fields(c.action.output.iter().map(|(k, _)| k.clone()).collect())
+                        };
+                        self.outputs.insert(id.clone(), output);
                     }
                 }
                 out.push(step);
@@ -347,4 +361,4 @@ pub(crate) fn valid_id(id: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -177,7 +177,7 @@ fn templated_condition_operands_are_checked_at_load() {
     );
     assert_eq!(
         check("  - if: [ { \"$.event.n\": { gte: \"{{ vars.team\" } } ]\n    set: { a: 1 }\n"),
-        ["5:33: template error: syntax error: unexpected end of input, expected end of variable block"]
+        ["5:42: template error: syntax error: unexpected end of input, expected end of variable block"]
     );
 }
 

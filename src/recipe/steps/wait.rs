@@ -194,27 +194,17 @@ pub(crate) fn awaited(cx: &mut Compiler<'_>, f: Pattern<'_>, ptr: &str) -> Optio
         locals: &[],
         calendars: cx.calendars,
     };
-    let (msrc, mptr) = match f.matcher {
-        Some(m) => (m, format!("{ptr}/match")),
-        None => (f.key, format!("{ptr}/key")),
-    };
-    let matcher = match cx.templates.compile(msrc) {
-        Ok(t) => {
-            if f.matcher.is_some() {
-                check_templates(
-                    &ValueTemplate::String(t.clone()),
-                    &mptr,
-                    &incoming,
-                    cx.templates,
-                    cx.map,
-                    cx.errors,
-                );
+    let mptr = format!("{ptr}/match");
+    // Without `match:`, the key is also the matcher (compiled above).
+    let matcher = match f.matcher {
+        None => key.clone(),
+        Some(m) => {
+            let t = cx.templates.compile_at(m, cx.map, &mptr, cx.errors);
+            if let Some(t) = &t {
+                let t = ValueTemplate::String(t.clone());
+                check_templates(&t, &mptr, &incoming, cx.templates, cx.map, cx.errors);
             }
-            Some(t)
-        }
-        Err(e) => {
-            cx.error(&mptr, format!("template error: {e}"));
-            None
+            t
         }
     };
     let condition = f
