@@ -134,6 +134,7 @@ pub struct Metrics {
     breaker_refusals: Family<ConnectorLabel, Counter>,
     commit: Histogram,
     commit_group: Histogram,
+    round_trips: Counter,
     queue_depth: Gauge,
     waiting_runs: Gauge,
     breakers: Family<ConnectorLabel, Gauge>,
@@ -224,6 +225,12 @@ impl Metrics {
             "Writers made durable by one flush",
             commit_group.clone(),
         );
+        let round_trips = Counter::default();
+        r.register(
+            "store_round_trips",
+            "Statements sent to PostgreSQL, each a round trip to the database (none with the embedded store)",
+            round_trips.clone(),
+        );
         let queue_depth = Gauge::default();
         r.register(
             "queue_depth",
@@ -256,6 +263,7 @@ impl Metrics {
             breaker_refusals,
             commit,
             commit_group,
+            round_trips,
             queue_depth,
             waiting_runs,
             breakers,
@@ -369,6 +377,11 @@ impl Metrics {
         self.commit_group.observe(writers as f64);
     }
 
+    /// One statement went to the database and its answer came back.
+    pub fn round_trip(&self) {
+        self.round_trips.inc();
+    }
+
     /// The text exposition of every metric, with `now`'s states.
     pub fn encode(&self, now: &Snapshot) -> Result<String, std::fmt::Error> {
         self.queue_depth.set(clamp(now.queue_depth));
@@ -411,6 +424,7 @@ mod tests {
         );
         m.call("hubspot", "get_contact", None, Duration::from_millis(20));
         m.commit(3, Duration::from_micros(300));
+        m.round_trip();
         let text = m
             .encode(&Snapshot {
                 queue_depth: 4,
@@ -424,6 +438,7 @@ mod tests {
             "switchboard_step_duration_seconds_count{connector=\"hubspot\",action=\"get_contact\",status_class=\"4xx\"} 1",
             "switchboard_step_duration_seconds_count{connector=\"hubspot\",action=\"get_contact\",status_class=\"none\"} 1",
             "switchboard_store_commit_group_size_sum 3.0",
+            "switchboard_store_round_trips_total 1",
             "switchboard_queue_depth 4",
             "switchboard_waiting_runs 2",
             "switchboard_circuit_breaker_state{connector=\"hubspot\"} 1",

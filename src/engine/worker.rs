@@ -35,6 +35,21 @@ pub fn spawn(
             tokio::spawn(async move { engine.work(shutdown).await })
         })
         .collect();
+    if let Some(mut queued) = engine.store.watch_queue() {
+        // Runs other nodes queued: wake the idle workers as for our own.
+        let (engine, mut shutdown) = (engine.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            while !*shutdown.borrow() {
+                tokio::select! {
+                    due = queued.recv() => match due {
+                        Some(due) => engine.queued_at(due),
+                        None => return,
+                    },
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }));
+    }
     let engine = engine.clone();
     tasks.push(tokio::spawn(
         async move { engine.sweep_state(shutdown).await },

@@ -988,6 +988,91 @@ mod pg_nodes {
         assert_eq!(unique.len(), all.len());
     }
 
+    /// The next due time `rx` hears of (panics after 20 s of silence).
+    fn heard(rx: &mut tokio::sync::mpsc::UnboundedReceiver<i64>) -> i64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Ok(due) = rx.try_recv() {
+                return due;
+            }
+            assert!(std::time::Instant::now() < deadline, "no wake-up heard");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_node_hears_of_runs_other_nodes_queue_and_listens_again_after_its_connection_dies() {
+        let db = Pg::new();
+        let (a, b) = (db.open(), db.open());
+        let mut rx = b.watch_queue().expect("PostgreSQL nodes hear each other");
+        assert_eq!(
+            heard(&mut rx),
+            i64::MIN,
+            "listening: look at the queue once"
+        );
+        let e = event(None);
+        insert(&*a, &e, &[run(&e, 1234)]);
+        assert_eq!(heard(&mut rx), 1234, "a run a queued");
+        // Not news for b: a run a leased for its own worker, and b's own run
+        // (notifications arrive in commit order, so the next one heard
+        // shows these two were not sent to b).
+        let e = event(None);
+        let mut handed = run(&e, 600_000);
+        handed.status = RunStatus::Running;
+        insert(&*a, &e, &[handed]);
+        let e = event(None);
+        let own = run(&e, 10);
+        insert(&*b, &e, std::slice::from_ref(&own));
+        let mut failed = b.lease(10, 60_000, 1).unwrap().remove(0);
+        assert_eq!(failed.id, own.id);
+        failed.status = RunStatus::Failed;
+        b.finish_run(&failed).unwrap();
+        assert!(matches!(
+            a.retry_run(&own.id, 4321).unwrap(),
+            Retried::Queued(_)
+        ));
+        assert_eq!(heard(&mut rx), 4321, "a retry on a");
+        // The listening connection dies (a restart, a cut): b listens again
+        // and, having maybe missed something, says to look at the queue.
+        let mut admin = postgres::Client::connect(&db.admin, postgres::NoTls).unwrap();
+        let killed = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE query LIKE 'LISTEN %' AND query LIKE '%' || $1 || '%'",
+                &[&db.schema],
+            )
+            .unwrap();
+        assert_eq!(killed.len(), 1, "b's listening connection");
+        assert_eq!(heard(&mut rx), i64::MIN, "listening again");
+        let e = event(None);
+        insert(&*a, &e, &[run(&e, 99)]);
+        assert_eq!(heard(&mut rx), 99);
+    }
+
+    #[test]
+    fn one_retention_chunk_runs_at_a_time_across_nodes() {
+        let db = Pg::new();
+        let s = db.open();
+        let e = event(None);
+        insert(&*s, &e, &[]);
+        // After the event's id, whatever time other tests' ids carry.
+        let cutoff = super::super::id_time(&e.id).unwrap() + 1;
+        // Another node's chunk holds the retention lock: this tick skips.
+        let mut other = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+        let mut chunk = other.transaction().unwrap();
+        let lock = super::super::pg::retention_lock(&db.schema);
+        chunk
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
+            .unwrap();
+        let skipped = s.expire(cutoff, 10).unwrap();
+        assert_eq!((skipped.events, skipped.cycle_done), (0, true));
+        assert!(s.event(&e.id).unwrap().is_some());
+        chunk.rollback().unwrap();
+        let x = s.expire(cutoff, 10).unwrap();
+        assert_eq!(x.events, 1, "{x:?}");
+        assert!(s.event(&e.id).unwrap().is_none());
+    }
+
     #[test]
     fn runs_leased_by_a_node_that_is_gone_come_due_at_once_and_a_live_nodes_do_not() {
         let db = Pg::new();

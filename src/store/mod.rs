@@ -630,6 +630,13 @@ pub trait Store: Send + Sync + 'static {
     fn park(&self, run: &Run, previous_due: i64) -> Result<()>;
     /// Make every write so far durable.
     fn flush(&self) -> Result<()>;
+    /// Due times (engine clock, ms) of runs that **other processes** sharing
+    /// this store queued, for waking idle workers (`i64::MIN`: look at the
+    /// queue, something may have been missed). `None`: nobody else writes
+    /// this store (sled: one process), so the engine's own wake-ups are all.
+    fn watch_queue(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<i64>> {
+        None
+    }
     /// Can the store take writes? An error says why not (`/readyz`).
     fn healthy(&self) -> Result<()> {
         Ok(())

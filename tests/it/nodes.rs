@@ -1,10 +1,15 @@
 //! Several `switchboard serve` nodes on one PostgreSQL (a schema of the
 //! test's own in the `test` database): duplicate deliveries across nodes,
 //! kill -9 of a node mid-load, a schedule slot and a wait with three nodes,
-//! and PostgreSQL cut off under load (through a TCP proxy the test owns).
+//! PostgreSQL unavailable for 10 s under load (through a TCP proxy the
+//! test owns), and an idle node taking a run another node queued at once.
 //! A child of `durability`: the same sink, load and helpers.
 
 use super::*;
+
+/// One cluster test at a time: three nodes hold up to 3 × 18 connections,
+/// and PostgreSQL's default `max_connections` is 100.
+static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A node of the cluster: the setup's connectors and recipes, the
 /// database's schema, a data dir of its own (its admin token file).
@@ -38,6 +43,7 @@ async fn post_delivery(http: &reqwest::Client, url: &str, body: &Value, id: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_duplicate_deliveries_across_three_nodes_store_one_event() {
+    let _cluster = CLUSTER.lock().await;
     let db = PgSchema::fresh();
     let sink = Sink::start(|_, _| Reply::ok()).await;
     let setup = Setup::new(&sink, RETRY, &recipe("", &["a"]));
@@ -92,39 +98,117 @@ async fn a_thousand_duplicate_deliveries_across_three_nodes_store_one_event() {
     db.drop_now();
 }
 
-/// One wave of load: `per_node` events to each node, `seq` from `from`;
-/// node `victim` is killed (kill -9) once `kill_at` of its own were
-/// acknowledged. The acknowledged events of every node.
+/// Load spread round robin over the nodes, as a load balancer does: event
+/// `i` goes to node `i % n`; a node that does not answer 2xx (killed) gets
+/// it sent to the next one. Records which node acknowledged each event.
+struct Spread {
+    acked: Arc<Mutex<Vec<(usize, Acked)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Spread {
+    fn start(urls: Vec<String>, from: usize, n: usize, parallel: usize) -> Spread {
+        let acked: Arc<Mutex<Vec<(usize, Acked)>>> = Arc::default();
+        let next = Arc::new(AtomicUsize::new(0));
+        let http = reqwest::Client::new();
+        let tasks = (0..parallel)
+            .map(|_| {
+                let (acked, next, http, urls) =
+                    (acked.clone(), next.clone(), http.clone(), urls.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        if i >= n {
+                            return;
+                        }
+                        let seq = from + i;
+                        let body = event(seq as u64, seq);
+                        for attempt in 0.. {
+                            assert!(attempt < 200, "event {seq} never acknowledged");
+                            let node = (i + attempt) % urls.len();
+                            match post(&http, &urls[node], &body).await {
+                                Some((s, v)) if (200..300).contains(&s) => {
+                                    acked.lock().unwrap().push((
+                                        node,
+                                        Acked {
+                                            seq,
+                                            event_id: v["event_id"].as_str().unwrap().to_string(),
+                                            runs: serde_json::from_value(v["runs"].clone())
+                                                .unwrap(),
+                                        },
+                                    ));
+                                    break;
+                                }
+                                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Spread { acked, tasks }
+    }
+
+    async fn wait_acked_by(&self, node: usize, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = self
+                .acked
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|a| a.0 == node)
+                .count();
+            if got >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node} acknowledged only {got}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn join(self) -> Vec<Acked> {
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let acked = self
+            .acked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.1.clone())
+            .collect();
+        acked
+    }
+}
+
+/// One wave of load: `n` events spread over the nodes, `seq` from `from`;
+/// node `victim` is killed (kill -9) once it acknowledged `kill_at`, and
+/// its share goes to the others. Every event is acknowledged by some node.
 async fn wave(
     nodes: &mut [Hub],
-    per_node: usize,
+    n: usize,
     from: usize,
     victim: usize,
     kill_at: usize,
 ) -> Vec<Acked> {
-    static FROM: AtomicUsize = AtomicUsize::new(0);
-    FROM.store(from, Ordering::SeqCst);
-    let body: fn(usize) -> Value = |i| {
-        let seq = FROM.load(Ordering::SeqCst) + i;
-        event(seq as u64, seq)
-    };
-    let loads: Vec<Load> = nodes
-        .iter()
-        .map(|n| Load::start(&n.url, per_node, 8, body))
-        .collect();
-    loads[victim].wait_acked(kill_at).await;
+    let urls = nodes.iter().map(|h| h.url.clone()).collect();
+    let load = Spread::start(urls, from, n, 8 * nodes.len());
+    load.wait_acked_by(victim, kill_at).await;
     nodes[victim].kill(); // SIGKILL, mid-run
-    loads[victim].stop();
-    let mut acked = Vec::new();
-    for l in loads {
-        acked.extend(l.join().await);
-    }
+    let acked = load.join().await;
+    assert_eq!(acked.len(), n, "every event acknowledged by a node");
     acked
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_node_mid_load_twice_loses_nothing_and_each_step_acts_once() {
-    const PER_NODE: usize = 300;
+    let _cluster = CLUSTER.lock().await;
+    // 3,000 events in two waves of 1,500, round robin over three nodes.
+    const WAVE: usize = 1_500;
     let db = PgSchema::fresh();
     let sink = Sink::start(|_, _| Reply::ok().delay(Duration::from_millis(2))).await;
     let setup = Setup::new(&sink, RETRY, &recipe("", &["a", "b"]));
@@ -134,20 +218,20 @@ async fn kill_9_of_a_node_mid_load_twice_loses_nothing_and_each_step_acts_once()
         node(&setup, &db.url, "n2", &args).await,
         node(&setup, &db.url, "n3", &args).await,
     ];
-    // Wave 1: events round robin over three nodes; node 1 is killed mid-run
-    // and restarted. The others take over its runs (leased by a node that
-    // is gone: due again at once) and everything drains.
-    let mut acked = wave(&mut nodes, PER_NODE, 0, 0, PER_NODE / 3).await;
+    // Wave 1: node 1 is killed mid-run and restarted. The others take over
+    // its runs (leased by a node that is gone: due again at once) and
+    // everything drains.
+    let mut acked = wave(&mut nodes, WAVE, 0, 0, WAVE / 9).await;
     nodes[0] = node(&setup, &db.url, "n1", &args).await;
-    wait_drained(&nodes[2], Duration::from_secs(90)).await;
+    wait_drained(&nodes[2], Duration::from_secs(120)).await;
     // Wave 2: node 2 is killed mid-run. (Between the waves the backlog
     // drains: a run a killed node held, even one waiting in its hand-off
     // channel, counts a start; a second kill of the node running it then
     // would fail it by the poison-run guard, as on one node.)
-    acked.extend(wave(&mut nodes, PER_NODE, 10_000, 1, PER_NODE / 3).await);
-    assert!(acked.len() > PER_NODE * 2, "{}", acked.len());
+    acked.extend(wave(&mut nodes, WAVE, 10_000, 1, WAVE / 9).await);
+    assert_eq!(acked.len(), 2 * WAVE);
     let live = &nodes[2];
-    wait_drained(live, Duration::from_secs(90)).await;
+    wait_drained(live, Duration::from_secs(120)).await;
     let runs = runs_of(live).await;
     let keys = sink.by_key();
     assert_acked_runs_succeeded(&acked, &runs, &keys, &["step1", "step2"]);
@@ -171,6 +255,7 @@ async fn kill_9_of_a_node_mid_load_twice_loses_nothing_and_each_step_acts_once()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_slot_and_a_wait_fire_once_with_three_nodes() {
+    let _cluster = CLUSTER.lock().await;
     let db = PgSchema::fresh();
     let sink = Sink::start(|_, _| Reply::ok()).await;
     let setup = Setup::new(&sink, RETRY, &recipe("", &["a"]));
@@ -274,8 +359,38 @@ impl Proxy {
     }
 }
 
+/// One webhook's answer: status and `Retry-After` (`None`: no answer).
+async fn post_answer(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> Option<(u16, Option<String>, Value)> {
+    let raw = serde_json::to_vec(body).unwrap();
+    let resp = http
+        .post(format!("{url}/hooks/sink"))
+        .header("Content-Type", "application/json")
+        .header("X-Signature", hmac_hex(SIGNING_KEY, &raw))
+        .body(raw)
+        .send()
+        .await
+        .ok()?;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Some((
+        status,
+        retry_after,
+        resp.json().await.unwrap_or(Value::Null),
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_cut_off_under_load_answers_503_loses_nothing_and_recovers_without_restart() {
+async fn postgres_unavailable_for_10_s_under_load_answers_503_loses_nothing_and_recovers_without_restart(
+) {
+    let _cluster = CLUSTER.lock().await;
     let db = PgSchema::fresh();
     let proxy = Proxy::start().await;
     let url = db
@@ -284,59 +399,163 @@ async fn postgres_cut_off_under_load_answers_503_loses_nothing_and_recovers_with
     let sink = Sink::start(|_, _| Reply::ok()).await;
     let setup = Setup::new(&sink, RETRY, &recipe("", &["a"]));
     let hub = node(&setup, &url, "n1", &[]).await;
+    // Load all along: 8 senders post until told to stop; each answer is
+    // kept with whether the database was cut when it came.
+    let stop = Arc::new(AtomicBool::new(false));
+    let cut = Arc::new(AtomicBool::new(false));
+    type Answer = (bool, Option<(u16, Option<String>, Value)>);
+    let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
+    let next = Arc::new(AtomicUsize::new(0));
     let http = reqwest::Client::new();
-    let mut acked = Vec::new();
-    let mut refused = 0;
-    let mut seq = 0usize;
-    let send = |seq: usize| {
-        let (http, url) = (http.clone(), hub.url.clone());
-        async move { post(&http, &url, &event(seq as u64, seq)).await }
+    let senders: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, cut, answers, next, http, url) = (
+                stop.clone(),
+                cut.clone(),
+                answers.clone(),
+                next.clone(),
+                http.clone(),
+                hub.url.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let seq = next.fetch_add(1, Ordering::SeqCst);
+                    let answer = post_answer(&http, &url, &event(seq as u64, seq)).await;
+                    let refused = !matches!(&answer, Some((s, _, _)) if (200..300).contains(s));
+                    answers
+                        .lock()
+                        .unwrap()
+                        .push((cut.load(Ordering::SeqCst), answer));
+                    if refused {
+                        // A sender waits a little before trying again.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let acked = |answers: &[Answer]| {
+        answers
+            .iter()
+            .filter(|(_, a)| matches!(a, Some((s, _, _)) if (200..300).contains(s)))
+            .count()
     };
-    // Before, during and after the cut: 100 events each.
-    for phase in 0..3 {
-        if phase == 1 {
-            proxy.set_cut(true);
-        }
-        if phase == 2 {
-            proxy.set_cut(false);
-        }
-        let mut during = Vec::new();
-        for _ in 0..100 {
-            during.push(send(seq));
-            seq += 1;
-        }
-        for answer in futures_util::future::join_all(during).await {
-            match answer {
-                Some((s, v)) if (200..300).contains(&s) => acked.push(v),
-                Some((503, _)) => refused += 1,
-                other => panic!("{other:?}"),
+    let wait_acked = |n: usize| {
+        let answers = answers.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while acked(&answers.lock().unwrap()) < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "only {} acknowledged",
+                    acked(&answers.lock().unwrap())
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        if phase == 1 {
-            assert!(refused > 0, "the cut was noticed");
-            let (status, _) = hub.api("/readyz").await;
-            assert_eq!(status, 503, "not ready while the database is away");
-        }
+    };
+    wait_acked(200).await;
+    // PostgreSQL is unavailable for 10 s: connections cut, new ones refused.
+    cut.store(true, Ordering::SeqCst);
+    proxy.set_cut(true);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (status, ready) = hub.api("/readyz").await;
+    assert_eq!(status, 503, "not ready while the database is away: {ready}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = acked(&answers.lock().unwrap());
+    proxy.set_cut(false);
+    cut.store(false, Ordering::SeqCst);
+    // Recovery without a restart: the same load is acknowledged again.
+    wait_acked(before + 200).await;
+    stop.store(true, Ordering::SeqCst);
+    for s in senders {
+        s.await.unwrap();
     }
-    // After the cut the node recovers by itself: later webhooks are stored.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some((s, v)) = send(seq).await {
-            seq += 1;
-            if (200..300).contains(&s) {
-                acked.push(v);
-                break;
+    let answers = std::mem::take(&mut *answers.lock().unwrap());
+    let mut refused_while_cut = 0;
+    let mut acked_runs = Vec::new();
+    for (during_cut, answer) in &answers {
+        match answer {
+            Some((s, _, v)) if (200..300).contains(s) => {
+                acked_runs.push(v["runs"][0].as_str().unwrap().to_string())
             }
+            Some((503, retry_after, v)) => {
+                assert!(retry_after.is_some(), "503 without Retry-After: {v}");
+                refused_while_cut += usize::from(*during_cut);
+            }
+            other => panic!("every webhook is answered 2xx or 503: {other:?}"),
         }
-        assert!(Instant::now() < deadline, "no recovery");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        refused_while_cut > 0,
+        "webhooks are refused while the database is away"
+    );
     wait_drained(&hub, Duration::from_secs(60)).await;
-    for a in &acked {
-        let id = a["runs"][0].as_str().unwrap();
-        let run = hub.wait_run(id).await;
+    let runs = runs_of(&hub).await;
+    for id in &acked_runs {
+        let run = runs
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged run {id} lost"));
         assert_eq!(run["status"], "succeeded", "{run}");
     }
     drop(hub);
+    db.drop_now();
+}
+
+/// `ticket` of a call as the sink read it (a string or a number).
+fn ticket_of(c: &Call) -> String {
+    c.body["ticket"].to_string().trim_matches('"').to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_queued_on_a_busy_node_is_taken_at_once_by_an_idle_one() {
+    let _cluster = CLUSTER.lock().await;
+    let db = PgSchema::fresh();
+    // Ticket 2 is held until the end: node A's only worker stays busy with
+    // it. Ticket 1 fails (400, not retried) until `fixed`.
+    let fixed = Arc::new(AtomicBool::new(false));
+    let f = fixed.clone();
+    let sink = Sink::start(move |c, _| match ticket_of(c).as_str() {
+        "2" => Reply::ok().held(),
+        _ if f.load(Ordering::SeqCst) => Reply::ok(),
+        _ => Reply::status(400),
+    })
+    .await;
+    let setup = Setup::new(&sink, RETRY, &recipe("", &["a"]));
+    // The held call must outlast the test (the connector's 5 s would free A).
+    let conn = connector(RETRY).replace("timeout: 5s", "timeout: 300s");
+    write(&setup.dir.path().join("connectors/sink.yaml"), &conn);
+    let args = ["--workers", "1"];
+    let a = node(&setup, &db.url, "a", &args).await;
+    let b = node(&setup, &db.url, "b", &args).await;
+    let http = reqwest::Client::new();
+    let (status, failing) = post(&http, &a.url, &event(1, 0)).await.unwrap();
+    assert_eq!(status, 202, "{failing}");
+    let failing = failing["runs"][0].as_str().unwrap().to_string();
+    assert_eq!(a.wait_run(&failing).await["status"], "failed");
+    let (status, held) = post(&http, &a.url, &event(2, 1)).await.unwrap();
+    assert_eq!(status, 202, "{held}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sink.calls().iter().any(|c| ticket_of(c) == "2") {
+        assert!(Instant::now() < deadline, "ticket 2 never reached the sink");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A's worker is held. The far end is fixed and the run retried on A:
+    // queued in the database, it can only run on B, whose worker is idle
+    // (sleeping until its 60 s look at the queue, unless told).
+    fixed.store(true, Ordering::SeqCst);
+    let (status, body) = api_post(&a, &format!("/api/runs/{failing}/retry")).await;
+    assert_eq!(status, 200, "{body}");
+    // Well before B's own look at the queue (60 s after it went idle).
+    let run = b.wait_run(&failing).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let calls = sink.calls();
+    let hold = calls.iter().find(|c| ticket_of(c) == "2").unwrap();
+    assert!(hold.answered.is_none(), "A's worker was busy all along");
+    assert_eq!(calls.iter().filter(|c| ticket_of(c) == "1").count(), 2);
+    sink.release();
+    let run = a.wait_run(held["runs"][0].as_str().unwrap()).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    drop((a, b));
     db.drop_now();
 }

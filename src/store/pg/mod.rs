@@ -23,9 +23,11 @@
 //! Must never: acknowledge through a path that skips `flush`, or hand one
 //! run to two workers while both nodes are alive.
 
+mod listen;
 mod pool;
 pub mod schema;
 
+use self::listen::NOTIFY;
 use self::pool::{blocking, Pool, Tx};
 use super::state::{self, Kv, StateEntry, StateKey, StateOp, StateOutput, Write};
 use super::{
@@ -141,6 +143,12 @@ fn lock_key(kind: &[u8], key: &[u8]) -> i64 {
     i64::from_be_bytes(d[..8].try_into().unwrap_or([0; 8]))
 }
 
+/// The advisory lock one retention chunk at a time holds, among the
+/// nodes of the tables in `schema` (advisory locks are per database).
+pub(crate) fn retention_lock(schema: &str) -> i64 {
+    lock_key(b"retention", schema.as_bytes())
+}
+
 fn kind_code(l: Listen) -> i8 {
     match l {
         Listen::Wake => b'w' as i8,
@@ -157,6 +165,9 @@ enum Queue {
     At(i64),
     /// Parked by a wait until this time (not backlog).
     Parked(i64),
+    /// Due at this time, which is a lease's end (a safety net, not a time
+    /// another node should wake up for).
+    Lease(i64),
 }
 
 const PUT_RUN: &str = "INSERT INTO sb_runs (id, event_id, recipe, status, created_at, due_at, parked, leased_by, record)
@@ -285,6 +296,10 @@ impl Node {
 pub struct PgStore {
     pool: Pool,
     node: Node,
+    /// Wake-ups from the other nodes (LISTEN/NOTIFY on the schema's channel).
+    queue: listen::Listener,
+    /// The advisory lock a retention chunk holds ([`retention_lock`]).
+    retention_lock: i64,
     /// Wall-clock ms of the last look for runs of dead nodes.
     last_reap: AtomicI64,
     /// Where the next retention chunk starts (an event id; empty: the oldest).
@@ -305,11 +320,17 @@ impl PgStore {
             if !applied.is_empty() {
                 tracing::info!(versions = ?applied, "PostgreSQL schema migrated");
             }
+            let schema: String = c
+                .query_one("SELECT coalesce(current_schema(), 'public')", &[])
+                .map_err(|e| StoreError::Io(describe(&e)))?
+                .get(0);
             drop(c);
             let node = Node::start(&pool)?;
             Ok(PgStore {
                 pool,
                 node,
+                queue: listen::Listener::new(listen::channel(&schema)),
+                retention_lock: retention_lock(&schema),
                 last_reap: AtomicI64::new(0),
                 expire_from: Mutex::new(String::new()),
                 sweep_from: Mutex::new(Vec::new()),
@@ -454,7 +475,14 @@ impl PgStore {
                     let mut tx = conn.begin()?;
                     let (v, commit) = f(&mut tx)?;
                     if commit {
+                        if let Some(due) = tx.wake {
+                            // Delivered to the listening nodes on commit only.
+                            let payload = listen::payload(&self.node.id(), due);
+                            tx.execute(NOTIFY, &[&self.queue.channel, &payload])?;
+                        }
                         tx.commit()?;
+                    } else {
+                        pool::trip(); // the ROLLBACK of dropping `tx`
                     }
                     Ok(v)
                 })();
@@ -477,7 +505,10 @@ impl PgStore {
     ) -> Result<Vec<postgres::Row>> {
         blocking(|| {
             let mut conn = self.pool.get().map_err(|e| StoreError::Io(describe(&e)))?;
-            let r = conn.stmt(sql).and_then(|st| conn.client.query(&st, params));
+            let r = conn.stmt(sql).and_then(|st| {
+                pool::trip();
+                conn.client.query(&st, params)
+            });
             r.map_err(|e| {
                 conn.saw(&e);
                 StoreError::Io(describe(&e))
@@ -488,9 +519,14 @@ impl PgStore {
     fn put_run(&self, tx: &mut Tx<'_>, run: &Run, queue: Queue) -> R<()> {
         let (due, parked) = match queue {
             Queue::Off => (None, false),
-            Queue::At(t) => (Some(t), false),
+            Queue::At(t) | Queue::Lease(t) => (Some(t), false),
             Queue::Parked(t) => (Some(t), true),
         };
+        if let (Queue::At(t) | Queue::Parked(t), false) = (queue, run.status == RunStatus::Running)
+        {
+            // Any node's worker may take it then: tell the idle ones.
+            tx.wake_at(t);
+        }
         let node = self.node.id();
         let leased_by = (run.status == RunStatus::Running).then_some(&*node);
         tx.execute(
@@ -682,7 +718,13 @@ impl PgStore {
             return Ok(0);
         }
         self.last_reap.store(wall, Ordering::Relaxed);
-        let n = self.tx(|tx| Ok((tx.execute(REAP, &[&now])?, true)))?;
+        let n = self.tx(|tx| {
+            let n = tx.execute(REAP, &[&now])?;
+            if n > 0 {
+                tx.wake_at(now);
+            }
+            Ok((n, true))
+        })?;
         if n > 0 {
             tracing::warn!(runs = n, "runs leased by a node that is gone are due again");
         }
@@ -804,6 +846,7 @@ impl Drop for PgStore {
     fn drop(&mut self) {
         // The clients' own runtimes must not be dropped on a runtime thread.
         blocking(|| {
+            self.queue.stop();
             self.node.stop();
             self.pool.close();
         });
@@ -982,6 +1025,7 @@ impl Store for PgStore {
         crate::crash::point("group.flush");
         blocking(|| {
             let mut conn = self.pool.get().map_err(|e| StoreError::Io(describe(&e)))?;
+            pool::trip();
             let r = conn.client.batch_execute(&sql);
             if let Err(e) = &r {
                 conn.saw(e);
@@ -991,6 +1035,19 @@ impl Store for PgStore {
             }
             r.map_err(|e| StoreError::Io(describe(&e)))
         })
+    }
+
+    fn watch_queue(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<i64>> {
+        match self
+            .queue
+            .subscribe(self.pool.config(), self.node.id.clone())
+        {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the thread listening for runs queued by other nodes");
+                None
+            }
+        }
     }
 
     fn healthy(&self) -> Result<()> {
@@ -1104,7 +1161,7 @@ impl Store for PgStore {
                     None => true,
                 };
                 run.lease_until(now, lease_ms, turn);
-                self.put_run(tx, &run, Queue::At(run.due_at))?;
+                self.put_run(tx, &run, Queue::Lease(run.due_at))?;
                 if turn {
                     out.push(run);
                 }
@@ -1234,6 +1291,18 @@ impl Store for PgStore {
         let start = from.clone();
         let (out, last) = self.tx(|tx| {
             let mut out = super::retention::Expired::default();
+            // One chunk at a time across nodes: another node's running
+            // chunk means this tick is done (its cursor stays).
+            let ours: bool = tx
+                .query_opt(
+                    "SELECT pg_try_advisory_xact_lock($1)",
+                    &[&self.retention_lock],
+                )?
+                .is_some_and(|r| r.get(0));
+            if !ours {
+                out.cycle_done = true;
+                return Ok(((out, None), false));
+            }
             let rows = tx.query(
                 "SELECT id, record FROM sb_events WHERE id > $1 AND id < $2
                  ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
@@ -1279,9 +1348,11 @@ impl Store for PgStore {
                 out.events += 1;
             }
             out.cycle_done = examined < max;
-            Ok(((out, last), true))
+            Ok(((out, Some(last)), true))
         })?;
-        *from = if out.cycle_done { String::new() } else { last };
+        if let Some(last) = last {
+            *from = if out.cycle_done { String::new() } else { last };
+        }
         Ok(out)
     }
 

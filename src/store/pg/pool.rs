@@ -45,6 +45,11 @@ pub struct Conn {
     pub broken: bool,
 }
 
+/// Count one statement sent to the database (`switchboard_store_round_trips_total`).
+pub fn trip() {
+    crate::metrics::get().round_trip();
+}
+
 /// Does this error mean the connection cannot be used again? I/O errors,
 /// and the server's "connection exception" (08) and "operator
 /// intervention" (57: shutdown, terminated) classes.
@@ -65,9 +70,11 @@ impl Conn {
 
     /// Begin a transaction; its queries share this connection's cache.
     pub fn begin(&mut self) -> Result<Tx<'_>, postgres::Error> {
+        trip();
         Ok(Tx {
             tx: self.client.transaction()?,
             stmts: &mut self.stmts,
+            wake: None,
         })
     }
 
@@ -84,6 +91,7 @@ fn prepared<C: postgres::GenericClient>(
     if let Some(s) = stmts.get(sql) {
         return Ok(s.clone());
     }
+    trip();
     let s = client.prepare(sql)?;
     stmts.insert(sql, s.clone());
     Ok(s)
@@ -94,17 +102,26 @@ fn prepared<C: postgres::GenericClient>(
 pub struct Tx<'a> {
     pub tx: postgres::Transaction<'a>,
     stmts: &'a mut HashMap<&'static str, Statement>,
+    /// The earliest due time of a run this transaction queued for any
+    /// worker: the other nodes are notified of it on commit.
+    pub wake: Option<i64>,
 }
 
 type Params<'p> = &'p [&'p (dyn postgres::types::ToSql + Sync)];
 
 impl Tx<'_> {
+    /// This transaction queues a run due at `due` that any node may take.
+    pub fn wake_at(&mut self, due: i64) {
+        self.wake = Some(self.wake.map_or(due, |w| w.min(due)));
+    }
+
     pub fn query(
         &mut self,
         sql: &'static str,
         params: Params<'_>,
     ) -> Result<Vec<postgres::Row>, postgres::Error> {
         let st = prepared(&mut self.tx, self.stmts, sql)?;
+        trip();
         self.tx.query(&st, params)
     }
 
@@ -114,6 +131,7 @@ impl Tx<'_> {
         params: Params<'_>,
     ) -> Result<Option<postgres::Row>, postgres::Error> {
         let st = prepared(&mut self.tx, self.stmts, sql)?;
+        trip();
         self.tx.query_opt(&st, params)
     }
 
@@ -123,10 +141,12 @@ impl Tx<'_> {
         params: Params<'_>,
     ) -> Result<u64, postgres::Error> {
         let st = prepared(&mut self.tx, self.stmts, sql)?;
+        trip();
         self.tx.execute(&st, params)
     }
 
     pub fn commit(self) -> Result<(), postgres::Error> {
+        trip();
         self.tx.commit()
     }
 }
