@@ -97,18 +97,9 @@ impl Host for DryHost<'_> {
     fn call(&mut self, call: step::Call<'_>) -> impl Future<Output = (StepRecord, Next)> + Send {
         let name = call.step.name();
         let mut record = StepRecord {
-            id: call.path.to_string(),
-            call: name.clone(),
-            status: StepStatus::Succeeded,
             input: call.input.clone(),
-            request: None,
-            http_status: None,
-            output: Value::Null,
-            error: None,
-            started_at: 0,
-            duration_ms: 0,
             attempts: 1,
-            history: Vec::new(),
+            ..StepRecord::new(call.path, name.clone(), StepStatus::Succeeded, 0)
         };
         self.out.calls.push(Call {
             step: call.path.to_string(),

@@ -154,19 +154,9 @@ impl Host for ReplayHost<'_> {
     fn call(&mut self, call: step::Call<'_>) -> impl Future<Output = (StepRecord, Next)> + Send {
         let name = call.step.name();
         let mut record = StepRecord {
-            id: call.path.to_string(),
-            call: name.clone(),
-            status: StepStatus::Succeeded,
             // As the worker records it: secrets redacted.
             input: redact_value(&call.step.connector, call.input),
-            request: None,
-            http_status: None,
-            output: Value::Null,
-            error: None,
-            started_at: self.now,
-            duration_ms: 0,
-            attempts: 0,
-            history: Vec::new(),
+            ..StepRecord::new(call.path, name.clone(), StepStatus::Succeeded, self.now)
         };
         let next = match self.recorded.get(call.path).filter(|r| r.call == name) {
             Some(r) if r.status == StepStatus::Succeeded => {

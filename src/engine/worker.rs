@@ -261,19 +261,13 @@ impl Engine {
         let started_at = store::now_ms();
         let clock = Instant::now();
         let (connector, action) = (&*call.step.connector, &*call.step.action);
-        let mut record = prior.unwrap_or_else(|| StepRecord {
-            id: call.path.to_string(),
-            call: call.step.name(),
-            status: StepStatus::Succeeded,
-            input: Value::Null,
-            request: None,
-            http_status: None,
-            output: Value::Null,
-            error: None,
-            started_at,
-            duration_ms: 0,
-            attempts: 0,
-            history: Vec::new(),
+        let mut record = prior.unwrap_or_else(|| {
+            StepRecord::new(
+                call.path,
+                call.step.name(),
+                StepStatus::Succeeded,
+                started_at,
+            )
         });
         let templates = &catalog.templates;
         record.input = redact_value(connector, call.input.clone());
@@ -584,20 +578,8 @@ impl Host for WorkerHost<'_> {
 }
 
 fn empty_record(call: &Call<'_>) -> StepRecord {
-    StepRecord {
-        id: call.path.to_string(),
-        call: call.step.name(),
-        status: StepStatus::Failed,
-        input: Value::Null,
-        request: None,
-        http_status: None,
-        output: Value::Null,
-        error: None,
-        started_at: store::now_ms(),
-        duration_ms: 0,
-        attempts: 0,
-        history: Vec::new(),
-    }
+    let now = store::now_ms();
+    StepRecord::new(call.path, call.step.name(), StepStatus::Failed, now)
 }
 
 /// What one attempt of a call means for its run.

@@ -112,18 +112,12 @@ pub(super) fn run(event: &Event, due: i64) -> Run {
 
 fn step(id: &str, status: StepStatus) -> StepRecord {
     StepRecord {
-        id: id.into(),
-        call: "c.a".into(),
-        status,
         input: json!({}),
-        request: None,
         http_status: Some(200),
         output: json!({}),
-        error: None,
-        started_at: 0,
         duration_ms: 1,
         attempts: 3,
-        history: vec![],
+        ..StepRecord::new(id, "c.a".into(), status, 0)
     }
 }
 

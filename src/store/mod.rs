@@ -344,6 +344,28 @@ pub struct StepRecord {
     pub history: Vec<Attempt>,
 }
 
+impl StepRecord {
+    /// A record of step instance `id` (`call`: its `connector.action` or
+    /// kind) begun at `started_at`: no input, request, answer or attempt
+    /// yet; callers set what their step has.
+    pub fn new(id: &str, call: String, status: StepStatus, started_at: i64) -> StepRecord {
+        StepRecord {
+            id: id.to_string(),
+            call,
+            status,
+            input: serde_json::Value::Null,
+            request: None,
+            http_status: None,
+            output: serde_json::Value::Null,
+            error: None,
+            started_at,
+            duration_ms: 0,
+            attempts: 0,
+            history: Vec::new(),
+        }
+    }
+}
+
 /// One call of a step's action.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Attempt {

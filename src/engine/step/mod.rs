@@ -294,18 +294,9 @@ impl<'a, H: Host> Walker<'a, H> {
         output: Value,
     ) -> usize {
         self.push_record(StepRecord {
-            id: path.to_string(),
-            call: kind.label(),
-            status,
             input,
-            request: None,
-            http_status: None,
             output,
-            error: None,
-            started_at: store::now_ms(),
-            duration_ms: 0,
-            attempts: 0,
-            history: Vec::new(),
+            ..StepRecord::new(path, kind.label(), status, store::now_ms())
         })
     }
 

@@ -118,18 +118,11 @@ pub(super) async fn apply<H: Host>(
             output(out)
         };
         StepRecord {
-            id: path.to_string(),
-            call: label.clone(),
-            status,
             input,
-            request: None,
-            http_status: None,
             output,
             error,
-            started_at,
-            duration_ms: 0,
             attempts: 1,
-            history: Vec::new(),
+            ..StepRecord::new(path, label.clone(), status, started_at)
         }
     };
     let Some((out, record)) = w.host.state(op, make).await else {
