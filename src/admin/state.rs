@@ -5,8 +5,13 @@
 //! store), so both answer the same way. Writes go through
 //! [`Store::apply_state`], the path steps use, so an edit is serialised with
 //! the recipes' own increments.
+//!
+//! OAuth2 token sets (namespace `switchboard:oauth`) are listed with every
+//! token value redacted (`engine::tokens::redact`) and cannot be written
+//! here: `switchboard connect` writes them.
 
 use super::AdminState;
+use crate::engine::tokens;
 use crate::error::{ApiError, ErrorBody};
 use crate::store::state::{self, StateEntry, StateKey, StateOp, StateOutput};
 use crate::store::{Store, StoreError};
@@ -66,7 +71,11 @@ pub fn list(
         .transpose()
         .map_err(QueryError::BadRequest)?;
     let limit = limit.clamp(1, MAX_STATE_PAGE);
-    let items = store.state_entries(namespace, after.as_deref(), limit, now)?;
+    let items: Vec<StateEntry> = store
+        .state_entries(namespace, after.as_deref(), limit, now)?
+        .into_iter()
+        .map(tokens::redact)
+        .collect();
     let next = (items.len() >= limit)
         .then(|| items.last().map(|e| e.cursor.clone()))
         .flatten();
@@ -80,7 +89,11 @@ pub fn show(
     name: &str,
     now: i64,
 ) -> Result<Vec<StateEntry>, QueryError> {
-    let entries = store.state_get(&key(namespace, name)?, now)?;
+    let entries: Vec<StateEntry> = store
+        .state_get(&key(namespace, name)?, now)?
+        .into_iter()
+        .map(tokens::redact)
+        .collect();
     if entries.is_empty() {
         return Err(QueryError::NotFound(format!(
             "no state `{name}` in namespace `{namespace}`"
@@ -98,6 +111,12 @@ pub fn set(
     ttl: Option<Duration>,
     now: i64,
 ) -> Result<Vec<StateEntry>, QueryError> {
+    if namespace == tokens::NAMESPACE {
+        return Err(QueryError::BadRequest(format!(
+            "`{}` holds OAuth2 tokens, written by `switchboard connect NAME` (delete a key to disconnect)",
+            tokens::NAMESPACE
+        )));
+    }
     let op = StateOp::Set {
         key: key(namespace, name)?,
         value,

@@ -241,8 +241,9 @@ pub enum AuthFile {
     /// A query parameter, e.g. `?api_key=...`.
     Query { name: String, value: String },
     /// OAuth2: an access token from the token endpoint, sent as
-    /// `Authorization: Bearer <token>`, cached in memory and in the data
-    /// dir's token file, refreshed before it expires and once on a 401.
+    /// `Authorization: Bearer <token>`, cached in memory and in the store
+    /// (shared by every node on it), refreshed before it expires and once
+    /// on a 401.
     #[serde(rename = "oauth2")]
     OAuth2 {
         /// `client_credentials` (the app's own token) or `authorization_code`

@@ -29,6 +29,9 @@ pub struct Client {
     guarded: reqwest::Client,
     /// Only for connectors named in `--allow-internal`.
     open: reqwest::Client,
+    /// Where OAuth2 connectors keep their tokens beyond memory (the hub's
+    /// store); `None`: memory only.
+    tokens: Option<Arc<dyn super::oauth::TokenStore>>,
 }
 
 /// What was sent and received, redacted, for the step record.
@@ -155,7 +158,18 @@ impl Client {
         Ok(Client {
             guarded: build(true)?,
             open: build(false)?,
+            tokens: None,
         })
+    }
+
+    /// Keep OAuth2 token sets in `tokens` (shared by every node on it).
+    pub fn with_token_store(mut self, tokens: Arc<dyn super::oauth::TokenStore>) -> Client {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    pub(crate) fn token_store(&self) -> Option<&Arc<dyn super::oauth::TokenStore>> {
+        self.tokens.as_ref()
     }
 
     /// Render and send one action, through the connector's limits,

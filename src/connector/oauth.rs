@@ -3,21 +3,31 @@
 //! A connector's access token comes from its token endpoint, by the
 //! client-credentials grant or by a user's grant (authorization code with
 //! PKCE, obtained once by `switchboard connect NAME`, then kept fresh with
-//! the refresh-token grant). The token is cached in memory and in the
-//! connector's token file (`<data>/oauth/<connector>.json`, written
-//! atomically: temp file, fsync, rename, fsync of the directory), refreshed
-//! before it expires and once when the API answers 401.
+//! the refresh-token grant). The token set is cached in memory and in the
+//! hub's store through a [`TokenStore`] (the engine's, over the state
+//! namespace `switchboard:oauth`), so every node on one PostgreSQL shares
+//! one grant; refreshed before it expires and once when the API answers 401.
 //!
 //! **Single flight.** Every call asks [`OAuth2::token`]; a fresh token is
 //! read under a std mutex held for no await. Obtaining a new one holds an
-//! async gate: the first caller asks the endpoint, the others wait on the
-//! gate and find the new token when they get it. 100 concurrent steps make
-//! one token request.
+//! async gate (one caller per process), then reads the store (another node
+//! may have a fresh token already), then takes the store's refresh lease
+//! ([`TokenStore::lease`], one holder across nodes; a loser waits and reads
+//! the store again) and reads the store once more under it before asking
+//! the endpoint. 100 concurrent steps on any number of nodes make one token
+//! request, and a refresh token is only ever spent as read from the store
+//! under the lease.
 //!
-//! **Rotation.** A refresh answer with a new refresh token is persisted
-//! before the new access token is used: after a crash, the file holds the
-//! newest refresh token the hub ever used. (The one window is between the
-//! endpoint's answer and the fsync; see ARCHITECTURE.md.)
+//! **Rotation.** A refresh answer with a new refresh token is stored
+//! (durably) before the new access token is used and before the lease is
+//! given back: after a crash, the store holds the newest refresh token any
+//! node ever used. (The one window is between the endpoint's answer and the
+//! store's commit; see ARCHITECTURE.md.)
+//!
+//! **The token file** `<data>/oauth/<connector>.json` is read once and
+//! moved into the store (then removed): the tokens of a hub from before the
+//! store held them, or those `switchboard connect` hands over while a hub
+//! holds the sled store.
 //!
 //! Tokens are [`Secret`]s; every value seen is added to the connector's
 //! redactions, so an API echoing one finds `***` in the record. This module
@@ -31,7 +41,7 @@ use crate::template::{Template, Templates};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Where `connect` listens unless the connector says otherwise.
@@ -42,6 +52,38 @@ pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(60);
 const MAX_TOKEN_ANSWER: usize = 64 * 1024;
 /// Token values remembered for redaction (current and recent ones).
 const KNOWN_TOKENS: usize = 8;
+/// How often a node waiting for another's token request reads the store.
+const LEASE_POLL: Duration = Duration::from_millis(50);
+/// The refresh lease outlives a token request by this much (the request is
+/// bounded by the connector's timeout; this covers the store's write). A
+/// node that dies holding the lease delays the others' refresh this long
+/// past the timeout.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Where a connector's token set is kept beyond one process's memory: the
+/// hub's store (`engine::tokens` implements it over recipe state), shared
+/// by every node on it. Calls block on the store; [`OAuth2`] makes them on
+/// the blocking pool.
+pub trait TokenStore: Send + Sync {
+    /// The token set stored for `connector`, if any.
+    fn load(&self, connector: &str) -> Result<Option<Tokens>, String>;
+    /// Replace it with `tokens`; durable when this returns.
+    fn save(&self, connector: &str, tokens: &Tokens) -> Result<(), String>;
+    /// Take the right to ask `connector`'s token endpoint, for `ttl`: true
+    /// if this caller has it now (no one held a live lease).
+    fn lease(&self, connector: &str, ttl: Duration) -> Result<bool, String>;
+    /// Give the lease back.
+    fn release(&self, connector: &str) -> Result<(), String>;
+}
+
+/// Run a blocking store call off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(format!("the store call did not finish: {e}")))
+}
 
 /// A compiled `auth: { type: oauth2 }`.
 pub struct OAuth2 {
@@ -64,9 +106,10 @@ impl std::fmt::Debug for OAuth2 {
 /// What the hub holds. A std mutex: nothing awaits while it is held.
 #[derive(Default)]
 struct Data {
-    /// The token file was read (once, at the first call).
-    loaded: bool,
     tokens: Option<Tokens>,
+    /// An access token the API refused (401): not used again, though the
+    /// store may still hold it (until someone obtains a new one).
+    rejected: Option<Secret>,
     /// A refresh token the endpoint refused, and why: calls fail at once
     /// (no request) until another refresh token is stored.
     refused: Option<(Secret, String)>,
@@ -85,7 +128,7 @@ pub struct Tokens {
     pub scope: Option<String>,
 }
 
-/// The token file's shape.
+/// The token file's shape, and the stored record's.
 #[derive(Serialize, Deserialize)]
 struct TokenFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,6 +164,20 @@ impl From<&Tokens> for TokenFile {
             refresh_token: t.refresh.as_ref().map(|s| s.expose().to_string()),
             scope: t.scope.clone(),
         }
+    }
+}
+
+impl Tokens {
+    /// The stored form (token values in clear: the store is where they live).
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(TokenFile::from(self)).unwrap_or(Value::Null)
+    }
+
+    /// Read the stored form; the error names no value.
+    pub fn from_json(v: Value) -> Result<Tokens, String> {
+        serde_json::from_value::<TokenFile>(v)
+            .map(Tokens::from)
+            .map_err(|e| format!("not a token record: {e}"))
     }
 }
 
@@ -184,7 +241,7 @@ pub struct Settings {
     pub refresh_before: Duration,
     /// Timeout of one token request (the connector's default timeout).
     pub timeout: Duration,
-    /// The token file; `None`: tokens live in memory only.
+    /// The token file moved into the store when found (`<data>/oauth/NAME.json`).
     pub file: Option<PathBuf>,
 }
 
@@ -222,7 +279,7 @@ impl OAuth2 {
     fn cached(&self, now: i64) -> Option<Secret> {
         let d = self.data();
         let t = d.tokens.as_ref()?;
-        if self.fresh(t, now) {
+        if self.fresh(t, now) && t.access != d.rejected {
             t.access.clone()
         } else {
             None
@@ -278,20 +335,63 @@ impl OAuth2 {
         }
     }
 
-    /// Load the token file once (the first call after start).
-    fn load_once(&self) {
-        let mut d = self.data();
-        if d.loaded {
+    /// Move the token file into the store, if there is one: the tokens of
+    /// a hub from before the store held them, or a grant `connect` handed
+    /// over while this hub held the store. It replaces the stored set (it
+    /// is the newer grant); the file is removed once the store has it.
+    async fn import_file(&self, store: &Arc<dyn TokenStore>) {
+        let Some(path) = self.settings.file.clone() else {
             return;
+        };
+        let Some(tokens) = self.read_file() else {
+            return;
+        };
+        let (st, name, t) = (
+            store.clone(),
+            self.settings.connector.clone(),
+            tokens.clone(),
+        );
+        match blocking(move || st.save(&name, &t)).await {
+            Ok(()) => {
+                {
+                    let mut d = self.data();
+                    Self::learn(&mut d, &tokens);
+                    d.tokens = Some(tokens);
+                    d.refused = None;
+                }
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(connector = %self.settings.connector, file = %path.display(), error = %e, "the OAuth2 tokens are in the store; cannot remove the token file");
+                }
+                tracing::info!(connector = %self.settings.connector, file = %path.display(), "OAuth2 tokens moved from the token file into the store");
+            }
+            Err(e) => {
+                tracing::error!(connector = %self.settings.connector, error = %e, "cannot move the OAuth2 token file into the store; trying again at the next token")
+            }
         }
-        d.loaded = true;
-        drop(d);
-        let found = self.read_file();
+    }
+
+    /// Read the stored token set and hold it; its access token if that is
+    /// fresh and not one the API refused.
+    async fn adopt(&self, store: &Arc<dyn TokenStore>) -> Result<Option<Secret>, CallError> {
+        let (st, name) = (store.clone(), self.settings.connector.clone());
+        let found = blocking(move || st.load(&name)).await.map_err(|e| {
+            token_error(
+                format!(
+                    "cannot read the stored OAuth2 tokens of `{}`: {e}",
+                    self.settings.connector
+                ),
+                true,
+            )
+        })?;
         let mut d = self.data();
         if let Some(t) = found {
             Self::learn(&mut d, &t);
             d.tokens = Some(t);
         }
+        Ok(match d.tokens.as_ref() {
+            Some(t) if self.fresh(t, now_ms()) && t.access != d.rejected => t.access.clone(),
+            _ => None,
+        })
     }
 
     /// Forget `used` as the access token (the API answered 401 to it), so
@@ -302,12 +402,14 @@ impl OAuth2 {
         if let Some(t) = d.tokens.as_mut() {
             if t.access.as_ref() == Some(used) {
                 t.access = None;
+                d.rejected = Some(used.clone());
             }
         }
     }
 
-    /// The access token to send: the cached one while fresh, else a new
-    /// one from the endpoint (one request however many callers wait).
+    /// The access token to send: the cached one while fresh, else the
+    /// store's, else a new one from the endpoint (one request however many
+    /// callers wait, on however many nodes share the store).
     pub async fn token(
         &self,
         client: &Client,
@@ -318,15 +420,73 @@ impl OAuth2 {
             return Ok(t);
         }
         let _gate = self.gate.lock().await;
-        self.load_once();
         if let Some(t) = self.cached(now_ms()) {
             return Ok(t);
         }
-        let form = self.grant_form(templates, connector)?;
-        let form = match form {
-            Grant::Ready(t) => return Ok(t),
-            Grant::Request(form) => form,
+        let Some(store) = client.token_store() else {
+            return self.obtain(client, templates, connector, None).await;
         };
+        self.import_file(store).await;
+        if let Some(t) = self.adopt(store).await? {
+            return Ok(t);
+        }
+        // One node at a time asks the endpoint; the others wait for its
+        // answer in the store.
+        let ttl = self.settings.timeout + LEASE_MARGIN;
+        let deadline = tokio::time::Instant::now() + ttl + LEASE_MARGIN;
+        loop {
+            let (st, name) = (store.clone(), self.settings.connector.clone());
+            let leased = blocking(move || st.lease(&name, ttl)).await.map_err(|e| {
+                token_error(
+                    format!(
+                        "cannot take the OAuth2 refresh lease of `{}`: {e}",
+                        self.settings.connector
+                    ),
+                    true,
+                )
+            })?;
+            if leased {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(token_error(
+                    format!(
+                        "another node has been obtaining a token for `{}` for over {}s; trying again later",
+                        self.settings.connector,
+                        (ttl + LEASE_MARGIN).as_secs()
+                    ),
+                    true,
+                ));
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+            if let Some(t) = self.adopt(store).await? {
+                return Ok(t);
+            }
+        }
+        // Under the lease: the store is read once more (a node may have
+        // finished just before), so the refresh token spent is the newest.
+        let result = match self.adopt(store).await {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => self.obtain(client, templates, connector, Some(store)).await,
+            Err(e) => Err(e),
+        };
+        let (st, name) = (store.clone(), self.settings.connector.clone());
+        if let Err(e) = blocking(move || st.release(&name)).await {
+            tracing::warn!(connector = %self.settings.connector, error = %e, "cannot give back the OAuth2 refresh lease; it expires by itself");
+        }
+        result
+    }
+
+    /// Ask the endpoint for a new token set, store it, and answer its
+    /// access token.
+    async fn obtain(
+        &self,
+        client: &Client,
+        templates: &Templates,
+        connector: &Connector,
+        store: Option<&Arc<dyn TokenStore>>,
+    ) -> Result<Secret, CallError> {
+        let form = self.grant_form(templates, connector)?;
         let previous = self.data().tokens.clone();
         let result = self
             .request(client, templates, connector, form.clone())
@@ -346,7 +506,7 @@ impl OAuth2 {
             tokens.refresh = form.refresh.clone();
         }
         crate::crash::point("oauth.answered");
-        self.store(tokens.clone()).await;
+        self.keep(tokens.clone(), store).await;
         crate::crash::point("oauth.persisted");
         let rotated = previous
             .as_ref()
@@ -364,37 +524,30 @@ impl OAuth2 {
             .ok_or_else(|| token_error("the token endpoint's answer has no access token", false))
     }
 
-    /// Persist `tokens` (atomically, before they are used) and hold them.
-    async fn store(&self, tokens: Tokens) {
+    /// Hold `tokens` and store them (durably, before they are used).
+    async fn keep(&self, tokens: Tokens, store: Option<&Arc<dyn TokenStore>>) {
         {
             let mut d = self.data();
             Self::learn(&mut d, &tokens);
             d.tokens = Some(tokens.clone());
             d.refused = None;
+            d.rejected = None;
         }
-        let Some(path) = self.settings.file.clone() else {
+        let Some(store) = store else {
             return;
         };
-        let text = match serde_json::to_vec_pretty(&TokenFile::from(&tokens)) {
-            Ok(t) => t,
-            Err(_) => return,
-        };
-        let written =
-            tokio::task::spawn_blocking(move || write_atomic(&path, &text).map(|()| path)).await;
-        match written {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(
+        let (st, name) = (store.clone(), self.settings.connector.clone());
+        if let Err(e) = blocking(move || st.save(&name, &tokens)).await {
+            tracing::error!(
                 connector = %self.settings.connector,
                 error = %e,
-                "could not store the OAuth2 tokens; they are used from memory, and a restart may need `switchboard connect` again"
-            ),
-            Err(_) => {}
+                "could not store the OAuth2 tokens; they are used from memory, and a restart (or another node) may need `switchboard connect` again"
+            );
         }
     }
 
-    /// What the next token request sends, or a token found meanwhile (the
-    /// file changed: `switchboard connect` ran while the hub was up).
-    fn grant_form(&self, templates: &Templates, connector: &Connector) -> Result<Grant, CallError> {
+    /// What the next token request sends.
+    fn grant_form(&self, templates: &Templates, connector: &Connector) -> Result<Form, CallError> {
         let mut fields = vec![];
         match self.settings.grant {
             OAuthGrant::ClientCredentials => {
@@ -405,27 +558,12 @@ impl OAuth2 {
                 if let Some(a) = &self.settings.audience {
                     fields.push(("audience".into(), a.clone()));
                 }
-                Ok(Grant::Request(Form {
+                Ok(Form {
                     fields,
                     refresh: None,
-                }))
+                })
             }
             OAuthGrant::AuthorizationCode => {
-                // Another process (`connect`) may have stored a new grant.
-                if let Some(on_disk) = self.read_file() {
-                    let mut d = self.data();
-                    let held = d.tokens.as_ref().and_then(|t| t.refresh.clone());
-                    if on_disk.refresh.is_some() && on_disk.refresh != held {
-                        Self::learn(&mut d, &on_disk);
-                        let fresh = self.fresh(&on_disk, now_ms());
-                        d.tokens = Some(on_disk);
-                        if fresh {
-                            if let Some(a) = d.tokens.as_ref().and_then(|t| t.access.clone()) {
-                                return Ok(Grant::Ready(a));
-                            }
-                        }
-                    }
-                }
                 let held = self.data().tokens.as_ref().and_then(|t| t.refresh.clone());
                 let refresh = match held {
                     Some(r) => r,
@@ -449,10 +587,10 @@ impl OAuth2 {
                 }
                 fields.push(("grant_type".into(), "refresh_token".into()));
                 fields.push(("refresh_token".into(), refresh.expose().to_string()));
-                Ok(Grant::Request(Form {
+                Ok(Form {
                     fields,
                     refresh: Some(refresh),
-                }))
+                })
             }
         }
     }
@@ -679,12 +817,16 @@ impl OAuth2 {
     /// once. Listens on the redirect URI's loopback address (`port`
     /// overrides its port; 0 takes a free one), calls `show` with the URL
     /// to open, waits up to `wait` for the redirect, exchanges the code and
-    /// stores the tokens. Never prints or returns a token.
+    /// stores the tokens: in `store` (the hub's, when `connect` could open
+    /// it), else in the token file, which the hub holding the store moves
+    /// into it at its next token. Never prints or returns a token.
+    #[allow(clippy::too_many_arguments)]
     pub async fn connect(
         &self,
         client: &Client,
         templates: &Templates,
         connector: &Connector,
+        store: Option<Arc<dyn TokenStore>>,
         port: Option<u16>,
         wait: Duration,
         show: impl FnOnce(&reqwest::Url, &reqwest::Url),
@@ -750,31 +892,51 @@ impl OAuth2 {
             Err(Refusal::Grant(m)) => return Err(m),
             Err(Refusal::Other(e)) => return Err(connector.redact(&e.to_string())),
         };
-        let summary = Connected {
-            file: self.settings.file.clone(),
+        let mut summary = Connected {
+            stored: Stored::Store,
             expires_in: tokens
                 .expires_at
                 .map(|e| Duration::from_millis((e - tokens.obtained_at).max(0) as u64)),
             refresh_token: tokens.refresh.is_some(),
             scope: tokens.scope.clone(),
         };
-        let path = self
-            .settings
-            .file
-            .clone()
-            .ok_or("no token file to store the tokens in")?;
-        let text =
-            serde_json::to_vec_pretty(&TokenFile::from(&tokens)).map_err(|e| e.to_string())?;
-        write_atomic(&path, &text)
-            .map_err(|e| format!("cannot store the tokens in {}: {e}", path.display()))?;
+        match store {
+            Some(store) => {
+                let name = self.settings.connector.clone();
+                blocking(move || store.save(&name, &tokens))
+                    .await
+                    .map_err(|e| format!("cannot store the tokens in the store: {e}"))?;
+            }
+            None => {
+                let path = self
+                    .settings
+                    .file
+                    .clone()
+                    .ok_or("no store and no token file to store the tokens in")?;
+                let text = serde_json::to_vec_pretty(&TokenFile::from(&tokens))
+                    .map_err(|e| e.to_string())?;
+                write_atomic(&path, &text)
+                    .map_err(|e| format!("cannot store the tokens in {}: {e}", path.display()))?;
+                summary.stored = Stored::File(path);
+            }
+        }
         Ok(summary)
     }
+}
+
+/// Where `connect` put the tokens.
+#[derive(Debug, PartialEq)]
+pub enum Stored {
+    /// In the store, where every hub on it reads them.
+    Store,
+    /// In the token file, for the hub holding the store to move in.
+    File(PathBuf),
 }
 
 /// What `connect` obtained, without a token value.
 #[derive(Debug)]
 pub struct Connected {
-    pub file: Option<PathBuf>,
+    pub stored: Stored,
     pub expires_in: Option<Duration>,
     pub refresh_token: bool,
     pub scope: Option<String>,
@@ -785,12 +947,6 @@ pub struct Connected {
 struct Form {
     fields: Vec<(String, String)>,
     refresh: Option<Secret>,
-}
-
-enum Grant {
-    Request(Form),
-    /// A fresh token found in the file meanwhile.
-    Ready(Secret),
 }
 
 /// Why no token came back.

@@ -17,8 +17,8 @@ pub struct SecretSource {
     /// Answer [`PLACEHOLDER`] for a secret that is not set instead of nothing
     /// (`switchboard test`, which sends no request).
     placeholders: bool,
-    /// Where OAuth2 connectors keep their tokens (`<data>/oauth`); `None`:
-    /// in memory only.
+    /// Where OAuth2 token files are (`<data>/oauth`): read once and moved
+    /// into the store; `None`: none are read.
     token_dir: Option<PathBuf>,
 }
 

@@ -19,6 +19,7 @@ pub mod retention;
 pub mod scheduler;
 mod step;
 mod timer;
+pub mod tokens;
 pub mod worker;
 
 pub use catalog::{files_version, Catalog, LoadOptions};
@@ -127,7 +128,8 @@ impl Engine {
         store: Arc<dyn Store>,
         config: EngineConfig,
     ) -> Result<Arc<Engine>, String> {
-        let client = Client::new(&catalog.connectors)?;
+        let client = Client::new(&catalog.connectors)?
+            .with_token_store(Arc::new(tokens::StoreTokens::new(store.clone())));
         let commit = GroupCommit::start(store.clone());
         let (handoff, handoff_rx) = tokio::sync::mpsc::channel(HANDOFF_CAPACITY);
         Ok(Arc::new(Engine {

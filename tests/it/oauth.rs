@@ -3,7 +3,9 @@
 //! 127.0.0.1): it issues access tokens, expires them when the test says,
 //! rotates refresh tokens strictly (a spent one is refused and counted),
 //! checks PKCE on the authorization code, and serves the API the
-//! connector calls (401 for an unknown or expired token).
+//! connector calls (401 for an unknown or expired token). Tokens live in
+//! the store (state namespace `switchboard:oauth`); two nodes on one
+//! PostgreSQL share them.
 
 use crate::utils::*;
 use axum::extract::{Form, Query, State};
@@ -316,7 +318,7 @@ fn config(server: &AuthServer, auth: &str) -> Config {
     cfg.connector(
         "crm",
         &format!(
-            "name: crm\nbase_url: {}\nsecrets: [client_secret]\nretry: {{ attempts: 2, backoff: 10ms }}\n\
+            "name: crm\nbase_url: {}\nsecrets: [client_secret]\ntimeout: 3s\nretry: {{ attempts: 2, backoff: 10ms }}\n\
              auth:\n{auth}\nactions:\n  echo:\n    method: POST\n    path: /api/echo\n    body: {{ hello: world }}\n",
             server.url
         ),
@@ -402,16 +404,48 @@ async fn one_token_request_for_100_concurrent_steps_and_one_after_expiry() {
         2,
         "one token for the first 50 calls, one after it expired"
     );
-    // The token is persisted: a restart needs no new one.
-    let saved: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("data/oauth/crm.json")).unwrap())
-            .unwrap();
-    assert!(saved["access_token"].as_str().unwrap().starts_with("at-"));
+    // The token is in the store (a restart needs no new one), shown redacted.
+    let saved = stored(&dir.path().join("data"), None, Some(&hub)).unwrap();
+    let last = server.with(|s| s.issued_access.last().cloned().unwrap());
+    assert_eq!(saved["access_token"], fingerprint(&last), "{saved}");
+    assert!(!dir.path().join("data/oauth").exists(), "no token file");
 }
 
-/// An access token past its expiry (by `expires_at` in the token file) is
-/// refreshed before it is used: the API never sees it, although the server
-/// would still accept it.
+/// How `switchboard state` shows a token value: `*** sha256:` and 8 hex digits.
+fn fingerprint(token: &str) -> String {
+    format!(
+        "*** sha256:{}",
+        hex::encode(&sha2::Sha256::digest(token.as_bytes())[..4])
+    )
+}
+
+/// `crm`'s token record as `switchboard state get switchboard:oauth crm`
+/// shows it (token values redacted): through `hub`'s admin API while it
+/// holds the store, else from the store (`store`, or the data dir's).
+fn stored(data: &std::path::Path, store: Option<&str>, hub: Option<&Hub>) -> Option<Value> {
+    let mut cmd = command(&["state", "get", "switchboard:oauth", "crm", "--json"]);
+    cmd.arg("--data").arg(data);
+    if let Some(h) = hub {
+        cmd.arg("--url")
+            .arg(&h.url)
+            .env("SWITCHBOARD_ADMIN_TOKEN", &h.token);
+    }
+    if let Some(url) = store.map(str::to_string).or_else(|| test_store(data)) {
+        cmd.env("SWITCHBOARD_STORE", url);
+    }
+    let out = cmd.output().unwrap();
+    if !out.status.success() {
+        assert!(stderr(&out).contains("no state `crm`"), "{}", stderr(&out));
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    Some(v["items"][0]["value"].clone())
+}
+
+/// An access token past its expiry (by `expires_at` in the token file of
+/// a hub from before the store held tokens) is refreshed before it is
+/// used: the API never sees it, although the server would still accept
+/// it. The file is moved into the store (and removed) on first use.
 #[tokio::test]
 async fn a_token_is_refreshed_before_it_expires() {
     let server = AuthServer::start().await;
@@ -444,6 +478,14 @@ async fn a_token_is_refreshed_before_it_expires() {
         assert!(!s.api_tokens_seen.contains("at-stale-but-accepted"));
         assert_eq!(s.api_401, 0);
     });
+    assert!(
+        !data.join("oauth/crm.json").exists(),
+        "moved into the store"
+    );
+    let saved = stored(&data, None, Some(&hub)).unwrap();
+    let live = server.with(|s| s.live_refresh.clone().unwrap());
+    assert_ne!(live, "rt-seeded");
+    assert_eq!(saved["refresh_token"], fingerprint(&live), "{saved}");
 }
 
 /// Start `switchboard connect crm --port 0`, follow the printed URL like a
@@ -452,6 +494,7 @@ async fn a_token_is_refreshed_before_it_expires() {
 async fn connect(
     cfg: &Config,
     data: &std::path::Path,
+    store: Option<&str>,
     server: &AuthServer,
 ) -> std::process::Output {
     let mut cmd = command(&["connect", "crm"]);
@@ -465,6 +508,9 @@ async fn connect(
         .env("SWITCHBOARD_SECRET_CRM_CLIENT_SECRET", CLIENT_SECRET)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(url) = store.map(str::to_string).or_else(|| test_store(data)) {
+        cmd.env("SWITCHBOARD_STORE", url);
+    }
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -515,7 +561,7 @@ async fn connect(
 }
 
 /// `connect` runs the authorization-code flow with PKCE once and stores the
-/// tokens (never printed); the hub uses them, refreshes on a 401 with
+/// tokens in the store (never printed); the hub uses them, refreshes on a 401 with
 /// rotation persisted, keeps the newest refresh token across an abort
 /// right after a rotation (kill -9 at the crash point) and across a plain
 /// kill -9; a revoked grant fails the run once, clearly, without retries.
@@ -539,7 +585,7 @@ async fn connect_then_rotate_across_kill_9_then_revoke() {
     );
     drop(hub);
 
-    let out = connect(&cfg, &data, &server).await;
+    let out = connect(&cfg, &data, None, &server).await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -552,18 +598,20 @@ async fn connect_then_rotate_across_kill_9_then_revoke() {
         assert!(!stdout(&out).contains(&t) && !stderr(&out).contains(&t));
     }
     assert_eq!(server.requests("authorization_code"), 1);
-    let file = data.join("oauth/crm.json");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-    }
-    let stored_refresh = || -> String {
-        let v: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert!(
+        stdout(&out).contains("tokens stored in the store"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!data.join("oauth/crm.json").exists(), "no token file");
+    // The refresh token the store holds, as the state listing shows it.
+    let stored_refresh = |hub: Option<&Hub>| -> String {
+        let v = stored(&data, None, hub).unwrap();
         v["refresh_token"].as_str().unwrap().to_string()
     };
-    let r1 = stored_refresh();
-    assert_eq!(server.with(|s| s.live_refresh.clone()), Some(r1.clone()));
+    let live = || fingerprint(&server.with(|s| s.live_refresh.clone().unwrap()));
+    let r1 = stored_refresh(None);
+    assert_eq!(r1, live());
 
     // The hub uses the stored access token: no token request.
     let mut hub = Hub::start(options(&cfg, &data)).await;
@@ -576,9 +624,9 @@ async fn connect_then_rotate_across_kill_9_then_revoke() {
     let run = one_run(&hub, 3).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(server.requests("refresh_token"), 1);
-    let r2 = stored_refresh();
+    let r2 = stored_refresh(Some(&hub));
     assert_ne!(r1, r2);
-    assert_eq!(server.with(|s| s.live_refresh.clone()), Some(r2.clone()));
+    assert_eq!(r2, live());
     hub.kill(); // SIGKILL
 
     // Abort right after the next rotation is persisted, before its token is used.
@@ -603,15 +651,17 @@ async fn connect_then_rotate_across_kill_9_then_revoke() {
         assert!(Instant::now() < deadline, "the hub did not abort");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r3 = stored_refresh();
+    hub.kill();
+    let r3 = stored_refresh(None);
     assert_ne!(
         r3, r2,
         "the rotated refresh token was stored before the abort"
     );
-    assert_eq!(server.with(|s| s.live_refresh.clone()), Some(r3.clone()));
-    hub.kill();
+    assert_eq!(r3, live());
 
     // After the restart the interrupted run finishes with the stored token.
+    // (The aborted hub held the refresh lease: the next refresh waits for
+    // it to expire, the token request's timeout (3s) + 5s.)
     let hub = Hub::start(options(&cfg, &data)).await;
     let (_, page) = hub.api("/api/runs?limit=10").await;
     let interrupted = page["items"][0]["id"].as_str().unwrap().to_string();
@@ -644,11 +694,18 @@ async fn connect_then_rotate_across_kill_9_then_revoke() {
     assert_eq!(run["status"], "failed", "{run}");
     assert_eq!(server.requests("refresh_token"), before + 1, "fails fast");
 
-    // Re-connecting while the hub runs: its next call uses the new grant.
-    let out = connect(&cfg, &data, &server).await;
+    // Re-connecting while the hub holds the (sled) store: `connect` hands
+    // the tokens over in the token file; the hub's next call moves them
+    // into the store and uses the new grant.
+    let out = connect(&cfg, &data, None, &server).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let run = one_run(&hub, 8).await;
     assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(
+        !data.join("oauth/crm.json").exists(),
+        "moved into the store"
+    );
+    assert_eq!(stored_refresh(Some(&hub)), live());
 }
 
 /// A token endpoint answering an HTML page fails the run at once (not
@@ -801,9 +858,10 @@ fn check_locates_oauth2_problems() {
 }
 
 /// The client secret and every token the server issued never reach the
-/// logs (trace level), the store's files, the admin API's run records or
-/// step errors, though the API echoes the Authorization header and the
-/// 401 answer too; only the token file holds them.
+/// logs (trace level), the data dir outside the store, the admin API's run
+/// records, step errors or state listing (API and CLI), though the API
+/// echoes the Authorization header and the 401 answer too; only the
+/// store's token record holds them.
 #[tokio::test]
 async fn no_token_or_client_secret_reaches_logs_store_or_api() {
     let server = AuthServer::start().await;
@@ -835,7 +893,48 @@ async fn no_token_or_client_secret_reaches_logs_store_or_api() {
             .await;
         shown.push(r.to_string());
     }
+    let (status, listed) = hub.api("/api/state?namespace=switchboard:oauth").await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["items"][0]["key"], "crm", "{listed}");
+    shown.push(listed.to_string());
+    let (_, one) = hub.api("/api/state/switchboard:oauth/crm").await;
+    assert!(
+        one["items"][0]["value"]["access_token"]
+            .as_str()
+            .unwrap()
+            .starts_with("*** sha256:"),
+        "{one}"
+    );
+    shown.push(one.to_string());
+    // Not writable through the API: `connect` writes tokens.
+    let put = hub
+        .http
+        .put(format!("{}/api/state/switchboard:oauth/crm", hub.url))
+        .bearer_auth(&hub.token)
+        .json(&json!({"value": {"access_token": "planted"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 400);
+    let cli = hub.cli(&["state", "list"]);
+    assert!(
+        stdout(&cli).contains("switchboard:oauth"),
+        "{}",
+        stdout(&cli)
+    );
+    shown.push(stdout(&cli));
     hub.kill();
+    let cli = command(&["state", "list", "--json", "--data"])
+        .arg(&data)
+        .envs(test_store(&data).map(|u| ("SWITCHBOARD_STORE", u)))
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&cli).contains("switchboard:oauth"),
+        "{}",
+        stdout(&cli)
+    );
+    shown.push(stdout(&cli));
     let mut secrets = server.all_tokens();
     secrets.push(CLIENT_SECRET.into());
     let b64 =
@@ -850,8 +949,8 @@ async fn no_token_or_client_secret_reaches_logs_store_or_api() {
     while let Some(p) = stack.pop() {
         for entry in std::fs::read_dir(&p).unwrap() {
             let path = entry.unwrap().path();
-            if path == data.join("oauth") {
-                continue; // the token file: the one place tokens live
+            if path == data.join("store") && test_store(&data).is_none() {
+                continue; // the store: the one place tokens live
             }
             if path.is_dir() {
                 stack.push(path);
@@ -878,7 +977,7 @@ async fn connect_refused_by_the_user_stores_nothing() {
     let cfg = config(&server, &AUTHORIZATION_CODE.replace("URL", &server.url));
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = connect(&cfg, &data, &server).await;
+    let out = connect(&cfg, &data, None, &server).await;
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(
         stderr(&out).contains("the app refused the authorization (access_denied: The user denied access); not connected"),
@@ -886,5 +985,122 @@ async fn connect_refused_by_the_user_stores_nothing() {
         stderr(&out)
     );
     assert!(!data.join("oauth/crm.json").exists());
+    assert_eq!(stored(&data, None, None), None);
     assert_eq!(server.requests("authorization_code"), 0);
+}
+
+/// A node of two on one PostgreSQL schema: the test's connector and
+/// recipe, a data dir of its own, 50 workers.
+async fn pg_node(cfg: &Config, dir: &std::path::Path, db: &str, name: &str) -> Hub {
+    let mut opts = options(cfg, &dir.join(name));
+    opts.args = vec![
+        "--workers".into(),
+        "50".into(),
+        "--store".into(),
+        db.to_string(),
+    ];
+    Hub::start(opts).await
+}
+
+/// Post `n` tickets to each hub at once; every run succeeds.
+async fn all_succeed(hubs: &[&Hub], first: u64, n: u64) {
+    let posted = futures_util::future::join_all(
+        hubs.iter()
+            .enumerate()
+            .map(|(i, h)| post_tickets(h, first + i as u64 * n, n)),
+    )
+    .await;
+    for (hub, runs) in hubs.iter().zip(posted) {
+        for id in &runs {
+            let run = hub.wait_run(id).await;
+            assert_eq!(run["status"], "succeeded", "{run}");
+        }
+    }
+}
+
+/// Two nodes on one PostgreSQL share one client-credentials token: 2 × 50
+/// concurrent steps with no token anywhere make one token request (the
+/// refresh lease in the store is the single flight across nodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_postgres_make_one_token_request() {
+    let db = PgSchema::fresh();
+    let server = AuthServer::start().await;
+    server.with(|s| s.latency = Duration::from_millis(300));
+    let cfg = config(&server, CLIENT_CREDENTIALS);
+    let dir = tempfile::tempdir().unwrap();
+    let a = pg_node(&cfg, dir.path(), &db.url, "a").await;
+    let b = pg_node(&cfg, dir.path(), &db.url, "b").await;
+    all_succeed(&[&a, &b], 1, 50).await;
+    assert_eq!(server.with(|s| s.api_ok), 100);
+    assert_eq!(
+        server.requests("client_credentials"),
+        1,
+        "one token for both nodes"
+    );
+    let saved = stored(&dir.path().join("a"), Some(&db.url), None).unwrap();
+    let issued = server.with(|s| s.issued_access.clone());
+    assert_eq!(saved["access_token"], fingerprint(&issued[0]), "{saved}");
+    drop((a, b));
+    db.drop_now();
+}
+
+/// Two nodes on one PostgreSQL and one `connect` (written to the store):
+/// both use its token; after it expires, 2 × 50 concurrent steps make one
+/// refresh; a rotation made by node A is what node B spends next (strict
+/// rotation at the server: a spent refresh token is never sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_postgres_share_one_grant_and_its_rotations() {
+    let db = PgSchema::fresh();
+    let server = AuthServer::start().await;
+    server.with(|s| s.latency = Duration::from_millis(300));
+    let cfg = config(&server, &AUTHORIZATION_CODE.replace("URL", &server.url));
+    let dir = tempfile::tempdir().unwrap();
+    let out = connect(&cfg, &dir.path().join("a"), Some(&db.url), &server).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("tokens stored in the store"),
+        "{}",
+        stdout(&out)
+    );
+    let a = pg_node(&cfg, dir.path(), &db.url, "a").await;
+    let b = pg_node(&cfg, dir.path(), &db.url, "b").await;
+
+    // Node B was never connected: it reads the grant from the store.
+    let run = one_run(&b, 1).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(server.requests("refresh_token"), 0);
+
+    // Expired under both: one refresh for 100 steps on two nodes.
+    server.expire_access();
+    all_succeed(&[&a, &b], 10, 50).await;
+    assert_eq!(
+        server.requests("refresh_token"),
+        1,
+        "one refresh for both nodes"
+    );
+
+    // A rotates; B takes A's new access token from the store (its own was
+    // refused), then, once that expires too, spends the refresh token A
+    // stored.
+    server.expire_access();
+    let run = one_run(&a, 200).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(server.requests("refresh_token"), 2);
+    let run = one_run(&b, 201).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(server.requests("refresh_token"), 2);
+    server.expire_access();
+    let run = one_run(&b, 202).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(server.requests("refresh_token"), 3);
+    assert_eq!(
+        server.with(|s| s.spent_reuse),
+        0,
+        "no spent refresh token was sent"
+    );
+    let saved = stored(&dir.path().join("b"), Some(&db.url), None).unwrap();
+    let live = server.with(|s| s.live_refresh.clone().unwrap());
+    assert_eq!(saved["refresh_token"], fingerprint(&live), "{saved}");
+    drop((a, b));
+    db.drop_now();
 }

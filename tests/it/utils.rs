@@ -150,9 +150,16 @@ fn drop_schemas_of_finished_runs(c: &mut postgres::Client) {
 /// of the suite runs on PostgreSQL, in a schema named after its data dir
 /// (so a restarted hub finds its store again, as with sled); unset, sled.
 fn store_for(opts: &HubOptions, data: &Path) -> Option<String> {
-    if opts.args.iter().any(|a| a == "--store")
-        || std::env::var("SWITCHBOARD_TEST_STORE").as_deref() != Ok("postgres")
-    {
+    if opts.args.iter().any(|a| a == "--store") {
+        return None;
+    }
+    test_store(data)
+}
+
+/// The PostgreSQL store a hub on `data` runs on under
+/// `SWITCHBOARD_TEST_STORE=postgres` (for commands beside it); else `None`.
+pub fn test_store(data: &Path) -> Option<String> {
+    if std::env::var("SWITCHBOARD_TEST_STORE").as_deref() != Ok("postgres") {
         return None;
     }
     use sha2::Digest;

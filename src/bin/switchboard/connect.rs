@@ -2,13 +2,20 @@
 //! once, for a connector with `auth: { type: oauth2, grant:
 //! authorization_code }`. Prints the URL to open, waits for the browser's
 //! redirect on the loopback address, exchanges the code and stores the
-//! tokens in `<data>/oauth/NAME.json`. Never prints a token.
+//! tokens in the hub's store (namespace `switchboard:oauth`), where every
+//! node on it reads them. When a running hub holds the sled store, the
+//! tokens go to `<data>/oauth/NAME.json` instead, and that hub moves them
+//! into its store at its next token. Never prints a token.
 
 use crate::{serve_config, Dirs};
 use clap::Args;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
+use switchboard::connector::oauth::{Stored, TokenStore};
 use switchboard::connector::{self, http::Client, Auth, LoadOptions};
+use switchboard::engine::tokens::StoreTokens;
+use switchboard::store::{pg::PgStore, sled::SledStore, Backend, Store};
 use switchboard::template::Templates;
 
 #[derive(Args)]
@@ -17,6 +24,10 @@ pub struct ConnectArgs {
     dirs: Dirs,
     /// The connector to connect.
     name: String,
+    /// The store the hubs run on (`serve --store`): a `postgres://` URL, or
+    /// by default the sled store in the data dir.
+    #[arg(long, env = "SWITCHBOARD_STORE", hide_env_values = true)]
+    store: Option<String>,
     /// Listen for the redirect on this port instead of the one in the
     /// connector's `redirect_uri` (0: any free port; RFC 8252 lets loopback
     /// redirects use any port, where the app allows it).
@@ -27,7 +38,24 @@ pub struct ConnectArgs {
     timeout: Duration,
 }
 
+/// Where the tokens go: the store if this process can open it, else
+/// (a hub holds the sled store) `None`: the token file.
+fn token_store(
+    data: &std::path::Path,
+    spec: Option<&str>,
+) -> Result<Option<Arc<dyn TokenStore>>, String> {
+    let store: Arc<dyn Store> = match Backend::parse(spec, data) {
+        Backend::Postgres(url) => Arc::new(PgStore::open(&url).map_err(|e| e.to_string())?),
+        Backend::Sled(dir) => match SledStore::open(&dir) {
+            Ok(s) => Arc::new(s),
+            Err(_) => return Ok(None),
+        },
+    };
+    Ok(Some(Arc::new(StoreTokens::new(store))))
+}
+
 pub async fn connect(args: ConnectArgs) -> ExitCode {
+    let data = args.dirs.data.clone();
     let config = serve_config(args.dirs);
     let opts = match config.load_options() {
         Ok(o) => o,
@@ -85,6 +113,13 @@ pub async fn connect(args: ConnectArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let store = match token_store(&data, args.store.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot open the store: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let shown = |url: &reqwest::Url, redirect: &reqwest::Url| {
         println!("Open this URL in a browser to connect `{name}`:");
         println!();
@@ -93,14 +128,25 @@ pub async fn connect(args: ConnectArgs) -> ExitCode {
         println!("Waiting for the redirect to {redirect} …");
     };
     match oauth
-        .connect(&client, &templates, c, args.port, args.timeout, shown)
+        .connect(
+            &client,
+            &templates,
+            c,
+            store,
+            args.port,
+            args.timeout,
+            shown,
+        )
         .await
     {
         Ok(done) => {
-            let file = done
-                .file
-                .map(|f| f.display().to_string())
-                .unwrap_or_default();
+            let place = match &done.stored {
+                Stored::Store => "the store".to_string(),
+                Stored::File(f) => format!(
+                    "{} (the running hub moves them into its store at its next token)",
+                    f.display()
+                ),
+            };
             let lifetime = done
                 .expires_in
                 .map(|d| format!("the access token expires in {} s", d.as_secs()))
@@ -110,7 +156,7 @@ pub async fn connect(args: ConnectArgs) -> ExitCode {
             } else {
                 "without a refresh token (connect again when it expires)"
             };
-            println!("connected `{name}`: tokens stored in {file} ({lifetime}, {refresh})");
+            println!("connected `{name}`: tokens stored in {place} ({lifetime}, {refresh})");
             ExitCode::SUCCESS
         }
         Err(e) => {

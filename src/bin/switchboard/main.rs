@@ -211,7 +211,8 @@ enum Command {
         cmd: demo::DemoCmd,
     },
     /// Connect an OAuth2 connector once: open the printed URL, grant
-    /// access; the tokens are stored in <data>/oauth/NAME.json (never printed).
+    /// access; the tokens are stored in the hub's store, shared by every
+    /// node on it (never printed).
     Connect(connect::ConnectArgs),
     /// What a recipe as its file is now would have done for stored events,
     /// against what ran: a dry run (no call leaves the process, nothing is

@@ -80,7 +80,7 @@ pub(super) fn namespace(
     } else if ns.contains('\0') {
         Some("it contains a NUL character".to_string())
     } else if ns.starts_with("switchboard:") {
-        Some("namespaces starting with `switchboard:` are the hub's own (polls keep their cursors there)".to_string())
+        Some("namespaces starting with `switchboard:` are the hub's own (polls keep their cursors there, OAuth2 connectors their tokens)".to_string())
     } else {
         None
     };
