@@ -31,8 +31,10 @@ impl Schedule {
             .build()
             .parse(pattern)
             .map_err(|e| {
+                // croner's "Number out of bounds" names no field: say which.
+                let why = out_of_range(pattern).unwrap_or_else(|| e.to_string());
                 TimeError(format!(
-                    "invalid cron expression `{pattern}`: {e} (expected five fields `minute hour day-of-month month day-of-week`, e.g. `0 9 * * MON-FRI`, or six with leading seconds)"
+                    "invalid cron expression `{pattern}`: {why} (expected five fields `minute hour day-of-month month day-of-week`, e.g. `0 9 * * MON-FRI`, or six with leading seconds)"
                 ))
             })?;
         let s = Schedule {
@@ -67,6 +69,40 @@ impl Schedule {
         let prev = self.cron.find_previous_occurrence(&z, true).ok()?;
         Some(prev.timestamp().as_millisecond())
     }
+}
+
+/// The first number of a cron field outside its range, said with the
+/// field's name (`hour 25 is out of range 0-23`); `None` when every number
+/// is in range (or the pattern has not five or six fields).
+fn out_of_range(pattern: &str) -> Option<String> {
+    const FIELDS: [(&str, u32, u32); 6] = [
+        ("second", 0, 59),
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day-of-month", 1, 31),
+        ("month", 1, 12),
+        ("day-of-week", 0, 7),
+    ];
+    let parts: Vec<&str> = pattern.split_whitespace().collect();
+    let fields = match parts.len() {
+        5 => &FIELDS[1..],
+        6 => &FIELDS[..],
+        _ => return None,
+    };
+    for (part, (name, lo, hi)) in parts.iter().zip(fields) {
+        for item in part.split(',') {
+            // `a-b/step`: the step is a count, not a value of the field.
+            let values = item.split('/').next().unwrap_or(item);
+            for v in values.split('-') {
+                if let Ok(n) = v.parse::<u32>() {
+                    if n < *lo || n > *hi {
+                        return Some(format!("{name} {n} is out of range {lo}-{hi}"));
+                    }
+                }
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -115,6 +151,20 @@ mod tests {
         }
         let e = Schedule::parse("0 9 * * *", Some("Europe/Berln")).unwrap_err();
         assert!(e.0.contains("unknown time zone"), "{e}");
+        // A number out of range names its field.
+        for (bad, why) in [
+            ("0 25 * * MON-FRI", "hour 25 is out of range 0-23"),
+            ("61 * * * *", "minute 61 is out of range 0-59"),
+            ("0 9 1-32/2 * *", "day-of-month 32 is out of range 1-31"),
+            ("0 0 9 * 13 *", "month 13 is out of range 1-12"),
+        ] {
+            let e = Schedule::parse(bad, None).unwrap_err();
+            assert!(
+                e.0.starts_with(&format!("invalid cron expression `{bad}`: {why} (expected")),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(out_of_range("*/90 9 * * *"), None, "a step is not a value");
     }
 
     proptest::proptest! {

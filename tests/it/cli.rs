@@ -382,6 +382,22 @@ fn check_points_inside_templates_outside_steps() {
     );
 }
 
+/// Every mistake of a file is reported, not only the first of a block: a
+/// bad schedule does not hide a bad wait, a bad variable or a bad filter
+/// after it.
+#[test]
+fn check_reports_every_mistake_of_a_file() {
+    check_fails(
+        "name: bad\non: { schedule: \"0 25 * * MON-FRI\" }\nsteps:\n  - id: later\n    wait: 10x\n  - id: done\n    stop: { reason: \"{{ vars.nope | uper }}\" }\n",
+        &[
+            (2, 17, "invalid cron expression `0 25 * * MON-FRI`: hour 25 is out of range 0-23 (expected five fields `minute hour day-of-month month day-of-week`, e.g. `0 9 * * MON-FRI`, or six with leading seconds)"),
+            (5, 11, "invalid duration `10x`, expected a duration such as `30s`, `15m`, `12h`, `3d` or `1h 30m`"),
+            (7, 21, "unknown variable `vars.nope`: the recipe declares no `vars:` (nor does `_shared.yaml`)"),
+            (7, 37, "unknown template filter `uper`; did you mean `upper`?"),
+        ],
+    );
+}
+
 #[test]
 fn check_suggests_the_action_and_connector_meant() {
     let cfg = check_fails(
