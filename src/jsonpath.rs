@@ -4,6 +4,8 @@
 use jsonpath_rust::parser::errors::JsonPathError;
 use jsonpath_rust::parser::model::JpQuery;
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// A parser error in words: pest's message and the column, not its
 /// multi-line dump. The one place JSONPath errors are worded (recipes'
@@ -29,7 +31,31 @@ pub fn describe(e: &JsonPathError) -> String {
 #[derive(Debug, Clone)]
 pub struct JsonPath {
     source: String,
-    query: JpQuery,
+    /// Shared with every other path of the same source ([`parse`]).
+    query: Arc<JpQuery>,
+}
+
+/// The parsed query of `source`, shared with every other `JsonPath` of the
+/// process with the same source: 10,000 recipes reading
+/// `$.event.ticket.subject` parse it once (pest's parser was ~8 % of
+/// `check` on them; BENCHMARKS.md, "10,000 loaded recipes"). Entries are
+/// weak, freed with the last path using them. A query is plain data.
+fn parse(source: &str) -> Result<Arc<JpQuery>, JsonPathError> {
+    static SHARED: OnceLock<Mutex<HashMap<String, Weak<JpQuery>>>> = OnceLock::new();
+    let shared = SHARED.get_or_init(Default::default);
+    // A panic while holding the lock leaves a map of valid entries.
+    let mut map = shared.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(q) = map.get(source).and_then(Weak::upgrade) {
+        return Ok(q);
+    }
+    let q = Arc::new(jsonpath_rust::parser::parse_json_path(source)?);
+    // Drop the entries of freed queries as the map doubles, so reloads do
+    // not grow it without bound.
+    if map.len() >= 64 && map.len().is_power_of_two() {
+        map.retain(|_, w| w.strong_count() > 0);
+    }
+    map.insert(source.to_owned(), Arc::downgrade(&q));
+    Ok(q)
 }
 
 impl JsonPath {
@@ -40,7 +66,7 @@ impl JsonPath {
                 "invalid JSONPath `{source}`: expected it to start with `$`"
             ));
         }
-        jsonpath_rust::parser::parse_json_path(source)
+        parse(source)
             .map(|query| JsonPath {
                 source: source.to_string(),
                 query,
@@ -54,7 +80,7 @@ impl JsonPath {
 
     /// Every node the path selects.
     pub fn select<'a>(&self, value: &'a Value) -> Vec<&'a Value> {
-        jsonpath_rust::query::js_path_process(&self.query, value)
+        jsonpath_rust::query::js_path_process(self.query.as_ref(), value)
             .map(|refs| refs.into_iter().map(|r| r.val()).collect())
             .unwrap_or_default()
     }
@@ -119,6 +145,18 @@ mod tests {
         assert_eq!(all.pick(&v), Some(json!(["1", "2"])));
         assert_eq!(p.pick(&v), Some(json!("1")));
         assert_eq!(JsonPath::compile("$.nope").unwrap().pick(&v), None);
+    }
+
+    #[test]
+    fn paths_with_the_same_source_share_one_query() {
+        let a = JsonPath::compile("$.shared.by.two").unwrap();
+        let b = JsonPath::compile("$.shared.by.two").unwrap();
+        assert!(Arc::ptr_eq(&a.query, &b.query));
+        let other = JsonPath::compile("$.shared.by.one").unwrap();
+        assert!(!Arc::ptr_eq(&a.query, &other.query));
+        let weak = Arc::downgrade(&a.query);
+        drop((a, b));
+        assert!(weak.upgrade().is_none(), "the query outlived its paths");
     }
 
     #[test]

@@ -59,9 +59,10 @@ pub struct SourceMap {
     values: HashMap<String, Pos>,
     /// JSON pointer of a mapping entry → where its key starts.
     keys: HashMap<String, Pos>,
-    /// The file's lines, to place an error inside a string value
-    /// ([`SourceMap::error_inside`]).
-    lines: std::sync::Arc<Vec<String>>,
+    /// The file's text, to place an error inside a string value
+    /// ([`SourceMap::error_inside`]); kept whole (not split into lines,
+    /// one allocation a line) since only an error reads it.
+    text: std::sync::Arc<str>,
 }
 
 impl SourceMap {
@@ -138,7 +139,7 @@ impl SourceMap {
         // A literal block scalar's value starts at its first content line;
         // its lines follow at the same indentation. Accept the place only if
         // the file shows the template's own line there.
-        let file_line = |n: usize| n.checked_sub(1).and_then(|i| self.lines.get(i));
+        let file_line = |n: usize| n.checked_sub(1).and_then(|i| self.text.lines().nth(i));
         let first =
             file_line(start.line).and_then(|l| l.chars().nth(start.column.saturating_sub(1)));
         let pos = match first {
@@ -200,7 +201,7 @@ pub fn load_value(file: &Path, text: &str) -> Result<(Value, SourceMap), LoadErr
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut map = SourceMap {
         file: file.to_path_buf(),
-        lines: std::sync::Arc::new(text.lines().map(str::to_string).collect()),
+        text: text.into(),
         ..SourceMap::default()
     };
     let root = parse(text).map_err(|(pos, message)| map.error_at(pos, message))?;

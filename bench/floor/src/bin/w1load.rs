@@ -11,7 +11,18 @@
 //! Usage:
 //!   w1load URL EVENT_JSON [--rate 1000] [--duration 10] [--warmup 2]
 //!          [--conns 64] [--sink http://127.0.0.1:9100] [--drain 60]
+//!          [--interval SECS --records FILE]
 //! Secret from W1_SECRET (default "s3cret"). Prints one line `W1LOAD {json}`.
+//!
+//! With `--interval` (the soak, `bench/soak.sh`) it runs for as long as asked
+//! without holding every body in memory: each body is built and signed just
+//! before it is sent (a few µs, before the send time is taken), the sink's
+//! records are collected every SECS seconds and one line `W1LOAD_TICK {json}`
+//! is printed per interval (answers completed and events delivered in it,
+//! their p50/p99). `--records FILE` gets one line per answer,
+//! `a <done_unix_ns> <answer_us> <ok 0|1>`, and per delivery,
+//! `e <recv_unix_ns> <e2e_us>`, for any later cut (per minute, during
+//! retention passes).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -31,6 +42,8 @@ struct Args {
     conns: usize,
     sink: String,
     drain: f64,
+    interval: f64,
+    records: Option<String>,
 }
 
 fn args() -> Args {
@@ -43,6 +56,8 @@ fn args() -> Args {
         conns: 64,
         sink: "http://127.0.0.1:9100".into(),
         drain: 60.0,
+        interval: 0.0,
+        records: None,
     };
     let mut pos = Vec::new();
     let mut it = std::env::args().skip(1);
@@ -55,6 +70,8 @@ fn args() -> Args {
             "--conns" => a.conns = val().parse().expect("--conns"),
             "--sink" => a.sink = val(),
             "--drain" => a.drain = val().parse().expect("--drain"),
+            "--interval" => a.interval = val().parse().expect("--interval"),
+            "--records" => a.records = Some(val()),
             _ => pos.push(x),
         }
     }
@@ -179,6 +196,9 @@ async fn main() {
     // The first `"id":123` is the ticket's id (see make-event.py).
     let at = text.find("\"id\":123").expect("event.json has \"id\":123");
     let (head, tail) = (&text[..at], &text[at + "\"id\":123".len()..]);
+    if a.interval > 0.0 {
+        return soak::run(&a, secret, head.to_string(), tail.to_string()).await;
+    }
     let n = (a.rate * a.duration).round() as usize;
     let bodies: Vec<(Vec<u8>, String)> = (0..n)
         .map(|i| {
@@ -255,4 +275,209 @@ async fn main() {
         pct(&e2e, 99.0),
         e2e.last().copied().unwrap_or(0),
     );
+}
+
+/// `--interval`: a long run, reported per interval (see the top of the file).
+mod soak {
+    use super::*;
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    fn unix_ns() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos() as u64
+    }
+
+    /// What the sender tasks leave for the reporter.
+    #[derive(Default)]
+    struct Shared {
+        /// Send time (unix ns) of event i; 0 until sent.
+        sent: Vec<AtomicU64>,
+        /// Answers completed since the last report: (done ns, µs, ok).
+        answers: Mutex<Vec<(u64, u64, bool)>>,
+        done: AtomicUsize,
+    }
+
+    fn line(buf: &mut Vec<u64>) -> (u64, u64, u64) {
+        buf.sort_unstable();
+        (
+            pct(buf, 50.0),
+            pct(buf, 99.0),
+            buf.last().copied().unwrap_or(0),
+        )
+    }
+
+    struct Totals {
+        ok: usize,
+        not_ok: usize,
+        delivered: usize,
+        ans: Vec<u64>,
+        e2e: Vec<u64>,
+    }
+
+    /// Collect what happened since the last report, print it, write records.
+    async fn report(
+        client: &reqwest::Client,
+        sink: &str,
+        shared: &Shared,
+        t_s: f64,
+        out: &mut Option<std::io::BufWriter<std::fs::File>>,
+        totals: &mut Totals,
+    ) {
+        let answers = std::mem::take(&mut *shared.answers.lock().expect("lock"));
+        let records = sink_records(client, sink).await;
+        let mut ans: Vec<u64> = answers.iter().filter(|a| a.2).map(|a| a.1).collect();
+        let not_ok = answers.iter().filter(|a| !a.2).count();
+        let mut e2e = Vec::with_capacity(records.len());
+        for (ticket, recv) in &records {
+            let Some(i) = ticket.checked_sub(FIRST_TICKET) else {
+                continue;
+            };
+            let Some(sent) = shared.sent.get(i as usize) else {
+                continue;
+            };
+            let sent = sent.load(Ordering::Acquire);
+            if sent == 0 {
+                continue;
+            }
+            let us = recv.saturating_sub(sent) / 1000;
+            e2e.push(us);
+            if let Some(f) = out.as_mut() {
+                writeln!(f, "e {recv} {us}").expect("records file");
+            }
+        }
+        if let Some(f) = out.as_mut() {
+            for (done, us, ok) in &answers {
+                writeln!(f, "a {done} {us} {}", *ok as u8).expect("records file");
+            }
+            f.flush().expect("records file");
+        }
+        let (a50, a99, amax) = line(&mut ans);
+        let (e50, e99, emax) = line(&mut e2e);
+        println!(
+            "W1LOAD_TICK {{\"t_s\":{t_s:.1},\"ok\":{},\"not_ok\":{not_ok},\"ans_p50_us\":{a50},\"ans_p99_us\":{a99},\"ans_max_us\":{amax},\
+\"delivered\":{},\"e2e_p50_us\":{e50},\"e2e_p99_us\":{e99},\"e2e_max_us\":{emax}}}",
+            ans.len(),
+            e2e.len(),
+        );
+        totals.ok += ans.len();
+        totals.not_ok += not_ok;
+        totals.delivered += e2e.len();
+        totals.ans.extend(ans);
+        totals.e2e.extend(e2e);
+    }
+
+    pub async fn run(a: &Args, secret: Vec<u8>, head: String, tail: String) {
+        let n = (a.rate * a.duration).round() as usize;
+        let shared = Arc::new(Shared {
+            sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            ..Shared::default()
+        });
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(a.conns)
+            .tcp_nodelay(true)
+            .build()
+            .expect("client");
+        let mut out = a
+            .records
+            .as_ref()
+            .map(|p| std::io::BufWriter::new(std::fs::File::create(p).expect("records file")));
+        sink_records(&client, &a.sink).await; // forget anything recorded before
+        let sem = Arc::new(Semaphore::new(a.conns));
+        let (head, tail, secret, url) = (
+            Arc::new(head),
+            Arc::new(tail),
+            Arc::new(secret),
+            Arc::new(a.url.clone()),
+        );
+        let start = Instant::now();
+        let every = Duration::from_secs_f64(a.interval);
+        let mut next_report = start + every;
+        let mut totals = Totals {
+            ok: 0,
+            not_ok: 0,
+            delivered: 0,
+            ans: Vec::new(),
+            e2e: Vec::new(),
+        };
+        let mut next = 0usize;
+        while next < n {
+            let now = Instant::now();
+            while next < n && start + Duration::from_secs_f64(next as f64 / a.rate) <= now {
+                let i = next;
+                next += 1;
+                let (client, url, sem, shared) =
+                    (client.clone(), url.clone(), sem.clone(), shared.clone());
+                let (head, tail, secret) = (head.clone(), tail.clone(), secret.clone());
+                tokio::spawn(async move {
+                    let body =
+                        format!("{head}\"id\":{}{tail}", FIRST_TICKET + i as u64).into_bytes();
+                    let sig = sign(&secret, &body);
+                    let t0 = Instant::now();
+                    shared.sent[i].store(unix_ns(), Ordering::Release);
+                    let _permit = sem.acquire_owned().await.expect("semaphore");
+                    let r = client
+                        .post(url.as_str())
+                        .header("content-type", "application/json")
+                        .header("x-signature-256", sig)
+                        .body(body)
+                        .send()
+                        .await;
+                    let ok = match r {
+                        Ok(resp) => resp.status().is_success() && resp.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    let us = t0.elapsed().as_micros() as u64;
+                    if !ok {
+                        shared.sent[i].store(0, Ordering::Release);
+                    }
+                    shared
+                        .answers
+                        .lock()
+                        .expect("lock")
+                        .push((unix_ns(), us, ok));
+                    shared.done.fetch_add(1, Ordering::Release);
+                });
+            }
+            if Instant::now() >= next_report {
+                let t = (next_report - start).as_secs_f64();
+                report(&client, &a.sink, &shared, t, &mut out, &mut totals).await;
+                next_report += every;
+            }
+            if next < n {
+                let due = start + Duration::from_secs_f64(next as f64 / a.rate);
+                tokio::time::sleep_until(due.min(next_report).into()).await;
+            }
+        }
+        let elapsed = start.elapsed();
+        // Every answer, then every delivery (or the drain time is up).
+        let deadline = Instant::now() + Duration::from_secs_f64(a.drain);
+        loop {
+            tokio::time::sleep_until(next_report.min(deadline).into()).await;
+            let t = (Instant::now() - start).as_secs_f64();
+            report(&client, &a.sink, &shared, t, &mut out, &mut totals).await;
+            next_report += every;
+            let answered = shared.done.load(Ordering::Acquire) == n;
+            if (answered && totals.delivered >= totals.ok) || Instant::now() >= deadline {
+                break;
+            }
+        }
+        let (a50, a99, amax) = line(&mut totals.ans);
+        let (e50, e99, emax) = line(&mut totals.e2e);
+        println!(
+            "W1LOAD {{\"sent\":{n},\"ok\":{},\"not_ok\":{},\"unanswered\":{},\"elapsed_s\":{:.3},\"rate\":{:.1},\
+\"ans_p50_us\":{a50},\"ans_p99_us\":{a99},\"ans_max_us\":{amax},\
+\"delivered\":{},\"missing\":{},\"e2e_p50_us\":{e50},\"e2e_p99_us\":{e99},\"e2e_max_us\":{emax}}}",
+            totals.ok,
+            totals.not_ok,
+            n - totals.ok - totals.not_ok,
+            elapsed.as_secs_f64(),
+            n as f64 / elapsed.as_secs_f64(),
+            totals.delivered,
+            totals.ok.saturating_sub(totals.delivered),
+        );
+    }
 }
