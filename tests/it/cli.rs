@@ -455,6 +455,27 @@ fn check_reports_connector_methods_and_jsonpaths_tidily() {
     );
 }
 
+/// A connector's templates are checked as a recipe's: an unknown filter and
+/// a syntax error at their place, inside a block scalar too.
+#[test]
+fn check_points_inside_connector_templates() {
+    let cfg = Config::shipped();
+    let file = cfg.connector(
+        "tpl",
+        "name: tpl\nbase_url: https://tpl.example.com\nactions:\n  send:\n    inputs: { text: {} }\n    method: POST\n    path: /x\n    headers: { X-Text: \"{{ input.text | lowr }}\" }\n    body:\n      text: |\n        Hello\n        {{ input.text( }}\n",
+    );
+    let out = cfg.check();
+    let f = file.display();
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "{f}:8:41: unknown template filter `lowr`; did you mean `lower`?\n\
+             {f}:12:24: template error: syntax error: unexpected `}}`\n\
+             error: 2 problem(s) found\n"
+        )
+    );
+}
+
 /// Every item of a condition list is checked, not only up to the first bad
 /// one; silent mismatches (`in:` a scalar, a number against a list) and a
 /// templated operand's variables are errors.
