@@ -25,6 +25,14 @@
 //! only remembered as seen), and the status the CLI and the admin API show:
 //! last success, last error, consecutive failures, a warning.
 //!
+//! **Following the catalog.** A supervisor task keeps one task per poll a
+//! loaded recipe triggers on ([`active`]); after each reload it starts the
+//! polls that became active and stops those that are not (a task finishes
+//! the poll it is making first). Each task reads the current catalog once
+//! per slot, and a reload wakes it, so a poll whose interval, action or
+//! templates changed runs as changed from its next slot (a new interval's
+//! slot at or before now, if not polled yet, at once).
+//!
 //! A poll is a call like any other: the connector's rate and concurrency
 //! limits, circuit breaker, timeout and SSRF guard apply. A retryable
 //! failure (network, timeout, 429, 5xx, a full limit, an open breaker) is
@@ -125,7 +133,8 @@ impl From<StoreError> for Failure {
     }
 }
 
-/// A running poll and the catalog it was compiled in.
+/// A poll for one slot, its connector, and the catalog they were read from
+/// (their templates live in that catalog's registry).
 struct Polling {
     poll: Arc<Poll>,
     /// The connector the poll belongs to (base URL, auth, limits).
@@ -158,33 +167,30 @@ pub fn active(catalog: &super::Catalog) -> Vec<(Arc<Connector>, Arc<Poll>)> {
     out
 }
 
-/// Start one task per active poll; each stops when `shutdown` turns true.
+/// Start the poller: one task per active poll, following the catalog (a
+/// reload starts added polls, stops removed ones, and a changed poll runs
+/// as changed from its next slot); all stop when `shutdown` turns true.
 pub fn spawn(
     engine: &Arc<Engine>,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    // Polls run with the catalog they were started from (their templates
-    // live in its registry); a reload does not change them until a restart.
-    let catalog = engine.catalog();
-    let polls = active(&catalog);
+    let polls = active(&engine.catalog());
     for name in &engine.config.backfill {
         if !polls.iter().any(|(_, p)| &p.full_name() == name) {
             tracing::warn!(poll = %name, "--backfill names no running poll (CONNECTOR.POLL of a poll a recipe triggers on)");
         }
     }
-    polls
+    let engine = engine.clone();
+    vec![tokio::spawn(async move {
+        engine.supervise_polls(shutdown).await
+    })]
+}
+
+/// The active poll named `name` (`<connector>.<poll>`) in `catalog`, with its connector.
+fn find(catalog: &super::Catalog, name: &str) -> Option<(Arc<Connector>, Arc<Poll>)> {
+    active(catalog)
         .into_iter()
-        .map(|(source, poll)| {
-            let engine = engine.clone();
-            let shutdown = shutdown.clone();
-            let polling = Polling {
-                poll,
-                source,
-                catalog: catalog.clone(),
-            };
-            tokio::spawn(async move { engine.run_poll(polling, shutdown).await })
-        })
-        .collect()
+        .find(|(_, p)| p.full_name() == name)
 }
 
 /// The stored state of `poll`, if it ever ran.
@@ -209,15 +215,87 @@ fn state_key(poll: &str) -> StateKey {
 }
 
 impl Engine {
-    async fn run_poll(self: Arc<Self>, poll: Polling, mut shutdown: watch::Receiver<bool>) {
-        let name = poll.full_name();
-        let mut handled: Option<i64> = None;
+    /// Keep one task per active poll of the current catalog: at start and
+    /// after every reload, start the polls that are new and stop those
+    /// that are gone (a stopped task finishes the poll it is making).
+    async fn supervise_polls(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut running: std::collections::BTreeMap<
+            String,
+            (watch::Sender<bool>, tokio::task::JoinHandle<()>),
+        > = Default::default();
         while !*shutdown.borrow() {
+            // Registered before the catalog is read: a reload in between
+            // still wakes this loop.
+            let reloaded = self.reloaded.notified();
+            tokio::pin!(reloaded);
+            reloaded.as_mut().enable();
+            let wanted: Vec<String> = active(&self.catalog())
+                .iter()
+                .map(|(_, p)| p.full_name())
+                .collect();
+            let gone: Vec<String> = running
+                .keys()
+                .filter(|n| !wanted.contains(n))
+                .cloned()
+                .collect();
+            for name in gone {
+                if let Some((stop, task)) = running.remove(&name) {
+                    let _ = stop.send(true);
+                    let _ = task.await;
+                    tracing::info!(poll = %name, "poll stopped: no loaded recipe triggers on it any more");
+                }
+            }
+            for name in wanted {
+                if running.contains_key(&name) {
+                    continue;
+                }
+                let (stop, stopped) = watch::channel(false);
+                let engine = self.clone();
+                let task_name = name.clone();
+                let task = tokio::spawn(async move { engine.run_poll(task_name, stopped).await });
+                running.insert(name, (stop, task));
+            }
+            tokio::select! {
+                _ = reloaded => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        for (stop, task) in running.into_values() {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+    }
+
+    /// Poll `name` once per slot until `stop`. Each slot reads the current
+    /// catalog (a reload changes the poll's interval, action or templates
+    /// from the next slot on); a reload wakes it so a changed interval is
+    /// slept by at once.
+    async fn run_poll(self: Arc<Self>, name: String, mut stop: watch::Receiver<bool>) {
+        let mut handled: Option<i64> = None;
+        while !*stop.borrow() {
+            let reloaded = self.reloaded.notified();
+            tokio::pin!(reloaded);
+            reloaded.as_mut().enable();
+            let catalog = self.catalog();
+            let Some((source, poll)) = find(&catalog, &name) else {
+                // Removed by a reload: the supervisor stops this task.
+                drop(catalog);
+                tokio::select! {
+                    _ = reloaded => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            };
+            let poll = Polling {
+                poll,
+                source,
+                catalog,
+            };
             let slot = poll.slot_at_or_before(self.now_ms());
             if handled != Some(slot) {
                 handled = Some(slot);
                 match self.claim(&poll, slot) {
-                    Ok(true) => self.poll_slot(&poll, slot, &mut shutdown).await,
+                    Ok(true) => self.poll_slot(&poll, slot, &mut stop).await,
                     Ok(false) => {
                         tracing::debug!(poll = %name, slot, "slot already polled (an earlier run or another node)")
                     }
@@ -230,9 +308,12 @@ impl Engine {
             // From the slot handled, not from now: a clock that moved on
             // while this slot was polled must not skip the next one.
             let next = slot + poll.every_ms;
+            // The catalog is not held while sleeping.
+            drop(poll);
             tokio::select! {
                 _ = self.sleep_until(next) => {}
-                _ = shutdown.changed() => {}
+                _ = reloaded => {}
+                _ = stop.changed() => {}
             }
         }
     }

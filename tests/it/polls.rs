@@ -994,3 +994,172 @@ steps:
     assert_eq!(texts, ["item a", "item b", "item c"]);
     assert_eq!(slack_texts(&api).len(), 3, "a seen item ran again");
 }
+
+/// A connector `feed` with an action per path (`/items`, `/more`, `/tick`)
+/// and `polls` (name, every) over them, and a recipe per polled event.
+fn feed_files(cfg: &Config, polls: &[(&str, &str)], recipes: &[&str]) {
+    let mut yaml = String::from("name: feed\nbase_url: https://feed.example\nactions:\n");
+    for p in ["items", "more", "tick"] {
+        yaml.push_str(&format!("  list_{p}:\n    method: GET\n    path: /{p}\n"));
+    }
+    yaml.push_str("polls:\n");
+    for (p, every) in polls {
+        yaml.push_str(&format!(
+            "  {p}:\n    action: list_{p}\n    every: {every}\n    items: \"$.items\"\n    id: \"$.id\"\n"
+        ));
+    }
+    cfg.connector("feed", &yaml);
+    for p in ["items", "more", "tick"] {
+        let file = cfg.recipes.join(format!("on-{p}.yaml"));
+        if recipes.contains(&p) {
+            cfg.recipe(
+                &format!("on-{p}"),
+                &ON_FEED
+                    .replace("name: on-feed", &format!("name: on-{p}"))
+                    .replace("event: items", &format!("event: {p}")),
+            );
+        } else if file.exists() {
+            std::fs::remove_file(file).unwrap();
+        }
+    }
+}
+
+/// `POST /api/catalog/reload`; its outcome.
+async fn reload(hub: &Hub) -> Value {
+    let resp = hub
+        .http
+        .post(format!("{}/api/catalog/reload", hub.url))
+        .bearer_auth(&hub.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["outcome"], "installed", "{v}");
+    v
+}
+
+/// Through the binary: a reload starts a poll a new recipe triggers on,
+/// applies a poll's changed interval (1s → 1h: one poll of the new slot,
+/// then none), and stops a poll no recipe triggers on any more.
+#[tokio::test]
+async fn a_reload_starts_stops_and_changes_polls() {
+    let mut routes = Vec::new();
+    for p in ["/items", "/more", "/tick"] {
+        routes.push(route(axum::http::Method::GET, p, 200, json!({"items": []})));
+    }
+    let api = MockApi::start(routes).await;
+    let cfg = Config::connectors_only();
+    feed_files(&cfg, &[("items", "1s")], &["items"]);
+    let mut opts = cfg.options().base_url("feed", &api.url);
+    opts.args = vec!["--watch".into(), "off".into()];
+    let hub = Hub::start(opts).await;
+    let count = |p: &str| api.calls(p).len();
+    eventually(30, "two polls of /items", || async {
+        (count("/items") >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(count("/more"), 0);
+
+    // `items` every hour now; `more` added (with its recipe).
+    feed_files(&cfg, &[("items", "1h"), ("more", "1s")], &["items", "more"]);
+    reload(&hub).await;
+    let items_after = eventually(30, "the added poll runs", || async {
+        (count("/more") >= 1).then(|| count("/items"))
+    })
+    .await;
+    let more = count("/more");
+    eventually(30, "three more polls of /more", || async {
+        (count("/more") >= more + 3).then_some(())
+    })
+    .await;
+    // At most the new hourly slot's poll (if it had not happened yet when
+    // /more was first polled); every second would be three more.
+    assert!(
+        count("/items") <= items_after + 1,
+        "{} after {items_after}",
+        count("/items")
+    );
+    let (_, polls) = hub.api("/api/polls").await;
+    let every = |name: &str| {
+        polls
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["every_ms"].clone())
+    };
+    assert_eq!(every("feed.items"), Some(json!(3_600_000)), "{polls}");
+
+    // `more`'s recipe removed (its poll stays declared): it stops; `tick`
+    // starts and is the clock to wait by.
+    feed_files(
+        &cfg,
+        &[("items", "1h"), ("more", "1s"), ("tick", "1s")],
+        &["items", "tick"],
+    );
+    reload(&hub).await;
+    let more = count("/more");
+    eventually(30, "three polls of /tick", || async {
+        (count("/tick") >= 3).then_some(())
+    })
+    .await;
+    assert!(
+        count("/more") <= more + 1,
+        "{} after {more}",
+        count("/more")
+    );
+    let (_, polls) = hub.api("/api/polls").await;
+    let more_poll = polls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "feed.more")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_ne!(more_poll["active"], true, "{polls}");
+}
+
+/// Through the binary: an items path that selects nothing is logged once
+/// as a warning, not an error per poll, and the polls keep succeeding.
+#[tokio::test]
+async fn an_items_path_selecting_nothing_warns_once() {
+    let api = MockApi::start(vec![route(
+        axum::http::Method::GET,
+        "/items",
+        200,
+        json!({"results": [{"id": "a"}]}),
+    )])
+    .await;
+    let cfg = Config::connectors_only();
+    feed_files(&cfg, &[("items", "1s")], &["items"]);
+    let log = cfg.dir.path().join("hub.log");
+    let mut opts = cfg.options().base_url("feed", &api.url);
+    opts.log_file = Some(log.clone());
+    let hub = Hub::start(opts).await;
+    eventually(30, "three polls", || async {
+        (api.calls("/items").len() >= 3).then_some(())
+    })
+    .await;
+    let (_, polls) = hub.api("/api/polls").await;
+    let feed = polls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "feed.items")
+        .cloned()
+        .unwrap();
+    assert!(feed["last_error"].is_null(), "{feed}");
+    assert!(
+        feed["warning"]
+            .as_str()
+            .unwrap_or("")
+            .contains("`items: $.items` selects nothing"),
+        "{feed}"
+    );
+    drop(hub);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warnings = text.matches("selects nothing").count();
+    assert_eq!(warnings, 1, "{text}");
+    assert!(!text.contains("ERROR"), "{text}");
+}
