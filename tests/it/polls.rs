@@ -1120,6 +1120,93 @@ async fn a_reload_starts_stops_and_changes_polls() {
     assert_ne!(more_poll["active"], true, "{polls}");
 }
 
+/// Two `serve` processes on one PostgreSQL poll the same vendor mock: one
+/// request per slot in all (every request's Idempotency-Key names its
+/// slot, and no key comes twice), and each item becomes one event, with
+/// one run, whichever node polled it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_postgres_poll_once_per_interval() {
+    let db = PgSchema::fresh();
+    let items = |ids: &[&str]| {
+        let list: Vec<Value> = ids.iter().map(|i| json!({"id": i})).collect();
+        vec![route(
+            axum::http::Method::GET,
+            "/items",
+            200,
+            json!({"items": list}),
+        )]
+    };
+    let api = MockApi::start(items(&["a", "b"])).await;
+    let cfg = Config::connectors_only();
+    cfg.connector(
+        "feed",
+        r#"name: feed
+base_url: https://feed.example
+actions:
+  list:
+    method: GET
+    path: /items
+polls:
+  items:
+    action: list
+    every: 1s
+    items: "$.items"
+    id: "$.id"
+    first_run: all
+"#,
+    );
+    cfg.recipe("on-feed", ON_FEED);
+    let node = |name: &str| {
+        let mut opts = cfg.options().base_url("feed", &api.url);
+        opts.data = Some(cfg.dir.path().join(name));
+        opts.args = vec!["--store".into(), db.url.clone()];
+        opts
+    };
+    let a = Hub::start(node("a")).await;
+    let b = Hub::start(node("b")).await;
+    eventually(30, "four polls", || async {
+        (api.calls("/items").len() >= 4).then_some(())
+    })
+    .await;
+    api.set_routes(items(&["a", "b", "c"]));
+    let calls = api.calls("/items").len();
+    eventually(30, "four more polls", || async {
+        (api.calls("/items").len() >= calls + 4).then_some(())
+    })
+    .await;
+    drop((a, b));
+    let keys: Vec<String> = api
+        .calls("/items")
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap().to_string())
+        .collect();
+    let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        keys.len(),
+        "a slot was polled twice: {keys:?}"
+    );
+    assert!(
+        keys.iter().all(|k| k.starts_with("poll:feed.items@")),
+        "{keys:?}"
+    );
+    // Each item one event, each with one run, through a third look at the store.
+    let c = Hub::start(node("c")).await;
+    let events = c.items("/api/events").await;
+    let mut ids: Vec<String> = events
+        .iter()
+        .map(|e| e["delivery_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["items/a", "items/b", "items/c"], "{events:?}");
+    for e in &events {
+        assert_eq!(e["origin"], "poll");
+        assert_eq!(e["runs"].as_array().unwrap().len(), 1, "{e}");
+    }
+    drop(c);
+    db.drop_now();
+}
+
 /// Through the binary: an items path that selects nothing is logged once
 /// as a warning, not an error per poll, and the polls keep succeeding.
 #[tokio::test]
