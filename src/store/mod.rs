@@ -659,6 +659,17 @@ pub trait Store: Send + Sync + 'static {
     fn watch_queue(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<i64>> {
         None
     }
+    /// The first half of a flush, for the pipelined group commit: make every
+    /// write so far part of what the next [`Store::sync`] makes durable (sled:
+    /// apply the overlay to the tree as one batch). Nothing to do by default.
+    fn prepare_sync(&self) -> Result<()> {
+        Ok(())
+    }
+    /// The second half: make every write prepared so far durable. By default
+    /// a whole [`Store::flush`].
+    fn sync(&self) -> Result<()> {
+        self.flush()
+    }
     /// Can the store take writes? An error says why not (`/readyz`).
     fn healthy(&self) -> Result<()> {
         Ok(())
@@ -863,12 +874,25 @@ pub fn retry_failed(store: &dyn Store, recipe: &str, now: i64) -> Result<Vec<Str
 /// answers them all, so N concurrent webhooks cost one fsync, not N.
 #[derive(Clone)]
 pub struct GroupCommit {
-    tx: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<std::result::Result<(), String>>>,
+    tx: std::sync::mpsc::Sender<Waiter>,
 }
 
+type Waiter = tokio::sync::oneshot::Sender<std::result::Result<(), String>>;
+
 impl GroupCommit {
+    /// Two threads, a pipeline: the *applier* takes every writer waiting and
+    /// prepares their writes as one group ([`Store::prepare_sync`]: sled
+    /// applies the overlay as one batch), then hands the group to the
+    /// *syncer*, which makes every group handed to it so far durable with one
+    /// [`Store::sync`] and answers their writers. While one sync waits for
+    /// the disk, the next group is being applied, so a commit costs the
+    /// longer of the two, not their sum. A writer is answered only by a sync
+    /// that started after its group was prepared.
     pub fn start(store: Arc<dyn Store>) -> GroupCommit {
-        let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<_>>();
+        let (tx, rx) = std::sync::mpsc::channel::<Waiter>();
+        let (prepared_tx, prepared_rx) =
+            std::sync::mpsc::channel::<(Vec<Waiter>, std::time::Instant)>();
+        let syncer = store.clone();
         std::thread::Builder::new()
             .name("group-commit".into())
             .spawn(move || {
@@ -877,16 +901,31 @@ impl GroupCommit {
                     waiters.extend(rx.try_iter());
                     crate::crash::point("group.apply");
                     let started = std::time::Instant::now();
-                    // Applies the group's writes as one batch, then syncs once.
-                    let r = store.flush().map_err(|e| e.to_string());
-                    crate::metrics::get().commit(waiters.len(), started.elapsed());
-                    crate::crash::point("group.answer");
-                    for w in waiters {
-                        let _ = w.send(r.clone());
+                    match store.prepare_sync() {
+                        Ok(()) => {
+                            if prepared_tx.send((waiters, started)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => answer(waiters, Err(e.to_string())),
                     }
                 }
             })
             .expect("spawning the group-commit thread");
+        std::thread::Builder::new()
+            .name("group-sync".into())
+            .spawn(move || {
+                while let Ok((mut waiters, started)) = prepared_rx.recv() {
+                    for (more, _) in prepared_rx.try_iter() {
+                        waiters.extend(more);
+                    }
+                    let r = syncer.sync().map_err(|e| e.to_string());
+                    crate::metrics::get().commit(waiters.len(), started.elapsed());
+                    crate::crash::point("group.answer");
+                    answer(waiters, r);
+                }
+            })
+            .expect("spawning the group-sync thread");
         GroupCommit { tx }
     }
 
@@ -901,6 +940,12 @@ impl GroupCommit {
             Ok(Err(e)) => Err(StoreError::Io(e)),
             Err(_) => Err(StoreError::Io("group commit stopped".into())),
         }
+    }
+}
+
+fn answer(waiters: Vec<Waiter>, r: std::result::Result<(), String>) {
+    for w in waiters {
+        let _ = w.send(r.clone());
     }
 }
 

@@ -17,15 +17,17 @@
 //!
 //! Reads: [`Overlay::get`] looks in the overlay first, then the tree;
 //! scans merge the overlay's entries in the range with the tree's, the
-//! overlay shadowing the tree (a removal hides the tree's key). The overlay
-//! lock is held while a group is moved into the tree, so a read sees each
-//! key either still in the overlay or already in the tree, never neither.
+//! overlay shadowing the tree (a removal hides the tree's key). A group
+//! being moved into the tree is taken out of `pending` at once and stays
+//! readable in `applying` until the tree holds it, so writers are not held
+//! up by an apply, and a read sees each key in one of the three places,
+//! never in none.
 
 use sled::IVec;
 use std::collections::BTreeMap;
 use std::iter::Peekable;
 use std::ops::Bound;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Writes past this many keys are moved into the tree (without a flush)
 /// before more are added, so a caller that never flushes cannot grow the
@@ -48,31 +50,46 @@ impl Batch {
     }
 }
 
+type Writes = BTreeMap<IVec, Option<IVec>>;
+
 pub struct Overlay {
     tree: sled::Tree,
     /// Key → new value (`None`: removed), since the last apply. A std
     /// Mutex: nothing async happens while it is held.
-    pending: Mutex<BTreeMap<IVec, Option<IVec>>>,
+    pending: Mutex<Writes>,
+    /// The group being moved into the tree right now (empty between
+    /// applies). Reads look here after `pending` and before the tree, so
+    /// writers go on adding to `pending` while a group is applied.
+    applying: Mutex<Arc<Writes>>,
+    /// One apply at a time, so groups reach the tree in order.
+    apply_turn: Mutex<()>,
 }
 
 type Range = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one leaves whole batches: safe to take.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 impl Overlay {
     pub fn new(tree: sled::Tree) -> Overlay {
         Overlay {
             tree,
             pending: Mutex::new(BTreeMap::new()),
+            applying: Mutex::new(Arc::new(BTreeMap::new())),
+            apply_turn: Mutex::new(()),
         }
-    }
-
-    fn pending(&self) -> MutexGuard<'_, BTreeMap<IVec, Option<IVec>>> {
-        // A panic while holding it leaves whole batches: safe to take.
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The value of `key`, as the last write (applied or not) left it.
     pub fn get(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
-        if let Some(v) = self.pending().get(key) {
+        // A key moves pending → applying → tree, and is looked for in that
+        // order, so a read finds it wherever it is on the way.
+        if let Some(v) = lock(&self.pending).get(key) {
+            return Ok(v.clone());
+        }
+        if let Some(v) = lock(&self.applying).get(key) {
             return Ok(v.clone());
         }
         self.tree.get(key)
@@ -81,10 +98,10 @@ impl Overlay {
     /// Add one request's writes; they become visible to reads at once and
     /// durable with the next flush.
     pub fn write(&self, batch: Batch) -> sled::Result<()> {
-        let mut pending = self.pending();
-        if pending.len() + batch.writes.len() > MAX_KEYS {
-            self.apply_locked(&mut pending)?;
+        if lock(&self.pending).len() + batch.writes.len() > MAX_KEYS {
+            self.apply()?;
         }
+        let mut pending = lock(&self.pending);
         for (k, v) in batch.writes {
             pending.insert(k, v);
         }
@@ -92,26 +109,39 @@ impl Overlay {
     }
 
     /// Move every pending write into the tree as one atomic sled batch.
-    /// Returns how many keys it wrote.
+    /// Returns how many keys it wrote. Writers are not held up meanwhile:
+    /// the group is taken out of `pending` at once and read from `applying`
+    /// until the tree has it.
     pub fn apply(&self) -> sled::Result<usize> {
-        let mut pending = self.pending();
-        self.apply_locked(&mut pending)
-    }
-
-    fn apply_locked(&self, pending: &mut BTreeMap<IVec, Option<IVec>>) -> sled::Result<usize> {
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        let n = pending.len();
+        let _turn = lock(&self.apply_turn);
+        let group = {
+            let mut pending = lock(&self.pending);
+            if pending.is_empty() {
+                return Ok(0);
+            }
+            let group = Arc::new(std::mem::take(&mut *pending));
+            // Still under the pending lock: no read sees the group in neither.
+            *lock(&self.applying) = group.clone();
+            group
+        };
         let mut batch = sled::Batch::default();
-        for (k, v) in std::mem::take(pending) {
+        for (k, v) in group.iter() {
             match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
+                Some(v) => batch.insert(k.clone(), v.clone()),
+                None => batch.remove(k.clone()),
             }
         }
-        self.tree.apply_batch(batch)?;
-        Ok(n)
+        let applied = self.tree.apply_batch(batch);
+        if applied.is_err() {
+            // Not in the tree: keep the group readable and retried by the
+            // next apply, under any newer writes of the same keys.
+            let mut pending = lock(&self.pending);
+            for (k, v) in group.iter() {
+                pending.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        *lock(&self.applying) = Arc::new(BTreeMap::new());
+        applied.map(|_| group.len())
     }
 
     /// Entries in `range`, in key order.
@@ -156,10 +186,16 @@ impl Overlay {
                 return Vec::new();
             }
         }
-        self.pending()
+        let pending = lock(&self.pending);
+        let applying = lock(&self.applying).clone();
+        let mut merged: Writes = applying
             .range::<[u8], _>(bounds)
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+            .collect();
+        for (k, v) in pending.range::<[u8], _>(bounds) {
+            merged.insert(k.clone(), v.clone());
+        }
+        merged.into_iter().collect()
     }
 }
 
@@ -275,5 +311,57 @@ mod tests {
         assert_eq!(tree.get(b"a/4").unwrap(), None);
         assert_eq!(tree.get(b"a/3").unwrap().as_deref(), Some(&b"new"[..]));
         assert_eq!(o.apply().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_written_key_stays_readable_while_groups_are_applied() {
+        // A writer publishes how far it got; a reader must find every key up
+        // to there, in the overlay, the group being applied or the tree,
+        // while another thread keeps applying groups.
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let o = Arc::new(Overlay::new(db.open_tree("t").unwrap()));
+        let written = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let applier = {
+            let (o, done) = (o.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut applied = 0;
+                while !done.load(Ordering::Acquire) {
+                    applied += o.apply().unwrap();
+                }
+                applied + o.apply().unwrap()
+            })
+        };
+        let reader = {
+            let (o, written, done) = (o.clone(), written.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut checked = 0;
+                while !done.load(Ordering::Acquire) {
+                    let n = written.load(Ordering::Acquire);
+                    if n == 0 {
+                        continue;
+                    }
+                    let key = format!("k/{:06}", n - 1);
+                    assert!(o.get(key.as_bytes()).unwrap().is_some(), "{key} lost");
+                    let seen = o.scan_prefix(b"k/").count();
+                    assert!(seen >= n, "a scan saw {seen} of {n} keys");
+                    checked += 1;
+                }
+                checked
+            })
+        };
+        const N: usize = 3_000;
+        for i in 0..N {
+            let mut b = Batch::default();
+            b.insert(format!("k/{i:06}").into_bytes(), "v");
+            o.write(b).unwrap();
+            written.store(i + 1, Ordering::Release);
+        }
+        done.store(true, Ordering::Release);
+        assert!(reader.join().unwrap() > 0);
+        assert_eq!(applier.join().unwrap(), N);
+        assert_eq!(o.scan_prefix(b"k/").count(), N);
     }
 }

@@ -109,6 +109,12 @@ impl Store for Reopening {
     fn flush(&self) -> Result<()> {
         self.with(|s| s.flush())
     }
+    fn prepare_sync(&self) -> Result<()> {
+        self.with(|s| s.prepare_sync())
+    }
+    fn sync(&self) -> Result<()> {
+        self.with(|s| s.sync())
+    }
     fn event(&self, id: &str) -> Result<Option<Event>> {
         self.with(|s| s.event(id))
     }

@@ -499,8 +499,17 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<()> {
-        // The group's writes become one sled batch, then one log flush.
-        self.kv.apply().map_err(io)?;
+        self.prepare_sync()?;
+        self.sync()
+    }
+
+    fn prepare_sync(&self) -> Result<()> {
+        // The group's writes become one sled batch ...
+        self.kv.apply().map(|_| ()).map_err(io)
+    }
+
+    fn sync(&self) -> Result<()> {
+        // ... and every batch applied so far one log flush.
         crate::crash::point("group.flush");
         self.db.flush().map(|_| ()).map_err(io)
     }
