@@ -8,9 +8,9 @@
 //! - `outbound`: failing, slow or unreachable far ends fail their step, not the hub; internal addresses.
 //! - `console`: `/metrics` (token, Prometheus text parsed), the admin API's OpenAPI document, the `serve --demo` quick start.
 //! - `admin`: the admin API's token and paging.
-//! - `dashboard`: the dashboard's sessions, CSRF and pages over HTTP, and the admin API summaries it is drawn from.
+//! - `dashboard`: the dashboard's sessions, CSRF and pages over HTTP (the replay page included), and the admin API summaries it is drawn from.
 //! - `browser`: the dashboard in Debian's Chromium through a small WebDriver client (`webdriver`); screenshots.
-//! - `cli`: `check` errors (located), `serve` refusing broken files, the runs/events commands.
+//! - `cli`: `check` errors (located: the error-message suite, one test per mistake, recipe and connector templates included; notes), `serve` refusing broken files, the runs/events commands.
 //! - `durability`: kill -9, SIGTERM, retries, dead letters, limits, ordering, back-pressure.
 //! - `crash`: 200 aborts at random points of the write path (debug-build crash points); nothing acknowledged lost, no recorded step repeated.
 //! - `recipe_tests`: `switchboard test` running the recipes' own `tests:` with mocked connectors.
