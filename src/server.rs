@@ -56,6 +56,8 @@ pub struct ServeConfig {
     /// Polls (`CONNECTOR.POLL`) whose first run turns every item it finds
     /// into an event (`--backfill`).
     pub backfill: Vec<String>,
+    /// How long a webhook's answer may wait for a free worker (`--handoff-wait`).
+    pub handoff_wait: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,7 @@ impl ServeConfig {
             demo: false,
             watch: Some(Self::DEFAULT_WATCH),
             backfill: Vec::new(),
+            handoff_wait: crate::engine::DEFAULT_HANDOFF_WAIT,
         }
     }
 
@@ -197,6 +200,7 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
             workers: config.workers,
             retention: config.retention,
             backfill: config.backfill.clone(),
+            handoff_wait: config.handoff_wait,
             ..EngineConfig::default()
         },
     )

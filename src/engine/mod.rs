@@ -53,6 +53,12 @@ pub struct EngineConfig {
     /// Polls (`CONNECTOR.POLL`) whose first run takes every item it finds
     /// (`serve --backfill`), whatever their `first_run:`.
     pub backfill: Vec<String>,
+    /// How long an event's answer may wait for a worker to take its run
+    /// when every worker is busy and the hand-off is full (`serve
+    /// --handoff-wait`), before the run goes to the store's queue instead.
+    /// Paces a sender to the rate runs are done, so a burst cannot build an
+    /// unbounded backlog; zero: never wait.
+    pub handoff_wait: std::time::Duration,
 }
 
 impl Default for EngineConfig {
@@ -64,9 +70,13 @@ impl Default for EngineConfig {
             clock: Arc::new(SystemClock),
             retention: Some(retention::DEFAULT_RETENTION),
             backfill: Vec::new(),
+            handoff_wait: DEFAULT_HANDOFF_WAIT,
         }
     }
 }
+
+/// [`EngineConfig::handoff_wait`] by default.
+pub const DEFAULT_HANDOFF_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// An inbound event, verified and parsed by the ingress.
 #[derive(Debug, Clone)]
@@ -262,12 +272,21 @@ impl Engine {
         // in the same write that stores them (saves a lease write per run).
         let lease_ms = self.config.lease.as_millis() as i64;
         let mut handoffs = Vec::new();
+        // With every worker busy and the hand-off full, the answer waits (at
+        // most `handoff_wait`) for a worker: nothing is stored yet, so a
+        // crash meanwhile loses nothing acknowledged.
+        let wait_until = tokio::time::Instant::now() + self.config.handoff_wait;
         for run in runs
             .iter_mut()
             .filter(|r| r.concurrency.is_none() && r.debounce.is_none())
         {
-            let Ok(permit) = self.handoff.try_reserve() else {
-                break;
+            let permit = match self.handoff.try_reserve() {
+                Ok(permit) => permit,
+                Err(_) if self.config.handoff_wait.is_zero() => break,
+                Err(_) => match tokio::time::timeout_at(wait_until, self.handoff.reserve()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => break,
+                },
             };
             run.status = RunStatus::Running;
             run.due_at = now + lease_ms;

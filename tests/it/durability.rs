@@ -1191,6 +1191,46 @@ async fn backpressure_answers_503_with_retry_after_above_max_queue_and_stores_no
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_worker_busy_an_answer_waits_for_one_up_to_the_handoff_wait() {
+    // One worker, held by its call: 1 run in it and 256 in the hand-off
+    // (its capacity) fill it; the next webhook's answer waits for a worker.
+    const FULL: usize = 257;
+    let sink = Sink::start(|_, _| Reply::ok().held()).await;
+    let setup = Setup::new(&sink, RETRY, &recipe("", &["a"]));
+    let hub = setup
+        .start(&["--workers", "1", "--handoff-wait", "1h"])
+        .await;
+    post_all(&hub, FULL, 8, |i| event(i as u64, i)).await;
+    let http = reqwest::Client::new();
+    let url = hub.url.clone();
+    let waiting = tokio::spawn(async move { post(&http, &url, &event(9_999, 9_999)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "answered with every worker busy");
+    assert_eq!(sink.calls().len(), 1);
+    // A worker frees up: the answer comes, and every run is done.
+    sink.release();
+    let (status, accepted) = waiting.await.unwrap().unwrap();
+    assert_eq!(status, 202, "{accepted}");
+    wait_drained(&hub, Duration::from_secs(60)).await;
+    assert_eq!(sink.calls().len(), FULL + 1);
+    drop(hub);
+
+    // `--handoff-wait 0s`: never wait; the runs a worker cannot take go
+    // to the store's queue, and every webhook is answered at once.
+    let sink = Sink::start(|_, _| Reply::ok().held()).await;
+    let setup = Setup::new(&sink, RETRY, &recipe("", &["a"]));
+    let hub = setup
+        .start(&["--workers", "1", "--handoff-wait", "0s"])
+        .await;
+    post_all(&hub, FULL + 40, 8, |i| event(i as u64, i)).await;
+    assert!(queue_depth(&hub).await >= 40);
+    assert_eq!(sink.calls().len(), 1);
+    sink.release();
+    wait_drained(&hub, Duration::from_secs(60)).await;
+    assert_eq!(sink.calls().len(), FULL + 40);
+}
+
 /// Several nodes on one PostgreSQL: the same sink and helpers.
 #[path = "nodes.rs"]
 mod nodes;

@@ -111,6 +111,11 @@ struct ServeArgs {
         value_name = "CONNECTOR.POLL"
     )]
     backfill: Vec<String>,
+    /// With every worker busy, how long a webhook's answer may wait for one
+    /// to take its run before the run goes to the queue instead (`0s`:
+    /// never wait). Paces senders to the rate runs are done.
+    #[arg(long, env = "SWITCHBOARD_HANDOFF_WAIT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    handoff_wait: Duration,
     /// A connection must send a complete request head within this (also the
     /// idle keep-alive timeout), e.g. `10s`.
     #[arg(long, env = "SWITCHBOARD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -340,6 +345,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         backpressure: args.backpressure,
         store: args.store,
         backfill: args.backfill,
+        handoff_wait: args.handoff_wait,
         connections: switchboard::listener::ConnectionLimits {
             header_timeout: args.header_timeout,
             body_timeout: args.body_timeout,
