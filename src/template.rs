@@ -81,7 +81,14 @@ pub enum Template {
     /// A string with template syntax; renders to a string.
     Text { name: String, source: String },
     /// Exactly `{{ expr }}`: renders to the expression's JSON value.
-    Typed { name: String, source: String },
+    Typed {
+        name: String,
+        source: String,
+        /// `expr` is a plain dotted path (`event.ticket.id`, `input.email`):
+        /// rendered by looking it up in the context ([`plain_path`]), not
+        /// through minijinja, when it is there. Checked when compiled.
+        path: bool,
+    },
 }
 
 /// A JSON value whose string leaves are templates (`with:` inputs, JSON bodies).
@@ -202,7 +209,8 @@ impl Templates {
             self.aliases.insert(name.clone(), first);
             let source = source.to_string();
             return Ok(if typed {
-                Template::Typed { name, source }
+                let path = plain_path(&source).is_some();
+                Template::Typed { name, source, path }
             } else {
                 Template::Text { name, source }
             });
@@ -218,6 +226,7 @@ impl Templates {
                 return Ok(Template::Typed {
                     name,
                     source: source.to_string(),
+                    path: plain_path(source).is_some(),
                 });
             }
         }
@@ -365,7 +374,17 @@ impl Templates {
             Template::Text { name, source } => {
                 Ok(Value::String(self.render_named(name, source, ctx)?))
             }
-            Template::Typed { name, source } => {
+            Template::Typed { name, source, path } => {
+                // The common case (`{{ event.ticket.id }}`): the value as it
+                // is in the context. minijinja would convert the context to
+                // its values, then the result to JSON text and back, for the
+                // same value; anything else (a missing part, a limit) goes
+                // that way, so errors and their wording stay minijinja's.
+                if *path {
+                    if let Some(v) = plain_path(source).and_then(|p| lookup(p, ctx)) {
+                        return Ok(v.clone());
+                    }
+                }
                 let json = self.render_named(name, source, ctx)?;
                 serde_json::from_str(&json)
                     .map_err(|e| TemplateError(format!("expression did not render to JSON: {e}")))
@@ -1290,6 +1309,75 @@ pub mod reference {
     ];
 }
 
+/// The segments of `source` when it is exactly `{{ a.b.c }}` (whitespace
+/// and `-` trims allowed): names only, the first not a literal (`true`,
+/// `none` …). Indexing (`a[0]`), filters, calls and operators are not plain.
+fn plain_path(source: &str) -> Option<std::str::Split<'_, char>> {
+    let expr = single_expression(source)?;
+    let name = |s: &str| {
+        let mut b = s.bytes();
+        b.next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+            && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+    };
+    let root = expr.split('.').next()?;
+    (expr.split('.').all(name) && !KEYWORDS.contains(&root)).then(|| expr.split('.'))
+}
+
+/// The value a plain path names in `ctx`, when minijinja would render the
+/// very same value: each segment found in a mapping, and the value within
+/// the render limits with room to spare (its JSON at most a sixth of
+/// [`MAX_RENDER_BYTES`], since `tojson` writes a byte as at most six, and
+/// nested at most [`PLAIN_DEPTH`] deep, below serde_json's parse limit of
+/// 128). `None`: render through minijinja, which finds the same value or
+/// words the error.
+fn lookup<'a, 'p>(path: impl Iterator<Item = &'p str>, ctx: &'a Value) -> Option<&'a Value> {
+    let mut cur = ctx;
+    for seg in path {
+        cur = cur.as_object()?.get(seg)?;
+    }
+    let bound = MAX_RENDER_BYTES / 6;
+    let container =
+        |items: usize| items <= MAX_ITEMS && shallow(cur, PLAIN_DEPTH) && json_within(cur, bound);
+    let fits = match cur {
+        Value::String(s) => s.len() + 2 <= bound,
+        Value::Array(items) => container(items.len()),
+        Value::Object(m) => container(m.len()),
+        Value::Null | Value::Bool(_) | Value::Number(_) => true,
+    };
+    fits.then_some(cur)
+}
+
+/// How deep a value [`lookup`] answers may nest.
+const PLAIN_DEPTH: usize = 100;
+
+/// Whether `v` nests at most `depth` containers deep.
+fn shallow(v: &Value, depth: usize) -> bool {
+    match v {
+        Value::Array(items) => depth > 0 && items.iter().all(|i| shallow(i, depth - 1)),
+        Value::Object(m) => depth > 0 && m.values().all(|i| shallow(i, depth - 1)),
+        _ => true,
+    }
+}
+
+/// Whether `v`'s JSON is at most `bound` bytes (counted, not built).
+fn json_within(v: &Value, bound: usize) -> bool {
+    struct Count(usize, usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0 += data.len();
+            if self.0 > self.1 {
+                return Err(std::io::Error::other("over the bound"));
+            }
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    serde_json::to_writer(&mut Count(0, bound), v).is_ok()
+}
+
 /// Memory bounds for rendering (see `Templates::new`).
 mod limits {
     use minijinja::value::{Kwargs, Rest, Value};
@@ -1565,12 +1653,287 @@ mod language {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn render(src: &str, ctx: Value) -> Result<Value, TemplateError> {
         let mut t = Templates::new();
         let c = t.compile(src)?;
         t.render(&c, &ctx)
+    }
+
+    /// `t` compiled, and the same template forced through minijinja.
+    fn fast_and_slow(t: &mut Templates, src: &str) -> (Template, Template) {
+        let fast = t.compile(src).unwrap();
+        t.set_origin(&fast, "recipes/x.yaml:3:5".into());
+        let slow = match &fast {
+            Template::Typed { name, source, .. } => Template::Typed {
+                name: name.clone(),
+                source: source.clone(),
+                path: false,
+            },
+            other => other.clone(),
+        };
+        (fast, slow)
+    }
+
+    /// Renders `src` both ways over `ctx` and checks they agree, values and
+    /// error messages alike (render and render_string).
+    fn check_same(t: &mut Templates, src: &str, ctx: &Value) {
+        let (fast, slow) = fast_and_slow(t, src);
+        match (t.render(&fast, ctx), t.render(&slow, ctx)) {
+            (Ok(f), Ok(s)) => assert!(same(&f, &s), "{src} over {ctx}: {f} != {s}"),
+            (f, s) => assert_eq!(f.map_err(|e| e.0), s.map_err(|e| e.0), "{src} over {ctx}"),
+        }
+        match (t.render_string(&fast, ctx), t.render_string(&slow, ctx)) {
+            (Ok(f), Ok(s)) if f != s => {
+                let parse = |x: &str| serde_json::from_str::<Value>(x).unwrap();
+                assert!(same(&parse(&f), &parse(&s)), "{src} over {ctx}: {f} != {s}");
+            }
+            (f, s) => assert_eq!(f.map_err(|e| e.0), s.map_err(|e| e.0), "{src} over {ctx}"),
+        }
+    }
+
+    /// Equal, but for floats off by a unit or two in the last place: the
+    /// slow path parses its JSON text back with serde_json, whose default
+    /// float parser may round the last digit differently; the fast path
+    /// keeps the value exactly as the context holds it.
+    fn same(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) if x.is_f64() && y.is_f64() => {
+                let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
+                (x - y).abs() <= x.abs().max(y.abs()) * 4.0 * f64::EPSILON
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+            }
+            (Value::Object(x), Value::Object(y)) => {
+                x.len() == y.len()
+                    && x.iter()
+                        .zip(y)
+                        .all(|((kx, x), (ky, y))| kx == ky && same(x, y))
+            }
+            _ => a == b,
+        }
+    }
+
+    #[test]
+    fn only_plain_paths_take_the_fast_path() {
+        for src in [
+            "{{ event.ticket.requester.email }}",
+            "{{input.email}}",
+            " {{- event -}} ",
+            "{{ _x.a_1.B2 }}",
+            "{{ event.items }}",
+        ] {
+            assert!(plain_path(src).is_some(), "{src}");
+        }
+        assert_eq!(
+            plain_path("{{ a.b.c }}").unwrap().collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        for src in [
+            "{{ event.tags[0] }}",
+            "{{ event['a'] }}",
+            "{{ event.a | default(1) }}",
+            "{{ event.a | upper }}",
+            "{{ event.a or 1 }}",
+            "{{ event.a ~ 'x' }}",
+            "{{ now() }}",
+            "{{ event.a is defined }}",
+            "{{ true }}",
+            "{{ none }}",
+            "{{ True }}",
+            "{{ none.x }}",
+            "{{ event.0 }}",
+            "{{ event..a }}",
+            "{{ event. a }}",
+            "{{ .a }}",
+            "{{ 1 }}",
+            "{{ 'event.a' }}",
+            "x {{ event.a }}",
+            "{{ a }}{{ b }}",
+            "{% if a %}{{ a }}{% endif %}",
+            "event.a",
+        ] {
+            assert!(plain_path(src).is_none(), "{src}");
+        }
+        let mut t = Templates::new();
+        let typed = |t: &Template| matches!(t, Template::Typed { path: true, .. });
+        let plain = t.compile("{{ event.id }}").unwrap();
+        let again = t.compile("{{ event.id }}").unwrap();
+        let filtered = t.compile("{{ event.id | string }}").unwrap();
+        assert!(typed(&plain) && typed(&again) && !typed(&filtered));
+    }
+
+    /// The fast path answers what minijinja answers: values of every JSON
+    /// type, and for a missing part, a null or non-mapping parent, a value
+    /// over a limit, the same error with its location; guarded and
+    /// filtered expressions still go through minijinja.
+    #[test]
+    fn plain_paths_render_as_minijinja_does() {
+        let ctx = json!({
+            "event": {
+                "ticket": {
+                    "id": 7, "neg": -3, "big": u64::MAX, "small": i64::MIN,
+                    "ratio": 0.5, "whole": 3.0, "exp": 1.5e300, "tiny": -2.5e-300,
+                    "ok": true, "no": false, "nothing": null,
+                    "subject": "Setup <b>&'\"\\ é 😀 \u{0}\n",
+                    "empty": "", "tags": ["a", 1, null, {"x": [true]}], "none": [],
+                    "requester": {"email": "ann@example.com", "name": "Ann"},
+                    "obj": {}, "items": {"keys": 1},
+                },
+                "list": [1, 2, 3],
+            },
+            "steps": {"a": null, "b": {"id": "x"}},
+            "input": {"email": "e@x", "n": 1},
+            "vars": {},
+            "range": 5,
+            "run": {"now": 1_764_504_000_000i64},
+        });
+        let mut t = Templates::new();
+        for src in [
+            "{{ event }}",
+            "{{ event.ticket }}",
+            "{{ event.ticket.id }}",
+            "{{event.ticket.neg}}",
+            "{{ event.ticket.big }}",
+            "{{ event.ticket.small }}",
+            "{{ event.ticket.ratio }}",
+            "{{ event.ticket.whole }}",
+            "{{ event.ticket.exp }}",
+            "{{ event.ticket.tiny }}",
+            "{{ event.ticket.ok }}",
+            "{{ event.ticket.no }}",
+            "{{ event.ticket.nothing }}",
+            "{{ event.ticket.subject }}",
+            "{{ event.ticket.empty }}",
+            "{{ event.ticket.tags }}",
+            "{{ event.ticket.none }}",
+            "{{ event.ticket.obj }}",
+            "{{ event.ticket.items }}",
+            "{{ event.ticket.items.keys }}",
+            "{{ event.ticket.requester.email }}",
+            "{{- event.ticket.requester.name -}}",
+            "{{ input.email }}",
+            "{{ input.n }}",
+            "{{ steps.b.id }}",
+            "{{ steps.a }}",
+            "{{ vars }}",
+            "{{ run.now }}",
+            "{{ range }}",
+            // Missing: the same errors, with their location.
+            "{{ event.nope }}",
+            "{{ event.ticket.nope }}",
+            "{{ event.ticket.requester.phone }}",
+            "{{ event.ticket.assignee.name }}",
+            "{{ event.nope.deeper.name }}",
+            "{{ steps.c.id }}",
+            "{{ steps.a.id }}",
+            "{{ event.ticket.nothing.x }}",
+            "{{ event.ticket.id.x }}",
+            "{{ event.ticket.subject.x }}",
+            "{{ event.ticket.tags.x }}",
+            "{{ event.list.first }}",
+            "{{ event.ticket.ok.x }}",
+            "{{ nothere }}",
+            "{{ nothere.x }}",
+            // Not plain: through minijinja both ways.
+            "{{ event.ticket.assignee.name | default('x') }}",
+            "{{ event.ticket.requester.name | default('there') }}",
+            "{{ steps.a.id | default(0) }}",
+            "{{ event.nope | default(none) }}",
+            "{{ event.ticket.tags[1] }}",
+            "{{ event.list[5] }}",
+            "{{ event.ticket.subject | upper }}",
+            "{{ event.ticket.id is defined }}",
+        ] {
+            check_same(&mut t, src, &ctx);
+        }
+        // Found without minijinja: present values within the limits.
+        let found = |src: &str, ctx: &Value| plain_path(src).and_then(|p| lookup(p, ctx)).cloned();
+        assert_eq!(found("{{ event.ticket.id }}", &ctx), Some(json!(7)));
+        assert_eq!(found("{{ steps.a }}", &ctx), Some(Value::Null));
+        assert_eq!(found("{{ event.ticket.nope }}", &ctx), None);
+        assert_eq!(found("{{ event.list.first }}", &ctx), None);
+        // Over a render limit: refused the same way.
+        for big in [
+            json!("x".repeat(MAX_RENDER_BYTES + 1)),
+            json!("<".repeat(MAX_RENDER_BYTES / 5)),
+            json!(vec![0; MAX_ITEMS + 1]),
+            json!(vec!["<<<<<<<<<<"; MAX_RENDER_BYTES / 50]),
+            json!("y".repeat(MAX_RENDER_BYTES / 6)),
+        ] {
+            check_same(&mut t, "{{ event.big }}", &json!({"event": {"big": big}}));
+        }
+        // Nested deeper than serde_json parses back.
+        let mut deep = json!(1);
+        for _ in 0..130 {
+            deep = json!([deep]);
+        }
+        check_same(
+            &mut t,
+            "{{ event.deep }}",
+            &json!({"event": {"deep": deep}}),
+        );
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            // Floats as senders write them, read by serde_json.
+            (any::<i32>(), 1u32..12, -20i32..20).prop_map(|(m, d, e)| {
+                let text = format!("{m}.{}e{e}", "5".repeat(d as usize));
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null)
+            }),
+            "[a-c<>&'\"\\\\é😀\u{0}\n ]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    proptest::sample::select(vec!["a", "b", "c", "items", "_x"]),
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(
+                    m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                )),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Any plain path over any context: the fast path and minijinja agree.
+        #[test]
+        fn plain_paths_agree_with_minijinja_on_any_context(
+            event in arb_json(),
+            steps in arb_json(),
+            paths in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["event", "steps", "input"]),
+                    proptest::collection::vec(
+                        proptest::sample::select(vec!["a", "b", "c", "items", "_x"]),
+                        0..4,
+                    ),
+                ),
+                1..8,
+            ),
+        ) {
+            let ctx = json!({"event": event, "steps": steps});
+            let mut t = Templates::new();
+            for (root, segs) in paths {
+                let src = std::iter::once(root)
+                    .chain(segs)
+                    .collect::<Vec<_>>()
+                    .join(".");
+                check_same(&mut t, &format!("{{{{ {src} }}}}"), &ctx);
+            }
+        }
     }
 
     #[test]
