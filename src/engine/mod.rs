@@ -124,13 +124,22 @@ pub struct Engine {
     /// already leased (status `running`, due at the lease's end), so no
     /// worker leases them from the store too; after a crash, start-up
     /// releases them like any other lease.
-    handoff: tokio::sync::mpsc::Sender<Run>,
-    handoff_rx: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Run>>,
+    handoff: tokio::sync::mpsc::Sender<Handoff>,
+    handoff_rx: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Handoff>>,
     config: EngineConfig,
 }
 
 /// Runs waiting in memory for a worker; beyond this, new runs go through the store's queue.
 const HANDOFF_CAPACITY: usize = 256;
+
+/// A run handed to a worker at ingest, with its event's body as `accept`
+/// parsed it: the worker does not read the event back from the store and
+/// decode it again. The body is the stored one (it was durable before the
+/// run was handed over), so a run resumed later from the store sees the same.
+pub(crate) struct Handoff {
+    pub run: Run,
+    pub body: Value,
+}
 
 impl Engine {
     pub fn new(
@@ -340,7 +349,8 @@ impl Engine {
             // run's concurrency key.
             self.wake.notify_waiters();
         }
-        let mut accepted = self.accepted(inserted, event_id, event.runs, runs, handoffs)?;
+        let (mut accepted, handed) =
+            self.accepted(inserted, event_id, event.runs, runs, handoffs)?;
         if !accepted.duplicate {
             crate::metrics::get().event_stored(&event.connector);
         }
@@ -360,19 +370,33 @@ impl Engine {
                 now,
             ));
         }
+        // The body goes with the handed-off runs: moved into the last one,
+        // copied for the others (one run per event is the common case).
+        let mut body = Some(event.body);
+        let last = handed.len().saturating_sub(1);
+        for (i, (permit, run)) in handed.into_iter().enumerate() {
+            let body = if i == last {
+                body.take().unwrap_or_default()
+            } else {
+                body.clone().unwrap_or_default()
+            };
+            permit.send(Handoff { run, body });
+        }
         Ok(accepted)
     }
 
-    /// What `accept` did, once the write is durable: hand the new runs to
-    /// workers, or find the runs of the first delivery of a duplicate.
-    fn accepted(
+    /// What `accept` did, once the write is durable, with the new runs to
+    /// hand to workers (each with its reserved permit); or the runs of the
+    /// first delivery of a duplicate.
+    #[allow(clippy::type_complexity)]
+    fn accepted<'p>(
         &self,
         inserted: Inserted,
         event_id: String,
         event_runs: Vec<String>,
         runs: Vec<Run>,
-        mut handoffs: Vec<tokio::sync::mpsc::Permit<'_, Run>>,
-    ) -> Result<Accepted, StoreError> {
+        mut handoffs: Vec<tokio::sync::mpsc::Permit<'p, Handoff>>,
+    ) -> Result<(Accepted, Vec<(tokio::sync::mpsc::Permit<'p, Handoff>, Run)>), StoreError> {
         let mut event_runs = event_runs;
         match inserted {
             Inserted::New => {
@@ -383,12 +407,13 @@ impl Engine {
                         event_runs = stored.runs;
                     }
                 }
-                let handed = handoffs.len();
+                let permits = handoffs.len();
                 let mut queued = false;
+                let mut handed = Vec::with_capacity(permits);
                 for run in runs {
                     if run.status == RunStatus::Running {
                         if let Some(permit) = handoffs.pop() {
-                            permit.send(run);
+                            handed.push((permit, run));
                         }
                     } else {
                         queued = true;
@@ -396,17 +421,18 @@ impl Engine {
                 }
                 debug_assert!(
                     handoffs.is_empty(),
-                    "{handed} permits for the handed-off runs"
+                    "{permits} permits for the handed-off runs"
                 );
                 if queued {
                     self.wake.notify_waiters();
                 }
-                Ok(Accepted {
+                let accepted = Accepted {
                     event_id,
                     runs: event_runs,
                     duplicate: false,
                     reply: None,
-                })
+                };
+                Ok((accepted, handed))
             }
             Inserted::Duplicate { event_id } => {
                 let runs = self
@@ -414,12 +440,13 @@ impl Engine {
                     .event(&event_id)?
                     .map(|e| e.runs)
                     .unwrap_or_default();
-                Ok(Accepted {
+                let accepted = Accepted {
                     event_id,
                     runs,
                     duplicate: true,
                     reply: None,
-                })
+                };
+                Ok((accepted, Vec::new()))
             }
         }
     }

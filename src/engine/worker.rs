@@ -111,15 +111,20 @@ impl Engine {
                     .and_then(|mut rx| rx.try_recv().ok())
             };
             let from_store = handed.is_none();
-            let mut runs = match handed {
-                Some(run) => vec![run],
+            // A handed-over run comes with its event's body; a leased one
+            // reads it from the store.
+            let mut runs: Vec<(Run, Option<Value>)> = match handed {
+                Some(h) => vec![(h.run, Some(h.body))],
                 None => self
                     .store
                     .lease(self.now_ms(), lease_ms, 1)
                     .unwrap_or_else(|e| {
                         tracing::error!(error = %e, "leasing runs failed");
                         Vec::new()
-                    }),
+                    })
+                    .into_iter()
+                    .map(|run| (run, None))
+                    .collect(),
             };
             // Runs leased from the store (not handed over) must have their
             // counted start made durable before executing.
@@ -130,7 +135,7 @@ impl Engine {
                 let until = self.idle_until();
                 let handed = async { self.handoff_rx.lock().await.recv().await };
                 tokio::select! {
-                    run = handed => runs.extend(run),
+                    h = handed => runs.extend(h.map(|h| (h.run, Some(h.body)))),
                     _ = notified => {}
                     _ = self.sleep_until(until) => {}
                     _ = shutdown.changed() => {}
@@ -144,9 +149,9 @@ impl Engine {
                     continue;
                 }
             }
-            for run in runs {
+            for (run, body) in runs {
                 let id = run.id.clone();
-                if let Err(e) = self.execute(run, &shutdown).await {
+                if let Err(e) = self.execute(run, body, &shutdown).await {
                     // The run stays leased; it comes due again when the lease expires.
                     tracing::error!(run = %id, error = %e, "could not record run progress");
                 }
@@ -155,10 +160,12 @@ impl Engine {
     }
 
     /// Execute a leased run: walk its steps, replaying the recorded ones by
-    /// path id and running the rest (see [`step`]).
+    /// path id and running the rest (see [`step`]). `body`: its event's
+    /// body when the run was handed over at ingest (else read from the store).
     pub(crate) async fn execute(
         &self,
         mut run: Run,
+        body: Option<Value>,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(), store::StoreError> {
         // The catalog with the version of the recipe the run started with
@@ -186,11 +193,17 @@ impl Engine {
             tracing::error!(run = %run.id, recipe = %run.recipe, "{msg}");
             return self.finish(&mut run, RunStatus::Failed, Some(msg)).await;
         }
-        let Some(event) = self.store.event(&run.event_id)? else {
-            let msg = format!("event {} not found", run.event_id);
-            return self.finish(&mut run, RunStatus::Failed, Some(msg)).await;
+        let body = match body {
+            Some(body) => body,
+            None => match self.store.event(&run.event_id)? {
+                Some(event) => event.body,
+                None => {
+                    let msg = format!("event {} not found", run.event_id);
+                    return self.finish(&mut run, RunStatus::Failed, Some(msg)).await;
+                }
+            },
         };
-        let ctx = step::context(recipe, &run.id, &run.event_id, event.body, self.now_ms());
+        let ctx = step::context(recipe, &run.id, &run.event_id, body, self.now_ms());
         let mut host = WorkerHost {
             engine: self,
             catalog: &catalog,
