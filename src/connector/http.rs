@@ -203,7 +203,12 @@ impl Client {
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.expose().to_string())))
             .collect();
-        let ctx = serde_json::json!({ "input": input, "secrets": secrets });
+        // Built field by field: `json!` would copy `input` through its
+        // serializer instead of a plain clone.
+        let mut ctx = Map::new();
+        ctx.insert("input".into(), input.clone());
+        ctx.insert("secrets".into(), Value::Object(secrets));
+        let ctx = Value::Object(ctx);
         let render = |t| {
             templates
                 .render_string(t, &ctx)

@@ -218,7 +218,8 @@ impl Webhook {
         else {
             return Ok(body);
         };
-        let ctx = serde_json::json!({ "body": body });
+        // Moved in (`json!` would copy it through its serializer).
+        let ctx = Value::Object(serde_json::Map::from_iter([("body".to_string(), body)]));
         let out = templates
             .render_value(&n.body, &ctx)
             .map_err(|e| e.to_string())?;

@@ -204,7 +204,14 @@ impl Catalog {
     /// The trigger context of an event: `{event, vars, steps: {}, run: {now}}`, with
     /// `vars` set per recipe by [`Catalog::triggered`].
     pub fn trigger_context(event: Value, now: i64) -> Value {
-        json!({ "event": event, "vars": null, "steps": {}, "run": { "now": now } })
+        // Built field by field: `json!` would copy `event` through its
+        // serializer (an allocation per node of the body) instead of moving it.
+        let mut ctx = serde_json::Map::new();
+        ctx.insert("event".into(), event);
+        ctx.insert("vars".into(), Value::Null);
+        ctx.insert("steps".into(), Value::Object(Default::default()));
+        ctx.insert("run".into(), json!({ "now": now }));
+        Value::Object(ctx)
     }
 
     /// The one trigger path, used by `Engine::accept`, the dry run of

@@ -462,8 +462,14 @@ impl Store for SledStore {
         let mut ix = Index::new(&self.kv);
         let mut event = std::borrow::Cow::Borrowed(event);
         for run in runs {
-            let mut run = run.clone();
-            if let Some(d) = &mut run.debounce {
+            // Copied only when the store fills in its debounce or concurrency part.
+            let mut run = std::borrow::Cow::Borrowed(run);
+            if let Some(d) = run
+                .debounce
+                .is_some()
+                .then(|| run.to_mut().debounce.as_mut())
+                .flatten()
+            {
                 let key = debounce_key(&d.key);
                 if let Some(mut p) = self.pending_debounce(&key)? {
                     // The burst goes on: the pending run takes this event.
@@ -481,13 +487,18 @@ impl Store for SledStore {
                 d.events = 1;
                 batch.insert(key, run.id.as_bytes());
             }
-            if let Some(slot) = &mut run.concurrency {
+            if let Some(slot) = run
+                .concurrency
+                .is_some()
+                .then(|| run.to_mut().concurrency.as_mut())
+                .flatten()
+            {
                 // Arrival order within the key: a sequence from the store.
                 slot.seq = self.db.generate_id().map_err(io)?;
                 batch.insert(slot_key(&slot.key, slot.seq), run.id.as_bytes());
             }
             list_cancel_keys(&mut batch, &run);
-            ix.put_run(&mut batch, &run, encode(&run)?)?;
+            ix.put_run(&mut batch, &run, encode(&*run)?)?;
             batch.insert(queue_key(run.due_at, &run.id), &[][..]);
         }
         batch.insert(format!("e/{}", event.id).into_bytes(), encode(&*event)?);
@@ -669,11 +680,14 @@ impl Store for SledStore {
         let _g = self.guard();
         let mut batch = Batch::default();
         batch.remove(queue_key(run.due_at, &run.id));
-        let mut finished = run.clone();
         unlist_cancel_keys(&mut batch, run);
         let mut ix = Index::new(&self.kv);
-        self.release_slot(&mut batch, &mut ix, &mut finished, run.updated_at)?;
-        ix.put_run(&mut batch, &finished, encode(&finished)?)?;
+        // Copied only to take its concurrency slot out (most runs have none).
+        let mut finished = std::borrow::Cow::Borrowed(run);
+        if run.concurrency.is_some() {
+            self.release_slot(&mut batch, &mut ix, finished.to_mut(), run.updated_at)?;
+        }
+        ix.put_run(&mut batch, &finished, encode(&*finished)?)?;
         ix.commit(&mut batch)?;
         self.kv.write(batch).map_err(io)
     }

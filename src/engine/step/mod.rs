@@ -367,10 +367,15 @@ pub(crate) fn context(
     event: Value,
     now: i64,
 ) -> Value {
-    json!({
-        "event": event,
-        "steps": Map::new(),
-        "vars": recipe.vars,
-        "run": { "id": run_id, "event_id": event_id, "recipe": recipe.name, "now": now },
-    })
+    // Built field by field: `json!` would copy `event` through its
+    // serializer (an allocation per node of the body) instead of moving it.
+    let mut ctx = Map::new();
+    ctx.insert("event".into(), event);
+    ctx.insert("steps".into(), Value::Object(Map::new()));
+    ctx.insert("vars".into(), recipe.vars.clone());
+    ctx.insert(
+        "run".into(),
+        json!({ "id": run_id, "event_id": event_id, "recipe": recipe.name, "now": now }),
+    );
+    Value::Object(ctx)
 }
