@@ -229,6 +229,9 @@ pub enum IdempotencyHeader {
 }
 
 /// How requests authenticate. Values are templates over `secrets`.
+// One per connector file, read once at load: the OAuth2 variant's size
+// costs nothing, and boxing it would put a Box in every pattern.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AuthFile {
@@ -246,14 +249,18 @@ pub enum AuthFile {
     /// on a 401.
     #[serde(rename = "oauth2")]
     OAuth2 {
-        /// `client_credentials` (the app's own token) or `authorization_code`
+        /// `client_credentials` (the app's own token), `authorization_code`
         /// (a user's grant, obtained once by `switchboard connect NAME` and
-        /// kept fresh with its refresh token; alias `refresh_token`).
+        /// kept fresh with its refresh token; alias `refresh_token`) or
+        /// `jwt_bearer` (RFC 7523: a signed assertion, e.g. a Google service
+        /// account).
         grant: OAuthGrant,
         /// The token endpoint: a URL, or a path under the base URL's origin
         /// (`/oauth/v1/token`).
         token_url: String,
-        /// Template over `secrets`.
+        /// Template over `secrets`. For `jwt_bearer`, the assertion's
+        /// issuer (`iss`: a service account's `client_email`), sent as a
+        /// client only with a `client_secret`.
         client_id: String,
         /// Template over `secrets`; required for `client_credentials`.
         #[serde(default)]
@@ -285,6 +292,19 @@ pub enum AuthFile {
         /// most half the token's lifetime).
         #[serde(default)]
         refresh_before: Option<HumanDuration>,
+        /// `jwt_bearer` only: the PEM RSA private key that signs the
+        /// assertion (template over `secrets`; PKCS#8, as a Google
+        /// service-account key file's `private_key`, or PKCS#1).
+        #[serde(default)]
+        private_key: Option<String>,
+        /// `jwt_bearer` only: the assertion's `sub`, the user to act as
+        /// (domain-wide delegation); template over `secrets`.
+        #[serde(default)]
+        subject: Option<String>,
+        /// `jwt_bearer` only: the assertion header's `kid` (a key file's
+        /// `private_key_id`); template over `secrets`.
+        #[serde(default)]
+        key_id: Option<String>,
     },
 }
 
@@ -295,6 +315,9 @@ pub enum OAuthGrant {
     ClientCredentials,
     #[serde(alias = "refresh_token")]
     AuthorizationCode,
+    /// RFC 7523: an RS256 assertion signed with `private_key` (Google
+    /// service accounts); `client_id` is its issuer.
+    JwtBearer,
 }
 
 /// How a client authenticates at the token endpoint (RFC 6749 2.3.1).

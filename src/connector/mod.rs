@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod http;
+pub mod jwt;
 pub mod limits;
 pub mod oauth;
 pub mod poll;
@@ -706,6 +707,9 @@ fn compile_oauth(
         redirect_uri,
         refresh_token,
         refresh_before,
+        private_key,
+        subject,
+        key_id,
     } = a
     else {
         return None;
@@ -762,10 +766,10 @@ fn compile_oauth(
         }
     }
     let code_only = |key: &str, given: bool, errors: &mut Vec<LoadError>| {
-        if given && *grant == OAuthGrant::ClientCredentials {
+        if given && *grant != OAuthGrant::AuthorizationCode {
             errors.push(map.error(
                 &format!("/auth/{key}"),
-                format!("`{key}` is for `grant: authorization_code`; the client-credentials grant has no user to send anywhere"),
+                format!("`{key}` is for `grant: authorization_code`; this grant has no user to send anywhere"),
             ));
         }
     };
@@ -820,6 +824,47 @@ fn compile_oauth(
             .map(Some),
         None => Some(None),
     };
+    let jwt_only = |key: &str, given: bool, errors: &mut Vec<LoadError>| {
+        if given && *grant != OAuthGrant::JwtBearer {
+            errors.push(map.error(
+                &format!("/auth/{key}"),
+                format!("`{key}` is for `grant: jwt_bearer`"),
+            ));
+        }
+    };
+    jwt_only("private_key", private_key.is_some(), errors);
+    jwt_only("subject", subject.is_some(), errors);
+    jwt_only("key_id", key_id.is_some(), errors);
+    let mut tpl = |t: &Option<String>, key: &str, errors: &mut Vec<LoadError>| match t {
+        Some(t) => cx
+            .compile(templates, t, &format!("/auth/{key}"), None, errors)
+            .map(Some),
+        None => Some(None),
+    };
+    let jwt = if *grant == OAuthGrant::JwtBearer {
+        let key = tpl(private_key, "private_key", errors);
+        let subject = tpl(subject, "subject", errors);
+        let key_id = tpl(key_id, "key_id", errors);
+        if private_key.is_none() {
+            errors.push(map.error(
+                "/auth",
+                format!(
+                    "`grant: jwt_bearer` needs `private_key`: the PEM key that signs the assertion (a service account key file's `private_key`); declare it in `secrets:` and add `private_key: \"{{{{ secrets.private_key }}}}\"` (set {})",
+                    SecretSource::env_name(at.name, "private_key")
+                ),
+            ));
+        }
+        match (key, subject, key_id) {
+            (Some(Some(private_key)), Some(subject), Some(key_id)) => Some(oauth::JwtSettings {
+                private_key,
+                subject,
+                key_id,
+            }),
+            _ => None,
+        }
+    } else {
+        None
+    };
     let refresh_before = refresh_before
         .map(|d| d.0)
         .unwrap_or(oauth::DEFAULT_REFRESH_BEFORE);
@@ -841,6 +886,7 @@ fn compile_oauth(
         refresh_before,
         timeout: at.timeout,
         file: at.file.clone(),
+        jwt,
     }))
 }
 

@@ -243,6 +243,15 @@ pub struct Settings {
     pub timeout: Duration,
     /// The token file moved into the store when found (`<data>/oauth/NAME.json`).
     pub file: Option<PathBuf>,
+    /// `grant: jwt_bearer`: how the assertion is made.
+    pub jwt: Option<JwtSettings>,
+}
+
+/// The assertion of a `grant: jwt_bearer` connector (templates over secrets).
+pub struct JwtSettings {
+    pub private_key: Template,
+    pub subject: Option<Template>,
+    pub key_id: Option<Template>,
 }
 
 impl OAuth2 {
@@ -563,6 +572,18 @@ impl OAuth2 {
                     refresh: None,
                 })
             }
+            OAuthGrant::JwtBearer => {
+                let assertion = self.assertion(templates, connector)?;
+                fields.push((
+                    "grant_type".into(),
+                    "urn:ietf:params:oauth:grant-type:jwt-bearer".into(),
+                ));
+                fields.push(("assertion".into(), assertion.expose().to_string()));
+                Ok(Form {
+                    fields,
+                    refresh: None,
+                })
+            }
             OAuthGrant::AuthorizationCode => {
                 let held = self.data().tokens.as_ref().and_then(|t| t.refresh.clone());
                 let refresh = match held {
@@ -593,6 +614,58 @@ impl OAuth2 {
                 })
             }
         }
+    }
+
+    /// A signed assertion (RFC 7523 2.1): issuer `client_id`, audience
+    /// `audience` or the token URL, the scopes, valid for an hour. It is a
+    /// credential for that hour: it joins the redactions.
+    fn assertion(&self, templates: &Templates, connector: &Connector) -> Result<Secret, CallError> {
+        let name = &self.settings.connector;
+        let Some(j) = &self.settings.jwt else {
+            return Err(token_error(
+                format!("connector `{name}` has no `private_key`"),
+                false,
+            ));
+        };
+        let key = Secret::new(render(templates, connector, &j.private_key)?);
+        let signer = super::jwt::Signer::from_pem(key.expose()).map_err(|e| {
+            token_error(
+                format!("the `private_key` of `{name}` cannot sign: {e}"),
+                false,
+            )
+        })?;
+        let issuer = render(templates, connector, &self.settings.client_id)?;
+        let subject = match &j.subject {
+            Some(t) => Some(render(templates, connector, t)?),
+            None => None,
+        };
+        let key_id = match &j.key_id {
+            Some(t) => Some(render(templates, connector, t)?),
+            None => None,
+        };
+        let audience = self
+            .settings
+            .audience
+            .clone()
+            .unwrap_or_else(|| self.settings.token_url.to_string());
+        let scopes = &self.settings.scopes;
+        let claims = super::jwt::Claims {
+            issuer: &issuer,
+            subject: subject.as_deref(),
+            audience: &audience,
+            scope: (!scopes.is_empty()).then(|| scopes.join(" ")),
+            issued_at: now_ms() / 1000,
+        };
+        let assertion = signer
+            .assertion(&claims, key_id.as_deref())
+            .map_err(|e| token_error(format!("`{name}`: {e}"), false))?;
+        let mut d = self.data();
+        d.known.push(assertion.clone());
+        let n = d.known.len();
+        if n > KNOWN_TOKENS {
+            d.known.drain(..n - KNOWN_TOKENS);
+        }
+        Ok(assertion)
     }
 
     /// The client's credentials, rendered from the secrets.
@@ -634,6 +707,9 @@ impl OAuth2 {
                 fields.push(("client_id".into(), id));
                 fields.push(("client_secret".into(), s.expose().to_string()));
             }
+            // The assertion is the JWT-bearer grant's credential; its
+            // `client_id` is the assertion's issuer, not a client.
+            (_, None) if self.settings.grant == OAuthGrant::JwtBearer => {}
             // A public client (no secret) names itself in the body.
             (_, None) => fields.push(("client_id".into(), id)),
         }
@@ -833,8 +909,12 @@ impl OAuth2 {
     ) -> Result<Connected, String> {
         if self.settings.grant != OAuthGrant::AuthorizationCode {
             return Err(format!(
-                "connector `{}` uses the client-credentials grant: it needs no `connect`",
-                self.settings.connector
+                "connector `{}` uses the {} grant: it needs no `connect`",
+                self.settings.connector,
+                match self.settings.grant {
+                    OAuthGrant::JwtBearer => "JWT-bearer",
+                    _ => "client-credentials",
+                }
             ));
         }
         if self.settings.authorize_url.is_none() {
@@ -1145,6 +1225,7 @@ mod tests {
             refresh_before,
             timeout: Duration::from_secs(5),
             file: None,
+            jwt: None,
         })
     }
 

@@ -21,6 +21,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const CLIENT_ID: &str = "sb-client-id";
+/// The JWT-bearer grant's assertion type (RFC 7523 2.1).
+const JWT_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// A 2048-bit RSA key made for this test only (`openssl genpkey`), and its
+/// public half (PKCS#1 DER, base64), with which the server checks assertions.
+const JWT_PRIVATE_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC9zPi1dxb6Vgh/\n1QsNkpAwweQCOLKfj+pNADygg4HCmnXbUWrETs/9v8+PWWI3aheY98ZJg7H+NBfx\nKTIyDhGdviAJTgMYuDssVqxBrBP47lzi2x+6bJmQISzTKjf/mUAFBMdldEEQBNoy\nGcEpLYy3cXT35hygLvMWFxEb03XxAM1+an+wapPyvdOgxx9HtwOE5p+KThjYH59A\nbAPqQi/0WMrkFB9SGD6j22HE3kZ6afMLEXvEgb92CH+TUl1oTl/2UFL18uaDJJn9\nnoor4xowycDWaiCc5IHvE9j/Q4uXbwKCzWdMGW7HDEeucnXYUMC9LTQgyaWrInq7\ntcWTx+vHAgMBAAECggEAFe192F0zWuWgosAmwEEsBm4IHReWz2dtjsrVtkerMKPu\ntNFhr99ZGTxVSv7tIXDQ3BvYHTspT7COCY8UXQMSFvLVua15Hxx9vaAf05CBWDOV\nqKHfNwb/8M5cYuMQSCfY5RuJu9dkAulEmiAumEbKaJEjjdZYfUsfS3CLyfayvA6E\nKAlT9xLFSNVlSKa4OnWRKenrX911Ltpu5vt0mnlHk9ejpq1cm7Qq4aNqrpWX+ruZ\nL5ZYe+9I9njAhvPXL7TAXqq5MKS1c404Qh4wlaTZ5ZnxqUGUey6RelleAJphBIcc\nARDgDzkN2kQkYS0YKK27mVpcWcP+qTWZ24FtuDSpCQKBgQDqS6MI5s3en/KJlc6r\nWPHgDZBZnq2aHyG/f66IR7i4x4bnP6SfX134iC6KQCJpkQqeTHjkavkxNx3/NI9+\n0c0lXy99z/rJdZ3AF2p1MTNJuOpM9ZeN14uHBpFguLHQINNG5L4CU+8YU86G3T4K\nv9x8V+o1iT3YPev2xiXXurHIzwKBgQDPYiHKQNsG2uk95zLH6cXg00iAlvyciI2y\niJW8N2CAc7srH/9WzEZzjoEQDOpM2UrpdLfL3ZtkT7rPohVYwyvWLKd9YSRRc3ph\nn0C4bWA4yzBE23SSGkvJ1Zj+M7lA1X6e2vDgMLXfhqpzXMKzW3ii5PebIfToC75u\n9YB4SFh7iQKBgQCjTKCPnb6zgivbtWxchRvgm9OWg0BggX5WKLoPBl47e+YM25Dz\n+9ZVWSWG+niBt7P87TP9kImqwc3IiGvTaotflt5VBFa5f565uhhbIjWrFpVHmo1N\nMYRwUiWVkmVsuNRJPzkoCjRFcnQqD54kg+E7UVNOiR9vzojecPEDUX6EhQKBgAYy\n8b2g+KsYyhYOnib5pu+UgTtOyBhJwKqQiKFKqnjMfNDKMRDAJG752IPJTwujByk5\nUvEmG6oA9B2Ww7qWgu3xAcSura49nG/kmcOpiVHJSRUV1kMzxAYxe1RF6Yi1mQZY\nlxCshBM9bETshelkl5OO8pPRjQeOqk+YyRFPYE25AoGADk9yJpfc4gpqa2kN+X+a\nhiRENrmuc1KFtMcBDXuQiz9MFB9m0jbfRxKuqA5DMTqK8UIQkvLNCRXoJ+AfCZ3/\n6nFriMmCZvPEVXbD/Rz9kVaYdMZLOb5TRNAcN/rr3lkHQxF6mpVs6umw4fb4FBpn\nfjYjS4SYuyR1Wqab1mLFLPs=\n-----END PRIVATE KEY-----\n";
+const JWT_PUBLIC_KEY_DER: &str = "MIIBCgKCAQEAvcz4tXcW+lYIf9ULDZKQMMHkAjiyn4/qTQA8oIOBwpp121FqxE7P/b/Pj1liN2oXmPfGSYOx/jQX8SkyMg4Rnb4gCU4DGLg7LFasQawT+O5c4tsfumyZkCEs0yo3/5lABQTHZXRBEATaMhnBKS2Mt3F09+YcoC7zFhcRG9N18QDNfmp/sGqT8r3ToMcfR7cDhOafik4Y2B+fQGwD6kIv9FjK5BQfUhg+o9thxN5GemnzCxF7xIG/dgh/k1JdaE5f9lBS9fLmgySZ/Z6KK+MaMMnA1mognOSB7xPY/0OLl28Cgs1nTBluxwxHrnJ12FDAvS00IMmlqyJ6u7XFk8frxwIDAQAB";
+const SERVICE_ACCOUNT: &str = "sb@project.iam.gserviceaccount.com";
 const CLIENT_SECRET: &str = "Canary-client-S3cret/+=";
 
 /// How the token endpoint answers.
@@ -62,6 +69,11 @@ struct AuthState {
     /// `expires_in` of issued tokens.
     expires_in: i64,
     n: u32,
+    /// The token endpoint's URL: the audience assertions must name.
+    token_url: String,
+    /// Assertions received, and the claims of those verified.
+    assertions: Vec<String>,
+    jwt_claims: Vec<Value>,
 }
 
 #[derive(Clone)]
@@ -90,6 +102,9 @@ impl AuthServer {
             latency: Duration::ZERO,
             expires_in: 3600,
             n: 0,
+            token_url: String::new(),
+            assertions: Vec::new(),
+            jwt_claims: Vec::new(),
         }));
         let app = axum::Router::new()
             .route("/oauth/token", axum::routing::post(token))
@@ -98,6 +113,7 @@ impl AuthServer {
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        state.lock().unwrap().token_url = format!("{url}/oauth/token");
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -197,7 +213,8 @@ async fn token(
         }
         Mode::Normal => {}
     }
-    if !client_ok(&headers, &form) {
+    let jwt = form.get("grant_type").map(String::as_str) == Some(JWT_GRANT);
+    if !jwt && !client_ok(&headers, &form) {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }
     let mut s = state.lock().unwrap();
@@ -237,6 +254,18 @@ async fn token(
             s.spent_refresh.insert(given);
             refresh = Some(format!("rt-{n}-{}", rand::random::<u32>()));
         }
+        Some(JWT_GRANT) => {
+            // The assertion alone authenticates: no client in the request.
+            if headers.contains_key("authorization") || form.contains_key("client_id") {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
+            }
+            let assertion = form.get("assertion").cloned().unwrap_or_default();
+            s.assertions.push(assertion.clone());
+            match verify_assertion(&assertion, &s.token_url) {
+                Ok(claims) => s.jwt_claims.push(claims),
+                Err(_) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
+            }
+        }
         _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
     }
     let access = format!("at-{n}-{}", rand::random::<u64>());
@@ -252,6 +281,50 @@ async fn token(
         answer["refresh_token"] = json!(r);
     }
     axum::Json(answer).into_response()
+}
+
+/// An RS256 assertion checked as a JWT-bearer token endpoint does (RFC
+/// 7523 3): the signature with the service account's public key, the
+/// header, and the claims (issuer, audience, scope, an hour's lifetime
+/// from about now). Its claims, or why not.
+fn verify_assertion(assertion: &str, audience: &str) -> Result<Value, String> {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let [header, claims, signature] = parts[..] else {
+        return Err(format!("{} parts", parts.len()));
+    };
+    let signature = b64.decode(signature).map_err(|e| e.to_string())?;
+    let public = base64::engine::general_purpose::STANDARD
+        .decode(JWT_PUBLIC_KEY_DER)
+        .unwrap();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, public)
+        .verify(format!("{header}.{claims}").as_bytes(), &signature)
+        .map_err(|_| "bad signature".to_string())?;
+    let json = |part: &str| -> Result<Value, String> {
+        serde_json::from_slice(&b64.decode(part).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())
+    };
+    let (header, claims) = (json(header)?, json(claims)?);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let iat = claims["iat"].as_i64().unwrap_or(0);
+    let checks = [
+        (header["alg"] == "RS256", "alg"),
+        (header["kid"] == "key-1", "kid"),
+        (claims["iss"] == SERVICE_ACCOUNT, "iss"),
+        (claims["aud"] == audience, "aud"),
+        (claims["scope"] == "tickets:read tickets:write", "scope"),
+        ((iat - now).abs() < 300, "iat"),
+        (claims["exp"].as_i64() == Some(iat + 3600), "exp"),
+    ];
+    for (ok, what) in checks {
+        if !ok {
+            return Err(format!("wrong `{what}`: {header} {claims}"));
+        }
+    }
+    Ok(claims)
 }
 
 async fn authorize(
@@ -812,6 +885,21 @@ fn check_locates_oauth2_problems() {
     ] {
         assert!(err.contains(want), "{want}: {err}");
     }
+    write_crm("  type: oauth2\n  grant: jwt_bearer\n  token_url: /t\n  client_id: id\n  subject: me@example.com\n");
+    let err = fails(&cfg);
+    assert!(
+        err.contains(":5:3: `grant: jwt_bearer` needs `private_key`"),
+        "{err}"
+    );
+    write_crm(
+        "  type: oauth2\n  grant: client_credentials\n  token_url: /t\n  client_id: id\n  \
+         client_secret: \"{{ secrets.client_secret }}\"\n  private_key: x\n",
+    );
+    let err = fails(&cfg);
+    assert!(
+        err.contains(":10:16: `private_key` is for `grant: jwt_bearer`"),
+        "{err}"
+    );
     write_crm("  type: oauth2\n  grant: password\n  token_url: /t\n  client_id: id\n");
     let err = fails(&cfg);
     assert!(err.contains(":6:10: unknown variant `password`"), "{err}");
@@ -1103,4 +1191,74 @@ async fn two_nodes_on_postgres_share_one_grant_and_its_rotations() {
     assert_eq!(saved["refresh_token"], fingerprint(&live), "{saved}");
     drop((a, b));
     db.drop_now();
+}
+
+const JWT_BEARER: &str = "  type: oauth2\n  grant: jwt_bearer\n  token_url: /oauth/token\n  \
+    client_id: sb@project.iam.gserviceaccount.com\n  private_key: \"{{ secrets.private_key }}\"\n  \
+    key_id: key-1\n  scopes: [\"tickets:read\", \"tickets:write\"]\n";
+
+/// The JWT-bearer grant (RFC 7523, as Google service accounts use it): the
+/// hub signs an RS256 assertion with the connector's private key, which the
+/// server verifies with the public key (and would refuse if one byte
+/// changed); the token it answers serves every later call. A key that is
+/// not one fails the run at once, saying so, without a request.
+#[tokio::test]
+async fn jwt_bearer_assertions_are_signed_with_the_service_account_key() {
+    let server = AuthServer::start().await;
+    let cfg = config(&server, JWT_BEARER);
+    let file = cfg.connectors.join("crm.yaml");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "secrets: [client_secret]",
+        "secrets: [client_secret, private_key]",
+    );
+    write(&file, &text);
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(&cfg, &dir.path().join("data"));
+    opts.env.push((
+        "SWITCHBOARD_SECRET_CRM_PRIVATE_KEY".into(),
+        JWT_PRIVATE_KEY.into(),
+    ));
+    let hub = Hub::start(opts).await;
+    for id in [1, 2] {
+        let run = one_run(&hub, id).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+    assert_eq!(
+        server.requests(JWT_GRANT),
+        1,
+        "the token serves the second run"
+    );
+    let (claims, assertion) = server.with(|s| (s.jwt_claims.clone(), s.assertions[0].clone()));
+    assert_eq!(claims.len(), 1, "the assertion verified");
+    assert!(claims[0].get("sub").is_none(), "{}", claims[0]);
+    // The server's check can fail: one changed claim breaks the signature.
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let forged = String::from_utf8(b64.decode(parts[1]).unwrap())
+        .unwrap()
+        .replace(SERVICE_ACCOUNT, "mallory@example.com");
+    let forged = format!("{}.{}.{}", parts[0], b64.encode(forged), parts[2]);
+    assert_eq!(
+        verify_assertion(&forged, &format!("{}/oauth/token", server.url)),
+        Err("bad signature".to_string())
+    );
+    drop(hub);
+
+    // Not a key: the run fails at once, naming the problem, not the value.
+    let mut opts = options(&cfg, &dir.path().join("data2"));
+    opts.env.push((
+        "SWITCHBOARD_SECRET_CRM_PRIVATE_KEY".into(),
+        "not-a-key-Canary".into(),
+    ));
+    let hub = Hub::start(opts).await;
+    let run = one_run(&hub, 3).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let error = run["error"].as_str().unwrap();
+    assert!(
+        error.contains("the `private_key` of `crm` cannot sign: not a PEM key"),
+        "{error}"
+    );
+    assert!(!run.to_string().contains("not-a-key-Canary"), "{run}");
+    assert_eq!(run["steps"][0]["attempts"], 1, "{run}");
+    assert_eq!(server.requests(JWT_GRANT), 1, "nothing sent");
 }
