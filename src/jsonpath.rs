@@ -35,12 +35,12 @@ pub struct JsonPath {
     query: Arc<JpQuery>,
 }
 
-/// The parsed query of `source`, shared with every other `JsonPath` of the
-/// process with the same source: 10,000 recipes reading
-/// `$.event.ticket.subject` parse it once (pest's parser was ~8 % of
-/// `check` on them; BENCHMARKS.md, "10,000 loaded recipes"). Entries are
-/// weak, freed with the last path using them. A query is plain data.
-fn parse(source: &str) -> Result<Arc<JpQuery>, JsonPathError> {
+/// The parsed query of `source`, shared with every other query of the
+/// process with the same source (`JsonPath`s and recipe conditions): 10,000
+/// recipes reading `$.event.ticket.subject` parse it once (pest's parser
+/// was ~8 % of `check` on them; BENCHMARKS.md, "10,000 loaded recipes").
+/// Entries are weak, freed with the last user. A query is plain data.
+pub fn parse_shared(source: &str) -> Result<Arc<JpQuery>, JsonPathError> {
     static SHARED: OnceLock<Mutex<HashMap<String, Weak<JpQuery>>>> = OnceLock::new();
     let shared = SHARED.get_or_init(Default::default);
     // A panic while holding the lock leaves a map of valid entries.
@@ -66,7 +66,7 @@ impl JsonPath {
                 "invalid JSONPath `{source}`: expected it to start with `$`"
             ));
         }
-        parse(source)
+        parse_shared(source)
             .map(|query| JsonPath {
                 source: source.to_string(),
                 query,

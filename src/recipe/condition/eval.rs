@@ -15,7 +15,7 @@ impl Node {
             Node::Path(test) => {
                 // The query cannot fail on a parsed path; if the library ever
                 // reports an error, treat the path as missing.
-                let nodes: Vec<&Value> = js_path_process(&test.query, ctx)
+                let nodes: Vec<&Value> = js_path_process(test.query.as_ref(), ctx)
                     .map(|refs| refs.into_iter().map(|r| r.val).collect())
                     .unwrap_or_default();
                 test.ops.iter().all(|op| op.holds(&nodes, ctx, templates))
@@ -23,7 +23,7 @@ impl Node {
             Node::BusinessHours(b) => {
                 let Some(cal) = &b.calendar else { return false };
                 let at = match &b.at {
-                    Some((_, q)) => js_path_process(q, ctx)
+                    Some((_, q)) => js_path_process(q.as_ref(), ctx)
                         .ok()
                         .and_then(|refs| refs.into_iter().next().map(|r| r.val.clone())),
                     None => ctx.get("run").and_then(|r| r.get("now")).cloned(),

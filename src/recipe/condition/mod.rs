@@ -62,9 +62,8 @@
 
 use std::borrow::Cow;
 
-use crate::jsonpath::describe as jsonpath_error;
+use crate::jsonpath::{describe as jsonpath_error, parse_shared};
 use jsonpath_rust::parser::model::JpQuery;
-use jsonpath_rust::parser::parse_json_path;
 use jsonpath_rust::query::js_path_process;
 use regex::{Regex, RegexBuilder};
 use serde_json::{Map, Value};
@@ -210,7 +209,7 @@ struct BusinessHours {
     pointer: String,
     name: String,
     /// The instant to ask about; `$.run.now` when not given.
-    at: Option<(String, JpQuery)>,
+    at: Option<(String, Arc<JpQuery>)>,
     /// Set by [`Condition::bind_calendars`]; unbound never holds.
     calendar: Option<Arc<Calendar>>,
 }
@@ -222,8 +221,9 @@ struct PathTest {
     pointer: String,
     /// The JSONPath as written.
     source: String,
-    /// The JSONPath parsed once, at compile time.
-    query: JpQuery,
+    /// The JSONPath parsed once, at compile time, shared with every other
+    /// condition of the same path ([`crate::jsonpath::parse_shared`]).
+    query: Arc<JpQuery>,
     /// Never empty; all must hold.
     ops: Vec<Op>,
 }
@@ -445,7 +445,7 @@ fn compile_business_hours(value: &Value, pointer: &str) -> Result<BusinessHours,
             let at = match map.get("at") {
                 None => None,
                 Some(Value::String(path)) => {
-                    let q = parse_json_path(path).map_err(|e| {
+                    let q = parse_shared(path).map_err(|e| {
                         ConditionError::new(
                             &child(pointer, "at"),
                             format!("invalid JSONPath `{path}`: {}", jsonpath_error(&e)),
@@ -490,7 +490,7 @@ fn unknown_key_message(key: &str) -> String {
 }
 
 fn compile_path(path: &str, value: &Value, pointer: &str) -> Result<PathTest, ConditionError> {
-    let query = parse_json_path(path).map_err(|e| {
+    let query = parse_shared(path).map_err(|e| {
         ConditionError::new(
             pointer,
             format!("invalid JSONPath `{path}`: {}", jsonpath_error(&e)),

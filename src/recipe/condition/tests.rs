@@ -657,3 +657,34 @@ fn every_listed_operator_is_implemented() {
         e.message
     );
 }
+
+/// A condition's JSONPath is parsed once however many conditions use it
+/// (pest parsed `$.event.ticket.subject` for each of 10,000 recipes), and
+/// freed with the last of them.
+#[test]
+fn conditions_with_the_same_path_share_one_query() {
+    fn query_of(c: &Condition) -> Arc<jsonpath_rust::parser::model::JpQuery> {
+        match &c.root {
+            Node::All(items) => match &items[0] {
+                Node::Path(p) => p.query.clone(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+    let cond = json!([{ "$.event.shared_path_test": { "equals": 1 } }]);
+    let a = Condition::compile(&cond).unwrap();
+    let b = Condition::compile(&cond).unwrap();
+    assert!(Arc::ptr_eq(&query_of(&a), &query_of(&b)));
+    let other =
+        Condition::compile(&json!([{ "$.event.other_path_test": { "equals": 1 } }])).unwrap();
+    assert!(!Arc::ptr_eq(&query_of(&a), &query_of(&other)));
+    let ctx = json!({"event": {"shared_path_test": 1, "other_path_test": 2}});
+    assert!(a.eval(&ctx) && b.eval(&ctx) && !other.eval(&ctx));
+    let weak = Arc::downgrade(&query_of(&a));
+    drop((a, b));
+    assert!(
+        weak.upgrade().is_none(),
+        "the query outlived its conditions"
+    );
+}
