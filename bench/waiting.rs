@@ -15,9 +15,15 @@ pub fn corr(listen: Listen, key: &str, tag: &str) -> Correlation {
     }
 }
 
-/// Park `n` runs of event `e`, due in an hour (one ms apart), flushing
-/// every 10,000.
+/// Park `n` runs of event `e`, due in an hour (one ms apart), with a group
+/// commit (`flush`) every `WAITS_GROUP` runs (default 100, a group of
+/// concurrent writers in `serve`; 10,000 was the default before 2026-11-30).
 pub fn park_waiting(s: &SledStore, e: &Event, now: i64, n: usize) {
+    let group: usize = std::env::var("WAITS_GROUP")
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(100)
+        .max(1);
     for i in 0..n {
         let until = now + 3_600_000 + i as i64;
         let run = Run {
@@ -51,7 +57,7 @@ pub fn park_waiting(s: &SledStore, e: &Event, now: i64, n: usize) {
             }),
         };
         s.park(&run, until).expect("park");
-        if i % 10_000 == 9_999 {
+        if i % group == group - 1 {
             s.flush().expect("flush");
         }
     }

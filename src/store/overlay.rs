@@ -113,7 +113,7 @@ impl Overlay {
     /// the group is taken out of `pending` at once and read from `applying`
     /// until the tree has it.
     pub fn apply(&self) -> sled::Result<usize> {
-        let _turn = lock(&self.apply_turn);
+        let turn = lock(&self.apply_turn);
         let group = {
             let mut pending = lock(&self.pending);
             if pending.is_empty() {
@@ -141,7 +141,11 @@ impl Overlay {
             }
         }
         *lock(&self.applying) = Arc::new(BTreeMap::new());
-        applied.map(|_| group.len())
+        let n = group.len();
+        drop((group, turn));
+        applied?;
+        collect_garbage(n);
+        Ok(n)
     }
 
     /// Entries in `range`, in key order.
@@ -196,6 +200,24 @@ impl Overlay {
             merged.insert(k.clone(), v.clone());
         }
         merged.into_iter().collect()
+    }
+}
+
+/// Free the tree nodes that applying `keys` writes replaced.
+///
+/// sled replaces a node by a new copy on every write and hands the old one
+/// to crossbeam-epoch, which frees garbage only while threads pin: at most
+/// 8 bags of 64 every 128 pins of a thread. A group applied as one batch
+/// replaces about a node per key under a single pin, so without help the
+/// garbage outgrows collection and stays until later reads pin often
+/// enough: 100,000 parked runs left 1.3 GB of old nodes live
+/// (BENCHMARKS.md, "100,000 waiting runs"). Each pin + flush here advances
+/// the epoch if no other thread holds an older one and frees up to 8 bags;
+/// two rounds per 512 keys (a split replaces more than one node) plus the
+/// two epochs a bag must age.
+fn collect_garbage(keys: usize) {
+    for _ in 0..keys / 256 + 3 {
+        crossbeam_epoch::pin().flush();
     }
 }
 

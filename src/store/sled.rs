@@ -321,8 +321,14 @@ impl SledStore {
     }
 
     /// Open (or create) the store in `dir`. Fails if another process has it open.
+    /// `SWITCHBOARD_SLED_CACHE_MIB` sets another bound on sled's page cache
+    /// than [`CACHE_BYTES`] (README, "Memory").
     pub fn open(dir: &Path) -> Result<SledStore> {
-        SledStore::open_with_cache(dir, CACHE_BYTES)
+        let cache = std::env::var("SWITCHBOARD_SLED_CACHE_MIB")
+            .ok()
+            .and_then(|m| m.parse::<u64>().ok())
+            .map_or(CACHE_BYTES, |m| m.max(1) << 20);
+        SledStore::open_with_cache(dir, cache)
     }
 
     /// [`SledStore::open`] with another bound on sled's page cache
