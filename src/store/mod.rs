@@ -868,6 +868,10 @@ pub fn retry_failed(store: &dyn Store, recipe: &str, now: i64) -> Result<Vec<Str
     Ok(ids)
 }
 
+/// How long the group commit lets a group fill while writers are arriving
+/// together (the last group had more than one).
+const GATHER: std::time::Duration = std::time::Duration::from_micros(250);
+
 /// Group commit: callers that wrote something wait for one shared flush.
 ///
 /// A dedicated thread takes every waiter queued so far, flushes once and
@@ -896,9 +900,27 @@ impl GroupCommit {
         std::thread::Builder::new()
             .name("group-commit".into())
             .spawn(move || {
+                let mut last_group = 0;
                 while let Ok(first) = rx.recv() {
                     let mut waiters = vec![first];
                     waiters.extend(rx.try_iter());
+                    if last_group > 1 {
+                        // Writers are arriving together: give the group a
+                        // moment to fill (as PostgreSQL's `commit_delay`
+                        // does when other transactions are active), so sled
+                        // writes its log once per group, not per writer. A
+                        // lone writer (light load) never waits.
+                        let until = std::time::Instant::now() + GATHER;
+                        while let Some(left) =
+                            until.checked_duration_since(std::time::Instant::now())
+                        {
+                            match rx.recv_timeout(left) {
+                                Ok(w) => waiters.push(w),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    last_group = waiters.len();
                     crate::crash::point("group.apply");
                     let started = std::time::Instant::now();
                     match store.prepare_sync() {
