@@ -874,8 +874,8 @@ const GATHER: std::time::Duration = std::time::Duration::from_micros(250);
 
 /// Group commit: callers that wrote something wait for one shared flush.
 ///
-/// A dedicated thread takes every waiter queued so far, flushes once and
-/// answers them all, so N concurrent webhooks cost one fsync, not N.
+/// Every waiter queued so far shares one apply and one flush (two threads,
+/// see [`GroupCommit::start`]), so N concurrent webhooks cost one fsync, not N.
 #[derive(Clone)]
 pub struct GroupCommit {
     tx: std::sync::mpsc::Sender<Waiter>,
