@@ -261,16 +261,8 @@ impl Templates {
         ptr: &str,
         errors: &mut Vec<LoadError>,
     ) -> Option<Template> {
-        match self.compile(source) {
-            Ok(t) => {
-                self.locate(&t, map, ptr, errors);
-                Some(t)
-            }
-            Err(e) => {
-                errors.push(compile_error(map, ptr, source, "template error", &e));
-                None
-            }
-        }
+        let compiled = self.compile(source);
+        self.located(compiled, "template error", source, map, ptr, errors)
     }
 
     /// [`Templates::compile_path`] as [`Templates::compile_at`] compiles.
@@ -281,13 +273,28 @@ impl Templates {
         ptr: &str,
         errors: &mut Vec<LoadError>,
     ) -> Option<Template> {
-        match self.compile_path(source) {
+        let compiled = self.compile_path(source);
+        self.located(compiled, "path", source, map, ptr, errors)
+    }
+
+    /// A compiled template checked at its place, or its compile error
+    /// (worded as a `what`) at its line and column.
+    fn located(
+        &mut self,
+        compiled: Result<Template, TemplateError>,
+        what: &str,
+        source: &str,
+        map: &SourceMap,
+        ptr: &str,
+        errors: &mut Vec<LoadError>,
+    ) -> Option<Template> {
+        match compiled {
             Ok(t) => {
                 self.locate(&t, map, ptr, errors);
                 Some(t)
             }
             Err(e) => {
-                errors.push(compile_error(map, ptr, source, "path", &e));
+                errors.push(compile_error(map, ptr, source, what, &e));
                 None
             }
         }
