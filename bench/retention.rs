@@ -12,7 +12,10 @@
 //!   disk every 100,000 events, and bytes per live event.
 //! - **reclaim**: 1,000,000 events without retention, then a retention
 //!   pass down to the newest 100,000: size before and after, then 100,000
-//!   more events: does sled reuse the freed space?
+//!   more events: does sled reuse the freed space? Then a reopen, an idle
+//!   wait (`RETENTION_IDLE_S`, for sled's segment cleaner when
+//!   `SWITCHBOARD_SLED_FLUSH_MS` turns its flusher on), and
+//!   `store compact`: the size after it and its time.
 //!
 //! Run: `cargo bench --bench retention` (about 5 minutes on 2 cores). It
 //! prints the figures; BENCHMARKS.md records one run. `RETENTION_EVENTS`
@@ -207,6 +210,44 @@ fn reclaim(body: &Value, total: i64, window: i64) {
     // pages out of the last segments when half of them are free; does a
     // reopen (its recovery) give more back?
     drop(s);
-    let s = SledStore::open(dir.path()).expect("reopen");
+    let s = reopen(dir.path());
     println!("  after a reopen: {:.1} MiB on disk", mib(size(&s)));
+    // With sled's flusher on (SWITCHBOARD_SLED_FLUSH_MS), its segment
+    // cleaner works while the store is idle: what is left after a while?
+    let idle: u64 = std::env::var("RETENTION_IDLE_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if idle > 0 {
+        std::thread::sleep(std::time::Duration::from_secs(idle));
+        println!("  after {idle} s idle: {:.1} MiB on disk", mib(size(&s)));
+    }
+    drop(s);
+    // `switchboard store compact`.
+    let c = switchboard::store::compact::compact(dir.path(), |_| {}).expect("compact");
+    println!(
+        "  compacted: {:.1} MiB -> {:.1} MiB in {:.1} s ({} keys, {:.1} MiB of keys and values)",
+        mib(c.bytes_before),
+        mib(c.bytes_after),
+        c.elapsed.as_secs_f64(),
+        c.keys,
+        mib(c.data_bytes)
+    );
+    let s = reopen(dir.path());
+    println!(
+        "  reopened after compaction: {:.1} MiB on disk, {} events",
+        mib(size(&s)),
+        s.stats(false).expect("stats").counts.events
+    );
+}
+
+/// Open a store just dropped (sled's threads let go of it a moment later).
+fn reopen(dir: &std::path::Path) -> SledStore {
+    for _ in 0..200 {
+        if let Ok(s) = SledStore::open(dir) {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    SledStore::open(dir).expect("reopen")
 }

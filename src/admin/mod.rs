@@ -276,6 +276,10 @@ struct StatsQuery {
     /// (slow on a big store; status-changing writes wait meanwhile).
     #[serde(default)]
     scan: bool,
+    /// Also count keys and bytes by key prefix (a full scan of the
+    /// embedded store; nothing waits for it).
+    #[serde(default)]
+    keys: bool,
 }
 
 /// What the store holds: counts (from counters, no scan) and bytes on disk.
@@ -285,7 +289,12 @@ async fn store_stats(
     State(st): State<AdminState>,
     Query(q): Query<StatsQuery>,
 ) -> Result<Json<crate::store::StoreStats>, ApiError> {
-    Ok(Json(st.engine.store().stats(q.scan)?))
+    let store = st.engine.store();
+    let mut stats = store.stats(q.scan)?;
+    if q.keys {
+        stats.keys = store.key_usage()?;
+    }
+    Ok(Json(stats))
 }
 
 impl From<QueryError> for ApiError {

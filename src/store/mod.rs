@@ -11,6 +11,7 @@
 //! the lease's expiry time, so a run whose worker died comes due again by
 //! itself.
 
+pub mod compact;
 #[cfg(test)]
 mod conformance;
 pub mod copy;
@@ -34,6 +35,9 @@ pub enum StoreError {
     Io(String),
     #[error("corrupt record {key}: {detail}")]
     Corrupt { key: String, detail: String },
+    /// Another process has the embedded store in this directory open.
+    #[error("the store in {0} is in use by another process (a running hub, or `switchboard store compact`)")]
+    InUse(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -580,6 +584,21 @@ pub struct StoreStats {
     /// What a full scan found wrong with the index keys (empty: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// Every key prefix of the embedded store with its keys and bytes,
+    /// when asked for (`--keys`, a full scan): what the live data weighs
+    /// against `bytes_on_disk`. Empty for PostgreSQL.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyUsage>,
+}
+
+/// The keys under one prefix (`e/`, `r/`, `ir/`, `#/` …: up to the first `/`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KeyUsage {
+    pub prefix: String,
+    pub keys: u64,
+    /// The keys' bytes and their values' bytes.
+    pub key_bytes: u64,
+    pub value_bytes: u64,
 }
 
 /// Counts of records.
@@ -771,6 +790,11 @@ pub trait Store: Send + Sync + 'static {
     /// Counts and size (see [`StoreStats`]); with `scan`, recounted from
     /// the records too and the index checked.
     fn stats(&self, scan: bool) -> Result<StoreStats>;
+    /// Keys and bytes by key prefix, by a full scan (`store stats --keys`);
+    /// only the embedded store has keys to show.
+    fn key_usage(&self) -> Result<Vec<KeyUsage>> {
+        Ok(Vec::new())
+    }
     /// Retention: look at up to `max` events older than `cutoff` (ms), from
     /// where the previous call stopped, and delete those whose runs are all
     /// finished and not dead, with their runs, index keys and dedupe and

@@ -18,8 +18,15 @@
 //! - `v/`, `n/`, `a/<namespace>\0<key>` → recipe state (values, window
 //!   counters, rotations; see [`super::state`])
 //!
+//! - `g/seq` → added to sled's id generator for the `k/` sequence (set by
+//!   [`super::compact`], whose fresh store restarts sled's generator)
+//!
 //! Ids are time-ordered, so `e/` and `r/` scan newest-first in reverse.
 //! Multi-key writes go through one `Batch`, which sled applies atomically.
+//!
+//! The directory also holds `switchboard.lock`, locked by whoever has the
+//! store open (before sled's own lock, and also while a compaction swaps
+//! sled's files, see [`super::compact`]).
 
 use super::index::{self, Index};
 use super::overlay::{Batch, Overlay};
@@ -43,7 +50,12 @@ const PARKED: &[u8] = b"p";
 pub const CACHE_BYTES: u64 = 32 << 20;
 
 pub struct SledStore {
-    db: sled::Db,
+    pub(super) db: sled::Db,
+    /// `switchboard.lock`, held while the store is open: a compaction
+    /// (which replaces sled's files) and a hub exclude each other by it.
+    _lock: std::sync::Arc<std::fs::File>,
+    /// Added to sled's id generator for concurrency slot sequences (`g/seq`).
+    seq_base: u64,
     /// The tree `switchboard`, with the writes of the group not yet
     /// flushed in front of it: every read and write goes through it.
     kv: Overlay,
@@ -78,6 +90,24 @@ pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![u8::MAX; prefix.len() + 1]
+}
+
+/// The key of the id generator's floor (see the module doc).
+pub(super) const SEQ_BASE: &[u8] = b"g/seq";
+
+/// How every sled store of ours is opened (the store itself, and a
+/// compaction's fresh copy).
+pub(super) fn sled_config(dir: &Path, cache_bytes: u64) -> sled::Config {
+    let flush_ms = std::env::var("SWITCHBOARD_SLED_FLUSH_MS")
+        .ok()
+        .and_then(|m| m.parse::<u64>().ok())
+        .filter(|m| *m > 0);
+    sled::Config::new()
+        .path(dir)
+        .mode(sled::Mode::HighThroughput)
+        // Durability comes from explicit flushes (group commit), not a timer.
+        .flush_every_ms(flush_ms)
+        .cache_capacity(cache_bytes)
 }
 
 fn io(e: sled::Error) -> StoreError {
@@ -333,25 +363,45 @@ impl SledStore {
 
     /// [`SledStore::open`] with another bound on sled's page cache
     /// (benchmarks compare bounds; `serve` uses [`CACHE_BYTES`]).
+    ///
+    /// Takes `switchboard.lock` first, then finishes a compaction that a
+    /// crash interrupted ([`super::compact::recover`]), then opens sled.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            // Durability comes from explicit flushes (group commit), not a timer.
-            .flush_every_ms(None)
-            .cache_capacity(cache_bytes)
-            .open()
-            .map_err(io)?;
+        let lock = super::compact::lock(dir)?;
+        super::compact::recover(dir)?;
+        SledStore::open_locked(dir, cache_bytes, std::sync::Arc::new(lock))
+    }
+
+    /// Open sled in `dir` for a caller that holds `lock` (a compaction
+    /// opens the store and its copy under the store's one lock).
+    pub(super) fn open_locked(
+        dir: &Path,
+        cache_bytes: u64,
+        lock: std::sync::Arc<std::fs::File>,
+    ) -> Result<SledStore> {
+        let db = sled_config(dir, cache_bytes).open().map_err(io)?;
         let tree = db.open_tree("switchboard").map_err(io)?;
         index::rebuild(&tree)?;
+        let seq_base = tree
+            .get(SEQ_BASE)
+            .map_err(io)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
         Ok(SledStore {
             db,
+            _lock: lock,
+            seq_base,
             kv: Overlay::new(tree),
             lock: Mutex::new(()),
             state_lock: Mutex::new(()),
             sweep_from: Mutex::new(Vec::new()),
             expire_from: Mutex::new(Vec::new()),
         })
+    }
+
+    /// What `g/seq` holds (0 in a store never compacted).
+    pub(super) fn seq_base(&self) -> u64 {
+        self.seq_base
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -500,7 +550,7 @@ impl Store for SledStore {
                 .flatten()
             {
                 // Arrival order within the key: a sequence from the store.
-                slot.seq = self.db.generate_id().map_err(io)?;
+                slot.seq = self.seq_base + self.db.generate_id().map_err(io)?;
                 batch.insert(slot_key(&slot.key, slot.seq), run.id.as_bytes());
             }
             list_cancel_keys(&mut batch, &run);
@@ -827,7 +877,27 @@ impl Store for SledStore {
             bytes_on_disk: self.db.size_on_disk().map_err(io)?,
             scanned,
             problems,
+            keys: Vec::new(),
         })
+    }
+
+    fn key_usage(&self) -> Result<Vec<super::KeyUsage>> {
+        let mut by: std::collections::BTreeMap<Vec<u8>, super::KeyUsage> = Default::default();
+        for item in self.kv.range((Bound::Unbounded, Bound::Unbounded)) {
+            let (k, v) = item.map_err(io)?;
+            let end = k.iter().position(|b| *b == b'/').map_or(k.len(), |i| i + 1);
+            let u = by.entry(k[..end].to_vec()).or_default();
+            u.keys += 1;
+            u.key_bytes += k.len() as u64;
+            u.value_bytes += v.len() as u64;
+        }
+        Ok(by
+            .into_iter()
+            .map(|(p, u)| super::KeyUsage {
+                prefix: String::from_utf8_lossy(&p).into_owned(),
+                ..u
+            })
+            .collect())
     }
 
     fn apply_state(

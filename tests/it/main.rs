@@ -12,6 +12,7 @@
 //! - `browser`: the dashboard in Debian's Chromium through a small WebDriver client (`webdriver`); screenshots.
 //! - `cli`: `check` errors (located: the error-message suite, one test per mistake, recipe and connector templates included; notes), `serve` refusing broken files, the runs/events commands.
 //! - `durability`: kill -9, SIGTERM, retries, dead letters, limits, ordering, back-pressure.
+//! - `compact`: `store compact` through the binary: everything kept and resumed, refused under a running hub, a crash at each point of the swap.
 //! - `crash`: 200 aborts at random points of the write path (debug-build crash points); nothing acknowledged lost, no recorded step repeated.
 //! - `recipe_tests`: `switchboard test` running the recipes' own `tests:` with mocked connectors.
 //! - `schema`: `switchboard schema`: every shipped recipe and connector valid against the generated JSON Schemas; mistakes refused.
@@ -37,6 +38,7 @@ mod architecture;
 mod authoring;
 mod browser;
 mod cli;
+mod compact;
 mod console;
 mod crash;
 mod dashboard;

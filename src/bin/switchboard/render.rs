@@ -293,5 +293,29 @@ pub fn store_stats(s: &switchboard::store::StoreStats) -> String {
     for p in &s.problems {
         out += &format!("problem       {p}\n");
     }
+    if !s.keys.is_empty() {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        out += &format!(
+            "\n{:<8} {:>12} {:>12} {:>12}\n",
+            "prefix", "keys", "key MiB", "value MiB"
+        );
+        let (mut n, mut bytes) = (0, 0);
+        for k in &s.keys {
+            out += &format!(
+                "{:<8} {:>12} {:>12.1} {:>12.1}\n",
+                k.prefix.escape_debug().to_string(),
+                k.keys,
+                mib(k.key_bytes),
+                mib(k.value_bytes)
+            );
+            n += k.keys;
+            bytes += k.key_bytes + k.value_bytes;
+        }
+        out += &format!(
+            "live data     {n} keys, {:.1} MiB: the file is {:.1}x that (`switchboard store compact` gives back what is above the live data and sled's own overhead)\n",
+            mib(bytes),
+            s.bytes_on_disk as f64 / bytes.max(1) as f64
+        );
+    }
     out
 }

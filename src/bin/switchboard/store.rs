@@ -23,6 +23,28 @@ pub enum StoreCmd {
         /// Recount by a full scan of the records (slow on a big store).
         #[arg(long)]
         scan: bool,
+        /// Also count keys and bytes by key prefix (a full scan): the live
+        /// data against the bytes on disk, and what each kind of key costs.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// Give disk space back: rewrite a stopped hub's embedded store into a
+    /// fresh one and swap it in.
+    ///
+    /// The store's file never shrinks by itself: it stays at the largest
+    /// size it ever had (retention's freed space is reused, not returned).
+    /// This copies every key into `<store>/compact.tmp`, checks the copy
+    /// (every key and value, and the counts) and swaps it in; a crash at
+    /// any point leaves the old or the new store, complete, and the next
+    /// start finishes or drops the swap. Needs free disk about the size of
+    /// the live data (`store stats --keys`). Stop the hub first: the store
+    /// has one owner.
+    Compact {
+        #[arg(long, env = "SWITCHBOARD_DATA", default_value = "data")]
+        data: std::path::PathBuf,
+        /// The store directory, if not `<data>/store`.
+        #[arg(long, env = "SWITCHBOARD_STORE", hide_env_values = true)]
+        store: Option<String>,
     },
     /// Copy a stopped hub's embedded store into an empty PostgreSQL database.
     ///
@@ -52,6 +74,7 @@ pub enum StoreCmd {
 #[derive(Serialize)]
 struct ScanQuery {
     scan: bool,
+    keys: bool,
 }
 
 pub async fn store(cmd: StoreCmd) -> ExitCode {
@@ -82,11 +105,20 @@ pub async fn store(cmd: StoreCmd) -> ExitCode {
                 }
             }
         }
-        StoreCmd::Stats { src, scan } => {
+        StoreCmd::Compact { data, store } => compact(&data, store.as_deref()),
+        StoreCmd::Stats { src, scan, keys } => {
             let answer: Result<StoreStats, String> = match Hub::open(&src) {
-                Hub::Store(s) => s.stats(scan).map_err(|e| e.to_string()),
+                Hub::Store(s) => s
+                    .stats(scan)
+                    .and_then(|mut st| {
+                        if keys {
+                            st.keys = s.key_usage()?;
+                        }
+                        Ok(st)
+                    })
+                    .map_err(|e| e.to_string()),
                 Hub::Api(api) => {
-                    api.get(&["api", "store", "stats"], &ScanQuery { scan })
+                    api.get(&["api", "store", "stats"], &ScanQuery { scan, keys })
                         .await
                 }
             };
@@ -151,6 +183,52 @@ fn copy(from: &std::path::Path, to: &str) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn compact(data: &std::path::Path, store: Option<&str>) -> ExitCode {
+    let Backend::Sled(dir) = Backend::parse(store, data) else {
+        eprintln!(
+            "error: compaction is for the embedded store (PostgreSQL gives space back with VACUUM)"
+        );
+        return ExitCode::FAILURE;
+    };
+    if !dir.join("conf").exists() {
+        eprintln!("error: no embedded store in {}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    match switchboard::store::compact::compact(&dir, |n| eprintln!("{n} keys copied")) {
+        Ok(c) => {
+            println!(
+                "compacted {}: {:.1} MiB -> {:.1} MiB in {:.1} s; {} keys ({:.1} MiB of keys and values) copied and verified: {} events, {} runs ({} unfinished), {} state entries",
+                dir.display(),
+                mib(c.bytes_before),
+                mib(c.bytes_after),
+                c.elapsed.as_secs_f64(),
+                c.keys,
+                mib(c.data_bytes),
+                c.counts.events,
+                c.counts.runs_total(),
+                c.counts.queue_depth + c.counts.status(switchboard::store::RunStatus::Waiting),
+                c.state_entries,
+            );
+            ExitCode::SUCCESS
+        }
+        Err(switchboard::store::StoreError::InUse(_)) => {
+            eprintln!(
+                "error: the store in {} is in use: stop the hub first (compaction needs the store to itself; nothing was changed)",
+                dir.display()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!(
+                "error: compaction of {} failed, the store is unchanged: {e}",
+                dir.display()
+            );
             ExitCode::FAILURE
         }
     }

@@ -1282,6 +1282,7 @@ impl Store for PgStore {
             bytes_on_disk: bytes as u64,
             scanned,
             problems,
+            keys: Vec::new(),
         })
     }
 
