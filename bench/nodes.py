@@ -20,7 +20,10 @@ waits for the sink to receive every answered event. Per configuration:
 
 Environment: DURATION (10), ROUNDS (1), CONFIGS (sled-1,pg-1,pg-2,pg-3),
 PG (postgres://postgres@127.0.0.1:5432/test), DRAIN_MAX (60),
-SWITCHBOARD_BIN. Run through bench/nodes.sh (builds and installs first).
+SWITCHBOARD_BIN, SWITCHBOARD_STORE_POOL (the nodes read it). A config may
+name another binary after a colon, to compare two builds in one run:
+CONFIGS=sled-1:/tmp/before,pg-1:/tmp/before,sled-1,pg-1 (one node on each
+store, before and after). Run through bench/nodes.sh (builds and installs first).
 Writes bench/out/nodes.{md,json}.
 """
 
@@ -81,18 +84,19 @@ def pg_cpu():
 
 
 def start_nodes(config):
+    config, _, binary = config.partition(":")
     store, n = config.split("-")
     n = int(n)
     schema = None
     if store == "pg":
-        schema = f"sbbench_{os.getpid()}_{n}"
+        schema = f"sbbench_{os.getpid()}_{n}_{abs(hash(binary)) % 10000}"
         psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
     nodes = []
     for i in range(n):
         port = BASE_PORT + i
         data = os.path.join(B.OUT, f"nodes-{config}-{i}")
         shutil.rmtree(data, ignore_errors=True)
-        argv = [B.SWITCHBOARD, "serve", "--listen", f"127.0.0.1:{port}", "--data", data,
+        argv = [binary or B.SWITCHBOARD, "serve", "--listen", f"127.0.0.1:{port}", "--data", data,
                 "--connectors", os.path.join(B.W1, "connectors"),
                 "--recipes", os.path.join(B.W1, "recipes"), "--allow-internal", "w1"]
         if schema:
@@ -183,10 +187,11 @@ def one(config):
 
 def report(results, info, load_end):
     cols = [c for c in CONFIGS if results.get(c)]
+    name = lambda c: c if ":" not in c else f"{c.split(':')[0]} ({os.path.basename(c.split(':', 1)[1])})"
     med = lambda c, *p: B.med(results[c], *p)
     lines = [f"W1 over nodes, {ROUNDS} round(s) of {DURATION}s per figure (median). {info} "
              f"Load average at end: {load_end}.", ""]
-    lines.append("| figure | " + " | ".join(cols) + " |")
+    lines.append("| figure | " + " | ".join(name(c) for c in cols) + " |")
     lines.append("|---|" + "---|" * len(cols))
     rows = [
         ("c16 answers/s (all nodes)", ("c16", "answers_per_s"), 0),
@@ -215,11 +220,19 @@ def report(results, info, load_end):
             cells = ["–" if c.startswith("sled") and "round_trips" in path[-1] else B.fmt(med(c, *path), nd)
                      for c in cols]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    sled, pg1 = (med("sled-1", "c64", "answers_per_s") if "sled-1" in cols else None,
-                 med("pg-1", "c64", "answers_per_s") if "pg-1" in cols else None)
-    if sled and pg1:
+    # pg-1 / sled-1 of each binary (the part after the colon).
+    for c in cols:
+        base, _, binary = c.partition(":")
+        sled = "sled-1" + (":" + binary if binary else "")
+        if base != "pg-1" or sled not in cols:
+            continue
+        label = f" ({os.path.basename(binary)})" if binary else ""
+        ratios = [f"{k} {med(c, k, f) / med(sled, k, f):.2f}"
+                  for k, f in (("c64", "answers_per_s"), ("c16", "answers_per_s"),
+                               ("c64", "sustained_per_s"))
+                  if med(sled, k, f)]
         lines.append("")
-        lines.append(f"One node, c64: PostgreSQL / sled = {pg1 / sled:.2f}.")
+        lines.append(f"One node{label}: PostgreSQL / sled = " + ", ".join(ratios) + ".")
     return "\n".join(lines)
 
 

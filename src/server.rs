@@ -53,6 +53,8 @@ pub struct ServeConfig {
     /// `--store`: a `postgres://` URL or a sled directory (`None`: sled in
     /// `<data_dir>/store`).
     pub store: Option<String>,
+    /// `--store-pool`: connections each node's PostgreSQL pool holds at most.
+    pub store_pool: usize,
     /// Polls (`CONNECTOR.POLL`) whose first run turns every item it finds
     /// into an event (`--backfill`).
     pub backfill: Vec<String>,
@@ -76,6 +78,7 @@ impl ServeConfig {
     pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
     pub const DEFAULT_MAX_QUEUE: usize = 10_000;
     pub const DEFAULT_WATCH: Duration = Duration::from_secs(1);
+    pub const DEFAULT_STORE_POOL: usize = crate::store::pg::DEFAULT_POOL;
 
     /// A configuration with every default, for these directories.
     pub fn new(data_dir: PathBuf, connectors_dir: PathBuf, recipes_dir: PathBuf) -> ServeConfig {
@@ -93,6 +96,7 @@ impl ServeConfig {
             max_queue: Self::DEFAULT_MAX_QUEUE,
             retention: Some(crate::engine::retention::DEFAULT_RETENTION),
             store: None,
+            store_pool: Self::DEFAULT_STORE_POOL,
             backpressure: false,
             connections: ConnectionLimits::default(),
             metrics_public: false,
@@ -180,7 +184,10 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
         ServeError::Setup(format!("cannot create {}: {e}", config.data_dir.display()))
     })?;
     // The data dir and the store's files, created just now, are private.
-    let store = open_store(&Backend::parse(config.store.as_deref(), &config.data_dir))?;
+    let store = open_store(
+        &Backend::parse(config.store.as_deref(), &config.data_dir),
+        config.store_pool,
+    )?;
     make_private(&config.data_dir).map_err(|e| {
         ServeError::Setup(format!(
             "cannot make {} private: {e}",
@@ -215,7 +222,7 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared, ServeError> {
 }
 
 /// Open the store `serve` runs on, its stale leases released.
-fn open_store(backend: &Backend) -> Result<Arc<dyn Store>, ServeError> {
+fn open_store(backend: &Backend, pool: usize) -> Result<Arc<dyn Store>, ServeError> {
     let released_by = |store: &dyn Store| -> Result<(), ServeError> {
         let released = store
             .release_leases(crate::store::now_ms())
@@ -249,7 +256,7 @@ fn open_store(backend: &Backend) -> Result<Arc<dyn Store>, ServeError> {
             // Migrations are applied here; the pool reconnects by itself, so
             // no `Reopening` around it. Only leases of nodes that are gone
             // are released: other nodes may be running.
-            let store = PgStore::open(url).map_err(|e| {
+            let store = PgStore::open_pooled(url, pool).map_err(|e| {
                 ServeError::Setup(format!(
                     "cannot open the store at {}: {e}",
                     backend.describe()

@@ -74,6 +74,12 @@ struct ServeArgs {
     /// directory for the embedded store (default: <data>/store).
     #[arg(long, env = "SWITCHBOARD_STORE", hide_env_values = true)]
     store: Option<String>,
+    /// With a `postgres://` store: connections this node's pool holds at
+    /// most (it opens 2 more of its own). Keep nodes × (this + 2) below the
+    /// database's `max_connections`.
+    #[arg(long, env = "SWITCHBOARD_STORE_POOL", default_value_t = ServeConfig::DEFAULT_STORE_POOL as u16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    store_pool: u16,
     /// Address and port of the webhooks, the admin API and /metrics (`127.0.0.1:0`: any free port).
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = ServeConfig::DEFAULT_LISTEN)]
     listen: String,
@@ -344,6 +350,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         watch: args.watch.0,
         backpressure: args.backpressure,
         store: args.store,
+        store_pool: usize::from(args.store_pool),
         backfill: args.backfill,
         handoff_wait: args.handoff_wait,
         connections: switchboard::listener::ConnectionLimits {

@@ -40,8 +40,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Connections per node: workers, ingest and the group commit share them.
-pub const POOL_SIZE: usize = 16;
+/// Pooled connections per node by default (`serve --store-pool`): workers,
+/// ingest and the group commit share them; the node holds two more of its
+/// own (its liveness lock and its LISTEN).
+pub const DEFAULT_POOL: usize = 16;
 
 /// How often a node looks for runs leased by nodes that are gone.
 const REAP_EVERY_MS: i64 = 1_000;
@@ -190,6 +192,51 @@ const REAP: &str = "UPDATE sb_runs r SET due_at = $1
         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
        WHERE n.id = r.leased_by)";
 
+/// [`Store::insert_event_matching`] in one statement, for an event with no
+/// replay key and no probes whose runs have no debounce, concurrency or
+/// cancel keys (most events): claim the delivery id, insert the runs (from
+/// arrays) only if the claim succeeded, notify the other nodes if a run is
+/// queued for any of them, and return the first event's id on a duplicate —
+/// one round trip instead of five, a single statement being its own
+/// transaction. The last column finds the first event only if its commit
+/// came before this statement's snapshot; else a second statement looks.
+const ACCEPT: &str = "WITH claim AS (
+       INSERT INTO sb_events (id, connector, delivery_id, received_at, record)
+       VALUES ($1, $2, $3, $4, $5)
+       ON CONFLICT (connector, delivery_id) DO NOTHING RETURNING id
+     ), runs AS (
+       INSERT INTO sb_runs (id, event_id, recipe, status, created_at, due_at, parked, leased_by, record)
+       SELECT r.id, r.event_id, r.recipe, r.status, r.created_at, r.due_at, false, r.leased_by, r.record
+       FROM unnest($6::text[], $15::text[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::text[],
+                   $12::text[])
+         AS r(id, event_id, recipe, status, created_at, due_at, leased_by, record)
+       WHERE EXISTS (SELECT 1 FROM claim)
+       RETURNING 1
+     ), wake AS (
+       SELECT pg_notify($13, $14::text) WHERE $14::text IS NOT NULL AND EXISTS (SELECT 1 FROM claim)
+     )
+     SELECT (SELECT id FROM claim),
+            (SELECT count(*) FROM runs) + (SELECT count(*) FROM wake),
+            (SELECT e.id FROM sb_events e
+              WHERE NOT EXISTS (SELECT 1 FROM claim) AND e.connector = $2 AND e.delivery_id = $3)";
+const FIRST_EVENT: &str = "SELECT id FROM sb_events WHERE connector = $1 AND delivery_id = $2";
+/// [`Store::finish_run`] in one statement for a run without a concurrency
+/// slot or cancel keys: its cancel request (if any) goes, the run leaves the queue.
+const FINISH: &str = "WITH gone AS (DELETE FROM sb_cancel WHERE run_id = $1)
+     INSERT INTO sb_runs (id, event_id, recipe, status, created_at, due_at, parked, leased_by, record)
+     VALUES ($1, $2, $3, $4, $5, NULL, false, $6, $7)
+     ON CONFLICT (id) DO UPDATE SET event_id = EXCLUDED.event_id, status = EXCLUDED.status,
+       due_at = NULL, parked = false, leased_by = EXCLUDED.leased_by, record = EXCLUDED.record";
+
+/// Can `insert_event_matching` store this event with [`ACCEPT`]?
+fn simple_accept(event: &Event, runs: &[Run], probes: &[Correlation]) -> bool {
+    event.replay.is_none()
+        && probes.is_empty()
+        && runs
+            .iter()
+            .all(|r| r.debounce.is_none() && r.concurrency.is_none() && r.listening.is_empty())
+}
+
 /// This node: its id (in `leased_by`) and the liveness lock held by a
 /// thread on a connection of its own. When that connection breaks (the
 /// database restarted, the network cut) the lock is gone and other nodes may
@@ -309,11 +356,17 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    /// Connect to `url`, apply missing migrations and register this node.
+    /// Connect to `url`, apply missing migrations and register this node,
+    /// with a pool of [`DEFAULT_POOL`] connections.
     pub fn open(url: &str) -> Result<PgStore> {
+        PgStore::open_pooled(url, DEFAULT_POOL)
+    }
+
+    /// [`PgStore::open`] with at most `pool` pooled connections (at least 1).
+    pub fn open_pooled(url: &str, pool: usize) -> Result<PgStore> {
         let config = postgres::Config::from_str(url)
             .map_err(|e| StoreError::Io(format!("bad PostgreSQL URL: {e}")))?;
-        let pool = Pool::new(config, POOL_SIZE);
+        let pool = Pool::new(config, pool);
         blocking(|| -> Result<PgStore> {
             let mut c = pool.connect().map_err(|e| StoreError::Io(describe(&e)))?;
             let applied = schema::migrate(&mut c).map_err(StoreError::Io)?;
@@ -709,6 +762,73 @@ impl PgStore {
         Ok(matched)
     }
 
+    /// [`ACCEPT`]: the common event in one statement.
+    fn accept_simple(&self, event: &Event, runs: &[Run]) -> Result<(Inserted, Matched)> {
+        let delivery = event.delivery_id.as_deref().map(str::as_bytes);
+        let record = encode(event)?;
+        let node = self.node.id();
+        let mut cols = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut event_ids = Vec::with_capacity(runs.len());
+        let mut wake: Option<i64> = None;
+        for run in runs {
+            let running = run.status == RunStatus::Running;
+            if !running {
+                // Any node's worker may take it: tell the idle ones.
+                wake = Some(wake.map_or(run.due_at, |w| w.min(run.due_at)));
+            }
+            cols.0.push(run.id.as_str());
+            event_ids.push(run.event_id.as_str());
+            cols.1.push(run.recipe.as_str());
+            cols.2.push(status_name(run.status));
+            cols.3.push(run.created_at);
+            cols.4.push(run.due_at);
+            cols.5.push(running.then_some(&*node));
+            cols.6.push(encode(run)?);
+        }
+        let payload = wake.map(|due| listen::payload(&node, due));
+        for _ in 0..5 {
+            let rows = self.query(
+                ACCEPT,
+                &[
+                    &event.id,
+                    &event.connector,
+                    &delivery,
+                    &event.received_at,
+                    &record,
+                    &cols.0,
+                    &cols.1,
+                    &cols.2,
+                    &cols.3,
+                    &cols.4,
+                    &cols.5,
+                    &cols.6,
+                    &self.queue.channel,
+                    &payload,
+                    &event_ids,
+                ],
+            )?;
+            let row = rows
+                .first()
+                .ok_or_else(|| StoreError::Io("postgres: the accept returned no row".into()))?;
+            if row.get::<_, Option<String>>(0).is_some() {
+                return Ok((Inserted::New, Matched::default()));
+            }
+            let first = match row.get::<_, Option<String>>(2) {
+                Some(first) => Some(first),
+                // Committed after this statement's snapshot: a new one sees it.
+                None => self
+                    .query(FIRST_EVENT, &[&event.connector, &delivery])?
+                    .first()
+                    .map(|r| r.get(0)),
+            };
+            if let Some(event_id) = first {
+                return Ok((Inserted::Duplicate { event_id }, Matched::default()));
+            }
+            // Deleted by retention in between: try again.
+        }
+        Err(Fail::Retry.into())
+    }
+
     /// Make runs leased by nodes that are gone due at `now` (at most every
     /// [`REAP_EVERY_MS`] per node).
     fn reap(&self, now: i64, force: bool) -> Result<usize> {
@@ -894,6 +1014,9 @@ impl Store for PgStore {
         probes: &[Correlation],
         now: i64,
     ) -> Result<(Inserted, Matched)> {
+        if simple_accept(event, runs, probes) {
+            return self.accept_simple(event, runs);
+        }
         self.tx(|tx| {
             let delivery = event.delivery_id.as_deref().map(str::as_bytes);
             // Claims the delivery id: a concurrent transaction with the
@@ -1183,6 +1306,23 @@ impl Store for PgStore {
     }
 
     fn finish_run(&self, run: &Run) -> Result<()> {
+        if run.concurrency.is_none() && run.listening.is_empty() {
+            let node = self.node.id();
+            let leased_by = (run.status == RunStatus::Running).then_some(&*node);
+            self.query(
+                FINISH,
+                &[
+                    &run.id,
+                    &run.event_id,
+                    &run.recipe,
+                    &status_name(run.status),
+                    &run.created_at,
+                    &leased_by,
+                    &encode(run)?,
+                ],
+            )?;
+            return Ok(());
+        }
         self.tx(|tx| {
             let mut finished = run.clone();
             Self::unlist_cancel_keys(tx, run)?;
@@ -1358,6 +1498,11 @@ impl Store for PgStore {
     }
 
     fn next_due(&self) -> Result<Option<i64>> {
+        // A worker that finds nothing due does not lease (engine::worker):
+        // runs of nodes that are gone are made due from here too (at most
+        // once a second, as in `lease`), at the epoch: at once whatever
+        // the engine's clock says.
+        self.reap(0, false)?;
         let rows = self.query(
             "SELECT due_at FROM sb_runs WHERE due_at IS NOT NULL ORDER BY due_at LIMIT 1",
             &[],
