@@ -97,11 +97,12 @@ impl Engine {
             // Runs handed over at ingest first, then the store's queue;
             // but a run already due in the store (a wait's or retry's time
             // came) goes first, so a steady stream of new events cannot
-            // starve timers.
-            let due_in_store = self
-                .store
-                .next_due()
-                .is_ok_and(|d| d.is_some_and(|d| d <= self.now_ms()));
+            // starve timers. One look at the queue per turn: it is also what
+            // an idle worker sleeps until (see `timer`), and when nothing is
+            // due the lease is skipped — a run queued after this look wakes
+            // the worker (`notified`, registered before it).
+            let until = self.idle_until();
+            let due_in_store = until <= self.now_ms();
             let handed = if due_in_store {
                 None
             } else {
@@ -115,6 +116,7 @@ impl Engine {
             // reads it from the store.
             let mut runs: Vec<(Run, Option<Value>)> = match handed {
                 Some(h) => vec![(h.run, Some(h.body))],
+                None if !due_in_store => Vec::new(),
                 None => self
                     .store
                     .lease(self.now_ms(), lease_ms, 1)
@@ -132,7 +134,6 @@ impl Engine {
             if runs.is_empty() {
                 // Sleep until the earliest due run (see `timer`), woken
                 // early by a new run or an earlier due time.
-                let until = self.idle_until();
                 let handed = async { self.handoff_rx.lock().await.recv().await };
                 tokio::select! {
                     h = handed => runs.extend(h.map(|h| (h.run, Some(h.body)))),
