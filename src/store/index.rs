@@ -8,15 +8,22 @@
 //! the keys and counters describe exactly the records that survived.
 //!
 //! Keys (also in ARCHITECTURE.md "Store key layout"):
-//! - `ir/<recipe>\0<run id>` → one status code byte: the run's current
-//!   status (what a write reads to know which keys and counters it changes)
-//!   and the recipe listing;
 //! - `is/<status code><run id>` → empty: the status listing;
-//! - `iq/<recipe>\0<status code><run id>` → empty: the recipe + status listing;
-//! - `#/events`, `#/runs/<status>` → count, u64 big-endian;
+//! - `iq/<recipe>\0<status code><run id>` → empty: the recipe + status
+//!   listing, and merged over the statuses the recipe listing;
+//! - `#/counts` → every count, u64 big-endian each: events, then runs by
+//!   status in [`STATUSES`] order (one key, so a group commit writes the
+//!   counts once, not once per count it changes);
 //! - `#/index` → version of this layout; a store without it (made before
 //!   the index existed, or whose rebuild was interrupted) is indexed once
-//!   when it is opened ([`rebuild`]).
+//!   when it is opened, and so is one of version 1 ([`rebuild`]).
+//!
+//! The indexed status of a run is the status in its stored record: every
+//! write of a record goes through [`Index::put_run`] under the store's
+//! lock, so record and keys never disagree. (Version 1 kept it in an
+//! `ir/<recipe>\0<run id>` key as well: one more sled write per status
+//! change, and one key per count, `#/events` and `#/runs/<status>`:
+//! BENCHMARKS.md "Fewer keys per run".)
 //!
 //! Counters are read-modify-written, so every batch that changes one is
 //! built and applied under the store's lock (the sled backend's `lock`).
@@ -41,9 +48,9 @@ pub const STATUSES: [RunStatus; 9] = [
 ];
 
 /// Version of the layout above, in `#/index`.
-const VERSION: &[u8] = b"1";
+const VERSION: &[u8] = b"2";
 const VERSION_KEY: &[u8] = b"#/index";
-pub const EVENTS: &[u8] = b"#/events";
+const COUNTS: &[u8] = b"#/counts";
 
 /// One byte per status, in keys.
 pub fn code(s: RunStatus) -> u8 {
@@ -58,10 +65,6 @@ pub fn code(s: RunStatus) -> u8 {
         RunStatus::Cancelled => b'c',
         RunStatus::Skipped => b'k',
     }
-}
-
-pub fn from_code(c: u8) -> Option<RunStatus> {
-    STATUSES.into_iter().find(|s| code(*s) == c)
 }
 
 fn slot(s: RunStatus) -> usize {
@@ -82,17 +85,13 @@ pub fn status_name(s: RunStatus) -> &'static str {
     }
 }
 
-pub fn counter_key(s: RunStatus) -> Vec<u8> {
-    [b"#/runs/".as_slice(), status_name(s).as_bytes()].concat()
-}
-
-/// `ir/<recipe>\0`: the prefix of a recipe's runs.
-pub fn recipe_prefix(recipe: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + recipe.len());
-    k.extend_from_slice(b"ir/");
-    k.extend_from_slice(recipe.as_bytes());
-    k.push(0);
-    k
+/// The prefixes of a recipe's runs: one `iq/` range per status, merged by
+/// [`newest_ids`].
+pub fn recipe_prefixes(recipe: &str) -> Vec<Vec<u8>> {
+    STATUSES
+        .iter()
+        .map(|s| recipe_status_prefix(recipe, *s))
+        .collect()
 }
 
 /// `is/<code>`: the prefix of the runs in one status.
@@ -119,14 +118,31 @@ fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-/// A u64 counter's value (absent: 0).
-pub fn read_counter(kv: &Overlay, key: &[u8]) -> Result<u64> {
-    Ok(kv
-        .get(key)
-        .map_err(io)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0))
+/// The counts in `#/counts`: events, then runs by status in [`STATUSES`]
+/// order (absent: all 0).
+pub fn read_counts(kv: &Overlay) -> Result<[u64; 10]> {
+    let mut counts = [0u64; 10];
+    if let Some(v) = kv.get(COUNTS).map_err(io)? {
+        if v.len() != 80 {
+            return Err(StoreError::Corrupt {
+                key: "#/counts".into(),
+                detail: format!("{} bytes, expected 80", v.len()),
+            });
+        }
+        for (c, b) in counts.iter_mut().zip(v.chunks_exact(8)) {
+            *c = u64::from_be_bytes(b.try_into().unwrap_or_default());
+        }
+    }
+    Ok(counts)
+}
+
+fn encode_counts(counts: &[u64; 10]) -> Vec<u8> {
+    counts.iter().flat_map(|c| c.to_be_bytes()).collect()
+}
+
+/// How many runs are in status `s` by the counts.
+pub fn count_of(counts: &[u64; 10], s: RunStatus) -> u64 {
+    counts[1 + slot(s)]
 }
 
 /// The index changes of one batch: which runs it writes (so a second write
@@ -148,30 +164,33 @@ impl<'a> Index<'a> {
         }
     }
 
-    /// The run's status as indexed (this batch's writes first).
-    pub fn status(&self, recipe: &str, id: &str) -> Result<Option<RunStatus>> {
+    /// The run's status as indexed: its stored record's (this batch's
+    /// writes first).
+    pub fn status(&self, id: &str) -> Result<Option<RunStatus>> {
         if let Some(s) = self.written.get(id) {
             return Ok(*s);
         }
-        let v = self
-            .kv
-            .get(&with_id(recipe_prefix(recipe), id))
-            .map_err(io)?;
-        Ok(v.and_then(|v| v.first().copied()).and_then(from_code))
+        let key = with_id(b"r/".to_vec(), id);
+        let Some(v) = self.kv.get(&key).map_err(io)? else {
+            return Ok(None);
+        };
+        let head: StatusOnly = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+            key: String::from_utf8_lossy(&key).into_owned(),
+            detail: e.to_string(),
+        })?;
+        Ok(Some(head.status))
     }
 
     /// Write `run`'s record and its index keys into `batch`.
     pub fn put_run(&mut self, batch: &mut Batch, run: &Run, record: Vec<u8>) -> Result<()> {
+        let old = self.status(&run.id)?;
         batch.insert(with_id(b"r/".to_vec(), &run.id), record);
-        let old = self.status(&run.recipe, &run.id)?;
         if old == Some(run.status) {
             return Ok(());
         }
         if let Some(old) = old {
             self.unindex(batch, &run.recipe, &run.id, old);
         }
-        let c = code(run.status);
-        batch.insert(with_id(recipe_prefix(&run.recipe), &run.id), &[c][..]);
         batch.insert(with_id(status_prefix(run.status), &run.id), &[][..]);
         batch.insert(
             with_id(recipe_status_prefix(&run.recipe, run.status), &run.id),
@@ -184,11 +203,10 @@ impl<'a> Index<'a> {
 
     /// Remove a run's record and its index keys (retention).
     pub fn remove_run(&mut self, batch: &mut Batch, recipe: &str, id: &str) -> Result<()> {
-        batch.remove(with_id(b"r/".to_vec(), id));
-        if let Some(old) = self.status(recipe, id)? {
+        if let Some(old) = self.status(id)? {
             self.unindex(batch, recipe, id, old);
-            batch.remove(with_id(recipe_prefix(recipe), id));
         }
+        batch.remove(with_id(b"r/".to_vec(), id));
         self.written.insert(id.to_string(), None);
         Ok(())
     }
@@ -207,23 +225,25 @@ impl<'a> Index<'a> {
         self.events -= 1;
     }
 
-    /// Put the changed counters' new values into `batch`.
+    /// Put the counts' new values into `batch`, if they changed.
     pub fn commit(self, batch: &mut Batch) -> Result<()> {
-        let deltas = std::iter::once((EVENTS.to_vec(), self.events)).chain(
-            STATUSES
-                .iter()
-                .zip(self.runs)
-                .map(|(s, d)| (counter_key(*s), d)),
-        );
-        for (key, delta) in deltas {
-            if delta != 0 {
-                let now = read_counter(self.kv, &key)?;
-                let next = now.saturating_add_signed(delta);
-                batch.insert(key, &next.to_be_bytes());
-            }
+        if self.events == 0 && self.runs.iter().all(|d| *d == 0) {
+            return Ok(());
         }
+        let mut counts = read_counts(self.kv)?;
+        let deltas = std::iter::once(self.events).chain(self.runs);
+        for (c, d) in counts.iter_mut().zip(deltas) {
+            *c = c.saturating_add_signed(d);
+        }
+        batch.insert(COUNTS, encode_counts(&counts));
         Ok(())
     }
+}
+
+/// The status of a stored run (the rest of the record is skipped unparsed).
+#[derive(serde::Deserialize)]
+struct StatusOnly {
+    status: RunStatus,
 }
 
 /// What a run's listing needs from its record (the rest is skipped unparsed).
@@ -237,10 +257,11 @@ pub struct IndexedRun {
     pub event_id: String,
 }
 
-/// Index a store that has no (or an interrupted) index: drop what a partial
-/// rebuild left, index every run, count events, then write the version —
-/// last, so an interruption means a rebuild from scratch at the next open.
-/// Runs before anything else writes (at open).
+/// Index a store that has no index, an interrupted one or one of another
+/// version (1 had `ir/` keys too): drop what is there, index every run,
+/// count events, then write the version — last, so an interruption means
+/// a rebuild from scratch at the next open. Runs before anything else
+/// writes (at open).
 pub fn rebuild(tree: &sled::Tree) -> Result<()> {
     if tree.get(VERSION_KEY).map_err(io)?.as_deref() == Some(VERSION) {
         return Ok(());
@@ -261,8 +282,6 @@ pub fn rebuild(tree: &sled::Tree) -> Result<()> {
             key: String::from_utf8_lossy(&k).into_owned(),
             detail: e.to_string(),
         })?;
-        let c = code(run.status);
-        batch.insert(with_id(recipe_prefix(&run.recipe), &run.id), &[c][..]);
         batch.insert(with_id(status_prefix(run.status), &run.id), &[][..]);
         batch.insert(
             with_id(recipe_status_prefix(&run.recipe, run.status), &run.id),
@@ -275,11 +294,10 @@ pub fn rebuild(tree: &sled::Tree) -> Result<()> {
             in_batch = 0;
         }
     }
-    let events = tree.scan_prefix(b"e/").count() as u64;
-    batch.insert(EVENTS, &events.to_be_bytes());
-    for (s, n) in STATUSES.iter().zip(counts) {
-        batch.insert(counter_key(*s), &n.to_be_bytes());
-    }
+    let mut all = [0u64; 10];
+    all[0] = tree.scan_prefix(b"e/").count() as u64;
+    all[1..].copy_from_slice(&counts);
+    batch.insert(COUNTS, encode_counts(&all));
     batch.insert(VERSION_KEY, VERSION);
     tree.apply_batch(batch).map_err(io)
 }
@@ -324,17 +342,16 @@ pub fn newest_ids(
     })
 }
 
-/// The counts the counters hold.
+/// The counts `#/counts` holds.
 pub fn counted(kv: &Overlay) -> Result<super::Counts> {
+    let counts = read_counts(kv)?;
     let mut c = super::Counts {
-        events: read_counter(kv, EVENTS)?,
+        events: counts[0],
         ..Default::default()
     };
     for s in STATUSES {
-        c.runs.insert(
-            status_name(s).to_string(),
-            read_counter(kv, &counter_key(s))?,
-        );
+        c.runs
+            .insert(status_name(s).to_string(), count_of(&counts, s));
     }
     c.queue_depth = [RunStatus::Queued, RunStatus::Running, RunStatus::Retrying]
         .iter()
@@ -362,16 +379,8 @@ pub fn audit(kv: &Overlay) -> Result<(super::Counts, Vec<String>)> {
         *c.runs
             .entry(status_name(run.status).to_string())
             .or_default() += 1;
-        let ir = with_id(recipe_prefix(&run.recipe), &run.id);
         let is = with_id(status_prefix(run.status), &run.id);
         let iq = with_id(recipe_status_prefix(&run.recipe, run.status), &run.id);
-        if kv.get(&ir).map_err(io)?.as_deref() != Some(&[code(run.status)][..]) {
-            problems.push(format!(
-                "run {}: `ir/` does not say {}",
-                run.id,
-                status_name(run.status)
-            ));
-        }
         for k in [&is, &iq] {
             if kv.get(k).map_err(io)?.is_none() {
                 problems.push(format!(
@@ -381,8 +390,9 @@ pub fn audit(kv: &Overlay) -> Result<(super::Counts, Vec<String>)> {
                 ));
             }
         }
-        expected.extend([ir, is, iq]);
+        expected.extend([is, iq]);
     }
+    // `ir/` is version 1's: any left is stale too.
     for prefix in [&b"ir/"[..], b"is/", b"iq/"] {
         for item in kv.scan_prefix(prefix) {
             let (k, _) = item.map_err(io)?;

@@ -296,3 +296,51 @@ fn a_store_without_an_index_is_indexed_when_opened() {
     assert_eq!(stats.counts.runs_total(), 40);
     check(&s);
 }
+
+#[test]
+fn a_store_of_index_version_1_is_indexed_again_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SledStore::open(dir.path()).unwrap();
+        let ops: Vec<Op> = (0..40)
+            .map(|i| match i % 4 {
+                0 | 1 => Op::Insert {
+                    delivery: None,
+                    runs: vec![(i % 3, 0), (1, 0)],
+                    probe: None,
+                },
+                2 => Op::Lease(2),
+                _ => Op::Finish(0, i % 5),
+            })
+            .collect();
+        play(&s, &ops);
+        s.flush().unwrap();
+    }
+    // As version 1 left it: an `ir/<recipe>\0<run id>` key per run holding
+    // its status code, and one key per count instead of `#/counts`.
+    {
+        let db = crate::store::sled::reopened(|| sled::open(dir.path()));
+        let tree = db.open_tree("switchboard").unwrap();
+        for item in tree.scan_prefix(b"r/") {
+            let (_, v) = item.unwrap();
+            let run: Run = serde_json::from_slice(&v).unwrap();
+            let key = [
+                b"ir/".as_slice(),
+                run.recipe.as_bytes(),
+                b"\0",
+                run.id.as_bytes(),
+            ]
+            .concat();
+            tree.insert(key, &[super::code(run.status)][..]).unwrap();
+        }
+        tree.remove(b"#/counts").unwrap();
+        tree.insert(b"#/events", &7u64.to_be_bytes()[..]).unwrap();
+        tree.insert(b"#/index", b"1").unwrap();
+        db.flush().unwrap();
+    }
+    let s = crate::store::sled::reopened(|| SledStore::open(dir.path()));
+    let stats = s.stats(true).unwrap();
+    assert_eq!(stats.counts.events, 20);
+    assert_eq!(stats.counts.runs_total(), 40);
+    check(&s);
+}

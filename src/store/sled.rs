@@ -14,7 +14,7 @@
 //!   waiting for an event (`wait_for`); `c/…` the same for `cancel_on`
 //! - `x/<run id>` → reason: a cancelling event arrived while the run was
 //!   leased; its worker ends it at the next step boundary
-//! - `ir/`, `is/`, `iq/`, `#/` → run index keys and counters (see [`super::index`])
+//! - `is/`, `iq/`, `#/` → run index keys and counts (see [`super::index`])
 //! - `v/`, `n/`, `a/<namespace>\0<key>` → recipe state (values, window
 //!   counters, rotations; see [`super::state`])
 //!
@@ -207,7 +207,7 @@ fn index_prefixes(filter: &RunFilter) -> Option<Vec<Vec<u8>>> {
     };
     match (&filter.recipe, statuses.is_empty()) {
         (None, true) => None,
-        (Some(r), true) => Some(vec![index::recipe_prefix(r)]),
+        (Some(r), true) => Some(index::recipe_prefixes(r)),
         (None, false) => Some(statuses.into_iter().map(index::status_prefix).collect()),
         (Some(r), false) => Some(
             statuses
@@ -716,14 +716,9 @@ impl Store for SledStore {
     }
 
     fn save_run(&self, run: &Run) -> Result<()> {
-        // A checkpoint keeps the run's status (running): no index key or
-        // counter changes, so no lock. Otherwise, the indexed way.
-        let ix = Index::new(&self.kv);
-        if ix.status(&run.recipe, &run.id)? == Some(run.status) {
-            let mut batch = Batch::default();
-            batch.insert(format!("r/{}", run.id).into_bytes(), encode(run)?);
-            return self.kv.write(batch).map_err(io);
-        }
+        // Under the lock even when the status stays (a checkpoint): the
+        // indexed status is the stored record's, so no write may change a
+        // record between another's read of it and its write.
         let _g = self.guard();
         let mut batch = Batch::default();
         let mut ix = Index::new(&self.kv);
@@ -841,12 +836,13 @@ impl Store for SledStore {
         // parked (not backlog). So the backlog is what the counters hold
         // for the other unfinished statuses, and the parked ones are the
         // waiting runs: no scan.
-        let count = |s| index::read_counter(&self.kv, &index::counter_key(s));
+        let counts = index::read_counts(&self.kv)?;
+        let count = |s| index::count_of(&counts, s);
         let backlog =
-            count(RunStatus::Queued)? + count(RunStatus::Running)? + count(RunStatus::Retrying)?;
+            count(RunStatus::Queued) + count(RunStatus::Running) + count(RunStatus::Retrying);
         Ok(crate::store::QueueCounts {
             backlog: backlog as usize,
-            parked: count(RunStatus::Waiting)? as usize,
+            parked: count(RunStatus::Waiting) as usize,
         })
     }
 
@@ -917,19 +913,13 @@ impl Store for SledStore {
             }
         }
         if let Some(run) = checkpoint(&out) {
-            let ix = Index::new(&self.kv);
-            if ix.status(&run.recipe, &run.id)? == Some(run.status) {
-                // A checkpoint keeps the run's status: no index change.
-                batch.insert(format!("r/{}", run.id).into_bytes(), encode(&run)?);
-            } else {
-                // Counters change under the store lock (taken after
-                // `state_lock`, never the other way round).
-                let _g = self.guard();
-                let mut ix = Index::new(&self.kv);
-                ix.put_run(&mut batch, &run, encode(&run)?)?;
-                ix.commit(&mut batch)?;
-                return self.kv.write(batch).map_err(io).map(|()| out);
-            }
+            // Its record under the store lock (taken after `state_lock`,
+            // never the other way round), as every record write.
+            let _g = self.guard();
+            let mut ix = Index::new(&self.kv);
+            ix.put_run(&mut batch, &run, encode(&run)?)?;
+            ix.commit(&mut batch)?;
+            return self.kv.write(batch).map_err(io).map(|()| out);
         }
         self.kv.write(batch).map_err(io)?;
         Ok(out)
