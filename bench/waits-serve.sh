@@ -7,6 +7,8 @@
 #   bench/waits-serve.sh            # N=100000, both modes
 #   N=20000 bench/waits-serve.sh    # quicker
 #   MODES=wait bench/waits-serve.sh # one mode only
+#   RESTART=1 bench/waits-serve.sh  # also restart the hub on the full store:
+#                                   # RSS 5 s and 65 s after the restart
 #
 # Needs wrk (bench/run.sh installs it). Builds the release binary unless
 # SWITCHBOARD_BIN is set. Events are bench/w1/event.json, signed, sent by
@@ -33,6 +35,17 @@ wrk.headers["X-Signature-256"] = os.getenv("W1_SIG")
 LUA
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+mib() { echo "$1/1024" | bc -l; }
+
+start_hub() { # mode port: serve on $tmp/data, wait until it answers
+    SWITCHBOARD_SECRET_W1_WEBHOOK_SECRET=s3cret SWITCHBOARD_BASE_URL_W1=http://127.0.0.1:9 \
+    SWITCHBOARD_ADMIN_TOKEN=bench-admin-token RUST_LOG=info \
+        "$BIN" serve --listen "127.0.0.1:$2" --data "$tmp/data" \
+        --connectors bench/w1/connectors --recipes "$tmp/recipes" --allow-internal w1 \
+        >> "$tmp/log-$1" 2>&1 &
+    pid=$!
+    for _ in $(seq 600); do curl -sf "http://127.0.0.1:$2/healthz" >/dev/null && break; sleep 0.1; done
+}
 
 run_mode() { # mode: wait | done
     local mode=$1 port=$2
@@ -47,13 +60,8 @@ $wait_step
   - id: done
     set: { ticket: "{{ event.ticket.id }}" }
 YAML
-    SWITCHBOARD_SECRET_W1_WEBHOOK_SECRET=s3cret SWITCHBOARD_BASE_URL_W1=http://127.0.0.1:9 \
-    SWITCHBOARD_ADMIN_TOKEN=bench-admin-token RUST_LOG=info \
-        "$BIN" serve --listen "127.0.0.1:$port" --data "$tmp/data" \
-        --connectors bench/w1/connectors --recipes "$tmp/recipes" --allow-internal w1 \
-        > "$tmp/log-$mode" 2>&1 &
-    pid=$!
-    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+    : > "$tmp/log-$mode"
+    start_hub "$mode" "$port"
     sleep 2
     local idle; idle=$(rss_kib "$pid")
     local start=$SECONDS
@@ -80,9 +88,22 @@ YAML
     local after; after=$(rss_kib "$pid")
     local store; store=$(du -sk "$tmp/data/store" | cut -f1)
     printf '%s: %d events in %d s; RSS idle %.1f MiB -> %.1f MiB (+%.1f MiB); store on disk %.0f MiB\n' \
-        "$mode" "$N" "$sent" "$(echo "$idle/1024" | bc -l)" "$(echo "$after/1024" | bc -l)" \
-        "$(echo "($after-$idle)/1024" | bc -l)" "$(echo "$store/1024" | bc -l)"
+        "$mode" "$N" "$sent" "$(mib "$idle")" "$(mib "$after")" "$(mib $((after - idle)))" "$(mib "$store")"
+    sleep "${SETTLE:-0}"
+    [ "${SETTLE:-0}" = 0 ] || printf '%s: RSS %ss later %.1f MiB (+%.1f MiB)\n' "$mode" "$SETTLE" \
+        "$(mib "$(rss_kib "$pid")")" "$(mib $(($(rss_kib "$pid") - idle)))"
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+    if [ -n "${RESTART:-}" ]; then
+        # What an operator sees after a restart: the same store, read back.
+        start_hub "$mode" "$port"
+        sleep 5
+        local r5; r5=$(rss_kib "$pid")
+        sleep 60
+        local r65; r65=$(rss_kib "$pid")
+        printf '%s: restarted on that store: RSS 5 s %.1f MiB (+%.1f), 65 s %.1f MiB (+%.1f) over the empty hub idle\n' \
+            "$mode" "$(mib "$r5")" "$(mib $((r5 - idle)))" "$(mib "$r65")" "$(mib $((r65 - idle)))"
+        kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+    fi
 }
 
 for mode in ${MODES:-wait done}; do
