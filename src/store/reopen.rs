@@ -106,7 +106,14 @@ impl Reopening {
                 return Err(e);
             }
         }
-        match (self.open)().and_then(|s| s.flush().map(|_| s)) {
+        // sled's I/O threads may hold the old files (and their lock) for a
+        // moment after the drop: try again for a while before giving up.
+        let mut reopened = (self.open)().and_then(|s| s.flush().map(|_| s));
+        while reopened.is_err() && started.elapsed() < OPEN_PATIENCE {
+            std::thread::sleep(Duration::from_millis(10));
+            reopened = (self.open)().and_then(|s| s.flush().map(|_| s));
+        }
+        match reopened {
             Ok(s) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(s);
                 if let Some(release) = RELEASE_FREED.get() {
@@ -213,6 +220,9 @@ static RELEASE_FREED: OnceLock<fn()> = OnceLock::new();
 pub fn set_release_freed(f: fn()) {
     let _ = RELEASE_FREED.set(f);
 }
+
+/// How long a planned reopen keeps trying to open the store again.
+const OPEN_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Write calls after which an idle store is reopened to release memory.
 pub const REOPEN_AFTER_WRITES: u64 = 10_000;
