@@ -591,7 +591,7 @@ pub struct StoreStats {
     pub keys: Vec<KeyUsage>,
 }
 
-/// The keys under one prefix (`e/`, `r/`, `ir/`, `#/` …: up to the first `/`).
+/// The keys under one prefix (`e/`, `r/`, `is/`, `#/` …: up to the first `/`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct KeyUsage {
     pub prefix: String,
