@@ -250,6 +250,10 @@ struct Node {
     alive: Arc<AtomicBool>,
 }
 
+/// Liveness checks in a row that may time out on an open connection before
+/// the node gives its lock up and registers again (each waits 5 s).
+const SLOW_CHECKS: u32 = 2;
+
 /// A new node id: random (not a time-ordered store id, whose generator's
 /// state it would move), `[0-9A-F]` only (it is inlined into `flush`'s SQL).
 fn node_name() -> String {
@@ -290,16 +294,36 @@ impl Node {
             .name("pg-node".into())
             .spawn(move || {
                 let mut client = Some(client);
+                // Checks in a row that got no answer in time on a connection
+                // still open.
+                let mut slow = 0;
                 // Every second until told to stop (a message, or the store dropped).
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     rx.recv_timeout(Duration::from_secs(1))
                 {
-                    let ok = client
-                        .as_mut()
-                        .is_some_and(|c| c.is_valid(Duration::from_secs(5)).is_ok());
+                    let ok = match client.as_mut() {
+                        None => false,
+                        Some(c) => match c.is_valid(Duration::from_secs(5)) {
+                            Ok(()) => {
+                                slow = 0;
+                                true
+                            }
+                            // A slow answer on an open connection (a loaded
+                            // database or host) is not a lost lock: giving
+                            // the connection up would free this node's
+                            // leases while its workers still run them.
+                            Err(_) if !c.is_closed() && slow < SLOW_CHECKS => {
+                                slow += 1;
+                                tracing::warn!(slow, "the node's liveness check got no answer within 5 s");
+                                true
+                            }
+                            Err(_) => false,
+                        },
+                    };
                     if ok {
                         continue;
                     }
+                    slow = 0;
                     talive.store(false, Ordering::SeqCst);
                     client = None;
                     let new = node_name();
