@@ -356,10 +356,11 @@ mod tests {
                 applied + o.apply().unwrap()
             })
         };
+        let checked = Arc::new(AtomicUsize::new(0));
         let reader = {
-            let (o, written, done) = (o.clone(), written.clone(), done.clone());
+            let (o, written, done, checked) =
+                (o.clone(), written.clone(), done.clone(), checked.clone());
             std::thread::spawn(move || {
-                let mut checked = 0;
                 while !done.load(Ordering::Acquire) {
                     let n = written.load(Ordering::Acquire);
                     if n == 0 {
@@ -369,9 +370,8 @@ mod tests {
                     assert!(o.get(key.as_bytes()).unwrap().is_some(), "{key} lost");
                     let seen = o.scan_prefix(b"k/").count();
                     assert!(seen >= n, "a scan saw {seen} of {n} keys");
-                    checked += 1;
+                    checked.fetch_add(1, Ordering::Release);
                 }
-                checked
             })
         };
         const N: usize = 3_000;
@@ -380,9 +380,19 @@ mod tests {
             b.insert(format!("k/{i:06}").into_bytes(), "v");
             o.write(b).unwrap();
             written.store(i + 1, Ordering::Release);
+            if i == N / 2 {
+                // The reader checks at least once while writes and applies
+                // go on, however the threads are scheduled (a loaded
+                // machine once ran every write before the reader's first
+                // turn).
+                while checked.load(Ordering::Acquire) == 0 && !reader.is_finished() {
+                    std::thread::yield_now();
+                }
+            }
         }
         done.store(true, Ordering::Release);
-        assert!(reader.join().unwrap() > 0);
+        reader.join().unwrap();
+        assert!(checked.load(Ordering::Acquire) > 0);
         assert_eq!(applier.join().unwrap(), N);
         assert_eq!(o.scan_prefix(b"k/").count(), N);
     }
