@@ -247,15 +247,10 @@ fn open_store(backend: &Backend, pool: usize) -> Result<Arc<dyn Store>, ServeErr
             released_by(&store)?;
             // After a write error (a full disk) the store reopens itself once space is back.
             let dir = dir.clone();
-            let store = Arc::new(Reopening::new(
+            Ok(Arc::new(Reopening::new(
                 Arc::new(store),
                 Box::new(move || Ok(Arc::new(SledStore::open(&dir)?) as Arc<dyn Store>)),
-            ));
-            // And, once idle after many writes, to give sled's memory back.
-            if let Some(policy) = crate::store::reopen::policy_from_env() {
-                crate::store::reopen::reopen_when_idle(&store, policy);
-            }
-            Ok(store)
+            )))
         }
         Backend::Postgres(url) => {
             // Migrations are applied here; the pool reconnects by itself, so

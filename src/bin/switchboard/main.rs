@@ -258,26 +258,8 @@ struct TestArgs {
     names: Vec<String>,
 }
 
-/// glibc keeps what a program frees in its heaps; after a planned store
-/// reopen has freed sled's whole in-memory state, `malloc_trim` hands those
-/// pages back (measured: 70.6 MiB without it, 39.3 MiB with it, 20,000
-/// waiting runs; BENCHMARKS.md "100,000 waiting runs").
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn release_freed_memory() {
-    extern "C" {
-        fn malloc_trim(pad: usize) -> std::ffi::c_int;
-    }
-    // SAFETY: malloc_trim takes no pointers; it returns free pages of
-    // glibc's heaps to the kernel and is safe to call from any thread.
-    unsafe {
-        malloc_trim(0);
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    switchboard::store::reopen::set_release_freed(release_freed_memory);
     init_logs(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
