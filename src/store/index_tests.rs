@@ -260,25 +260,29 @@ proptest! {
     }
 }
 
+/// 20 events with 40 runs in a store at `dir`, some leased and finished,
+/// flushed and closed.
+fn write_20_events_and_40_runs(dir: &std::path::Path) {
+    let s = SledStore::open(dir).unwrap();
+    let ops: Vec<Op> = (0..40)
+        .map(|i| match i % 4 {
+            0 | 1 => Op::Insert {
+                delivery: None,
+                runs: vec![(i % 3, 0), (1, 0)],
+                probe: None,
+            },
+            2 => Op::Lease(2),
+            _ => Op::Finish(0, i % 5),
+        })
+        .collect();
+    play(&s, &ops);
+    s.flush().unwrap();
+}
+
 #[test]
 fn a_store_without_an_index_is_indexed_when_opened() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let s = SledStore::open(dir.path()).unwrap();
-        let ops: Vec<Op> = (0..40)
-            .map(|i| match i % 4 {
-                0 | 1 => Op::Insert {
-                    delivery: None,
-                    runs: vec![(i % 3, 0), (1, 0)],
-                    probe: None,
-                },
-                2 => Op::Lease(2),
-                _ => Op::Finish(0, i % 5),
-            })
-            .collect();
-        play(&s, &ops);
-        s.flush().unwrap();
-    }
+    write_20_events_and_40_runs(dir.path());
     // As a store written before the index existed: no index keys, no counters.
     {
         let db = crate::store::sled::reopened(|| sled::open(dir.path()));
@@ -300,22 +304,7 @@ fn a_store_without_an_index_is_indexed_when_opened() {
 #[test]
 fn a_store_of_index_version_1_is_indexed_again_when_opened() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let s = SledStore::open(dir.path()).unwrap();
-        let ops: Vec<Op> = (0..40)
-            .map(|i| match i % 4 {
-                0 | 1 => Op::Insert {
-                    delivery: None,
-                    runs: vec![(i % 3, 0), (1, 0)],
-                    probe: None,
-                },
-                2 => Op::Lease(2),
-                _ => Op::Finish(0, i % 5),
-            })
-            .collect();
-        play(&s, &ops);
-        s.flush().unwrap();
-    }
+    write_20_events_and_40_runs(dir.path());
     // As version 1 left it: an `ir/<recipe>\0<run id>` key per run holding
     // its status code, and one key per count instead of `#/counts`.
     {
