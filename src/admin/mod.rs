@@ -277,14 +277,14 @@ struct StatsQuery {
     #[serde(default)]
     scan: bool,
     /// Also count keys and bytes by key prefix (a full scan of the
-    /// embedded store; nothing waits for it).
+    /// embedded store; nothing waits for it). 400 on PostgreSQL.
     #[serde(default)]
     keys: bool,
 }
 
 /// What the store holds: counts (from counters, no scan) and bytes on disk.
 #[utoipa::path(get, path = "/api/store/stats", tag = "hub", params(StatsQuery),
-    responses((status = 200, body = crate::store::StoreStats), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = crate::store::StoreStats), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn store_stats(
     State(st): State<AdminState>,
     Query(q): Query<StatsQuery>,
@@ -292,7 +292,9 @@ async fn store_stats(
     let store = st.engine.store();
     let mut stats = store.stats(q.scan)?;
     if q.keys {
-        stats.keys = store.key_usage()?;
+        stats.keys = store
+            .key_usage()?
+            .ok_or_else(|| ApiError::BadRequest(crate::store::NO_KEY_USAGE.into()))?;
     }
     Ok(Json(stats))
 }

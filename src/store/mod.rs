@@ -586,10 +586,13 @@ pub struct StoreStats {
     pub problems: Vec<String>,
     /// Every key prefix of the embedded store with its keys and bytes,
     /// when asked for (`--keys`, a full scan): what the live data weighs
-    /// against `bytes_on_disk`. Empty for PostgreSQL.
+    /// against `bytes_on_disk`. Refused on PostgreSQL ([`NO_KEY_USAGE`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<KeyUsage>,
 }
+
+/// Why `store stats --keys` has nothing to show on a store without keys.
+pub const NO_KEY_USAGE: &str = "`--keys` counts the keys of the embedded store; this store is PostgreSQL, whose tables' bytes are the stats' bytes on disk";
 
 /// The keys under one prefix (`e/`, `r/`, `is/`, `#/` …: up to the first `/`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -791,9 +794,10 @@ pub trait Store: Send + Sync + 'static {
     /// the records too and the index checked.
     fn stats(&self, scan: bool) -> Result<StoreStats>;
     /// Keys and bytes by key prefix, by a full scan (`store stats --keys`);
-    /// only the embedded store has keys to show.
-    fn key_usage(&self) -> Result<Vec<KeyUsage>> {
-        Ok(Vec::new())
+    /// `None` from a store without keys (PostgreSQL: its tables' sizes
+    /// are `bytes_on_disk`).
+    fn key_usage(&self) -> Result<Option<Vec<KeyUsage>>> {
+        Ok(None)
     }
     /// Retention: look at up to `max` events older than `cutoff` (ms), from
     /// where the previous call stopped, and delete those whose runs are all

@@ -166,7 +166,7 @@ impl Store for Reopening {
     fn stats(&self, scan: bool) -> Result<StoreStats> {
         self.with(|s| s.stats(scan))
     }
-    fn key_usage(&self) -> Result<Vec<super::KeyUsage>> {
+    fn key_usage(&self) -> Result<Option<Vec<super::KeyUsage>>> {
         self.with(|s| s.key_usage())
     }
     fn expire(&self, cutoff: i64, max: usize) -> Result<super::retention::Expired> {

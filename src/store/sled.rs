@@ -914,7 +914,7 @@ impl Store for SledStore {
         })
     }
 
-    fn key_usage(&self) -> Result<Vec<super::KeyUsage>> {
+    fn key_usage(&self) -> Result<Option<Vec<super::KeyUsage>>> {
         let mut by: std::collections::BTreeMap<Vec<u8>, super::KeyUsage> = Default::default();
         for item in self.kv.range((Bound::Unbounded, Bound::Unbounded)) {
             let (k, v) = item.map_err(io)?;
@@ -924,13 +924,14 @@ impl Store for SledStore {
             u.key_bytes += k.len() as u64;
             u.value_bytes += v.len() as u64;
         }
-        Ok(by
-            .into_iter()
-            .map(|(p, u)| super::KeyUsage {
-                prefix: String::from_utf8_lossy(&p).into_owned(),
-                ..u
-            })
-            .collect())
+        Ok(Some(
+            by.into_iter()
+                .map(|(p, u)| super::KeyUsage {
+                    prefix: String::from_utf8_lossy(&p).into_owned(),
+                    ..u
+                })
+                .collect(),
+        ))
     }
 
     fn apply_state(

@@ -567,3 +567,46 @@ async fn a_run_queued_on_a_busy_node_is_taken_at_once_by_an_idle_one() {
     drop((a, b));
     db.drop_now();
 }
+
+/// `store stats` on PostgreSQL: the counts, read directly and through a
+/// node's API; `--keys` (the embedded store's key breakdown) is refused
+/// with why, not answered with an empty table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_stats_on_postgres_counts_and_refuses_keys() {
+    let db = PgSchema::fresh();
+    let sink = Sink::start(|_, _| Reply::ok()).await;
+    let setup = Setup::new(&sink, RETRY, &recipe("", &["a"]));
+    let hub = node(&setup, &db.url, "n1", &[]).await;
+    let (status, body) = post(&reqwest::Client::new(), &hub.url, &event(1, 0))
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    hub.wait_run(body["runs"][0].as_str().unwrap()).await;
+
+    let direct = ["store", "stats", "--json", "--store", db.url.as_str()];
+    let out = hub.cli(&direct);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["counts"]["events"], 1, "{stats}");
+    assert_eq!(stats.get("keys"), None, "{stats}");
+    let (status, api) = hub.api("/api/store/stats").await;
+    assert_eq!(status, 200, "{api}");
+    assert_eq!(api["counts"], stats["counts"]);
+
+    let out = hub.cli(&[&direct[..], &["--keys"]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`--keys` counts the keys of the embedded store"),
+        "{}",
+        stderr(&out)
+    );
+    let (status, refused) = hub.api("/api/store/stats?keys=true").await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("this store is PostgreSQL"),
+        "{refused}"
+    );
+}

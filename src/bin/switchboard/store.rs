@@ -108,15 +108,16 @@ pub async fn store(cmd: StoreCmd) -> ExitCode {
         StoreCmd::Compact { data, store } => compact(&data, store.as_deref()),
         StoreCmd::Stats { src, scan, keys } => {
             let answer: Result<StoreStats, String> = match Hub::open(&src) {
-                Hub::Store(s) => s
-                    .stats(scan)
-                    .and_then(|mut st| {
-                        if keys {
-                            st.keys = s.key_usage()?;
-                        }
-                        Ok(st)
-                    })
-                    .map_err(|e| e.to_string()),
+                Hub::Store(s) => (|| {
+                    let mut st = s.stats(scan).map_err(|e| e.to_string())?;
+                    if keys {
+                        st.keys = s
+                            .key_usage()
+                            .map_err(|e| e.to_string())?
+                            .ok_or(switchboard::store::NO_KEY_USAGE)?;
+                    }
+                    Ok(st)
+                })(),
                 Hub::Api(api) => {
                     api.get(&["api", "store", "stats"], &ScanQuery { scan, keys })
                         .await
