@@ -897,7 +897,7 @@ pub fn retry_failed(store: &dyn Store, recipe: &str, now: i64) -> Result<Vec<Str
 }
 
 /// How long the group commit lets a group fill while writers are arriving
-/// together (the last group had more than one).
+/// faster than one every `GATHER` (see [`Arrivals`]).
 const GATHER: std::time::Duration = std::time::Duration::from_micros(250);
 
 /// Group commit: callers that wrote something wait for one shared flush.
@@ -906,10 +906,49 @@ const GATHER: std::time::Duration = std::time::Duration::from_micros(250);
 /// see [`GroupCommit::start`]), so N concurrent webhooks cost one fsync, not N.
 #[derive(Clone)]
 pub struct GroupCommit {
-    tx: std::sync::mpsc::Sender<Waiter>,
+    tx: std::sync::mpsc::Sender<(Waiter, std::time::Instant)>,
 }
 
 type Waiter = tokio::sync::oneshot::Sender<std::result::Result<(), String>>;
+
+/// The mean time between writers asking for a commit (a moving average
+/// over about the last 8), from the times they asked. The window opens
+/// only when it is shorter than [`GATHER`]: then another writer is expected
+/// within the window. At 1,000 events/s a webhook and the previous event's
+/// finish often share a group, but the next writer is ~0.5 ms away, so a
+/// window would only delay the group (BENCHMARKS.md, "Where the tail at
+/// 1,000/s comes from").
+struct Arrivals {
+    last: Option<std::time::Instant>,
+    /// Nanoseconds.
+    mean_gap: f64,
+}
+
+impl Arrivals {
+    /// A gap longer than this counts as this: an idle second does not take
+    /// hundreds of arrivals to forget.
+    const MAX_GAP: std::time::Duration = std::time::Duration::from_millis(2);
+
+    fn new() -> Arrivals {
+        Arrivals {
+            last: None,
+            mean_gap: Self::MAX_GAP.as_nanos() as f64,
+        }
+    }
+
+    fn arrived(&mut self, at: std::time::Instant) {
+        if let Some(last) = self.last {
+            let gap = at.saturating_duration_since(last).min(Self::MAX_GAP);
+            self.mean_gap += (gap.as_nanos() as f64 - self.mean_gap) / 8.0;
+        }
+        // Senders race to the channel: keep the latest time seen.
+        self.last = Some(self.last.map_or(at, |l| l.max(at)));
+    }
+
+    fn busy(&self) -> bool {
+        self.mean_gap < GATHER.as_nanos() as f64
+    }
+}
 
 impl GroupCommit {
     /// Two threads, a pipeline: the *applier* takes every writer waiting and
@@ -921,34 +960,39 @@ impl GroupCommit {
     /// longer of the two, not their sum. A writer is answered only by a sync
     /// that started after its group was prepared.
     pub fn start(store: Arc<dyn Store>) -> GroupCommit {
-        let (tx, rx) = std::sync::mpsc::channel::<Waiter>();
+        let (tx, rx) = std::sync::mpsc::channel::<(Waiter, std::time::Instant)>();
         let (prepared_tx, prepared_rx) =
             std::sync::mpsc::channel::<(Vec<Waiter>, std::time::Instant)>();
         let syncer = store.clone();
         std::thread::Builder::new()
             .name("group-commit".into())
             .spawn(move || {
-                let mut last_group = 0;
+                let mut arrivals = Arrivals::new();
                 while let Ok(first) = rx.recv() {
-                    let mut waiters = vec![first];
-                    waiters.extend(rx.try_iter());
-                    if last_group > 1 {
-                        // Writers are arriving together: give the group a
-                        // moment to fill (as PostgreSQL's `commit_delay`
-                        // does when other transactions are active), so sled
-                        // writes its log once per group, not per writer. A
-                        // lone writer (light load) never waits.
+                    let mut waiters = Vec::new();
+                    for (w, at) in std::iter::once(first).chain(rx.try_iter()) {
+                        arrivals.arrived(at);
+                        waiters.push(w);
+                    }
+                    if arrivals.busy() {
+                        // Writers are arriving faster than one a window: give
+                        // the group a moment to fill (as PostgreSQL's
+                        // `commit_delay` does when other transactions are
+                        // active), so sled writes its log once per group,
+                        // not per writer. Light load never waits.
                         let until = std::time::Instant::now() + GATHER;
                         while let Some(left) =
                             until.checked_duration_since(std::time::Instant::now())
                         {
                             match rx.recv_timeout(left) {
-                                Ok(w) => waiters.push(w),
+                                Ok((w, at)) => {
+                                    arrivals.arrived(at);
+                                    waiters.push(w);
+                                }
                                 Err(_) => break,
                             }
                         }
                     }
-                    last_group = waiters.len();
                     crate::crash::point("group.apply");
                     let started = std::time::Instant::now();
                     match store.prepare_sync() {
@@ -983,7 +1027,7 @@ impl GroupCommit {
     pub async fn sync(&self) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.tx
-            .send(tx)
+            .send((tx, std::time::Instant::now()))
             .map_err(|_| StoreError::Io("group commit stopped".into()))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
@@ -1103,5 +1147,32 @@ mod tests {
         let now = now_ms();
         let ids: Vec<String> = (0..1000).map(|_| new_id(now)).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn the_commit_window_opens_only_for_writers_closer_than_the_window() {
+        use std::time::{Duration, Instant};
+        let at = |a: &mut Arrivals, t0: Instant, gaps_us: &[u64]| {
+            let mut t = t0;
+            for g in gaps_us {
+                t += Duration::from_micros(*g);
+                a.arrived(t);
+            }
+            t
+        };
+        let t0 = Instant::now();
+        let mut a = Arrivals::new();
+        assert!(!a.busy(), "a lone writer never waits");
+        // 1,000 events/s: a webhook and a finish together, then 1 ms apart.
+        let t = at(&mut a, t0, &[50, 950].repeat(50));
+        assert!(!a.busy(), "mean gap {} ns", a.mean_gap);
+        // Saturation: a writer every 150 µs.
+        let t = at(&mut a, t, &[150; 30]);
+        assert!(a.busy(), "mean gap {} ns", a.mean_gap);
+        // An idle minute is forgotten within a few dozen close writers.
+        let t = at(&mut a, t, &[60_000_000]);
+        assert!(!a.busy());
+        at(&mut a, t, &[150; 30]);
+        assert!(a.busy(), "mean gap {} ns", a.mean_gap);
     }
 }
