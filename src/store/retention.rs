@@ -1,7 +1,10 @@
 //! Retention for the sled store: events older than the window are deleted
 //! with their runs, the runs' index keys and counters, and the event's
 //! dedupe (`d/`) and replay (`p/`) keys — in bounded chunks, each one
-//! atomic batch under the store lock, so ingest waits at most one chunk.
+//! atomic batch. A chunk reads its old records first, without the store
+//! lock (they are cold: sled reads them from disk), and takes the lock
+//! only to check the candidates again and write the batch, so ingest waits
+//! at most one chunk's re-check of warm records.
 //!
 //! Kept whatever their age, with their event: runs not finished (queued,
 //! running, retrying, waiting) and dead letters (`dead`, until a person
@@ -56,8 +59,37 @@ fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T>
 
 /// Look at up to `max` events older than `cutoff` (ms), from `from` (the
 /// last key a previous chunk looked at; empty: the oldest), and delete those
-/// nothing keeps. The caller holds the store lock.
-pub fn expire(kv: &Overlay, from: &mut Vec<u8>, cutoff: i64, max: usize) -> Result<Expired> {
+/// nothing keeps. The caller serialises chunks (it holds `from`); `lock`
+/// takes the store lock, which is held only for the re-check and the write.
+pub fn expire<G>(
+    kv: &Overlay,
+    lock: impl FnOnce() -> G,
+    from: &mut Vec<u8>,
+    cutoff: i64,
+    max: usize,
+) -> Result<Expired> {
+    let (mut out, candidates) = look(kv, from, cutoff, max)?;
+    let _held = lock();
+    delete(kv, candidates, &mut out)?;
+    Ok(out)
+}
+
+/// An old event retention found deletable without the store lock.
+struct Candidate {
+    key: Vec<u8>,
+    event: EventHead,
+}
+
+/// Without the store lock: read the chunk's events and their runs (old
+/// records, often cold in sled's cache) and keep those that look
+/// deletable. Ingest does not wait for these reads; [`delete`] checks
+/// again under the lock, where the records are warm.
+fn look(
+    kv: &Overlay,
+    from: &mut Vec<u8>,
+    cutoff: i64,
+    max: usize,
+) -> Result<(Expired, Vec<Candidate>)> {
     let end = format!("e/{}", super::id_floor(cutoff)).into_bytes();
     let start = if from.is_empty() {
         Bound::Included(b"e/".to_vec())
@@ -65,8 +97,7 @@ pub fn expire(kv: &Overlay, from: &mut Vec<u8>, cutoff: i64, max: usize) -> Resu
         Bound::Excluded(from.clone())
     };
     let mut out = Expired::default();
-    let mut batch = Batch::default();
-    let mut ix = Index::new(kv);
+    let mut candidates = Vec::new();
     let mut examined = 0;
     let mut last = None;
     for item in kv.range((start, Bound::Excluded(end))) {
@@ -77,27 +108,36 @@ pub fn expire(kv: &Overlay, from: &mut Vec<u8>, cutoff: i64, max: usize) -> Resu
         let (k, v) = item.map_err(io)?;
         last = Some(k.to_vec());
         let event: EventHead = decode(&k, &v)?;
-        let mut runs = Vec::new();
-        let mut keep = false;
-        for id in &event.runs {
-            let rk = format!("r/{id}");
-            let Some(rv) = kv.get(rk.as_bytes()).map_err(io)? else {
-                continue;
-            };
-            let run: IndexedRun = decode(rk.as_bytes(), &rv)?;
-            if run.event_id != event.id {
-                continue; // a debounced run that took a newer event
-            }
-            if !run.status.is_final() || run.status == RunStatus::Dead {
-                keep = true;
-                break;
-            }
-            runs.push(run);
+        if deletable_runs(kv, &event)?.is_some() {
+            candidates.push(Candidate {
+                key: k.to_vec(),
+                event,
+            });
+        } else {
+            out.kept += 1;
         }
-        if keep {
+    }
+    out.cycle_done = examined < max;
+    *from = if out.cycle_done {
+        Vec::new()
+    } else {
+        last.unwrap_or_default()
+    };
+    Ok((out, candidates))
+}
+
+/// Under the store lock: check each candidate again (a run may have been
+/// retried, a `d/` or `p/` key taken by a newer event since [`look`]; an
+/// event record never changes, and only retention deletes one) and delete
+/// it with its runs and keys in one batch, counters adjusted.
+fn delete(kv: &Overlay, candidates: Vec<Candidate>, out: &mut Expired) -> Result<()> {
+    let mut batch = Batch::default();
+    let mut ix = Index::new(kv);
+    for Candidate { key, event } in candidates {
+        let Some(runs) = deletable_runs(kv, &event)? else {
             out.kept += 1;
             continue;
-        }
+        };
         for run in &runs {
             ix.remove_run(&mut batch, &run.recipe, &run.id)?;
         }
@@ -118,17 +158,32 @@ pub fn expire(kv: &Overlay, from: &mut Vec<u8>, cutoff: i64, max: usize) -> Resu
                 batch.remove(pk);
             }
         }
-        batch.remove(k);
+        batch.remove(key);
         ix.event_removed();
         out.events += 1;
     }
-    out.cycle_done = examined < max;
-    *from = if out.cycle_done {
-        Vec::new()
-    } else {
-        last.unwrap_or_default()
-    };
     ix.commit(&mut batch)?;
     kv.write(batch).map_err(io)?;
-    Ok(out)
+    Ok(())
+}
+
+/// The runs that go with `event`, or `None` if one keeps it (not final, or
+/// dead). A debounced run that took a newer event goes with that one.
+fn deletable_runs(kv: &Overlay, event: &EventHead) -> Result<Option<Vec<IndexedRun>>> {
+    let mut runs = Vec::new();
+    for id in &event.runs {
+        let rk = format!("r/{id}");
+        let Some(rv) = kv.get(rk.as_bytes()).map_err(io)? else {
+            continue;
+        };
+        let run: IndexedRun = decode(rk.as_bytes(), &rv)?;
+        if run.event_id != event.id {
+            continue; // a debounced run that took a newer event
+        }
+        if !run.status.is_final() || run.status == RunStatus::Dead {
+            return Ok(None);
+        }
+        runs.push(run);
+    }
+    Ok(Some(runs))
 }

@@ -884,9 +884,10 @@ impl Store for SledStore {
     }
 
     fn expire(&self, cutoff: i64, max: usize) -> Result<super::retention::Expired> {
+        // `from` serialises chunks; the store lock is taken inside, only
+        // for the re-check and the write (the reads happen before it).
         let mut from = self.expire_from.lock().unwrap_or_else(|p| p.into_inner());
-        let _g = self.guard();
-        super::retention::expire(&self.kv, &mut from, cutoff, max)
+        super::retention::expire(&self.kv, || self.guard(), &mut from, cutoff, max)
     }
 
     fn stats(&self, scan: bool) -> Result<super::StoreStats> {
@@ -1172,5 +1173,46 @@ mod tests {
         assert_eq!(s.release_leases(20).unwrap(), 1);
         assert_eq!(s.next_due().unwrap(), Some(20));
         assert_eq!(s.lease(20, 60_000, 10).unwrap().len(), 1);
+    }
+
+    /// Retention reads a chunk without the store lock and checks it again
+    /// under the lock: a failed run retried in between keeps its event.
+    #[test]
+    fn a_run_retried_while_retention_reads_keeps_its_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let mut stored = Vec::new();
+        for _ in 0..2 {
+            let mut e = event(None);
+            let r = run(&e, 10);
+            e.runs = vec![r.id.clone()];
+            s.insert_event(&e, &[r]).unwrap();
+            let mut r = s.lease(10, 60_000, 10).unwrap().remove(0);
+            r.status = RunStatus::Failed;
+            r.finished_at = Some(20);
+            s.finish_run(&r).unwrap();
+            stored.push((e, r));
+        }
+        let cutoff = super::super::id_time(&stored[1].0.id).unwrap() + 1;
+        let retried = &stored[0].1.id;
+        let mut from = Vec::new();
+        let x = super::super::retention::expire(
+            &s.kv,
+            || {
+                assert!(matches!(s.retry_run(retried, 30), Ok(Retried::Queued(_))));
+                s.guard()
+            },
+            &mut from,
+            cutoff,
+            64,
+        )
+        .unwrap();
+        assert_eq!((x.events, x.runs, x.kept), (1, 1, 1));
+        assert!(s.event(&stored[0].0.id).unwrap().is_some());
+        assert_eq!(s.run(retried).unwrap().unwrap().status, RunStatus::Queued);
+        assert!(s.event(&stored[1].0.id).unwrap().is_none());
+        let stats = s.stats(true).unwrap();
+        assert_eq!(stats.problems, Vec::<String>::new());
+        assert_eq!(Some(&stats.counts), stats.scanned.as_ref());
     }
 }
