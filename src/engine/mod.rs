@@ -323,14 +323,26 @@ impl Engine {
         // Ids are taken and the event stored under one lock, so the order of
         // event ids is the order the store gives runs within a concurrency
         // key: an event with a later id never runs ahead of an earlier one.
+        // An event with no keyed run and nothing to wake or cancel has no
+        // order to keep: it lets go of the lock once its ids are taken, so
+        // such events are stored side by side (on PostgreSQL the store
+        // call is a round trip, and holding the lock across it made every
+        // accept of the node wait for the one before).
+        let ordered = !probes.is_empty()
+            || runs
+                .iter()
+                .any(|r| r.concurrency.is_some() || r.debounce.is_some());
         let (inserted, matched) = {
-            let _order = self.ingest_order.lock().unwrap_or_else(|p| p.into_inner());
+            let order = self.ingest_order.lock().unwrap_or_else(|p| p.into_inner());
             event.id = store::new_id(now);
             for run in &mut runs {
                 run.id = store::new_id(now);
                 run.event_id = event.id.clone();
             }
             event.runs = runs.iter().map(|r| r.id.clone()).collect();
+            if !ordered {
+                drop(order);
+            }
             self.store
                 .insert_event_matching(&event, &runs, &probes, now)?
         };

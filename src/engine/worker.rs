@@ -255,7 +255,19 @@ impl Engine {
         if let Ok(Value::String(name)) = serde_json::to_value(status) {
             crate::metrics::get().run_finished(&run.recipe, &name);
         }
-        self.commit.sync().await?;
+        if self.store.outlives_process() {
+            // Nothing waits on a finish: no call of this run comes after it,
+            // and every write this worker makes next lies after it in the
+            // database's log, so no later write is durable without it. A
+            // killed node loses nothing committed; a crash of the database
+            // before the flush asked for here loses the finish, and the run
+            // replays (its call again, with the same `Idempotency-Key`), as
+            // for a crash during the call. So the worker takes its next run
+            // at once instead of after a flush.
+            self.commit.request();
+        } else {
+            self.commit.sync().await?;
+        }
         if run.concurrency.is_some() {
             // The next run of its key is due now.
             self.queued_at(now);

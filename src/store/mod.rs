@@ -692,6 +692,15 @@ pub trait Store: Send + Sync + 'static {
     fn sync(&self) -> Result<()> {
         self.flush()
     }
+    /// Does a write survive this process being killed once the call that
+    /// made it returned? sled: no, not before a sync (the overlay and
+    /// sled's log buffer are in this process). PostgreSQL: yes, the
+    /// database holds every commit; only the database's own crash can lose
+    /// commits not yet flushed, and it loses a suffix of its log, never a
+    /// commit without the ones after it.
+    fn outlives_process(&self) -> bool {
+        false
+    }
     /// Can the store take writes? An error says why not (`/readyz`).
     fn healthy(&self) -> Result<()> {
         Ok(())
@@ -1021,6 +1030,13 @@ impl GroupCommit {
             })
             .expect("spawning the group-sync thread");
         GroupCommit { tx }
+    }
+
+    /// Have every write made before this call made durable by a flush
+    /// soon, without waiting for it (for a write nobody is told about).
+    pub fn request(&self) {
+        let (tx, _) = tokio::sync::oneshot::channel();
+        let _ = self.tx.send((tx, std::time::Instant::now()));
     }
 
     /// Wait until every write made before this call is durable.

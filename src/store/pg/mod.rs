@@ -1184,6 +1184,10 @@ impl Store for PgStore {
         })
     }
 
+    fn outlives_process(&self) -> bool {
+        true
+    }
+
     fn watch_queue(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<i64>> {
         match self
             .queue
