@@ -114,7 +114,7 @@ fn open(dir: &std::path::Path, cache: u64) -> SledStore {
 }
 
 fn main() {
-    // CACHE_MIB: another bound on sled's page cache than serve's 32 MiB.
+    // CACHE_MIB: another bound on sled's page cache than serve's (CACHE_BYTES).
     let cache = std::env::var("CACHE_MIB")
         .ok()
         .and_then(|m| m.parse::<u64>().ok())

@@ -937,3 +937,16 @@ async fn runs_and_events_commands_online_and_offline() {
         assert_eq!(stderr(&out), msg);
     }
 }
+
+/// The allocator runs with the options `main.rs` gives it (a renamed
+/// `malloc_conf` symbol would drop them without a sound): asked to,
+/// jemalloc prints the options in effect when the process exits.
+#[test]
+fn jemalloc_runs_with_the_binarys_options() {
+    let out = command(&["--version"])
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(err.contains("opt.background_thread: true"), "{err}");
+}

@@ -25,6 +25,20 @@ use switchboard::server::{self, ServeConfig, ServeError};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read by jemalloc itself before `main` from this
+/// symbol (`malloc_conf` under the `_rjem_` prefix `tikv-jemalloc-sys`
+/// builds with); `_RJEM_MALLOC_CONF` in the environment overrides them.
+/// `background_thread:true`: a jemalloc thread hands freed pages back to the
+/// system as they age (10 s), also while the hub is idle; without it a page
+/// went back only when its arena allocated again, so an idle hub kept
+/// whatever it had freed. With sled's 8 MiB cache: peak RSS under W1 71–72
+/// instead of 91–92 MiB, no W1 throughput lost (ARCHITECTURE.md,
+/// "Decisions"; BENCHMARKS.md, "100,000 waiting runs").
+/// The name is the one jemalloc links against, hence `export_name`; the
+/// value is a pointer to a NUL-terminated string, which `&[u8; N]` is.
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: &[u8; 23] = b"background_thread:true\0";
+
 #[derive(Parser)]
 #[command(
     name = "switchboard",
