@@ -100,11 +100,11 @@ pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// The key of the id generator's floor (see the module doc).
 pub(super) const SEQ_BASE: &[u8] = b"g/seq";
 
-/// How every sled store of ours is opened (the store itself, and a
-/// compaction's fresh copy).
 /// The file in a store directory that holds sled's log and pages.
 const DATA_FILE: &str = "db";
 
+/// How every sled store of ours is opened (the store itself, and a
+/// compaction's fresh copy).
 pub(super) fn sled_config(dir: &Path, cache_bytes: u64) -> sled::Config {
     let flush_ms = std::env::var("SWITCHBOARD_SLED_FLUSH_MS")
         .ok()
@@ -395,8 +395,9 @@ impl SledStore {
             .map_err(io)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
-        let data_file = std::fs::File::open(dir.join(DATA_FILE))
-            .map_err(|e| StoreError::Io(format!("{}: {e}", dir.join(DATA_FILE).display())))?;
+        let data_path = dir.join(DATA_FILE);
+        let data_file = std::fs::File::open(&data_path)
+            .map_err(|e| StoreError::Io(format!("{}: {e}", data_path.display())))?;
         Ok(SledStore {
             db,
             _lock: lock,
