@@ -56,6 +56,11 @@ pub struct Templates {
     /// (BENCHMARKS.md, "10,000 loaded recipes").
     registered: std::collections::HashMap<(char, String), (String, bool)>,
     aliases: std::collections::HashMap<String, String>,
+    /// [`Templates::variables`] of each distinct source, computed once:
+    /// minijinja parses the source again to list them, and a source
+    /// repeated across 10,000 recipes was parsed 60,000 times by `check`
+    /// (BENCHMARKS.md, "10,000 loaded recipes").
+    variables: std::sync::Mutex<std::collections::HashMap<String, BTreeSet<String>>>,
     /// Business-hours calendars for `within_business_hours()` and
     /// `next_business_open()`; set once, after `_shared.yaml` loads.
     calendars: Arc<OnceLock<Calendars>>,
@@ -144,6 +149,7 @@ impl Templates {
             origins: Default::default(),
             registered: Default::default(),
             aliases: Default::default(),
+            variables: Default::default(),
             calendars,
         }
     }
@@ -461,10 +467,15 @@ impl Templates {
         match t {
             Template::Literal(_) => BTreeSet::new(),
             Template::Text { source, .. } | Template::Typed { source, .. } => {
+                // A panic while holding the lock leaves a map of valid entries.
+                let mut cache = self.variables.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(vars) = cache.get(source.as_str()) {
+                    return vars.clone();
+                }
                 let globals: BTreeSet<&str> = self.env.globals().map(|(n, _)| n).collect();
                 // The author's text, not the compiled one (whose guarded
                 // chains read as `_sb_opt(a, 'b', 'c')`).
-                PLAIN
+                let vars: BTreeSet<String> = PLAIN
                     .template_from_str(source)
                     .map(|t| {
                         t.undeclared_variables(true)
@@ -473,7 +484,9 @@ impl Templates {
                             .filter(|v| !globals.contains(v.split('.').next().unwrap_or("")))
                             .collect()
                     })
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                cache.insert(source.clone(), vars.clone());
+                vars
             }
         }
     }
