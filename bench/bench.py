@@ -21,7 +21,8 @@ Environment: ROUNDS (3), DURATION (10), RATE (1000), DRAIN_MAX (60),
 SYSTEMS (floor,switchboard,node-red), SCALING (1), MATCHING (1),
 SWITCHBOARD_WORKERS (the binary reads it too; its default when unset),
 SWITCHBOARD_BIN (another build to measure), BENCH_OUT (default bench/out).
-`bench.py profile`: perf profile of Switchboard under wrk c64 instead.
+`bench.py profile`: perf profile of Switchboard under wrk c64 instead
+(`bench.py profile floor`: of the floor).
 """
 
 import json
@@ -34,6 +35,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import profile_areas  # noqa: E402
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -512,13 +516,16 @@ PROFILE_FRAMES = [
 ]
 
 
-def profile():
-    """perf profile of Switchboard under wrk c64: threads, frames, syscalls, CPU use."""
+def profile(system="switchboard"):
+    """perf profile of Switchboard (or the floor) under wrk c64: threads, frames, syscalls, CPU use."""
     if shutil.which("perf") is None:
         sys.exit("perf is missing (apt-get install linux-perf)")
     sink = Proc("sink", [os.path.join(FLOOR_BIN, "sink"), f"127.0.0.1:{SINK_PORT}", "1"])
     sink.wait_ready(f"{SINK}/_count", ok=lambda s: s == 200)
-    proc, url = start_switchboard(tag="switchboard-profile")
+    if system == "floor":
+        proc, url = start_floor()
+    else:
+        proc, url = start_switchboard(tag="switchboard-profile")
     secs = max(DURATION, 12)
     out = []
     try:
@@ -527,7 +534,7 @@ def profile():
                               os.path.join(W1, "w1.lua"), url], env=env,
                              stdout=subprocess.PIPE, text=True)
         time.sleep(2)
-        c0 = {n: cpu_seconds(p) for n, p in (("switchboard", proc.pid), ("sink", sink.pid), ("wrk", w.pid))}
+        c0 = {n: cpu_seconds(p) for n, p in ((system, proc.pid), ("sink", sink.pid), ("wrk", w.pid))}
         n0, t0 = sink_count(), time.time()
         st = subprocess.run(["perf", "stat", "-x", ",", "-e",
                              "task-clock,context-switches,syscalls:sys_enter_pwrite64,"
@@ -535,7 +542,7 @@ def profile():
                              "syscalls:sys_enter_fdatasync,syscalls:sys_enter_write,syscalls:sys_enter_futex",
                              "-p", str(proc.pid), "--", "sleep", "4"], capture_output=True, text=True)
         dt = time.time() - t0
-        c1 = {n: cpu_seconds(p) for n, p in (("switchboard", proc.pid), ("sink", sink.pid), ("wrk", w.pid))}
+        c1 = {n: cpu_seconds(p) for n, p in ((system, proc.pid), ("sink", sink.pid), ("wrk", w.pid))}
         delivered = sink_count() - n0
         data = os.path.join(OUT, "perf.data")
         subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384",
@@ -550,42 +557,70 @@ def profile():
             f"{n} {(c1[n] - c0[n]) / dt:.2f}" for n in c0) + f" (of {os.cpu_count()} CPUs)")
         out.append("")
         events = answers + delivered / dt  # store writes come from answers and deliveries
-        out.append("perf stat (4 s, all threads); per event = per answer or delivery:")
+        # Per W1 event (one webhook answered and delivered): the floor
+        # delivers before it answers, so its deliveries are its events; for
+        # Switchboard the deliveries while perf stat ran (ingest can run ahead).
+        w1 = max(delivered / dt, 1)
+        out.append("perf stat (4 s, all threads); per event = per answer or delivery "
+                   "(per W1 event = per delivery):")
         for l in st.stderr.splitlines():
             parts = l.split(",")
             if len(parts) > 2 and parts[0].replace(".", "").isdigit():
                 v = float(parts[0])
                 if parts[2] == "task-clock":
-                    out.append(f"  {'CPU ms':<40} {v:>14,.0f}  ({v * 1000 / 4 / max(events, 1):.0f} µs per event)")
+                    out.append(f"  {'CPU ms':<40} {v:>14,.0f}  ({v * 1000 / 4 / max(events, 1):.0f} µs per event, "
+                               f"{v * 1000 / 4 / w1:.0f} µs per W1 event)")
                 else:
-                    out.append(f"  {parts[2]:<40} {v:>14,.0f}  ({v / 4 / max(events, 1):.2f} per event)")
-        rep = lambda *a: subprocess.run(["perf", "report", "-i", data, "--stdio", *a],
-                                        capture_output=True, text=True).stdout
-        threads = rep("--no-children", "--sort", "comm", "-g", "none")
-        children = rep("--children", "--sort", "sym", "-g", "none")
-        selfs = rep("--no-children", "--sort", "dso,sym", "-g", "none")
-        for name, text in (("threads", threads), ("children", children), ("self", selfs)):
-            with open(os.path.join(OUT, f"profile-{name}.txt"), "w") as f:
-                f.write(text)
-        out.append("")
-        out.append("CPU samples by thread:")
-        out += ["  " + l.strip() for l in threads.splitlines() if l.strip() and not l.startswith("#")][:12]
-        out.append("")
-        out.append("Inclusive share of CPU samples (frame found anywhere on the stack):")
-        for label, needle in PROFILE_FRAMES:
-            best = 0.0
-            for l in children.splitlines():
-                m = re.match(r"\s*([\d.]+)%\s+[\d.]+%\s+\[.\]\s+(.*)$", l)
-                if m and needle in m.group(2):
-                    best = max(best, float(m.group(1)))
-            out.append(f"  {label:<42} {best:5.1f}%")
-        out.append("")
-        out.append("Top self time (dso, symbol):")
-        out += ["  " + l.strip() for l in selfs.splitlines() if l.strip() and not l.startswith("#")][:25]
+                    out.append(f"  {parts[2]:<40} {v:>14,.0f}  ({v / 4 / max(events, 1):.2f} per event, "
+                               f"{v / 4 / w1:.2f} per W1 event)")
     finally:
         proc.stop()
         sink.stop()
-        shutil.rmtree(proc.data, ignore_errors=True)
+        if hasattr(proc, "data"):
+            shutil.rmtree(proc.data, ignore_errors=True)
+    with open(os.path.join(OUT, "profile.md"), "w") as f:
+        f.write("\n".join(out) + "\n")
+    if os.environ.get("PROFILE_REPORT", "1") == "1":
+        profile_report()
+
+
+def profile_report():
+    """The perf reports of the last `profile` (in OUT), added to its profile.md.
+
+    Slow (DWARF unwinding): `PROFILE_REPORT=0 bench.py profile` leaves it
+    to a later `bench.py profile-report`, outside the bench lock.
+    """
+    data = os.path.join(OUT, "perf.data")
+    with open(os.path.join(OUT, "profile.md")) as f:
+        out = f.read().rstrip("\n").split("\n")
+    rep = lambda *a: subprocess.run(["perf", "report", "-i", data, "--stdio", *a],
+                                    capture_output=True, text=True).stdout
+    threads = rep("--no-children", "--sort", "comm", "-g", "none")
+    children = rep("--children", "--sort", "sym", "-g", "none")
+    selfs = rep("--no-children", "--sort", "dso,sym", "-g", "none")
+    for name, text in (("threads", threads), ("children", children), ("self", selfs)):
+        with open(os.path.join(OUT, f"profile-{name}.txt"), "w") as f:
+            f.write(text)
+    out.append("")
+    out.append("CPU samples by thread:")
+    out += ["  " + l.strip() for l in threads.splitlines() if l.strip() and not l.startswith("#")][:12]
+    out.append("")
+    out.append("Inclusive share of CPU samples (frame found anywhere on the stack):")
+    for label, needle in PROFILE_FRAMES:
+        best = 0.0
+        for l in children.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+[\d.]+%\s+\[.\]\s+(.*)$", l)
+            if m and needle in m.group(2):
+                best = max(best, float(m.group(1)))
+        out.append(f"  {label:<42} {best:5.1f}%")
+    out.append("")
+    out.append("Top self time (dso, symbol):")
+    out += ["  " + l.strip() for l in selfs.splitlines() if l.strip() and not l.startswith("#")][:25]
+    # Every sample counted once, by the area its stack is in (bench/profile_areas.py).
+    stacks = subprocess.run(["perf", "script", "-i", data, "-F", "comm,tid,ip,sym"],
+                            capture_output=True, text=True).stdout
+    out.append("")
+    out += profile_areas.tables(profile_areas.samples(stacks.splitlines()))
     text = "\n".join(out)
     with open(os.path.join(OUT, "profile.md"), "w") as f:
         f.write(text + "\n")
@@ -597,8 +632,10 @@ def main():
     for f in os.listdir(OUT):  # logs of the last invocation (stores are removed as they stop)
         if f.endswith(".log"):
             os.remove(os.path.join(OUT, f))
-    if sys.argv[1:] == ["profile"]:
-        return profile()
+    if sys.argv[1:2] == ["profile"]:
+        return profile(*sys.argv[2:3])
+    if sys.argv[1:] == ["profile-report"]:
+        return profile_report()
     for port in (SINK_PORT, FLOOR_PORT, SB_PORT, NR_PORT):
         if not port_free(port):
             sys.exit(f"port {port} is in use: is another benchmark running?")
