@@ -33,8 +33,12 @@ use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-/// Concurrent run executors when not configured.
-pub const DEFAULT_WORKERS: usize = 16;
+/// Concurrent run executors when not configured. A worker waits for its
+/// run's finish to be durable (a group commit) before taking the next, so
+/// deliveries per second are bounded by workers / (call + commit) long
+/// before the CPU is: with 16, W1 at c64 used half of the 2 CPUs; 64 gave
+/// +13-40 % W1 throughput for ~16 MiB more peak RSS (BENCHMARKS.md).
+pub const DEFAULT_WORKERS: usize = 64;
 
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
