@@ -977,7 +977,7 @@ impl GroupCommit {
             .name("group-commit".into())
             .spawn(move || {
                 let mut arrivals = Arrivals::new();
-                while let Ok(first) = rx.recv() {
+                while let Some(first) = next_or_idle(&rx) {
                     let mut waiters = Vec::new();
                     for (w, at) in std::iter::once(first).chain(rx.try_iter()) {
                         arrivals.arrived(at);
@@ -1018,7 +1018,7 @@ impl GroupCommit {
         std::thread::Builder::new()
             .name("group-sync".into())
             .spawn(move || {
-                while let Ok((mut waiters, started)) = prepared_rx.recv() {
+                while let Some((mut waiters, started)) = next_or_idle(&prepared_rx) {
                     for (more, _) in prepared_rx.try_iter() {
                         waiters.extend(more);
                     }
@@ -1050,6 +1050,46 @@ impl GroupCommit {
             Ok(Err(e)) => Err(StoreError::Io(e)),
             Err(_) => Err(StoreError::Io("group commit stopped".into())),
         }
+    }
+}
+
+/// The next message, or `None` once every sender is gone; if none is
+/// waiting, the thread is about to block for want of work, and says so
+/// ([`set_thread_idle_hook`]) first.
+fn next_or_idle<T>(rx: &std::sync::mpsc::Receiver<T>) -> Option<T> {
+    match rx.try_recv() {
+        Ok(m) => Some(m),
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+        Err(std::sync::mpsc::TryRecvError::Empty) => {
+            thread_idle();
+            // Once more after a quiet second: the hook may skip a call that
+            // comes soon after its last one, and this may be the last.
+            match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(m) => Some(m),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    thread_idle();
+                    rx.recv().ok()
+                }
+            }
+        }
+    }
+}
+
+static THREAD_IDLE_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// What the group-commit threads call before they block for want of work,
+/// and again once they have had none for a second. `serve` sets it to hand
+/// the thread's cached freed memory back to the allocator (the binary's
+/// `alloc.rs`); the library knows no allocator. Set once per process; later
+/// calls change nothing.
+pub fn set_thread_idle_hook(hook: fn()) {
+    let _ = THREAD_IDLE_HOOK.set(hook);
+}
+
+fn thread_idle() {
+    if let Some(hook) = THREAD_IDLE_HOOK.get() {
+        hook();
     }
 }
 

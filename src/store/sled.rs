@@ -46,10 +46,11 @@ const PARKED: &[u8] = b"p";
 
 /// sled's page cache defaults to 1 GiB and keeps what ingest wrote: 220 MiB
 /// RSS after 10 s of W1 load. Recent records are what workers read, so
-/// 8 MiB cost no W1 throughput, and it is most of what a hub that has just
-/// written 100,000 runs holds: 32 MiB took 2–2.5× that in RSS
+/// 8 MiB, then 4 MiB, cost no W1 throughput seen, and it is most of what a
+/// hub that has just written 100,000 runs holds: 32 MiB took 2–2.5× that
+/// in RSS; 8 → 4 MiB took 100,000 just-parked runs from +22 to +18 MiB
 /// (BENCHMARKS.md, "100,000 waiting runs").
-pub const CACHE_BYTES: u64 = 8 << 20;
+pub const CACHE_BYTES: u64 = 4 << 20;
 
 pub struct SledStore {
     pub(super) db: sled::Db,

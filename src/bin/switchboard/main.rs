@@ -3,6 +3,7 @@
 //! calls; `runs` and `events` ([`inspect`]) and `state` ([`state`]) call the
 //! library's admin queries and render their typed answers ([`render`]).
 
+mod alloc;
 mod connect;
 mod demo;
 mod docs;
@@ -21,9 +22,9 @@ use switchboard::engine::{dry_run, Catalog};
 use switchboard::server::{self, ServeConfig, ServeError};
 
 /// jemalloc instead of glibc's malloc: less CPU per event for ~2 MiB of
-/// idle RSS (ARCHITECTURE.md, "Decisions").
+/// idle RSS (ARCHITECTURE.md, "Decisions"); [`alloc`] says what it adds.
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static GLOBAL: alloc::Jemalloc = alloc::Jemalloc;
 
 /// jemalloc's options, read by jemalloc itself before `main` from this
 /// symbol (`malloc_conf` under the `_rjem_` prefix `tikv-jemalloc-sys`
@@ -33,7 +34,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// went back only when its arena allocated again, so an idle hub kept
 /// whatever it had freed. With sled's 8 MiB cache: peak RSS under W1 71–72
 /// instead of 91–92 MiB, no W1 throughput lost (ARCHITECTURE.md,
-/// "Decisions"; BENCHMARKS.md, "100,000 waiting runs").
+/// "Decisions"; BENCHMARKS.md, "100,000 waiting runs"). It returns only
+/// pages no block uses: the threads' caches of freed blocks are [`alloc`]'s.
 /// The name is the one jemalloc links against, hence `export_name`; the
 /// value is a pointer to a NUL-terminated string, which `&[u8; N]` is.
 #[export_name = "_rjem_malloc_conf"]
@@ -275,8 +277,10 @@ struct TestArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
+    switchboard::store::set_thread_idle_hook(alloc::idle);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(alloc::idle)
         .build()
     {
         Ok(rt) => rt,
