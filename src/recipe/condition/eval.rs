@@ -127,7 +127,7 @@ impl Op {
                     _ => false,
                 },
             },
-            Op::Matches(re) => scalar_text(node).is_some_and(|s| re.is_match(&s)),
+            Op::Matches(re) => scalar_text(node).is_some_and(|s| re.is_match(&*s)),
             Op::Exists(want) => *want,
             Op::Compare(cmp, operand) => compare(node, operand).is_some_and(|o| match cmp {
                 Cmp::Gt => o == Ordering::Greater,

@@ -65,7 +65,7 @@ use std::borrow::Cow;
 use crate::jsonpath::{describe as jsonpath_error, parse_shared};
 use jsonpath_rust::parser::model::JpQuery;
 use jsonpath_rust::query::js_path_process;
-use regex::{Regex, RegexBuilder};
+use regex_automata::meta::Regex;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
@@ -575,10 +575,7 @@ fn compile_op(name: &str, operand: &Value, pointer: &str) -> Result<Op, Conditio
         },
         "matches" => match operand {
             Value::String(pattern) => Op::Matches(regex(pattern).map_err(|e| {
-                ConditionError::new(
-                    pointer,
-                    format!("invalid regex `{pattern}`: {}", regex_error(&e)),
-                )
+                ConditionError::new(pointer, format!("invalid regex `{pattern}`: {e}"))
             })?),
             _ => return Err(expects("a regex string")),
         },
@@ -622,14 +619,25 @@ fn compile_op(name: &str, operand: &Value, pointer: &str) -> Result<Op, Conditio
 /// The compiled regex of a `matches` pattern, shared with every other
 /// condition of the process that uses the same pattern.
 ///
-/// A compiled `Regex` holds its automata (NFAs, DFAs, a literal
-/// prefilter: ~30 KiB for `(?i)(setup|confirm)`) and a cache pool; 10,000
-/// recipes with the same condition would otherwise hold 10,000 copies
-/// (BENCHMARKS.md, "10,000 loaded recipes"). Entries are weak: a pattern's
-/// regex is freed with the last condition using it (a reloaded catalog
-/// shares what the old one compiled while both are alive). A regex does no
-/// I/O and is `Sync`, so sharing it across recipes and threads is sound.
-fn regex(pattern: &str) -> Result<Arc<Regex>, regex::Error> {
+/// A condition only asks whether the pattern matches, so it is built for
+/// that alone with regex-automata's meta engine (what the `regex` crate
+/// wraps), leaner than `regex::Regex`: capture groups are taken out of
+/// the pattern (they change where groups are, never whether it matches),
+/// and neither a literal prefilter, a full DFA, a one-pass DFA nor a
+/// backtracker is built — the lazy DFA answers, building its states as
+/// subjects need them (the PikeVM if its cache gives up). For
+/// `(?i)(setup|confirm|w00001)`, the `regex` crate built ~60 KiB in
+/// ~0.5 ms: an Aho-Corasick DFA over the ~180 case-folded literals
+/// (~26 KiB), a full DFA (~15 KiB), a one-pass DFA (~10 KiB); this builds
+/// ~8 KiB in ~45 µs, plus ~12 KiB of lazy-DFA cache on the first match
+/// (BENCHMARKS.md, "10,000 loaded recipes").
+///
+/// Shared as well: 10,000 recipes with the same condition would
+/// otherwise hold 10,000 copies. Entries are weak: a pattern's regex is
+/// freed with the last condition using it (a reloaded catalog shares what
+/// the old one compiled while both are alive). A regex does no I/O and is
+/// `Sync`, so sharing it across recipes and threads is sound.
+fn regex(pattern: &str) -> Result<Arc<Regex>, String> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock, Weak};
     static SHARED: OnceLock<Mutex<HashMap<String, Weak<Regex>>>> = OnceLock::new();
@@ -639,11 +647,7 @@ fn regex(pattern: &str) -> Result<Arc<Regex>, regex::Error> {
     if let Some(re) = map.get(pattern).and_then(Weak::upgrade) {
         return Ok(re);
     }
-    let re = Arc::new(
-        RegexBuilder::new(pattern)
-            .size_limit(REGEX_SIZE_LIMIT)
-            .build()?,
-    );
+    let re = Arc::new(build_regex(pattern)?);
     // Drop the entries of freed regexes as the map doubles, so reloads do
     // not grow it without bound.
     if map.len() >= 64 && map.len().is_power_of_two() {
@@ -653,10 +657,53 @@ fn regex(pattern: &str) -> Result<Arc<Regex>, regex::Error> {
     Ok(re)
 }
 
-/// A one-line description of a regex error. The regex crate's message is a
-/// multi-line picture; keep its last line and the column the caret marks.
-fn regex_error(e: &regex::Error) -> String {
-    let full = e.to_string();
+/// Build `pattern` for `is_match` only ([`regex`] says what and why), with
+/// the `regex` crate's syntax (Unicode, UTF-8, the same nesting limit) and
+/// a compiled-size limit of [`REGEX_SIZE_LIMIT`].
+fn build_regex(pattern: &str) -> Result<Regex, String> {
+    use regex_automata::{meta, nfa::thompson::WhichCaptures, MatchKind};
+    let hir = regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(pattern)
+        .map_err(|e| regex_error(&e.to_string()))?;
+    let config = meta::Config::new()
+        .match_kind(MatchKind::LeftmostFirst)
+        .utf8_empty(true)
+        .which_captures(WhichCaptures::None)
+        .nfa_size_limit(Some(REGEX_SIZE_LIMIT))
+        .auto_prefilter(false)
+        .dfa(false)
+        .onepass(false)
+        .backtrack(false);
+    meta::Builder::new()
+        .configure(config)
+        .build_from_hir(&without_groups(&hir))
+        .map_err(|e| match e.size_limit() {
+            Some(n) => format!("the compiled regex exceeds the size limit of {n} bytes"),
+            None => e.to_string(),
+        })
+}
+
+/// `hir` with every capture group replaced by what it groups: the same
+/// language, nothing to record.
+fn without_groups(hir: &regex_syntax::hir::Hir) -> regex_syntax::hir::Hir {
+    use regex_syntax::hir::{Hir, HirKind, Repetition};
+    match hir.kind() {
+        HirKind::Capture(c) => without_groups(&c.sub),
+        HirKind::Concat(v) => Hir::concat(v.iter().map(without_groups).collect()),
+        HirKind::Alternation(v) => Hir::alternation(v.iter().map(without_groups).collect()),
+        HirKind::Repetition(r) => Hir::repetition(Repetition {
+            sub: Box::new(without_groups(&r.sub)),
+            ..r.clone()
+        }),
+        HirKind::Empty | HirKind::Literal(_) | HirKind::Class(_) | HirKind::Look(_) => hir.clone(),
+    }
+}
+
+/// A one-line description of a regex syntax error. The parser's message
+/// is a multi-line picture; keep its last line and the column the caret
+/// marks.
+fn regex_error(full: &str) -> String {
     let lines: Vec<&str> = full.lines().collect();
     let Some(what) = lines.iter().rev().find_map(|l| l.strip_prefix("error: ")) else {
         return lines.join(" ");

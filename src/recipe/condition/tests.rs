@@ -688,3 +688,82 @@ fn conditions_with_the_same_path_share_one_query() {
         "the query outlived its conditions"
     );
 }
+
+/// `matches` builds a lean regex without capture groups ([`build_regex`]):
+/// it must answer as the `regex` crate does for the same pattern, groups,
+/// anchors, word boundaries, repetitions and case folding included.
+#[test]
+fn lean_regexes_match_as_the_regex_crate_does() {
+    let patterns = [
+        "(?i)(setup|confirm)",
+        "(?i)(setup|confirm|w00042)",
+        "^(urgent|high)$",
+        "(?P<word>\\w+)@(example|acme)\\.com",
+        "(a|)(b)*c",
+        "((ab)+|x)y?$",
+        "\\b(cat|dog)s?\\b",
+        "(?i)straße|(ſetup)",
+        "(?s)a(.*?)b",
+        "(?m)^(\\d{3})-(\\d{4})$",
+        "(?:x(y(z)))+",
+        "()",
+        "[α-ω]+(\\s|$)",
+        "(?i)K",
+    ];
+    let subjects = [
+        "",
+        "Please resend my confirmation email",
+        "Need help with SETUP",
+        "ticket W00042 again",
+        "urgent",
+        "urgent!",
+        "bob@example.com",
+        "bob@acme.org",
+        "bbbc",
+        "c",
+        "ababy",
+        "xy\n",
+        "cats and dogs",
+        "concatenate",
+        "STRASSE",
+        "ſetup",
+        "a\nb",
+        "555-1234\nline",
+        "xyzxyz",
+        "λόγος",
+        "\u{212a}elvin",
+        "kelvin",
+    ];
+    for p in patterns {
+        let lean = build_regex(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+        let full = regex::Regex::new(p).unwrap();
+        for s in subjects {
+            assert_eq!(lean.is_match(s), full.is_match(s), "pattern {p:?} on {s:?}");
+        }
+    }
+}
+
+proptest! {
+    /// Any pattern the `regex` crate accepts from a small alphabet of
+    /// pieces, on any subject from a small alphabet: the same answer.
+    #[test]
+    fn lean_regexes_agree_on_generated_patterns(
+        pieces in proptest::collection::vec(
+            prop_oneof![
+                Just("a"), Just("b"), Just("("), Just(")"), Just("|"), Just("*"),
+                Just("+"), Just("?"), Just("^"), Just("$"), Just("\\b"), Just("(?i)"),
+                Just("[ab]"), Just("."), Just("(?:"), Just("{2}"), Just("A"),
+            ],
+            0..12,
+        ),
+        subject in "[abAB \n]{0,10}",
+    ) {
+        let pattern: String = pieces.concat();
+        let Ok(full) = regex::Regex::new(&pattern) else {
+            prop_assert!(build_regex(&pattern).is_err(), "{pattern:?} accepted");
+            return Ok(());
+        };
+        let lean = build_regex(&pattern).unwrap();
+        prop_assert_eq!(lean.is_match(&subject), full.is_match(&subject), "{:?} on {:?}", pattern, subject);
+    }
+}
