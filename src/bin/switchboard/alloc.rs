@@ -21,18 +21,16 @@
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
-use std::ffi::{c_char, c_void};
+use std::ffi::{c_void, CStr};
 
 /// jemalloc, with the one check `dealloc` makes per thread (module docs).
 pub struct Jemalloc;
 
-/// Whether this thread's first free has been seen (and, for a sled I/O
-/// thread, its cache turned off). A `const`-initialised `Cell` without a
-/// destructor: reading it allocates nothing and works at thread exit too.
-const UNSEEN: u8 = 0;
-const SEEN: u8 = 1;
 thread_local! {
-    static THREAD: Cell<u8> = const { Cell::new(UNSEEN) };
+    /// Whether this thread's first free has been seen (and, for a sled I/O
+    /// thread, its cache turned off). A `const`-initialised `Cell` without a
+    /// destructor: reading it allocates nothing and works at thread exit too.
+    static SEEN: Cell<bool> = const { Cell::new(false) };
     /// `thread.deallocated` at this thread's last flush ([`idle`]).
     static FLUSHED_AT: Cell<u64> = const { Cell::new(0) };
 }
@@ -54,7 +52,7 @@ unsafe impl GlobalAlloc for Jemalloc {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if THREAD.get() == UNSEEN {
+        if !SEEN.get() {
             first_free();
         }
         tikv_jemallocator::Jemalloc.dealloc(ptr, layout)
@@ -70,7 +68,7 @@ unsafe impl GlobalAlloc for Jemalloc {
 /// [`UNCACHED_THREADS`]. Allocates nothing (it runs inside the allocator).
 #[cold]
 fn first_free() {
-    THREAD.set(SEEN);
+    SEEN.set(true);
     let mut name = [0u8; 16];
     // SAFETY: PR_GET_NAME writes at most 16 bytes, NUL included.
     let got = unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
@@ -82,56 +80,61 @@ fn first_free() {
 /// Turn the calling thread's cache on or off (off flushes it); false if
 /// jemalloc refused.
 fn set_tcache(on: bool) -> bool {
-    let mut on = on;
-    // SAFETY: a bool-valued control, written from a bool of the right size.
-    unsafe {
-        tikv_jemalloc_sys::mallctl(
-            c"thread.tcache.enabled".as_ptr(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            (&raw mut on).cast::<c_void>(),
-            size_of::<bool>(),
-        ) == 0
-    }
+    write(c"thread.tcache.enabled", on)
 }
 
 /// Bytes this thread has freed so far (jemalloc counts them for its own
 /// bookkeeping, with or without statistics).
 fn freed_by_thread() -> u64 {
-    let mut n: u64 = 0;
-    let mut len = size_of::<u64>();
-    // SAFETY: a u64-valued control, read into a u64 of the given size.
-    let r = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            c"thread.deallocated".as_ptr(),
-            (&raw mut n).cast::<c_void>(),
-            &mut len,
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    if r == 0 {
-        n
-    } else {
-        0
-    }
+    read(c"thread.deallocated").unwrap_or(0)
 }
 
 /// Hand the calling thread's cached freed blocks back to their arenas;
 /// false if jemalloc refused (e.g. the thread runs without a cache).
 fn flush() -> bool {
     // SAFETY: a control that takes and returns nothing.
-    unsafe { ctl(c"thread.tcache.flush".as_ptr()) }
+    unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"thread.tcache.flush".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        ) == 0
+    }
 }
 
-unsafe fn ctl(name: *const c_char) -> bool {
-    tikv_jemalloc_sys::mallctl(
-        name,
-        std::ptr::null_mut(),
-        std::ptr::null_mut(),
-        std::ptr::null_mut(),
-        0,
-    ) == 0
+/// Read jemalloc's control `name`, whose value is a `T` (`bool`, `u64`:
+/// the types jemalloc documents for the controls used here).
+fn read<T: Copy + Default>(name: &CStr) -> Option<T> {
+    let mut v = T::default();
+    let mut len = size_of::<T>();
+    // SAFETY: reads a value of `len` bytes into a `T` of that size.
+    let r = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            (&raw mut v).cast::<c_void>(),
+            &mut len,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
+/// Write `v` to jemalloc's control `name`, whose value is a `T`; false if
+/// jemalloc refused.
+fn write<T: Copy>(name: &CStr, mut v: T) -> bool {
+    // SAFETY: writes a value of `size_of::<T>()` bytes from a `T`.
+    unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            (&raw mut v).cast::<c_void>(),
+            size_of::<T>(),
+        ) == 0
+    }
 }
 
 /// The calling thread has run out of work: flush its cache if it freed
@@ -176,20 +179,7 @@ mod tests {
     use super::*;
 
     fn tcache_enabled() -> bool {
-        let mut on = false;
-        let mut len = size_of::<bool>();
-        // SAFETY: a bool-valued control, read into a bool.
-        let r = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                c"thread.tcache.enabled".as_ptr(),
-                (&raw mut on).cast::<c_void>(),
-                &mut len,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!(r, 0);
-        on
+        read(c"thread.tcache.enabled").expect("jemalloc answers")
     }
 
     /// On a thread named `name`: free something, then report whether its
