@@ -18,7 +18,9 @@
 # Output: $BENCH_OUT/soak/ (default bench/out/soak/): samples.csv,
 # ticks.jsonl (the driver's per-interval lines), records.txt, serve.log,
 # summary.md. Environment: MINUTES (20), RATE (1000), RETENTION (5m),
-# SAMPLE (10), REPORT (120), SWITCHBOARD_BIN (skip the build).
+# SAMPLE (10), REPORT (120), AFTER (seconds the hub keeps running, and is
+# sampled, after the driver's drain; default SAMPLE), SWITCHBOARD_BIN (skip
+# the build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${MINUTES:-20}
@@ -84,7 +86,7 @@ pids+=($!)
     --sink "http://127.0.0.1:$sink_port" --drain 60 --interval "$SAMPLE" \
     --records "$OUT/records.txt" | tee "$OUT/driver.out" | grep -v '^W1LOAD_TICK' || true
 grep '^W1LOAD_TICK' "$OUT/driver.out" | sed 's/^W1LOAD_TICK //' > "$OUT/ticks.jsonl"
-sleep "$SAMPLE"   # one more sample after the drain
+sleep "${AFTER:-$SAMPLE}"   # the hub idle after the load: more samples
 echo "after: $(uptime)" | tee -a "$OUT/load.txt"
 kill "$hub"; wait "$hub" 2>/dev/null || true
 

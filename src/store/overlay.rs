@@ -148,6 +148,12 @@ impl Overlay {
         Ok(n)
     }
 
+    /// Writes not yet in the tree.
+    #[cfg(test)]
+    pub fn pending_len(&self) -> usize {
+        lock(&self.pending).len()
+    }
+
     /// Entries in `range`, in key order.
     pub fn range(&self, range: Range) -> Merged<sled::Iter> {
         let over = self.snapshot(&range);

@@ -69,8 +69,16 @@ pub fn expire<G>(
     max: usize,
 ) -> Result<Expired> {
     let (mut out, candidates) = look(kv, from, cutoff, max)?;
-    let _held = lock();
-    delete(kv, candidates, &mut out)?;
+    {
+        let _held = lock();
+        delete(kv, candidates, &mut out)?;
+    }
+    // Into the tree now, as a batch of its own (a few hundred keys). Left
+    // in the overlay on a hub with no group commits (the load stopped),
+    // a pass's chunks piled up to the overlay's bound and went to sled as
+    // one batch of ~65,000 removals, whose replaced nodes took RSS from
+    // 50 to 500-680 MiB (BENCHMARKS.md, "Retention after the load stops").
+    kv.apply().map_err(io)?;
     Ok(out)
 }
 

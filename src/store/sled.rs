@@ -1249,6 +1249,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!((x.events, x.runs, x.kept), (1, 1, 1));
+        // The chunk is in the tree, not left for a group commit: on an idle
+        // hub the overlay would gather a whole pass and apply it at once.
+        assert_eq!(s.kv.pending_len(), 0);
         assert!(s.event(&stored[0].0.id).unwrap().is_some());
         assert_eq!(s.run(retried).unwrap().unwrap().status, RunStatus::Queued);
         assert!(s.event(&stored[1].0.id).unwrap().is_none());
