@@ -143,10 +143,16 @@ struct ServeArgs {
     /// never wait). Paces senders to the rate runs are done.
     #[arg(long, env = "SWITCHBOARD_HANDOFF_WAIT", default_value = "500ms", value_parser = humantime::parse_duration)]
     handoff_wait: Duration,
-    /// A connection must send a complete request head within this (also the
-    /// idle keep-alive timeout), e.g. `10s`.
+    /// A request head must be complete within this of its first byte, e.g.
+    /// `10s`.
     #[arg(long, env = "SWITCHBOARD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     header_timeout: Duration,
+    /// How long a connection may wait for a request (its first, or its next
+    /// when kept alive), e.g. `2m`. Keep it above the idle timeout of the senders' HTTP pools and
+    /// of any proxy in front (60-90 s are common): a request sent on a
+    /// connection as the hub closes it gets no answer.
+    #[arg(long, env = "SWITCHBOARD_IDLE_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
     /// A request body must arrive within this after its head, e.g. `30s`.
     #[arg(long, env = "SWITCHBOARD_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     body_timeout: Duration,
@@ -378,6 +384,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         handoff_wait: args.handoff_wait,
         connections: switchboard::listener::ConnectionLimits {
             header_timeout: args.header_timeout,
+            idle_timeout: args.idle_timeout,
             body_timeout: args.body_timeout,
             max_connections: args
                 .max_connections

@@ -14,6 +14,15 @@
 //!          [--interval SECS --records FILE]
 //! Secret from W1_SECRET (default "s3cret"). Prints one line `W1LOAD {json}`.
 //!
+//! A request that is not answered 2xx is one of three cases, counted apart so
+//! a report says which side failed: answered with another status
+//! (`statuses`, by status), no answer because the send or the connection
+//! failed (`errors`, by kind: reqwest's stage and the innermost cause, e.g.
+//! `request: connection closed before message completed`), or no answer yet
+//! when the driver stops (`unanswered`, soak only; the fixed-count mode waits
+//! for every request). Each of them also gets a `W1LOAD_FAIL {json}` line
+//! (ticket, send and end time), so it can be found in the hub's log.
+//!
 //! With `--interval` (the soak, `bench/soak.sh`) it runs for as long as asked
 //! without holding every body in memory: each body is built and signed just
 //! before it is sent (a few µs, before the send time is taken), the sink's
@@ -95,12 +104,127 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum End {
+    /// Answered 2xx, and the body was read.
+    Ok,
+    /// Answered with another status.
+    Status(u16),
+    /// No answer: the send, the connection or the body read failed.
+    Failed(String),
+}
+
+impl End {
+    /// Send `req` and read its answer.
+    async fn of(req: reqwest::RequestBuilder) -> End {
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                match resp.bytes().await {
+                    Err(e) => End::Failed(format!("{} (after {status})", error_kind(&e))),
+                    Ok(_) if status.is_success() => End::Ok,
+                    Ok(_) => End::Status(status.as_u16()),
+                }
+            }
+            Err(e) => End::Failed(error_kind(&e)),
+        }
+    }
+
+    fn is_ok(&self) -> bool {
+        *self == End::Ok
+    }
+}
+
+/// What went wrong with a send, without the URL: reqwest's stage and the
+/// innermost cause (hyper's "connection closed before message completed",
+/// an `io::ErrorKind` such as `ConnectionReset`, ...).
+fn error_kind(e: &reqwest::Error) -> String {
+    let stage = if e.is_connect() {
+        "connect"
+    } else if e.is_timeout() {
+        "timeout"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else if e.is_request() {
+        "request"
+    } else {
+        "other"
+    };
+    let mut cause: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    match cause.downcast_ref::<std::io::Error>() {
+        Some(io) => format!("{stage}: {:?}: {io}", io.kind()),
+        None => format!("{stage}: {cause}"),
+    }
+}
+
+/// Not-ok answers and failed sends, by status and by kind.
+#[derive(Default)]
+struct Failures {
+    statuses: std::collections::BTreeMap<u16, usize>,
+    errors: std::collections::BTreeMap<String, usize>,
+}
+
+impl Failures {
+    /// Count `end` (if it is not ok) and print its `W1LOAD_FAIL` line.
+    fn add(&mut self, ticket: u64, sent_unix_ns: u64, latency_us: u64, end: &End) {
+        let what = match end {
+            End::Ok => return,
+            End::Status(s) => {
+                *self.statuses.entry(*s).or_default() += 1;
+                serde_json::json!({ "status": s })
+            }
+            End::Failed(kind) => {
+                *self.errors.entry(kind.clone()).or_default() += 1;
+                serde_json::json!({ "error": kind })
+            }
+        };
+        println!(
+            "W1LOAD_FAIL {}",
+            serde_json::json!({
+                "ticket": ticket, "sent_unix_ns": sent_unix_ns,
+                "end_unix_ns": sent_unix_ns + latency_us * 1000, "us": latency_us, "what": what,
+            })
+        );
+    }
+
+    fn merge(&mut self, other: Failures) {
+        for (k, n) in other.statuses {
+            *self.statuses.entry(k).or_default() += n;
+        }
+        for (k, n) in other.errors {
+            *self.errors.entry(k).or_default() += n;
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.statuses.values().sum::<usize>() + self.errors.values().sum::<usize>()
+    }
+
+    /// `"not_ok":N,"statuses":{..},"errors":{..}` (no braces around).
+    fn json_fields(&self) -> String {
+        let statuses: serde_json::Map<String, serde_json::Value> = self
+            .statuses
+            .iter()
+            .map(|(k, n)| (k.to_string(), (*n).into()))
+            .collect();
+        format!(
+            "\"not_ok\":{},\"statuses\":{},\"errors\":{}",
+            self.count(),
+            serde_json::Value::Object(statuses),
+            serde_json::json!(self.errors),
+        )
+    }
+}
+
 struct Outcome {
     ticket: u64,
     sent_unix_ns: u64,
     latency_us: u64,
-    ok: bool,
-    error: bool,
+    end: End,
 }
 
 /// Send `bodies` at `rate`; ticket ids are `first + i` (0 = not recorded).
@@ -133,26 +257,19 @@ async fn drive(
                 let sent_unix_ns = unix0 + (t0 - start).as_nanos() as u64;
                 let _permit = sem.acquire_owned().await.expect("semaphore");
                 let (body, sig) = &bodies[i];
-                let r = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("x-signature-256", sig.as_str())
-                    .body(body.clone())
-                    .send()
-                    .await;
-                let (ok, error) = match r {
-                    Ok(resp) => {
-                        let ok = resp.status().is_success();
-                        (ok, resp.bytes().await.is_err())
-                    }
-                    Err(_) => (false, true),
-                };
+                let end = End::of(
+                    client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("x-signature-256", sig.as_str())
+                        .body(body.clone()),
+                )
+                .await;
                 Outcome {
                     ticket: if first == 0 { 0 } else { first + i as u64 },
                     sent_unix_ns,
                     latency_us: t0.elapsed().as_micros() as u64,
-                    ok,
-                    error,
+                    end,
                 }
             });
         }
@@ -230,13 +347,20 @@ async fn main() {
     .await;
     let answered = Instant::now();
 
-    let mut lat: Vec<u64> = out.iter().filter(|o| o.ok).map(|o| o.latency_us).collect();
+    let mut lat: Vec<u64> = out
+        .iter()
+        .filter(|o| o.end.is_ok())
+        .map(|o| o.latency_us)
+        .collect();
     lat.sort_unstable();
     let ok = lat.len();
-    let errors = out.iter().filter(|o| o.error).count();
+    let mut failures = Failures::default();
+    for o in &out {
+        failures.add(o.ticket, o.sent_unix_ns, o.latency_us, &o.end);
+    }
     let sent: HashMap<u64, u64> = out
         .iter()
-        .filter(|o| o.ok)
+        .filter(|o| o.end.is_ok())
         .map(|o| (o.ticket, o.sent_unix_ns))
         .collect();
 
@@ -258,10 +382,10 @@ async fn main() {
         .collect();
     e2e.sort_unstable();
     println!(
-        "W1LOAD {{\"sent\":{n},\"ok\":{ok},\"not_ok\":{},\"errors\":{errors},\"elapsed_s\":{:.3},\"rate\":{:.1},\
+        "W1LOAD {{\"sent\":{n},\"ok\":{ok},{},\"elapsed_s\":{:.3},\"rate\":{:.1},\
 \"ans_p50_us\":{},\"ans_p90_us\":{},\"ans_p99_us\":{},\"ans_max_us\":{},\
 \"delivered\":{},\"missing\":{},\"e2e_p50_us\":{},\"e2e_p90_us\":{},\"e2e_p99_us\":{},\"e2e_max_us\":{},\"drain_ms\":{drain_ms}}}",
-        n - ok,
+        failures.json_fields(),
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64(),
         pct(&lat, 50.0),
@@ -281,7 +405,7 @@ async fn main() {
 mod soak {
     use super::*;
     use std::io::Write;
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
     use std::sync::Mutex;
 
     fn unix_ns() -> u64 {
@@ -291,17 +415,29 @@ mod soak {
             .as_nanos() as u64
     }
 
+    /// Where request i is (`Shared::stage`).
+    const WAITING: u8 = 0; // spawned, waiting for one of the `--conns` permits
+    const SENDING: u8 = 1; // sent or being sent, no answer yet
+    const DONE: u8 = 2; // its end is in `Shared::answers`
+
     /// What the sender tasks leave for the reporter.
     #[derive(Default)]
     struct Shared {
-        /// Send time (unix ns) of event i; 0 until sent.
+        /// Send time (unix ns) of event i; 0 until sent, and again 0 if it
+        /// was not answered 2xx.
         sent: Vec<AtomicU64>,
-        /// Answers completed since the last report: (done ns, µs, ok).
-        answers: Mutex<Vec<(u64, u64, bool)>>,
+        /// Where each request is; a request never spawned stays `WAITING`
+        /// with `sent` 0.
+        stage: Vec<AtomicU8>,
+        /// Ends since the last report.
+        answers: Mutex<Vec<Ended>>,
         done: AtomicUsize,
     }
 
-    fn line(buf: &mut Vec<u64>) -> (u64, u64, u64) {
+    /// Request i's end: (i, send ns, done ns, µs, end).
+    type Ended = (usize, u64, u64, u64, End);
+
+    fn line(buf: &mut [u64]) -> (u64, u64, u64) {
         buf.sort_unstable();
         (
             pct(buf, 50.0),
@@ -312,13 +448,15 @@ mod soak {
 
     struct Totals {
         ok: usize,
-        not_ok: usize,
+        failures: Failures,
         delivered: usize,
         ans: Vec<u64>,
         e2e: Vec<u64>,
     }
 
     /// Collect what happened since the last report, print it, write records.
+    /// The answers are taken after the last await, so an answer is either in
+    /// this report or left for the next: none is lost between the two.
     async fn report(
         client: &reqwest::Client,
         sink: &str,
@@ -327,10 +465,17 @@ mod soak {
         out: &mut Option<std::io::BufWriter<std::fs::File>>,
         totals: &mut Totals,
     ) {
-        let answers = std::mem::take(&mut *shared.answers.lock().expect("lock"));
         let records = sink_records(client, sink).await;
-        let mut ans: Vec<u64> = answers.iter().filter(|a| a.2).map(|a| a.1).collect();
-        let not_ok = answers.iter().filter(|a| !a.2).count();
+        let answers = std::mem::take(&mut *shared.answers.lock().expect("lock"));
+        let mut ans: Vec<u64> = answers
+            .iter()
+            .filter(|a| a.4.is_ok())
+            .map(|a| a.3)
+            .collect();
+        let mut failures = Failures::default();
+        for (i, sent, _, us, end) in &answers {
+            failures.add(FIRST_TICKET + *i as u64, *sent, *us, end);
+        }
         let mut e2e = Vec::with_capacity(records.len());
         for (ticket, recv) in &records {
             let Some(i) = ticket.checked_sub(FIRST_TICKET) else {
@@ -350,21 +495,22 @@ mod soak {
             }
         }
         if let Some(f) = out.as_mut() {
-            for (done, us, ok) in &answers {
-                writeln!(f, "a {done} {us} {}", *ok as u8).expect("records file");
+            for (_, _, done, us, end) in &answers {
+                writeln!(f, "a {done} {us} {}", end.is_ok() as u8).expect("records file");
             }
             f.flush().expect("records file");
         }
         let (a50, a99, amax) = line(&mut ans);
         let (e50, e99, emax) = line(&mut e2e);
         println!(
-            "W1LOAD_TICK {{\"t_s\":{t_s:.1},\"ok\":{},\"not_ok\":{not_ok},\"ans_p50_us\":{a50},\"ans_p99_us\":{a99},\"ans_max_us\":{amax},\
+            "W1LOAD_TICK {{\"t_s\":{t_s:.1},\"ok\":{},{},\"ans_p50_us\":{a50},\"ans_p99_us\":{a99},\"ans_max_us\":{amax},\
 \"delivered\":{},\"e2e_p50_us\":{e50},\"e2e_p99_us\":{e99},\"e2e_max_us\":{emax}}}",
             ans.len(),
+            failures.json_fields(),
             e2e.len(),
         );
         totals.ok += ans.len();
-        totals.not_ok += not_ok;
+        totals.failures.merge(failures);
         totals.delivered += e2e.len();
         totals.ans.extend(ans);
         totals.e2e.extend(e2e);
@@ -374,6 +520,7 @@ mod soak {
         let n = (a.rate * a.duration).round() as usize;
         let shared = Arc::new(Shared {
             sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            stage: (0..n).map(|_| AtomicU8::new(WAITING)).collect(),
             ..Shared::default()
         });
         let client = reqwest::Client::builder()
@@ -398,7 +545,7 @@ mod soak {
         let mut next_report = start + every;
         let mut totals = Totals {
             ok: 0,
-            not_ok: 0,
+            failures: Failures::default(),
             delivered: 0,
             ans: Vec::new(),
             e2e: Vec::new(),
@@ -417,28 +564,28 @@ mod soak {
                         format!("{head}\"id\":{}{tail}", FIRST_TICKET + i as u64).into_bytes();
                     let sig = sign(&secret, &body);
                     let t0 = Instant::now();
-                    shared.sent[i].store(unix_ns(), Ordering::Release);
+                    let sent = unix_ns();
+                    shared.sent[i].store(sent, Ordering::Release);
                     let _permit = sem.acquire_owned().await.expect("semaphore");
-                    let r = client
-                        .post(url.as_str())
-                        .header("content-type", "application/json")
-                        .header("x-signature-256", sig)
-                        .body(body)
-                        .send()
-                        .await;
-                    let ok = match r {
-                        Ok(resp) => resp.status().is_success() && resp.bytes().await.is_ok(),
-                        Err(_) => false,
-                    };
+                    shared.stage[i].store(SENDING, Ordering::Release);
+                    let end = End::of(
+                        client
+                            .post(url.as_str())
+                            .header("content-type", "application/json")
+                            .header("x-signature-256", sig)
+                            .body(body),
+                    )
+                    .await;
                     let us = t0.elapsed().as_micros() as u64;
-                    if !ok {
+                    if !end.is_ok() {
                         shared.sent[i].store(0, Ordering::Release);
                     }
                     shared
                         .answers
                         .lock()
                         .expect("lock")
-                        .push((unix_ns(), us, ok));
+                        .push((i, sent, unix_ns(), us, end));
+                    shared.stage[i].store(DONE, Ordering::Release);
                     shared.done.fetch_add(1, Ordering::Release);
                 });
             }
@@ -453,7 +600,9 @@ mod soak {
             }
         }
         let elapsed = start.elapsed();
-        // Every answer, then every delivery (or the drain time is up).
+        // Every answer, then every delivery (or the drain time is up). Nothing
+        // awaits between the report and the check: `done` and what the report
+        // took agree.
         let deadline = Instant::now() + Duration::from_secs_f64(a.drain);
         loop {
             tokio::time::sleep_until(next_report.min(deadline).into()).await;
@@ -465,19 +614,44 @@ mod soak {
                 break;
             }
         }
+        // The third case: requests with no answer when the driver stops.
+        let stop = unix_ns();
+        let mut unanswered = 0usize;
+        let mut waiting = 0usize;
+        for (i, stage) in shared.stage.iter().enumerate() {
+            let stage = stage.load(Ordering::Acquire);
+            if stage == DONE {
+                continue;
+            }
+            unanswered += 1;
+            waiting += (stage == WAITING) as usize;
+            let sent = shared.sent[i].load(Ordering::Acquire);
+            println!(
+                "W1LOAD_FAIL {}",
+                serde_json::json!({
+                    "ticket": FIRST_TICKET + i as u64, "sent_unix_ns": sent,
+                    "what": { "unanswered": if stage == WAITING { "waiting for a connection" } else { "sent" },
+                              "for_us": stop.saturating_sub(sent) / 1000 },
+                })
+            );
+        }
         let (a50, a99, amax) = line(&mut totals.ans);
         let (e50, e99, emax) = line(&mut totals.e2e);
         println!(
-            "W1LOAD {{\"sent\":{n},\"ok\":{},\"not_ok\":{},\"unanswered\":{},\"elapsed_s\":{:.3},\"rate\":{:.1},\
+            "W1LOAD {{\"sent\":{n},\"ok\":{},{},\"unanswered\":{unanswered},\"unanswered_waiting\":{waiting},\"elapsed_s\":{:.3},\"rate\":{:.1},\
 \"ans_p50_us\":{a50},\"ans_p99_us\":{a99},\"ans_max_us\":{amax},\
 \"delivered\":{},\"missing\":{},\"e2e_p50_us\":{e50},\"e2e_p99_us\":{e99},\"e2e_max_us\":{emax}}}",
             totals.ok,
-            totals.not_ok,
-            n - totals.ok - totals.not_ok,
+            totals.failures.json_fields(),
             elapsed.as_secs_f64(),
             n as f64 / elapsed.as_secs_f64(),
             totals.delivered,
             totals.ok.saturating_sub(totals.delivered),
+        );
+        assert_eq!(
+            totals.ok + totals.failures.count() + unanswered,
+            n,
+            "every request is ok, not ok or unanswered"
         );
     }
 }
