@@ -4,7 +4,7 @@
 use super::step::wait::wait_tag;
 use crate::connector::{self, Connectors, SecretSource};
 use crate::recipe::steps::Awaited;
-use crate::recipe::{self, Recipe, StepKind};
+use crate::recipe::{self, condition, Recipe, StepKind};
 use crate::store::{Correlation, Listen};
 use crate::template::Templates;
 use crate::yaml::LoadError;
@@ -150,6 +150,18 @@ impl Catalog {
                 .entry(r.event.clone())
                 .or_default()
                 .push(i);
+        }
+        // Conditions asked about the same events share their `matches`
+        // regexes: one regex for many distinct patterns.
+        for by_type in index.values() {
+            for positions in by_type.values() {
+                condition::share_regexes(positions.iter().map(|&i| &recipes[i].condition));
+            }
+        }
+        for by_type in listeners.values() {
+            for list in by_type.values() {
+                condition::share_regexes(list.iter().filter_map(|l| l.awaited.condition.as_ref()));
+            }
         }
         Catalog {
             version: String::new(),

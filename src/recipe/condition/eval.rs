@@ -51,6 +51,16 @@ impl Node {
         }
     }
 
+    /// Every operator of the tree, in document order.
+    pub(super) fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Op)) {
+        match self {
+            Node::All(nodes) | Node::Any(nodes) => nodes.iter().for_each(|n| n.visit(f)),
+            Node::Not(node) => node.visit(f),
+            Node::Path(test) => test.ops.iter().for_each(f),
+            Node::BusinessHours(_) => {}
+        }
+    }
+
     pub(super) fn visit_ops(&mut self, f: &mut dyn FnMut(&mut Op)) {
         match self {
             Node::All(nodes) | Node::Any(nodes) => nodes.iter_mut().for_each(|n| n.visit_ops(f)),
@@ -127,7 +137,7 @@ impl Op {
                     _ => false,
                 },
             },
-            Op::Matches(re) => scalar_text(node).is_some_and(|s| re.is_match(&*s)),
+            Op::Matches(m) => scalar_text(node).is_some_and(|s| m.is_match(&s)),
             Op::Exists(want) => *want,
             Op::Compare(cmp, operand) => compare(node, operand).is_some_and(|o| match cmp {
                 Cmp::Gt => o == Ordering::Greater,

@@ -65,9 +65,11 @@ use std::borrow::Cow;
 use crate::jsonpath::{describe as jsonpath_error, parse_shared};
 use jsonpath_rust::parser::model::JpQuery;
 use jsonpath_rust::query::js_path_process;
-use regex_automata::meta::Regex;
+use regex_automata::meta::{self, Regex};
+use regex_automata::nfa::thompson::{self, WhichCaptures};
+use regex_automata::{Anchored, Input, MatchKind, PatternID};
 use serde_json::{Map, Value};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::template::{Template, Templates};
 use crate::time::{Calendar, Calendars};
@@ -239,8 +241,8 @@ enum Op {
         element: Value,
         text: Option<String>,
     },
-    /// Shared by every condition with the same pattern ([`regex`]).
-    Matches(Arc<Regex>),
+    /// Shared by every condition with the same pattern ([`pattern`]).
+    Matches(Matches),
     Exists(bool),
     /// The operand is a number or a string (checked at compile time).
     Compare(Cmp, Value),
@@ -574,9 +576,12 @@ fn compile_op(name: &str, operand: &Value, pointer: &str) -> Result<Op, Conditio
             text: scalar_text(operand).map(Cow::into_owned),
         },
         "matches" => match operand {
-            Value::String(pattern) => Op::Matches(regex(pattern).map_err(|e| {
-                ConditionError::new(pointer, format!("invalid regex `{pattern}`: {e}"))
-            })?),
+            Value::String(source) => Op::Matches(Matches {
+                pattern: pattern(source).map_err(|e| {
+                    ConditionError::new(pointer, format!("invalid regex `{source}`: {e}"))
+                })?,
+                shared: OnceLock::new(),
+            }),
             _ => return Err(expects("a regex string")),
         },
         "exists" => match operand {
@@ -616,57 +621,204 @@ fn compile_op(name: &str, operand: &Value, pointer: &str) -> Result<Op, Conditio
     })
 }
 
-/// The compiled regex of a `matches` pattern, shared with every other
-/// condition of the process that uses the same pattern.
+/// A `matches` operand: its pattern, checked when compiled, shared with
+/// every other condition of the process that uses the same pattern
+/// ([`pattern`]), and where this condition's answer comes from — the
+/// pattern's own regex, or one shared by many patterns ([`share_regexes`]).
+#[derive(Debug, Clone)]
+struct Matches {
+    pattern: Arc<Pattern>,
+    /// Set by [`share_regexes`]: the regex holding this pattern among
+    /// others, and its number there.
+    shared: OnceLock<(Arc<Regex>, PatternID)>,
+}
+
+impl Matches {
+    fn is_match(&self, text: &str) -> bool {
+        match self.shared.get() {
+            // The pattern is stored as `(?s:.)*?(pattern)`, so a search
+            // anchored at the start for it alone finds it anywhere.
+            Some((re, id)) => re.is_match(Input::new(text).anchored(Anchored::Pattern(*id))),
+            None => self.pattern.regex().is_some_and(|re| re.is_match(text)),
+        }
+    }
+}
+
+/// A checked `matches` pattern and its own regex, built when first needed.
+#[derive(Debug)]
+struct Pattern {
+    source: String,
+    /// Built by [`Pattern::regex`]: at the first match, or when the catalog
+    /// gives the pattern to [`share_regexes`] in a group too small to
+    /// share. `None` only if building failed after the pattern was
+    /// checked, which the checks make impossible (it then never matches).
+    regex: OnceLock<Option<Regex>>,
+}
+
+impl Pattern {
+    fn regex(&self) -> Option<&Regex> {
+        self.regex
+            .get_or_init(|| build_regex(&self.source).ok())
+            .as_ref()
+    }
+}
+
+/// The checked pattern `source`, shared with every other condition of the
+/// process that uses the same pattern.
 ///
-/// A condition only asks whether the pattern matches, so it is built for
-/// that alone with regex-automata's meta engine (what the `regex` crate
-/// wraps), leaner than `regex::Regex`: capture groups are taken out of
-/// the pattern (they change where groups are, never whether it matches),
-/// and neither a literal prefilter, a full DFA, a one-pass DFA nor a
-/// backtracker is built — the lazy DFA answers, building its states as
-/// subjects need them (the PikeVM if its cache gives up). For
+/// Compiling a condition only checks the pattern (its syntax, and the size
+/// of its NFA against [`REGEX_SIZE_LIMIT`]); its regex is built later, on
+/// its own or in a group ([`share_regexes`]), so 10,000 recipes with
+/// distinct patterns do not build 10,000 regexes to throw them away.
+///
+/// Shared: 10,000 recipes with the same condition check and build one
+/// pattern, not 10,000. Entries are weak: a pattern is freed with the last
+/// condition using it (a reloaded catalog shares what the old one compiled
+/// while both are alive). A regex does no I/O and is `Sync`, so sharing it
+/// across recipes and threads is sound.
+fn pattern(source: &str) -> Result<Arc<Pattern>, String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, Weak};
+    static SHARED: OnceLock<Mutex<HashMap<String, Weak<Pattern>>>> = OnceLock::new();
+    let shared = SHARED.get_or_init(Default::default);
+    // A panic while holding the lock leaves a map of valid entries.
+    let mut map = shared.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = map.get(source).and_then(Weak::upgrade) {
+        return Ok(p);
+    }
+    check_pattern(source)?;
+    let p = Arc::new(Pattern {
+        source: source.to_owned(),
+        regex: OnceLock::new(),
+    });
+    // Drop the entries of freed patterns as the map doubles, so reloads do
+    // not grow it without bound.
+    if map.len() >= 64 && map.len().is_power_of_two() {
+        map.retain(|_, w| w.strong_count() > 0);
+    }
+    map.insert(source.to_owned(), Arc::downgrade(&p));
+    Ok(p)
+}
+
+/// The fewest distinct patterns that [`share_regexes`] compiles into one
+/// regex. Below it each pattern keeps its own (a lazy DFA: 30–470 ns a
+/// match while few take turns, ~9.5 KiB each plus ~12 KiB of cache per
+/// thread after its first match); from it on, shared regexes hold them
+/// (~1.7 KiB a pattern, one cache per thread and regex), answered by the
+/// PikeVM at 0.5–7 µs a pattern by subject length — about what 10,000
+/// lean regexes taking turns cost, but not what a few do (BENCHMARKS.md,
+/// "Sixth 11-30 session: one regex for many patterns").
+pub const SHARED_REGEX_MIN: usize = 256;
+
+/// Build the regexes of the `matches` patterns of `conditions` —
+/// conditions evaluated on the same events, e.g. the `if`s of the recipes
+/// on one (connector, event type) — as the catalog loads: with at least
+/// [`SHARED_REGEX_MIN`] distinct patterns, one regex per
+/// [`SHARED_REGEX_CHUNK`] of them (each pattern its own numbered part,
+/// asked for alone, so the answer is the pattern's own); with fewer, each
+/// pattern's own regex, built now rather than on the first event.
+///
+/// Only where a condition's answer comes from changes, never the answer;
+/// a condition given to no group builds its pattern's regex when first
+/// evaluated.
+pub fn share_regexes<'a>(conditions: impl IntoIterator<Item = &'a Condition>) {
+    share_regexes_from(conditions, SHARED_REGEX_MIN);
+}
+
+fn share_regexes_from<'a>(conditions: impl IntoIterator<Item = &'a Condition>, min: usize) {
+    use std::collections::HashMap;
+    let mut ops: Vec<&Matches> = Vec::new();
+    for c in conditions {
+        c.root.visit(&mut |op| {
+            if let Op::Matches(m) = op {
+                ops.push(m);
+            }
+        });
+    }
+    // Distinct patterns, numbered in order of first use.
+    let mut ids: HashMap<*const Pattern, usize> = HashMap::new();
+    let mut patterns: Vec<&Pattern> = Vec::new();
+    for m in &ops {
+        ids.entry(Arc::as_ptr(&m.pattern)).or_insert_with(|| {
+            patterns.push(&m.pattern);
+            patterns.len() - 1
+        });
+    }
+    if patterns.len() < min {
+        for p in patterns {
+            p.regex();
+        }
+        return;
+    }
+    // Built a chunk at a time, so what building holds on the way (the
+    // parsed patterns, the NFA builder's states) is a chunk's.
+    let mut regexes: Vec<Option<Arc<Regex>>> = Vec::new();
+    for chunk in patterns.chunks(SHARED_REGEX_CHUNK) {
+        let re = build_shared_regex(chunk).map(Arc::new);
+        if re.is_none() {
+            for p in chunk {
+                p.regex();
+            }
+        }
+        regexes.push(re);
+    }
+    for m in ops {
+        let i = ids[&Arc::as_ptr(&m.pattern)];
+        let Some(re) = &regexes[i / SHARED_REGEX_CHUNK] else {
+            continue;
+        };
+        if let Ok(id) = PatternID::new(i % SHARED_REGEX_CHUNK) {
+            // Already set (a condition given twice): the first regex answers.
+            let _ = m.shared.set((re.clone(), id));
+        }
+    }
+}
+
+/// The most patterns one shared regex holds: building 10,000 at once held
+/// ~60 MiB on the way (parsed patterns, the NFA builder's doubling state
+/// list) for an NFA of 12.6; each further regex costs a few KiB.
+const SHARED_REGEX_CHUNK: usize = 1024;
+
+/// One regex of `patterns`, pattern `i` as `(?s:.)*?(patterns[i])` so that
+/// a search anchored on it alone finds it anywhere in the subject. Only
+/// the PikeVM answers (no lazy DFA: it would need a reverse NFA, ~1 KiB
+/// more a pattern, and a start state per pattern). `None` if a pattern no
+/// longer parses or the regex does not build, which the checks of
+/// [`pattern`] rule out; the patterns then keep their own regexes.
+fn build_shared_regex(patterns: &[&Pattern]) -> Option<Regex> {
+    use regex_syntax::hir::{Class, ClassUnicode, Hir, Repetition};
+    let any = Hir::repetition(Repetition {
+        min: 0,
+        max: None,
+        greedy: false,
+        sub: Box::new(Hir::class(Class::Unicode(ClassUnicode::new([
+            regex_syntax::hir::ClassUnicodeRange::new('\0', char::MAX),
+        ])))),
+    });
+    let hirs = patterns
+        .iter()
+        .map(|p| {
+            let hir = parse(&p.source).ok()?;
+            Some(Hir::concat(vec![any.clone(), without_groups(&hir)]))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    meta::Builder::new()
+        .configure(lean_config().nfa_size_limit(None).hybrid(false))
+        .build_many_from_hir(&hirs)
+        .ok()
+}
+
+/// What every `matches` regex is built with: `is_match` only, so neither
+/// capture groups, a literal prefilter, a full DFA, a one-pass DFA nor a
+/// backtracker — the lazy DFA answers, building its states as subjects
+/// need them (the PikeVM if its cache gives up). For
 /// `(?i)(setup|confirm|w00001)`, the `regex` crate built ~60 KiB in
 /// ~0.5 ms: an Aho-Corasick DFA over the ~180 case-folded literals
 /// (~26 KiB), a full DFA (~15 KiB), a one-pass DFA (~10 KiB); this builds
 /// ~8 KiB in ~45 µs, plus ~12 KiB of lazy-DFA cache on the first match
 /// (BENCHMARKS.md, "10,000 loaded recipes").
-///
-/// Shared as well: 10,000 recipes with the same condition would
-/// otherwise hold 10,000 copies. Entries are weak: a pattern's regex is
-/// freed with the last condition using it (a reloaded catalog shares what
-/// the old one compiled while both are alive). A regex does no I/O and is
-/// `Sync`, so sharing it across recipes and threads is sound.
-fn regex(pattern: &str) -> Result<Arc<Regex>, String> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock, Weak};
-    static SHARED: OnceLock<Mutex<HashMap<String, Weak<Regex>>>> = OnceLock::new();
-    let shared = SHARED.get_or_init(Default::default);
-    // A panic while holding the lock leaves a map of valid entries.
-    let mut map = shared.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(re) = map.get(pattern).and_then(Weak::upgrade) {
-        return Ok(re);
-    }
-    let re = Arc::new(build_regex(pattern)?);
-    // Drop the entries of freed regexes as the map doubles, so reloads do
-    // not grow it without bound.
-    if map.len() >= 64 && map.len().is_power_of_two() {
-        map.retain(|_, w| w.strong_count() > 0);
-    }
-    map.insert(pattern.to_owned(), Arc::downgrade(&re));
-    Ok(re)
-}
-
-/// Build `pattern` for `is_match` only ([`regex`] says what and why), with
-/// the `regex` crate's syntax (Unicode, UTF-8, the same nesting limit) and
-/// a compiled-size limit of [`REGEX_SIZE_LIMIT`].
-fn build_regex(pattern: &str) -> Result<Regex, String> {
-    use regex_automata::{meta, nfa::thompson::WhichCaptures, MatchKind};
-    let hir = regex_syntax::ParserBuilder::new()
-        .build()
-        .parse(pattern)
-        .map_err(|e| regex_error(&e.to_string()))?;
-    let config = meta::Config::new()
+fn lean_config() -> meta::Config {
+    meta::Config::new()
         .match_kind(MatchKind::LeftmostFirst)
         .utf8_empty(true)
         .which_captures(WhichCaptures::None)
@@ -674,10 +826,46 @@ fn build_regex(pattern: &str) -> Result<Regex, String> {
         .auto_prefilter(false)
         .dfa(false)
         .onepass(false)
-        .backtrack(false);
-    meta::Builder::new()
+        .backtrack(false)
+}
+
+/// `pattern` parsed with the `regex` crate's syntax (Unicode, UTF-8, the
+/// same nesting limit).
+fn parse(pattern: &str) -> Result<regex_syntax::hir::Hir, String> {
+    regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(pattern)
+        .map_err(|e| regex_error(&e.to_string()))
+}
+
+/// Check `pattern` as [`build_regex`] would build it, without building
+/// more than its NFA: it parses, and the NFA fits [`REGEX_SIZE_LIMIT`]
+/// (the meta regex compiles the same NFA with the same configuration, so
+/// a checked pattern builds).
+fn check_pattern(pattern: &str) -> Result<(), String> {
+    let hir = without_groups(&parse(pattern)?);
+    // What `meta` derives from `lean_config` for its forward NFA.
+    let config = thompson::Config::new()
+        .utf8(true)
+        .nfa_size_limit(Some(REGEX_SIZE_LIMIT))
+        .shrink(false)
+        .which_captures(WhichCaptures::None);
+    thompson::Compiler::new()
         .configure(config)
-        .build_from_hir(&without_groups(&hir))
+        .build_from_hir(&hir)
+        .map(drop)
+        .map_err(|e| match e.size_limit() {
+            Some(n) => format!("the compiled regex exceeds the size limit of {n} bytes"),
+            None => e.to_string(),
+        })
+}
+
+/// Build `pattern` for `is_match` only ([`lean_config`] says what and
+/// why), with a compiled-size limit of [`REGEX_SIZE_LIMIT`].
+fn build_regex(pattern: &str) -> Result<Regex, String> {
+    meta::Builder::new()
+        .configure(lean_config())
+        .build_from_hir(&without_groups(&parse(pattern)?))
         .map_err(|e| match e.size_limit() {
             Some(n) => format!("the compiled regex exceeds the size limit of {n} bytes"),
             None => e.to_string(),

@@ -594,45 +594,173 @@ proptest! {
     }
 }
 
-/// The regex of a `matches` pattern is compiled once however many
-/// conditions use it (10,000 recipes with one pattern held 10,000 copies),
-/// and freed with the last of them.
+/// The `matches` ops of `c`, in document order.
+fn matches_of(c: &Condition) -> Vec<Matches> {
+    let mut out = Vec::new();
+    c.root.visit(&mut |op| {
+        if let Op::Matches(m) = op {
+            out.push(m.clone());
+        }
+    });
+    out
+}
+
+/// A `matches` pattern is checked once however many conditions use it,
+/// and its regex built once (10,000 recipes with one pattern held 10,000
+/// copies); both are freed with the last condition using them.
 #[test]
 fn conditions_with_the_same_pattern_share_one_regex() {
-    fn regex_of(c: &Condition) -> Arc<Regex> {
-        match &c.root {
-            Node::All(items) => match &items[0] {
-                Node::Path(p) => match &p.ops[0] {
-                    Op::Matches(re) => re.clone(),
-                    other => panic!("{other:?}"),
-                },
-                other => panic!("{other:?}"),
-            },
-            other => panic!("{other:?}"),
-        }
-    }
+    let pattern_of = |c: &Condition| matches_of(c)[0].pattern.clone();
     let pattern = "(?i)(shared-pattern-test|confirm)";
     let cond = json!([{ "$.event.subject": { "matches": pattern } }]);
     let a = Condition::compile(&cond).unwrap();
     let b = Condition::compile(&cond).unwrap();
-    assert!(Arc::ptr_eq(&regex_of(&a), &regex_of(&b)));
+    assert!(Arc::ptr_eq(&pattern_of(&a), &pattern_of(&b)));
     let other = Condition::compile(
         &json!([{ "$.event.subject": { "matches": "(?i)other-pattern-test" } }]),
     )
     .unwrap();
-    assert!(!Arc::ptr_eq(&regex_of(&a), &regex_of(&other)));
+    assert!(!Arc::ptr_eq(&pattern_of(&a), &pattern_of(&other)));
+    // Compiling checks the pattern; its regex is built when first needed.
+    assert!(pattern_of(&a).regex.get().is_none());
     // Both still match what their own pattern says.
     let ctx = json!({"event": {"subject": "Please CONFIRM"}});
     assert!(a.eval(&ctx) && b.eval(&ctx) && !other.eval(&ctx));
+    assert!(pattern_of(&a).regex.get().is_some_and(Option::is_some));
     // Freed with the last condition using it: a later compile builds a new one.
-    let weak = Arc::downgrade(&regex_of(&a));
+    let weak = Arc::downgrade(&pattern_of(&a));
     drop((a, b));
     assert!(
         weak.upgrade().is_none(),
-        "the regex outlived its conditions"
+        "the pattern outlived its conditions"
     );
     let c = Condition::compile(&cond).unwrap();
     assert!(c.eval(&ctx));
+}
+
+/// Patterns whose shared regex must answer as each pattern alone: anchors,
+/// word boundaries, multi-line, empty matches, case folding, flags that
+/// must not leak from one pattern into the next.
+const SHARED_PATTERNS: &[&str] = &[
+    "(?i)(setup|confirm)",
+    "(?i)(setup|confirm|w00042)",
+    "^(urgent|high)$",
+    "(?P<word>\\w+)@(example|acme)\\.com",
+    "(a|)(b)*c",
+    "((ab)+|x)y?$",
+    "\\b(cat|dog)s?\\b",
+    "(?i)straße|(ſetup)",
+    "(?s)a(.*?)b",
+    "(?m)^(\\d{3})-(\\d{4})$",
+    "(?:x(y(z)))+",
+    "()",
+    "[α-ω]+(\\s|$)",
+    "(?i)K",
+    "K",
+    "^$",
+    "\\Bat",
+    "a.b",
+    "^",
+    "$",
+];
+
+const SUBJECTS: &[&str] = &[
+    "",
+    "Please resend my confirmation email",
+    "Need help with SETUP",
+    "ticket W00042 again",
+    "urgent",
+    "urgent!",
+    "bob@example.com",
+    "bob@acme.org",
+    "bbbc",
+    "c",
+    "ababy",
+    "xy\n",
+    "cats and dogs",
+    "concatenate",
+    "STRASSE",
+    "ſetup",
+    "a\nb",
+    "555-1234\nline",
+    "xyzxyz",
+    "λόγος",
+    "\u{212a}elvin",
+    "kelvin",
+    "a\u{212a}b",
+    "k",
+];
+
+/// The conditions `{"$.s": {matches: P}}` of `patterns`, given to
+/// [`share_regexes_from`] as one group with the smallest size `min`.
+fn shared(patterns: &[&str], min: usize) -> Vec<Condition> {
+    let conds: Vec<Condition> = patterns
+        .iter()
+        .map(|p| Condition::compile(&json!({ "$.s": { "matches": p } })).unwrap())
+        .collect();
+    share_regexes_from(&conds, min);
+    conds
+}
+
+/// [`share_regexes`] compiles many patterns into one regex: each
+/// condition still answers as its own pattern does in the `regex` crate.
+#[test]
+fn shared_regexes_answer_as_each_pattern_alone() {
+    let conds = shared(SHARED_PATTERNS, 2);
+    let first = matches_of(&conds[0])[0].shared.get().unwrap().0.clone();
+    for (p, c) in SHARED_PATTERNS.iter().zip(&conds) {
+        let m = &matches_of(c)[0];
+        // One regex for them all, and no pattern's own built.
+        assert!(Arc::ptr_eq(&m.shared.get().unwrap().0, &first), "{p}");
+        assert!(m.pattern.regex.get().is_none(), "{p}");
+        let full = regex::Regex::new(p).unwrap();
+        for s in SUBJECTS {
+            let ctx = json!({ "s": s });
+            assert_eq!(c.eval(&ctx), full.is_match(s), "pattern {p:?} on {s:?}");
+        }
+    }
+}
+
+/// Below the smallest group size each pattern gets its own regex, built
+/// when the catalog gives the group (not on the first event); a pattern
+/// used by several conditions of a group is one pattern of the regex.
+#[test]
+fn shared_regexes_need_enough_distinct_patterns() {
+    let few = shared(&["(?i)few-a", "(?i)few-b", "(?i)few-a"], 3);
+    for c in &few {
+        let m = &matches_of(c)[0];
+        assert!(m.shared.get().is_none());
+        assert!(m.pattern.regex.get().is_some_and(Option::is_some));
+    }
+    let many = shared(&["(?i)many-a", "(?i)many-b", "(?i)many-a", "many-c"], 3);
+    let ids: Vec<usize> = many
+        .iter()
+        .map(|c| matches_of(c)[0].shared.get().unwrap().1.as_usize())
+        .collect();
+    assert_eq!(ids, [0, 1, 0, 2]);
+    assert!(many[0].eval(&json!({ "s": "MANY-A" })));
+    assert!(!many[1].eval(&json!({ "s": "MANY-A" })));
+    assert!(many[3].eval(&json!({ "s": "a many-c" })));
+}
+
+/// The catalog's smallest group is what the figures were measured with;
+/// at it a group is shared, one below it is not.
+#[test]
+fn shared_regexes_from_the_documented_size() {
+    let sources: Vec<String> = (0..SHARED_REGEX_MIN)
+        .map(|i| format!("(?i)(setup|confirm|size-test-{i:05})"))
+        .collect();
+    let conds: Vec<Condition> = sources
+        .iter()
+        .map(|p| Condition::compile(&json!({ "$.s": { "matches": p } })).unwrap())
+        .collect();
+    share_regexes(&conds[1..]);
+    assert!(matches_of(&conds[1])[0].shared.get().is_none());
+    share_regexes(&conds);
+    assert!(matches_of(&conds[0])[0].shared.get().is_some());
+    let hit = json!({ "s": "about SIZE-TEST-00042" });
+    let hits = conds.iter().filter(|c| c.eval(&hit)).count();
+    assert_eq!(hits, 1);
 }
 
 /// The list is the compiler's: every operator in it compiles (with some
@@ -694,50 +822,10 @@ fn conditions_with_the_same_path_share_one_query() {
 /// anchors, word boundaries, repetitions and case folding included.
 #[test]
 fn lean_regexes_match_as_the_regex_crate_does() {
-    let patterns = [
-        "(?i)(setup|confirm)",
-        "(?i)(setup|confirm|w00042)",
-        "^(urgent|high)$",
-        "(?P<word>\\w+)@(example|acme)\\.com",
-        "(a|)(b)*c",
-        "((ab)+|x)y?$",
-        "\\b(cat|dog)s?\\b",
-        "(?i)straße|(ſetup)",
-        "(?s)a(.*?)b",
-        "(?m)^(\\d{3})-(\\d{4})$",
-        "(?:x(y(z)))+",
-        "()",
-        "[α-ω]+(\\s|$)",
-        "(?i)K",
-    ];
-    let subjects = [
-        "",
-        "Please resend my confirmation email",
-        "Need help with SETUP",
-        "ticket W00042 again",
-        "urgent",
-        "urgent!",
-        "bob@example.com",
-        "bob@acme.org",
-        "bbbc",
-        "c",
-        "ababy",
-        "xy\n",
-        "cats and dogs",
-        "concatenate",
-        "STRASSE",
-        "ſetup",
-        "a\nb",
-        "555-1234\nline",
-        "xyzxyz",
-        "λόγος",
-        "\u{212a}elvin",
-        "kelvin",
-    ];
-    for p in patterns {
+    for p in SHARED_PATTERNS {
         let lean = build_regex(p).unwrap_or_else(|e| panic!("{p}: {e}"));
         let full = regex::Regex::new(p).unwrap();
-        for s in subjects {
+        for s in SUBJECTS {
             assert_eq!(lean.is_match(s), full.is_match(s), "pattern {p:?} on {s:?}");
         }
     }
@@ -765,5 +853,42 @@ proptest! {
         };
         let lean = build_regex(&pattern).unwrap();
         prop_assert_eq!(lean.is_match(&subject), full.is_match(&subject), "{:?} on {:?}", pattern, subject);
+    }
+
+    /// Generated patterns compiled into one shared regex, on any subject:
+    /// each condition answers as its own pattern does in the `regex` crate
+    /// (a pattern the crate refuses is refused by `matches` too, and left
+    /// out of the group).
+    #[test]
+    fn shared_regexes_agree_on_generated_patterns(
+        patterns in proptest::collection::vec(
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("a"), Just("b"), Just("("), Just(")"), Just("|"), Just("*"),
+                    Just("+"), Just("?"), Just("^"), Just("$"), Just("\\b"), Just("(?i)"),
+                    Just("[ab]"), Just("."), Just("(?:"), Just("{2}"), Just("A"), Just("(?m)"),
+                ],
+                0..10,
+            ).prop_map(|p| p.concat()),
+            1..8,
+        ),
+        subjects in proptest::collection::vec("[abAB \n]{0,10}", 1..4),
+    ) {
+        let valid: Vec<&str> = patterns
+            .iter()
+            .map(String::as_str)
+            .filter(|p| {
+                let ok = regex::Regex::new(p).is_ok();
+                assert_eq!(pattern(p).is_ok(), ok, "{p:?}");
+                ok
+            })
+            .collect();
+        let conds = shared(&valid, 1);
+        for (p, c) in valid.iter().zip(&conds) {
+            let full = regex::Regex::new(p).unwrap();
+            for s in &subjects {
+                prop_assert_eq!(c.eval(&json!({ "s": s })), full.is_match(s), "{:?} on {:?}", p, s);
+            }
+        }
     }
 }

@@ -232,7 +232,9 @@ impl Compiler<'_> {
     /// Compile a list of sibling steps at `ptr` (`/steps`, `/steps/2/steps`).
     /// `parent` names the enclosing step, for default ids.
     pub fn steps(&mut self, files: &[StepFile], ptr: &str, parent: Option<&str>) -> Vec<Step> {
-        let mut out = Vec::new();
+        // Exact: a Vec grown by `push` has room for four 432-byte steps,
+        // 1.3 KiB unused in a one-step recipe (×10,000 recipes).
+        let mut out = Vec::with_capacity(files.len());
         for (i, s) in files.iter().enumerate() {
             let p = format!("{ptr}/{i}");
             let id = s.id.clone().unwrap_or_else(|| match parent {
