@@ -1093,6 +1093,31 @@ fn thread_idle() {
     }
 }
 
+/// Free the tree nodes the calling thread replaced or paged out, for a
+/// thread that has run out of work (the binary's idle hook calls it).
+///
+/// sled hands a node it replaces or pages out to crossbeam-epoch, into a
+/// bag of the thread that did it (64 per bag). A bag joins the collector's
+/// queue only once it is full or its thread flushes it, and only a later
+/// collection frees it, after the epoch has advanced twice. The group
+/// commit flushes its own bag after every group (`overlay`'s
+/// `collect_garbage`); a runtime worker that paged nodes in and out for
+/// its reads keeps up to a bag of them for as long as it stays idle: 3.5–7
+/// MiB of a hub that had just parked 100,000 runs (BENCHMARKS.md, "100,000
+/// waiting runs"). Three rounds: the flush, and the two epochs the bag must
+/// age; an epoch does not advance while another thread is pinned in an
+/// older one, so a busy hub may free the bag later, at its next collection.
+pub fn release_thread_garbage() {
+    release_garbage(crossbeam_epoch::pin);
+}
+
+/// [`release_thread_garbage`] over the participant `pin` pins.
+fn release_garbage(pin: impl Fn() -> crossbeam_epoch::Guard) {
+    for _ in 0..3 {
+        pin().flush();
+    }
+}
+
 fn answer(waiters: Vec<Waiter>, r: std::result::Result<(), String>) {
     for w in waiters {
         let _ = w.send(r.clone());
@@ -1175,6 +1200,25 @@ mod step_status_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Garbage a thread deferred stays in its own bag, whatever others
+    /// collect, until that thread releases it (on a collector of its own,
+    /// so no other test's pins hold the epoch back).
+    #[test]
+    fn a_threads_deferred_garbage_is_freed_only_when_it_releases_it() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let collector = crossbeam_epoch::Collector::new();
+        let (idle, other) = (collector.register(), collector.register());
+        let freed = Arc::new(AtomicBool::new(false));
+        let f = freed.clone();
+        idle.pin().defer(move || f.store(true, Ordering::SeqCst));
+        for _ in 0..1000 {
+            other.pin().flush();
+        }
+        assert!(!freed.load(Ordering::SeqCst), "freed from another bag");
+        release_garbage(|| idle.pin());
+        assert!(freed.load(Ordering::SeqCst), "still deferred");
+    }
 
     #[test]
     fn ids_carry_their_time_and_floors_sort_before_them() {

@@ -10,7 +10,9 @@
 //! - a thread of ours flushes its cache when it runs out of work
 //!   ([`idle`]: the runtime's workers as they park, the group-commit
 //!   threads before they block), if it freed anything since its last flush
-//!   and that was a second ago or more;
+//!   and that was a second ago or more; first it frees the sled nodes it
+//!   left to crossbeam-epoch, which would otherwise stay allocated while it
+//!   idles;
 //! - sled's I/O threads, which we cannot hook, run without a cache: each
 //!   turns its own off on its first free ([`Jemalloc`]'s `dealloc`). Their
 //!   frees (log writes, sled's epoch garbage) then go to the arenas at once.
@@ -137,10 +139,13 @@ fn write<T: Copy>(name: &CStr, mut v: T) -> bool {
     }
 }
 
-/// The calling thread has run out of work: flush its cache if it freed
-/// anything since its last flush and that flush is [`MIN_GAP`] old. A busy
-/// thread runs out of work many times a second; flushing at each of those
-/// costs W1 throughput, as `tcache:false` did (BENCHMARKS.md).
+/// The calling thread has run out of work: if it freed anything since its
+/// last flush and that flush is [`MIN_GAP`] old, free the sled nodes it
+/// left to crossbeam-epoch (`store::release_thread_garbage`: up to a bag
+/// of them, which nothing else frees while the thread idles), then flush
+/// its cache, which now holds them too. A busy thread runs out of work many
+/// times a second; flushing at each of those costs W1 throughput, as
+/// `tcache:false` did (BENCHMARKS.md).
 pub fn idle() {
     flush_if_due();
 }
@@ -171,6 +176,7 @@ fn flush_if_due() -> bool {
     }
     FLUSHED_AT.set(freed);
     LAST_FLUSH.set(Some(now));
+    switchboard::store::release_thread_garbage();
     flush()
 }
 
