@@ -950,3 +950,28 @@ fn jemalloc_runs_with_the_binarys_options() {
     let err = stderr(&out);
     assert!(err.contains("opt.background_thread: true"), "{err}");
 }
+
+/// A connection timeout of 0 would close every connection before its first
+/// request: `serve` refuses it before it opens anything.
+#[test]
+fn serve_refuses_a_zero_connection_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    for flag in ["--header-timeout", "--idle-timeout", "--body-timeout"] {
+        let out = std::process::Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("data"))
+            .args([flag, "0s"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("a timeout of 0 would close every connection at once"),
+            "{flag}: {}",
+            stderr(&out)
+        );
+        assert!(
+            !dir.path().join("data").exists(),
+            "{flag}: a store was opened"
+        );
+    }
+}

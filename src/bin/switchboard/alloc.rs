@@ -35,6 +35,8 @@ thread_local! {
     static SEEN: Cell<bool> = const { Cell::new(false) };
     /// `thread.deallocated` at this thread's last flush ([`idle`]).
     static FLUSHED_AT: Cell<u64> = const { Cell::new(0) };
+    /// When this thread last flushed ([`MIN_GAP`]).
+    static LAST_FLUSH: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
 }
 
 /// Threads whose caches nobody would flush: sled's pool of I/O threads
@@ -156,10 +158,6 @@ pub fn idle() {
 /// (`store::set_thread_idle_hook`); a runtime worker parked for good does
 /// not (BENCHMARKS.md, "100,000 waiting runs").
 const MIN_GAP: std::time::Duration = std::time::Duration::from_secs(1);
-
-thread_local! {
-    static LAST_FLUSH: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
-}
 
 /// [`idle`], saying whether it flushed.
 fn flush_if_due() -> bool {

@@ -145,16 +145,16 @@ struct ServeArgs {
     handoff_wait: Duration,
     /// A request head must be complete within this of its first byte, e.g.
     /// `10s`.
-    #[arg(long, env = "SWITCHBOARD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     header_timeout: Duration,
     /// How long a connection may wait for a request (its first, or its next
     /// when kept alive), e.g. `2m`. Keep it above the idle timeout of the senders' HTTP pools and
     /// of any proxy in front (60-90 s are common): a request sent on a
     /// connection as the hub closes it gets no answer.
-    #[arg(long, env = "SWITCHBOARD_IDLE_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_IDLE_TIMEOUT", default_value = "2m", value_parser = parse_timeout)]
     idle_timeout: Duration,
     /// A request body must arrive within this after its head, e.g. `30s`.
-    #[arg(long, env = "SWITCHBOARD_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SWITCHBOARD_BODY_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
     body_timeout: Duration,
     /// Connections served at once (default: half the open-file limit, 16 .. 4096).
     #[arg(long, env = "SWITCHBOARD_MAX_CONNECTIONS")]
@@ -188,6 +188,16 @@ fn parse_watch(s: &str) -> Result<Watch, String> {
             Ok(_) => Err("use `off` to not watch the files".into()),
             Err(e) => Err(format!("{e} (expected e.g. `1s`, or `off`)")),
         },
+    }
+}
+
+/// A connection timeout: 0 would close every connection before its first
+/// request, so it is refused.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("a timeout of 0 would close every connection at once".into()),
+        Err(e) => Err(format!("{e} (expected e.g. `10s`, `2m`)")),
     }
 }
 

@@ -910,8 +910,7 @@ fn regex_error(full: &str) -> String {
     }
 }
 
-/// A one-line description of a JSONPath parse error. pest's own message is a
-/// multi-line picture; keep what it expected and the column.
+/// How an error message names the kind of `v`.
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
